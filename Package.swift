@@ -1,0 +1,82 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One shared set of settings, so every module keeps its dependencies explicit.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "loco",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "loco", targets: ["LocoCLI"]),
+        .executable(name: "locod", targets: ["locod"]),
+        .library(name: "LocoQueue", targets: ["LocoQueue"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    ],
+    targets: [
+        // Generic Postgres job queue; knows nothing about deploys.
+        .target(
+            name: "LocoQueue",
+            dependencies: [
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The domain: teams, apps, deployments, events, reports.
+        .target(name: "LocoCore", dependencies: ["LocoQueue"], swiftSettings: swiftSettings),
+        // One handler per pipeline stage and the outside systems they drive.
+        .target(name: "Workers", dependencies: ["LocoCore", "LocoQueue"], swiftSettings: swiftSettings),
+        // The HTTP API.
+        .target(
+            name: "LocoAPI",
+            dependencies: ["LocoCore", .product(name: "Hummingbird", package: "hummingbird")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "LocoCLI",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "locod",
+            dependencies: [
+                "LocoQueue", "LocoCore", "Workers", "LocoAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LocoQueueTests",
+            dependencies: ["LocoQueue", "LocoTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "LocoTestSupport",
+            dependencies: [
+                "LocoQueue",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/LocoTestSupport",
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

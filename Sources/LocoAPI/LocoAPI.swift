@@ -1,0 +1,1 @@
+// LocoAPI: filled in by its own issue.

@@ -1,0 +1,1 @@
+// LocoCore: filled in by its own issue.

@@ -1,0 +1,52 @@
+import NIOCore
+import PostgresNIO
+
+extension DatabaseURL {
+    /// Turns a connection-level failure into `QueueError.databaseUnreachable` naming host and port
+    /// (and never the password); any other error is returned unchanged.
+    public func explain(_ error: any Error) -> any Error {
+        if error is QueueError { return error }
+        if let psql = error as? PSQLError {
+            switch psql.code {
+            case .connectionError, .serverClosedConnection, .uncleanShutdown, .poolClosed, .clientClosedConnection:
+                return QueueError.databaseUnreachable(host: host, port: port, reason: Self.reason(of: psql.underlying ?? psql))
+            case .server:
+                if let sqlState = psql.serverInfo?[.sqlState], sqlState.hasPrefix("28") || sqlState == "3D000" {
+                    let text = psql.serverInfo?[.message] ?? "authentication failed"
+                    return QueueError.databaseUnreachable(host: host, port: port, reason: text)
+                }
+                return error
+            default:
+                return error
+            }
+        }
+        if error is ChannelError || error is IOError {
+            return QueueError.databaseUnreachable(host: host, port: port, reason: Self.reason(of: error))
+        }
+        return error
+    }
+
+    private static func reason(of error: any Error) -> String {
+        if let io = error as? IOError {
+            switch io.errnoCode {
+            case 111: return "connection refused"
+            case 110: return "connection timed out"
+            case 113: return "no route to host"
+            default: return "I/O error \(io.errnoCode)"
+            }
+        }
+        if let channel = error as? ChannelError, case .connectTimeout = channel { return "connection timed out" }
+        let text = String(describing: error)
+        if text.contains("refused") { return "connection refused" }
+        return "connection failed"
+    }
+}
+
+extension PostgresClient {
+    /// A pool for `url`; run it with `run()` (it is a `Service`).
+    public convenience init(url: DatabaseURL, maximumConnections: Int = 20, logger: Logger) {
+        var configuration = url.clientConfiguration
+        configuration.options.maximumConnections = maximumConnections
+        self.init(configuration: configuration, backgroundLogger: logger)
+    }
+}

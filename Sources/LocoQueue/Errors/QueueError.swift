@@ -1,0 +1,96 @@
+/// Errors the queue library raises to its callers (not the errors of the jobs it runs).
+public enum QueueError: CodedError, Equatable {
+    case databaseUnreachable(host: String, port: Int, reason: String)
+    case invalidDatabaseURL(reason: String)
+    case invalidQueueName(String)
+    case invalidKind(String)
+    case invalidArgs(kind: String, reason: String)
+    case invalidEnqueue(reason: String)
+    case unknownDependencies([Int64])
+    case jobNotFound(Int64)
+    case jobNotInState(id: Int64, state: JobState, wanted: String)
+    case invalidCronExpression(expression: String, reason: String)
+    case unknownPeriodicJob(name: String, known: [String])
+    case leaseLost(id: Int64)
+    case migrationFailed(version: Int, name: String, reason: String)
+
+    public var code: String {
+        switch self {
+        case .databaseUnreachable: "database_unreachable"
+        case .invalidDatabaseURL: "invalid_database_url"
+        case .invalidQueueName: "invalid_queue_name"
+        case .invalidKind: "invalid_kind"
+        case .invalidArgs: "invalid_args"
+        case .invalidEnqueue: "invalid_enqueue"
+        case .unknownDependencies: "unknown_dependency"
+        case .jobNotFound: "job_not_found"
+        case .jobNotInState: "job_state_conflict"
+        case .invalidCronExpression: "invalid_cron_expression"
+        case .unknownPeriodicJob: "unknown_periodic_job"
+        case .leaseLost: "lease_lost"
+        case .migrationFailed: "migration_failed"
+        }
+    }
+
+    public var message: String {
+        switch self {
+        case let .databaseUnreachable(host, port, reason):
+            "cannot reach PostgreSQL at \(host):\(port): \(reason)"
+        case let .invalidDatabaseURL(reason):
+            "the database URL is not valid: \(reason)"
+        case let .invalidQueueName(name):
+            "queue name '\(name)' is not valid"
+        case let .invalidKind(kind):
+            "job kind '\(kind)' is not valid"
+        case let .invalidArgs(kind, reason):
+            "the arguments of a '\(kind)' job are not valid: \(reason)"
+        case let .invalidEnqueue(reason):
+            "the job cannot be enqueued: \(reason)"
+        case let .unknownDependencies(ids):
+            "the job depends on jobs that do not exist: \(ids.map(String.init).joined(separator: ", "))"
+        case let .jobNotFound(id):
+            "job \(id) does not exist"
+        case let .jobNotInState(id, state, wanted):
+            "job \(id) is \(state.rawValue); it must be \(wanted)"
+        case let .invalidCronExpression(expression, reason):
+            "cron expression '\(expression)' is not valid: \(reason)"
+        case let .unknownPeriodicJob(name, _):
+            "there is no periodic job named '\(name)'"
+        case let .leaseLost(id):
+            "this worker no longer holds job \(id) (its lease expired and another worker may have it)"
+        case let .migrationFailed(version, name, reason):
+            "migration \(version) (\(name)) failed: \(reason)"
+        }
+    }
+
+    public var hint: String {
+        switch self {
+        case .databaseUnreachable:
+            "Check that PostgreSQL is running and that LOCO_DATABASE_URL (or --database-url) names the right host and port; scripts/services start postgres starts a local one."
+        case .invalidDatabaseURL:
+            "Use the form postgres://USER:PASSWORD@HOST:PORT/DATABASE."
+        case .invalidQueueName:
+            "Use 1 to 64 characters from a-z, 0-9, '_', '-' and '.'."
+        case .invalidKind:
+            "Use 1 to 128 characters from a-z, A-Z, 0-9, '_', '-', '.' and ':'."
+        case .invalidArgs:
+            "Pass a JSON object that matches the job kind's arguments."
+        case .invalidEnqueue:
+            "Fix the request as the message says and enqueue again."
+        case .unknownDependencies:
+            "Enqueue the jobs it depends on first, in the same transaction, and pass their ids."
+        case .jobNotFound:
+            "List jobs with 'locod queue list' to find the right id; finished jobs are pruned after the retention period."
+        case .jobNotInState:
+            "Look at the job with 'locod queue show ID' first."
+        case .invalidCronExpression:
+            "Use five fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *', or @hourly, @daily, @weekly, @monthly."
+        case let .unknownPeriodicJob(_, known):
+            known.isEmpty ? "No periodic jobs are declared." : "Known periodic jobs: \(known.joined(separator: ", "))."
+        case .leaseLost:
+            "Nothing to do: the job's result was dropped so it is never applied twice; the job runs again elsewhere."
+        case .migrationFailed:
+            "Fix the database as the message says, then run 'locod migrate' again; applied migrations are not repeated."
+        }
+    }
+}

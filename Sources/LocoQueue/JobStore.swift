@@ -1,0 +1,486 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// Every SQL statement of the queue. Callers pass a `QueryRunner`: the pool, or a connection
+/// inside their own transaction.
+public struct JobStore: Sendable {
+    public static let channel = "loco_jobs"
+    static let live = "('blocked','scheduled','available','running')"
+
+    public let logger: Logger
+
+    public init(logger: Logger) {
+        self.logger = logger
+    }
+
+    // MARK: Enqueue
+
+    public func enqueue(_ job: NewJob, on db: some QueryRunner) async throws -> EnqueuedJob {
+        try job.validate()
+        let dependsOn = Array(Set(job.dependsOn)).sorted()
+        for _ in 0..<3 {
+            let rows: PostgresRowSequence
+            if dependsOn.isEmpty {
+                rows = try await db.run("""
+                    WITH ins AS (
+                        INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key)
+                        VALUES (\(job.queue), \(job.kind), \(job.args)::jsonb,
+                                CASE WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+                                \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()), \(job.uniqueKey))
+                        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN \(unescaped: Self.live) DO NOTHING
+                        RETURNING id, state, queue
+                    ), woke AS (
+                        SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
+                    )
+                    SELECT id, state, (SELECT count(*) FROM woke) FROM ins
+                    """, logger: logger)
+            } else {
+                rows = try await db.run("""
+                    WITH parents AS (
+                        UPDATE loco_jobs SET has_dependents = true WHERE id = ANY(\(dependsOn)) RETURNING id, state
+                    ), summary AS (
+                        SELECT count(*) AS found,
+                               count(*) FILTER (WHERE state <> 'completed') AS pending,
+                               coalesce(bool_or(state IN ('failed', 'cancelled')), false) AS doomed
+                        FROM parents
+                    ), ins AS (
+                        INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key,
+                                               pending_deps, finalized_at, errors)
+                        SELECT \(job.queue), \(job.kind), \(job.args)::jsonb,
+                               CASE WHEN s.doomed THEN 'cancelled'
+                                    WHEN s.pending > 0 THEN 'blocked'
+                                    WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled'
+                                    ELSE 'available' END,
+                               \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()), \(job.uniqueKey),
+                               s.pending, CASE WHEN s.doomed THEN now() END,
+                               CASE WHEN s.doomed THEN jsonb_build_array(jsonb_build_object(
+                                   'attempt', 0, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
+                                   'worker', NULL, 'class', 'permanent', 'code', 'dependency_failed',
+                                   'message', 'a job this job depends on had already failed or been cancelled',
+                                   'detail', NULL))
+                                    ELSE '[]'::jsonb END
+                        FROM summary s
+                        WHERE s.found = \(dependsOn.count)
+                        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN \(unescaped: Self.live) DO NOTHING
+                        RETURNING id, state, queue
+                    ), edges AS (
+                        INSERT INTO loco_job_dependencies (job_id, depends_on)
+                        SELECT ins.id, d FROM ins, unnest(\(dependsOn)::bigint[]) AS d
+                    ), woke AS (
+                        SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
+                    )
+                    SELECT id, state, (SELECT count(*) FROM woke) FROM ins
+                    """, logger: logger)
+            }
+            for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
+                return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
+            }
+            if !dependsOn.isEmpty {
+                var found = Set<Int64>()
+                for try await id in try await db.run("SELECT id FROM loco_jobs WHERE id = ANY(\(dependsOn))", logger: logger).decode(Int64.self) {
+                    found.insert(id)
+                }
+                let missing = dependsOn.filter { !found.contains($0) }
+                if !missing.isEmpty { throw QueueError.unknownDependencies(missing) }
+            }
+            if let uniqueKey = job.uniqueKey {
+                let existing = try await db.run("""
+                    SELECT id, state FROM loco_jobs WHERE unique_key = \(uniqueKey) AND state IN \(unescaped: Self.live)
+                    """, logger: logger)
+                for try await (id, state) in existing.decode((Int64, String).self) {
+                    return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: true)
+                }
+                // The holder finished between our insert and our look-up: the key is free, try again.
+                continue
+            }
+            throw QueueError.invalidEnqueue(reason: "the database inserted no row")
+        }
+        throw QueueError.invalidEnqueue(reason: "the unique key '\(job.uniqueKey ?? "")' kept changing hands; try again")
+    }
+
+    /// Enqueues many jobs in one round trip. Jobs with a unique key or dependencies take the
+    /// one-at-a-time path (still one call for the caller); pass a connection inside a
+    /// transaction to make the whole batch atomic.
+    public func enqueueMany(_ jobs: [NewJob], on db: some QueryRunner) async throws -> [EnqueuedJob] {
+        for job in jobs { try job.validate() }
+        guard !jobs.isEmpty else { return [] }
+        if jobs.contains(where: { $0.uniqueKey != nil || !$0.dependsOn.isEmpty }) {
+            var results: [EnqueuedJob] = []
+            for job in jobs { results.append(try await enqueue(job, on: db)) }
+            return results
+        }
+        let epochNone = -1.0
+        let rows = try await db.run("""
+            WITH input AS (
+                SELECT * FROM unnest(\(jobs.map(\.queue))::text[], \(jobs.map(\.kind))::text[], \(jobs.map(\.args))::text[],
+                                     \(jobs.map(\.priority))::int8[], \(jobs.map(\.maxAttempts))::int8[],
+                                     \(jobs.map { $0.runAt?.timeIntervalSince1970 ?? epochNone })::float8[])
+                    WITH ORDINALITY AS t(queue, kind, args, priority, max_attempts, run_at, ord)
+            ), ins AS (
+                INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at)
+                SELECT queue, kind, args::jsonb,
+                       CASE WHEN run_at >= 0 AND to_timestamp(run_at) > now() THEN 'scheduled' ELSE 'available' END,
+                       priority, max_attempts,
+                       CASE WHEN run_at >= 0 THEN to_timestamp(run_at) ELSE now() END
+                FROM input ORDER BY ord
+                RETURNING id, state, queue
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+            )
+            SELECT id, state, (SELECT count(*) FROM woke) FROM ins
+            """, logger: logger)
+        var results: [EnqueuedJob] = []
+        results.reserveCapacity(jobs.count)
+        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
+            results.append(EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false))
+        }
+        // Identity values follow the insert's ORDER BY, so sorting by id restores input order.
+        results.sort { $0.id < $1.id }
+        return results
+    }
+
+    // MARK: Claim, finish, lease
+
+    /// Claims up to `limit` available jobs of `queue` for `worker`, in priority, run_at, id order.
+    func claim(queue: String, limit: Int, worker: String, lease: Duration, on db: some QueryRunner) async throws -> [ClaimedJob] {
+        let rows = try await db.run("""
+            WITH picked AS MATERIALIZED (
+                SELECT id FROM loco_jobs
+                WHERE state = 'available' AND queue = \(queue)
+                ORDER BY priority, run_at, id
+                LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE loco_jobs j
+            SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = \(worker),
+                lease_expires_at = now() + make_interval(secs => \(lease.seconds))
+            FROM picked WHERE j.id = picked.id
+            RETURNING j.id, j.kind, j.args::text, j.attempt, j.max_attempts, j.run_at, j.created_at, j.attempted_at
+            """, logger: logger)
+        var claimed: [ClaimedJob] = []
+        claimed.reserveCapacity(limit)
+        for try await (id, kind, args, attempt, maxAttempts, runAt, createdAt, attemptedAt) in rows.decode((Int64, String, String, Int, Int, Date, Date, Date).self) {
+            claimed.append(ClaimedJob(id: id, queue: queue, kind: kind, args: args, attempt: attempt, maxAttempts: maxAttempts,
+                                      runAt: runAt, createdAt: createdAt, attemptedAt: attemptedAt))
+        }
+        // Claim order matters to handlers that log or test it; RETURNING does not promise it.
+        claimed.sort { $0.id < $1.id }
+        return claimed
+    }
+
+    /// Records outcomes of jobs this worker holds; returns the ids it really updated. An id
+    /// missing from the result had lost its lease: that outcome was dropped, never applied.
+    func record(_ outcomes: [JobOutcome], worker: String, on db: some QueryRunner) async throws -> Set<Int64> {
+        guard !outcomes.isEmpty else { return [] }
+        let rows = try await db.run("""
+            UPDATE loco_jobs j
+            SET state = t.state,
+                run_at = CASE WHEN t.state = 'scheduled' THEN now() + make_interval(secs => t.delay)
+                              WHEN t.state = 'available' THEN now() ELSE j.run_at END,
+                attempt = j.attempt - t.refund,
+                errors = CASE WHEN t.error = '' THEN j.errors ELSE j.errors || jsonb_build_array(t.error::jsonb) END,
+                finalized_at = CASE WHEN t.state IN ('completed', 'failed', 'cancelled') THEN now() END,
+                locked_by = CASE WHEN t.state IN ('scheduled', 'available') THEN NULL ELSE j.locked_by END,
+                lease_expires_at = NULL
+            FROM unnest(\(outcomes.map(\.id))::int8[], \(outcomes.map(\.attempt))::int8[], \(outcomes.map(\.state.rawValue))::text[],
+                        \(outcomes.map(\.delaySeconds))::float8[], \(outcomes.map(\.refund))::int8[], \(outcomes.map(\.errorJSON))::text[])
+                AS t(id, attempt, state, delay, refund, error)
+            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = \(worker) AND j.state = 'running'
+            RETURNING j.id
+            """, logger: logger)
+        var updated = Set<Int64>()
+        for try await id in rows.decode(Int64.self) { updated.insert(id) }
+        return updated
+    }
+
+    /// Extends the leases of jobs this worker holds. Returns, for each job still held, whether
+    /// cancellation was requested; jobs missing from the result were lost.
+    func heartbeat(_ held: [(id: Int64, attempt: Int)], worker: String, lease: Duration, on db: some QueryRunner) async throws -> [Int64: Bool] {
+        guard !held.isEmpty else { return [:] }
+        let rows = try await db.run("""
+            UPDATE loco_jobs j SET lease_expires_at = now() + make_interval(secs => \(lease.seconds))
+            FROM unnest(\(held.map(\.id))::int8[], \(held.map(\.attempt))::int8[]) AS t(id, attempt)
+            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = \(worker) AND j.state = 'running'
+            RETURNING j.id, j.cancel_requested
+            """, logger: logger)
+        var result: [Int64: Bool] = [:]
+        for try await (id, cancel) in rows.decode((Int64, Bool).self) { result[id] = cancel }
+        return result
+    }
+
+    // MARK: Maintenance
+
+    /// Returns jobs whose lease expired to `scheduled` (with backoff) or finishes them when out
+    /// of attempts; records `lease_expired` in their errors.
+    func rescueExpired(limit: Int, retry: RetryPolicy, on db: some QueryRunner) async throws -> [(id: Int64, queue: String, state: JobState)] {
+        let rows = try await db.run("""
+            WITH expired AS MATERIALIZED (
+                SELECT id FROM loco_jobs
+                WHERE state = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE loco_jobs j
+            SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                             WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'scheduled' END,
+                run_at = now() + make_interval(secs => random() * least(\(retry.cap.seconds),
+                                               \(retry.base.seconds) * power(2, least(greatest(j.attempt - 1, 0), 60)))),
+                finalized_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
+                errors = j.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempt, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
+                    'worker', j.locked_by, 'class', 'retryable', 'code', 'lease_expired',
+                    'message', 'the worker running this job stopped renewing its lease (it crashed, was killed or lost the database)',
+                    'detail', 'lease expired at ' || to_char(j.lease_expires_at AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)))),
+                locked_by = NULL, lease_expires_at = NULL
+            FROM expired WHERE j.id = expired.id
+            RETURNING j.id, j.queue, j.state
+            """, logger: logger)
+        var rescued: [(id: Int64, queue: String, state: JobState)] = []
+        for try await (id, queue, state) in rows.decode((Int64, String, String).self) {
+            rescued.append((id, queue, JobState(rawValue: state) ?? .scheduled))
+        }
+        return rescued
+    }
+
+    /// Makes due `scheduled` jobs `available` and wakes their queues; returns how many.
+    func promoteDue(limit: Int, on db: some QueryRunner) async throws -> Int {
+        let rows = try await db.run("""
+            WITH due AS MATERIALIZED (
+                SELECT id FROM loco_jobs
+                WHERE state = 'scheduled' AND run_at <= now()
+                ORDER BY run_at LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), promoted AS (
+                UPDATE loco_jobs j SET state = 'available' FROM due WHERE j.id = due.id RETURNING j.queue
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM promoted) q
+            )
+            SELECT count(*), (SELECT count(*) FROM woke) FROM promoted
+            """, logger: logger)
+        for try await (count, _) in rows.decode((Int64, Int64).self) { return Int(count) }
+        return 0
+    }
+
+    /// Deletes up to `limit` jobs finished longer than `retention` ago; returns how many.
+    func pruneFinished(olderThan retention: Duration, limit: Int, on db: some QueryRunner) async throws -> Int {
+        let rows = try await db.run("""
+            WITH doomed AS MATERIALIZED (
+                SELECT id FROM loco_jobs
+                WHERE state IN ('completed', 'failed', 'cancelled')
+                  AND finalized_at < now() - make_interval(secs => \(retention.seconds))
+                ORDER BY finalized_at LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), deleted AS (
+                DELETE FROM loco_jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id
+            )
+            SELECT count(*) FROM deleted
+            """, logger: logger)
+        for try await count in rows.decode(Int64.self) { return Int(count) }
+        return 0
+    }
+
+    /// Moves a periodic job's newest enqueued slot forward to `slot`; true when this caller did
+    /// it (and so must enqueue the slot), false when another scheduler already had.
+    func advanceCronSlot(name: String, to slot: Date, on db: some QueryRunner) async throws -> Bool {
+        let rows = try await db.run("""
+            INSERT INTO loco_cron_slots (name, last_slot) VALUES (\(name), \(slot))
+            ON CONFLICT (name) DO UPDATE SET last_slot = EXCLUDED.last_slot, updated_at = now()
+                WHERE loco_cron_slots.last_slot < EXCLUDED.last_slot
+            RETURNING name
+            """, logger: logger)
+        for try await _ in rows.decode(String.self) { return true }
+        return false
+    }
+
+    func cronSlot(name: String, on db: some QueryRunner) async throws -> Date? {
+        let rows = try await db.run("SELECT last_slot FROM loco_cron_slots WHERE name = \(name)", logger: logger)
+        for try await slot in rows.decode(Date.self) { return slot }
+        return nil
+    }
+
+    // MARK: Operators
+
+    /// Cancels a job: a queued one at once (its dependents too); a running one is asked to stop
+    /// and its worker cancels the handler at the next heartbeat or notification.
+    public func cancel(id: Int64, on db: some QueryRunner) async throws -> JobState {
+        let rows = try await db.run("""
+            WITH target AS (
+                UPDATE loco_jobs
+                SET cancel_requested = true,
+                    state = CASE WHEN state = 'running' THEN 'running' ELSE 'cancelled' END,
+                    finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END
+                WHERE id = \(id) AND state IN \(unescaped: Self.live)
+                RETURNING id, state
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running'
+            )
+            SELECT state, (SELECT count(*) FROM woke) FROM target
+            """, logger: logger)
+        for try await (state, _) in rows.decode((String, Int64).self) { return JobState(rawValue: state) ?? .cancelled }
+        let job = try await require(id: id, on: db)
+        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
+    }
+
+    /// Runs a finished (or waiting) job again now, keeping its error history.
+    public func retry(id: Int64, on db: some QueryRunner) async throws {
+        let rows = try await db.run("""
+            WITH target AS (
+                UPDATE loco_jobs
+                SET state = 'available', run_at = now(), finalized_at = NULL, cancel_requested = false,
+                    locked_by = NULL, lease_expires_at = NULL, pending_deps = 0,
+                    max_attempts = greatest(max_attempts, attempt + 1)
+                WHERE id = \(id) AND state IN ('scheduled', 'completed', 'failed', 'cancelled')
+                RETURNING id, queue
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), queue) FROM target
+            )
+            SELECT id, (SELECT count(*) FROM woke) FROM target
+            """, logger: logger)
+        for try await _ in rows.decode((Int64, Int64).self) { return }
+        let job = try await require(id: id, on: db)
+        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "scheduled, completed, failed or cancelled to be retried")
+    }
+
+    /// Fails a queued job for good without running it (its dependents are cancelled).
+    public func discard(id: Int64, on db: some QueryRunner) async throws {
+        let rows = try await db.run("""
+            UPDATE loco_jobs
+            SET state = 'failed', finalized_at = now(),
+                errors = errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', attempt, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
+                    'worker', NULL, 'class', 'permanent', 'code', 'discarded',
+                    'message', 'discarded by an operator', 'detail', NULL))
+            WHERE id = \(id) AND state IN ('blocked', 'scheduled', 'available')
+            RETURNING id
+            """, logger: logger)
+        for try await _ in rows.decode(Int64.self) { return }
+        let job = try await require(id: id, on: db)
+        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued (blocked, scheduled or available) to be discarded; cancel a running job instead")
+    }
+
+    func require(id: Int64, on db: some QueryRunner) async throws -> JobRecord {
+        guard let job = try await job(id: id, on: db) else { throw QueueError.jobNotFound(id) }
+        return job
+    }
+
+    public func job(id: Int64, on db: some QueryRunner) async throws -> JobRecord? {
+        try await jobs(where: "WHERE id = \(id)", limit: 1, on: db).first
+    }
+
+    /// Jobs, newest first, optionally filtered.
+    public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, limit: Int = 50, on db: some QueryRunner) async throws -> [JobRecord] {
+        var sql = "WHERE true"
+        var binds = PostgresBindings()
+        if let queue {
+            binds.append(queue)
+            sql += " AND queue = $\(binds.count)"
+        }
+        if let state {
+            binds.append(state.rawValue)
+            sql += " AND state = $\(binds.count)"
+        }
+        if let kind {
+            binds.append(kind)
+            sql += " AND kind = $\(binds.count)"
+        }
+        return try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
+    }
+
+    private func jobs(where filter: PostgresQuery, limit: Int, on db: some QueryRunner) async throws -> [JobRecord] {
+        var binds = filter.binds
+        binds.append(limit)
+        let query = PostgresQuery(unsafeSQL: """
+            SELECT id, queue, kind, args::text, state, priority, attempt, max_attempts, run_at, created_at,
+                   attempted_at, finalized_at, locked_by, lease_expires_at, cancel_requested, unique_key,
+                   pending_deps, errors::text,
+                   ARRAY(SELECT depends_on FROM loco_job_dependencies d WHERE d.job_id = loco_jobs.id ORDER BY depends_on)
+            FROM loco_jobs \(filter.sql) ORDER BY id DESC LIMIT $\(binds.count)
+            """, binds: binds)
+        var records: [JobRecord] = []
+        let rows = try await db.run(query, logger: logger)
+        for try await row in rows {
+            let c = row.makeRandomAccess()
+            let errorsText = try c[17].decode(String.self)
+            let errors = (try? JSONCoding.decoder.decode([AttemptError].self, from: Data(errorsText.utf8))) ?? []
+            records.append(JobRecord(
+                id: try c[0].decode(Int64.self), queue: try c[1].decode(String.self), kind: try c[2].decode(String.self),
+                args: try c[3].decode(String.self), state: JobState(rawValue: try c[4].decode(String.self)) ?? .available,
+                priority: Int(try c[5].decode(Int16.self)), attempt: try c[6].decode(Int.self), maxAttempts: try c[7].decode(Int.self),
+                runAt: try c[8].decode(Date.self), createdAt: try c[9].decode(Date.self),
+                attemptedAt: try c[10].decode(Date?.self), finalizedAt: try c[11].decode(Date?.self),
+                lockedBy: try c[12].decode(String?.self), leaseExpiresAt: try c[13].decode(Date?.self),
+                cancelRequested: try c[14].decode(Bool.self), uniqueKey: try c[15].decode(String?.self),
+                pendingDependencies: try c[16].decode(Int.self), dependsOn: try c[18].decode([Int64].self), errors: errors))
+        }
+        return records
+    }
+
+    /// Depth by queue and state, age of the oldest available job, and recent failures.
+    public func stats(on db: some QueryRunner) async throws -> QueueStats {
+        var queues: [String: QueueStats.Queue] = [:]
+        let depth = try await db.run("SELECT queue, state, count(*) FROM loco_jobs GROUP BY queue, state", logger: logger)
+        for try await (queue, state, count) in depth.decode((String, String, Int64).self) {
+            queues[queue, default: .init(name: queue)].depth[state] = Int(count)
+        }
+        let oldest = try await db.run("""
+            SELECT queue, extract(epoch FROM now() - min(run_at))::float8 FROM loco_jobs WHERE state = 'available' GROUP BY queue
+            """, logger: logger)
+        for try await (queue, age) in oldest.decode((String, Double).self) {
+            queues[queue, default: .init(name: queue)].oldestAvailableSeconds = max(0, age)
+        }
+        let failures = try await db.run("""
+            SELECT queue, count(*) FROM loco_jobs
+            WHERE state = 'failed' AND finalized_at > now() - interval '1 hour' GROUP BY queue
+            """, logger: logger)
+        for try await (queue, count) in failures.decode((String, Int64).self) {
+            queues[queue, default: .init(name: queue)].failedLastHour = Int(count)
+        }
+        return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
+    }
+}
+
+/// A job this worker has claimed.
+public struct ClaimedJob: Sendable {
+    public let id: Int64
+    public let queue: String
+    public let kind: String
+    public let args: String
+    public let attempt: Int
+    public let maxAttempts: Int
+    public let runAt: Date
+    public let createdAt: Date
+    public let attemptedAt: Date
+}
+
+/// How an attempt ended, as written back to the job row.
+struct JobOutcome: Sendable {
+    var id: Int64
+    var attempt: Int
+    /// completed, failed, cancelled, scheduled (retry/snooze) or available (released on shutdown).
+    var state: JobState
+    var delaySeconds: Double = 0
+    /// 1 gives back the attempt the claim used (snooze, shutdown release).
+    var refund: Int = 0
+    /// One `AttemptError` as JSON, or "" for none.
+    var errorJSON: String = ""
+}
+
+/// `locod queue stats`.
+public struct QueueStats: Sendable, Codable, Equatable {
+    public struct Queue: Sendable, Codable, Equatable {
+        public var name: String
+        public var depth: [String: Int] = [:]
+        public var oldestAvailableSeconds: Double?
+        public var failedLastHour: Int = 0
+    }
+    public var queues: [Queue]
+}
+
+extension Duration {
+    /// Seconds as a Double, for SQL intervals and metrics.
+    public var seconds: Double {
+        let (s, attoseconds) = components
+        return Double(s) + Double(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,83 @@
+import Synchronization
+
+/// Why this process stopped a handler before it finished.
+enum StopReason: Sendable {
+    /// An operator or the API cancelled the job.
+    case cancelRequested
+    /// The heartbeat found the job no longer ours: its result must be dropped.
+    case leaseLost
+    /// The process is shutting down past its grace period: the job goes back to the queue.
+    case shutdown
+}
+
+/// The jobs this process holds (claimed and not yet recorded as finished): what the heartbeat
+/// renews, what cancellation reaches, and what shutdown waits for.
+final class JobLedger: Sendable {
+    struct Entry {
+        var attempt: Int
+        var queue: String
+        var task: Task<Void, Never>?
+        var stopReason: StopReason?
+        /// The handler returned; its outcome is waiting to be written.
+        var finishing = false
+    }
+
+    private let entries = Mutex<[Int64: Entry]>([:])
+    let drained = WakeSignal()
+
+    func add(id: Int64, attempt: Int, queue: String) {
+        entries.withLock { $0[id] = Entry(attempt: attempt, queue: queue) }
+    }
+
+    func attach(_ task: Task<Void, Never>, to id: Int64) {
+        let reason = entries.withLock { entries -> StopReason? in
+            entries[id]?.task = task
+            return entries[id]?.stopReason
+        }
+        if reason != nil { task.cancel() }
+    }
+
+    func markFinishing(_ id: Int64) {
+        entries.withLock { $0[id]?.finishing = true }
+    }
+
+    func remove(_ ids: some Sequence<Int64>) {
+        let empty = entries.withLock { entries -> Bool in
+            for id in ids { entries[id] = nil }
+            return entries.isEmpty
+        }
+        if empty { drained.signal() }
+    }
+
+    /// Stops a running handler; returns false if the job is not held or already finishing.
+    @discardableResult
+    func stop(_ id: Int64, reason: StopReason) -> Bool {
+        let task = entries.withLock { entries -> Task<Void, Never>?? in
+            guard var entry = entries[id], !entry.finishing else { return .none }
+            if entry.stopReason == nil || reason == .leaseLost { entry.stopReason = reason }
+            entries[id] = entry
+            return .some(entry.task)
+        }
+        guard let task else { return false }
+        task?.cancel()
+        return true
+    }
+
+    func stopAll(reason: StopReason) {
+        let ids = entries.withLock { Array($0.keys) }
+        for id in ids { stop(id, reason: reason) }
+    }
+
+    func stopReason(of id: Int64) -> StopReason? {
+        entries.withLock { $0[id]?.stopReason }
+    }
+
+    /// Jobs to renew: everything held, including outcomes not yet written.
+    func held() -> [(id: Int64, attempt: Int)] {
+        entries.withLock { $0.map { ($0.key, $0.value.attempt) } }
+    }
+
+    /// Held jobs whose handler is still running.
+    var runningCount: Int { entries.withLock { $0.values.count { !$0.finishing } } }
+    var count: Int { entries.withLock { $0.count } }
+}

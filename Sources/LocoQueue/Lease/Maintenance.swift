@@ -1,0 +1,126 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// The loops that keep the queue healthy. Every worker process may run them at once: each
+/// statement claims its rows with SKIP LOCKED, and cron slots are taken with a conditional
+/// upsert, so running them on many nodes only adds redundancy.
+struct Maintenance: Sendable {
+    let shared: WorkerShared
+
+    private var client: PostgresClient { shared.client }
+    private var store: JobStore { shared.store }
+    private var configuration: WorkerConfiguration { shared.configuration }
+
+    /// Jobs whose worker died (no heartbeat for a whole lease) go back to the queue.
+    func rescueLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.rescueInterval.jittered())
+            if Task.isCancelled { return }
+            do {
+                while true {
+                    let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry, on: client)
+                    for job in rescued {
+                        shared.metrics.rescued(queue: job.queue)
+                        shared.logger.warning("rescued job \(job.id) from an expired lease; it is now \(job.state.rawValue)",
+                                              metadata: ["job_id": "\(job.id)", "queue": "\(job.queue)"])
+                    }
+                    if rescued.count < 500 { break }
+                }
+            } catch {
+                shared.metrics.databaseError(operation: "rescue")
+            }
+        }
+    }
+
+    /// Scheduled jobs (retries, run-at) become available when due.
+    func promoteLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.promoteInterval.jittered())
+            if Task.isCancelled { return }
+            do {
+                while try await store.promoteDue(limit: 1000, on: client) == 1000 {}
+            } catch {
+                shared.metrics.databaseError(operation: "promote")
+            }
+        }
+    }
+
+    /// Finished jobs are deleted after the retention period, in batches so no statement holds
+    /// many row locks or runs long.
+    func pruneLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.pruneInterval.jittered())
+            if Task.isCancelled { return }
+            do {
+                var total = 0
+                while !Task.isCancelled {
+                    let deleted = try await store.pruneFinished(olderThan: configuration.retention, limit: 1000, on: client)
+                    total += deleted
+                    if deleted < 1000 { break }
+                }
+                if total > 0 { shared.logger.info("pruned \(total) finished jobs") }
+            } catch {
+                shared.metrics.databaseError(operation: "prune")
+            }
+        }
+    }
+
+    /// Enqueues each periodic job's due slot once across all schedulers.
+    func periodicLoop() async {
+        let scheduler = PeriodicScheduler(store: store, logger: shared.logger)
+        var lastSlots: [String: Date] = [:]
+        while !Task.isCancelled {
+            for periodic in configuration.periodicJobs {
+                do {
+                    lastSlots[periodic.name] = try await scheduler.tick(periodic, lastSlot: lastSlots[periodic.name], now: Date(), client: client)
+                } catch {
+                    shared.metrics.databaseError(operation: "cron")
+                    shared.logger.warning("cannot schedule periodic job \(periodic.name)", metadata: ["error": "\(shared.databaseURL.explain(error))"])
+                }
+            }
+            let resolution: Duration = configuration.periodicJobs.contains { $0.schedule.hasSeconds } ? .milliseconds(200) : .seconds(1)
+            try? await Task.sleep(for: resolution)
+        }
+    }
+}
+
+/// Decides and records periodic slots; shared by the in-process scheduler and `locod cron`.
+public struct PeriodicScheduler: Sendable {
+    let store: JobStore
+    let logger: Logger
+
+    public init(store: JobStore, logger: Logger) {
+        self.store = store
+        self.logger = logger
+    }
+
+    /// One scheduler step for `periodic`: returns the newest slot now known to be taken.
+    ///
+    /// A periodic job seen for the first time starts from the current slot without running it;
+    /// slots missed while no scheduler ran are caught up with a single run, not one per slot.
+    func tick(_ periodic: PeriodicJob, lastSlot: Date?, now: Date, client: PostgresClient) async throws -> Date {
+        var last = lastSlot
+        if last == nil {
+            last = try await store.cronSlot(name: periodic.name, on: client)
+            if last == nil {
+                let current = periodic.schedule.slot(containing: now)
+                _ = try await store.advanceCronSlot(name: periodic.name, to: current, on: client)
+                return try await store.cronSlot(name: periodic.name, on: client) ?? current
+            }
+        }
+        guard let last, let due = periodic.schedule.latestDue(after: last, now: now) else { return last ?? now }
+        if let id = try await enqueue(periodic, slot: due, client: client) {
+            logger.info("enqueued periodic job \(periodic.name)", metadata: ["job_id": "\(id)", "slot": "\(due)"])
+        }
+        return due
+    }
+
+    /// Enqueues `slot` of `periodic` unless some scheduler already did; returns the new job's id.
+    public func enqueue(_ periodic: PeriodicJob, slot: Date, client: PostgresClient) async throws -> Int64? {
+        try await client.withTransaction(logger: logger) { connection in
+            guard try await store.advanceCronSlot(name: periodic.name, to: slot, on: connection) else { return nil }
+            return try await store.enqueue(periodic.job(forSlot: slot.timeIntervalSince1970), on: connection).id
+        }
+    }
+}

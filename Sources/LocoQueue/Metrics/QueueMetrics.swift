@@ -1,0 +1,84 @@
+import Prometheus
+
+/// The queue's Prometheus metrics. Counters and histograms are per process; depth and the
+/// oldest job's age are read from the database at scrape time (`update(from:)`).
+public final class QueueMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+
+    static let latencyBuckets: [Duration] = [
+        .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+        .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(5), .seconds(30), .seconds(120), .seconds(600),
+    ]
+
+    private static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "loco", subsystem: "queue", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    static var started: MetricNameDescriptor { name("jobs_started", "total", "Jobs claimed and started by this process.") }
+    static var startLag: MetricNameDescriptor { name("start_lag", "seconds", "Time from a job becoming runnable to its handler starting.") }
+    static var runTime: MetricNameDescriptor { name("run", "seconds", "Handler run time.") }
+    static var dropped: MetricNameDescriptor { name("results_dropped", "total", "Job results dropped because this worker had lost the lease.") }
+    static var rescued: MetricNameDescriptor { name("jobs_rescued", "total", "Jobs returned to the queue after their worker's lease expired.") }
+    static var databaseErrors: MetricNameDescriptor { name("database_errors", "total", "Failed queue statements, by operation.") }
+    static var depth: MetricNameDescriptor { name("depth", "", "Jobs by queue and state (read from the database at scrape time).") }
+    static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
+    static var outcomes: [JobState: MetricNameDescriptor] { [
+        .completed: name("jobs_completed", "total", "Jobs completed."),
+        .failed: name("jobs_failed", "total", "Jobs that failed for good."),
+        .cancelled: name("jobs_cancelled", "total", "Jobs cancelled while running."),
+        .scheduled: name("jobs_retried", "total", "Failed attempts scheduled to run again (retries and snoozes)."),
+        .available: name("jobs_released", "total", "Jobs given back to the queue at shutdown."),
+    ] }
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+    }
+
+    func started(queue: String, startLag: Duration) {
+        registry.makeCounter(descriptor: Self.started, labels: [("queue", queue)]).increment()
+        registry.makeDurationHistogram(descriptor: Self.startLag, labels: [("queue", queue)], buckets: Self.latencyBuckets)
+            .record(startLag)
+    }
+
+    func ran(queue: String, kind: String, duration: Duration) {
+        registry.makeDurationHistogram(descriptor: Self.runTime, labels: [("queue", queue), ("kind", kind)], buckets: Self.latencyBuckets)
+            .record(duration)
+    }
+
+    func finished(queue: String, state: JobState) {
+        guard let descriptor = Self.outcomes[state] else { return }
+        registry.makeCounter(descriptor: descriptor, labels: [("queue", queue)]).increment()
+    }
+
+    func resultDropped(queue: String) {
+        registry.makeCounter(descriptor: Self.dropped, labels: [("queue", queue)]).increment()
+    }
+
+    func rescued(queue: String) {
+        registry.makeCounter(descriptor: Self.rescued, labels: [("queue", queue)]).increment()
+    }
+
+    func databaseError(operation: String) {
+        registry.makeCounter(descriptor: Self.databaseErrors, labels: [("operation", operation)]).increment()
+    }
+
+    /// Sets the depth gauges from `stats` (every state of every known queue, zeros included).
+    public func update(from stats: QueueStats) {
+        for queue in stats.queues {
+            for state in JobState.allCases {
+                registry.makeGauge(descriptor: Self.depth, labels: [("queue", queue.name), ("state", state.rawValue)])
+                    .set(Double(queue.depth[state.rawValue] ?? 0))
+            }
+            registry.makeGauge(descriptor: Self.oldest, labels: [("queue", queue.name)])
+                .set(queue.oldestAvailableSeconds ?? 0)
+        }
+    }
+
+    /// The Prometheus text exposition of everything above.
+    public func render() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}

@@ -1,0 +1,121 @@
+/// The queue's tables, indexes and triggers, as versioned migrations.
+///
+/// Applied by `Migrator` (component "queue"); never edit a released migration, add one.
+public enum QueueSchema {
+    public static let component = "queue"
+
+    public static let migrations: [Migration] = [
+        Migration(version: 1, name: "jobs", statements: [
+            #"""
+            CREATE TABLE loco_jobs (
+                id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                queue            text        NOT NULL,
+                kind             text        NOT NULL,
+                args             jsonb       NOT NULL DEFAULT '{}',
+                state            text        NOT NULL,
+                priority         smallint    NOT NULL DEFAULT 0,
+                attempt          integer     NOT NULL DEFAULT 0,
+                max_attempts     integer     NOT NULL DEFAULT 10,
+                run_at           timestamptz NOT NULL DEFAULT now(),
+                created_at       timestamptz NOT NULL DEFAULT now(),
+                attempted_at     timestamptz,
+                finalized_at     timestamptz,
+                locked_by        text,
+                lease_expires_at timestamptz,
+                cancel_requested boolean     NOT NULL DEFAULT false,
+                unique_key       text,
+                pending_deps     integer     NOT NULL DEFAULT 0,
+                has_dependents   boolean     NOT NULL DEFAULT false,
+                errors           jsonb       NOT NULL DEFAULT '[]',
+                CONSTRAINT loco_jobs_state_check CHECK (state IN ('blocked','scheduled','available','running','completed','failed','cancelled')),
+                CONSTRAINT loco_jobs_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 1000),
+                CONSTRAINT loco_jobs_running_is_locked CHECK (state <> 'running' OR (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL))
+            ) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+            """#,
+            #"""
+            -- The claim path reads only this index: available jobs of one queue in claim order.
+            CREATE INDEX loco_jobs_claim ON loco_jobs (queue, priority, run_at, id) WHERE state = 'available';
+            """#,
+            #"""
+            CREATE INDEX loco_jobs_due ON loco_jobs (run_at) WHERE state = 'scheduled';
+            """#,
+            #"""
+            CREATE INDEX loco_jobs_leases ON loco_jobs (lease_expires_at) WHERE state = 'running';
+            """#,
+            #"""
+            CREATE INDEX loco_jobs_finalized ON loco_jobs (finalized_at) WHERE state IN ('completed','failed','cancelled');
+            """#,
+            #"""
+            -- Uniqueness holds while a job is live; a finished job frees its key.
+            CREATE UNIQUE INDEX loco_jobs_unique_live ON loco_jobs (unique_key)
+                WHERE unique_key IS NOT NULL AND state IN ('blocked','scheduled','available','running');
+            """#,
+            #"""
+            CREATE TABLE loco_job_dependencies (
+                job_id     bigint NOT NULL REFERENCES loco_jobs (id) ON DELETE CASCADE,
+                depends_on bigint NOT NULL REFERENCES loco_jobs (id) ON DELETE CASCADE,
+                PRIMARY KEY (depends_on, job_id)
+            );
+            """#,
+            #"""
+            CREATE INDEX loco_job_dependencies_job ON loco_job_dependencies (job_id);
+            """#,
+            #"""
+            -- One row per periodic job: the newest slot already enqueued, so several schedulers
+            -- (and system cron) never enqueue the same slot twice, even after the job is pruned.
+            CREATE TABLE loco_cron_slots (
+                name       text PRIMARY KEY,
+                last_slot  timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            );
+            """#,
+            #"""
+            -- Settling dependents runs inside the transaction that finishes the parent, whatever
+            -- finished it (a worker, the rescuer, an operator), so a DAG never sees half a step.
+            CREATE FUNCTION loco_jobs_settle_dependents() RETURNS trigger LANGUAGE plpgsql AS $$
+            DECLARE
+                woken text;
+            BEGIN
+                IF NEW.state = 'completed' THEN
+                    FOR woken IN
+                        WITH released AS (
+                            UPDATE loco_jobs j
+                            SET pending_deps = j.pending_deps - 1,
+                                state = CASE WHEN j.pending_deps > 1 THEN 'blocked'
+                                             WHEN j.run_at > now() THEN 'scheduled'
+                                             ELSE 'available' END
+                            FROM loco_job_dependencies d
+                            WHERE d.depends_on = NEW.id AND j.id = d.job_id AND j.state = 'blocked'
+                            RETURNING j.queue, j.state
+                        )
+                        SELECT DISTINCT queue FROM released WHERE state = 'available'
+                    LOOP
+                        PERFORM pg_notify('loco_jobs', woken);
+                    END LOOP;
+                ELSE
+                    UPDATE loco_jobs j
+                    SET state = 'cancelled', finalized_at = now(),
+                        errors = j.errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', j.attempt, 'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'worker', NULL, 'class', 'permanent',
+                            'code', 'dependency_failed',
+                            'message', format('job %s, which this job depends on, ended %s', NEW.id, NEW.state),
+                            'detail', NULL))
+                    FROM loco_job_dependencies d
+                    WHERE d.depends_on = NEW.id AND j.id = d.job_id
+                      AND j.state IN ('blocked', 'scheduled', 'available');
+                END IF;
+                RETURN NULL;
+            END;
+            $$;
+            """#,
+            #"""
+            CREATE TRIGGER loco_jobs_settle_dependents
+                AFTER UPDATE OF state ON loco_jobs
+                FOR EACH ROW
+                WHEN (NEW.has_dependents AND OLD.state IS DISTINCT FROM NEW.state
+                      AND NEW.state IN ('completed', 'failed', 'cancelled'))
+                EXECUTE FUNCTION loco_jobs_settle_dependents();
+            """#,
+        ]),
+    ]
+}

@@ -1,0 +1,95 @@
+import Logging
+import PostgresNIO
+import Synchronization
+
+/// Writes job outcomes in batches: whatever finished while the previous write was in flight
+/// goes out in the next single UPDATE (group commit), so a busy worker pays one round trip for
+/// many jobs and an idle one still writes each outcome at once.
+final class Completer: Sendable {
+    private let pending = Mutex<[JobOutcome]>([])
+    private let wake = WakeSignal()
+    private let idle = WakeSignal()
+    private let client: PostgresClient
+    private let store: JobStore
+    private let ledger: JobLedger
+    private let metrics: QueueMetrics
+    private let worker: String
+    private let logger: Logger
+    private let queues: Mutex<[Int64: String]> = Mutex([:])
+
+    init(client: PostgresClient, store: JobStore, ledger: JobLedger, metrics: QueueMetrics, worker: String, logger: Logger) {
+        self.client = client
+        self.store = store
+        self.ledger = ledger
+        self.metrics = metrics
+        self.worker = worker
+        self.logger = logger
+    }
+
+    func submit(_ outcome: JobOutcome, queue: String) {
+        ledger.markFinishing(outcome.id)
+        queues.withLock { $0[outcome.id] = queue }
+        pending.withLock { $0.append(outcome) }
+        wake.signal()
+    }
+
+    var backlog: Int { pending.withLock { $0.count } }
+
+    /// Runs until cancelled, then writes what is left (bounded by `drainTimeout`).
+    func run(stopping: OneShotEvent) async {
+        var failures = 0
+        while true {
+            let batch = pending.withLock { batch in
+                defer { batch.removeAll(keepingCapacity: true) }
+                return batch
+            }
+            if batch.isEmpty {
+                idle.signal()
+                if stopping.isSet { return }
+                await wake.wait(timeout: .milliseconds(200))
+                continue
+            }
+            do {
+                let updated = try await store.record(batch, worker: worker, on: client)
+                failures = 0
+                account(batch, updated: updated)
+            } catch {
+                failures += 1
+                if failures == 1 || failures % 50 == 0 {
+                    logger.warning("cannot record job outcomes; retrying", metadata: ["jobs": "\(batch.count)", "error": "\(String(reflecting: error))"])
+                }
+                if stopping.isSet && failures > 20 {
+                    // The database is gone; leases will expire and the rescuer re-runs these jobs.
+                    logger.error("giving up on \(batch.count) job outcomes at shutdown; their leases will expire and they will run again")
+                    ledger.remove(batch.map(\.id))
+                    return
+                }
+                pending.withLock { $0.insert(contentsOf: batch, at: 0) }
+                try? await Task.sleep(for: .milliseconds(min(50 * failures, 1000)))
+            }
+        }
+    }
+
+    private func account(_ batch: [JobOutcome], updated: Set<Int64>) {
+        let names = queues.withLock { queues in batch.map { queues.removeValue(forKey: $0.id) ?? "" } }
+        for (outcome, queue) in zip(batch, names) {
+            guard updated.contains(outcome.id) else {
+                metrics.resultDropped(queue: queue)
+                logger.warning("dropped the result of job \(outcome.id): this worker no longer holds it (lease expired or taken over)",
+                               metadata: ["job_id": "\(outcome.id)", "job_attempt": "\(outcome.attempt)"])
+                continue
+            }
+            metrics.finished(queue: queue, state: outcome.state)
+        }
+        ledger.remove(batch.map(\.id))
+    }
+
+    /// Waits until everything submitted so far has been written (or given up on).
+    func flush(timeout: Duration) async {
+        let deadline = ContinuousClock.now + timeout
+        while backlog > 0 && ContinuousClock.now < deadline {
+            wake.signal()
+            await idle.wait(timeout: .milliseconds(20))
+        }
+    }
+}

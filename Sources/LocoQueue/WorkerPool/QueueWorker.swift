@@ -1,0 +1,214 @@
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+import Synchronization
+
+/// What every part of one worker process shares.
+struct WorkerShared: Sendable {
+    let client: PostgresClient
+    let databaseURL: DatabaseURL
+    let store: JobStore
+    let ledger: JobLedger
+    let completer: Completer
+    let metrics: QueueMetrics
+    let handlers: JobHandlers
+    let configuration: WorkerConfiguration
+    let logger: Logger
+}
+
+/// A worker process's queue machinery as one `Service`: a pool per queue, the notification
+/// listener, one batched heartbeat, and the maintenance loops (rescuer, scheduler, pruner,
+/// periodic jobs). Graceful shutdown stops claiming, lets running jobs finish within the grace
+/// period, then stops and releases the rest.
+public final class QueueWorker: Service, Sendable {
+    let shared: WorkerShared
+    let pools: [String: WorkerPool]
+    private let stopping = OneShotEvent()
+    private let stopped = OneShotEvent()
+
+    /// `client` must be running (it is a `Service` too); `databaseURL` is used for the one
+    /// dedicated LISTEN connection.
+    public init(client: PostgresClient, databaseURL: DatabaseURL, handlers: JobHandlers,
+                configuration: WorkerConfiguration, metrics: QueueMetrics = QueueMetrics(), logger: Logger) throws {
+        try configuration.validate()
+        var logger = logger
+        logger[metadataKey: "worker"] = "\(configuration.workerID)"
+        let store = JobStore(logger: logger)
+        let ledger = JobLedger()
+        let completer = Completer(client: client, store: store, ledger: ledger, metrics: metrics,
+                                  worker: configuration.workerID, logger: logger)
+        shared = WorkerShared(client: client, databaseURL: databaseURL, store: store, ledger: ledger, completer: completer,
+                              metrics: metrics, handlers: handlers, configuration: configuration, logger: logger)
+        var pools: [String: WorkerPool] = [:]
+        for slot in configuration.queues {
+            pools[slot.name] = WorkerPool(queue: slot.name, concurrency: slot.concurrency, shared: shared)
+        }
+        self.pools = pools
+    }
+
+    public var workerID: String { shared.configuration.workerID }
+
+    /// Asks the worker to shut down gracefully (what SIGTERM does under a `ServiceGroup`).
+    public func stop() {
+        stopping.set()
+        for pool in pools.values { pool.wake.signal() }
+    }
+
+    /// Returns once `run()` has finished its shutdown.
+    public func waitUntilStopped() async { await stopped.wait() }
+
+    public func run() async throws {
+        defer { stopped.set() }
+        let configuration = shared.configuration
+        let shared = self.shared
+        shared.logger.info("worker started", metadata: [
+            "queues": "\(configuration.queues.map { "\($0.name)=\($0.concurrency)" }.joined(separator: ","))",
+            "mode": "\(configuration.pollOnly ? "poll-only" : "listen+poll")",
+        ])
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { background in
+                background.addTask { await shared.completer.run(stopping: self.stopping) }
+                background.addTask { await Heartbeat(shared: shared).run() }
+                if !configuration.pollOnly {
+                    background.addTask { await NotificationListener(shared: shared, pools: self.pools).run() }
+                }
+                if configuration.runMaintenance {
+                    let maintenance = Maintenance(shared: shared)
+                    background.addTask { await maintenance.rescueLoop() }
+                    background.addTask { await maintenance.promoteLoop() }
+                    background.addTask { await maintenance.pruneLoop() }
+                    if !configuration.periodicJobs.isEmpty {
+                        background.addTask { await maintenance.periodicLoop() }
+                    }
+                }
+                await withTaskGroup(of: Void.self) { producers in
+                    for pool in self.pools.values {
+                        producers.addTask { await pool.produce(stopping: self.stopping) }
+                    }
+                }
+                await self.finishRunningJobs()
+                background.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.stop()
+        }
+        shared.logger.info("worker stopped")
+    }
+
+    private func finishRunningJobs() async {
+        let ledger = shared.ledger
+        let grace = ContinuousClock.now + shared.configuration.gracePeriod
+        if ledger.count > 0 {
+            shared.logger.info("waiting for running jobs to finish", metadata: ["jobs": "\(ledger.count)", "grace": "\(shared.configuration.gracePeriod)"])
+        }
+        while ledger.runningCount > 0 && ContinuousClock.now < grace {
+            await ledger.drained.wait(timeout: .milliseconds(50))
+        }
+        if ledger.runningCount > 0 {
+            shared.logger.warning("grace period over: stopping \(ledger.runningCount) jobs and returning them to the queue")
+            ledger.stopAll(reason: .shutdown)
+            let deadline = ContinuousClock.now + .seconds(5)
+            while ledger.runningCount > 0 && ContinuousClock.now < deadline {
+                await ledger.drained.wait(timeout: .milliseconds(50))
+            }
+        }
+        // Outcomes still being written get a short while; after that the leases expire on their own.
+        stopping.set()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ledger.count > ledger.runningCount && ContinuousClock.now < deadline {
+            await ledger.drained.wait(timeout: .milliseconds(20))
+        }
+        let stuck = ledger.held()
+        if !stuck.isEmpty {
+            // Handlers that ignore cancellation: give their jobs back now rather than after the lease.
+            let outcomes = stuck.map { JobOutcome(id: $0.id, attempt: $0.attempt, state: .available, refund: 1) }
+            _ = try? await shared.store.record(outcomes, worker: shared.configuration.workerID, on: shared.client)
+        }
+    }
+}
+
+/// One UPDATE per interval renews the leases of every job this process holds, and tells which
+/// jobs were lost or asked to cancel.
+struct Heartbeat: Sendable {
+    let shared: WorkerShared
+
+    func run() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: shared.configuration.effectiveHeartbeat)
+            if Task.isCancelled { return }
+            await beat()
+        }
+    }
+
+    func beat() async {
+        let held = shared.ledger.held()
+        guard !held.isEmpty else { return }
+        do {
+            let alive = try await shared.store.heartbeat(held, worker: shared.configuration.workerID,
+                                                         lease: shared.configuration.leaseDuration, on: shared.client)
+            for job in held {
+                switch alive[job.id] {
+                case nil: shared.ledger.stop(job.id, reason: .leaseLost)
+                case true?: shared.ledger.stop(job.id, reason: .cancelRequested)
+                case false?: break
+                }
+            }
+        } catch {
+            shared.metrics.databaseError(operation: "heartbeat")
+            shared.logger.warning("heartbeat failed; leases run out unless the next one succeeds",
+                                  metadata: ["error": "\(shared.databaseURL.explain(error))"])
+        }
+    }
+}
+
+/// LISTENs on the queue channel with one dedicated connection: a queue name wakes that pool; a
+/// `cancel:<id>` payload stops the handler at once. Reconnects by itself; while it is down the
+/// pools keep polling.
+struct NotificationListener: Sendable {
+    let shared: WorkerShared
+    let pools: [String: WorkerPool]
+
+    func run() async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                let connection = try await PostgresConnection.connect(
+                    configuration: shared.databaseURL.connectionConfiguration, id: 0, logger: shared.logger)
+                do {
+                    try await connection.listen(on: JobStore.channel) { notifications in
+                        if failures > 0 { shared.logger.info("listening for job notifications again") }
+                        failures = 0
+                        // Anything enqueued while we were not listening must not wait for the poll.
+                        for pool in pools.values { pool.wake.signal() }
+                        for try await notification in notifications {
+                            handle(notification.payload)
+                        }
+                    }
+                } catch {
+                    try? await connection.close()
+                    throw error
+                }
+                try? await connection.close()
+            } catch {
+                if Task.isCancelled { return }
+                failures += 1
+                if failures == 1 || failures % 30 == 0 {
+                    shared.logger.warning("job notifications unavailable; polling meanwhile",
+                                          metadata: ["error": "\(shared.databaseURL.explain(error))"])
+                }
+                try? await Task.sleep(for: .milliseconds(min(100 * failures, 2000)))
+            }
+        }
+    }
+
+    private func handle(_ payload: String) {
+        if payload.hasPrefix("cancel:") {
+            if let id = Int64(payload.dropFirst("cancel:".count)), shared.ledger.stop(id, reason: .cancelRequested) {
+                shared.logger.info("job \(id) cancelled while running")
+            }
+        } else {
+            pools[payload]?.wake.signal()
+        }
+    }
+}

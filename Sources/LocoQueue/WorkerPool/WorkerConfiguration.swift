@@ -1,0 +1,62 @@
+import Foundation
+
+/// How a worker process runs: which queues at what concurrency, and the timings of its leases,
+/// polling and maintenance.
+public struct WorkerConfiguration: Sendable {
+    public struct QueueSlot: Sendable, Equatable {
+        public var name: String
+        public var concurrency: Int
+        public init(name: String, concurrency: Int) {
+            self.name = name
+            self.concurrency = concurrency
+        }
+    }
+
+    /// Unique per process; written to `locked_by` of the jobs it holds.
+    public var workerID: String
+    public var queues: [QueueSlot]
+    /// How long a claimed job stays ours without a heartbeat.
+    public var leaseDuration: Duration = .seconds(30)
+    /// Defaults to a third of the lease.
+    public var heartbeatInterval: Duration?
+    /// Fallback poll when no notification arrives (jittered ±20%).
+    public var pollInterval: Duration = .seconds(1)
+    /// No LISTEN/NOTIFY: for connection poolers in transaction mode (PgBouncer).
+    public var pollOnly = false
+    public var maxClaimBatch = 100
+    public var retry = RetryPolicy()
+    /// On shutdown, how long running jobs may take to finish before they are stopped and released.
+    public var gracePeriod: Duration = .seconds(30)
+    /// Rescuer, scheduler, pruner and periodic jobs; any number of processes may run them.
+    public var runMaintenance = true
+    public var rescueInterval: Duration = .seconds(5)
+    public var promoteInterval: Duration = .milliseconds(500)
+    public var pruneInterval: Duration = .seconds(60)
+    public var retention: Duration = .seconds(7 * 24 * 3600)
+    public var periodicJobs: [PeriodicJob] = []
+
+    public init(queues: [QueueSlot], workerID: String = WorkerConfiguration.defaultWorkerID()) {
+        self.queues = queues
+        self.workerID = workerID
+    }
+
+    public static func defaultWorkerID() -> String {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+        let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(suffix)"
+    }
+
+    var effectiveHeartbeat: Duration { heartbeatInterval ?? leaseDuration / 3 }
+
+    func validate() throws(QueueError) {
+        guard !queues.isEmpty else { throw .invalidEnqueue(reason: "a worker needs at least one queue") }
+        for slot in queues {
+            try Names.checkQueue(slot.name)
+            guard (1...10_000).contains(slot.concurrency) else {
+                throw .invalidEnqueue(reason: "concurrency of queue '\(slot.name)' must be between 1 and 10000 (got \(slot.concurrency))")
+            }
+        }
+        guard leaseDuration >= .seconds(1) else { throw .invalidEnqueue(reason: "the lease must be at least 1 second") }
+        guard effectiveHeartbeat < leaseDuration else { throw .invalidEnqueue(reason: "the heartbeat interval must be shorter than the lease") }
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Logging
+import PostgresNIO
+import Synchronization
+
+/// One queue's pool in a worker process: a producer that claims as many jobs as it has free
+/// slots (one round trip per batch), and an executor that runs each claimed job in its own
+/// task and hands the outcome to the process's `Completer`.
+final class WorkerPool: Sendable {
+    let queue: String
+    let concurrency: Int
+    let wake = WakeSignal()
+    private let running = Mutex<(count: Int, waitingForSlot: Bool)>((0, false))
+    private let shared: WorkerShared
+
+    init(queue: String, concurrency: Int, shared: WorkerShared) {
+        self.queue = queue
+        self.concurrency = concurrency
+        self.shared = shared
+    }
+
+    /// Claims and starts jobs until `stopping` is set.
+    func produce(stopping: OneShotEvent) async {
+        var failures = 0
+        let configuration = shared.configuration
+        while !stopping.isSet {
+            let free = running.withLock { state -> Int in
+                let free = concurrency - state.count
+                state.waitingForSlot = free <= 0
+                return free
+            }
+            if free <= 0 || shared.completer.backlog > concurrency * 8 {
+                await wake.wait(timeout: configuration.pollInterval)
+                continue
+            }
+            let limit = min(free, configuration.maxClaimBatch)
+            let jobs: [ClaimedJob]
+            do {
+                jobs = try await shared.store.claim(queue: queue, limit: limit, worker: configuration.workerID,
+                                                    lease: configuration.leaseDuration, on: shared.client)
+                if failures > 0 { shared.logger.info("claiming works again", metadata: ["queue": "\(queue)"]) }
+                failures = 0
+            } catch {
+                failures += 1
+                shared.metrics.databaseError(operation: "claim")
+                if failures == 1 || failures % 50 == 0 {
+                    shared.logger.warning("cannot claim jobs; retrying",
+                                          metadata: ["queue": "\(queue)", "error": "\(shared.databaseURL.explain(error))"])
+                }
+                await wake.wait(timeout: .milliseconds(min(100 * failures, 2000)))
+                continue
+            }
+            for job in jobs { start(job) }
+            if jobs.count < limit {
+                await wake.wait(timeout: configuration.pollOnly ? configuration.pollInterval.jittered() : configuration.pollInterval.jittered())
+            }
+        }
+    }
+
+    private func start(_ job: ClaimedJob) {
+        running.withLock { $0.count += 1 }
+        shared.ledger.add(id: job.id, attempt: job.attempt, queue: queue)
+        shared.metrics.started(queue: queue, startLag: .milliseconds(Int64(max(0, job.attemptedAt.timeIntervalSince(job.runAt)) * 1000)))
+        let task = Task { await self.execute(job) }
+        shared.ledger.attach(task, to: job.id)
+    }
+
+    private func execute(_ job: ClaimedJob) async {
+        var logger = shared.logger
+        logger[metadataKey: "job_id"] = "\(job.id)"
+        logger[metadataKey: "job_kind"] = "\(job.kind)"
+        logger[metadataKey: "job_attempt"] = "\(job.attempt)"
+        logger[metadataKey: "queue"] = "\(queue)"
+        let finishedInTransaction = Mutex(false)
+        let context = JobContext(
+            id: job.id, queue: queue, kind: job.kind, attempt: job.attempt, maxAttempts: job.maxAttempts,
+            createdAt: job.createdAt, logger: logger, worker: shared.configuration.workerID, store: shared.store,
+            finishedInTransaction: { finishedInTransaction.withLock { $0 = true } })
+        let began = ContinuousClock.now
+        var outcome: JobOutcome?
+        do {
+            guard let handler = shared.handlers.byKind[job.kind] else {
+                throw JobFailure.retryable(
+                    "unknown_kind", "no handler for job kind '\(job.kind)' on worker \(shared.configuration.workerID)",
+                    detail: "this worker knows: \(shared.handlers.kinds.joined(separator: ", "))")
+            }
+            try await handler(job.args, context)
+            outcome = finishedInTransaction.withLock { $0 } ? nil : JobOutcome(id: job.id, attempt: job.attempt, state: .completed)
+        } catch {
+            outcome = decide(job, error: error, finishedInTransaction: finishedInTransaction.withLock { $0 })
+        }
+        shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
+        if let outcome {
+            shared.completer.submit(outcome, queue: queue)
+        } else {
+            shared.ledger.remove([job.id])
+        }
+        let wakeProducer = running.withLock { state -> Bool in
+            state.count -= 1
+            defer { state.waitingForSlot = false }
+            return state.waitingForSlot
+        }
+        if wakeProducer { wake.signal() }
+    }
+
+    private func decide(_ job: ClaimedJob, error: any Error, finishedInTransaction: Bool) -> JobOutcome? {
+        let worker = shared.configuration.workerID
+        func attemptError(_ errorClass: ErrorClass, _ code: String, _ message: String, _ detail: String?) -> String {
+            let record = AttemptError(attempt: job.attempt, at: Date(), worker: worker, errorClass: errorClass, code: code,
+                                      message: String(message.prefix(2000)), detail: detail.map { String($0.suffix(8000)) })
+            return (try? String(decoding: JSONCoding.encoder.encode(record), as: UTF8.self)) ?? ""
+        }
+        if finishedInTransaction { return nil }
+        switch shared.ledger.stopReason(of: job.id) {
+        case .leaseLost:
+            shared.logger.warning("job \(job.id) was stopped: this worker lost its lease; the result is dropped")
+            return nil
+        case .cancelRequested:
+            return JobOutcome(id: job.id, attempt: job.attempt, state: .cancelled,
+                              errorJSON: attemptError(.permanent, "cancelled", "the job was cancelled while running", nil))
+        case .shutdown:
+            return JobOutcome(id: job.id, attempt: job.attempt, state: .available, refund: 1,
+                              errorJSON: attemptError(.retryable, "worker_shutdown", "the worker shut down before the job finished; it runs again", nil))
+        case nil:
+            break
+        }
+        if case QueueError.leaseLost = error { return nil }
+        let classified: any ClassifiedJobError = (error as? any ClassifiedJobError)
+            ?? JobFailure.retryable("error", String(describing: error), detail: String(reflecting: error))
+        let errorJSON = attemptError(classified.errorClass, classified.code, classified.message, classified.detail)
+        switch classified.errorClass {
+        case .snooze:
+            let wait = classified.retryAfter ?? .seconds(1)
+            return JobOutcome(id: job.id, attempt: job.attempt, state: .scheduled, delaySeconds: wait.seconds, refund: 1, errorJSON: errorJSON)
+        case .permanent:
+            return JobOutcome(id: job.id, attempt: job.attempt, state: .failed, errorJSON: errorJSON)
+        case .retryable:
+            if job.attempt >= job.maxAttempts {
+                return JobOutcome(id: job.id, attempt: job.attempt, state: .failed, errorJSON: errorJSON)
+            }
+            let wait = classified.retryAfter ?? shared.configuration.retry.delay(afterAttempt: job.attempt)
+            return JobOutcome(id: job.id, attempt: job.attempt, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
+        }
+    }
+}

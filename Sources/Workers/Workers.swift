@@ -1,0 +1,1 @@
+// Workers: filled in by its own issue.

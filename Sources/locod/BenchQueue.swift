@@ -1,0 +1,2 @@
+import ArgumentParser
+struct BenchQueue: AsyncParsableCommand { static let configuration = CommandConfiguration(commandName: "queue") }

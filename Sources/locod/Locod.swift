@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+import Logging
+import LocoQueue
+import PostgresNIO
+
+@main
+struct Locod: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "locod",
+        abstract: "The Loco server: API, workers, migrations, queue operations.",
+        version: "0.1.0",
+        subcommands: [Migrate.self, Worker.self, QueueCommand.self, Cron.self, Bench.self]
+    )
+}
+
+/// Options every subcommand that talks to Postgres shares.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("database-url"), help: "postgres://USER:PASSWORD@HOST:PORT/DB (default: $LOCO_DATABASE_URL)")
+    var databaseURL: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func url() throws -> DatabaseURL {
+        guard let text = databaseURL ?? ProcessInfo.processInfo.environment["LOCO_DATABASE_URL"], !text.isEmpty else {
+            throw UsageError(message: "no database given", hint: "Pass --database-url postgres://… or set LOCO_DATABASE_URL (scripts/services start prints one).")
+        }
+        return try DatabaseURL(text)
+    }
+
+    func logger(_ label: String) -> Logger {
+        LoggingSystem.bootstrapOnce()
+        var logger = Logger(label: label)
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        return logger
+    }
+
+    /// Runs `body` with a running pool, turning connection failures into a clear error.
+    func withClient<T>(maximumConnections: Int = 4, _ body: (PostgresClient, DatabaseURL, Logger) async throws -> T) async throws -> T {
+        let url = try url()
+        let logger = logger("locod")
+        try await preflight(url, logger: logger)
+        // One-shot commands: the pool's own chatter (e.g. a lease before run() started) is noise.
+        var poolLogger = logger
+        poolLogger.logLevel = .error
+        let client = PostgresClient(url: url, maximumConnections: maximumConnections, logger: poolLogger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            do {
+                return try await body(client, url, logger)
+            } catch {
+                throw url.explain(error)
+            }
+        }
+    }
+}
+
+/// Connects once, so a wrong host, port or password is reported before anything starts.
+func preflight(_ url: DatabaseURL, logger: Logger) async throws {
+    do {
+        let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: 0, logger: logger)
+        try? await connection.close()
+    } catch {
+        throw url.explain(error)
+    }
+}
+
+struct UsageError: CodedError {
+    var code = "usage"
+    var message: String
+    var hint: String
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// Prints a coded error as `Error: …` plus a hint and exits non-zero, instead of a stack of types.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as any CodedError {
+        FileHandle.standardError.write(Data("Error: \(error.message) [\(error.code)]\nHint: \(error.hint)\n".utf8))
+        throw ExitCode(error is UsageError ? 2 : 1)
+    } catch let error as PSQLError {
+        // PSQLError hides everything by design; the server's own message is safe to show.
+        let message = error.serverInfo?[.message] ?? "\(error.code)"
+        let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
+        FileHandle.standardError.write(Data("Error: PostgreSQL said: \(message)\(state) [database_error]\nHint: Run 'locod migrate' if the schema is missing; otherwise check the PostgreSQL log.\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+extension LoggingSystem {
+    private static let once: Void = {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+    }()
+
+    static func bootstrapOnce() { _ = once }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.dateEncodingStrategy = .iso8601
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply database migrations (safe to run from several processes at once).")
+
+    @OptionGroup var database: DatabaseOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            try await database.withClient { client, url, logger in
+                let applied = try await Migrator(client: client, logger: logger).migrate(LocodSchema.all)
+                if applied.isEmpty {
+                    print("database \(url.database) is up to date")
+                } else {
+                    for name in applied { print("applied \(name)") }
+                }
+            }
+        }
+    }
+}
+
+/// Every component's migrations, in the order they must apply.
+enum LocodSchema {
+    static var all: [(component: String, migrations: [Migration])] {
+        [(QueueSchema.component, QueueSchema.migrations)]
+    }
+}

@@ -1,0 +1,228 @@
+import ArgumentParser
+import Foundation
+import LocoQueue
+import PostgresNIO
+
+struct QueueCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "queue",
+        abstract: "Inspect and operate the job queue.",
+        subcommands: [Stats.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Enqueue.self]
+    )
+
+    struct Stats: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Depth by queue and state, oldest available job, failures in the last hour.")
+        @OptionGroup var database: DatabaseOptions
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                try await database.withClient { client, _, logger in
+                    let stats = try await JobStore(logger: logger).stats(on: client)
+                    if output == .json { return try printJSON(stats) }
+                    let states = JobState.allCases.map(\.rawValue)
+                    let header = ["queue"] + states + ["oldest_available", "failed_1h"]
+                    var rows = [header]
+                    for queue in stats.queues {
+                        rows.append([queue.name] + states.map { String(queue.depth[$0] ?? 0) }
+                            + [queue.oldestAvailableSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(queue.failedLastHour)])
+                    }
+                    if stats.queues.isEmpty { print("no jobs") } else { printTable(rows) }
+                }
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Jobs, newest first.")
+        @OptionGroup var database: DatabaseOptions
+        @Option var queue: String?
+        @Option var state: String?
+        @Option var kind: String?
+        @Option var limit: Int = 50
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                var jobState: JobState?
+                if let state {
+                    guard let parsed = JobState(rawValue: state) else {
+                        throw UsageError(message: "unknown state '\(state)'", hint: "Use one of: \(JobState.allCases.map(\.rawValue).joined(separator: ", ")).")
+                    }
+                    jobState = parsed
+                }
+                try await database.withClient { client, _, logger in
+                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, limit: limit, on: client)
+                    if output == .json { return try printJSON(jobs) }
+                    var rows = [["id", "queue", "kind", "state", "attempt", "created", "last error"]]
+                    for job in jobs {
+                        rows.append([String(job.id), job.queue, job.kind, job.state.rawValue, "\(job.attempt)/\(job.maxAttempts)",
+                                     job.createdAt.formatted(.iso8601), job.errors.last.map { "\($0.code): \($0.message)".prefix(60) }.map(String.init) ?? ""])
+                    }
+                    if jobs.isEmpty { print("no jobs match") } else { printTable(rows) }
+                }
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One job with its whole error history.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument var id: Int64
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                try await database.withClient { client, _, logger in
+                    guard let job = try await JobStore(logger: logger).job(id: id, on: client) else { throw QueueError.jobNotFound(id) }
+                    if output == .json { return try printJSON(job) }
+                    print("job \(job.id)  \(job.kind)  on queue \(job.queue)")
+                    print("  state       \(job.state.rawValue)\(job.cancelRequested && job.state == .running ? " (cancel requested)" : "")")
+                    print("  attempt     \(job.attempt) of \(job.maxAttempts)")
+                    print("  priority    \(job.priority)")
+                    print("  created     \(job.createdAt.formatted(.iso8601))")
+                    print("  run at      \(job.runAt.formatted(.iso8601))")
+                    if let at = job.attemptedAt { print("  attempted   \(at.formatted(.iso8601))") }
+                    if let at = job.finalizedAt { print("  finished    \(at.formatted(.iso8601))") }
+                    if let by = job.lockedBy { print("  worker      \(by)") }
+                    if let key = job.uniqueKey { print("  unique key  \(key)") }
+                    if !job.dependsOn.isEmpty { print("  depends on  \(job.dependsOn.map(String.init).joined(separator: ", ")) (\(job.pendingDependencies) pending)") }
+                    print("  args        \(job.args)")
+                    if !job.errors.isEmpty {
+                        print("  errors:")
+                        for error in job.errors {
+                            print("    #\(error.attempt) \(error.at.formatted(.iso8601)) [\(error.errorClass.rawValue)] \(error.code): \(error.message)\(error.worker.map { " (worker \($0))" } ?? "")")
+                            if let detail = error.detail { print("       \(detail.prefix(300))") }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run a finished or scheduled job again now.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument var id: Int64
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await operate(database, output: output, id: id, verb: "retried") { try await $0.retry(id: id, on: $1) }
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a queued job now, or ask a running one to stop.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument var id: Int64
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await operate(database, output: output, id: id, verb: "cancelled") { store, client in
+                if try await store.cancel(id: id, on: client) == .running {
+                    if output == .text { print("job \(id) is running: its worker was asked to stop it") }
+                }
+            }
+        }
+    }
+
+    struct Discard: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Fail a queued job for good without running it.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument var id: Int64
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await operate(database, output: output, id: id, verb: "discarded") { try await $0.discard(id: id, on: $1) }
+        }
+    }
+
+    struct Enqueue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Enqueue jobs by hand (operators, the demo, scripts).")
+        @OptionGroup var database: DatabaseOptions
+        @Option var queue: String
+        @Option var kind: String
+        @Option(help: "JSON object.") var args: String = "{}"
+        @Option var priority: Int = 0
+        @Option var maxAttempts: Int = 10
+        @Option(help: "Delay before the job may run, in seconds.") var delay: Double = 0
+        @Option var uniqueKey: String?
+        @Option(name: .customLong("depends-on"), help: "A job id this job waits for (repeatable).") var dependsOn: [Int64] = []
+        @Option(help: "How many identical jobs (enqueued in one round trip).") var count: Int = 1
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                try await database.withClient { client, _, logger in
+                    let runAt = delay > 0 ? Date().addingTimeInterval(delay) : nil
+                    let job = NewJob(queue: queue, kind: kind, args: args, priority: priority, runAt: runAt, maxAttempts: maxAttempts,
+                                     uniqueKey: uniqueKey, dependsOn: dependsOn)
+                    let results = try await JobStore(logger: logger).enqueueMany(Array(repeating: job, count: max(1, count)), on: client)
+                    if output == .json {
+                        return try printJSON(results.map { ["id": "\($0.id)", "state": $0.state.rawValue, "duplicate": "\($0.duplicate)"] })
+                    }
+                    for result in results {
+                        print(result.duplicate ? "job \(result.id) already holds that unique key (\(result.state.rawValue))" : "enqueued job \(result.id) (\(result.state.rawValue))")
+                    }
+                }
+            }
+        }
+    }
+}
+
+private func operate(_ database: DatabaseOptions, output: OutputFormat, id: Int64, verb: String,
+                     _ action: @escaping (JobStore, PostgresClient) async throws -> Void) async throws {
+    try await reportingErrors {
+        try await database.withClient { client, _, logger in
+            let store = JobStore(logger: logger)
+            try await action(store, client)
+            let job = try await store.job(id: id, on: client)
+            if output == .json { return try printJSON(job) }
+            print("job \(id) \(verb); now \(job?.state.rawValue ?? "gone")")
+        }
+    }
+}
+
+func printTable(_ rows: [[String]]) {
+    guard let first = rows.first else { return }
+    var widths = first.map(\.count)
+    for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+    for row in rows {
+        print(row.enumerated().map { i, cell in cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+    }
+}
+
+struct Cron: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Enqueue the current slot of a periodic job (for system cron), or list them.",
+        discussion: "Each slot is enqueued once, however often and wherever this runs: e.g. '0 3 * * * locod cron registry-cleanup'."
+    )
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The periodic job's name; omit to list them.") var name: String?
+    @Option var output: OutputFormat = .text
+
+    func run() async throws {
+        try await reportingErrors {
+            guard let name else {
+                for job in PeriodicJobs.all { print("\(job.name)  '\(job.schedule)'  -> queue \(job.queue), kind \(job.kind)") }
+                return
+            }
+            guard let periodic = PeriodicJobs.all.first(where: { $0.name == name }) else {
+                throw QueueError.unknownPeriodicJob(name: name, known: PeriodicJobs.all.map(\.name))
+            }
+            try await database.withClient { client, _, logger in
+                let slot = periodic.schedule.slot(containing: Date())
+                let id = try await PeriodicScheduler(store: JobStore(logger: logger), logger: logger).enqueue(periodic, slot: slot, client: client)
+                if output == .json {
+                    return try printJSON(["name": name, "slot": slot.formatted(.iso8601), "job_id": id.map(String.init) ?? ""])
+                }
+                if let id {
+                    print("enqueued job \(id) for \(name), slot \(slot.formatted(.iso8601))")
+                } else {
+                    print("\(name): slot \(slot.formatted(.iso8601)) was already enqueued; nothing to do")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import LocoQueue
+import PostgresNIO
+import ServiceLifecycle
+import UnixSignals
+
+struct Worker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run worker pools: one per --queue, each with its own concurrency.",
+        discussion: """
+            Examples:
+              locod worker --queue build --concurrency 4
+              locod worker --queue build=2 --queue push=4
+              locod worker --queue build --queue push --concurrency 2 --concurrency 8
+            SIGTERM or SIGINT stops claiming, lets running jobs finish within --grace-seconds,
+            then returns the rest to the queue.
+            """
+    )
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(name: .customLong("queue"), help: "A queue to work, as NAME or NAME=CONCURRENCY (repeatable).")
+    var queues: [String] = []
+
+    @Option(name: .customLong("concurrency"), help: "Concurrency per --queue, in the same order; one value applies to all. Default 10.")
+    var concurrencies: [Int] = []
+
+    @Option(help: "Lease length in seconds: a job whose worker stops heartbeating is rescued after this.")
+    var leaseSeconds: Double = 30
+
+    @Option(help: "Fallback poll interval in milliseconds.")
+    var pollIntervalMs: Int = 1000
+
+    @Flag(help: "Do not LISTEN for notifications (for PgBouncer in transaction mode); poll only.")
+    var pollOnly = false
+
+    @Option(help: "Seconds running jobs get to finish on shutdown.")
+    var graceSeconds: Double = 30
+
+    @Option(help: "How often to look for expired leases, in milliseconds.")
+    var rescueIntervalMs: Int = 5000
+
+    @Option(help: "Retry backoff base in milliseconds (full jitter, doubling per attempt).")
+    var retryBaseMs: Int = 1000
+
+    @Option(help: "Retry backoff cap in seconds.")
+    var retryCapSeconds: Int = 600
+
+    @Option(help: "Keep finished jobs this many hours before pruning.")
+    var retentionHours: Double = 168
+
+    @Flag(help: "Do not run the rescuer, scheduler, pruner and periodic jobs in this process.")
+    var noMaintenance = false
+
+    @Option(help: "Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: off).")
+    var metricsPort: Int = 0
+
+    @Flag(help: "Also handle the demo job kinds (demo.noop, demo.sleep, demo.flaky, demo.fail).")
+    var demoKinds = false
+
+    @Option(help: "Worker id written to the jobs it holds (default: host-pid-random).")
+    var workerID: String?
+
+    func slots() throws -> [WorkerConfiguration.QueueSlot] {
+        guard !queues.isEmpty else {
+            throw UsageError(message: "no queue given", hint: "Name at least one: locod worker --queue build --concurrency 4")
+        }
+        guard concurrencies.count <= 1 || concurrencies.count == queues.count else {
+            throw UsageError(message: "\(queues.count) queues but \(concurrencies.count) concurrencies",
+                             hint: "Give one --concurrency for all queues, one per --queue, or use --queue NAME=N.")
+        }
+        return try queues.enumerated().map { index, spec in
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            var concurrency = concurrencies.count == 1 ? concurrencies[0] : (concurrencies.isEmpty ? 10 : concurrencies[index])
+            if parts.count == 2 {
+                guard let parsed = Int(parts[1]) else {
+                    throw UsageError(message: "'\(spec)' is not NAME=CONCURRENCY", hint: "Write e.g. --queue build=4.")
+                }
+                concurrency = parsed
+            }
+            return .init(name: parts[0], concurrency: concurrency)
+        }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let url = try database.url()
+            let logger = database.logger("locod.worker")
+            var configuration = WorkerConfiguration(queues: try slots())
+            if let workerID { configuration.workerID = workerID }
+            configuration.leaseDuration = .milliseconds(Int64(leaseSeconds * 1000))
+            configuration.pollInterval = .milliseconds(pollIntervalMs)
+            configuration.pollOnly = pollOnly
+            configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
+            configuration.rescueInterval = .milliseconds(rescueIntervalMs)
+            configuration.retry = RetryPolicy(base: .milliseconds(retryBaseMs), cap: .seconds(retryCapSeconds))
+            configuration.retention = .seconds(Int64(retentionHours * 3600))
+            configuration.runMaintenance = !noMaintenance
+            configuration.periodicJobs = PeriodicJobs.all
+
+            var handlers = JobHandlers()
+            if demoKinds { DemoJobs.register(in: &handlers) }
+
+            try await preflight(url, logger: logger)
+            let totalConcurrency = configuration.queues.reduce(0) { $0 + $1.concurrency }
+            let client = PostgresClient(url: url, maximumConnections: min(50, 4 + totalConcurrency / 4), logger: logger)
+            let metrics = QueueMetrics()
+            let worker = try QueueWorker(client: client, databaseURL: url, handlers: handlers,
+                                         configuration: configuration, metrics: metrics, logger: logger)
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: worker)]
+            if metricsPort > 0 {
+                services.append(.init(service: MetricsServer.make(port: metricsPort, client: client, metrics: metrics, logger: logger)))
+            }
+            // Shutdown runs in reverse order: the metrics server, then the worker, then the pool.
+            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+}
+
+/// `/metrics` (Prometheus text) and `/healthz` for a worker process.
+enum MetricsServer {
+    static func make(port: Int, client: PostgresClient, metrics: QueueMetrics, logger: Logger) -> some Service {
+        let router = Router()
+        let store = JobStore(logger: logger)
+        router.get("/metrics") { _, _ -> Response in
+            if let stats = try? await store.stats(on: client) { metrics.update(from: stats) }
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        router.get("/healthz") { _, _ in "ok\n" }
+        return Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: logger)
+    }
+}
+
+/// Periodic jobs declared in code; `locod cron NAME` enqueues one slot of any of them.
+enum PeriodicJobs {
+    static var all: [PeriodicJob] {
+        [
+            // Registry lifecycle: old images out, then the registry's garbage collection.
+            PeriodicJob(name: "registry-cleanup", schedule: try! CronSchedule("0 3 * * *"), queue: "cleanup", kind: "registry.cleanup"),
+        ]
+    }
+}

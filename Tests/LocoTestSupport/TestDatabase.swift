@@ -1,0 +1,92 @@
+import Foundation
+import Logging
+import LocoQueue
+import PostgresNIO
+
+/// A fresh, migrated database on the test PostgreSQL, dropped afterwards.
+///
+/// The server comes from `LOCO_DATABASE_URL` (scripts/test starts one and exports it). Without
+/// it the test fails and says how to get one; it is never skipped.
+public struct TestDatabase: Sendable {
+    public let url: DatabaseURL
+    public let client: PostgresClient
+    public let logger: Logger
+
+    public static func serverURL() throws -> DatabaseURL {
+        guard let text = ProcessInfo.processInfo.environment["LOCO_DATABASE_URL"], !text.isEmpty else {
+            throw TestSetupError("""
+                LOCO_DATABASE_URL is not set, so there is no PostgreSQL to test against. Run the tests with \
+                scripts/test (it installs and starts PostgreSQL 15), or run `scripts/services start` and export \
+                the LOCO_DATABASE_URL it prints. PostgreSQL itself installs with: apt-get install -y postgresql-15
+                """)
+        }
+        return try DatabaseURL(text)
+    }
+
+    public static var testLogger: Logger {
+        var logger = Logger(label: "loco.test")
+        logger.logLevel = ProcessInfo.processInfo.environment["LOCO_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .error
+        return logger
+    }
+
+    /// Runs `body` with a new database migrated to the queue's schema.
+    public static func with<T: Sendable>(
+        migrations: [(component: String, migrations: [Migration])] = [(QueueSchema.component, QueueSchema.migrations)],
+        maximumConnections: Int = 20,
+        _ body: (TestDatabase) async throws -> T
+    ) async throws -> T {
+        let server = try serverURL()
+        let logger = testLogger
+        let name = "loco_test_\(UInt64.random(in: 0...UInt64.max) % 1_000_000_000_000)"
+        try await Self.admin(server, logger: logger, "CREATE DATABASE \(name)")
+        let url = server.with(database: name)
+        let client = PostgresClient(url: url, maximumConnections: maximumConnections, logger: logger)
+        let running = Task { await client.run() }
+        do {
+            try await Migrator(client: client, logger: logger).migrate(migrations)
+            let result = try await body(TestDatabase(url: url, client: client, logger: logger))
+            running.cancel()
+            _ = await running.value
+            try? await Self.admin(server, logger: logger, "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+            return result
+        } catch {
+            running.cancel()
+            _ = await running.value
+            try? await Self.admin(server, logger: logger, "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+            throw error
+        }
+    }
+
+    static func admin(_ server: DatabaseURL, logger: Logger, _ sql: String) async throws {
+        let connection = try await PostgresConnection.connect(configuration: server.connectionConfiguration, id: 1, logger: logger)
+        do {
+            _ = try await connection.simpleQuery(sql).get()
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try await connection.close()
+    }
+
+    /// One row, one column.
+    public func scalar<T: PostgresDecodable & Sendable>(_ query: PostgresQuery, as type: T.Type = T.self) async throws -> T {
+        for try await value in try await client.query(query, logger: logger).decode(T.self) { return value }
+        throw TestSetupError("query returned no row: \(query.sql)")
+    }
+}
+
+public struct TestSetupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+public func eventually(timeout: Duration = .seconds(10), every interval: Duration = .milliseconds(20),
+                       _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: interval)
+    }
+    return try await condition()
+}
