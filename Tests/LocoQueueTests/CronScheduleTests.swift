@@ -1,1 +1,123 @@
+import Foundation
+import LocoQueue
 import Testing
+
+@Suite("Cron schedules")
+struct CronScheduleTests {
+    func date(_ text: String) -> Date { try! Date(text, strategy: .iso8601) }
+
+    @Test("every 15 minutes lands on the quarter hours")
+    func stepMinutes() throws {
+        let schedule = try CronSchedule("*/15 * * * *")
+        #expect(schedule.next(after: date("2026-11-26T10:07:30Z")) == date("2026-11-26T10:15:00Z"))
+        #expect(schedule.next(after: date("2026-11-26T10:45:00Z")) == date("2026-11-26T11:00:00Z"))
+    }
+
+    @Test("daily at 03:00 rolls over months and years")
+    func daily() throws {
+        let schedule = try CronSchedule("0 3 * * *")
+        #expect(schedule.next(after: date("2026-12-31T03:00:00Z")) == date("2027-01-01T03:00:00Z"))
+        #expect(try CronSchedule("@daily").next(after: date("2026-02-28T12:00:00Z")) == date("2026-03-01T00:00:00Z"))
+    }
+
+    @Test("ranges, lists, names and Sunday as 7")
+    func ranges() throws {
+        let weekdays = try CronSchedule("30 9 * * mon-fri")
+        // 2026-11-28 is a Saturday: the next run is Monday the 30th.
+        #expect(weekdays.next(after: date("2026-11-27T10:00:00Z")) == date("2026-11-30T09:30:00Z"))
+        let sunday = try CronSchedule("0 0 * * 7")
+        #expect(sunday.next(after: date("2026-11-26T00:00:00Z")) == date("2026-11-29T00:00:00Z"))
+        let list = try CronSchedule("0 8,20 1 jan,jul *")
+        #expect(list.next(after: date("2026-01-01T09:00:00Z")) == date("2026-01-01T20:00:00Z"))
+        #expect(list.next(after: date("2026-01-01T20:00:00Z")) == date("2026-07-01T08:00:00Z"))
+    }
+
+    @Test("day of month and day of week restricted together match either, as in Vixie cron")
+    func dayOr() throws {
+        let schedule = try CronSchedule("0 0 13 * fri")
+        // 2026-11-27 is a Friday, before the 13th of December.
+        #expect(schedule.next(after: date("2026-11-26T00:00:00Z")) == date("2026-11-27T00:00:00Z"))
+    }
+
+    @Test("a leading seconds field makes slots one second long")
+    func seconds() throws {
+        let schedule = try CronSchedule("*/2 * * * * *")
+        #expect(schedule.hasSeconds)
+        #expect(schedule.next(after: date("2026-11-26T10:00:01Z")) == date("2026-11-26T10:00:02Z"))
+        #expect(schedule.slot(containing: Date(timeIntervalSince1970: 100.7)) == Date(timeIntervalSince1970: 100))
+    }
+
+    @Test("missed slots collapse into the newest one")
+    func latestDue() throws {
+        let schedule = try CronSchedule("0 * * * *")
+        let due = schedule.latestDue(after: date("2026-11-26T01:00:00Z"), now: date("2026-11-26T05:30:00Z"))
+        #expect(due == date("2026-11-26T05:00:00Z"))
+        #expect(schedule.latestDue(after: date("2026-11-26T05:00:00Z"), now: date("2026-11-26T05:30:00Z")) == nil)
+    }
+
+    @Test("invalid expressions say what is wrong", arguments: [
+        ("* * * *", "4 fields"),
+        ("61 * * * *", "minute 61 is outside 0-59"),
+        ("*/0 * * * *", "step"),
+        ("5-1 * * * *", "backwards"),
+        ("* * * foo *", "'foo'"),
+        ("@sometimes", "unknown macro"),
+    ])
+    func invalid(expression: String, mentions: String) {
+        #expect {
+            _ = try CronSchedule(expression)
+        } throws: { error in
+            guard let error = error as? QueueError, case .invalidCronExpression = error else { return false }
+            return error.message.contains(mentions) && error.code == "invalid_cron_expression" && !error.hint.isEmpty
+        }
+    }
+}
+
+@Suite("Retry backoff")
+struct RetryPolicyTests {
+    @Test("the ceiling doubles per attempt up to the cap")
+    func ceiling() {
+        let policy = RetryPolicy(base: .seconds(1), cap: .seconds(60))
+        #expect(policy.ceiling(afterAttempt: 1) == .seconds(1))
+        #expect(policy.ceiling(afterAttempt: 2) == .seconds(2))
+        #expect(policy.ceiling(afterAttempt: 6) == .seconds(32))
+        #expect(policy.ceiling(afterAttempt: 7) == .seconds(60))
+        #expect(policy.ceiling(afterAttempt: 500) == .seconds(60))
+    }
+
+    @Test("full jitter spreads delays over the whole range")
+    func jitter() {
+        let policy = RetryPolicy(base: .seconds(1), cap: .seconds(600))
+        #expect(policy.delay(afterAttempt: 4, random: 0) == .zero)
+        #expect(policy.delay(afterAttempt: 4, random: 1) == .seconds(8))
+        #expect(policy.delay(afterAttempt: 4, random: 0.5) == .seconds(4))
+        let samples = (0..<200).map { _ in policy.delay(afterAttempt: 5) }
+        #expect(samples.allSatisfy { $0 >= .zero && $0 <= .seconds(16) })
+        #expect(Set(samples).count > 50)
+    }
+}
+
+@Suite("Database URLs")
+struct DatabaseURLTests {
+    @Test("parses every part and never prints the password")
+    func parse() throws {
+        let url = try DatabaseURL("postgres://loco:s3cr%40t@db.internal:6543/loco_prod")
+        #expect(url.host == "db.internal")
+        #expect(url.port == 6543)
+        #expect(url.username == "loco")
+        #expect(url.password == "s3cr@t")
+        #expect(url.database == "loco_prod")
+        #expect(!url.description.contains("s3cr"))
+        #expect(url.description == "postgres://loco:***@db.internal:6543/loco_prod")
+    }
+
+    @Test("a malformed URL is refused without echoing its password")
+    func malformed() {
+        #expect {
+            _ = try DatabaseURL("mysql://root:hunter2@localhost/db")
+        } throws: { error in
+            let error = error as? QueueError
+            return error?.code == "invalid_database_url" && error?.message.contains("hunter2") == false
+        }
+    }
+}

@@ -25,6 +25,8 @@ public final class QueueWorker: Service, Sendable {
     let shared: WorkerShared
     let pools: [String: WorkerPool]
     private let stopping = OneShotEvent()
+    /// Set once running jobs are done: the completer writes what is left, then stops.
+    private let drained = OneShotEvent()
     private let stopped = OneShotEvent()
 
     /// `client` must be running (it is a `Service` too); `databaseURL` is used for the one
@@ -68,7 +70,7 @@ public final class QueueWorker: Service, Sendable {
         ])
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { background in
-                background.addTask { await shared.completer.run(stopping: self.stopping) }
+                background.addTask { await shared.completer.run(stopping: self.drained) }
                 background.addTask { await Heartbeat(shared: shared).run() }
                 if !configuration.pollOnly {
                     background.addTask { await NotificationListener(shared: shared, pools: self.pools).run() }
@@ -114,7 +116,7 @@ public final class QueueWorker: Service, Sendable {
             }
         }
         // Outcomes still being written get a short while; after that the leases expire on their own.
-        stopping.set()
+        drained.set()
         let deadline = ContinuousClock.now + .seconds(10)
         while ledger.count > ledger.runningCount && ContinuousClock.now < deadline {
             await ledger.drained.wait(timeout: .milliseconds(20))

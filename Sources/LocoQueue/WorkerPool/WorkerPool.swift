@@ -103,6 +103,13 @@ final class WorkerPool: Sendable {
         if wakeProducer { wake.signal() }
     }
 
+    /// `complete(in:)` throws `leaseLost`; a transaction helper may wrap it.
+    static func isLeaseLost(_ error: any Error) -> Bool {
+        if case QueueError.leaseLost? = error as? QueueError { return true }
+        if let wrapped = (error as? PostgresTransactionError)?.closureError { return isLeaseLost(wrapped) }
+        return false
+    }
+
     private func decide(_ job: ClaimedJob, error: any Error, finishedInTransaction: Bool) -> JobOutcome? {
         let worker = shared.configuration.workerID
         func attemptError(_ errorClass: ErrorClass, _ code: String, _ message: String, _ detail: String?) -> String {
@@ -124,7 +131,10 @@ final class WorkerPool: Sendable {
         case nil:
             break
         }
-        if case QueueError.leaseLost = error { return nil }
+        if Self.isLeaseLost(error) {
+            shared.logger.warning("job \(job.id) finished after this worker lost its lease; its transaction was rolled back")
+            return nil
+        }
         let classified: any ClassifiedJobError = (error as? any ClassifiedJobError)
             ?? JobFailure.retryable("error", String(describing: error), detail: String(reflecting: error))
         let errorJSON = attemptError(classified.errorClass, classified.code, classified.message, classified.detail)

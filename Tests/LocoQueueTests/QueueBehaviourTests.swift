@@ -1,0 +1,530 @@
+import Foundation
+@testable import LocoQueue
+import LocoTestSupport
+import PostgresNIO
+import Synchronization
+import Testing
+
+struct Greet: JobArgs {
+    static let kind = "test.greet"
+    var name: String
+    var times: Int
+}
+
+@Suite("Queue behaviour on real PostgreSQL")
+struct QueueBehaviourTests {
+    @Test("a typed job runs once and completes")
+    func typedJob() async throws {
+        try await TestDatabase.with { db in
+            let seen = Tally<String>()
+            var handlers = JobHandlers()
+            handlers.register(Greet.self) { args, context in
+                #expect(context.attempt == 1)
+                seen.record("\(args.name)x\(args.times)")
+            }
+            let job = try await db.store.enqueue(try NewJob(Greet(name: "ada", times: 2), queue: "default"), on: db.client)
+            #expect(job.state == .available)
+            try await db.withWorker(fastConfiguration([("default", 2)]), handlers: handlers) { _ in
+                let done = try await db.wait(for: job.id, toBe: .completed)
+                #expect(done.attempt == 1)
+                #expect(done.errors.isEmpty)
+                #expect(done.finalizedAt != nil)
+            }
+            #expect(seen.snapshot == ["adax2": 1])
+        }
+    }
+
+    @Test("10,000 jobs through 4 pools at concurrency 8 each complete exactly once")
+    func tenThousand() async throws {
+        try await TestDatabase.with(maximumConnections: 40) { db in
+            let runs = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.count") { _, context in runs.record(context.id) }
+            var ids: [Int64] = []
+            for _ in 0..<10 {
+                let batch = Array(repeating: NewJob(queue: "load", kind: "test.count"), count: 1000)
+                ids += try await db.store.enqueueMany(batch, on: db.client).map(\.id)
+            }
+            #expect(Set(ids).count == 10_000)
+            let workers = (0..<4).map { try! QueueWorker(client: db.client, databaseURL: db.url, handlers: handlers,
+                                                         configuration: fastConfiguration([("load", 8)], workerID: "pool-\($0)"),
+                                                         logger: db.logger) }
+            let tasks = workers.map { worker in Task { try await worker.run() } }
+            let finished = try await eventually(timeout: .seconds(120), every: .milliseconds(200)) {
+                try await db.count(state: .completed) == 10_000
+            }
+            for worker in workers { worker.stop() }
+            for task in tasks { try await task.value }
+            #expect(finished)
+            let counts = runs.snapshot
+            #expect(counts.count == 10_000)
+            #expect(counts.values.allSatisfy { $0 == 1 })
+            #expect(Set(counts.keys) == Set(ids))
+            let leftovers = try await db.scalar("SELECT count(*) FROM loco_jobs WHERE state <> 'completed' OR attempt <> 1", as: Int64.self)
+            #expect(leftovers == 0)
+            // The work really was shared by the four pools.
+            let byWorker = try await db.scalar("SELECT count(DISTINCT locked_by) FROM loco_jobs", as: Int64.self)
+            #expect(byWorker == 4)
+        }
+    }
+
+    @Test("enqueue joins the caller's transaction: a rollback leaves no job")
+    func transactionalEnqueue() async throws {
+        try await TestDatabase.with { db in
+            struct Rollback: Error {}
+            await #expect(throws: PostgresTransactionError.self) {
+                try await db.client.withTransaction(logger: db.logger) { connection in
+                    _ = try await db.store.enqueue(NewJob(queue: "default", kind: "test.x"), on: connection)
+                    throw Rollback()
+                }
+            }
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 0)
+            let id = try await db.client.withTransaction(logger: db.logger) { connection in
+                try await db.store.enqueue(NewJob(queue: "default", kind: "test.x"), on: connection).id
+            }
+            #expect(try await db.state(of: id) == .available)
+        }
+    }
+
+    @Test("batch enqueue returns ids in input order, in one round trip")
+    func batchOrder() async throws {
+        try await TestDatabase.with { db in
+            let jobs = (0..<50).map { NewJob(queue: "default", kind: "test.batch", args: #"{"n": \#($0)}"#, runAt: $0 == 7 ? Date().addingTimeInterval(3600) : nil) }
+            let results = try await db.store.enqueueMany(jobs, on: db.client)
+            #expect(results.count == 50)
+            #expect(results.map(\.id) == results.map(\.id).sorted())
+            for (n, result) in results.enumerated() {
+                let job = try #require(try await db.store.job(id: result.id, on: db.client))
+                #expect(job.args == #"{"n": \#(n)}"#)
+                #expect(job.state == (n == 7 ? .scheduled : .available))
+            }
+        }
+    }
+
+    @Test("retryable errors retry with backoff and every attempt's error is kept")
+    func retries() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.flaky") { _, context in
+                if context.attempt < 3 {
+                    throw JobFailure.retryable("upstream_503", "registry answered 503 on attempt \(context.attempt)", detail: "GET /v2/")
+                }
+            }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.flaky"), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 1)], workerID: "w-retry"), handlers: handlers) { _ in
+                let done = try await db.wait(for: job.id, toBe: .completed)
+                #expect(done.attempt == 3)
+                #expect(done.errors.map(\.attempt) == [1, 2])
+                #expect(done.errors.allSatisfy { $0.errorClass == .retryable && $0.code == "upstream_503" && $0.worker == "w-retry" && $0.detail == "GET /v2/" })
+                #expect(done.errors[0].message == "registry answered 503 on attempt 1")
+            }
+        }
+    }
+
+    @Test("a permanent error fails at once; running out of attempts fails too")
+    func permanentAndExhausted() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.broken") { _, _ in throw JobFailure.permanent("dockerfile_invalid", "line 3: unknown instruction FORM") }
+            handlers.register(kind: "test.always") { _, _ in throw URLError(.cannotConnectToHost) }
+            let broken = try await db.store.enqueue(NewJob(queue: "default", kind: "test.broken", maxAttempts: 5), on: db.client)
+            let always = try await db.store.enqueue(NewJob(queue: "default", kind: "test.always", maxAttempts: 3), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 2)]), handlers: handlers) { _ in
+                let failed = try await db.wait(for: broken.id, toBe: .failed)
+                #expect(failed.attempt == 1)
+                #expect(failed.errors.count == 1)
+                #expect(failed.errors[0].errorClass == .permanent)
+                #expect(failed.errors[0].code == "dockerfile_invalid")
+                let exhausted = try await db.wait(for: always.id, toBe: .failed)
+                #expect(exhausted.attempt == 3)
+                #expect(exhausted.errors.map(\.code) == ["error", "error", "error"])
+            }
+        }
+    }
+
+    @Test("a snooze waits without using up an attempt")
+    func snooze() async throws {
+        try await TestDatabase.with { db in
+            let calls = Tally<Int>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.snooze") { _, context in
+                calls.record(context.attempt)
+                if calls.sequence.count < 3 { throw JobFailure.snooze(.milliseconds(30), reason: "rollout not ready yet") }
+            }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.snooze", maxAttempts: 1), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+                let done = try await db.wait(for: job.id, toBe: .completed)
+                #expect(done.attempt == 1)
+                #expect(done.errors.map(\.errorClass) == [.snooze, .snooze])
+            }
+            #expect(calls.sequence == [1, 1, 1])
+        }
+    }
+
+    @Test("malformed arguments fail the job with invalid_args naming the field")
+    func malformedArgs() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(Greet.self) { _, _ in Issue.record("the handler must not run with bad args") }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: Greet.kind, args: #"{"name": "ada", "times": "twice"}"#), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+                let failed = try await db.wait(for: job.id, toBe: .failed)
+                #expect(failed.attempt == 1)
+                #expect(failed.errors.first?.code == "invalid_args")
+                #expect(failed.errors.first?.detail?.contains("times") == true)
+            }
+        }
+    }
+
+    @Test("bad input is refused at enqueue with a coded error")
+    func badEnqueue() async throws {
+        try await TestDatabase.with { db in
+            let cases: [(NewJob, String)] = [
+                (NewJob(queue: "Build Queue", kind: "k"), "invalid_queue_name"),
+                (NewJob(queue: "build", kind: "k", args: "[1,2]"), "invalid_args"),
+                (NewJob(queue: "build", kind: "k", args: "{not json"), "invalid_args"),
+                (NewJob(queue: "build", kind: "has space"), "invalid_kind"),
+                (NewJob(queue: "build", kind: "k", maxAttempts: 0), "invalid_enqueue"),
+                (NewJob(queue: "build", kind: "k", dependsOn: [987_654]), "unknown_dependency"),
+            ]
+            for (job, code) in cases {
+                await #expect {
+                    _ = try await db.store.enqueue(job, on: db.client)
+                } throws: { error in
+                    (error as? QueueError)?.code == code && !((error as? QueueError)?.hint.isEmpty ?? true)
+                }
+            }
+            let stored = try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self)
+            #expect(stored == 0)
+        }
+    }
+
+    @Test("a job of an unknown kind fails its attempt with unknown_kind and stays visible")
+    func unknownKind() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.known") { _, _ in }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.mystery", maxAttempts: 2), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+                let failed = try await db.wait(for: job.id, toBe: .failed)
+                #expect(failed.errors.map(\.code) == ["unknown_kind", "unknown_kind"])
+                #expect(failed.errors[0].message.contains("test.mystery"))
+                #expect(failed.errors[0].detail?.contains("test.known") == true)
+            }
+        }
+    }
+
+    @Test("a unique key admits one live job; finishing frees it")
+    func uniqueKeys() async throws {
+        try await TestDatabase.with { db in
+            let first = try await db.store.enqueue(NewJob(queue: "default", kind: "test.u", uniqueKey: "deploy:app-1"), on: db.client)
+            let second = try await db.store.enqueue(NewJob(queue: "default", kind: "test.u", uniqueKey: "deploy:app-1"), on: db.client)
+            #expect(!first.duplicate)
+            #expect(second.duplicate)
+            #expect(second.id == first.id)
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.u") { _, _ in }
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+                try await db.wait(for: first.id, toBe: .completed)
+            }
+            let third = try await db.store.enqueue(NewJob(queue: "default", kind: "test.u", uniqueKey: "deploy:app-1"), on: db.client)
+            #expect(!third.duplicate)
+            #expect(third.id != first.id)
+        }
+    }
+
+    @Test("a fan-out then fan-in DAG runs in dependency order")
+    func dagOrder() async throws {
+        try await TestDatabase.with { db in
+            let order = Tally<String>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.step") { args, _ in
+                try await Task.sleep(for: .milliseconds(20))
+                order.record(args)
+            }
+            let store = db.store
+            func step(_ name: String, after: [Int64]) async throws -> EnqueuedJob {
+                try await store.enqueue(NewJob(queue: "dag", kind: "test.step", args: #"{"step":"\#(name)"}"#, dependsOn: after), on: db.client)
+            }
+            let build = try await step("build", after: [])
+            let pushA = try await step("pushA", after: [build.id])
+            let pushB = try await step("pushB", after: [build.id])
+            let apply = try await step("apply", after: [pushA.id, pushB.id])
+            #expect(pushA.state == .blocked)
+            #expect(apply.state == .blocked)
+            try await db.withWorker(fastConfiguration([("dag", 4)]), handlers: handlers) { _ in
+                try await db.wait(for: apply.id, toBe: .completed)
+            }
+            let sequence = order.sequence.map { $0.replacingOccurrences(of: #"{"step": ""#, with: "").replacingOccurrences(of: #""}"#, with: "") }
+            #expect(sequence.first == "build")
+            #expect(sequence.last == "apply")
+            #expect(Set(sequence[1...2]) == ["pushA", "pushB"])
+            // A job added after its parent completed starts available at once.
+            let late = try await step("late", after: [build.id])
+            #expect(late.state == .available)
+        }
+    }
+
+    @Test("a permanent failure cancels every job that depends on it, transitively")
+    func dagFailure() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.fail") { _, _ in throw JobFailure.permanent("build_failed", "step 3 exited 1") }
+            handlers.register(kind: "test.ok") { _, _ in }
+            let store = db.store
+            let build = try await store.enqueue(NewJob(queue: "dag", kind: "test.fail"), on: db.client)
+            let sibling = try await store.enqueue(NewJob(queue: "dag", kind: "test.ok"), on: db.client)
+            let push = try await store.enqueue(NewJob(queue: "dag", kind: "test.ok", dependsOn: [build.id]), on: db.client)
+            let apply = try await store.enqueue(NewJob(queue: "dag", kind: "test.ok", dependsOn: [push.id, sibling.id]), on: db.client)
+            try await db.withWorker(fastConfiguration([("dag", 2)]), handlers: handlers) { _ in
+                try await db.wait(for: build.id, toBe: .failed)
+                let cancelledPush = try await db.wait(for: push.id, toBe: .cancelled)
+                #expect(cancelledPush.attempt == 0)
+                #expect(cancelledPush.errors.first?.code == "dependency_failed")
+                #expect(cancelledPush.errors.first?.message.contains("\(build.id)") == true)
+                try await db.wait(for: apply.id, toBe: .cancelled)
+                try await db.wait(for: sibling.id, toBe: .completed)
+            }
+            // Depending on a job that already failed gives a cancelled job, not a stuck one.
+            let orphan = try await store.enqueue(NewJob(queue: "dag", kind: "test.ok", dependsOn: [build.id]), on: db.client)
+            #expect(orphan.state == .cancelled)
+        }
+    }
+
+    @Test("cancel stops a queued job at once and a running handler within moments")
+    func cancel() async throws {
+        try await TestDatabase.with { db in
+            let started = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.long") { _, context in
+                started.record(context.id)
+                try await Task.sleep(for: .seconds(60))
+            }
+            let queued = try await db.store.enqueue(NewJob(queue: "other", kind: "test.long"), on: db.client)
+            #expect(try await db.store.cancel(id: queued.id, on: db.client) == .cancelled)
+            #expect(try await db.state(of: queued.id) == .cancelled)
+            await #expect(throws: QueueError.self) { try await db.store.cancel(id: queued.id, on: db.client) }
+            await #expect(throws: QueueError.jobNotFound(424_242)) { try await db.store.cancel(id: 424_242, on: db.client) }
+
+            let running = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+                try await db.wait(for: running.id, toBe: .running)
+                #expect(await eventually { started.count(running.id) == 1 })
+                let began = ContinuousClock.now
+                #expect(try await db.store.cancel(id: running.id, on: db.client) == .running)
+                let done = try await db.wait(for: running.id, toBe: .cancelled, timeout: .seconds(10))
+                // The notification reaches the worker long before the 10 s heartbeat would.
+                #expect(ContinuousClock.now - began < .seconds(5))
+                #expect(done.errors.last?.code == "cancelled")
+            }
+        }
+    }
+
+    @Test("a stale worker whose lease was taken over cannot complete, fail or renew the job")
+    func fencing() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            let job = try await store.enqueue(NewJob(queue: "default", kind: "test.fence"), on: db.client)
+            let stale = try await store.claim(queue: "default", limit: 1, worker: "stale", lease: .seconds(30), on: db.client)
+            #expect(stale.map(\.id) == [job.id])
+            // The stale worker goes quiet; its lease runs out and the rescuer hands the job on.
+            try await db.client.query("UPDATE loco_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = \(job.id)")
+            let rescued = try await store.rescueExpired(limit: 10, retry: RetryPolicy(base: .milliseconds(1), cap: .milliseconds(1)), on: db.client)
+            #expect(rescued.map(\.id) == [job.id])
+            #expect(rescued.first?.state == .scheduled)
+            try await Task.sleep(for: .milliseconds(10))
+            #expect(try await store.promoteDue(limit: 10, on: db.client) == 1)
+            let fresh = try await store.claim(queue: "default", limit: 1, worker: "fresh", lease: .seconds(30), on: db.client)
+            #expect(fresh.first?.attempt == 2)
+
+            let staleAttempt = stale[0].attempt
+            #expect(try await store.record([JobOutcome(id: job.id, attempt: staleAttempt, state: .completed)], worker: "stale", on: db.client).isEmpty)
+            #expect(try await store.record([JobOutcome(id: job.id, attempt: staleAttempt, state: .failed)], worker: "stale", on: db.client).isEmpty)
+            #expect(try await store.heartbeat([(job.id, staleAttempt)], worker: "stale", lease: .seconds(30), on: db.client).isEmpty)
+            // Even the right worker name with the old attempt number is refused.
+            #expect(try await store.record([JobOutcome(id: job.id, attempt: staleAttempt, state: .completed)], worker: "fresh", on: db.client).isEmpty)
+            #expect(try await db.state(of: job.id) == .running)
+
+            #expect(try await store.record([JobOutcome(id: job.id, attempt: 2, state: .completed)], worker: "fresh", on: db.client) == [job.id])
+            let done = try #require(try await store.job(id: job.id, on: db.client))
+            #expect(done.state == .completed)
+            #expect(done.lockedBy == "fresh")
+            #expect(done.errors.map(\.code) == ["lease_expired"])
+            #expect(done.errors.first?.worker == "stale")
+        }
+    }
+
+    @Test("transactional completion commits the handler's writes with the job, or neither")
+    func transactionalCompletion() async throws {
+        try await TestDatabase.with { db in
+            try await db.client.query("CREATE TABLE results (job_id bigint PRIMARY KEY, digest text)")
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.tx") { _, context in
+                if context.attempt == 1 {
+                    // Another worker takes the job over while this one is still working on it.
+                    try await db.client.query("UPDATE loco_jobs SET locked_by = 'thief' WHERE id = \(context.id)")
+                }
+                try await db.client.withTransaction(logger: context.logger) { connection in
+                    try await connection.query("INSERT INTO results VALUES (\(context.id), 'sha256:abc')", logger: context.logger)
+                    try await context.complete(in: connection)
+                }
+            }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.tx"), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+                // Attempt 1 rolled back: no row, and the job still belongs to the thief.
+                #expect(try await eventually { try await db.scalar("SELECT attempt FROM loco_jobs WHERE id = \(job.id)", as: Int.self) == 1 })
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(try await db.scalar("SELECT count(*) FROM results", as: Int64.self) == 0)
+                #expect(try await db.state(of: job.id) == .running)
+                #expect(try await db.store.job(id: job.id, on: db.client)?.lockedBy == "thief")
+                // The rescuer later returns it; attempt 2 writes and completes atomically.
+                try await db.client.query("UPDATE loco_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = \(job.id)")
+                let done = try await db.wait(for: job.id, toBe: .completed)
+                #expect(done.attempt == 2)
+            }
+            #expect(try await db.scalar("SELECT count(*) FROM results WHERE job_id = \(job.id)", as: Int64.self) == 1)
+        }
+    }
+
+    @Test("two schedulers on the same cron definition produce exactly one job per slot")
+    func cronOncePerSlot() async throws {
+        try await TestDatabase.with { db in
+            let periodic = PeriodicJob(name: "tick", schedule: try CronSchedule("* * * * * *"), queue: "cron", kind: "test.tick")
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.tick") { _, _ in }
+            var first = fastConfiguration([("unused-a", 1)], workerID: "scheduler-a")
+            first.periodicJobs = [periodic]
+            var second = fastConfiguration([("unused-b", 1)], workerID: "scheduler-b")
+            second.periodicJobs = [periodic]
+            try await db.withWorker(first, handlers: handlers) { _ in
+                try await db.withWorker(second, handlers: handlers) { _ in
+                    try await Task.sleep(for: .milliseconds(4500))
+                }
+            }
+            let keys = try await db.client.query("SELECT unique_key FROM loco_jobs WHERE kind = 'test.tick' ORDER BY unique_key")
+            var slots: [String] = []
+            for try await key in keys.decode(String.self) { slots.append(key) }
+            #expect(slots.count >= 3)
+            #expect(Set(slots).count == slots.count)
+            let seconds = slots.compactMap { Int64($0.split(separator: ":").last ?? "") }.sorted()
+            // One job for every second from the first slot to the last: none missing, none doubled.
+            #expect(seconds.count == Int((seconds.last ?? 0) - (seconds.first ?? 0)) + 1)
+
+            // Many callers racing for one slot (as system cron on several hosts would): one wins.
+            let scheduler = PeriodicScheduler(store: db.store, logger: db.logger)
+            let hourly = PeriodicJob(name: "hourly", schedule: try CronSchedule("@hourly"), queue: "cron", kind: "test.tick")
+            let slot = hourly.schedule.slot(containing: Date())
+            let winners = try await withThrowingTaskGroup(of: Int64?.self) { group in
+                for _ in 0..<8 { group.addTask { try await scheduler.enqueue(hourly, slot: slot, client: db.client) } }
+                return try await group.reduce(into: [Int64]()) { if let id = $1 { $0.append(id) } }
+            }
+            #expect(winners.count == 1)
+        }
+    }
+
+    @Test("finished jobs are pruned in batches after the retention period; others stay")
+    func prune() async throws {
+        try await TestDatabase.with { db in
+            let old = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "default", kind: "test.old"), count: 2500), on: db.client)
+            try await db.client.query("""
+                UPDATE loco_jobs SET state = 'completed', finalized_at = now() - interval '2 hours' WHERE id = ANY(\(old.map(\.id)))
+                """)
+            let recent = try await db.store.enqueue(NewJob(queue: "default", kind: "test.recent"), on: db.client)
+            try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now() WHERE id = \(recent.id)")
+            let live = try await db.store.enqueue(NewJob(queue: "waiting", kind: "test.live"), on: db.client)
+            var configuration = fastConfiguration([("default", 1)])
+            configuration.pruneInterval = .milliseconds(50)
+            configuration.retention = .seconds(3600)
+            try await db.withWorker(configuration, handlers: JobHandlers()) { _ in
+                let pruned = try await eventually { try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 2 }
+                #expect(pruned)
+            }
+            #expect(try await db.state(of: recent.id) == .failed)
+            #expect(try await db.state(of: live.id) == .available)
+        }
+    }
+
+    @Test("migrations run from several processes at once apply exactly once")
+    func concurrentMigrations() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            let migrator = Migrator(client: db.client, logger: db.logger)
+            let applied = try await withThrowingTaskGroup(of: [String].self) { group in
+                for _ in 0..<6 { group.addTask { try await migrator.migrate([(QueueSchema.component, QueueSchema.migrations)]) } }
+                return try await group.reduce(into: [String]()) { $0 += $1 }
+            }
+            #expect(applied == ["queue/1_jobs"])
+            #expect(try await db.scalar("SELECT count(*) FROM loco_schema_migrations", as: Int64.self) == 1)
+        }
+    }
+
+    @Test("an idle worker is woken by NOTIFY long before its poll interval")
+    func notifyWakes() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.ping") { _, _ in }
+            var configuration = fastConfiguration([("default", 1)])
+            configuration.pollInterval = .seconds(30)
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                try await Task.sleep(for: .milliseconds(500))
+                let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping"), on: db.client)
+                try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(5))
+            }
+        }
+    }
+
+    @Test("poll-only mode (for PgBouncer) runs jobs without LISTEN")
+    func pollOnly() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.ping") { _, _ in }
+            var configuration = fastConfiguration([("default", 2)])
+            configuration.pollOnly = true
+            configuration.pollInterval = .milliseconds(100)
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping"), on: db.client)
+                try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(5))
+            }
+        }
+    }
+
+    @Test("shutdown lets running jobs finish within the grace period and releases the rest")
+    func gracefulShutdown() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.short") { _, _ in try await Task.sleep(for: .milliseconds(300)) }
+            handlers.register(kind: "test.endless") { _, _ in try await Task.sleep(for: .seconds(120)) }
+            let short = try await db.store.enqueue(NewJob(queue: "default", kind: "test.short"), on: db.client)
+            let endless = try await db.store.enqueue(NewJob(queue: "default", kind: "test.endless"), on: db.client)
+            var configuration = fastConfiguration([("default", 2)], workerID: "w-shutdown")
+            configuration.gracePeriod = .seconds(1)
+            configuration.runMaintenance = false
+            let began = ContinuousClock.now
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                try await db.wait(for: short.id, toBe: .running)
+                try await db.wait(for: endless.id, toBe: .running)
+            }
+            #expect(ContinuousClock.now - began < .seconds(15))
+            #expect(try await db.state(of: short.id) == .completed)
+            let released = try #require(try await db.store.job(id: endless.id, on: db.client))
+            #expect(released.state == .available)
+            #expect(released.attempt == 0)
+            #expect(released.lockedBy == nil)
+            #expect(released.errors.last?.code == "worker_shutdown")
+        }
+    }
+
+    @Test("an unreachable database is reported with host and port, never the password")
+    func unreachable() async throws {
+        let url = try DatabaseURL("postgres://loco:hunter2@127.0.0.1:1/loco")
+        do {
+            _ = try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: 9, logger: TestDatabase.testLogger)
+            Issue.record("connecting to port 1 should fail")
+        } catch {
+            let explained = try #require(url.explain(error) as? QueueError)
+            #expect(explained.code == "database_unreachable")
+            #expect(explained.message.contains("127.0.0.1:1"))
+            #expect(!explained.message.contains("hunter2"))
+            #expect(!explained.hint.contains("hunter2"))
+        }
+    }
+}
