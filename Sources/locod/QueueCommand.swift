@@ -213,7 +213,7 @@ struct Cron: AsyncParsableCommand {
             }
             try await database.withClient { client, _, logger in
                 let slot = periodic.schedule.slot(containing: Date())
-                let id = try await PeriodicScheduler(store: JobStore(logger: logger), logger: logger).enqueue(periodic, slot: slot, client: client)
+                let id = try await PeriodicScheduler(store: JobStore(logger: logger), logger: logger).enqueue(periodic, slot: slot, database: client)
                 if output == .json {
                     return try printJSON(["name": name, "slot": slot.formatted(.iso8601), "job_id": id.map(String.init) ?? ""])
                 }

@@ -105,16 +105,14 @@ struct Worker: AsyncParsableCommand {
             if demoKinds { DemoJobs.register(in: &handlers) }
 
             try await preflight(url, logger: logger)
-            let totalConcurrency = configuration.queues.reduce(0) { $0 + $1.concurrency }
-            let client = PostgresClient(url: url, maximumConnections: min(50, 4 + totalConcurrency / 4), logger: logger)
             let metrics = QueueMetrics()
-            let worker = try QueueWorker(client: client, databaseURL: url, handlers: handlers,
-                                         configuration: configuration, metrics: metrics, logger: logger)
-            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: worker)]
+            let worker = try QueueWorker(databaseURL: url, handlers: handlers, configuration: configuration, metrics: metrics, logger: logger)
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: worker)]
             if metricsPort > 0 {
-                services.append(.init(service: MetricsServer.make(port: metricsPort, client: client, metrics: metrics, logger: logger)))
+                let database = ReconnectingConnection(url: url, logger: logger)
+                services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, logger: logger)))
             }
-            // Shutdown runs in reverse order: the metrics server, then the worker, then the pool.
+            // Shutdown runs in reverse order: the metrics server first, then the worker.
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
@@ -123,11 +121,11 @@ struct Worker: AsyncParsableCommand {
 
 /// `/metrics` (Prometheus text) and `/healthz` for a worker process.
 enum MetricsServer {
-    static func make(port: Int, client: PostgresClient, metrics: QueueMetrics, logger: Logger) -> some Service {
+    static func make(port: Int, database: ReconnectingConnection, metrics: QueueMetrics, logger: Logger) -> some Service {
         let router = Router()
         let store = JobStore(logger: logger)
         router.get("/metrics") { _, _ -> Response in
-            if let stats = try? await store.stats(on: client) { metrics.update(from: stats) }
+            if let stats = try? await store.stats(on: database) { metrics.update(from: stats) }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }

@@ -46,7 +46,7 @@ struct QueueBehaviourTests {
                 ids += try await db.store.enqueueMany(batch, on: db.client).map(\.id)
             }
             #expect(Set(ids).count == 10_000)
-            let workers = (0..<4).map { try! QueueWorker(client: db.client, databaseURL: db.url, handlers: handlers,
+            let workers = (0..<4).map { try! QueueWorker(databaseURL: db.url, handlers: handlers,
                                                          configuration: fastConfiguration([("load", 8)], workerID: "pool-\($0)"),
                                                          logger: db.logger) }
             let tasks = workers.map { worker in Task { try await worker.run() } }
@@ -415,7 +415,7 @@ struct QueueBehaviourTests {
             let hourly = PeriodicJob(name: "hourly", schedule: try CronSchedule("@hourly"), queue: "cron", kind: "test.tick")
             let slot = hourly.schedule.slot(containing: Date())
             let winners = try await withThrowingTaskGroup(of: Int64?.self) { group in
-                for _ in 0..<8 { group.addTask { try await scheduler.enqueue(hourly, slot: slot, client: db.client) } }
+                for _ in 0..<8 { group.addTask { try await scheduler.enqueue(hourly, slot: slot, database: db.client) } }
                 return try await group.reduce(into: [Int64]()) { if let id = $1 { $0.append(id) } }
             }
             #expect(winners.count == 1)

@@ -24,7 +24,7 @@ extension TestDatabase {
         handlers: JobHandlers,
         _ body: (QueueWorker) async throws -> T
     ) async throws -> T {
-        let worker = try QueueWorker(client: client, databaseURL: url, handlers: handlers, configuration: configuration, logger: logger)
+        let worker = try QueueWorker(databaseURL: url, handlers: handlers, configuration: configuration, logger: logger)
         let running = Task { try await worker.run() }
         do {
             let result = try await body(worker)

@@ -8,8 +8,20 @@ import PostgresNIO
 struct Maintenance: Sendable {
     let shared: WorkerShared
 
-    private var client: PostgresClient { shared.client }
+    private let client: ReconnectingConnection
+    private let periodicConnection: ReconnectingConnection
     private var store: JobStore { shared.store }
+
+    init(shared: WorkerShared) {
+        self.shared = shared
+        client = shared.connect()
+        periodicConnection = shared.connect()
+    }
+
+    func close() async {
+        await client.close()
+        await periodicConnection.close()
+    }
     private var configuration: WorkerConfiguration { shared.configuration }
 
     /// Jobs whose worker died (no heartbeat for a whole lease) go back to the queue.
@@ -73,7 +85,7 @@ struct Maintenance: Sendable {
         while !Task.isCancelled {
             for periodic in configuration.periodicJobs {
                 do {
-                    lastSlots[periodic.name] = try await scheduler.tick(periodic, lastSlot: lastSlots[periodic.name], now: Date(), client: client)
+                    lastSlots[periodic.name] = try await scheduler.tick(periodic, lastSlot: lastSlots[periodic.name], now: Date(), database: periodicConnection)
                 } catch {
                     shared.metrics.databaseError(operation: "cron")
                     shared.logger.warning("cannot schedule periodic job \(periodic.name)", metadata: ["error": "\(shared.databaseURL.explain(error))"])
@@ -99,26 +111,26 @@ public struct PeriodicScheduler: Sendable {
     ///
     /// A periodic job seen for the first time starts from the current slot without running it;
     /// slots missed while no scheduler ran are caught up with a single run, not one per slot.
-    func tick(_ periodic: PeriodicJob, lastSlot: Date?, now: Date, client: PostgresClient) async throws -> Date {
+    func tick(_ periodic: PeriodicJob, lastSlot: Date?, now: Date, database: ReconnectingConnection) async throws -> Date {
         var last = lastSlot
         if last == nil {
-            last = try await store.cronSlot(name: periodic.name, on: client)
+            last = try await store.cronSlot(name: periodic.name, on: database)
             if last == nil {
                 let current = periodic.schedule.slot(containing: now)
-                _ = try await store.advanceCronSlot(name: periodic.name, to: current, on: client)
-                return try await store.cronSlot(name: periodic.name, on: client) ?? current
+                _ = try await store.advanceCronSlot(name: periodic.name, to: current, on: database)
+                return try await store.cronSlot(name: periodic.name, on: database) ?? current
             }
         }
         guard let last, let due = periodic.schedule.latestDue(after: last, now: now) else { return last ?? now }
-        if let id = try await enqueue(periodic, slot: due, client: client) {
+        if let id = try await enqueue(periodic, slot: due, database: database) {
             logger.info("enqueued periodic job \(periodic.name)", metadata: ["job_id": "\(id)", "slot": "\(due)"])
         }
         return due
     }
 
     /// Enqueues `slot` of `periodic` unless some scheduler already did; returns the new job's id.
-    public func enqueue(_ periodic: PeriodicJob, slot: Date, client: PostgresClient) async throws -> Int64? {
-        try await client.withTransaction(logger: logger) { connection in
+    public func enqueue(_ periodic: PeriodicJob, slot: Date, database: some TransactionRunner) async throws -> Int64? {
+        try await database.transaction { connection in
             guard try await store.advanceCronSlot(name: periodic.name, to: slot, on: connection) else { return nil }
             return try await store.enqueue(periodic.job(forSlot: slot.timeIntervalSince1970), on: connection).id
         }

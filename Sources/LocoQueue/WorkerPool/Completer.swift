@@ -9,7 +9,7 @@ final class Completer: Sendable {
     private let pending = Mutex<[JobOutcome]>([])
     private let wake = WakeSignal()
     private let idle = WakeSignal()
-    private let client: PostgresClient
+    private let database: ReconnectingConnection
     private let store: JobStore
     private let ledger: JobLedger
     private let metrics: QueueMetrics
@@ -17,8 +17,8 @@ final class Completer: Sendable {
     private let logger: Logger
     private let queues: Mutex<[Int64: String]> = Mutex([:])
 
-    init(client: PostgresClient, store: JobStore, ledger: JobLedger, metrics: QueueMetrics, worker: String, logger: Logger) {
-        self.client = client
+    init(database: ReconnectingConnection, store: JobStore, ledger: JobLedger, metrics: QueueMetrics, worker: String, logger: Logger) {
+        self.database = database
         self.store = store
         self.ledger = ledger
         self.metrics = metrics
@@ -45,12 +45,15 @@ final class Completer: Sendable {
             }
             if batch.isEmpty {
                 idle.signal()
-                if stopping.isSet { return }
+                if stopping.isSet {
+                    await database.close()
+                    return
+                }
                 await wake.wait(timeout: .milliseconds(200))
                 continue
             }
             do {
-                let updated = try await store.record(batch, worker: worker, on: client)
+                let updated = try await store.record(batch, worker: worker, on: database)
                 failures = 0
                 account(batch, updated: updated)
             } catch {

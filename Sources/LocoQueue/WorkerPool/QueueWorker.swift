@@ -6,7 +6,6 @@ import Synchronization
 
 /// What every part of one worker process shares.
 struct WorkerShared: Sendable {
-    let client: PostgresClient
     let databaseURL: DatabaseURL
     let store: JobStore
     let ledger: JobLedger
@@ -15,6 +14,11 @@ struct WorkerShared: Sendable {
     let handlers: JobHandlers
     let configuration: WorkerConfiguration
     let logger: Logger
+
+    /// A dedicated connection for one part of the worker.
+    func connect() -> ReconnectingConnection {
+        ReconnectingConnection(url: databaseURL, logger: logger)
+    }
 }
 
 /// A worker process's queue machinery as one `Service`: a pool per queue, the notification
@@ -29,18 +33,18 @@ public final class QueueWorker: Service, Sendable {
     private let drained = OneShotEvent()
     private let stopped = OneShotEvent()
 
-    /// `client` must be running (it is a `Service` too); `databaseURL` is used for the one
-    /// dedicated LISTEN connection.
-    public init(client: PostgresClient, databaseURL: DatabaseURL, handlers: JobHandlers,
+    /// Each part of the worker (a producer per queue, the completer, the heartbeat, maintenance,
+    /// the listener) gets its own connection to `databaseURL`.
+    public init(databaseURL: DatabaseURL, handlers: JobHandlers,
                 configuration: WorkerConfiguration, metrics: QueueMetrics = QueueMetrics(), logger: Logger) throws {
         try configuration.validate()
         var logger = logger
         logger[metadataKey: "worker"] = "\(configuration.workerID)"
         let store = JobStore(logger: logger)
         let ledger = JobLedger()
-        let completer = Completer(client: client, store: store, ledger: ledger, metrics: metrics,
+        let completer = Completer(database: ReconnectingConnection(url: databaseURL, logger: logger), store: store, ledger: ledger, metrics: metrics,
                                   worker: configuration.workerID, logger: logger)
-        shared = WorkerShared(client: client, databaseURL: databaseURL, store: store, ledger: ledger, completer: completer,
+        shared = WorkerShared(databaseURL: databaseURL, store: store, ledger: ledger, completer: completer,
                               metrics: metrics, handlers: handlers, configuration: configuration, logger: logger)
         var pools: [String: WorkerPool] = [:]
         for slot in configuration.queues {
@@ -77,6 +81,11 @@ public final class QueueWorker: Service, Sendable {
                 }
                 if configuration.runMaintenance {
                     let maintenance = Maintenance(shared: shared)
+                    background.addTask {
+                        // Closes the maintenance connections when the worker stops.
+                        await OneShotEvent().waitForever()
+                        await maintenance.close()
+                    }
                     background.addTask { await maintenance.rescueLoop() }
                     background.addTask { await maintenance.promoteLoop() }
                     background.addTask { await maintenance.pruneLoop() }
@@ -125,7 +134,9 @@ public final class QueueWorker: Service, Sendable {
         if !stuck.isEmpty {
             // Handlers that ignore cancellation: give their jobs back now rather than after the lease.
             let outcomes = stuck.map { JobOutcome(id: $0.id, attempt: $0.attempt, state: .available, refund: 1) }
-            _ = try? await shared.store.record(outcomes, worker: shared.configuration.workerID, on: shared.client)
+            let connection = shared.connect()
+            _ = try? await shared.store.record(outcomes, worker: shared.configuration.workerID, on: connection)
+            await connection.close()
         }
     }
 }
@@ -134,8 +145,15 @@ public final class QueueWorker: Service, Sendable {
 /// jobs were lost or asked to cancel.
 struct Heartbeat: Sendable {
     let shared: WorkerShared
+    let database: ReconnectingConnection
+
+    init(shared: WorkerShared) {
+        self.shared = shared
+        database = shared.connect()
+    }
 
     func run() async {
+        defer { Task { [database] in await database.close() } }
         while !Task.isCancelled {
             try? await Task.sleep(for: shared.configuration.effectiveHeartbeat)
             if Task.isCancelled { return }
@@ -148,7 +166,7 @@ struct Heartbeat: Sendable {
         guard !held.isEmpty else { return }
         do {
             let alive = try await shared.store.heartbeat(held, worker: shared.configuration.workerID,
-                                                         lease: shared.configuration.leaseDuration, on: shared.client)
+                                                         lease: shared.configuration.leaseDuration, on: database)
             for job in held {
                 switch alive[job.id] {
                 case nil: shared.ledger.stop(job.id, reason: .leaseLost)

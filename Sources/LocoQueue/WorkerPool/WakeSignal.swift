@@ -80,6 +80,15 @@ final class OneShotEvent: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Suspends until the task is cancelled (an event nobody sets).
+    func waitForever() async {
+        await withTaskCancellationHandler {
+            await wait()
+        } onCancel: {
+            set()
+        }
+    }
+
     func wait() async {
         await withCheckedContinuation { continuation in
             let done = state.withLock { state -> Bool in

@@ -12,15 +12,18 @@ final class WorkerPool: Sendable {
     let wake = WakeSignal()
     private let running = Mutex<(count: Int, waitingForSlot: Bool)>((0, false))
     private let shared: WorkerShared
+    private let database: ReconnectingConnection
 
     init(queue: String, concurrency: Int, shared: WorkerShared) {
         self.queue = queue
         self.concurrency = concurrency
         self.shared = shared
+        database = shared.connect()
     }
 
     /// Claims and starts jobs until `stopping` is set.
     func produce(stopping: OneShotEvent) async {
+        defer { Task { [database] in await database.close() } }
         var failures = 0
         let configuration = shared.configuration
         while !stopping.isSet {
@@ -37,7 +40,7 @@ final class WorkerPool: Sendable {
             let jobs: [ClaimedJob]
             do {
                 jobs = try await shared.store.claim(queue: queue, limit: limit, worker: configuration.workerID,
-                                                    lease: configuration.leaseDuration, on: shared.client)
+                                                    lease: configuration.leaseDuration, on: database)
                 if failures > 0 { shared.logger.info("claiming works again", metadata: ["queue": "\(queue)"]) }
                 failures = 0
             } catch {

@@ -1,0 +1,148 @@
+import Logging
+import NIOCore
+import PostgresNIO
+import Synchronization
+
+/// Something that runs a closure inside one transaction.
+public protocol TransactionRunner: Sendable {
+    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T
+}
+
+extension PostgresClient: TransactionRunner {
+    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await withConnection { connection in
+            try await connection.query("BEGIN", logger: Logger(label: "loco.queue"))
+            do {
+                let result = try await body(connection)
+                try await connection.query("COMMIT", logger: Logger(label: "loco.queue"))
+                return result
+            } catch {
+                _ = try? await connection.query("ROLLBACK", logger: Logger(label: "loco.queue"))
+                throw error
+            }
+        }
+    }
+}
+
+/// One Postgres connection owned by one part of a worker (a producer, the completer, the
+/// heartbeat, maintenance), reconnected on demand after any failure.
+///
+/// Every connect and query has a deadline: a connection that stops answering is closed, which
+/// fails what was waiting on it, and the next call reconnects. The worker never waits on a
+/// shared pool's recovery (PostgresNIO's pool was seen to leave new connections hanging forever
+/// after a server restart).
+public final class ReconnectingConnection: QueryRunner, TransactionRunner, Sendable {
+    public let url: DatabaseURL
+    let logger: Logger
+    let connectTimeout: Duration
+    let queryTimeout: Duration
+    private let state = Mutex<Task<PostgresConnection, any Error>?>(nil)
+    private let connectionIDs = Atomic<Int>(0)
+
+    public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30)) {
+        self.url = url
+        self.logger = logger
+        self.connectTimeout = connectTimeout
+        self.queryTimeout = queryTimeout
+    }
+
+    /// The current connection, connecting first if there is none (concurrent callers share one attempt).
+    public func connection() async throws -> PostgresConnection {
+        let attempt = state.withLock { current -> Task<PostgresConnection, any Error> in
+            if let current { return current }
+            let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
+            let task = Task { [url, logger, connectTimeout] in
+                try await Self.deadline(connectTimeout, onTimeout: {}) {
+                    try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: id, logger: logger)
+                }
+            }
+            current = task
+            return task
+        }
+        do {
+            let connection = try await attempt.value
+            if connection.isClosed {
+                forget(attempt)
+                return try await self.connection()
+            }
+            return connection
+        } catch {
+            forget(attempt)
+            throw url.explain(error)
+        }
+    }
+
+    public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
+        let connection = try await connection()
+        do {
+            return try await Self.deadline(queryTimeout, onTimeout: { try? await connection.close() }) {
+                try await connection.query(query, logger: logger)
+            }
+        } catch {
+            if connection.isClosed || error is DeadlineExceeded { drop(connection) }
+            throw error
+        }
+    }
+
+    /// Runs `body` in a transaction on this connection; nothing else may use it meanwhile.
+    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        let connection = try await connection()
+        do {
+            try await connection.query("BEGIN", logger: logger)
+            let result = try await body(connection)
+            try await connection.query("COMMIT", logger: logger)
+            return result
+        } catch {
+            _ = try? await connection.query("ROLLBACK", logger: logger)
+            if connection.isClosed { drop(connection) }
+            throw error
+        }
+    }
+
+    public func close() async {
+        let attempt = state.withLock { current in
+            defer { current = nil }
+            return current
+        }
+        if let connection = try? await attempt?.value { try? await connection.close() }
+    }
+
+    private func forget(_ attempt: Task<PostgresConnection, any Error>) {
+        state.withLock { current in
+            if current == attempt { current = nil }
+        }
+    }
+
+    private func drop(_ connection: PostgresConnection) {
+        let attempt = state.withLock { $0 }
+        Task { [weak self] in
+            if let attempt, let current = try? await attempt.value, current === connection { self?.forget(attempt) }
+            try? await connection.close()
+        }
+    }
+
+    struct DeadlineExceeded: Error {}
+
+    /// Runs `operation`; if it takes longer than `timeout`, runs `onTimeout` (which must make the
+    /// operation finish, e.g. by closing its connection) and throws.
+    static func deadline<T: Sendable>(_ timeout: Duration, onTimeout: @escaping @Sendable () async -> Void,
+                                      _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await operation() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                await onTimeout()
+                throw DeadlineExceeded()
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            throw DeadlineExceeded()
+        }
+    }
+}
+
+extension ReconnectingConnection.DeadlineExceeded: CustomStringConvertible {
+    var description: String { "the database did not answer in time" }
+}

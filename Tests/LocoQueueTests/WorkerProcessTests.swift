@@ -1,0 +1,196 @@
+import Foundation
+import LocoQueue
+import LocoTestSupport
+import PostgresNIO
+import Testing
+
+/// These run the real `locod` binary as separate processes.
+@Suite("locod worker processes", .serialized)
+struct WorkerProcessTests {
+    func worker(_ url: DatabaseURL, id: String, queue: String = "default", concurrency: Int = 2, lease: Double = 2) throws -> ChildProcess {
+        try ChildProcess(try Repo.binary("locod"), [
+            "worker", "--database-url", url.urlString, "--queue", queue, "--concurrency", "\(concurrency)",
+            "--demo-kinds", "--worker-id", id, "--lease-seconds", "\(lease)", "--rescue-interval-ms", "200",
+            "--retry-base-ms", "20", "--poll-interval-ms", "200", "--grace-seconds", "10",
+        ])
+    }
+
+    @Test("a worker process killed with SIGKILL mid-job: another process rescues and completes its job")
+    func sigkill() async throws {
+        try await TestDatabase.with { db in
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 1500}"#), on: db.client)
+            let victim = try worker(db.url, id: "victim")
+            defer { victim.stop() }
+            let running = try await db.wait(for: job.id, toBe: .running)
+            #expect(running.lockedBy == "victim")
+            victim.signal(SIGKILL)
+            #expect(await victim.waitForExit(timeout: .seconds(5)) != nil)
+
+            let survivor = try worker(db.url, id: "survivor")
+            defer { survivor.stop() }
+            let done = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(30))
+            #expect(done.lockedBy == "survivor")
+            #expect(done.attempt == 2)
+            let expired = try #require(done.errors.first)
+            #expect(expired.code == "lease_expired")
+            #expect(expired.worker == "victim")
+            #expect(expired.attempt == 1)
+            survivor.signal(SIGTERM)
+            #expect(await survivor.waitForExit(timeout: .seconds(15)) == 0)
+        }
+    }
+
+    @Test("SIGTERM lets the running job finish, then the worker exits 0")
+    func sigterm() async throws {
+        try await TestDatabase.with { db in
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 1200}"#), on: db.client)
+            let process = try worker(db.url, id: "graceful")
+            defer { process.stop() }
+            try await db.wait(for: job.id, toBe: .running)
+            process.signal(SIGTERM)
+            let status = await process.waitForExit(timeout: .seconds(20))
+            #expect(status == 0, "worker output:\n\(process.output)")
+            #expect(try await db.state(of: job.id) == .completed)
+        }
+    }
+
+    @Test("PostgreSQL restarted while jobs run: the worker reconnects and nothing is lost or stuck")
+    func postgresRestart() async throws {
+        let postgres = try await PrivatePostgres.start()
+        do {
+            try await restartScenario(postgres)
+        } catch {
+            await postgres.destroy()
+            throw error
+        }
+        await postgres.destroy()
+    }
+
+    func restartScenario(_ postgres: PrivatePostgres) async throws {
+        let locod = try Repo.binary("locod")
+        let url = postgres.url
+        let migrated = try await runCommand(locod, ["migrate", "--database-url", url.urlString])
+        #expect(migrated.status == 0, "\(migrated.output)")
+        let enqueue = ["queue", "enqueue", "--database-url", url.urlString, "--queue", "default", "--kind", "demo.sleep",
+                       "--args", #"{"ms": 15}"#, "--count", "300"]
+        #expect(try await runCommand(locod, enqueue).status == 0)
+
+        let process = try worker(url, id: "survives-restart", concurrency: 8, lease: 3)
+        defer { process.stop() }
+        let logger = TestDatabase.testLogger
+        let client = PostgresClient(url: url, logger: logger)
+        let clientTask = Task { await client.run() }
+        defer { clientTask.cancel() }
+        func count(_ state: JobState) async -> Int? {
+            guard let rows = try? await client.query("SELECT count(*) FROM loco_jobs WHERE state = \(state.rawValue)") else { return nil }
+            return try? await rows.decode(Int64.self).reduce(0) { $0 + Int($1) }
+        }
+        #expect(await eventually(timeout: .seconds(30)) { (await count(.completed) ?? 0) >= 40 })
+
+        try await postgres.stop()
+        try await Task.sleep(for: .milliseconds(800))
+        try await postgres.start()
+        #expect(try await runCommand(locod, enqueue).status == 0)
+
+        let allDone = await eventually(timeout: .seconds(90), every: .milliseconds(250)) { await count(.completed) == 600 }
+        if !allDone { try? process.output.write(toFile: "/tmp/loco-restart-worker.log", atomically: true, encoding: .utf8) }
+        #expect(allDone, "worker output:\n\(process.output.suffix(3000))")
+        for state in [JobState.available, .running, .scheduled, .failed] {
+            let left = await count(state)
+            #expect(left == 0, "jobs left \(state.rawValue): \(left.map(String.init) ?? "unknown")")
+        }
+        process.signal(SIGTERM)
+        #expect(await process.waitForExit(timeout: .seconds(20)) == 0)
+    }
+
+    @Test("an unreachable database: locod names host and port, never the password, and exits 1")
+    func unreachableCLI() async throws {
+        let locod = try Repo.binary("locod")
+        let (status, output) = try await runCommand(locod, ["queue", "stats", "--database-url", "postgres://loco:hunter2@127.0.0.1:1/loco"])
+        #expect(status == 1)
+        #expect(output.contains("Error: cannot reach PostgreSQL at 127.0.0.1:1"))
+        #expect(output.contains("Hint:"))
+        #expect(!output.contains("hunter2"))
+        let worker = try await runCommand(locod, ["worker", "--queue", "build", "--database-url", "postgres://loco:hunter2@127.0.0.1:1/loco"])
+        #expect(worker.status == 1)
+        #expect(worker.output.contains("127.0.0.1:1"))
+        #expect(!worker.output.contains("hunter2"))
+    }
+
+    @Test("operator commands: bad usage and unknown ids get coded errors with hints")
+    func operatorErrors() async throws {
+        try await TestDatabase.with { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let noQueue = try await runCommand(locod, ["worker"], environment: env)
+            #expect(noQueue.status == 2)
+            #expect(noQueue.output.contains("no queue given"))
+            let mismatch = try await runCommand(locod, ["worker", "--queue", "a", "--queue", "b", "--concurrency", "1", "--concurrency", "2", "--concurrency", "3"], environment: env)
+            #expect(mismatch.status == 2)
+            let missing = try await runCommand(locod, ["queue", "show", "987654"], environment: env)
+            #expect(missing.status == 1)
+            #expect(missing.output.contains("job 987654 does not exist [job_not_found]"))
+            let cron = try await runCommand(locod, ["cron", "no-such-job"], environment: env)
+            #expect(cron.status == 1)
+            #expect(cron.output.contains("registry-cleanup"))
+            let badState = try await runCommand(locod, ["queue", "list", "--state", "done"], environment: env)
+            #expect(badState.status == 2)
+            #expect(badState.output.contains("completed"))
+        }
+    }
+
+    @Test("locod queue commands show, retry, cancel and discard jobs, in text and JSON")
+    func operatorCommands() async throws {
+        try await TestDatabase.with { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let failed = try await db.store.enqueue(NewJob(queue: "ops", kind: "x", maxAttempts: 1), on: db.client)
+            try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now() WHERE id = \(failed.id)")
+            let queued = try await db.store.enqueue(NewJob(queue: "ops", kind: "x"), on: db.client)
+            let other = try await db.store.enqueue(NewJob(queue: "ops", kind: "x"), on: db.client)
+
+            let stats = try await runCommand(locod, ["queue", "stats", "--output", "json"], environment: env)
+            #expect(stats.status == 0)
+            let decoded = try JSONDecoder().decode(QueueStats.self, from: Data(stats.output.utf8))
+            #expect(decoded.queues.first?.depth == ["available": 2, "failed": 1])
+
+            #expect(try await runCommand(locod, ["queue", "retry", "\(failed.id)"], environment: env).output.contains("now available"))
+            #expect(try await runCommand(locod, ["queue", "cancel", "\(queued.id)"], environment: env).output.contains("now cancelled"))
+            #expect(try await runCommand(locod, ["queue", "discard", "\(other.id)"], environment: env).output.contains("now failed"))
+            let show = try await runCommand(locod, ["queue", "show", "\(other.id)"], environment: env)
+            #expect(show.output.contains("discarded: discarded by an operator"))
+            let again = try await runCommand(locod, ["queue", "discard", "\(other.id)"], environment: env)
+            #expect(again.status == 1)
+            #expect(again.output.contains("job_state_conflict"))
+            let list = try await runCommand(locod, ["queue", "list", "--queue", "ops", "--output", "json"], environment: env)
+            let jobs = try JSONDecoder.iso.decode([JobRecord].self, from: Data(list.output.utf8))
+            #expect(jobs.map(\.id) == [other.id, queued.id, failed.id])
+        }
+    }
+
+    @Test("locod cron enqueues a slot once, however often it runs")
+    func cronCommand() async throws {
+        try await TestDatabase.with { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let first = try await runCommand(locod, ["cron", "registry-cleanup", "--output", "json"], environment: env)
+            let second = try await runCommand(locod, ["cron", "registry-cleanup", "--output", "json"], environment: env)
+            #expect(first.status == 0 && second.status == 0)
+            let a = try JSONDecoder().decode([String: String].self, from: Data(first.output.utf8))
+            let b = try JSONDecoder().decode([String: String].self, from: Data(second.output.utf8))
+            #expect(a["job_id"]?.isEmpty == false)
+            if a["slot"] == b["slot"] { #expect(b["job_id"] == "") }
+            let jobs = try await db.store.list(kind: "registry.cleanup", on: db.client)
+            #expect(jobs.first?.queue == "cleanup")
+            #expect(jobs.first?.uniqueKey?.hasPrefix("cron:registry-cleanup:") == true)
+        }
+    }
+}
+
+extension JSONDecoder {
+    static var iso: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}
