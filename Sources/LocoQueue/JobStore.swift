@@ -20,21 +20,12 @@ public struct JobStore: Sendable {
         try job.validate()
         let dependsOn = Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
-            let rows: PostgresRowSequence
+            let rows: PostgresRowSequence?
             if dependsOn.isEmpty {
-                rows = try await db.run("""
-                    WITH ins AS (
-                        INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key)
-                        VALUES (\(job.queue), \(job.kind), \(job.args)::jsonb,
-                                CASE WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
-                                \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()), \(job.uniqueKey))
-                        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN \(unescaped: Self.live) DO NOTHING
-                        RETURNING id, state, queue
-                    ), woke AS (
-                        SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
-                    )
-                    SELECT id, state, (SELECT count(*) FROM woke) FROM ins
-                    """, logger: logger)
+                if let (id, state, _) = try await db.prepared(JobStatements.EnqueueOne(job: job), logger: logger).first {
+                    return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
+                }
+                rows = nil
             } else {
                 rows = try await db.run("""
                     WITH parents AS (
@@ -73,8 +64,10 @@ public struct JobStore: Sendable {
                     SELECT id, state, (SELECT count(*) FROM woke) FROM ins
                     """, logger: logger)
             }
-            for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
-                return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
+            if let rows {
+                for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
+                    return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
+                }
             }
             if !dependsOn.isEmpty {
                 var found = Set<Int64>()
@@ -144,23 +137,11 @@ public struct JobStore: Sendable {
 
     /// Claims up to `limit` available jobs of `queue` for `worker`, in priority, run_at, id order.
     func claim(queue: String, limit: Int, worker: String, lease: Duration, on db: some QueryRunner) async throws -> [ClaimedJob] {
-        let rows = try await db.run("""
-            WITH picked AS MATERIALIZED (
-                SELECT id FROM loco_jobs
-                WHERE state = 'available' AND queue = \(queue)
-                ORDER BY priority, run_at, id
-                LIMIT \(limit)
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE loco_jobs j
-            SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = \(worker),
-                lease_expires_at = now() + make_interval(secs => \(lease.seconds))
-            FROM picked WHERE j.id = picked.id
-            RETURNING j.id, j.kind, j.args::text, j.attempt, j.max_attempts, j.run_at, j.created_at, j.attempted_at
-            """, logger: logger)
+        let rows = try await db.prepared(
+            JobStatements.Claim(queue: queue, limit: limit, worker: worker, leaseSeconds: lease.seconds), logger: logger)
         var claimed: [ClaimedJob] = []
-        claimed.reserveCapacity(limit)
-        for try await (id, kind, args, attempt, maxAttempts, runAt, createdAt, attemptedAt) in rows.decode((Int64, String, String, Int, Int, Date, Date, Date).self) {
+        claimed.reserveCapacity(rows.count)
+        for (id, kind, args, attempt, maxAttempts, runAt, createdAt, attemptedAt) in rows {
             claimed.append(ClaimedJob(id: id, queue: queue, kind: kind, args: args, attempt: attempt, maxAttempts: maxAttempts,
                                       runAt: runAt, createdAt: createdAt, attemptedAt: attemptedAt))
         }
@@ -173,24 +154,8 @@ public struct JobStore: Sendable {
     /// missing from the result had lost its lease: that outcome was dropped, never applied.
     func record(_ outcomes: [JobOutcome], worker: String, on db: some QueryRunner) async throws -> Set<Int64> {
         guard !outcomes.isEmpty else { return [] }
-        let rows = try await db.run("""
-            UPDATE loco_jobs j
-            SET state = t.state,
-                run_at = CASE WHEN t.state = 'scheduled' THEN now() + make_interval(secs => t.delay)
-                              WHEN t.state = 'available' THEN now() ELSE j.run_at END,
-                attempt = j.attempt - t.refund,
-                errors = CASE WHEN t.error = '' THEN j.errors ELSE j.errors || jsonb_build_array(t.error::jsonb) END,
-                finalized_at = CASE WHEN t.state IN ('completed', 'failed', 'cancelled') THEN now() END,
-                locked_by = CASE WHEN t.state IN ('scheduled', 'available') THEN NULL ELSE j.locked_by END,
-                lease_expires_at = NULL
-            FROM unnest(\(outcomes.map(\.id))::int8[], \(outcomes.map(\.attempt))::int8[], \(outcomes.map(\.state.rawValue))::text[],
-                        \(outcomes.map(\.delaySeconds))::float8[], \(outcomes.map(\.refund))::int8[], \(outcomes.map(\.errorJSON))::text[])
-                AS t(id, attempt, state, delay, refund, error)
-            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = \(worker) AND j.state = 'running'
-            RETURNING j.id
-            """, logger: logger)
-        var updated = Set<Int64>()
-        for try await id in rows.decode(Int64.self) { updated.insert(id) }
+        let rows = try await db.prepared(JobStatements.Record(outcomes: outcomes, worker: worker), logger: logger)
+        let updated = Set(rows)
         return updated
     }
 
@@ -198,14 +163,10 @@ public struct JobStore: Sendable {
     /// cancellation was requested; jobs missing from the result were lost.
     func heartbeat(_ held: [(id: Int64, attempt: Int)], worker: String, lease: Duration, on db: some QueryRunner) async throws -> [Int64: Bool] {
         guard !held.isEmpty else { return [:] }
-        let rows = try await db.run("""
-            UPDATE loco_jobs j SET lease_expires_at = now() + make_interval(secs => \(lease.seconds))
-            FROM unnest(\(held.map(\.id))::int8[], \(held.map(\.attempt))::int8[]) AS t(id, attempt)
-            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = \(worker) AND j.state = 'running'
-            RETURNING j.id, j.cancel_requested
-            """, logger: logger)
+        let rows = try await db.prepared(
+            JobStatements.Heartbeat(held: held, worker: worker, leaseSeconds: lease.seconds), logger: logger)
         var result: [Int64: Bool] = [:]
-        for try await (id, cancel) in rows.decode((Int64, Bool).self) { result[id] = cancel }
+        for (id, cancel) in rows { result[id] = cancel }
         return result
     }
 

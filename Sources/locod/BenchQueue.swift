@@ -1,2 +1,226 @@
 import ArgumentParser
-struct BenchQueue: AsyncParsableCommand { static let configuration = CommandConfiguration(commandName: "queue") }
+import Foundation
+import Logging
+import LocoQueue
+import PostgresNIO
+import Synchronization
+
+/// `locod bench queue`: the queue's throughput and latency on this machine, as one JSON object.
+/// scripts/bench runs it several times (with pgbench as the same-run baseline) and takes medians.
+struct BenchQueue: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "queue", abstract: "Queue throughput and latency, printed as JSON.")
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(help: "Jobs per throughput phase.") var jobs = 20_000
+    @Option(help: "Worker concurrency for the drains.") var concurrency = 10
+    @Option(help: "Jobs per second in the latency phase.") var latencyRate = 200
+    @Option(help: "Seconds of the latency phase.") var latencySeconds = 10
+    @Option(help: "Jobs already queued in another queue during the last drain.") var backlog = 1_000_000
+
+    func run() async throws {
+        try await reportingErrors {
+            let server = try database.url()
+            var logger = database.logger("locod.bench")
+            logger.logLevel = .warning
+            let name = "loco_bench_\(UInt32.random(in: 0...UInt32.max))"
+            let admin = ReconnectingConnection(url: server, logger: logger, queryTimeout: .seconds(600))
+            try await admin.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+            let url = server.with(database: name)
+            let bench = QueueBench(url: url, logger: logger, jobs: jobs, concurrency: concurrency)
+            let outcome = await Result(catching: { try await bench.run(latencyRate: latencyRate, latencySeconds: latencySeconds, backlog: backlog) })
+            _ = try? await admin.run(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
+            await admin.close()
+            try printJSON(try outcome.get())
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+struct QueueBenchResult: Encodable {
+    var jobs: Int
+    var concurrency: Int
+    var enqueueSingleJobsPerSecond: Double
+    var enqueueBatchJobsPerSecond: Double
+    var drainJobsPerSecond: Double
+    var backlogJobs: Int
+    var drainWithBacklogJobsPerSecond: Double
+    var drainWithBacklogRatio: Double
+    var startLatencyMs: Latency
+
+    struct Latency: Encodable {
+        var ratePerSecond: Int
+        var samples: Int
+        var p50: Double
+        var p99: Double
+        var max: Double
+
+        enum CodingKeys: String, CodingKey {
+            case ratePerSecond = "rate_per_s", samples, p50, p99, max
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case jobs, concurrency
+        case enqueueSingleJobsPerSecond = "enqueue_single_jobs_per_s"
+        case enqueueBatchJobsPerSecond = "enqueue_batch_jobs_per_s"
+        case drainJobsPerSecond = "drain_jobs_per_s"
+        case backlogJobs = "backlog_jobs"
+        case drainWithBacklogJobsPerSecond = "drain_with_backlog_jobs_per_s"
+        case drainWithBacklogRatio = "drain_with_backlog_ratio"
+        case startLatencyMs = "start_latency_ms"
+    }
+}
+
+struct QueueBench {
+    let url: DatabaseURL
+    let logger: Logger
+    let jobs: Int
+    let concurrency: Int
+
+    var store: JobStore { JobStore(logger: logger) }
+
+    func run(latencyRate: Int, latencySeconds: Int, backlog: Int) async throws -> QueueBenchResult {
+        let db = ReconnectingConnection(url: url, logger: logger, queryTimeout: .seconds(600))
+        try await migrate()
+
+        let single = try await timed {
+            for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) }
+        }
+        try await reset(db)
+
+        let batched = try await timed { try await enqueueBatches(queue: "bench", on: db) }
+        try await vacuum(db)
+        let drain = try await drainQueue("bench", on: db)
+
+        try await reset(db)
+        let latency = try await startLatency(rate: latencyRate, seconds: latencySeconds, on: db)
+
+        try await reset(db)
+        try await db.run("""
+            INSERT INTO loco_jobs (queue, kind, args, state)
+            SELECT 'backlog', 'bench.noop', '{}', 'available' FROM generate_series(1, \(backlog))
+            """, logger: logger)
+        try await enqueueBatches(queue: "bench", on: db)
+        try await vacuum(db)
+        let drainWithBacklog = try await drainQueue("bench", on: db)
+        await db.close()
+
+        return QueueBenchResult(
+            jobs: jobs, concurrency: concurrency,
+            enqueueSingleJobsPerSecond: rate(jobs, single), enqueueBatchJobsPerSecond: rate(jobs, batched),
+            drainJobsPerSecond: rate(jobs, drain), backlogJobs: backlog,
+            drainWithBacklogJobsPerSecond: rate(jobs, drainWithBacklog),
+            drainWithBacklogRatio: (rate(jobs, drainWithBacklog) / rate(jobs, drain) * 1000).rounded() / 1000,
+            startLatencyMs: latency)
+    }
+
+    func migrate() async throws {
+        var quiet = logger
+        quiet.logLevel = .error
+        let client = PostgresClient(url: url, maximumConnections: 2, logger: quiet)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            try await Migrator(client: client, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
+            group.cancelAll()
+        }
+    }
+
+    func enqueueBatches(queue: String, on db: ReconnectingConnection) async throws {
+        var left = jobs
+        while left > 0 {
+            let count = min(1000, left)
+            _ = try await store.enqueueMany(Array(repeating: NewJob(queue: queue, kind: "bench.noop"), count: count), on: db)
+            left -= count
+        }
+    }
+
+    func reset(_ db: ReconnectingConnection) async throws {
+        try await db.run("TRUNCATE loco_jobs CASCADE", logger: logger)
+    }
+
+    func vacuum(_ db: ReconnectingConnection) async throws {
+        try await db.run("VACUUM ANALYZE loco_jobs", logger: logger)
+    }
+
+    func worker(_ queue: String, handlers: JobHandlers) throws -> QueueWorker {
+        var configuration = WorkerConfiguration(queues: [.init(name: queue, concurrency: concurrency)])
+        configuration.runMaintenance = false
+        return try QueueWorker(databaseURL: url, handlers: handlers, configuration: configuration, logger: logger)
+    }
+
+    /// Time for one worker process to complete every available job of `queue`.
+    func drainQueue(_ queue: String, on db: ReconnectingConnection) async throws -> Duration {
+        var handlers = JobHandlers()
+        handlers.register(kind: "bench.noop") { _, _ in }
+        let worker = try worker(queue, handlers: handlers)
+        let began = ContinuousClock.now
+        let running = Task { try await worker.run() }
+        while true {
+            let rows = try await db.run("""
+                SELECT EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'available' AND queue = \(queue))
+                    OR EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'running' AND queue = \(queue))
+                """, logger: logger)
+            var pending = true
+            for try await value in rows.decode(Bool.self) { pending = value }
+            if !pending { break }
+            // Each probe reads only the partial indexes, so polling costs the drain almost nothing.
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let elapsed = ContinuousClock.now - began
+        worker.stop()
+        try await running.value
+        return elapsed
+    }
+
+    /// Enqueue-to-handler-start delay at a steady rate, one job per enqueue, worker idle and listening.
+    func startLatency(rate: Int, seconds: Int, on db: ReconnectingConnection) async throws -> QueueBenchResult.Latency {
+        let samples = Mutex<[Double]>([])
+        var handlers = JobHandlers()
+        handlers.register(kind: "bench.latency") { args, _ in
+            let now = Date().timeIntervalSince1970
+            if let data = args.data(using: .utf8), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Double],
+               let sent = object["t"] {
+                samples.withLock { $0.append((now - sent) * 1000) }
+            }
+        }
+        let worker = try worker("latency", handlers: handlers)
+        let running = Task { try await worker.run() }
+        try await Task.sleep(for: .milliseconds(500))
+        let total = rate * seconds
+        let start = ContinuousClock.now
+        for index in 0..<total {
+            let due = start + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(rate))
+            if due > ContinuousClock.now { try await Task.sleep(until: due) }
+            let sent = Date().timeIntervalSince1970
+            _ = try await store.enqueue(NewJob(queue: "latency", kind: "bench.latency", args: #"{"t": \#(sent)}"#), on: db)
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while samples.withLock({ $0.count }) < total && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        worker.stop()
+        try await running.value
+        let sorted = samples.withLock { $0 }.sorted()
+        func percentile(_ p: Double) -> Double {
+            guard !sorted.isEmpty else { return .nan }
+            let value = sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)]
+            return (value * 1000).rounded() / 1000
+        }
+        return .init(ratePerSecond: rate, samples: sorted.count, p50: percentile(0.5), p99: percentile(0.99), max: percentile(1))
+    }
+
+    func timed(_ body: () async throws -> Void) async throws -> Duration {
+        let began = ContinuousClock.now
+        try await body()
+        return ContinuousClock.now - began
+    }
+
+    func rate(_ count: Int, _ duration: Duration) -> Double {
+        (Double(count) / duration.seconds).rounded()
+    }
+}

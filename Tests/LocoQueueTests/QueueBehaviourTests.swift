@@ -513,6 +513,22 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a query that hangs is abandoned at the deadline and the next call reconnects")
+    func queryDeadline() async throws {
+        try await TestDatabase.with { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger, queryTimeout: .milliseconds(800))
+            let began = ContinuousClock.now
+            await #expect(throws: (any Error).self) {
+                for try await _ in try await connection.run("SELECT pg_sleep(30)", logger: db.logger) {}
+            }
+            #expect(ContinuousClock.now - began < .seconds(5))
+            var value = 0
+            for try await one in try await connection.run("SELECT 1", logger: db.logger).decode(Int.self) { value = one }
+            #expect(value == 1)
+            await connection.close()
+        }
+    }
+
     @Test("an unreachable database is reported with host and port, never the password")
     func unreachable() async throws {
         let url = try DatabaseURL("postgres://loco:hunter2@127.0.0.1:1/loco")

@@ -5,16 +5,31 @@ import PostgresNIO
 /// (so a caller's transaction can include queue writes).
 public protocol QueryRunner: Sendable {
     func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence
+    /// Runs a statement prepared once per connection and returns all its rows.
+    func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
+        where Statement.Row: Sendable
 }
 
 extension PostgresClient: QueryRunner {
     public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
         try await self.query(query, logger: logger)
     }
+
+    public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
+        where Statement.Row: Sendable {
+        try await withConnection { try await $0.prepared(statement, logger: logger) }
+    }
 }
 
 extension PostgresConnection: QueryRunner {
     public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
         try await self.query(query, logger: logger)
+    }
+
+    public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
+        where Statement.Row: Sendable {
+        var rows: [Statement.Row] = []
+        for try await row in try await execute(statement, logger: logger) { rows.append(row) }
+        return rows
     }
 }

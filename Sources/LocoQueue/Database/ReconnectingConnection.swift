@@ -38,6 +38,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     let queryTimeout: Duration
     private let state = Mutex<Task<PostgresConnection, any Error>?>(nil)
     private let connectionIDs = Atomic<Int>(0)
+    /// Queries under way, for the watchdog; cheaper than a timer task per query on the hot path.
+    private let inFlight = Mutex<(next: UInt64, queries: [UInt64: (started: ContinuousClock.Instant, connection: PostgresConnection)], watchdog: Task<Void, Never>?)>((0, [:], nil))
 
     public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30)) {
         self.url = url
@@ -73,14 +75,46 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
+        try await watched { try await $0.query(query, logger: logger) }
+    }
+
+    public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
+        where Statement.Row: Sendable {
+        try await watched { try await $0.prepared(statement, logger: logger) }
+    }
+
+    /// Runs `body` on the connection while the watchdog may close it if it takes longer than
+    /// `queryTimeout` (closing fails the query, and the next call reconnects).
+    private func watched<T>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connection()
+        let token = inFlight.withLock { state -> UInt64 in
+            state.next &+= 1
+            state.queries[state.next] = (ContinuousClock.now, connection)
+            if state.watchdog == nil { state.watchdog = startWatchdog() }
+            return state.next
+        }
+        defer { _ = inFlight.withLock { $0.queries.removeValue(forKey: token) } }
         do {
-            return try await Self.deadline(queryTimeout, onTimeout: { try? await connection.close() }) {
-                try await connection.query(query, logger: logger)
-            }
+            return try await body(connection)
         } catch {
-            if connection.isClosed || error is DeadlineExceeded { drop(connection) }
+            if connection.isClosed { drop(connection) }
             throw error
+        }
+    }
+
+    private func startWatchdog() -> Task<Void, Never> {
+        Task { [weak self, queryTimeout] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: min(queryTimeout / 4, .seconds(1)))
+                guard let self else { return }
+                let stuck = self.inFlight.withLock { state in
+                    state.queries.values.filter { ContinuousClock.now - $0.started > queryTimeout }.map(\.connection)
+                }
+                for connection in stuck {
+                    self.logger.warning("a query ran past \(queryTimeout); closing its connection to reconnect")
+                    self.drop(connection)
+                }
+            }
         }
     }
 
@@ -100,6 +134,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     public func close() async {
+        inFlight.withLock { state in
+            state.watchdog?.cancel()
+            state.watchdog = nil
+        }
         let attempt = state.withLock { current in
             defer { current = nil }
             return current
