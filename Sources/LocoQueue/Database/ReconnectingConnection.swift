@@ -37,6 +37,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     let connectTimeout: Duration
     let queryTimeout: Duration
     private let state = Mutex<Task<PostgresConnection, any Error>?>(nil)
+    /// The established connection, so the hot path need not await the connect task again.
+    private let ready = Mutex<PostgresConnection?>(nil)
     private let connectionIDs = Atomic<Int>(0)
     /// Queries under way, for the watchdog; cheaper than a timer task per query on the hot path.
     private let inFlight = Mutex<(next: UInt64, queries: [UInt64: (started: ContinuousClock.Instant, connection: PostgresConnection)], watchdog: Task<Void, Never>?)>((0, [:], nil))
@@ -50,6 +52,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     /// The current connection, connecting first if there is none (concurrent callers share one attempt).
     public func connection() async throws -> PostgresConnection {
+        if let connection = ready.withLock({ $0 }), !connection.isClosed { return connection }
         let attempt = state.withLock { current -> Task<PostgresConnection, any Error> in
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
@@ -67,6 +70,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                 forget(attempt)
                 return try await self.connection()
             }
+            ready.withLock { $0 = connection }
             return connection
         } catch {
             forget(attempt)
@@ -142,6 +146,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             defer { current = nil }
             return current
         }
+        ready.withLock { $0 = nil }
         if let connection = try? await attempt?.value { try? await connection.close() }
     }
 
@@ -149,9 +154,11 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         state.withLock { current in
             if current == attempt { current = nil }
         }
+        ready.withLock { $0 = nil }
     }
 
     private func drop(_ connection: PostgresConnection) {
+        ready.withLock { if $0 === connection { $0 = nil } }
         let attempt = state.withLock { $0 }
         Task { [weak self] in
             if let attempt, let current = try? await attempt.value, current === connection { self?.forget(attempt) }
