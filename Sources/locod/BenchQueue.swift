@@ -190,7 +190,8 @@ struct QueueBench {
         }
         let worker = try worker("latency", handlers: handlers)
         let running = Task { try await worker.run() }
-        try await Task.sleep(for: .milliseconds(500))
+        await worker.waitUntilListening()
+        try await Task.sleep(for: .milliseconds(200))
         let total = rate * seconds
         let start = ContinuousClock.now
         for index in 0..<total {

@@ -34,7 +34,7 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Fallback poll interval in milliseconds.")
     var pollIntervalMs: Int = 1000
 
-    @Flag(help: "Do not LISTEN for notifications (for PgBouncer in transaction mode); poll only.")
+    @Flag(help: "Poll only: no LISTEN and no prepared statements (for PgBouncer in transaction mode).")
     var pollOnly = false
 
     @Option(help: "Seconds running jobs get to finish on shutdown.")

@@ -307,7 +307,8 @@ struct QueueBehaviourTests {
             await #expect(throws: QueueError.jobNotFound(424_242)) { try await db.store.cancel(id: 424_242, on: db.client) }
 
             let running = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
-            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
+            try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { worker in
+                await worker.waitUntilListening()
                 try await db.wait(for: running.id, toBe: .running)
                 #expect(await eventually { started.count(running.id) == 1 })
                 let began = ContinuousClock.now
@@ -464,8 +465,8 @@ struct QueueBehaviourTests {
             handlers.register(kind: "test.ping") { _, _ in }
             var configuration = fastConfiguration([("default", 1)])
             configuration.pollInterval = .seconds(30)
-            try await db.withWorker(configuration, handlers: handlers) { _ in
-                try await Task.sleep(for: .milliseconds(500))
+            try await db.withWorker(configuration, handlers: handlers) { worker in
+                await worker.waitUntilListening()
                 let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping"), on: db.client)
                 try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(5))
             }
@@ -510,6 +511,24 @@ struct QueueBehaviourTests {
             #expect(released.attempt == 0)
             #expect(released.lockedBy == nil)
             #expect(released.errors.last?.code == "worker_shutdown")
+        }
+    }
+
+    @Test("hot statements are prepared once per connection, and sent unprepared for poolers")
+    func preparedOrNot() async throws {
+        try await TestDatabase.with { db in
+            for prepare in [true, false] {
+                let connection = ReconnectingConnection(url: db.url, logger: db.logger, usePreparedStatements: prepare)
+                for _ in 0..<3 {
+                    _ = try await db.store.claim(queue: "default", limit: 5, worker: "w", lease: .seconds(30), on: connection)
+                }
+                var statements: [String] = []
+                for try await name in try await connection.run("SELECT name FROM pg_prepared_statements", logger: db.logger).decode(String.self) {
+                    statements.append(name)
+                }
+                #expect(statements == (prepare ? [JobStatements.Claim.name] : []))
+                await connection.close()
+            }
         }
     }
 

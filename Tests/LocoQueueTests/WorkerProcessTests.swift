@@ -40,6 +40,36 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("a worker serves Prometheus metrics: depth, start lag, run time, retries, failures")
+    func metrics() async throws {
+        try await TestDatabase.with { db in
+            let port = Int.random(in: 20_000...29_999)
+            let process = try ChildProcess(try Repo.binary("locod"), [
+                "worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds",
+                "--retry-base-ms", "10", "--metrics-port", "\(port)",
+            ])
+            defer { process.stop() }
+            let ok = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.noop"), on: db.client)
+            let flaky = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.flaky", args: #"{"failures": 1}"#), on: db.client)
+            let failing = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.fail"), on: db.client)
+            try await db.wait(for: ok.id, toBe: .completed)
+            try await db.wait(for: flaky.id, toBe: .completed)
+            try await db.wait(for: failing.id, toBe: .failed)
+            let waiting = try await db.store.enqueue(NewJob(queue: "later", kind: "demo.noop", runAt: Date().addingTimeInterval(3600)), on: db.client)
+            #expect(waiting.state == .scheduled)
+            let scrape = try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-sf", "http://127.0.0.1:\(port)/metrics"])
+            #expect(scrape.status == 0, "worker output:\n\(process.output)")
+            let text = scrape.output
+            #expect(text.contains(#"loco_queue_jobs_completed_total{queue="default"} 2"#))
+            #expect(text.contains(#"loco_queue_jobs_failed_total{queue="default"} 1"#))
+            #expect(text.contains(#"loco_queue_jobs_retried_total{queue="default"} 1"#))
+            #expect(text.contains(#"loco_queue_depth{queue="later",state="scheduled"} 1"#))
+            #expect(text.contains("loco_queue_start_lag_seconds_bucket"))
+            #expect(text.contains("loco_queue_run_seconds_bucket"))
+            #expect(text.contains("# HELP loco_queue_jobs_rescued_total") || !text.contains("loco_queue_jobs_rescued_total{"))
+        }
+    }
+
     @Test("SIGTERM lets the running job finish, then the worker exits 0")
     func sigterm() async throws {
         try await TestDatabase.with { db in

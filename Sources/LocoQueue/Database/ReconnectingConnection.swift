@@ -36,6 +36,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     let logger: Logger
     let connectTimeout: Duration
     let queryTimeout: Duration
+    /// False behind a transaction-mode pooler (PgBouncer), where a statement prepared on one
+    /// server connection is unknown on the next: the same SQL is then sent unprepared.
+    let usePreparedStatements: Bool
     private let state = Mutex<Task<PostgresConnection, any Error>?>(nil)
     /// The established connection, so the hot path need not await the connect task again.
     private let ready = Mutex<PostgresConnection?>(nil)
@@ -43,7 +46,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// Queries under way, for the watchdog; cheaper than a timer task per query on the hot path.
     private let inFlight = Mutex<(next: UInt64, queries: [UInt64: (started: ContinuousClock.Instant, connection: PostgresConnection)], watchdog: Task<Void, Never>?)>((0, [:], nil))
 
-    public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30)) {
+    public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30),
+                usePreparedStatements: Bool = true) {
+        self.usePreparedStatements = usePreparedStatements
         self.url = url
         self.logger = logger
         self.connectTimeout = connectTimeout
@@ -84,7 +89,15 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
         where Statement.Row: Sendable {
-        try await watched { try await $0.prepared(statement, logger: logger) }
+        guard usePreparedStatements else {
+            let query = PostgresQuery(unsafeSQL: Statement.sql, binds: try statement.makeBindings())
+            return try await watched { connection in
+                var rows: [Statement.Row] = []
+                for try await row in try await connection.query(query, logger: logger) { rows.append(try statement.decodeRow(row)) }
+                return rows
+            }
+        }
+        return try await watched { try await $0.prepared(statement, logger: logger) }
     }
 
     /// Runs `body` on the connection while the watchdog may close it if it takes longer than

@@ -14,10 +14,12 @@ struct WorkerShared: Sendable {
     let handlers: JobHandlers
     let configuration: WorkerConfiguration
     let logger: Logger
+    /// Set once LISTEN is in place (notifications sent earlier were not seen).
+    let listening = OneShotEvent()
 
     /// A dedicated connection for one part of the worker.
     func connect() -> ReconnectingConnection {
-        ReconnectingConnection(url: databaseURL, logger: logger)
+        ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly)
     }
 }
 
@@ -42,10 +44,11 @@ public final class QueueWorker: Service, Sendable {
         logger[metadataKey: "worker"] = "\(configuration.workerID)"
         let store = JobStore(logger: logger)
         let ledger = JobLedger()
-        let completer = Completer(database: ReconnectingConnection(url: databaseURL, logger: logger), store: store, ledger: ledger, metrics: metrics,
+        let completer = Completer(database: ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly), store: store, ledger: ledger, metrics: metrics,
                                   worker: configuration.workerID, logger: logger)
         shared = WorkerShared(databaseURL: databaseURL, store: store, ledger: ledger, completer: completer,
                               metrics: metrics, handlers: handlers, configuration: configuration, logger: logger)
+        if configuration.pollOnly { shared.listening.set() }
         var pools: [String: WorkerPool] = [:]
         for slot in configuration.queues {
             pools[slot.name] = WorkerPool(queue: slot.name, concurrency: slot.concurrency, shared: shared)
@@ -60,6 +63,9 @@ public final class QueueWorker: Service, Sendable {
         stopping.set()
         for pool in pools.values { pool.wake.signal() }
     }
+
+    /// Returns once the worker receives notifications (at once in poll-only mode).
+    public func waitUntilListening() async { await shared.listening.wait() }
 
     /// Returns once `run()` has finished its shutdown.
     public func waitUntilStopped() async { await stopped.wait() }
@@ -199,6 +205,7 @@ struct NotificationListener: Sendable {
                     try await connection.listen(on: JobStore.channel) { notifications in
                         if failures > 0 { shared.logger.info("listening for job notifications again") }
                         failures = 0
+                        shared.listening.set()
                         // Anything enqueued while we were not listening must not wait for the poll.
                         for pool in pools.values { pool.wake.signal() }
                         for try await notification in notifications {

@@ -21,7 +21,7 @@ public struct WorkerConfiguration: Sendable {
     public var heartbeatInterval: Duration?
     /// Fallback poll when no notification arrives (jittered ±20%).
     public var pollInterval: Duration = .seconds(1)
-    /// No LISTEN/NOTIFY: for connection poolers in transaction mode (PgBouncer).
+    /// No LISTEN/NOTIFY and no prepared statements: for connection poolers in transaction mode (PgBouncer).
     public var pollOnly = false
     public var maxClaimBatch = 100
     public var retry = RetryPolicy()
