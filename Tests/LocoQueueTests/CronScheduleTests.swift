@@ -111,6 +111,18 @@ struct DatabaseURLTests {
         #expect(url.description == "postgres://loco:***@db.internal:6543/loco_prod")
     }
 
+    @Test("a Unix-socket URL names the socket file, libpq style, and round-trips")
+    func socket() throws {
+        let url = try DatabaseURL("postgres://loco:pw@/loco_prod?host=/run/postgresql&port=5433")
+        #expect(url.socketDirectory == "/run/postgresql")
+        #expect(url.port == 5433)
+        #expect(url.database == "loco_prod")
+        #expect(url.endpoint == "/run/postgresql/.s.PGSQL.5433")
+        #expect(!url.description.contains("pw"))
+        #expect(try DatabaseURL(url.urlString) == url)
+        #expect(try DatabaseURL(DatabaseURL("postgres://a:b@db:6000/x").urlString) == DatabaseURL("postgres://a:b@db:6000/x"))
+    }
+
     @Test("a malformed URL is refused without echoing its password")
     func malformed() {
         #expect {

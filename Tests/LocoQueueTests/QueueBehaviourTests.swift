@@ -548,6 +548,27 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a worker runs jobs over a Unix-socket URL")
+    func unixSocket() async throws {
+        try await TestDatabase.with { db in
+            guard let text = ProcessInfo.processInfo.environment["LOCO_DATABASE_SOCKET_URL"] else {
+                throw TestSetupError("LOCO_DATABASE_SOCKET_URL is not set; scripts/test exports it (scripts/services start prints it)")
+            }
+            let socketURL = try DatabaseURL(text).with(database: db.url.database)
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.socket") { _, _ in }
+            let connection = ReconnectingConnection(url: socketURL, logger: db.logger)
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.socket"), on: connection)
+            await connection.close()
+            let worker = try QueueWorker(databaseURL: socketURL, handlers: handlers, configuration: fastConfiguration([("default", 1)]), logger: db.logger)
+            let running = Task { try await worker.run() }
+            let done = try await db.wait(for: job.id, toBe: .completed)
+            worker.stop()
+            try await running.value
+            #expect(done.attempt == 1)
+        }
+    }
+
     @Test("an unreachable database is reported with host and port, never the password")
     func unreachable() async throws {
         let url = try DatabaseURL("postgres://loco:hunter2@127.0.0.1:1/loco")

@@ -9,11 +9,11 @@ extension DatabaseURL {
         if let psql = error as? PSQLError {
             switch psql.code {
             case .connectionError, .serverClosedConnection, .uncleanShutdown, .poolClosed, .clientClosedConnection:
-                return QueueError.databaseUnreachable(host: host, port: port, reason: Self.reason(of: psql.underlying ?? psql))
+                return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: psql.underlying ?? psql))
             case .server:
                 if let sqlState = psql.serverInfo?[.sqlState], sqlState.hasPrefix("28") || sqlState == "3D000" {
                     let text = psql.serverInfo?[.message] ?? "authentication failed"
-                    return QueueError.databaseUnreachable(host: host, port: port, reason: text)
+                    return QueueError.databaseUnreachable(endpoint: endpoint, reason: text)
                 }
                 return error
             default:
@@ -21,7 +21,7 @@ extension DatabaseURL {
             }
         }
         if error is ChannelError || error is IOError {
-            return QueueError.databaseUnreachable(host: host, port: port, reason: Self.reason(of: error))
+            return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
         }
         return error
     }
@@ -30,6 +30,7 @@ extension DatabaseURL {
         if let io = error as? IOError {
             switch io.errnoCode {
             case 111: return "connection refused"
+            case 2: return "no socket file there (is PostgreSQL running, with this port?)"
             case 110: return "connection timed out"
             case 113: return "no route to host"
             default: return "I/O error \(io.errnoCode)"

@@ -1,12 +1,15 @@
 import Foundation
 import PostgresNIO
 
-/// A parsed `postgres://user:password@host:port/database` URL.
+/// A parsed `postgres://user:password@host:port/database` URL, or, as in libpq, one naming a
+/// Unix-socket folder: `postgres://user@/database?host=/run/postgresql&port=5432`.
 ///
 /// `description` never shows the password, so the value can be logged and put in errors.
 public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     public var host: String
     public var port: Int
+    /// The folder holding PostgreSQL's socket (`.s.PGSQL.<port>`), when connecting by socket.
+    public var socketDirectory: String?
     public var username: String
     public var password: String?
     public var database: String
@@ -27,16 +30,28 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         else {
             throw .invalidDatabaseURL(reason: "it must start with postgres:// (got '\(Self.redacted(string))')")
         }
-        guard let host = components.host, !host.isEmpty else {
-            throw .invalidDatabaseURL(reason: "it names no host")
+        let query = components.queryItems ?? []
+        let hostParameter = query.first(where: { $0.name == "host" })?.value
+        if let hostParameter, hostParameter.hasPrefix("/") {
+            socketDirectory = hostParameter
+            host = "localhost"
+        } else if let host = components.host.flatMap({ $0.isEmpty ? nil : $0 }) ?? hostParameter {
+            self.host = host
+            socketDirectory = nil
+        } else {
+            throw .invalidDatabaseURL(reason: "it names no host (or ?host=/socket/folder)")
         }
-        self.host = host
-        self.port = components.port ?? 5432
+        if let portParameter = query.first(where: { $0.name == "port" })?.value {
+            guard let port = Int(portParameter) else { throw .invalidDatabaseURL(reason: "port '\(portParameter)' is not a number") }
+            self.port = port
+        } else {
+            self.port = components.port ?? 5432
+        }
         self.username = components.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
         self.password = components.password.flatMap { $0.removingPercentEncoding }
         let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
         self.database = path.isEmpty ? self.username : path
-        let sslmode = components.queryItems?.first(where: { $0.name == "sslmode" })?.value ?? "disable"
+        let sslmode = query.first(where: { $0.name == "sslmode" })?.value ?? "disable"
         switch sslmode {
         case "disable", "allow", "prefer": self.requireTLS = false
         case "require", "verify-ca", "verify-full": self.requireTLS = true
@@ -44,9 +59,16 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         }
     }
 
+    /// Where the server is: `host:port`, or the socket file.
+    public var endpoint: String {
+        if let socketDirectory { return "\(socketDirectory)/.s.PGSQL.\(port)" }
+        return "\(host):\(port)"
+    }
+
     /// The URL with the password replaced by `***`.
     public var description: String {
         let credentials = password == nil ? username : "\(username):***"
+        if let socketDirectory { return "postgres://\(credentials)@/\(database)?host=\(socketDirectory)&port=\(port)" }
         return "postgres://\(credentials)@\(host):\(port)/\(database)"
     }
 
@@ -54,12 +76,19 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     public var urlString: String {
         var components = URLComponents()
         components.scheme = "postgres"
-        components.host = host
-        components.port = port
         components.user = username
         components.password = password
         components.path = "/" + database
-        if requireTLS { components.queryItems = [URLQueryItem(name: "sslmode", value: "require")] }
+        var query: [URLQueryItem] = []
+        if let socketDirectory {
+            components.host = ""
+            query += [URLQueryItem(name: "host", value: socketDirectory), URLQueryItem(name: "port", value: String(port))]
+        } else {
+            components.host = host
+            components.port = port
+        }
+        if requireTLS { query.append(URLQueryItem(name: "sslmode", value: "require")) }
+        if !query.isEmpty { components.queryItems = query }
         return components.string ?? description
     }
 
@@ -70,6 +99,10 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     }
 
     public var clientConfiguration: PostgresClient.Configuration {
+        if let socketDirectory {
+            return PostgresClient.Configuration(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: username,
+                                                password: password, database: database)
+        }
         var configuration = PostgresClient.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(.makeClientConfiguration()) : .disable
@@ -79,7 +112,11 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     }
 
     public var connectionConfiguration: PostgresConnection.Configuration {
-        PostgresConnection.Configuration(
+        if let socketDirectory {
+            return PostgresConnection.Configuration(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: username,
+                                                    password: password, database: database)
+        }
+        return PostgresConnection.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(try! .init(configuration: .makeClientConfiguration())) : .disable
         )

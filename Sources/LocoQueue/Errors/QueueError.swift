@@ -1,6 +1,7 @@
 /// Errors the queue library raises to its callers (not the errors of the jobs it runs).
 public enum QueueError: CodedError, Equatable {
-    case databaseUnreachable(host: String, port: Int, reason: String)
+    /// `endpoint` is `host:port` or a socket path.
+    case databaseUnreachable(endpoint: String, reason: String)
     case invalidDatabaseURL(reason: String)
     case invalidQueueName(String)
     case invalidKind(String)
@@ -34,8 +35,8 @@ public enum QueueError: CodedError, Equatable {
 
     public var message: String {
         switch self {
-        case let .databaseUnreachable(host, port, reason):
-            "cannot reach PostgreSQL at \(host):\(port): \(reason)"
+        case let .databaseUnreachable(endpoint, reason):
+            "cannot reach PostgreSQL at \(endpoint): \(reason)"
         case let .invalidDatabaseURL(reason):
             "the database URL is not valid: \(reason)"
         case let .invalidQueueName(name):
