@@ -418,6 +418,8 @@ public struct ClaimedJob: Sendable {
 struct JobOutcome: Sendable {
     var id: Int64
     var attempt: Int
+    /// For metrics only; not written.
+    var queue = ""
     /// completed, failed, cancelled, scheduled (retry/snooze) or available (released on shutdown).
     var state: JobState
     var delaySeconds: Double = 0

@@ -16,6 +16,8 @@ struct BenchQueue: AsyncParsableCommand {
     @Option(help: "Jobs per second in the latency phase.") var latencyRate = 200
     @Option(help: "Seconds of the latency phase.") var latencySeconds = 10
     @Option(help: "Jobs already queued in another queue during the last drain.") var backlog = 1_000_000
+    @Option(help: "The same server by Unix socket (postgres://user@/db?host=DIR&port=N): also measure single enqueues over it.")
+    var socketURL: String?
 
     func run() async throws {
         try await reportingErrors {
@@ -26,7 +28,8 @@ struct BenchQueue: AsyncParsableCommand {
             let admin = ReconnectingConnection(url: server, logger: logger, queryTimeout: .seconds(600))
             try await admin.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
             let url = server.with(database: name)
-            let bench = QueueBench(url: url, logger: logger, jobs: jobs, concurrency: concurrency)
+            let socket = try socketURL.map { try DatabaseURL($0).with(database: name) }
+            let bench = QueueBench(url: url, socketURL: socket, logger: logger, jobs: jobs, concurrency: concurrency)
             let outcome = await Result(catching: { try await bench.run(latencyRate: latencyRate, latencySeconds: latencySeconds, backlog: backlog) })
             _ = try? await admin.run(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
             await admin.close()
@@ -45,6 +48,7 @@ struct QueueBenchResult: Encodable {
     var jobs: Int
     var concurrency: Int
     var enqueueSingleJobsPerSecond: Double
+    var enqueueSingleUnixSocketJobsPerSecond: Double?
     var enqueueBatchJobsPerSecond: Double
     var drainJobsPerSecond: Double
     var backlogJobs: Int
@@ -67,6 +71,7 @@ struct QueueBenchResult: Encodable {
     enum CodingKeys: String, CodingKey {
         case jobs, concurrency
         case enqueueSingleJobsPerSecond = "enqueue_single_jobs_per_s"
+        case enqueueSingleUnixSocketJobsPerSecond = "enqueue_single_unix_socket_jobs_per_s"
         case enqueueBatchJobsPerSecond = "enqueue_batch_jobs_per_s"
         case drainJobsPerSecond = "drain_jobs_per_s"
         case backlogJobs = "backlog_jobs"
@@ -78,6 +83,7 @@ struct QueueBenchResult: Encodable {
 
 struct QueueBench {
     let url: DatabaseURL
+    let socketURL: DatabaseURL?
     let logger: Logger
     let jobs: Int
     let concurrency: Int
@@ -92,6 +98,15 @@ struct QueueBench {
             for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) }
         }
         try await reset(db)
+        var overSocket: Duration?
+        if let socketURL {
+            let socket = ReconnectingConnection(url: socketURL, logger: logger)
+            overSocket = try await timed {
+                for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: socket) }
+            }
+            await socket.close()
+            try await reset(db)
+        }
 
         let batched = try await timed { try await enqueueBatches(queue: "bench", on: db) }
         try await vacuum(db)
@@ -112,7 +127,8 @@ struct QueueBench {
 
         return QueueBenchResult(
             jobs: jobs, concurrency: concurrency,
-            enqueueSingleJobsPerSecond: rate(jobs, single), enqueueBatchJobsPerSecond: rate(jobs, batched),
+            enqueueSingleJobsPerSecond: rate(jobs, single), enqueueSingleUnixSocketJobsPerSecond: overSocket.map { rate(jobs, $0) },
+            enqueueBatchJobsPerSecond: rate(jobs, batched),
             drainJobsPerSecond: rate(jobs, drain), backlogJobs: backlog,
             drainWithBacklogJobsPerSecond: rate(jobs, drainWithBacklog),
             drainWithBacklogRatio: (rate(jobs, drainWithBacklog) / rate(jobs, drain) * 1000).rounded() / 1000,

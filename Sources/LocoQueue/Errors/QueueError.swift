@@ -7,6 +7,7 @@ public enum QueueError: CodedError, Equatable {
     case invalidKind(String)
     case invalidArgs(kind: String, reason: String)
     case invalidEnqueue(reason: String)
+    case invalidWorkerConfiguration(reason: String)
     case unknownDependencies([Int64])
     case jobNotFound(Int64)
     case jobNotInState(id: Int64, state: JobState, wanted: String)
@@ -23,6 +24,7 @@ public enum QueueError: CodedError, Equatable {
         case .invalidKind: "invalid_kind"
         case .invalidArgs: "invalid_args"
         case .invalidEnqueue: "invalid_enqueue"
+        case .invalidWorkerConfiguration: "invalid_worker_configuration"
         case .unknownDependencies: "unknown_dependency"
         case .jobNotFound: "job_not_found"
         case .jobNotInState: "job_state_conflict"
@@ -47,6 +49,8 @@ public enum QueueError: CodedError, Equatable {
             "the arguments of a '\(kind)' job are not valid: \(reason)"
         case let .invalidEnqueue(reason):
             "the job cannot be enqueued: \(reason)"
+        case let .invalidWorkerConfiguration(reason):
+            "the worker cannot start: \(reason)"
         case let .unknownDependencies(ids):
             "the job depends on jobs that do not exist: \(ids.map(String.init).joined(separator: ", "))"
         case let .jobNotFound(id):
@@ -78,6 +82,8 @@ public enum QueueError: CodedError, Equatable {
             "Pass a JSON object that matches the job kind's arguments."
         case .invalidEnqueue:
             "Fix the request as the message says and enqueue again."
+        case .invalidWorkerConfiguration:
+            "See 'locod worker --help' for the options and their ranges."
         case .unknownDependencies:
             "Enqueue the jobs it depends on first, in the same transaction, and pass their ids."
         case .jobNotFound:

@@ -8,14 +8,12 @@ import Synchronization
 final class Completer: Sendable {
     private let pending = Mutex<[JobOutcome]>([])
     private let wake = WakeSignal()
-    private let idle = WakeSignal()
     private let database: ReconnectingConnection
     private let store: JobStore
     private let ledger: JobLedger
     private let metrics: QueueMetrics
     private let worker: String
     private let logger: Logger
-    private let queues: Mutex<[Int64: String]> = Mutex([:])
 
     init(database: ReconnectingConnection, store: JobStore, ledger: JobLedger, metrics: QueueMetrics, worker: String, logger: Logger) {
         self.database = database
@@ -26,16 +24,15 @@ final class Completer: Sendable {
         self.logger = logger
     }
 
-    func submit(_ outcome: JobOutcome, queue: String) {
+    func submit(_ outcome: JobOutcome) {
         ledger.markFinishing(outcome.id)
-        queues.withLock { $0[outcome.id] = queue }
         pending.withLock { $0.append(outcome) }
         wake.signal()
     }
 
     var backlog: Int { pending.withLock { $0.count } }
 
-    /// Runs until cancelled, then writes what is left (bounded by `drainTimeout`).
+    /// Writes outcomes until `stopping` is set and nothing is left to write.
     func run(stopping: OneShotEvent) async {
         var failures = 0
         while true {
@@ -44,7 +41,6 @@ final class Completer: Sendable {
                 return batch
             }
             if batch.isEmpty {
-                idle.signal()
                 if stopping.isSet {
                     await database.close()
                     return
@@ -74,25 +70,15 @@ final class Completer: Sendable {
     }
 
     private func account(_ batch: [JobOutcome], updated: Set<Int64>) {
-        let names = queues.withLock { queues in batch.map { queues.removeValue(forKey: $0.id) ?? "" } }
-        for (outcome, queue) in zip(batch, names) {
+        for outcome in batch {
             guard updated.contains(outcome.id) else {
-                metrics.resultDropped(queue: queue)
+                metrics.resultDropped(queue: outcome.queue)
                 logger.warning("dropped the result of job \(outcome.id): this worker no longer holds it (lease expired or taken over)",
                                metadata: ["job_id": "\(outcome.id)", "job_attempt": "\(outcome.attempt)"])
                 continue
             }
-            metrics.finished(queue: queue, state: outcome.state)
+            metrics.finished(queue: outcome.queue, state: outcome.state)
         }
         ledger.remove(batch.map(\.id))
-    }
-
-    /// Waits until everything submitted so far has been written (or given up on).
-    func flush(timeout: Duration) async {
-        let deadline = ContinuousClock.now + timeout
-        while backlog > 0 && ContinuousClock.now < deadline {
-            wake.signal()
-            await idle.wait(timeout: .milliseconds(20))
-        }
     }
 }

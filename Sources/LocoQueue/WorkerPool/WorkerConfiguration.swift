@@ -49,14 +49,14 @@ public struct WorkerConfiguration: Sendable {
     var effectiveHeartbeat: Duration { heartbeatInterval ?? leaseDuration / 3 }
 
     func validate() throws(QueueError) {
-        guard !queues.isEmpty else { throw .invalidEnqueue(reason: "a worker needs at least one queue") }
+        guard !queues.isEmpty else { throw .invalidWorkerConfiguration(reason: "a worker needs at least one queue") }
         for slot in queues {
             try Names.checkQueue(slot.name)
             guard (1...10_000).contains(slot.concurrency) else {
-                throw .invalidEnqueue(reason: "concurrency of queue '\(slot.name)' must be between 1 and 10000 (got \(slot.concurrency))")
+                throw .invalidWorkerConfiguration(reason: "concurrency of queue '\(slot.name)' must be between 1 and 10000 (got \(slot.concurrency))")
             }
         }
-        guard leaseDuration >= .seconds(1) else { throw .invalidEnqueue(reason: "the lease must be at least 1 second") }
-        guard effectiveHeartbeat < leaseDuration else { throw .invalidEnqueue(reason: "the heartbeat interval must be shorter than the lease") }
+        guard leaseDuration >= .seconds(1) else { throw .invalidWorkerConfiguration(reason: "the lease must be at least 1 second") }
+        guard effectiveHeartbeat < leaseDuration else { throw .invalidWorkerConfiguration(reason: "the heartbeat interval must be shorter than the lease") }
     }
 }

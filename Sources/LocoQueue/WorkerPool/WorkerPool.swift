@@ -55,7 +55,7 @@ final class WorkerPool: Sendable {
             }
             for job in jobs { start(job) }
             if jobs.count < limit {
-                await wake.wait(timeout: configuration.pollOnly ? configuration.pollInterval.jittered() : configuration.pollInterval.jittered())
+                await wake.wait(timeout: configuration.pollInterval.jittered())
             }
         }
     }
@@ -88,13 +88,13 @@ final class WorkerPool: Sendable {
                     detail: "this worker knows: \(shared.handlers.kinds.joined(separator: ", "))")
             }
             try await handler(job.args, context)
-            outcome = finishedInTransaction.withLock { $0 } ? nil : JobOutcome(id: job.id, attempt: job.attempt, state: .completed)
+            outcome = finishedInTransaction.withLock { $0 } ? nil : JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .completed)
         } catch {
             outcome = decide(job, error: error, finishedInTransaction: finishedInTransaction.withLock { $0 })
         }
         shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
         if let outcome {
-            shared.completer.submit(outcome, queue: queue)
+            shared.completer.submit(outcome)
         } else {
             shared.ledger.remove([job.id])
         }
@@ -126,10 +126,10 @@ final class WorkerPool: Sendable {
             shared.logger.warning("job \(job.id) was stopped: this worker lost its lease; the result is dropped")
             return nil
         case .cancelRequested:
-            return JobOutcome(id: job.id, attempt: job.attempt, state: .cancelled,
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .cancelled,
                               errorJSON: attemptError(.permanent, "cancelled", "the job was cancelled while running", nil))
         case .shutdown:
-            return JobOutcome(id: job.id, attempt: job.attempt, state: .available, refund: 1,
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .available, refund: 1,
                               errorJSON: attemptError(.retryable, "worker_shutdown", "the worker shut down before the job finished; it runs again", nil))
         case nil:
             break
@@ -144,15 +144,15 @@ final class WorkerPool: Sendable {
         switch classified.errorClass {
         case .snooze:
             let wait = classified.retryAfter ?? .seconds(1)
-            return JobOutcome(id: job.id, attempt: job.attempt, state: .scheduled, delaySeconds: wait.seconds, refund: 1, errorJSON: errorJSON)
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, refund: 1, errorJSON: errorJSON)
         case .permanent:
-            return JobOutcome(id: job.id, attempt: job.attempt, state: .failed, errorJSON: errorJSON)
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .failed, errorJSON: errorJSON)
         case .retryable:
             if job.attempt >= job.maxAttempts {
-                return JobOutcome(id: job.id, attempt: job.attempt, state: .failed, errorJSON: errorJSON)
+                return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .failed, errorJSON: errorJSON)
             }
             let wait = classified.retryAfter ?? shared.configuration.retry.delay(afterAttempt: job.attempt)
-            return JobOutcome(id: job.id, attempt: job.attempt, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
         }
     }
 }
