@@ -136,14 +136,9 @@ struct QueueBench {
     }
 
     func migrate() async throws {
-        var quiet = logger
-        quiet.logLevel = .error
-        let client = PostgresClient(url: url, maximumConnections: 2, logger: quiet)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await client.run() }
-            try await Migrator(client: client, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
-            group.cancelAll()
-        }
+        let connection = ReconnectingConnection(url: url, logger: logger)
+        try await Migrator(database: connection, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
+        await connection.close()
     }
 
     func enqueueBatches(queue: String, on db: ReconnectingConnection) async throws {

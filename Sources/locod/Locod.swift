@@ -37,22 +37,18 @@ struct DatabaseOptions: ParsableArguments {
     }
 
     /// Runs `body` with a running pool, turning connection failures into a clear error.
-    func withClient<T>(maximumConnections: Int = 4, _ body: (PostgresClient, DatabaseURL, Logger) async throws -> T) async throws -> T {
+    func withClient<T>(_ body: (ConnectionPool, DatabaseURL, Logger) async throws -> T) async throws -> T {
         let url = try url()
         let logger = logger("locod")
         try await preflight(url, logger: logger)
-        // One-shot commands: the pool's own chatter (e.g. a lease before run() started) is noise.
-        var poolLogger = logger
-        poolLogger.logLevel = .error
-        let client = PostgresClient(url: url, maximumConnections: maximumConnections, logger: poolLogger)
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await client.run() }
-            defer { group.cancelAll() }
-            do {
-                return try await body(client, url, logger)
-            } catch {
-                throw url.explain(error)
-            }
+        let pool = ConnectionPool(url: url, size: 2, logger: logger)
+        do {
+            let result = try await body(pool, url, logger)
+            await pool.close()
+            return result
+        } catch {
+            await pool.close()
+            throw url.explain(error)
         }
     }
 }
@@ -120,7 +116,7 @@ struct Migrate: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             try await database.withClient { client, url, logger in
-                let applied = try await Migrator(client: client, logger: logger).migrate(LocodSchema.all)
+                let applied = try await Migrator(database: client, logger: logger).migrate(LocodSchema.all)
                 if applied.isEmpty {
                     print("database \(url.database) is up to date")
                 } else {

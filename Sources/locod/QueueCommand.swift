@@ -171,7 +171,7 @@ struct QueueCommand: AsyncParsableCommand {
 }
 
 private func operate(_ database: DatabaseOptions, output: OutputFormat, id: Int64, verb: String,
-                     _ action: @escaping (JobStore, PostgresClient) async throws -> Void) async throws {
+                     _ action: @escaping (JobStore, ConnectionPool) async throws -> Void) async throws {
     try await reportingErrors {
         try await database.withClient { client, _, logger in
             let store = JobStore(logger: logger)

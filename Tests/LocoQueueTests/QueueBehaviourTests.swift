@@ -36,7 +36,7 @@ struct QueueBehaviourTests {
 
     @Test("10,000 jobs through 4 pools at concurrency 8 each complete exactly once")
     func tenThousand() async throws {
-        try await TestDatabase.with(maximumConnections: 40) { db in
+        try await TestDatabase.with { db in
             let runs = Tally<Int64>()
             var handlers = JobHandlers()
             handlers.register(kind: "test.count") { _, context in runs.record(context.id) }
@@ -72,14 +72,14 @@ struct QueueBehaviourTests {
     func transactionalEnqueue() async throws {
         try await TestDatabase.with { db in
             struct Rollback: Error {}
-            await #expect(throws: PostgresTransactionError.self) {
-                try await db.client.withTransaction(logger: db.logger) { connection in
+            await #expect(throws: Rollback.self) {
+                try await db.client.transaction { connection in
                     _ = try await db.store.enqueue(NewJob(queue: "default", kind: "test.x"), on: connection)
                     throw Rollback()
                 }
             }
             #expect(try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 0)
-            let id = try await db.client.withTransaction(logger: db.logger) { connection in
+            let id = try await db.client.transaction { connection in
                 try await db.store.enqueue(NewJob(queue: "default", kind: "test.x"), on: connection).id
             }
             #expect(try await db.state(of: id) == .available)
@@ -365,7 +365,7 @@ struct QueueBehaviourTests {
                     // Another worker takes the job over while this one is still working on it.
                     try await db.client.query("UPDATE loco_jobs SET locked_by = 'thief' WHERE id = \(context.id)")
                 }
-                try await db.client.withTransaction(logger: context.logger) { connection in
+                try await db.client.transaction { connection in
                     try await connection.query("INSERT INTO results VALUES (\(context.id), 'sha256:abc')", logger: context.logger)
                     try await context.complete(in: connection)
                 }
@@ -448,7 +448,7 @@ struct QueueBehaviourTests {
     @Test("migrations run from several processes at once apply exactly once")
     func concurrentMigrations() async throws {
         try await TestDatabase.with(migrations: []) { db in
-            let migrator = Migrator(client: db.client, logger: db.logger)
+            let migrator = Migrator(database: db.client, logger: db.logger)
             let applied = try await withThrowingTaskGroup(of: [String].self) { group in
                 for _ in 0..<6 { group.addTask { try await migrator.migrate([(QueueSchema.component, QueueSchema.migrations)]) } }
                 return try await group.reduce(into: [String]()) { $0 += $1 }

@@ -108,9 +108,7 @@ struct WorkerProcessTests {
         let process = try worker(url, id: "survives-restart", concurrency: 8, lease: 3)
         defer { process.stop() }
         let logger = TestDatabase.testLogger
-        let client = PostgresClient(url: url, logger: logger)
-        let clientTask = Task { await client.run() }
-        defer { clientTask.cancel() }
+        let client = ConnectionPool(url: url, size: 1, logger: logger, queryTimeout: .seconds(5))
         func count(_ state: JobState) async -> Int? {
             guard let rows = try? await client.query("SELECT count(*) FROM loco_jobs WHERE state = \(state.rawValue)") else { return nil }
             return try? await rows.decode(Int64.self).reduce(0) { $0 + Int($1) }
@@ -131,6 +129,7 @@ struct WorkerProcessTests {
         }
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(20)) == 0)
+        await client.close()
     }
 
     @Test("an unreachable database: locod names host and port, never the password, and exits 1")

@@ -9,7 +9,7 @@ import PostgresNIO
 /// it the test fails and says how to get one; it is never skipped.
 public struct TestDatabase: Sendable {
     public let url: DatabaseURL
-    public let client: PostgresClient
+    public let client: ConnectionPool
     public let logger: Logger
 
     public static func serverURL() throws -> DatabaseURL {
@@ -32,7 +32,7 @@ public struct TestDatabase: Sendable {
     /// Runs `body` with a new database migrated to the queue's schema.
     public static func with<T: Sendable>(
         migrations: [(component: String, migrations: [Migration])] = [(QueueSchema.component, QueueSchema.migrations)],
-        maximumConnections: Int = 20,
+        maximumConnections: Int = 8,
         _ body: (TestDatabase) async throws -> T
     ) async throws -> T {
         let server = try serverURL()
@@ -40,18 +40,15 @@ public struct TestDatabase: Sendable {
         let name = "loco_test_\(UInt64.random(in: 0...UInt64.max) % 1_000_000_000_000)"
         try await Self.admin(server, logger: logger, "CREATE DATABASE \(name)")
         let url = server.with(database: name)
-        let client = PostgresClient(url: url, maximumConnections: maximumConnections, logger: logger)
-        let running = Task { await client.run() }
+        let client = ConnectionPool(url: url, size: maximumConnections, logger: logger)
         do {
-            try await Migrator(client: client, logger: logger).migrate(migrations)
+            try await Migrator(database: client, logger: logger).migrate(migrations)
             let result = try await body(TestDatabase(url: url, client: client, logger: logger))
-            running.cancel()
-            _ = await running.value
+            await client.close()
             try? await Self.admin(server, logger: logger, "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
             return result
         } catch {
-            running.cancel()
-            _ = await running.value
+            await client.close()
             try? await Self.admin(server, logger: logger, "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
             throw error
         }
@@ -70,7 +67,7 @@ public struct TestDatabase: Sendable {
 
     /// One row, one column.
     public func scalar<T: PostgresDecodable & Sendable>(_ query: PostgresQuery, as type: T.Type = T.self) async throws -> T {
-        for try await value in try await client.query(query, logger: logger).decode(T.self) { return value }
+        for try await value in try await client.query(query).decode(T.self) { return value }
         throw TestSetupError("query returned no row: \(query.sql)")
     }
 }

@@ -42,12 +42,3 @@ extension DatabaseURL {
         return "connection failed"
     }
 }
-
-extension PostgresClient {
-    /// A pool for `url`; run it with `run()` (it is a `Service`).
-    public convenience init(url: DatabaseURL, maximumConnections: Int = 20, logger: Logger) {
-        var configuration = url.clientConfiguration
-        configuration.options.maximumConnections = maximumConnections
-        self.init(configuration: configuration, backgroundLogger: logger)
-    }
-}

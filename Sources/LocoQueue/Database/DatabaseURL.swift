@@ -98,28 +98,17 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         return copy
     }
 
-    public var clientConfiguration: PostgresClient.Configuration {
-        if let socketDirectory {
-            return PostgresClient.Configuration(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: username,
-                                                password: password, database: database)
-        }
-        var configuration = PostgresClient.Configuration(
-            host: host, port: port, username: username, password: password, database: database,
-            tls: requireTLS ? .require(.makeClientConfiguration()) : .disable
-        )
-        configuration.options.connectTimeout = .seconds(5)
-        return configuration
-    }
-
     public var connectionConfiguration: PostgresConnection.Configuration {
         if let socketDirectory {
             return PostgresConnection.Configuration(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: username,
                                                     password: password, database: database)
         }
-        return PostgresConnection.Configuration(
+        var configuration = PostgresConnection.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(try! .init(configuration: .makeClientConfiguration())) : .disable
         )
+        configuration.options.connectTimeout = .seconds(5)
+        return configuration
     }
 
     static func redacted(_ string: String) -> String {

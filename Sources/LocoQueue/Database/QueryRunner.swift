@@ -1,24 +1,13 @@
 import Logging
 import PostgresNIO
 
-/// Something that runs a query: the pool (each query on any connection) or one connection
-/// (so a caller's transaction can include queue writes).
+/// Something that runs a query: a `ConnectionPool`, a `ReconnectingConnection`, or the
+/// connection of a caller's transaction (so it can include queue writes).
 public protocol QueryRunner: Sendable {
     func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence
     /// Runs a statement prepared once per connection and returns all its rows.
     func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
         where Statement.Row: Sendable
-}
-
-extension PostgresClient: QueryRunner {
-    public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
-        try await self.query(query, logger: logger)
-    }
-
-    public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
-        where Statement.Row: Sendable {
-        try await withConnection { try await $0.prepared(statement, logger: logger) }
-    }
 }
 
 extension PostgresConnection: QueryRunner {

@@ -8,22 +8,6 @@ public protocol TransactionRunner: Sendable {
     func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T
 }
 
-extension PostgresClient: TransactionRunner {
-    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await withConnection { connection in
-            try await connection.query("BEGIN", logger: Logger(label: "loco.queue"))
-            do {
-                let result = try await body(connection)
-                try await connection.query("COMMIT", logger: Logger(label: "loco.queue"))
-                return result
-            } catch {
-                _ = try? await connection.query("ROLLBACK", logger: Logger(label: "loco.queue"))
-                throw error
-            }
-        }
-    }
-}
-
 /// One Postgres connection owned by one part of a worker (a producer, the completer, the
 /// heartbeat, maintenance), reconnected on demand after any failure.
 ///

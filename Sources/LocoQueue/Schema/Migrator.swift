@@ -23,18 +23,18 @@ public struct Migrator: Sendable {
     /// Arbitrary constant shared by every Loco process; the lock is held only during migration.
     static let advisoryLockKey: Int64 = 0x4C4F_434F_4D49_4752
 
-    public let client: PostgresClient
+    public let database: any TransactionRunner
     public let logger: Logger
 
-    public init(client: PostgresClient, logger: Logger) {
-        self.client = client
+    public init(database: any TransactionRunner, logger: Logger) {
+        self.database = database
         self.logger = logger
     }
 
     /// Applies what is missing of each `(component, migrations)` and returns the names applied.
     @discardableResult
     public func migrate(_ sets: [(component: String, migrations: [Migration])]) async throws -> [String] {
-        try await client.withTransaction(logger: logger) { connection in
+        try await database.transaction { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey))", logger: logger)
             try await connection.query("""
                 CREATE TABLE IF NOT EXISTS loco_schema_migrations (
