@@ -46,7 +46,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
             let task = Task { [url, logger, connectTimeout] in
-                try await Self.deadline(connectTimeout, onTimeout: {}) {
+                try await Self.deadline(connectTimeout, late: { connection in try? await connection.close() }) {
                     try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: id, logger: logger)
                 }
             }
@@ -165,22 +165,36 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     struct DeadlineExceeded: Error {}
 
-    /// Runs `operation`; if it takes longer than `timeout`, runs `onTimeout` (which must make the
-    /// operation finish, e.g. by closing its connection) and throws.
-    static func deadline<T: Sendable>(_ timeout: Duration, onTimeout: @escaping @Sendable () async -> Void,
+    /// Runs `operation` but stops waiting for it after `timeout`, abandoning it: a task group
+    /// would wait for its child, and PostgresNIO's connect was seen to ignore cancellation
+    /// while the server restarts, which hung the caller forever. A result that arrives after
+    /// the deadline goes to `late` (to close a connection nobody will use).
+    static func deadline<T: Sendable>(_ timeout: Duration, late: @escaping @Sendable (T) async -> Void = { _ in },
                                       _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await operation() }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                await onTimeout()
-                throw DeadlineExceeded()
+        let waiter = Mutex<CheckedContinuation<T, any Error>?>(nil)
+        let take: @Sendable () -> CheckedContinuation<T, any Error>? = {
+            waiter.withLock { current in
+                defer { current = nil }
+                return current
             }
-            defer { group.cancelAll() }
-            while let result = try await group.next() {
-                if let result { return result }
+        }
+        return try await withCheckedThrowingContinuation { continuation in
+            waiter.withLock { $0 = continuation }
+            let work = Task {
+                do {
+                    let value = try await operation()
+                    if let continuation = take() { continuation.resume(returning: value) } else { await late(value) }
+                } catch {
+                    take()?.resume(throwing: error)
+                }
             }
-            throw DeadlineExceeded()
+            Task {
+                try? await Task.sleep(for: timeout)
+                if let continuation = take() {
+                    work.cancel()
+                    continuation.resume(throwing: DeadlineExceeded())
+                }
+            }
         }
     }
 }
