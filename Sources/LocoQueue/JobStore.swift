@@ -20,54 +20,11 @@ public struct JobStore: Sendable {
         try job.validate()
         let dependsOn = Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
-            let rows: PostgresRowSequence?
-            if dependsOn.isEmpty {
-                if let (id, state, _) = try await db.prepared(JobStatements.EnqueueOne(job: job), logger: logger).first {
-                    return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
-                }
-                rows = nil
-            } else {
-                rows = try await db.run("""
-                    WITH parents AS (
-                        UPDATE loco_jobs SET has_dependents = true WHERE id = ANY(\(dependsOn)) RETURNING id, state
-                    ), summary AS (
-                        SELECT count(*) AS found,
-                               count(*) FILTER (WHERE state <> 'completed') AS pending,
-                               coalesce(bool_or(state IN ('failed', 'cancelled')), false) AS doomed
-                        FROM parents
-                    ), ins AS (
-                        INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key,
-                                               pending_deps, finalized_at, errors)
-                        SELECT \(job.queue), \(job.kind), \(job.args)::jsonb,
-                               CASE WHEN s.doomed THEN 'cancelled'
-                                    WHEN s.pending > 0 THEN 'blocked'
-                                    WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled'
-                                    ELSE 'available' END,
-                               \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()), \(job.uniqueKey),
-                               s.pending, CASE WHEN s.doomed THEN now() END,
-                               CASE WHEN s.doomed THEN jsonb_build_array(jsonb_build_object(
-                                   'attempt', 0, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
-                                   'worker', NULL, 'class', 'permanent', 'code', 'dependency_failed',
-                                   'message', 'a job this job depends on had already failed or been cancelled',
-                                   'detail', NULL))
-                                    ELSE '[]'::jsonb END
-                        FROM summary s
-                        WHERE s.found = \(dependsOn.count)
-                        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN \(unescaped: Self.live) DO NOTHING
-                        RETURNING id, state, queue
-                    ), edges AS (
-                        INSERT INTO loco_job_dependencies (job_id, depends_on)
-                        SELECT ins.id, d FROM ins, unnest(\(dependsOn)::bigint[]) AS d
-                    ), woke AS (
-                        SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
-                    )
-                    SELECT id, state, (SELECT count(*) FROM woke) FROM ins
-                    """, logger: logger)
-            }
-            if let rows {
-                for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
-                    return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
-                }
+            let inserted = dependsOn.isEmpty
+                ? try await db.prepared(JobStatements.EnqueueOne(job: job), logger: logger).first.map { ($0.0, $0.1) }
+                : try await insert(job, dependingOn: dependsOn, on: db)
+            if let (id, state) = inserted {
+                return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
             }
             if !dependsOn.isEmpty {
                 var found = Set<Int64>()
@@ -90,6 +47,49 @@ public struct JobStore: Sendable {
             throw QueueError.invalidEnqueue(reason: "the database inserted no row")
         }
         throw QueueError.invalidEnqueue(reason: "the unique key '\(job.uniqueKey ?? "")' kept changing hands; try again")
+    }
+
+    /// Inserts a job with parents, locking them so a parent finishing concurrently either sees
+    /// the new edge or is counted as finished; nil when a parent is missing or the key is held.
+    private func insert(_ job: NewJob, dependingOn dependsOn: [Int64], on db: some QueryRunner) async throws -> (Int64, String)? {
+        let rows = try await db.run("""
+            WITH parents AS (
+                UPDATE loco_jobs SET has_dependents = true WHERE id = ANY(\(dependsOn)) RETURNING id, state
+            ), summary AS (
+                SELECT count(*) AS found,
+                       count(*) FILTER (WHERE state <> 'completed') AS pending,
+                       coalesce(bool_or(state IN ('failed', 'cancelled')), false) AS doomed
+                FROM parents
+            ), ins AS (
+                INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key,
+                                       pending_deps, finalized_at, errors)
+                SELECT \(job.queue), \(job.kind), \(job.args)::jsonb,
+                       CASE WHEN s.doomed THEN 'cancelled'
+                            WHEN s.pending > 0 THEN 'blocked'
+                            WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled'
+                            ELSE 'available' END,
+                       \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()), \(job.uniqueKey),
+                       s.pending, CASE WHEN s.doomed THEN now() END,
+                       CASE WHEN s.doomed THEN jsonb_build_array(jsonb_build_object(
+                           'attempt', 0, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
+                           'worker', NULL, 'class', 'permanent', 'code', 'dependency_failed',
+                           'message', 'a job this job depends on had already failed or been cancelled',
+                           'detail', NULL))
+                            ELSE '[]'::jsonb END
+                FROM summary s
+                WHERE s.found = \(dependsOn.count)
+                ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN \(unescaped: Self.live) DO NOTHING
+                RETURNING id, state, queue
+            ), edges AS (
+                INSERT INTO loco_job_dependencies (job_id, depends_on)
+                SELECT ins.id, d FROM ins, unnest(\(dependsOn)::bigint[]) AS d
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
+            )
+            SELECT id, state, (SELECT count(*) FROM woke) FROM ins
+            """, logger: logger)
+        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) { return (id, state) }
+        return nil
     }
 
     /// Enqueues many jobs in one round trip. Jobs with a unique key or dependencies take the

@@ -32,7 +32,6 @@ public struct TestDatabase: Sendable {
     /// Runs `body` with a new database migrated to the queue's schema.
     public static func with<T: Sendable>(
         migrations: [(component: String, migrations: [Migration])] = [(QueueSchema.component, QueueSchema.migrations)],
-        maximumConnections: Int = 8,
         _ body: (TestDatabase) async throws -> T
     ) async throws -> T {
         let server = try serverURL()
@@ -40,7 +39,7 @@ public struct TestDatabase: Sendable {
         let name = "loco_test_\(UInt64.random(in: 0...UInt64.max) % 1_000_000_000_000)"
         try await Self.admin(server, logger: logger, "CREATE DATABASE \(name)")
         let url = server.with(database: name)
-        let client = ConnectionPool(url: url, size: maximumConnections, logger: logger)
+        let client = ConnectionPool(url: url, size: 8, logger: logger)
         do {
             try await Migrator(database: client, logger: logger).migrate(migrations)
             let result = try await body(TestDatabase(url: url, client: client, logger: logger))
