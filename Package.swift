@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // Generic Postgres job queue; knows nothing about deploys.
@@ -35,14 +37,33 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // zlib from the system (Debian zlib1g-dev): checks uploaded build contexts as they stream in.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The domain: teams, apps, deployments, events, reports.
-        .target(name: "LocoCore", dependencies: ["LocoQueue"], swiftSettings: swiftSettings),
+        .target(
+            name: "LocoCore",
+            dependencies: [
+                "LocoQueue", "CZlib",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // One handler per pipeline stage and the outside systems they drive.
         .target(name: "Workers", dependencies: ["LocoCore", "LocoQueue"], swiftSettings: swiftSettings),
         // The HTTP API.
         .target(
             name: "LocoAPI",
-            dependencies: ["LocoCore", .product(name: "Hummingbird", package: "hummingbird")],
+            dependencies: [
+                "LocoCore", "LocoQueue",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -66,6 +87,17 @@ let package = Package(
         .testTarget(
             name: "LocoQueueTests",
             dependencies: ["LocoQueue", "LocoTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LocoAPITests",
+            dependencies: [
+                "LocoAPI", "LocoCore", "LocoQueue", "LocoTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(

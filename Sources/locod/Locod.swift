@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import LocoCore
 import LocoQueue
 import PostgresNIO
 
@@ -10,7 +11,7 @@ struct Locod: AsyncParsableCommand {
         commandName: "locod",
         abstract: "The Loco server: API, workers, migrations, queue operations.",
         version: "0.1.0",
-        subcommands: [Migrate.self, Worker.self, QueueCommand.self, Cron.self, Bench.self]
+        subcommands: [APICommand.self, Worker.self, Migrate.self, QueueCommand.self, Cron.self, Admin.self, Bench.self]
     )
 }
 
@@ -130,6 +131,6 @@ struct Migrate: AsyncParsableCommand {
 /// Every component's migrations, in the order they must apply.
 enum LocodSchema {
     static var all: [(component: String, migrations: [Migration])] {
-        [(QueueSchema.component, QueueSchema.migrations)]
+        [(QueueSchema.component, QueueSchema.migrations), (CoreSchema.component, CoreSchema.migrations)]
     }
 }

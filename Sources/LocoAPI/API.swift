@@ -1,0 +1,61 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import LocoCore
+import LocoQueue
+import Logging
+import NIOCore
+
+/// The HTTP API: everything a route needs, and the routes themselves (see `APIRoutes`).
+public struct API: Sendable {
+    public let database: ConnectionPool
+    public let store: CoreStore
+    public let contexts: ContextStore
+    public let registry: RegistryTokenIssuer?
+    public let metrics: APIMetrics
+    let principals: PrincipalCache
+    let logger: Logger
+    /// How often an SSE stream looks for new events.
+    let eventPollInterval: Duration
+
+    public init(database: ConnectionPool, contexts: ContextStore, registry: RegistryTokenIssuer?, logger: Logger,
+                metrics: APIMetrics = APIMetrics(), eventPollInterval: Duration = .milliseconds(200)) {
+        self.database = database
+        self.store = CoreStore(logger: logger)
+        self.contexts = contexts
+        self.registry = registry
+        self.metrics = metrics
+        self.principals = PrincipalCache()
+        self.logger = logger
+        self.eventPollInterval = eventPollInterval
+    }
+
+    /// The router with every route of `APIRoutes.all`, the error renderer and the metrics.
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: metrics.middleware())
+        router.add(middleware: ErrorMiddleware(routes: APIRoutes.all))
+        for route in APIRoutes.all {
+            let api = self
+            router.on(RouterPath(route.routerPath), method: route.method) { request, context in
+                try await route.handler(api, request, context)
+            }
+        }
+        return router
+    }
+
+    /// Ends deployments whose jobs died without a result and deletes build contexts nothing needs.
+    /// `locod api` runs it every few seconds; any number of API processes may.
+    public func reconcile() async throws {
+        let released = try await store.reconcile(on: database)
+        contexts.remove(digests: released)
+        let keep = try await store.liveContexts(on: database)
+        _ = contexts.sweep(keep: keep)
+    }
+}
+
+extension Request {
+    func query(_ name: String) -> String? {
+        uri.queryParameters[name[...]].map(String.init)
+    }
+}

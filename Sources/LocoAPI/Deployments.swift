@@ -1,0 +1,194 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import LocoCore
+import LocoQueue
+import NIOCore
+import Prometheus
+
+extension HTTPField.Name {
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+}
+
+extension API {
+    static let maxConfigBytes = 256 * 1024
+
+    /// `POST /v1/apps/{app}/deployments`: multipart/form-data with a `config` part (loco.toml as
+    /// JSON) and a `context` part (gzip'd tar, streamed to the context store while it is checked).
+    func submitDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (principal, access) = try await app(request, context, for: .deploy)
+        let contentType = request.headers[.contentType] ?? ""
+        guard let boundary = MultipartReader.boundary(contentType: contentType) else {
+            throw CoreError.unsupportedMediaType(got: contentType.isEmpty ? "(none)" : contentType, expected: "multipart/form-data with a boundary")
+        }
+        let queueBehind = request.query("queue") == "true" || request.query("queue") == "1"
+        let (config, stored) = try await readDeploymentUpload(request.body, boundary: boundary)
+        if access.app.type.isBuilt && stored == nil {
+            throw CoreError.invalidUpload(reason: "a \(access.app.type.rawValue) app needs a 'context' part with its build context")
+        }
+        do {
+            let deployment = try await store.submit(
+                DeploymentRequest(app: access.app, config: config, contextDigest: stored?.digest, contextBytes: stored?.bytes,
+                                  createdBy: principal.user?.id, queueBehind: queueBehind),
+                on: database)
+            metrics.deploymentsSubmitted.increment()
+            var response = jsonResponse(deployment, status: .created)
+            response.headers[.location] = "/v1/deployments/\(deployment.id)"
+            return response
+        } catch {
+            if let stored { contexts.remove(digests: (try? await store.unreferenced(contexts: [stored.digest], on: database)) ?? []) }
+            throw error
+        }
+    }
+
+    /// Reads the multipart body; the context goes straight to disk. Nothing is left behind on error.
+    func readDeploymentUpload(_ body: RequestBody, boundary: String) async throws -> (JSONValue, StoredContext?) {
+        var reader = MultipartReader(boundary: boundary)
+        var configBytes: [UInt8] = []
+        var sawConfig = false
+        var upload: ContextUpload?
+        var stored: StoredContext?
+        var current: String?
+        do {
+            for try await buffer in body {
+                for event in try reader.feed(buffer.readableBytesView) {
+                    switch event {
+                    case .begin(let name, _):
+                        switch name {
+                        case "config":
+                            guard !sawConfig else { throw CoreError.invalidUpload(reason: "more than one 'config' part") }
+                            sawConfig = true
+                        case "context":
+                            guard upload == nil, stored == nil else { throw CoreError.invalidUpload(reason: "more than one 'context' part") }
+                            upload = try contexts.begin()
+                        default:
+                            throw CoreError.invalidUpload(reason: "unknown part '\(name.prefix(40))'; expected 'config' and 'context'")
+                        }
+                        current = name
+                    case .data(let bytes):
+                        if current == "config" {
+                            configBytes += bytes
+                            if configBytes.count > Self.maxConfigBytes { throw CoreError.payloadTooLarge(limit: Int64(Self.maxConfigBytes)) }
+                        } else {
+                            try upload?.write(bytes)
+                        }
+                    case .end:
+                        if current == "context", let finishing = upload {
+                            upload = nil
+                            stored = try finishing.finish()
+                        }
+                        current = nil
+                    }
+                }
+            }
+            guard reader.finished else { throw CoreError.invalidUpload(reason: "the body ends before the closing multipart boundary") }
+            guard sawConfig else { throw CoreError.invalidUpload(reason: "the 'config' part is missing") }
+            return (try Self.parseConfig(configBytes), stored)
+        } catch {
+            upload?.abandon()
+            if let stored { contexts.remove(digests: (try? await store.unreferenced(contexts: [stored.digest], on: database)) ?? []) }
+            throw error
+        }
+    }
+
+    /// The deployed config: a JSON object whose services, if listed, have valid names.
+    /// (Full loco.toml validation lives with AppConfig; this keeps the pipeline's own assumptions.)
+    static func parseConfig(_ bytes: [UInt8]) throws -> JSONValue {
+        guard let config = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)) else {
+            throw CoreError.invalidJSON(reason: "the 'config' part does not parse")
+        }
+        guard case .object = config else { throw CoreError.invalidJSON(reason: "the 'config' part must be a JSON object") }
+        if let services = config["services"] {
+            guard case .array(let list) = services, !list.isEmpty else {
+                throw CoreError.invalidField(field: "config.services", reason: "must be a non-empty list", hint: "Give each service a name, or leave 'services' out.")
+            }
+            var seen = Set<String>()
+            for (index, service) in list.enumerated() {
+                guard let name = service["name"]?.stringValue, NameRules.isDNSLabel(name) else {
+                    throw CoreError.invalidField(field: "config.services[\(index)].name", reason: "is missing or not a DNS-1123 label",
+                                                 hint: "Use lowercase letters, digits and '-', e.g. 'api'.")
+                }
+                guard seen.insert(name).inserted else {
+                    throw CoreError.invalidField(field: "config.services[\(index)].name", reason: "'\(name)' is listed twice", hint: "Give every service its own name.")
+                }
+            }
+        }
+        return config
+    }
+
+    func listDeployments(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .readApp)
+        let limit = try intQuery(request, "limit", default: 20, range: 1...200)
+        let before = try request.query("before").map { text -> Int64 in
+            guard let value = Int64(text), value > 0 else {
+                throw CoreError.invalidField(field: "before", reason: "must be a deployment id", hint: "Pass the id of the oldest deployment you have.")
+            }
+            return value
+        }
+        return jsonResponse(ListOf(items: try await store.deployments(appID: access.app.id, limit: limit, before: before, on: database)))
+    }
+
+    func showDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, deployment, _) = try await deployment(request, context, for: .readApp)
+        return jsonResponse(deployment)
+    }
+
+    func cancelDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, deployment, _) = try await deployment(request, context, for: .cancelDeployment)
+        let (cancelled, released) = try await store.cancel(deploymentID: deployment.id, on: database)
+        contexts.remove(digests: released)
+        return jsonResponse(cancelled)
+    }
+
+    /// `GET /v1/deployments/{id}/events`: Server-Sent Events. Each event's `id` is its sequence
+    /// number; a client that reconnects with `Last-Event-ID: N` gets every event after N once, in
+    /// order. When the deployment has ended and every event is sent, a final `end` event closes it.
+    func deploymentEvents(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, deployment, _) = try await deployment(request, context, for: .readApp)
+        let resumeText = request.headers[.lastEventID] ?? request.query("after") ?? "0"
+        guard let resume = Int64(resumeText.trimmingCharacters(in: .whitespaces)), resume >= 0 else {
+            throw CoreError.invalidField(field: "Last-Event-ID", reason: "must be an event id (a number)", hint: "Send back the last 'id:' you received.")
+        }
+        let store = self.store, database = self.database, interval = eventPollInterval
+        let id = deployment.id
+        let body = ResponseBody { writer in
+            var after = resume
+            var quiet = ContinuousClock.now
+            while !Task.isCancelled {
+                let events = try await store.events(deploymentID: id, after: after, on: database)
+                for event in events {
+                    try await writer.write(ByteBuffer(string: "id: \(event.id)\nevent: \(event.type)\ndata: \(CoreJSON.encode(event))\n\n"))
+                    after = event.id
+                }
+                if !events.isEmpty { quiet = ContinuousClock.now; continue }
+                // The final state and its event commit together, so once the state is final every
+                // event is visible; one more read picks up any that landed since the last one.
+                let current = try await store.deployment(id: id, on: database)
+                if current?.state.isFinal ?? true {
+                    for event in try await store.events(deploymentID: id, after: after, on: database) {
+                        try await writer.write(ByteBuffer(string: "id: \(event.id)\nevent: \(event.type)\ndata: \(CoreJSON.encode(event))\n\n"))
+                    }
+                    let end = #"{"deployment_id":\#(id),"state":"\#(current?.state.rawValue ?? "deleted")"}"#
+                    try await writer.write(ByteBuffer(string: "event: end\ndata: \(end)\n\n"))
+                    break
+                }
+                if ContinuousClock.now - quiet > .seconds(15) {
+                    try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                    quiet = ContinuousClock.now
+                }
+                try await Task.sleep(for: interval)
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
+                        body: body)
+    }
+
+    func intQuery(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let text = request.query(name) else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw CoreError.invalidField(field: name, reason: "must be a number from \(range.lowerBound) to \(range.upperBound)", hint: "For example ?\(name)=\(value).")
+        }
+        return number
+    }
+}

@@ -1,0 +1,275 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import LocoCore
+import LocoQueue
+
+struct NewTeamBody: StrictBody {
+    static let fields = ["name"]
+    static let required = ["name"]
+    var name: String
+}
+
+struct MemberBody: StrictBody {
+    static let fields = ["role"]
+    static let required = ["role"]
+    var role: String
+}
+
+struct NewAppBody: StrictBody {
+    static let fields = ["name", "team", "type"]
+    static let required = ["name"]
+    var name: String
+    var team: String?
+    var type: String?
+}
+
+struct EnvBody: StrictBody {
+    static let fields = ["vars"]
+    static let required = ["vars"]
+    var vars: [String: String]
+}
+
+struct NewTokenBody: StrictBody {
+    static let fields = ["kind", "name", "app", "team", "expires_in"]
+    static let required = ["name"]
+    var kind: String?
+    var name: String
+    var app: String?
+    var team: String?
+    var expiresIn: Int64?
+
+    enum CodingKeys: String, CodingKey {
+        case kind, name, app, team, expiresIn = "expires_in"
+    }
+}
+
+struct WhoAmI: Encodable {
+    var user: User?
+    var tokenKind: String
+    var teams: [TeamMembership]
+
+    enum CodingKeys: String, CodingKey {
+        case user, tokenKind = "token_kind", teams
+    }
+}
+
+struct TeamView: Encodable {
+    var team: Team
+    var role: Role
+}
+
+struct ListOf<T: Encodable>: Encodable {
+    var items: [T]
+}
+
+func parseRole(_ text: String) throws -> Role {
+    guard let role = Role(rawValue: text) else {
+        throw CoreError.invalidField(field: "role", reason: "'\(text.prefix(40))' is not a role",
+                                     hint: "Use one of: \(Role.allCases.map(\.rawValue).joined(separator: ", ")).")
+    }
+    return role
+}
+
+extension API {
+    func whoami(_ request: Request) async throws -> Response {
+        let principal = try await principal(request)
+        var teams: [TeamMembership] = []
+        if let user = principal.user { teams = try await store.teams(forUser: user.id, on: database) }
+        return jsonResponse(WhoAmI(user: principal.user, tokenKind: principal.kind.rawValue, teams: teams))
+    }
+
+    // MARK: teams and members
+
+    func listTeams(_ request: Request) async throws -> Response {
+        let (_, user) = try await person(request)
+        return jsonResponse(ListOf(items: try await store.teams(forUser: user.id, on: database)))
+    }
+
+    func createTeam(_ request: Request) async throws -> Response {
+        let (_, user) = try await person(request)
+        let body = try await RequestReader.json(NewTeamBody.self, from: request)
+        let team = try await store.createTeam(name: body.name, ownerID: user.id, on: database)
+        return jsonResponse(TeamView(team: team, role: .owner), status: .created)
+    }
+
+    /// The team in the path, if the caller is a member allowed to do `action`.
+    func team(_ request: Request, _ context: BasicRequestContext, for action: Action) async throws -> (User, TeamMembership) {
+        let (_, user) = try await person(request)
+        let membership = try await store.membership(team: try context.parameters.require("team"), userID: user.id, on: database)
+        guard Permissions.allows(action, role: membership.role) else {
+            throw CoreError.forbidden(action: action.rawValue, role: membership.role.rawValue)
+        }
+        return (user, membership)
+    }
+
+    func showTeam(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, membership) = try await team(request, context, for: .readTeam)
+        return jsonResponse(TeamView(team: membership.team, role: membership.role))
+    }
+
+    func listMembers(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, membership) = try await team(request, context, for: .readTeam)
+        return jsonResponse(ListOf(items: try await store.members(teamID: membership.team.id, on: database)))
+    }
+
+    func setMember(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, membership) = try await team(request, context, for: .manageMembers)
+        let body = try await RequestReader.json(MemberBody.self, from: request)
+        let role = try parseRole(body.role)
+        let email = try context.parameters.require("email")
+        guard let member = try await store.user(email: email, on: database) else { throw CoreError.notFound(what: "user", name: email) }
+        let current = try await store.members(teamID: membership.team.id, on: database).first { $0.userID == member.id }
+        // Only owners make or unmake owners.
+        if (role == .owner || current?.role == .owner) && membership.role != .owner {
+            throw CoreError.forbidden(action: "grant or take away the owner role", role: membership.role.rawValue)
+        }
+        try await store.setMember(teamID: membership.team.id, teamName: membership.team.name, userID: member.id, role: role, on: database)
+        let members = try await store.members(teamID: membership.team.id, on: database)
+        return jsonResponse(members.first { $0.userID == member.id }, status: current == nil ? .created : .ok)
+    }
+
+    func removeMember(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, membership) = try await team(request, context, for: .manageMembers)
+        let email = try context.parameters.require("email")
+        let members = try await store.members(teamID: membership.team.id, on: database)
+        guard let member = members.first(where: { $0.email == email.lowercased() }) else { throw CoreError.notFound(what: "member", name: email) }
+        if member.role == .owner && membership.role != .owner {
+            throw CoreError.forbidden(action: "remove an owner", role: membership.role.rawValue)
+        }
+        try await store.removeMember(teamID: membership.team.id, teamName: membership.team.name, userID: member.userID, on: database)
+        return emptyResponse()
+    }
+
+    // MARK: apps
+
+    func listApps(_ request: Request) async throws -> Response {
+        let (_, user) = try await person(request)
+        return jsonResponse(ListOf(items: try await store.apps(forUser: user.id, team: request.query("team"), on: database)))
+    }
+
+    func createApp(_ request: Request) async throws -> Response {
+        let (_, user) = try await person(request)
+        let body = try await RequestReader.json(NewAppBody.self, from: request)
+        let teams = try await store.teams(forUser: user.id, on: database)
+        let membership: TeamMembership
+        if let name = body.team {
+            guard let found = teams.first(where: { $0.team.name == name }) else { throw CoreError.notFound(what: "team", name: name) }
+            membership = found
+        } else if teams.count == 1 {
+            membership = teams[0]
+        } else {
+            throw CoreError.missingField(field: "team")
+        }
+        guard Permissions.allows(.createApp, role: membership.role) else {
+            throw CoreError.forbidden(action: Action.createApp.rawValue, role: membership.role.rawValue)
+        }
+        let typeText = body.type ?? "service"
+        guard let type = AppType(rawValue: typeText) else {
+            throw CoreError.invalidField(field: "type", reason: "'\(typeText.prefix(40))' is not an app type",
+                                         hint: "Use one of: \(AppType.allCases.map(\.rawValue).joined(separator: ", ")).")
+        }
+        let app = try await store.createApp(teamID: membership.team.id, name: body.name, type: type, ownerID: user.id, on: database)
+        return jsonResponse(app, status: .created)
+    }
+
+    func showApp(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .readApp)
+        return jsonResponse(access.app)
+    }
+
+    func deleteApp(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .deleteApp)
+        let released = try await store.deleteApp(id: access.app.id, on: database)
+        contexts.remove(digests: released)
+        return emptyResponse()
+    }
+
+    func appStatus(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .readApp)
+        return jsonResponse(try await store.status(app: access.app, on: database))
+    }
+
+    func appLogs(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        _ = try await app(request, context, for: .readLogs)
+        // App logs come from the runtime, which arrives with its own issue; until then say so.
+        throw CoreError.runtimeUnavailable
+    }
+
+    // MARK: env
+
+    func listEnv(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (principal, access) = try await app(request, context, for: .listEnv)
+        var vars = try await store.env(appID: access.app.id, on: database)
+        let reveal = request.query("reveal") == "true" || request.query("reveal") == "1"
+        if reveal {
+            // Values: only the app's owner and the team's owners and admins.
+            _ = try await self.access(principal, app: .id(access.app.id), for: .revealEnv)
+        } else {
+            for index in vars.indices { vars[index].value = nil }
+        }
+        return jsonResponse(ListOf(items: vars))
+    }
+
+    func setEnv(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .writeEnv)
+        let body = try await RequestReader.json(EnvBody.self, from: request)
+        guard !body.vars.isEmpty, body.vars.count <= 500 else {
+            throw CoreError.invalidField(field: "vars", reason: "give 1 to 500 variables", hint: "Send {\"vars\": {\"NAME\": \"value\"}}.")
+        }
+        try await store.setEnv(appID: access.app.id, body.vars, on: database)
+        var vars = try await store.env(appID: access.app.id, on: database)
+        for index in vars.indices { vars[index].value = nil }
+        return jsonResponse(ListOf(items: vars))
+    }
+
+    func unsetEnv(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .writeEnv)
+        let name = try context.parameters.require("name")
+        let removed = try await store.unsetEnv(appID: access.app.id, names: [name], on: database)
+        guard !removed.isEmpty else { throw CoreError.notFound(what: "env var", name: name) }
+        return emptyResponse()
+    }
+
+    // MARK: tokens
+
+    func listTokens(_ request: Request) async throws -> Response {
+        let (_, user) = try await person(request)
+        return jsonResponse(ListOf(items: try await store.tokens(userID: user.id, on: database)))
+    }
+
+    func createToken(_ request: Request) async throws -> Response {
+        let (principal, user) = try await person(request)
+        let body = try await RequestReader.json(NewTokenBody.self, from: request)
+        let kindText = body.kind ?? "personal"
+        guard let kind = TokenKind(rawValue: kindText), kind != .worker else {
+            throw CoreError.invalidField(field: "kind", reason: "'\(kindText.prefix(40))' is not a token kind you can create",
+                                         hint: "Use personal, deploy or pull (worker tokens come from 'locod admin create-token --worker').")
+        }
+        var appID: Int64?
+        switch kind {
+        case .personal, .worker:
+            guard body.app == nil else {
+                throw CoreError.invalidField(field: "app", reason: "personal tokens are not bound to an app", hint: "Leave 'app' out, or ask for kind 'deploy'.")
+            }
+        case .deploy, .pull:
+            guard let name = body.app else { throw CoreError.missingField(field: "app") }
+            let access = try await access(principal, app: .name(name, team: body.team), for: kind == .deploy ? .createDeployToken : .createPullCredential)
+            appID = access.app.id
+        }
+        let lifetime = body.expiresIn.map { Duration.seconds($0) }
+        let created = try await store.createToken(kind: kind, name: body.name, userID: user.id, appID: appID, lifetime: lifetime, on: database)
+        return jsonResponse(created, status: .created)
+    }
+
+    func revokeToken(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, user) = try await person(request)
+        let text = try context.parameters.require("id")
+        guard let id = Int64(text), let token = try await store.token(id: id, on: database), token.userID == user.id else {
+            throw CoreError.notFound(what: "token", name: String(text.prefix(40)))
+        }
+        try await store.revokeToken(id: id, on: database)
+        principals.forget(tokenID: id)
+        return emptyResponse()
+    }
+}

@@ -1,1 +1,0 @@
-// LocoAPI: filled in by its own issue.

@@ -1,0 +1,224 @@
+import Foundation
+
+/// A member's role in a team, from most to least powerful.
+public enum Role: String, Sendable, Codable, CaseIterable, Comparable {
+    case owner, admin, developer, viewer
+
+    var rank: Int {
+        switch self {
+        case .owner: 3
+        case .admin: 2
+        case .developer: 1
+        case .viewer: 0
+        }
+    }
+
+    public static func < (lhs: Role, rhs: Role) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// What an app is; types without a Dockerfile skip build and push.
+public enum AppType: String, Sendable, Codable, CaseIterable {
+    case service, `static`, redis, postgres, blob
+
+    public var isBuilt: Bool { self == .service || self == .static }
+}
+
+/// Where a deployment is. The last three are final.
+public enum DeploymentState: String, Sendable, Codable, CaseIterable {
+    case queued, building, pushing, applying, waiting, succeeded, failed, cancelled
+
+    public var isFinal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+    public static let inFlight: [DeploymentState] = [.queued, .building, .pushing, .applying, .waiting]
+}
+
+/// The stages of the pipeline, in order; each maps to a job kind and a queue of the same name.
+public enum Stage: String, Sendable, Codable, CaseIterable {
+    case build, push, apply, wait, cleanup
+
+    /// The deployment state while this stage runs (cleanup runs after the outcome is known).
+    public var runningState: DeploymentState? {
+        switch self {
+        case .build: .building
+        case .push: .pushing
+        case .apply: .applying
+        case .wait: .waiting
+        case .cleanup: nil
+        }
+    }
+
+    public var jobKind: String { "deploy.\(rawValue)" }
+    public var queue: String { rawValue }
+}
+
+public struct Team: Sendable, Codable, Equatable {
+    public var id: Int64
+    public var name: String
+    public var createdAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, createdAt = "created_at"
+    }
+}
+
+public struct User: Sendable, Codable, Equatable {
+    public var id: Int64
+    public var email: String
+    public var name: String
+    public var createdAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case id, email, name, createdAt = "created_at"
+    }
+}
+
+public struct Member: Sendable, Codable, Equatable {
+    public var userID: Int64
+    public var email: String
+    public var name: String
+    public var role: Role
+    public var joinedAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case userID = "user_id", email, name, role, joinedAt = "joined_at"
+    }
+}
+
+public struct App: Sendable, Codable, Equatable {
+    public var id: Int64
+    public var teamID: Int64
+    public var team: String
+    public var name: String
+    public var type: AppType
+    /// `nil` once the owner's account is gone.
+    public var ownerID: Int64?
+    public var createdAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case id, teamID = "team_id", team, name, type, ownerID = "owner_id", createdAt = "created_at"
+    }
+}
+
+/// Start and end of one stage of one deployment.
+public struct StageTiming: Sendable, Codable, Equatable {
+    public var startedAt: Date?
+    public var finishedAt: Date?
+
+    enum CodingKeys: String, CodingKey {
+        case startedAt = "started_at", finishedAt = "finished_at"
+    }
+}
+
+/// What the user sees when a deployment failed: which stage, why, the evidence, the next step.
+public struct FailureReport: Sendable, Codable, Equatable {
+    public var stage: String
+    public var code: String
+    public var message: String
+    public var hint: String
+    public var evidence: [String: JSONValue]
+    public var attempts: [JSONValue]
+
+    public init(stage: String, code: String, message: String, hint: String,
+                evidence: [String: JSONValue] = [:], attempts: [JSONValue] = []) {
+        self.stage = stage
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.evidence = evidence
+        self.attempts = attempts
+    }
+}
+
+public struct Deployment: Sendable, Codable, Equatable {
+    public var id: Int64
+    public var appID: Int64
+    public var app: String
+    public var team: String
+    public var state: DeploymentState
+    /// Waits for the app's current deployment to end before it starts.
+    public var queuedBehind: Int64?
+    public var createdBy: Int64?
+    public var config: JSONValue
+    public var contextDigest: String?
+    public var contextBytes: Int64?
+    public var imageDigest: String?
+    public var imageRef: String?
+    public var stages: [String: StageTiming]
+    public var report: FailureReport?
+    public var cancelRequested: Bool
+    public var createdAt: Date
+    public var finishedAt: Date?
+
+    enum CodingKeys: String, CodingKey {
+        case id, appID = "app_id", app, team, state, queuedBehind = "queued_behind", createdBy = "created_by", config
+        case contextDigest = "context_digest", contextBytes = "context_bytes", imageDigest = "image_digest"
+        case imageRef = "image_ref", stages, report, cancelRequested = "cancel_requested", createdAt = "created_at"
+        case finishedAt = "finished_at"
+    }
+}
+
+/// One entry of a deployment's append-only event log; `id` increases strictly per deployment.
+public struct DeploymentEvent: Sendable, Codable, Equatable {
+    public var id: Int64
+    public var deploymentID: Int64
+    public var at: Date
+    public var type: String
+    public var stage: String?
+    public var message: String
+    public var data: JSONValue?
+
+    enum CodingKeys: String, CodingKey {
+        case id, deploymentID = "deployment_id", at, type, stage, message, data
+    }
+}
+
+/// A JSON value, for the parts of the domain that are free-form (app config, report evidence).
+public enum JSONValue: Sendable, Codable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value):
+            if value.rounded() == value, abs(value) < 1e15 { try container.encode(Int64(value)) } else { try container.encode(value) }
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let object) = self { return object[key] }
+        return nil
+    }
+
+    public var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    /// Parses JSON text; `nil` when it is not JSON.
+    public static func parse(_ text: String) -> JSONValue? {
+        try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+    }
+
+    public var jsonText: String {
+        String(decoding: (try? CoreJSON.encoder.encode(self)) ?? Data("null".utf8), as: UTF8.self)
+    }
+}

@@ -1,1 +1,0 @@
-// LocoCore: filled in by its own issue.

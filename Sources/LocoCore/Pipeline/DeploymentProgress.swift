@@ -1,0 +1,164 @@
+import Foundation
+import LocoQueue
+import PostgresNIO
+
+/// What a stage produced, recorded on the deployment when the stage finishes.
+public struct StageResult: Sendable {
+    public var imageDigest: String?
+    public var imageRef: String?
+    public var message: String?
+
+    public init(imageDigest: String? = nil, imageRef: String? = nil, message: String? = nil) {
+        self.imageDigest = imageDigest
+        self.imageRef = imageRef
+        self.message = message
+    }
+}
+
+/// How stage handlers move a deployment along. Each call runs on the handler's own transaction,
+/// so with `JobContext.complete(in:)` the stage's result and its job's completion commit together.
+extension CoreStore {
+    /// Marks a stage as started. Returns `false` when the deployment has ended (cancelled, or failed
+    /// elsewhere) or is gone: the handler should stop without doing the work.
+    public func stageStarted(deploymentID: Int64, stage: Stage, service: String? = nil, on connection: PostgresConnection) async throws -> Bool {
+        guard let state = try await lockedState(deploymentID, on: connection), !state.isFinal || stage == .cleanup else { return false }
+        let newState = stage.runningState?.rawValue
+        let first = try await scalar("""
+            UPDATE loco_deployments SET
+                state = coalesce(\(newState)::text, state),
+                stages = CASE WHEN stages ? \(stage.rawValue) THEN stages
+                              ELSE stages || jsonb_build_object(\(stage.rawValue), jsonb_build_object('started_at', loco_rfc3339(now()))) END
+            WHERE id = \(deploymentID)
+            RETURNING true
+            """, as: Bool.self, on: connection)
+        guard first == true else { return false }
+        let what = service.map { "\(stage.rawValue) of \($0)" } ?? stage.rawValue
+        try await appendEvent(deploymentID: deploymentID, type: "stage_started", stage: stage.rawValue, message: "\(what) started", on: connection)
+        return true
+    }
+
+    /// Records a finished stage. Finishing `wait` means the new version serves: the deployment succeeds.
+    public func stageFinished(deploymentID: Int64, stage: Stage, service: String? = nil, result: StageResult = StageResult(),
+                              on connection: PostgresConnection) async throws -> [String] {
+        guard let state = try await lockedState(deploymentID, on: connection), !state.isFinal || stage == .cleanup else { return [] }
+        try await execute("""
+            UPDATE loco_deployments SET
+                image_digest = coalesce(\(result.imageDigest), image_digest),
+                image_ref = coalesce(\(result.imageRef), image_ref),
+                stages = jsonb_set(stages, ARRAY[\(stage.rawValue)::text],
+                                   coalesce(stages -> \(stage.rawValue), '{}'::jsonb) || jsonb_build_object('finished_at', loco_rfc3339(now())))
+            WHERE id = \(deploymentID)
+            """, on: connection)
+        let what = service.map { "\(stage.rawValue) of \($0)" } ?? stage.rawValue
+        try await appendEvent(deploymentID: deploymentID, type: "stage_finished", stage: stage.rawValue,
+                              message: result.message ?? "\(what) finished", on: connection)
+        if stage == .wait {
+            return try await end(deploymentID: deploymentID, as: .succeeded, report: nil, message: "deployment \(deploymentID) succeeded", on: connection)
+        }
+        return []
+    }
+
+    /// Fails the deployment with its report: the rest of its jobs stop, a cleanup job removes what
+    /// it created, the previous version keeps serving, the next deployment in line starts.
+    public func fail(deploymentID: Int64, report: FailureReport, on connection: PostgresConnection) async throws -> [String] {
+        guard let state = try await lockedState(deploymentID, on: connection), !state.isFinal else { return [] }
+        return try await end(deploymentID: deploymentID, as: .failed, report: report,
+                             message: "\(report.code): \(report.message)", on: connection)
+    }
+
+    /// Moves a locked, unfinished deployment to a final state. Returns the build contexts that no
+    /// unfinished deployment needs any more (the caller deletes the files after commit).
+    func end(deploymentID: Int64, as final: DeploymentState, report: FailureReport?, message: String,
+             on connection: PostgresConnection) async throws -> [String] {
+        let row = try await connection.query("""
+            UPDATE loco_deployments d SET state = \(final.rawValue), finished_at = now(),
+                   report = \(report.map { CoreJSON.encode($0) })::jsonb,
+                   cancel_requested = d.cancel_requested OR \(final == .cancelled),
+                   in_line = false
+            FROM loco_deployments old WHERE d.id = old.id AND d.id = \(deploymentID)
+            RETURNING d.app_id, old.in_line, d.context_digest, (SELECT type FROM loco_apps WHERE id = d.app_id)
+            """, logger: logger)
+        var appID: Int64 = 0, wasInLine = false, digest: String? = nil
+        for try await (app, inLine, context, _) in row.decode((Int64, Bool, String?, String).self) {
+            appID = app
+            wasInLine = inLine
+            digest = context
+        }
+        try await appendEvent(deploymentID: deploymentID, type: final.rawValue, stage: report?.stage, message: message,
+                              data: report.map { JSONValue.parse(CoreJSON.encode($0)) ?? .null }, on: connection)
+        if final != .succeeded {
+            // Stop what is left of this deployment; running jobs see the request at their next heartbeat.
+            try await execute("""
+                UPDATE loco_jobs SET state = 'cancelled', finalized_at = now()
+                WHERE id IN (SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID))
+                  AND state IN ('blocked','scheduled','available')
+                """, on: connection)
+            try await execute("""
+                UPDATE loco_jobs SET cancel_requested = true
+                WHERE id IN (SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID)) AND state = 'running'
+                """, on: connection)
+            let started = try await scalar("SELECT count(*) FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID)", as: Int64.self, on: connection) ?? 0
+            if started > 0 {
+                let job = try DeploymentPlan.job(.cleanup, deploymentID: deploymentID, outcome: final.rawValue, after: [])
+                let id = try await jobs.enqueue(job, on: connection).id
+                try await recordJobs(deploymentID: deploymentID, [(id, .cleanup, nil)], on: connection)
+            }
+        }
+        if !wasInLine { try await releaseNext(appID: appID, after: deploymentID, on: connection) }
+        return try await unreferencedContexts(digest.map { [$0] } ?? [], on: connection)
+    }
+
+    /// Starts the oldest deployment waiting in line for the app, if any.
+    func releaseNext(appID: Int64, after endedID: Int64, on connection: PostgresConnection) async throws {
+        let rows = try await connection.query("""
+            UPDATE loco_deployments d SET in_line = false
+            WHERE d.id = (SELECT id FROM loco_deployments WHERE app_id = \(appID) AND in_line AND state = 'queued' ORDER BY id LIMIT 1)
+            RETURNING d.id, d.config::text, (SELECT type FROM loco_apps WHERE id = d.app_id)
+            """, logger: logger)
+        for try await (id, configText, type) in rows.decode((Int64, String, String).self) {
+            try await enqueuePlan(deploymentID: id, type: AppType(rawValue: type) ?? .service, config: JSONValue.parse(configText) ?? .object([:]),
+                                  on: connection)
+            try await appendEvent(deploymentID: id, type: "released", stage: nil,
+                                  message: "deployment \(endedID) ended; deployment \(id) starts", on: connection)
+        }
+    }
+
+    /// A backstop for deployments whose job ended without the handler recording it (a worker that
+    /// died on the last attempt, an operator who cancelled a job by hand): the deployment fails
+    /// with a report built from the job's own error history. Returns the contexts to delete.
+    public func reconcile(on db: some TransactionRunner) async throws -> [String] {
+        try await db.transaction { connection in
+            let rows = try await connection.query("""
+                SELECT d.id, dj.stage, j.state, j.errors::text FROM loco_deployments d
+                JOIN loco_deployment_jobs dj ON dj.deployment_id = d.id
+                JOIN loco_jobs j ON j.id = dj.job_id
+                WHERE d.state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[]) AND NOT d.in_line
+                  AND j.state IN ('failed','cancelled') AND dj.stage <> 'cleanup'
+                ORDER BY d.id, j.id
+                FOR UPDATE OF d SKIP LOCKED
+                """, logger: logger)
+            var stuck: [Int64: (String, String, String)] = [:]
+            for try await (id, stage, state, errors) in rows.decode((Int64, String, String, String).self) where stuck[id] == nil {
+                stuck[id] = (stage, state, errors)
+            }
+            var released: [String] = []
+            for (id, (stage, state, errorsText)) in stuck.sorted(by: { $0.key < $1.key }) {
+                let attempts: [JSONValue]
+                if case .array(let list)? = JSONValue.parse(errorsText) { attempts = list } else { attempts = [] }
+                let last = attempts.last
+                let code = last?["code"]?.stringValue ?? (state == "cancelled" ? "job_cancelled" : "unknown")
+                let report = FailureReport(
+                    stage: stage,
+                    code: code == "lease_expired" ? "WORKER_LOST" : code.uppercased(),
+                    message: code == "lease_expired"
+                        ? "the \(stage) worker stopped answering and the stage ran out of attempts"
+                        : (last?["message"]?.stringValue ?? "the \(stage) job was \(state) without a result"),
+                    hint: "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed.",
+                    evidence: ["job_state": .string(state)],
+                    attempts: attempts)
+                released += try await end(deploymentID: id, as: .failed, report: report, message: "\(report.code): \(report.message)", on: connection)
+            }
+            return released
+        }
+    }
+}

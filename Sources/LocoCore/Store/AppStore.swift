@@ -1,0 +1,134 @@
+import Foundation
+import LocoQueue
+import PostgresNIO
+
+/// An app together with the caller's role in its team.
+public struct AppAccess: Sendable, Equatable {
+    public var app: App
+    public var role: Role
+    public var isOwner: Bool
+
+    public init(app: App, role: Role, isOwner: Bool) {
+        self.app = app
+        self.role = role
+        self.isOwner = isOwner
+    }
+}
+
+extension CoreStore {
+    public func createApp(teamID: Int64, name: String, type: AppType, ownerID: Int64, on db: some QueryRunner) async throws -> App {
+        guard NameRules.isDNSLabel(name) else { throw CoreError.invalidName(what: "app", name: name) }
+        do {
+            return try await document("""
+                WITH a AS (INSERT INTO loco_apps (team_id, name, type, owner_id) VALUES (\(teamID), \(name), \(type.rawValue), \(ownerID)) RETURNING *)
+                SELECT \(unescaped: Projection.app) FROM a JOIN loco_teams t ON t.id = a.team_id
+                """, as: App.self, on: db)!
+        } catch where isUniqueViolation(error) {
+            throw CoreError.alreadyExists(what: "app", name: name)
+        }
+    }
+
+    /// Every app in every team the user belongs to.
+    public func apps(forUser userID: Int64, team: String? = nil, on db: some QueryRunner) async throws -> [App] {
+        try await documents("""
+            SELECT \(unescaped: Projection.app) FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id
+            JOIN loco_memberships m ON m.team_id = a.team_id AND m.user_id = \(userID)
+            WHERE (\(team)::text IS NULL OR t.name = \(team)::text) ORDER BY t.name, a.name
+            """, as: App.self, on: db)
+    }
+
+    public func app(id: Int64, on db: some QueryRunner) async throws -> App? {
+        try await document("SELECT \(unescaped: Projection.app) FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id WHERE a.id = \(id)",
+                           as: App.self, on: db)
+    }
+
+    /// The app named `name` among the user's teams, with their role. Apps of other teams are
+    /// `not_found`, exactly like apps that do not exist.
+    public func access(app name: String, team: String?, userID: Int64, on db: some QueryRunner) async throws -> AppAccess {
+        let rows = try await db.run("""
+            SELECT \(unescaped: Projection.app), m.role FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id
+            JOIN loco_memberships m ON m.team_id = a.team_id AND m.user_id = \(userID)
+            WHERE a.name = \(name) AND (\(team)::text IS NULL OR t.name = \(team)::text)
+            """, logger: logger)
+        var found: [AppAccess] = []
+        for try await (json, role) in rows.decode((String, String).self) {
+            let app = try CoreJSON.decoder.decode(App.self, from: Data(json.utf8))
+            found.append(AppAccess(app: app, role: Role(rawValue: role) ?? .viewer, isOwner: app.ownerID == userID))
+        }
+        guard let first = found.first else { throw CoreError.notFound(what: "app", name: name) }
+        if found.count > 1 { throw CoreError.ambiguousApp(name: name, teams: found.map(\.app.team).sorted()) }
+        return first
+    }
+
+    /// The caller's access to an app they reach by id (a deployment's app), or `nil` outside their teams.
+    public func access(appID: Int64, userID: Int64, on db: some QueryRunner) async throws -> AppAccess? {
+        let rows = try await db.run("""
+            SELECT \(unescaped: Projection.app), m.role FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id
+            JOIN loco_memberships m ON m.team_id = a.team_id AND m.user_id = \(userID)
+            WHERE a.id = \(appID)
+            """, logger: logger)
+        for try await (json, role) in rows.decode((String, String).self) {
+            let app = try CoreJSON.decoder.decode(App.self, from: Data(json.utf8))
+            return AppAccess(app: app, role: Role(rawValue: role) ?? .viewer, isOwner: app.ownerID == userID)
+        }
+        return nil
+    }
+
+    /// Deletes an app: cancels its live jobs, then removes it with its deployments, events, env and
+    /// tokens. Returns the build contexts that no deployment references any more.
+    public func deleteApp(id: Int64, on db: some TransactionRunner) async throws -> [String] {
+        try await db.transaction { connection in
+            try await execute("SELECT id FROM loco_apps WHERE id = \(id) FOR UPDATE", on: connection)
+            try await execute("""
+                UPDATE loco_jobs SET state = 'cancelled', finalized_at = now()
+                WHERE id IN (SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id))
+                  AND state IN ('blocked','scheduled','available')
+                """, on: connection)
+            try await execute("""
+                UPDATE loco_jobs SET cancel_requested = true
+                WHERE id IN (SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id))
+                  AND state = 'running'
+                """, on: connection)
+            var digests: [String] = []
+            for try await digest in try await connection.query("""
+                DELETE FROM loco_deployments WHERE app_id = \(id) RETURNING context_digest
+                """, logger: logger).decode(String?.self) {
+                if let digest { digests.append(digest) }
+            }
+            try await execute("DELETE FROM loco_apps WHERE id = \(id)", on: connection)
+            return try await unreferencedContexts(Array(Set(digests)), on: connection)
+        }
+    }
+
+    /// Which of `digests` no unfinished deployment still needs.
+    func unreferencedContexts(_ digests: [String], on db: some QueryRunner) async throws -> [String] {
+        guard !digests.isEmpty else { return [] }
+        var used = Set<String>()
+        for try await digest in try await db.run("""
+            SELECT DISTINCT context_digest FROM loco_deployments
+            WHERE context_digest = ANY(\(digests)) AND state IN ('queued','building','pushing','applying','waiting')
+            """, logger: logger).decode(String.self) {
+            used.insert(digest)
+        }
+        return digests.filter { !used.contains($0) }
+    }
+}
+
+extension CoreStore {
+    /// Build contexts that unfinished deployments still need.
+    public func liveContexts(on db: some QueryRunner) async throws -> Set<String> {
+        var digests = Set<String>()
+        for try await digest in try await db.run("""
+            SELECT DISTINCT context_digest FROM loco_deployments
+            WHERE context_digest IS NOT NULL AND state IN ('queued','building','pushing','applying','waiting')
+            """, logger: logger).decode(String.self) {
+            digests.insert(digest)
+        }
+        return digests
+    }
+
+    /// Of `digests`, those no unfinished deployment needs.
+    public func unreferenced(contexts digests: [String], on db: some QueryRunner) async throws -> [String] {
+        try await unreferencedContexts(digests, on: db)
+    }
+}

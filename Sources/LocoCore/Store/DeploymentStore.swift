@@ -1,0 +1,158 @@
+import Foundation
+import LocoQueue
+import PostgresNIO
+
+/// A new deployment, as the API received it.
+public struct DeploymentRequest: Sendable {
+    public var app: App
+    public var config: JSONValue
+    public var contextDigest: String?
+    public var contextBytes: Int64?
+    public var createdBy: Int64?
+    /// Wait behind the app's current deployment instead of refusing.
+    public var queueBehind: Bool
+
+    public init(app: App, config: JSONValue, contextDigest: String?, contextBytes: Int64?, createdBy: Int64?, queueBehind: Bool) {
+        self.app = app
+        self.config = config
+        self.contextDigest = contextDigest
+        self.contextBytes = contextBytes
+        self.createdBy = createdBy
+        self.queueBehind = queueBehind
+    }
+}
+
+/// An app's state at a glance: what serves, what is on its way, what failed last.
+public struct AppStatus: Sendable, Codable, Equatable {
+    public var app: App
+    /// The deployment serving now.
+    public var current: Deployment?
+    /// The deployment in flight, if any.
+    public var inFlight: Deployment?
+    /// How many deployments wait in line behind it.
+    public var waiting: Int
+    /// The newest failed deployment since the serving one.
+    public var lastFailure: Deployment?
+
+    enum CodingKeys: String, CodingKey {
+        case app, current, inFlight = "in_flight", waiting, lastFailure = "last_failure"
+    }
+}
+
+extension CoreStore {
+    static let deploymentFrom = "loco_deployments d JOIN loco_apps a ON a.id = d.app_id JOIN loco_teams t ON t.id = a.team_id"
+
+    /// Creates a deployment and its whole job DAG in one transaction. A second deployment while one
+    /// is in flight is refused with `deployment_in_progress`, or waits in line with `queueBehind`.
+    public func submit(_ request: DeploymentRequest, on db: some TransactionRunner & QueryRunner) async throws -> Deployment {
+        do {
+            return try await db.transaction { connection in
+                // Submits for one app take turns here, so "is one in flight?" cannot race.
+                try await execute("SELECT id FROM loco_apps WHERE id = \(request.app.id) FOR UPDATE", on: connection)
+                let running = try await inFlight(appID: request.app.id, on: connection)
+                if let running, !request.queueBehind {
+                    throw CoreError.deploymentInProgress(app: request.app.name, deploymentID: running.id, state: running.state.rawValue)
+                }
+                let behind: Int64? = running == nil ? nil
+                    : try await scalar("SELECT max(id) FROM loco_deployments WHERE app_id = \(request.app.id) AND state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])",
+                                       as: Int64?.self, on: connection) ?? nil
+                let id = try await scalar("""
+                    INSERT INTO loco_deployments (app_id, state, in_line, queued_behind, created_by, config, context_digest, context_bytes)
+                    VALUES (\(request.app.id), 'queued', \(behind != nil), \(behind), \(request.createdBy), \(request.config.jsonText)::jsonb,
+                            \(request.contextDigest), \(request.contextBytes))
+                    RETURNING id
+                    """, as: Int64.self, on: connection)!
+                if let behind {
+                    try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "waiting in line behind deployment \(behind)", on: connection)
+                } else {
+                    try await enqueuePlan(deploymentID: id, type: request.app.type, config: request.config, on: connection)
+                    try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "deployment \(id) of \(request.app.name) is queued", on: connection)
+                }
+                return try await deployment(id: id, on: connection)!
+            }
+        } catch where isUniqueViolation(error, constraint: "loco_deployments_one_in_flight") {
+            let running = try await inFlight(appID: request.app.id, on: db)
+            throw CoreError.deploymentInProgress(app: request.app.name, deploymentID: running?.id ?? 0, state: running?.state.rawValue ?? "queued")
+        }
+    }
+
+    /// The app's deployment in flight (not those waiting in line behind it).
+    public func inFlight(appID: Int64, on db: some QueryRunner) async throws -> Deployment? {
+        try await document("""
+            SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom)
+            WHERE d.app_id = \(appID) AND NOT d.in_line AND d.state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])
+            ORDER BY d.id LIMIT 1
+            """, as: Deployment.self, on: db)
+    }
+
+    public func deployment(id: Int64, on db: some QueryRunner) async throws -> Deployment? {
+        try await document("SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom) WHERE d.id = \(id)",
+                           as: Deployment.self, on: db)
+    }
+
+    /// Newest first; `before` pages back.
+    public func deployments(appID: Int64, limit: Int, before: Int64?, on db: some QueryRunner) async throws -> [Deployment] {
+        try await documents("""
+            SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom)
+            WHERE d.app_id = \(appID) AND (\(before)::int8 IS NULL OR d.id < \(before)::int8)
+            ORDER BY d.id DESC LIMIT \(Int64(limit))
+            """, as: Deployment.self, on: db)
+    }
+
+    public func status(app: App, on db: some QueryRunner) async throws -> AppStatus {
+        let current = try await document("""
+            SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom)
+            WHERE d.app_id = \(app.id) AND d.state = 'succeeded' ORDER BY d.id DESC LIMIT 1
+            """, as: Deployment.self, on: db)
+        let running = try await inFlight(appID: app.id, on: db)
+        let waiting = try await scalar("SELECT count(*) FROM loco_deployments WHERE app_id = \(app.id) AND in_line AND state = 'queued'",
+                                       as: Int64.self, on: db) ?? 0
+        let failure = try await document("""
+            SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom)
+            WHERE d.app_id = \(app.id) AND d.state = 'failed' AND d.id > \(current?.id ?? 0) ORDER BY d.id DESC LIMIT 1
+            """, as: Deployment.self, on: db)
+        return AppStatus(app: app, current: current, inFlight: running, waiting: Int(waiting), lastFailure: failure)
+    }
+
+    /// Events after `after`, oldest first.
+    public func events(deploymentID: Int64, after: Int64, limit: Int = 500, on db: some QueryRunner) async throws -> [DeploymentEvent] {
+        try await documents("""
+            SELECT \(unescaped: Projection.event) FROM loco_deployment_events e
+            WHERE e.deployment_id = \(deploymentID) AND e.id > \(after) ORDER BY e.id LIMIT \(Int64(limit))
+            """, as: DeploymentEvent.self, on: db)
+    }
+
+    /// Appends an event. Ids come from a counter on the deployment row, taken under its row lock,
+    /// so they increase strictly in commit order: a reader resuming after id N never misses one.
+    @discardableResult
+    public func appendEvent(deploymentID: Int64, type: String, stage: String?, message: String, data: JSONValue? = nil,
+                            on connection: PostgresConnection) async throws -> Int64 {
+        let id = try await scalar("""
+            WITH seq AS (UPDATE loco_deployments SET event_seq = event_seq + 1 WHERE id = \(deploymentID) RETURNING event_seq)
+            INSERT INTO loco_deployment_events (deployment_id, id, type, stage, message, data)
+            SELECT \(deploymentID), event_seq, \(type), \(stage), \(String(message.prefix(64 * 1024))), \(data?.jsonText)::jsonb FROM seq
+            RETURNING id
+            """, as: Int64.self, on: connection)
+        guard let id else { throw CoreError.notFound(what: "deployment", name: "\(deploymentID)") }
+        return id
+    }
+
+    /// Cancels a deployment: queued jobs stop at once, running ones are asked to stop, the next in
+    /// line starts. Returns the deployment and the build contexts nothing needs any more.
+    public func cancel(deploymentID: Int64, on db: some TransactionRunner) async throws -> (Deployment, [String]) {
+        try await db.transaction { connection in
+            guard let current = try await lockedState(deploymentID, on: connection) else {
+                throw CoreError.notFound(what: "deployment", name: "\(deploymentID)")
+            }
+            if current.isFinal { throw CoreError.deploymentFinished(deploymentID: deploymentID, state: current.rawValue) }
+            let released = try await end(deploymentID: deploymentID, as: .cancelled, report: nil,
+                                         message: "deployment \(deploymentID) was cancelled", on: connection)
+            return (try await deployment(id: deploymentID, on: connection)!, released)
+        }
+    }
+
+    func lockedState(_ deploymentID: Int64, on connection: PostgresConnection) async throws -> DeploymentState? {
+        let state = try await scalar("SELECT state FROM loco_deployments WHERE id = \(deploymentID) FOR UPDATE", as: String.self, on: connection)
+        return state.flatMap(DeploymentState.init(rawValue:))
+    }
+}

@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import LocoAPI
+import LocoCore
+import LocoQueue
+import ServiceLifecycle
+import UnixSignals
+
+struct APICommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "api",
+        abstract: "Serve the HTTP API (/v1, /healthz, /readyz, /metrics) and the registry token service.",
+        discussion: """
+            Example:
+              locod api --port 8080 --context-dir /var/lib/loco/contexts --registry-key /etc/loco/registry-token.key
+            Several API processes may share one database and one context folder.
+            """
+    )
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on.") var port = 8080
+    @Option(help: "Where build contexts are stored (default: $LOCO_CONTEXT_DIR or ./.loco/contexts).") var contextDir: String?
+    @Option(help: "Largest build context accepted, in MiB.") var maxContextMib = 200
+    @Option(help: "PEM RSA private key that signs registry tokens (default: $LOCO_REGISTRY_KEY; none: the token service is off).")
+    var registryKey: String?
+    @Option(help: "The registry's auth.token.service name.") var registryService = "loco-registry"
+    @Option(help: "The registry's auth.token.issuer name.") var registryIssuer = "loco"
+    @Option(help: "Database connections.") var poolSize = 8
+    @Option(help: "Seconds between reconcile passes (dead stages, unused build contexts).") var reconcileSeconds = 5
+
+    func run() async throws {
+        try await reportingErrors {
+            let url = try database.url()
+            let logger = database.logger("locod.api")
+            try await preflight(url, logger: logger)
+            let environment = ProcessInfo.processInfo.environment
+            let contextRoot = contextDir ?? environment["LOCO_CONTEXT_DIR"] ?? ".loco/contexts"
+            let keyPath = registryKey ?? environment["LOCO_REGISTRY_KEY"]
+            var issuer: RegistryTokenIssuer?
+            if let keyPath, !keyPath.isEmpty {
+                guard let pem = try? String(contentsOfFile: keyPath, encoding: .utf8) else {
+                    throw UsageError(message: "cannot read the registry token key at \(keyPath)", hint: "Pass --registry-key with a readable PEM RSA private key (scripts/services start makes one).")
+                }
+                do {
+                    issuer = try RegistryTokenIssuer(privateKeyPEM: pem, issuer: registryIssuer, service: registryService)
+                } catch {
+                    throw UsageError(message: "\(keyPath) is not a PEM RSA private key", hint: "Make one with 'openssl genrsa -out key.pem 2048'.")
+                }
+            }
+            guard (1...65535).contains(port) else { throw UsageError(message: "--port \(port) is out of range", hint: "Use 1 to 65535.") }
+            let pool = ConnectionPool(url: url, size: poolSize, logger: logger)
+            let api = API(database: pool, contexts: ContextStore(root: URL(fileURLWithPath: contextRoot), limit: Int64(maxContextMib) * 1024 * 1024),
+                          registry: issuer, logger: logger)
+            let app = Application(router: api.router(), configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
+                                  logger: logger)
+            let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)
+            logger.info("API listening", metadata: ["address": "\(host):\(port)", "contexts": "\(contextRoot)",
+                                                    "registry_tokens": "\(issuer == nil ? "off" : "on")"])
+            let group = ServiceGroup(configuration: .init(services: [reconciler, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+            await pool.close()
+        }
+    }
+}
+
+/// Runs `API.reconcile()` every few seconds until shutdown.
+struct Reconciler: Service {
+    let api: API
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do { try await api.reconcile() } catch { logger.warning("reconcile failed", metadata: ["error": "\(error)"]) }
+                try? await Task.sleep(for: interval)
+            }
+        }
+    }
+}
