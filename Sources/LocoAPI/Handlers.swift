@@ -48,9 +48,12 @@ struct WhoAmI: Encodable {
     var user: User?
     var tokenKind: String
     var teams: [TeamMembership]
+    /// The one app a deploy token or pull credential is for.
+    var app: App?
+    var worker: String?
 
     enum CodingKeys: String, CodingKey {
-        case user, tokenKind = "token_kind", teams
+        case user, tokenKind = "token_kind", teams, app, worker
     }
 }
 
@@ -61,6 +64,13 @@ struct TeamView: Encodable {
 
 struct ListOf<T: Encodable>: Encodable {
     var items: [T]
+}
+
+extension Optional {
+    func asyncMap<T>(_ transform: (Wrapped) async throws -> T) async rethrows -> T? {
+        guard let value = self else { return nil }
+        return try await transform(value)
+    }
 }
 
 func parseRole(_ text: String) throws -> Role {
@@ -74,9 +84,12 @@ func parseRole(_ text: String) throws -> Role {
 extension API {
     func whoami(_ request: Request) async throws -> Response {
         let principal = try await principal(request)
+        // Every kind of token may ask who it is; only a person's token lists their teams.
         var teams: [TeamMembership] = []
-        if let user = principal.user { teams = try await store.teams(forUser: user.id, on: database) }
-        return jsonResponse(WhoAmI(user: principal.user, tokenKind: principal.kind.rawValue, teams: teams))
+        if principal.kind == .personal, let user = principal.user { teams = try await store.teams(forUser: user.id, on: database) }
+        let app = try await principal.appID.asyncMap { try await store.app(id: $0, on: database) } ?? nil
+        return jsonResponse(WhoAmI(user: principal.kind == .personal || principal.kind == .deploy ? principal.user : nil,
+                                   tokenKind: principal.kind.rawValue, teams: teams, app: app, worker: principal.workerName))
     }
 
     // MARK: teams and members
