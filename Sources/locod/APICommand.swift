@@ -55,7 +55,7 @@ struct APICommand: AsyncParsableCommand {
             let pool = ConnectionPool(url: url, size: poolSize, logger: logger)
             let api = API(database: pool, contexts: ContextStore(root: URL(fileURLWithPath: contextRoot), limit: Int64(maxContextMib) * 1024 * 1024),
                           registry: issuer, logger: logger)
-            let app = Application(router: api.router(), configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
+            let app = Application(router: api.router(), server: API.server, configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
                                   logger: logger)
             let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)
             logger.info("API listening", metadata: ["address": "\(host):\(port)", "contexts": "\(contextRoot)",

@@ -39,7 +39,7 @@ struct Harness {
             defer { try? FileManager.default.removeItem(at: root) }
             let api = API(database: database.client, contexts: ContextStore(root: root, limit: contextLimit), registry: registry,
                           logger: database.logger, eventPollInterval: .milliseconds(20))
-            let app = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: database.logger)
+            let app = Application(router: api.router(), server: API.server, configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: database.logger)
             return try await app.test(setup) { client in
                 try await body(Harness(database: database, api: api, store: CoreStore(logger: database.logger), contextRoot: root, client: client))
             }

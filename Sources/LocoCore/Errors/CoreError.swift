@@ -37,6 +37,8 @@ public enum CoreError: CodedError, Equatable {
         "invalid_field", "invalid_name", "already_exists", "ambiguous_app", "deployment_in_progress",
         "deployment_finished", "last_owner", "unsupported_media_type", "payload_too_large", "invalid_context",
         "invalid_upload", "runtime_unavailable", "database_unavailable", "internal",
+        // Answered below the router, by the HTTP layer itself (LocoAPI's ProtocolErrorResponder).
+        "headers_too_large", "invalid_request",
     ]
 
     public var code: String {

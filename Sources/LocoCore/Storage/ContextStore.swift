@@ -90,8 +90,13 @@ public final class ContextUpload {
 
     /// Checks the archive ended properly and moves it into place.
     public func finish() throws -> StoredContext {
-        try inflater.finish()
-        try file.close()
+        do {
+            try inflater.finish()
+            try file.close()
+        } catch {
+            abandon()
+            throw error
+        }
         let digest = "sha256:" + hasher.finalize().map { String(format: "%02x", $0) }.joined()
         let target = store.path(digest: digest)!
         if FileManager.default.fileExists(atPath: target.path) {
