@@ -283,6 +283,28 @@ public struct JobStore: Sendable {
         throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
     }
 
+    /// Cancels many jobs in one statement, like `cancel(id:)`; jobs already finished are left alone.
+    /// Returns how many were still live.
+    @discardableResult
+    public func cancel(ids: [Int64], on db: some QueryRunner) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        let rows = try await db.run("""
+            WITH target AS (
+                UPDATE loco_jobs
+                SET cancel_requested = true,
+                    state = CASE WHEN state = 'running' THEN 'running' ELSE 'cancelled' END,
+                    finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END
+                WHERE id = ANY(\(ids)::int8[]) AND state IN \(unescaped: Self.live)
+                RETURNING id, state
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running'
+            )
+            SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM woke)
+            """, logger: logger)
+        for try await (count, _) in rows.decode((Int64, Int64).self) { return Int(count) }
+        return 0
+    }
+
     /// Runs a finished (or waiting) job again now, keeping its error history.
     public func retry(id: Int64, on db: some QueryRunner) async throws {
         let rows = try await db.run("""

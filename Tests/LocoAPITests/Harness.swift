@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -8,6 +9,7 @@ import LocoQueue
 import LocoTestSupport
 import Logging
 import NIOCore
+import NIOHTTP1
 import Testing
 
 /// Queue and domain migrations, as `locod migrate` applies them.
@@ -117,4 +119,17 @@ enum TarGz {
         guard result.status == 0 else { throw TestSetupError("tar failed: \(result.output)") }
         return try Data(contentsOf: URL(fileURLWithPath: output))
     }
+}
+
+/// A request over a real connection of its own (AsyncHTTPClient), for concurrency and streaming.
+func liveCall(port: Int, _ method: HTTPRequest.Method, _ path: String, token: String? = nil, headers: HTTPFields = [:],
+              body: ByteBuffer? = nil) async throws -> Reply {
+    var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+    request.method = .init(rawValue: method.rawValue)
+    for field in headers { request.headers.add(name: field.name.rawName, value: field.value) }
+    if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+    if let body { request.body = .bytes(body) }
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+    let bytes = try await response.body.collect(upTo: 10 << 20)
+    return Reply(status: Int(response.status.code), headers: [:], text: String(buffer: bytes))
 }

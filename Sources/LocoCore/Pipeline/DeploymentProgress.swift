@@ -87,16 +87,8 @@ extension CoreStore {
         try await appendEvent(deploymentID: deploymentID, type: final.rawValue, stage: report?.stage, message: message,
                               data: report.map { JSONValue.parse(CoreJSON.encode($0)) ?? .null }, on: connection)
         if final != .succeeded {
-            // Stop what is left of this deployment; running jobs see the request at their next heartbeat.
-            try await execute("""
-                UPDATE loco_jobs SET state = 'cancelled', finalized_at = now()
-                WHERE id IN (SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID))
-                  AND state IN ('blocked','scheduled','available')
-                """, on: connection)
-            try await execute("""
-                UPDATE loco_jobs SET cancel_requested = true
-                WHERE id IN (SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID)) AND state = 'running'
-                """, on: connection)
+            // Stop what is left of this deployment; running handlers are told at once (NOTIFY).
+            try await jobs.cancel(ids: try await jobIDs(deploymentID: deploymentID, on: connection), on: connection)
             let started = try await scalar("SELECT count(*) FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID)", as: Int64.self, on: connection) ?? 0
             if started > 0 {
                 let job = try DeploymentPlan.job(.cleanup, deploymentID: deploymentID, outcome: final.rawValue, after: [])
@@ -106,6 +98,14 @@ extension CoreStore {
         }
         if !wasInLine { try await releaseNext(appID: appID, after: deploymentID, on: connection) }
         return try await unreferencedContexts(digest.map { [$0] } ?? [], on: connection)
+    }
+
+    func jobIDs(deploymentID: Int64, on db: some QueryRunner) async throws -> [Int64] {
+        var ids: [Int64] = []
+        for try await id in try await db.run("SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deploymentID)", logger: logger).decode(Int64.self) {
+            ids.append(id)
+        }
+        return ids
     }
 
     /// Starts the oldest deployment waiting in line for the app, if any.

@@ -79,16 +79,13 @@ extension CoreStore {
     public func deleteApp(id: Int64, on db: some TransactionRunner) async throws -> [String] {
         try await db.transaction { connection in
             try await execute("SELECT id FROM loco_apps WHERE id = \(id) FOR UPDATE", on: connection)
-            try await execute("""
-                UPDATE loco_jobs SET state = 'cancelled', finalized_at = now()
-                WHERE id IN (SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id))
-                  AND state IN ('blocked','scheduled','available')
-                """, on: connection)
-            try await execute("""
-                UPDATE loco_jobs SET cancel_requested = true
-                WHERE id IN (SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id))
-                  AND state = 'running'
-                """, on: connection)
+            var jobIDs: [Int64] = []
+            for try await id in try await connection.query("""
+                SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id)
+                """, logger: logger).decode(Int64.self) {
+                jobIDs.append(id)
+            }
+            try await jobs.cancel(ids: jobIDs, on: connection)
             var digests: [String] = []
             for try await digest in try await connection.query("""
                 DELETE FROM loco_deployments WHERE app_id = \(id) RETURNING context_digest

@@ -1,0 +1,230 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import LocoAPI
+import LocoCore
+import LocoQueue
+import LocoTestSupport
+import NIOCore
+import PostgresNIO
+import Synchronization
+import Testing
+
+/// Stage handlers that do no real work but move the deployment exactly as the real workers will:
+/// `stageStarted` in one transaction, then the stage's result and the job's completion in another.
+func scriptedStages(_ store: CoreStore, _ database: ConnectionPool, failing: Stage? = nil, blocking: Stage? = nil) -> JobHandlers {
+    var handlers = JobHandlers()
+    for stage in Stage.allCases {
+        handlers.register(kind: stage.jobKind) { argsText, context in
+            let args = try JSONDecoder().decode(DeploymentJobArgs.self, from: Data(argsText.utf8))
+            let proceed = try await database.transaction { connection in
+                try await store.stageStarted(deploymentID: args.deploymentID, stage: stage, service: args.service, on: connection)
+            }
+            guard proceed else { return }
+            if stage == blocking { try await Task.sleep(for: .seconds(60)) }
+            if stage == failing { throw JobFailure.permanent("BUILD_FAILED", "step 2/3 RUN make: exit code 2") }
+            let result = stage == .push ? StageResult(imageDigest: "sha256:" + String(repeating: "ab", count: 32), imageRef: "registry/acme/web:x-\(args.deploymentID)") : StageResult()
+            _ = try await database.transaction { connection in
+                let released = try await store.stageFinished(deploymentID: args.deploymentID, stage: stage, service: args.service, result: result, on: connection)
+                try await context.complete(in: connection)
+                return released
+            }
+        }
+    }
+    return handlers
+}
+
+let pipelineQueues: [(String, Int)] = Stage.allCases.map { ($0.queue, 2) }
+
+@Suite("Deployment pipeline")
+struct DeploymentPipelineTests {
+    @Test("a deployment and its whole job DAG are created in one transaction")
+    func dagInOneTransaction() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("shop", in: team, owner: ann)
+            let config: JSONValue = .object(["services": .array([.object(["name": .string("api")]), .object(["name": .string("web")])])])
+            let deployment = try await harness.store.submit(DeploymentRequest(app: app, config: config, contextDigest: nil, contextBytes: nil,
+                                                                              createdBy: ann.id, queueBehind: false), on: harness.database.client)
+            let rows = try await harness.database.client.query("""
+                SELECT dj.stage || coalesce(':' || dj.service, ''), j.state, j.queue,
+                       coalesce((SELECT string_agg(pj.stage || coalesce(':' || pj.service, ''), ',' ORDER BY pj.stage, pj.service)
+                                 FROM loco_job_dependencies d JOIN loco_deployment_jobs pj ON pj.job_id = d.depends_on WHERE d.job_id = j.id), '')
+                FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id
+                WHERE dj.deployment_id = \(deployment.id) ORDER BY 1
+                """)
+            var plan: [String: (String, String, String)] = [:]
+            for try await (name, state, queue, parents) in rows.decode((String, String, String, String).self) { plan[name] = (state, queue, parents) }
+            #expect(plan["build:api"]! == ("available", "build", ""))
+            #expect(plan["build:web"]! == ("available", "build", ""))
+            #expect(plan["push:api"]! == ("blocked", "push", "build:api"))
+            #expect(plan["push:web"]! == ("blocked", "push", "build:web"))
+            #expect(plan["apply"]! == ("blocked", "apply", "push:api,push:web"))
+            #expect(plan["wait"]! == ("blocked", "wait", "apply"))
+            #expect(plan["cleanup"]! == ("blocked", "cleanup", "wait"))
+            #expect(plan.count == 7)
+
+            // App types without a Dockerfile skip build and push.
+            let cache = try await harness.app("cache", in: team, owner: ann, type: .redis)
+            let redis = try await harness.store.submit(DeploymentRequest(app: cache, config: .object([:]), contextDigest: nil, contextBytes: nil,
+                                                                         createdBy: ann.id, queueBehind: false), on: harness.database.client)
+            let stages = try await harness.database.scalar("SELECT string_agg(stage, ',' ORDER BY job_id) FROM loco_deployment_jobs WHERE deployment_id = \(redis.id)", as: String.self)
+            #expect(stages == "apply,wait,cleanup")
+
+            // A failure half-way through the DAG leaves nothing: no deployment, no event, no job.
+            try await harness.database.client.query("""
+                CREATE FUNCTION refuse_wait() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.kind = 'deploy.wait' THEN RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$
+                """).collect()
+            try await harness.database.client.query("CREATE TRIGGER refuse_wait BEFORE INSERT ON loco_jobs FOR EACH ROW EXECUTE FUNCTION refuse_wait()").collect()
+            let other = try await harness.app("other", in: team, owner: ann)
+            let before = try await harness.database.scalar("SELECT (SELECT count(*) FROM loco_jobs) + (SELECT count(*) FROM loco_deployments) + (SELECT count(*) FROM loco_deployment_events)", as: Int64.self)
+            await #expect(throws: (any Error).self) {
+                _ = try await harness.store.submit(DeploymentRequest(app: other, config: .object([:]), contextDigest: nil, contextBytes: nil,
+                                                                     createdBy: ann.id, queueBehind: false), on: harness.database.client)
+            }
+            let after = try await harness.database.scalar("SELECT (SELECT count(*) FROM loco_jobs) + (SELECT count(*) FROM loco_deployments) + (SELECT count(*) FROM loco_deployment_events)", as: Int64.self)
+            #expect(before == after)
+        }
+    }
+
+    @Test("the deployment's state follows its jobs through every stage to succeeded")
+    func stateFollowsJobs() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let deployment = try await harness.deployment(of: app)
+            let db = harness.database
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
+                let done = try await eventually(timeout: .seconds(20)) {
+                    try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .succeeded
+                }
+                #expect(done)
+                // Cleanup runs after success.
+                let reached1 = try await eventually { try await db.scalar("SELECT count(*) FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id WHERE dj.deployment_id = \(deployment.id) AND j.state <> 'completed'", as: Int64.self) == 0 }
+                #expect(reached1)
+            }
+            let final = try #require(try await harness.store.deployment(id: deployment.id, on: db.client))
+            #expect(final.imageDigest == "sha256:" + String(repeating: "ab", count: 32))
+            #expect(final.finishedAt != nil)
+            for stage in ["build", "push", "apply", "wait"] {
+                let timing = try #require(final.stages[stage], "no timing for \(stage)")
+                #expect(timing.startedAt != nil && timing.finishedAt != nil && timing.startedAt! <= timing.finishedAt!)
+            }
+            let events = try await harness.store.events(deploymentID: deployment.id, after: 0, on: db.client)
+            #expect(events.map(\.id) == Array(1...Int64(events.count)), "ids are 1, 2, 3, … per deployment")
+            #expect(events.first?.type == "queued")
+            // Right after wait finishes, the deployment succeeds (cleanup's own events follow).
+            let waitDone = try #require(events.firstIndex { $0.type == "stage_finished" && $0.stage == "wait" })
+            #expect(events[waitDone + 1].type == "succeeded")
+            let stagesSeen = events.filter { $0.type == "stage_started" }.compactMap(\.stage)
+            #expect(stagesSeen.prefix(4) == ["build", "push", "apply", "wait"])
+        }
+    }
+
+    @Test("a failed stage fails the deployment with a report, cleans up, and starts the next in line")
+    func failureAndQueue() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let db = harness.database
+            let first = try await harness.deployment(of: app)
+            let second = try await harness.deployment(of: app, queueBehind: true)
+            #expect(second.queuedBehind == first.id && second.state == .queued)
+            // The failing worker runs first; the second deployment gets a healthy one.
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client, failing: .build)) { _ in
+                let reached = try await eventually { try await db.state(ofDeploymentJob: first.id, stage: "build") == "failed" }
+                #expect(reached)
+            }
+            // The handler threw without recording a result; the reconciler turns the job's error into the report.
+            try await harness.api.reconcile()
+            let failed = try #require(try await harness.store.deployment(id: first.id, on: db.client))
+            #expect(failed.state == .failed)
+            let report = try #require(failed.report)
+            #expect(report.stage == "build" && report.code == "BUILD_FAILED")
+            #expect(report.message.contains("exit code 2"))
+            #expect(report.attempts.count == 1)
+            #expect(!report.hint.isEmpty)
+            // The rest of its DAG is cancelled, and a cleanup for the failure is queued.
+            #expect(try await db.state(ofDeploymentJob: first.id, stage: "push") == "cancelled")
+            let cleanupKey = "deployment:\(first.id):cleanup:failed"
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs WHERE unique_key = \(cleanupKey)", as: Int64.self) == 1)
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
+                let reached3 = try await eventually(timeout: .seconds(20)) { try await harness.store.deployment(id: second.id, on: db.client)?.state == .succeeded }
+                #expect(reached3)
+            }
+            let events = try await harness.store.events(deploymentID: second.id, after: 0, on: db.client)
+            #expect(events.map(\.type).prefix(2) == ["queued", "released"])
+            // The failed deployment's context is no longer needed by anyone in flight.
+            let status = try await harness.store.status(app: app, on: db.client)
+            #expect(status.current?.id == second.id && status.lastFailure == nil && status.inFlight == nil)
+        }
+    }
+
+    @Test("cancelling a running deployment stops its jobs and frees the app")
+    func cancelRunning() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let token = try await harness.token(for: ann)
+            let db = harness.database
+            let deployment = try await harness.deployment(of: app)
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client, blocking: .build)) { _ in
+                let reached4 = try await eventually { try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .building }
+                #expect(reached4)
+                let reply = try await harness.call(.post, "/v1/deployments/\(deployment.id)/cancel", token: token)
+                #expect(reply.status == 200 && reply.json?["state"]?.stringValue == "cancelled", "\(reply.text)")
+                // The running build's handler is cancelled at its next heartbeat.
+                let reached5 = try await eventually(timeout: .seconds(15)) { try await db.state(ofDeploymentJob: deployment.id, stage: "build") == "cancelled" }
+                #expect(reached5)
+                let again = try await harness.call(.post, "/v1/deployments/\(deployment.id)/cancel", token: token)
+                #expect(again.status == 409 && again.errorCode == "deployment_finished")
+                let (headers, body) = Harness.deployBody(context: try await TarGz.sample())
+                let next = try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: headers, body: body)
+                #expect(next.status == 201, "the app is free again: \(next.text)")
+            }
+        }
+    }
+
+    @Test("concurrent submits for one app: exactly one wins, the rest hear which one")
+    func concurrentSubmits() async throws {
+        try await Harness.with(.live) { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            _ = try await harness.app("web", in: team, owner: ann)
+            let token = try await harness.token(for: ann)
+            let (headers, body) = Harness.deployBody(context: try await TarGz.sample())
+            let port = try #require(harness.client.port)
+            let replies = try await withThrowingTaskGroup(of: Reply.self) { group in
+                for _ in 0..<16 {
+                    group.addTask { try await liveCall(port: port, .post, "/v1/apps/web/deployments", token: token, headers: headers, body: body) }
+                }
+                return try await group.reduce(into: [Reply]()) { $0.append($1) }
+            }
+            let created = replies.filter { $0.status == 201 }
+            #expect(created.count == 1, "\(replies.map(\.status))")
+            let winner = try #require(created.first?.json?["id"])
+            for loser in replies where loser.status != 201 {
+                #expect(loser.status == 409 && loser.errorCode == "deployment_in_progress")
+                #expect(loser.json?["error"]?["message"]?.stringValue?.contains("deployment \(winner.jsonText)") == true, "\(loser.text)")
+            }
+            #expect(try await harness.database.scalar("SELECT count(*) FROM loco_deployments", as: Int64.self) == 1)
+        }
+    }
+}
+
+extension TestDatabase {
+    func state(ofDeploymentJob deploymentID: Int64, stage: String) async throws -> String? {
+        for try await state in try await client.query("""
+            SELECT j.state FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id
+            WHERE dj.deployment_id = \(deploymentID) AND dj.stage = \(stage) ORDER BY j.id LIMIT 1
+            """).decode(String.self) {
+            return state
+        }
+        return nil
+    }
+}
