@@ -54,6 +54,12 @@ public struct RegistryTokenIssuer: Sendable {
         public var type: String
         public var name: String
         public var actions: [String]
+
+        public init(type: String, name: String, actions: [String]) {
+            self.type = type
+            self.name = name
+            self.actions = actions
+        }
     }
 
     /// Parses `repository:team/app:pull,push` scopes (several may be given).
