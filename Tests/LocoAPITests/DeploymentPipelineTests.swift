@@ -161,6 +161,17 @@ struct DeploymentPipelineTests {
             // The failed deployment's context is no longer needed by anyone in flight.
             let status = try await harness.store.status(app: app, on: db.client)
             #expect(status.current?.id == second.id && status.lastFailure == nil && status.inFlight == nil)
+            // The API's one-query status document says the same as the store's model.
+            let reply = try await harness.call(.get, "/v1/apps/web/status", token: try await harness.token(for: ann))
+            #expect(try CoreJSON.decoder.decode(AppStatus.self, from: Data(reply.text.utf8)) == status)
+            let third = try await harness.deployment(of: app)
+            _ = try await db.client.transaction { connection in
+                try await harness.store.fail(deploymentID: third.id, report: FailureReport(stage: "apply", code: "CRASH_LOOP", message: "exit 1", hint: "check CMD"), on: connection)
+            }
+            let afterFailure = try await harness.store.status(app: app, on: db.client)
+            #expect(afterFailure.lastFailure?.id == third.id && afterFailure.lastFailure?.report?.code == "CRASH_LOOP")
+            let replyAfter = try await harness.call(.get, "/v1/apps/web/status", token: try await harness.token(for: ann))
+            #expect(try CoreJSON.decoder.decode(AppStatus.self, from: Data(replyAfter.text.utf8)) == afterFailure)
         }
     }
 

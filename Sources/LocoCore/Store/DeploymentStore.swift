@@ -114,6 +114,47 @@ extension CoreStore {
         return AppStatus(app: app, current: current, inFlight: running, waiting: Int(waiting), lastFailure: failure)
     }
 
+    /// The app's status as the API returns it, built by the database in one round trip, with the
+    /// caller's role: the hot read path (`GET /v1/apps/{app}/status`). One row per matching app of
+    /// the user's teams (several rows: the name is ambiguous; none: not found).
+    public func statusDocuments(app name: String, team: String?, userID: Int64, on db: some QueryRunner) async throws -> [(role: Role, isOwner: Bool, json: String)] {
+        let rows = try await db.run("""
+            SELECT m.role, a.owner_id IS NOT DISTINCT FROM \(userID)::int8, \(unescaped: Self.statusDocument)
+            FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id
+            JOIN loco_memberships m ON m.team_id = a.team_id AND m.user_id = \(userID)
+            WHERE a.name = \(name) AND (\(team)::text IS NULL OR t.name = \(team)::text)
+            """, logger: logger)
+        var result: [(Role, Bool, String)] = []
+        for try await (role, isOwner, json) in rows.decode((String, Bool, String).self) {
+            result.append((Role(rawValue: role) ?? .viewer, isOwner, json))
+        }
+        return result
+    }
+
+    /// The same document for an app reached by id (deploy tokens).
+    public func statusDocument(appID: Int64, on db: some QueryRunner) async throws -> String? {
+        try await scalar("""
+            SELECT \(unescaped: Self.statusDocument) FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id WHERE a.id = \(appID)
+            """, as: String.self, on: db)
+    }
+
+    /// `AppStatus` as JSON, over `a` (loco_apps) and `t` (loco_teams).
+    static let statusDocument = """
+        jsonb_build_object(
+            'app', \(Projection.app.replacingOccurrences(of: "::text", with: "")),
+            'current', (SELECT \(Projection.deployment.replacingOccurrences(of: "::text", with: "")) FROM loco_deployments d
+                        WHERE d.app_id = a.id AND d.state = 'succeeded' ORDER BY d.id DESC LIMIT 1),
+            'in_flight', (SELECT \(Projection.deployment.replacingOccurrences(of: "::text", with: "")) FROM loco_deployments d
+                          WHERE d.app_id = a.id AND NOT d.in_line AND d.state IN ('queued','building','pushing','applying','waiting')
+                          ORDER BY d.id LIMIT 1),
+            'waiting', (SELECT count(*) FROM loco_deployments d WHERE d.app_id = a.id AND d.in_line AND d.state = 'queued'),
+            'last_failure', (SELECT \(Projection.deployment.replacingOccurrences(of: "::text", with: "")) FROM loco_deployments d
+                             WHERE d.app_id = a.id AND d.state = 'failed'
+                               AND d.id > coalesce((SELECT max(s.id) FROM loco_deployments s WHERE s.app_id = a.id AND s.state = 'succeeded'), 0)
+                             ORDER BY d.id DESC LIMIT 1)
+        )::text
+        """
+
     /// Events after `after`, oldest first.
     public func events(deploymentID: Int64, after: Int64, limit: Int = 500, on db: some QueryRunner) async throws -> [DeploymentEvent] {
         try await documents("""
