@@ -118,14 +118,9 @@ extension CoreStore {
     /// caller's role: the hot read path (`GET /v1/apps/{app}/status`). One row per matching app of
     /// the user's teams (several rows: the name is ambiguous; none: not found).
     public func statusDocuments(app name: String, team: String?, userID: Int64, on db: some QueryRunner) async throws -> [(role: Role, isOwner: Bool, json: String)] {
-        let rows = try await db.run("""
-            SELECT m.role, a.owner_id IS NOT DISTINCT FROM \(userID)::int8, \(unescaped: Self.statusDocument)
-            FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id
-            JOIN loco_memberships m ON m.team_id = a.team_id AND m.user_id = \(userID)
-            WHERE a.name = \(name) AND (\(team)::text IS NULL OR t.name = \(team)::text)
-            """, logger: logger)
+        let rows = try await db.prepared(CoreStatements.StatusByName(app: name, team: team, userID: userID), logger: logger)
         var result: [(Role, Bool, String)] = []
-        for try await (role, isOwner, json) in rows.decode((String, Bool, String).self) {
+        for (role, isOwner, json) in rows {
             result.append((Role(rawValue: role) ?? .viewer, isOwner, json))
         }
         return result
