@@ -1,0 +1,70 @@
+import Foundation
+import LocoCore
+import LocoQueue
+import LocoTestSupport
+import Testing
+
+@Suite("locod api and admin processes", .serialized)
+struct APIProcessTests {
+    @Test("bootstrap with locod admin, serve with locod api, stop with SIGTERM; secrets stay out of the log")
+    func bootstrapAndServe() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let migrated = try await runCommand(locod, ["migrate"], environment: env)
+            #expect(migrated.status == 0 && migrated.output.contains("core/1_domain"), "\(migrated.output)")
+            let user = try await runCommand(locod, ["admin", "create-user", "--email", "Ann@Example.com", "--name", "Ann"], environment: env)
+            #expect(user.status == 0, "\(user.output)")
+            let again = try await runCommand(locod, ["admin", "create-user", "--email", "ann@example.com"], environment: env)
+            #expect(again.status == 1 && again.output.contains("[already_exists]") && again.output.contains("Hint:"), "\(again.output)")
+            let team = try await runCommand(locod, ["admin", "create-team", "--name", "acme", "--owner", "ann@example.com"], environment: env)
+            #expect(team.status == 0, "\(team.output)")
+            let badTeam = try await runCommand(locod, ["admin", "create-team", "--name", "Acme Inc", "--owner", "ann@example.com"], environment: env)
+            #expect(badTeam.status == 1 && badTeam.output.contains("[invalid_name]"))
+            let noUser = try await runCommand(locod, ["admin", "create-token", "--user", "bob@example.com"], environment: env)
+            #expect(noUser.status == 2 && noUser.output.contains("locod admin create-user"))
+            let created = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--output", "json"], environment: env)
+            #expect(created.status == 0)
+            let secret = try #require(JSONValue.parse(created.output)?["secret"]?.stringValue)
+            #expect(secret.hasPrefix("loco_pat_"))
+            let worker = try await runCommand(locod, ["admin", "create-token", "--worker", "builder-1", "--output", "json"], environment: env)
+            #expect(JSONValue.parse(worker.output)?["secret"]?.stringValue?.hasPrefix("loco_wkr_") == true)
+
+            let port = try await TokenAuthRegistry.freePort()
+            let contexts = FileManager.default.temporaryDirectory.appending(path: "loco-api-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: contexts) }
+            let api = try ChildProcess(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path, "--log-level", "debug"], environment: env)
+            defer { api.stop() }
+            let curl = URL(fileURLWithPath: "/usr/bin/curl")
+            let ready = try await eventually(timeout: .seconds(15), every: .milliseconds(100)) {
+                (try? await runCommand(curl, ["-s", "http://127.0.0.1:\(port)/readyz"]))?.output == "ready\n"
+            }
+            #expect(ready, "locod api did not become ready: \(api.output)")
+            let whoami = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(secret)", "http://127.0.0.1:\(port)/v1/whoami"])
+            #expect(JSONValue.parse(whoami.output)?["user"]?["email"]?.stringValue == "ann@example.com", "\(whoami.output)")
+            let denied = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(secret)x", "http://127.0.0.1:\(port)/v1/whoami"])
+            #expect(JSONValue.parse(denied.output)?["error"]?["code"]?.stringValue == "token_invalid")
+            let metrics = try await runCommand(curl, ["-s", "http://127.0.0.1:\(port)/metrics"])
+            #expect(metrics.output.contains(#"loco_api_requests_total{method="GET",route="/v1/whoami",status="200"}"#), "\(metrics.output.prefix(500))")
+
+            api.signal(SIGTERM)
+            let status = await api.waitForExit(timeout: .seconds(15))
+            #expect(status == 0, "locod api exits 0 on SIGTERM: \(api.output)")
+            #expect(!api.output.contains(secret.dropFirst(9)), "a token secret reached the log")
+        }
+    }
+
+    @Test("locod api refuses bad settings and an unreachable database with coded errors")
+    func badSettings() async throws {
+        let locod = try Repo.binary("locod")
+        let unreachable = try await runCommand(locod, ["api", "--database-url", "postgres://loco:hunter2@127.0.0.1:1/loco"])
+        #expect(unreachable.status == 1 && unreachable.output.contains("127.0.0.1:1") && !unreachable.output.contains("hunter2"))
+        try await TestDatabase.with(migrations: []) { db in
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let noKey = try await runCommand(locod, ["api", "--registry-key", "/nonexistent/key.pem"], environment: env)
+            #expect(noKey.status == 2 && noKey.output.contains("registry token key"), "\(noKey.output)")
+            let badPort = try await runCommand(locod, ["api", "--port", "70000"], environment: env)
+            #expect(badPort.status == 2 && badPort.output.contains("--port"), "\(badPort.output)")
+        }
+    }
+}
