@@ -49,6 +49,8 @@ public struct API: Sendable {
     public func reconcile() async throws {
         let released = try await store.reconcile(on: database)
         contexts.remove(digests: released)
+        contexts.remove(digests: try await store.recentlyReleasedContexts(on: database))
+        // Files no deployment row names (an upload whose submit never committed), after an hour.
         let keep = try await store.liveContexts(on: database)
         _ = contexts.sweep(keep: keep)
     }

@@ -38,7 +38,10 @@ struct ErrorMiddleware: RouterMiddleware {
         } catch let error as CoreError {
             return errorResponse(error)
         } catch let error as QueueError {
-            return errorResponse(.invalidField(field: "job", reason: error.message, hint: error.hint))
+            if case .databaseUnreachable = error { return errorResponse(.databaseUnavailable) }
+            // Any other queue error here is Loco's own bug, not the caller's input.
+            context.logger.error("queue error", metadata: ["error": "\(error)"])
+            return errorResponse(.internalError(requestID: context.id))
         } catch let error as HTTPError {
             switch error.status.code {
             case 404:

@@ -101,7 +101,11 @@ final class PrincipalCache: Sendable {
     func lookup(_ secret: String) -> Principal? {
         entries.withLock { entries in
             guard let (principal, at) = entries[secret] else { return nil }
-            if ContinuousClock.now - at > ttl { entries[secret] = nil; return nil }
+            if ContinuousClock.now - at > ttl || principal.expiresAt.map({ $0 <= Date() }) == true {
+                // Expired entries go back to the database, which says why (expired, revoked).
+                entries[secret] = nil
+                return nil
+            }
             return principal
         }
     }

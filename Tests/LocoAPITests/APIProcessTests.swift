@@ -54,6 +54,40 @@ struct APIProcessTests {
         }
     }
 
+    @Test("PostgreSQL stopped under a running locod api: /readyz and the routes answer 503, then recover")
+    func databaseOutage() async throws {
+        let postgres = try await PrivatePostgres.start()
+        defer { Task { await postgres.destroy() } }
+        let locod = try Repo.binary("locod")
+        let env = ["LOCO_DATABASE_URL": postgres.url.urlString]
+        #expect(try await runCommand(locod, ["migrate"], environment: env).status == 0)
+        _ = try await runCommand(locod, ["admin", "create-user", "--email", "ann@example.com"], environment: env)
+        let created = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--output", "json"], environment: env)
+        let secret = try #require(JSONValue.parse(created.output)?["secret"]?.stringValue)
+        let port = try await TokenAuthRegistry.freePort()
+        let contexts = FileManager.default.temporaryDirectory.appending(path: "loco-api-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: contexts) }
+        let api = try ChildProcess(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path], environment: env)
+        defer { api.stop() }
+        let curl = URL(fileURLWithPath: "/usr/bin/curl")
+        func get(_ path: String) async throws -> (code: String, body: String) {
+            let result = try await runCommand(curl, ["-s", "-m", "20", "-w", "\n%{http_code}", "-H", "Authorization: Bearer \(secret)", "http://127.0.0.1:\(port)\(path)"])
+            let lines = result.output.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+        }
+        let up = try await eventually(timeout: .seconds(15), every: .milliseconds(100)) { try await get("/readyz").code == "200" }
+        #expect(up, "\(api.output)")
+        try await postgres.stop()
+        let down = try await get("/readyz")
+        #expect(down.code == "503" && down.body.contains("database_unavailable"), "\(down)")
+        let teams = try await get("/v1/teams")
+        #expect(teams.code == "503" && teams.body.contains("database_unavailable") && teams.body.contains("hint"), "\(teams)")
+        #expect(api.exitStatusIfExited() == nil, "the API keeps running")
+        try await postgres.start()
+        let back = try await eventually(timeout: .seconds(30), every: .milliseconds(200)) { try await get("/v1/teams").code == "200" }
+        #expect(back, "the API reconnects once PostgreSQL is back: \(api.output.suffix(2000))")
+    }
+
     @Test("locod api refuses bad settings and an unreachable database with coded errors")
     func badSettings() async throws {
         let locod = try Repo.binary("locod")

@@ -107,6 +107,12 @@ struct DeploymentPipelineTests {
                 #expect(reached1)
             }
             let final = try #require(try await harness.store.deployment(id: deployment.id, on: db.client))
+            // The build context goes once the deployment has ended, whichever process ended it.
+            let digest = try #require(final.contextDigest)
+            let contextFile = try #require(harness.api.contexts.path(digest: digest))
+            #expect(FileManager.default.fileExists(atPath: contextFile.path))
+            try await harness.api.reconcile()
+            #expect(!FileManager.default.fileExists(atPath: contextFile.path))
             #expect(final.imageDigest == "sha256:" + String(repeating: "ab", count: 32))
             #expect(final.finishedAt != nil)
             for stage in ["build", "push", "apply", "wait"] {

@@ -75,13 +75,16 @@ public struct Principal: Sendable, Equatable {
     public var appID: Int64?
     /// The name a worker token was created with.
     public var workerName: String?
+    /// When the token stops working (`nil`: until revoked).
+    public var expiresAt: Date?
 
-    public init(tokenID: Int64, kind: TokenKind, user: User?, appID: Int64?, workerName: String?) {
+    public init(tokenID: Int64, kind: TokenKind, user: User?, appID: Int64?, workerName: String?, expiresAt: Date? = nil) {
         self.tokenID = tokenID
         self.kind = kind
         self.user = user
         self.appID = appID
         self.workerName = workerName
+        self.expiresAt = expiresAt
     }
 }
 

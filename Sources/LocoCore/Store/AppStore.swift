@@ -124,6 +124,22 @@ extension CoreStore {
         return digests
     }
 
+    /// Contexts of deployments that ended in the last `window` and that no unfinished deployment
+    /// needs: whichever process ended them, the reconciler deletes their files.
+    public func recentlyReleasedContexts(window: Duration = .seconds(600), on db: some QueryRunner) async throws -> [String] {
+        var digests: [String] = []
+        for try await digest in try await db.run("""
+            SELECT DISTINCT context_digest FROM loco_deployments
+            WHERE context_digest IS NOT NULL AND finished_at > now() - make_interval(secs => \(Double(window.components.seconds))::float8)
+            EXCEPT
+            SELECT context_digest FROM loco_deployments
+            WHERE context_digest IS NOT NULL AND state IN ('queued','building','pushing','applying','waiting')
+            """, logger: logger).decode(String.self) {
+            digests.append(digest)
+        }
+        return digests
+    }
+
     /// Of `digests`, those no unfinished deployment needs.
     public func unreferenced(contexts digests: [String], on db: some QueryRunner) async throws -> [String] {
         try await unreferencedContexts(digests, on: db)

@@ -36,12 +36,12 @@ extension CoreStore {
         let rows = try await db.run("""
             SELECT k.id, k.kind, k.user_id, k.app_id, k.name, k.expires_at <= now(), k.revoked_at IS NOT NULL,
                    CASE WHEN u.id IS NULL THEN NULL ELSE \(unescaped: Projection.user) END,
-                   k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
+                   k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute', k.expires_at
             FROM loco_tokens k LEFT JOIN loco_users u ON u.id = k.user_id
             WHERE k.secret_hash = \(TokenSecret.hash(secret))
             """, logger: logger)
-        for try await (id, storedKind, userID, appID, name, expired, revoked, userJSON, stale)
-            in rows.decode((Int64, String, Int64?, Int64?, String, Bool?, Bool, String?, Bool).self) {
+        for try await (id, storedKind, userID, appID, name, expired, revoked, userJSON, stale, expiresAt)
+            in rows.decode((Int64, String, Int64?, Int64?, String, Bool?, Bool, String?, Bool, Date?).self) {
             guard storedKind == kind.rawValue else { throw CoreError.tokenInvalid }
             if revoked { throw CoreError.tokenRevoked }
             if expired == true { throw CoreError.tokenExpired }
@@ -50,7 +50,7 @@ extension CoreStore {
             // Written at most once a minute, so reads stay reads.
             if stale { try await execute("UPDATE loco_tokens SET last_used_at = now() WHERE id = \(id)", on: db) }
             let user = try userJSON.map { try CoreJSON.decoder.decode(User.self, from: Data($0.utf8)) }
-            return Principal(tokenID: id, kind: kind, user: user, appID: appID, workerName: kind == .worker ? name : nil)
+            return Principal(tokenID: id, kind: kind, user: user, appID: appID, workerName: kind == .worker ? name : nil, expiresAt: expiresAt)
         }
         throw CoreError.tokenInvalid
     }
