@@ -78,7 +78,7 @@ enum Names {
 
 /// JSON stored on job rows: timestamps are RFC 3339 UTC with milliseconds, written the same way by
 /// Swift and by SQL (SQL uses `to_char` with `sqlTimestampFormat`).
-enum JSONCoding {
+public enum JSONCoding {
     static let sqlTimestampFormat = #"YYYY-MM-DD"T"HH24:MI:SS.MS"Z""#
 
     static var decoder: JSONDecoder {
@@ -101,13 +101,13 @@ enum JSONCoding {
         return encoder
     }
 
-    static func formatTimestamp(_ date: Date) -> String {
+    public static func formatTimestamp(_ date: Date) -> String {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return formatter.string(from: date)
     }
 
-    static func parseTimestamp(_ text: String) -> Date? {
+    public static func parseTimestamp(_ text: String) -> Date? {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         if let date = formatter.date(from: text) { return date }

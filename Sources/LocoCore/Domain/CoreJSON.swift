@@ -1,4 +1,5 @@
 import Foundation
+import LocoQueue
 
 /// JSON as the API and the database write it: timestamps are RFC 3339 UTC with milliseconds,
 /// output is stable (sorted keys). Models spell their snake_case keys out in CodingKeys, so map
@@ -24,19 +25,10 @@ public enum CoreJSON {
         return decoder
     }
 
-    public static func formatTimestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: date)
-    }
+    /// The queue's format, so job rows and domain rows read the same.
+    public static func formatTimestamp(_ date: Date) -> String { JSONCoding.formatTimestamp(date) }
 
-    public static func parseTimestamp(_ text: String) -> Date? {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = formatter.date(from: text) { return date }
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.date(from: text)
-    }
+    public static func parseTimestamp(_ text: String) -> Date? { JSONCoding.parseTimestamp(text) }
 
     public static func encode<T: Encodable>(_ value: T) -> String {
         String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self)
