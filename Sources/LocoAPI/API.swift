@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -44,15 +45,25 @@ public struct API: Sendable {
         return router
     }
 
-    /// Ends deployments whose jobs died without a result and deletes build contexts nothing needs.
-    /// `locod api` runs it every few seconds; any number of API processes may.
+    /// Ends deployments whose jobs died without a result and deletes the build contexts of
+    /// deployments that ended. `locod api` runs it every few seconds; any number of API
+    /// processes may.
     public func reconcile() async throws {
         let released = try await store.reconcile(on: database)
         contexts.remove(digests: released)
         contexts.remove(digests: try await store.recentlyReleasedContexts(on: database))
-        // Files no deployment row names (an upload whose submit never committed), after an hour.
+    }
+
+    /// Deletes stored files no unfinished deployment names (an upload whose submit never
+    /// committed, a context whose deployment ended while no API ran), once they are an hour old.
+    /// It lists the whole folder, so `locod api` runs it rarely (every 10 minutes).
+    public func sweepContexts() async throws -> Int {
         let keep = try await store.liveContexts(on: database)
-        _ = contexts.sweep(keep: keep)
+        let contexts = self.contexts
+        // Directory listing blocks; keep it off the threads that serve requests.
+        return await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .utility).async { continuation.resume(returning: contexts.sweep(keep: keep)) }
+        }
     }
 }
 

@@ -73,10 +73,22 @@ struct Reconciler: Service {
     let interval: Duration
     let logger: Logger
 
+    static let sweepEvery: Duration = .seconds(600)
+
     func run() async throws {
         await cancelWhenGracefulShutdown {
+            var lastSweep = ContinuousClock.now
             while !Task.isCancelled {
                 do { try await api.reconcile() } catch { logger.warning("reconcile failed", metadata: ["error": "\(error)"]) }
+                if ContinuousClock.now - lastSweep >= Self.sweepEvery {
+                    lastSweep = ContinuousClock.now
+                    do {
+                        let removed = try await api.sweepContexts()
+                        if removed > 0 { logger.info("removed unused build contexts", metadata: ["count": "\(removed)"]) }
+                    } catch {
+                        logger.warning("context sweep failed", metadata: ["error": "\(error)"])
+                    }
+                }
                 try? await Task.sleep(for: interval)
             }
         }

@@ -128,12 +128,15 @@ extension CoreStore {
     /// with a report built from the job's own error history. Returns the contexts to delete.
     public func reconcile(on db: some TransactionRunner) async throws -> [String] {
         try await db.transaction { connection in
+            // Driven from recently finished jobs (an index covers them), not from every deployment
+            // in flight, so it stays cheap however many deployments wait.
             let rows = try await connection.query("""
-                SELECT d.id, dj.stage, j.state, j.errors::text FROM loco_deployments d
-                JOIN loco_deployment_jobs dj ON dj.deployment_id = d.id
-                JOIN loco_jobs j ON j.id = dj.job_id
-                WHERE d.state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[]) AND NOT d.in_line
-                  AND j.state IN ('failed','cancelled') AND dj.stage <> 'cleanup'
+                SELECT d.id, dj.stage, j.state, j.errors::text FROM loco_jobs j
+                JOIN loco_deployment_jobs dj ON dj.job_id = j.id
+                JOIN loco_deployments d ON d.id = dj.deployment_id
+                WHERE j.state IN ('failed','cancelled') AND j.finalized_at > now() - interval '7 days'
+                  AND dj.stage <> 'cleanup' AND NOT d.in_line
+                  AND d.state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])
                 ORDER BY d.id, j.id
                 FOR UPDATE OF d SKIP LOCKED
                 """, logger: logger)

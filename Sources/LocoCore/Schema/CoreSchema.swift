@@ -75,6 +75,8 @@ public enum CoreSchema {
                 WHERE state IN ('queued','building','pushing','applying','waiting') AND NOT in_line
             """,
             "CREATE INDEX loco_deployments_app ON loco_deployments (app_id, id DESC)",
+            // The reconciler looks at what ended lately (contexts to delete).
+            "CREATE INDEX loco_deployments_finished ON loco_deployments (finished_at) WHERE finished_at IS NOT NULL",
             """
             CREATE TABLE loco_deployment_jobs (
                 deployment_id bigint NOT NULL REFERENCES loco_deployments ON DELETE CASCADE,
