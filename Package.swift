@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "loco", targets: ["LocoCLI"]),
         .executable(name: "locod", targets: ["locod"]),
         .library(name: "LocoQueue", targets: ["LocoQueue"]),
+        .library(name: "BuildContext", targets: ["BuildContext"]),
     ],
     dependencies: [
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
@@ -28,10 +29,21 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     ],
     targets: [
+        // What every module shares without linking the server: coded errors.
+        .target(name: "LocoShared", swiftSettings: swiftSettings),
+        // libarchive from the system (Debian libarchive-dev): build contexts as tar + gzip.
+        .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        // Build contexts: .dockerignore rules, packing (CLI) and safe unpacking (build workers).
+        .target(
+            name: "BuildContext",
+            dependencies: ["CArchive", "LocoShared", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // Generic Postgres job queue; knows nothing about deploys.
         .target(
             name: "LocoQueue",
             dependencies: [
+                "LocoShared",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -53,7 +65,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // One handler per pipeline stage and the outside systems they drive.
-        .target(name: "Workers", dependencies: ["LocoCore", "LocoQueue"], swiftSettings: swiftSettings),
+        .target(name: "Workers", dependencies: ["LocoCore", "LocoQueue", "BuildContext"], swiftSettings: swiftSettings),
         // The HTTP API.
         .target(
             name: "LocoAPI",
@@ -92,6 +104,11 @@ let package = Package(
         .testTarget(
             name: "LocoQueueTests",
             dependencies: ["LocoQueue", "LocoTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BuildContextTests",
+            dependencies: ["BuildContext", "LocoTestSupport", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
