@@ -65,7 +65,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // One handler per pipeline stage and the outside systems they drive.
-        .target(name: "Workers", dependencies: ["LocoCore", "LocoQueue", "BuildContext"], swiftSettings: swiftSettings),
+        .target(
+            name: "Workers",
+            dependencies: [
+                "LocoCore", "LocoQueue", "BuildContext",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP API.
         .target(
             name: "LocoAPI",
@@ -114,7 +125,7 @@ let package = Package(
         .testTarget(
             name: "LocoAPITests",
             dependencies: [
-                "LocoAPI", "LocoCore", "LocoQueue", "LocoTestSupport",
+                "LocoAPI", "LocoCore", "LocoQueue", "LocoTestSupport", "Workers",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

@@ -67,7 +67,7 @@ struct TokenAuthRegistry {
 }
 
 /// A tiny OCI image layout (one layer with one file), written by hand: no base image needed.
-func makeOCILayout(at folder: URL) async throws {
+func makeOCILayout(at folder: URL, payloadBytes: Int = 0) async throws {
     let blobs = folder.appending(path: "blobs/sha256")
     try FileManager.default.createDirectory(at: blobs, withIntermediateDirectories: true)
     func store(_ data: Data) throws -> (String, Int) {
@@ -75,7 +75,12 @@ func makeOCILayout(at folder: URL) async throws {
         try data.write(to: blobs.appending(path: hex))
         return ("sha256:" + hex, data.count)
     }
-    let layer = try await TarGz.sample(files: ["hello.txt": "hello from loco \(UUID().uuidString)\n"])
+    var files = ["hello.txt": "hello from loco \(UUID().uuidString)\n"]
+    if payloadBytes > 0 {
+        // Random printable bytes barely compress, so the layer stays about this large.
+        files["payload.bin"] = String((0..<payloadBytes).map { _ in Character(UnicodeScalar(UInt8.random(in: 33...126))) })
+    }
+    let layer = try await TarGz.sample(files: files)
     // The diff id is the digest of the uncompressed tar.
     let plain = folder.appending(path: "layer.tar.gz")
     try layer.write(to: plain)

@@ -1,1 +1,0 @@
-// Workers: filled in by its own issue.
