@@ -118,6 +118,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "WorkersTests",
+            dependencies: ["Workers", "BuildContext", "LocoTestSupport", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "BuildContextTests",
             dependencies: ["BuildContext", "LocoTestSupport", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings

@@ -1,0 +1,180 @@
+import BuildContext
+import Foundation
+import Logging
+
+/// How builds run on this worker.
+public struct BuilderConfiguration: Sendable {
+    /// Where buildah keeps its storage and this worker its config files.
+    public var stateFolder: URL
+    /// Registries reached over plain HTTP (e.g. `localhost:5000`).
+    public var insecureRegistries: [String]
+    public var timeout: Duration
+    /// The largest image (compressed layers + config) accepted.
+    public var maxImageBytes: Int64
+    /// `oci` or `docker` (buildah's `--format`).
+    public var format: String
+    public var buildahPath: String
+
+    public init(stateFolder: URL, insecureRegistries: [String] = [], timeout: Duration = .seconds(1800),
+                maxImageBytes: Int64 = 2 * 1024 * 1024 * 1024, format: String = "oci", buildahPath: String = "/usr/bin/buildah") {
+        self.stateFolder = stateFolder
+        self.insecureRegistries = insecureRegistries
+        self.timeout = timeout
+        self.maxImageBytes = maxImageBytes
+        self.format = format
+        self.buildahPath = buildahPath
+    }
+}
+
+/// One build: an unpacked context, its Dockerfile, build args, where the image goes.
+public struct BuildRequest: Sendable {
+    public var contextFolder: URL
+    public var dockerfile: String
+    public var buildArgs: [String: String]
+    public var target: String?
+    /// An OCI image layout folder the push stage reads (must not exist yet).
+    public var output: URL
+
+    public init(contextFolder: URL, dockerfile: String = "Dockerfile", buildArgs: [String: String] = [:], target: String? = nil, output: URL) {
+        self.contextFolder = contextFolder
+        self.dockerfile = dockerfile
+        self.buildArgs = buildArgs
+        self.target = target
+        self.output = output
+    }
+}
+
+public struct BuildResult: Sendable {
+    public var layout: OCILayout
+    public var imageBytes: Int64
+    public var outputLines: Int
+}
+
+/// Builds images with buildah (chroot isolation, vfs storage, project-owned config files) into
+/// an OCI layout. Builds are reproducible (`--timestamp 0`): an unchanged context gives the same
+/// image digest, so a re-push uploads nothing.
+public struct Builder: Sendable {
+    public let configuration: BuilderConfiguration
+    let logger: Logger
+
+    public init(configuration: BuilderConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        try writeConfigFiles()
+    }
+
+    var storageConf: URL { configuration.stateFolder.appending(path: "storage.conf") }
+    var registriesConf: URL { configuration.stateFolder.appending(path: "registries.conf") }
+
+    func writeConfigFiles() throws {
+        let state = configuration.stateFolder
+        try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
+        try """
+            [storage]
+            driver = "vfs"
+            graphroot = "\(state.path)/storage"
+            runroot = "\(state.path)/run"
+            """.write(to: storageConf, atomically: true, encoding: .utf8)
+        var registries = "unqualified-search-registries = []\n"
+        for registry in configuration.insecureRegistries {
+            registries += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n"
+        }
+        try registries.write(to: registriesConf, atomically: true, encoding: .utf8)
+    }
+
+    var environment: [String: String] {
+        [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": configuration.stateFolder.path,
+            "CONTAINERS_STORAGE_CONF": storageConf.path,
+            "CONTAINERS_REGISTRIES_CONF": registriesConf.path,
+            "BUILDAH_ISOLATION": "chroot",
+            "TMPDIR": configuration.stateFolder.appending(path: "tmp").path,
+        ]
+    }
+
+    /// Runs the build; every output line goes to `onLine` as it comes.
+    public func build(_ request: BuildRequest, onLine: @escaping @Sendable (String) -> Void = { _ in }) async throws -> BuildResult {
+        let dockerfile = request.contextFolder.appending(path: request.dockerfile).standardizedFileURL
+        guard dockerfile.path.hasPrefix(request.contextFolder.standardizedFileURL.path + "/"),
+              FileManager.default.fileExists(atPath: dockerfile.path) else {
+            throw BuildFailure.dockerfileNotFound(request.dockerfile)
+        }
+        guard FileManager.default.isExecutableFile(atPath: configuration.buildahPath) else {
+            throw BuildFailure(code: "BUILDER_UNAVAILABLE", message: "buildah is not installed at \(configuration.buildahPath)",
+                               hint: "Install it on the build workers: apt-get install -y buildah", logTail: [], isTransient: true)
+        }
+        try FileManager.default.createDirectory(at: configuration.stateFolder.appending(path: "tmp"), withIntermediateDirectories: true)
+        // Built into the worker's storage under a name of its own, then written out as an OCI layout
+        // with gzip'd layers (deterministic), then untagged: each build is isolated.
+        let name = "localhost/loco-build-\(UUID().uuidString.lowercased())"
+        var arguments = ["bud", "--storage-driver", "vfs", "--isolation", "chroot", "--layers", "--timestamp", "0",
+                         "--format", configuration.format, "-f", dockerfile.path, "-t", name]
+        for (name, value) in request.buildArgs.sorted(by: { $0.key < $1.key }) { arguments += ["--build-arg", "\(name)=\(value)"] }
+        if let target = request.target { arguments += ["--target", target] }
+        arguments.append(request.contextFolder.path)
+
+        let log = BoundedLog()
+        let outcome = try await ProcessRunner.run(configuration.buildahPath, arguments, environment: environment,
+                                                  timeout: configuration.timeout) { line in
+            if let shown = log.append(line) { onLine(shown) }
+        }
+        for line in log.heldBack() { onLine(line) }
+        let tail = log.last(30)
+        if outcome.timedOut { throw BuildFailure.timeout(configuration.timeout.components.seconds, tail: tail) }
+        guard outcome.status == 0 else { throw Self.diagnose(tail: tail, exitStatus: outcome.status) }
+        defer { Task { _ = try? await ProcessRunner.run(configuration.buildahPath, ["rmi", "--storage-driver", "vfs", name], environment: environment, timeout: .seconds(60)) { _ in } } }
+        let pushLog = BoundedLog(headLimit: 0, tailLimit: 30)
+        let written = try await ProcessRunner.run(
+            configuration.buildahPath,
+            ["push", "--storage-driver", "vfs", "--format", configuration.format == "docker" ? "v2s2" : "oci", "--compression-format", "gzip",
+             "--quiet", name, "oci:\(request.output.path):latest"],
+            environment: environment, timeout: configuration.timeout) { pushLog.append($0) }
+        guard written.status == 0, !written.timedOut else {
+            throw BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the built image could not be written out for the push stage",
+                               hint: "Retried automatically; if it keeps failing, check the build workers' disk.", logTail: pushLog.last(30), isTransient: true)
+        }
+        let layout = try OCILayout(folder: request.output, reference: "latest")
+        let size = layout.totalSize
+        if size > configuration.maxImageBytes { throw BuildFailure.tooLarge(size, limit: configuration.maxImageBytes) }
+        return BuildResult(layout: layout, imageBytes: size, outputLines: log.totalLines)
+    }
+
+    /// Turns buildah's last words into a report.
+    static func diagnose(tail: [String], exitStatus: Int32) -> BuildFailure {
+        let text = tail.joined(separator: "\n")
+        if let match = text.firstMatch(of: #/creating build container: initializing source (?:docker://)?([^:\s]+(?::[^:\s]+)?): (.*)/#) {
+            let image = String(match.1)
+            return BuildFailure(
+                code: "BASE_IMAGE_UNAVAILABLE",
+                message: "the base image \(image) could not be pulled: \(String(match.2).prefix(300))",
+                hint: "This installation cannot reach public registries: use a base image from the local registry (FROM localhost:5000/…) or FROM scratch with a static binary.",
+                logTail: tail, isTransient: false)
+        }
+        let lower = text.lowercased()
+        if lower.contains("no space left on device") || lower.contains("storage lock") || lower.contains("database is locked") {
+            return BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the builder's storage failed (\(lower.contains("no space") ? "disk full" : "storage busy"))",
+                                hint: "Retried automatically; if it keeps failing, the operator should free disk space on the build workers.",
+                                logTail: tail, isTransient: true)
+        }
+        var step: String?
+        var instruction: String?
+        for line in tail {
+            if let match = line.firstMatch(of: #/^STEP (\d+/\d+): (.*)$/#) {
+                step = String(match.1)
+                instruction = String(match.2)
+            }
+        }
+        var exitCode: Int32? = nil
+        if let match = text.firstMatch(of: #/building at STEP "(.*)": (?:.*)exit status (\d+)/#) {
+            instruction = String(match.1)
+            exitCode = Int32(match.2)
+        }
+        let stepText = step.map { "step \($0)" } ?? "a step"
+        return BuildFailure(
+            code: "BUILD_FAILED",
+            message: "the build failed at \(stepText)\(instruction.map { " (\($0))" } ?? "")\(exitCode.map { " with exit code \($0)" } ?? "")",
+            hint: "Fix that step of the Dockerfile; run it locally with 'buildah bud' or 'docker build' to iterate. The last lines of output are in the report.",
+            step: step, instruction: instruction, exitCode: exitCode ?? exitStatus, logTail: tail, isTransient: false)
+    }
+}
