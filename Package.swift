@@ -102,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "locod",
             dependencies: [
-                "LocoQueue", "LocoCore", "Workers", "LocoAPI",
+                "LocoQueue", "LocoCore", "Workers", "LocoAPI", "BuildContext",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -130,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "LocoAPITests",
             dependencies: [
-                "LocoAPI", "LocoCore", "LocoQueue", "LocoTestSupport", "Workers",
+                "LocoAPI", "LocoCore", "LocoQueue", "LocoTestSupport", "Workers", "BuildContext",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

@@ -1,11 +1,14 @@
 import ArgumentParser
+import BuildContext
 import Foundation
 import Hummingbird
 import Logging
+import LocoCore
 import LocoQueue
 import PostgresNIO
 import ServiceLifecycle
 import UnixSignals
+import Workers
 
 struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -64,6 +67,8 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Worker id written to the jobs it holds (default: host-pid-random).")
     var workerID: String?
 
+    @OptionGroup(title: "Build and push stages (for --queue build / --queue push)") var stages: StageOptions
+
     func slots() throws -> [WorkerConfiguration.QueueSlot] {
         guard !queues.isEmpty else {
             throw UsageError(message: "no queue given", hint: "Name at least one: locod worker --queue build --concurrency 4")
@@ -105,6 +110,15 @@ struct Worker: AsyncParsableCommand {
             if demoKinds { DemoJobs.register(in: &handlers) }
 
             try await preflight(url, logger: logger)
+            // The deploy stages this process works, by queue name.
+            let stageQueues = Set(configuration.queues.compactMap { Stage(rawValue: $0.name) }).intersection([.build, .push])
+            var stagePool: ConnectionPool?
+            if !stageQueues.isEmpty {
+                let pool = ConnectionPool(url: url, size: 4, logger: logger)
+                stagePool = pool
+                try DeployStages(database: pool, settings: try stages.settings(), logger: logger).register(in: &handlers, stages: stageQueues)
+            }
+            defer { if let stagePool { Task { await stagePool.close() } } }
             let metrics = QueueMetrics()
             let worker = try QueueWorker(databaseURL: url, handlers: handlers, configuration: configuration, metrics: metrics, logger: logger)
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: worker)]
@@ -141,5 +155,53 @@ enum PeriodicJobs {
             // Registry lifecycle: old images out, then the registry's garbage collection.
             PeriodicJob(name: "registry-cleanup", schedule: try! CronSchedule("0 3 * * *"), queue: "cleanup", kind: "registry.cleanup"),
         ]
+    }
+}
+
+/// Settings of the build and push stages.
+struct StageOptions: ParsableArguments {
+    @Option(help: "Where uploaded build contexts are (the API's --context-dir; default $LOCO_CONTEXT_DIR or ./.loco/contexts).")
+    var contextDir: String?
+    @Option(help: "Where builds unpack and images are handed over (default $LOCO_WORK_DIR or ./.loco/work).")
+    var workDir: String?
+    @Option(help: "The OCI registry images go to (default $LOCO_REGISTRY_URL or http://127.0.0.1:5000).")
+    var registry: String?
+    @Option(help: "File holding this worker's token for the registry (default: $LOCO_WORKER_TOKEN).")
+    var registryTokenFile: String?
+    @Option(help: "Registries buildah may reach over plain HTTP (repeatable; the --registry host is always one when it is http://).")
+    var insecureRegistry: [String] = []
+    @Option(help: "Seconds a build may take.") var buildTimeoutSeconds = 1800
+    @Option(help: "Largest image accepted, in MiB (compressed layers).") var maxImageMib = 2048
+    @Option(help: "Image format: oci or docker.") var imageFormat = "oci"
+    @Option(help: "How built images reach the push stage: shared-disk (an OCI layout in --work-dir) or push-from-builder (no shared folder needed).")
+    var handoff = "shared-disk"
+
+    func settings() throws -> StageSettings {
+        let environment = ProcessInfo.processInfo.environment
+        guard ["oci", "docker"].contains(imageFormat) else { throw UsageError(message: "--image-format \(imageFormat) is not oci or docker", hint: "Use --image-format oci.") }
+        guard let handoffMode = ImageHandoff(rawValue: handoff) else {
+            throw UsageError(message: "--handoff \(handoff) is unknown", hint: "Use shared-disk or push-from-builder.")
+        }
+        let registryURL = registry ?? environment["LOCO_REGISTRY_URL"] ?? "http://127.0.0.1:5000"
+        guard registryURL.hasPrefix("http://") || registryURL.hasPrefix("https://") else {
+            throw UsageError(message: "--registry \(registryURL) is not an http:// or https:// URL", hint: "Write e.g. --registry http://127.0.0.1:5000.")
+        }
+        var token = environment["LOCO_WORKER_TOKEN"]
+        if let registryTokenFile {
+            guard let text = try? String(contentsOfFile: registryTokenFile, encoding: .utf8) else {
+                throw UsageError(message: "cannot read \(registryTokenFile)", hint: "Write the worker token (locod admin create-token --worker NAME) to that file.")
+            }
+            token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let host = registryURL.replacingOccurrences(of: "http://", with: "").replacingOccurrences(of: "https://", with: "")
+        let insecure = insecureRegistry + (registryURL.hasPrefix("http://") ? [host] : [])
+        let contexts = ContextStore(root: URL(fileURLWithPath: contextDir ?? environment["LOCO_CONTEXT_DIR"] ?? ".loco/contexts"))
+        let work = URL(fileURLWithPath: workDir ?? environment["LOCO_WORK_DIR"] ?? ".loco/work")
+        return StageSettings(
+            contexts: contexts, workFolder: work,
+            builder: BuilderConfiguration(stateFolder: work.appending(path: "buildah"), insecureRegistries: insecure,
+                                          timeout: .seconds(buildTimeoutSeconds), maxImageBytes: Int64(maxImageMib) * 1024 * 1024, format: imageFormat),
+            registryURL: registryURL, registryCredentials: token.map { RegistryCredentials(username: "loco-worker", password: $0) },
+            handoff: handoffMode)
     }
 }

@@ -235,7 +235,7 @@ struct DeploymentPipelineTests {
 }
 
 extension TestDatabase {
-    func state(ofDeploymentJob deploymentID: Int64, stage: String) async throws -> String? {
+    public func state(ofDeploymentJob deploymentID: Int64, stage: String) async throws -> String? {
         for try await state in try await client.query("""
             SELECT j.state FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id
             WHERE dj.deployment_id = \(deploymentID) AND dj.stage = \(stage) ORDER BY j.id LIMIT 1

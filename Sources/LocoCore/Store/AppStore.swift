@@ -140,6 +140,21 @@ extension CoreStore {
         return digests
     }
 
+    /// Repositories (`team/app`) of the team's other apps that have pushed images lately, newest
+    /// first: places a push can mount shared layers from.
+    public func recentlyPushedRepositories(team: String, except app: String, limit: Int = 3, on db: some QueryRunner) async throws -> [String] {
+        var repositories: [String] = []
+        for try await name in try await db.run("""
+            SELECT a.name FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id
+            JOIN LATERAL (SELECT max(d.id) AS latest FROM loco_deployments d WHERE d.app_id = a.id AND d.image_digest IS NOT NULL) p ON p.latest IS NOT NULL
+            WHERE t.name = \(team) AND a.name <> \(app)
+            ORDER BY p.latest DESC LIMIT \(Int64(limit))
+            """, logger: logger).decode(String.self) {
+            repositories.append("\(team)/\(name)")
+        }
+        return repositories
+    }
+
     /// Of `digests`, those no unfinished deployment needs.
     public func unreferenced(contexts digests: [String], on db: some QueryRunner) async throws -> [String] {
         try await unreferencedContexts(digests, on: db)

@@ -173,6 +173,19 @@ extension CoreStore {
         return id
     }
 
+    /// Appends several events of one type in one statement (build output), ids in order.
+    public func appendEvents(deploymentID: Int64, type: String, stage: String?, messages: [String], data: JSONValue? = nil,
+                             on connection: PostgresConnection) async throws {
+        guard !messages.isEmpty else { return }
+        let clipped = messages.map { String($0.prefix(8 * 1024)) }
+        try await execute("""
+            WITH seq AS (UPDATE loco_deployments SET event_seq = event_seq + \(Int64(clipped.count)) WHERE id = \(deploymentID) RETURNING event_seq)
+            INSERT INTO loco_deployment_events (deployment_id, id, type, stage, message, data)
+            SELECT \(deploymentID), seq.event_seq - \(Int64(clipped.count)) + m.n, \(type), \(stage), m.message, \(data?.jsonText)::jsonb
+            FROM seq, unnest(\(clipped)::text[]) WITH ORDINALITY AS m(message, n)
+            """, on: connection)
+    }
+
     /// Cancels a deployment: queued jobs stop at once, running ones are asked to stop, the next in
     /// line starts. Returns the deployment and the build contexts nothing needs any more.
     public func cancel(deploymentID: Int64, on db: some TransactionRunner) async throws -> (Deployment, [String]) {

@@ -1,0 +1,103 @@
+import BuildContext
+import Foundation
+import HTTPTypes
+import LocoAPI
+import LocoCore
+import LocoQueue
+import LocoTestSupport
+import NIOCore
+import PostgresNIO
+import Testing
+import Workers
+
+@Suite("Build and push stages end to end", .serialized)
+struct BuildPushStageTests {
+    static let manifestTypes = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"]
+
+    static func deployBody(_ files: [String: String], in folder: URL) throws -> (HTTPFields, ByteBuffer) {
+        let source = folder.appending(path: "src-\(UUID().uuidString)")
+        for (path, text) in files {
+            let url = source.appending(path: path)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try text.write(to: url, atomically: true, encoding: .utf8)
+        }
+        let archive = folder.appending(path: "ctx-\(UUID().uuidString).tar.gz")
+        try ContextPacker(folder: source).pack(to: archive)
+        return Harness.deployBody(config: #"{"name":"web"}"#, context: try Data(contentsOf: archive))
+    }
+
+    @Test("a deployment goes through real build (buildah) and push (registry): digest recorded, output in events; an unchanged redeploy uploads nothing; a broken Dockerfile fails with its report")
+    func endToEnd() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah") else {
+            throw TestSetupError("buildah is not installed: apt-get install -y buildah (scripts/test installs it)")
+        }
+        try await RegistryPushTests.withRegistry { registry, harness, worker, folder in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            _ = try await harness.app("web", in: team, owner: ann)
+            let token = try await harness.token(for: ann)
+            let db = harness.database
+            let settings = StageSettings(
+                contexts: harness.api.contexts, workFolder: folder.appending(path: "work"),
+                builder: BuilderConfiguration(stateFolder: folder.appending(path: "work/buildah"), timeout: .seconds(120)),
+                registryURL: "http://127.0.0.1:\(registry.port)", registryCredentials: RegistryCredentials(username: "w", password: worker))
+            var handlers = JobHandlers()
+            try DeployStages(database: db.client, settings: settings, logger: db.logger).register(in: &handlers, stages: [.build, .push])
+            let client = RegistryClient(base: settings.registryURL, credentials: settings.registryCredentials, logger: db.logger)
+
+            func deploy(_ files: [String: String]) async throws -> Int64 {
+                let (headers, body) = try Self.deployBody(files, in: folder)
+                let reply = try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: headers, body: body)
+                #expect(reply.status == 201, "\(reply.text)")
+                guard case .number(let id)? = reply.json?["id"] else { throw TestSetupError("no id: \(reply.text)") }
+                return Int64(id)
+            }
+            func pushed(_ id: Int64) async throws -> Bool {
+                try await db.state(ofDeploymentJob: id, stage: "push") == "completed"
+            }
+
+            try await db.withWorker(fastConfiguration([("build", 2), ("push", 2)]), handlers: handlers) { _ in
+                let app = ["Dockerfile": "FROM scratch\nCOPY index.html /srv/index.html\n", "index.html": "<h1>hello</h1>\n"]
+                let first = try await deploy(app)
+                let done = try await eventually(timeout: .seconds(60), every: .milliseconds(100)) { try await pushed(first) }
+                #expect(done, "first deployment never finished its push")
+                let deployment = try #require(try await harness.store.deployment(id: first, on: db.client))
+                let digest = try #require(deployment.imageDigest)
+                #expect(deployment.imageRef == "127.0.0.1:\(registry.port)/acme/web@\(digest)")
+                #expect(try await client.manifestDigest(repository: "acme/web", reference: digest, accept: Self.manifestTypes) == digest)
+                let events = try await harness.store.events(deploymentID: first, after: 0, on: db.client)
+                #expect(events.contains { $0.type == "build_output" && $0.message.hasPrefix("STEP 2/2: COPY") }, "\(events.map(\.message))")
+                let firstPush = try #require(events.last { $0.type == "stage_finished" && $0.stage == "push" })
+                #expect(!firstPush.message.contains("uploaded 0 blobs"), "\(firstPush.message)")
+
+                // The same app again (after cancelling the first, which no apply worker takes): zero bytes.
+                _ = try await harness.call(.post, "/v1/deployments/\(first)/cancel", token: token)
+                let second = try await deploy(app)
+                let secondDone = try await eventually(timeout: .seconds(60), every: .milliseconds(100)) { try await pushed(second) }
+                #expect(secondDone)
+                let again = try #require(try await harness.store.deployment(id: second, on: db.client))
+                #expect(again.imageDigest == digest, "the unchanged context builds to the same image")
+                let secondPush = try #require(try await harness.store.events(deploymentID: second, after: 0, on: db.client)
+                    .last { $0.type == "stage_finished" && $0.stage == "push" })
+                #expect(secondPush.message.contains("uploaded 0 blobs (0 bytes)"), "\(secondPush.message)")
+                _ = try await harness.call(.post, "/v1/deployments/\(second)/cancel", token: token)
+
+                // A Dockerfile step that fails: the deployment fails with the step in its report.
+                let broken = try await deploy(["Dockerfile": "FROM scratch\nCOPY index.html /\nRUN make\n", "index.html": "x\n"])
+                let failed = try await eventually(timeout: .seconds(60), every: .milliseconds(100)) {
+                    try await harness.store.deployment(id: broken, on: db.client)?.state == .failed
+                }
+                #expect(failed)
+                let report = try #require(try await harness.store.deployment(id: broken, on: db.client)?.report)
+                #expect(report.stage == "build" && report.code == "BUILD_FAILED", "\(report)")
+                #expect(report.evidence["step"] == .string("3/3") && report.evidence["instruction"] == .string("RUN make"), "\(report.evidence)")
+                #expect(!report.hint.isEmpty)
+                let reply = try await harness.call(.get, "/v1/deployments/\(broken)", token: token)
+                #expect(reply.json?["report"]?["code"] == .string("BUILD_FAILED"))
+            }
+            // Nothing of the builds is left in the work folder.
+            let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: folder.appending(path: "work/builds").path)) ?? []
+            #expect(leftovers.isEmpty, "\(leftovers)")
+        }
+    }
+}
