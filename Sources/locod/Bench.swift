@@ -2,5 +2,5 @@ import ArgumentParser
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks (scripts/bench runs them).", shouldDisplay: false,
-                                                    subcommands: [BenchQueue.self])
+                                                    subcommands: [BenchQueue.self, BenchPush.self])
 }

@@ -41,6 +41,8 @@ public final class RegistryClient: Sendable {
     /// Blobs up to this size go in one `PUT`; larger ones in `PATCH` chunks of this size.
     public let chunkSize: Int
     let attempts: Int
+    /// Blobs uploaded at the same time.
+    let parallelUploads = 4
     let backoffBase: Duration
     let backoffCap: Duration
     private let tokens = Mutex<[String: String]>([:])
@@ -76,22 +78,37 @@ public final class RegistryClient: Sendable {
         var result = PushResult(digest: layout.manifestDescriptor.digest, reference: "\(host)/\(repository)@\(layout.manifestDescriptor.digest)",
                                 uploadedBlobs: 0, uploadedBytes: 0, existingBlobs: 0, mountedBlobs: 0)
         let scopes = ["repository:\(repository):pull,push"] + mountFrom.map { "repository:\($0):pull" }
-        for blob in layout.blobs {
-            if try await blobExists(blob.digest, repository: repository, scopes: scopes) {
-                result.existingBlobs += 1
-                continue
+        // Blobs go up several at a time (as skopeo does); the manifest only once all are there.
+        enum Outcome: Sendable { case existed, mounted, uploaded(Int64) }
+        let outcomes = try await withThrowingTaskGroup(of: Outcome.self) { group in
+            let work: @Sendable (Descriptor) async throws -> Outcome = { blob in
+                if try await self.blobExists(blob.digest, repository: repository, scopes: scopes) { return .existed }
+                for source in mountFrom where try await self.mount(blob.digest, from: source, into: repository, scopes: scopes) {
+                    return .mounted
+                }
+                try await self.upload(blob, from: layout.blobURL(blob.digest), repository: repository, scopes: scopes)
+                return .uploaded(blob.size)
             }
-            var mounted = false
-            for source in mountFrom where !mounted {
-                mounted = try await mount(blob.digest, from: source, into: repository, scopes: scopes)
+            var blobs = layout.blobs.makeIterator()
+            for _ in 0..<parallelUploads {
+                guard let blob = blobs.next() else { break }
+                group.addTask { try await work(blob) }
             }
-            if mounted {
-                result.mountedBlobs += 1
-                continue
+            var results: [Outcome] = []
+            while let outcome = try await group.next() {
+                results.append(outcome)
+                if let blob = blobs.next() { group.addTask { try await work(blob) } }
             }
-            try await upload(blob, from: layout.blobURL(blob.digest), repository: repository, scopes: scopes)
-            result.uploadedBlobs += 1
-            result.uploadedBytes += blob.size
+            return results
+        }
+        for outcome in outcomes {
+            switch outcome {
+            case .existed: result.existingBlobs += 1
+            case .mounted: result.mountedBlobs += 1
+            case .uploaded(let size):
+                result.uploadedBlobs += 1
+                result.uploadedBytes += size
+            }
         }
         let response = try await send(.PUT, "/v2/\(repository)/manifests/\(tag)", scopes: scopes, what: "the manifest",
                                       headers: [("Content-Type", layout.mediaType)], body: { .bytes(ByteBuffer(data: layout.manifest)) })
