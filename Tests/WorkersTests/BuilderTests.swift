@@ -24,11 +24,13 @@ func put(_ files: [String: String], in folder: URL) throws {
 enum BuildTools {
     static let installHint = "apt-get install -y buildah busybox-static (scripts/test installs them)"
 
-    static func builder(_ state: URL, timeout: Duration = .seconds(120), maxImageBytes: Int64 = 1 << 30, format: String = "oci") throws -> Builder {
+    static func builder(_ state: URL, timeout: Duration = .seconds(120), maxImageBytes: Int64 = 1 << 30, format: String = "oci",
+                        memory: Int64? = 4 << 30) throws -> Builder {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah") else { throw TestSetupError("buildah is not installed: \(installHint)") }
         var logger = Logger(label: "test")
         logger.logLevel = .error
-        return try Builder(configuration: BuilderConfiguration(stateFolder: state, timeout: timeout, maxImageBytes: maxImageBytes, format: format), logger: logger)
+        return try Builder(configuration: BuilderConfiguration(stateFolder: state, timeout: timeout, maxImageBytes: maxImageBytes, format: format,
+                                                               memoryLimitBytes: memory), logger: logger)
     }
 
     /// A busybox base image as an OCI archive, made with buildah from the busybox-static binary
@@ -131,9 +133,11 @@ struct BuilderTests {
                      "Dockerfile.run": "FROM oci-archive:\(base.path)\nCOPY hello.txt /\nRUN echo compiling; echo 'error: missing semicolon' >&2; exit 3\n",
                      "Dockerfile.remote": "FROM docker.io/library/alpine:3.20\nRUN true\n",
                      "Dockerfile.slow": "FROM oci-archive:\(base.path)\nRUN sleep 30\n",
-                     "Dockerfile.big": "FROM scratch\nCOPY hello.txt /\n"], in: source)
-            func failure(_ dockerfile: String, timeout: Duration = .seconds(120), maxImageBytes: Int64 = 1 << 30) async throws -> BuildFailure {
-                let builder = try BuildTools.builder(state, timeout: timeout, maxImageBytes: maxImageBytes)
+                     "Dockerfile.big": "FROM scratch\nCOPY hello.txt /\n",
+                     "Dockerfile.typo": "FORM scratch\nCOPY hello.txt /\n",
+                     "Dockerfile.hungry": "FROM oci-archive:\(base.path)\nRUN dd if=/dev/zero of=/dev/null bs=300M count=1\n"], in: source)
+            func failure(_ dockerfile: String, timeout: Duration = .seconds(120), maxImageBytes: Int64 = 1 << 30, memory: Int64? = 4 << 30) async throws -> BuildFailure {
+                let builder = try BuildTools.builder(state, timeout: timeout, maxImageBytes: maxImageBytes, memory: memory)
                 do {
                     _ = try await builder.build(BuildRequest(contextFolder: source, dockerfile: dockerfile, output: folder.appending(path: "out-\(UUID().uuidString)")))
                 } catch let error as BuildFailure {
@@ -160,6 +164,12 @@ struct BuilderTests {
 
             let big = try await failure("Dockerfile.big", maxImageBytes: 100)
             #expect(big.code == "IMAGE_TOO_LARGE" && big.message.contains("100"))
+
+            let typo = try await failure("Dockerfile.typo")
+            #expect(typo.code == "BUILD_FAILED" && typo.message.contains("no FROM statement"), "\(typo)")
+
+            let hungry = try await failure("Dockerfile.hungry", memory: 64 << 20)
+            #expect(hungry.code == "BUILD_FAILED" && hungry.message.contains("ran out of memory") && hungry.message.contains("64 MiB"), "\(hungry)")
         }
     }
 

@@ -14,15 +14,20 @@ public struct BuilderConfiguration: Sendable {
     /// `oci` or `docker` (buildah's `--format`).
     public var format: String
     public var buildahPath: String
+    /// Memory for one build, its RUN steps included (a cgroup v1 memory group per build);
+    /// `nil` for no limit.
+    public var memoryLimitBytes: Int64?
 
     public init(stateFolder: URL, insecureRegistries: [String] = [], timeout: Duration = .seconds(1800),
-                maxImageBytes: Int64 = 2 * 1024 * 1024 * 1024, format: String = "oci", buildahPath: String = "/usr/bin/buildah") {
+                maxImageBytes: Int64 = 2 * 1024 * 1024 * 1024, format: String = "oci", buildahPath: String = "/usr/bin/buildah",
+                memoryLimitBytes: Int64? = 4 * 1024 * 1024 * 1024) {
         self.stateFolder = stateFolder
         self.insecureRegistries = insecureRegistries
         self.timeout = timeout
         self.maxImageBytes = maxImageBytes
         self.format = format
         self.buildahPath = buildahPath
+        self.memoryLimitBytes = memoryLimitBytes
     }
 }
 
@@ -115,13 +120,24 @@ public struct Builder: Sendable {
         arguments.append(request.contextFolder.path)
 
         let log = BoundedLog()
-        let outcome = try await ProcessRunner.run(configuration.buildahPath, arguments, environment: environment,
-                                                  timeout: configuration.timeout) { line in
+        let memory = MemoryGroup.make(limit: configuration.memoryLimitBytes, logger: logger)
+        defer { memory?.remove() }
+        // With a memory group, a shell joins it and then becomes buildah, so every process of the
+        // build is inside before it starts.
+        let (executable, commandLine) = memory.map { group in
+            ("/bin/sh", ["-c", "echo $$ > \"$0\" && exec \"$@\"", group.procsFile, configuration.buildahPath] + arguments)
+        } ?? (configuration.buildahPath, arguments)
+        let outcome = try await ProcessRunner.run(executable, commandLine, environment: environment, timeout: configuration.timeout) { line in
             if let shown = log.append(line) { onLine(shown) }
         }
         for line in log.heldBack() { onLine(line) }
         let tail = log.last(30)
         if outcome.timedOut { throw BuildFailure.timeout(configuration.timeout.components.seconds, tail: tail) }
+        if outcome.status != 0, let memory, memory.outOfMemory, let limit = configuration.memoryLimitBytes {
+            throw BuildFailure(code: "BUILD_FAILED", message: "the build ran out of memory (the limit is \(limit / 1024 / 1024) MiB per build)",
+                               hint: "Make the build use less memory (fewer parallel compile jobs, e.g. make -j1), or ask your operator for a higher build memory limit.",
+                               step: Self.diagnose(tail: tail, exitStatus: outcome.status).step, logTail: tail, isTransient: false)
+        }
         guard outcome.status == 0 else { throw Self.diagnose(tail: tail, exitStatus: outcome.status) }
         defer { Task { _ = try? await ProcessRunner.run(configuration.buildahPath, ["rmi", "--storage-driver", "vfs", name], environment: environment, timeout: .seconds(60)) { _ in } } }
         let pushLog = BoundedLog(headLimit: 0, tailLimit: 30)
@@ -169,6 +185,13 @@ public struct Builder: Sendable {
         if let match = text.firstMatch(of: #/building at STEP "(.*)": (?:.*)exit status (\d+)/#) {
             instruction = String(match.1)
             exitCode = Int32(match.2)
+        }
+        guard step != nil || instruction != nil else {
+            // Failed before any step ran: the Dockerfile itself (syntax, no FROM).
+            let said = tail.last { $0.hasPrefix("Error: ") }.map { String($0.dropFirst(7)) } ?? "buildah exited with status \(exitStatus)"
+            return BuildFailure(code: "BUILD_FAILED", message: "the Dockerfile could not be used: \(said)",
+                                hint: "Fix the Dockerfile: every build starts with FROM, and instructions are FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, EXPOSE, USER, CMD, ENTRYPOINT, LABEL.",
+                                logTail: tail, isTransient: false)
         }
         let stepText = step.map { "step \($0)" } ?? "a step"
         return BuildFailure(
