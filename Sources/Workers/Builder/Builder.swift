@@ -181,6 +181,12 @@ public struct Builder: Sendable {
                 instruction = String(match.2)
             }
         }
+        if let match = text.firstMatch(of: #/Unknown instruction: "?([A-Za-z]+)"?/#) {
+            return BuildFailure(code: "BUILD_FAILED",
+                                message: "the Dockerfile has an unknown instruction \(match.1)\(step.map { " at step \($0)" } ?? "")",
+                                hint: "Fix the typo: instructions are FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, EXPOSE, USER, CMD, ENTRYPOINT, LABEL, HEALTHCHECK, SHELL, VOLUME, STOPSIGNAL, ONBUILD.",
+                                step: step, instruction: instruction, logTail: tail, isTransient: false)
+        }
         var exitCode: Int32? = nil
         if let match = text.firstMatch(of: #/building at STEP "(.*)": (?:.*)exit status (\d+)/#) {
             instruction = String(match.1)
