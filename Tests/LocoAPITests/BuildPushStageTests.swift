@@ -94,6 +94,30 @@ struct BuildPushStageTests {
                 #expect(!report.hint.isEmpty)
                 let reply = try await harness.call(.get, "/v1/deployments/\(broken)", token: token)
                 #expect(reply.json?["report"]?["code"] == .string("BUILD_FAILED"))
+
+                // A context that climbs out of its folder passes the upload checks (it is a fine
+                // gzip'd tar) but the build worker refuses it, naming the entry.
+                let hostile = folder.appending(path: "hostile.tar.gz")
+                let crafted = try await runCommand(URL(fileURLWithPath: "/usr/bin/python3"), ["-c", """
+                    import io, tarfile, sys
+                    t = tarfile.open(sys.argv[1], "w:gz")
+                    for name in ["Dockerfile", "../../escape.txt"]:
+                        data = b"FROM scratch\\n"
+                        info = tarfile.TarInfo(name); info.size = len(data); t.addfile(info, io.BytesIO(data))
+                    t.close()
+                    """, hostile.path])
+                #expect(crafted.status == 0, "\(crafted.output)")
+                let (headers, body) = Harness.deployBody(config: #"{"name":"web"}"#, context: try Data(contentsOf: hostile))
+                let created = try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: headers, body: body)
+                #expect(created.status == 201, "\(created.text)")
+                guard case .number(let hostileID)? = created.json?["id"] else { throw TestSetupError("no id: \(created.text)") }
+                let refused = try await eventually(timeout: .seconds(60), every: .milliseconds(100)) {
+                    try await harness.store.deployment(id: Int64(hostileID), on: db.client)?.state == .failed
+                }
+                #expect(refused)
+                let hostileReport = try #require(try await harness.store.deployment(id: Int64(hostileID), on: db.client)?.report)
+                #expect(hostileReport.code == "BUILD_CONTEXT_INVALID" && hostileReport.message.contains("../../escape.txt"), "\(hostileReport)")
+                #expect(!FileManager.default.fileExists(atPath: folder.appending(path: "escape.txt").path))
             }
             // Nothing of the builds is left in the work folder.
             let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: folder.appending(path: "work/builds").path)) ?? []
