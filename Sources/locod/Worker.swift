@@ -171,6 +171,7 @@ struct StageOptions: ParsableArguments {
     @Option(help: "Registries buildah may reach over plain HTTP (repeatable; the --registry host is always one when it is http://).")
     var insecureRegistry: [String] = []
     @Option(help: "Seconds a build may take.") var buildTimeoutSeconds = 1800
+    @Option(help: "Memory one build may use, RUN steps included, in MiB (0: no limit).") var buildMemoryMib = 4096
     @Option(help: "Largest image accepted, in MiB (compressed layers).") var maxImageMib = 2048
     @Option(help: "Image format: oci or docker.") var imageFormat = "oci"
     @Option(help: "How built images reach the push stage: shared-disk (an OCI layout in --work-dir) or push-from-builder (no shared folder needed).")
@@ -200,7 +201,8 @@ struct StageOptions: ParsableArguments {
         return StageSettings(
             contexts: contexts, workFolder: work,
             builder: BuilderConfiguration(stateFolder: work.appending(path: "buildah"), insecureRegistries: insecure,
-                                          timeout: .seconds(buildTimeoutSeconds), maxImageBytes: Int64(maxImageMib) * 1024 * 1024, format: imageFormat),
+                                          timeout: .seconds(buildTimeoutSeconds), maxImageBytes: Int64(maxImageMib) * 1024 * 1024, format: imageFormat,
+                                          memoryLimitBytes: buildMemoryMib > 0 ? Int64(buildMemoryMib) * 1024 * 1024 : nil),
             registryURL: registryURL, registryCredentials: token.map { RegistryCredentials(username: "loco-worker", password: $0) },
             handoff: handoffMode)
     }
