@@ -265,22 +265,12 @@ public struct JobStore: Sendable {
     /// Cancels a job: a queued one at once (its dependents too); a running one is asked to stop
     /// and its worker cancels the handler at the next heartbeat or notification.
     public func cancel(id: Int64, on db: some QueryRunner) async throws -> JobState {
-        let rows = try await db.run("""
-            WITH target AS (
-                UPDATE loco_jobs
-                SET cancel_requested = true,
-                    state = CASE WHEN state = 'running' THEN 'running' ELSE 'cancelled' END,
-                    finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END
-                WHERE id = \(id) AND state IN \(unescaped: Self.live)
-                RETURNING id, state
-            ), woke AS (
-                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running'
-            )
-            SELECT state, (SELECT count(*) FROM woke) FROM target
-            """, logger: logger)
-        for try await (state, _) in rows.decode((String, Int64).self) { return JobState(rawValue: state) ?? .cancelled }
+        let cancelled = try await cancel(ids: [id], on: db)
         let job = try await require(id: id, on: db)
-        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
+        guard cancelled == 1 else {
+            throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
+        }
+        return job.state
     }
 
     /// Cancels many jobs in one statement, like `cancel(id:)`; jobs already finished are left alone.
