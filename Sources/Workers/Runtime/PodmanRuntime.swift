@@ -1,0 +1,229 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// The local runtime: each service of each version is a podman container (runc, cgroupfs,
+/// lowered ulimits — what works on these hosts), published on a 127.0.0.1 port, labelled with
+/// its team, app, deployment and service so every later step finds it again.
+public struct PodmanRuntime: Runtime {
+    public let stateFolder: URL
+    public let insecureRegistries: [String]
+    let podman: String
+    let logger: Logger
+
+    public init(stateFolder: URL, insecureRegistries: [String] = [], podman: String = "/usr/bin/podman", logger: Logger) throws {
+        self.stateFolder = stateFolder
+        self.insecureRegistries = insecureRegistries
+        self.podman = podman
+        self.logger = logger
+        try writeConfigFiles()
+    }
+
+    func writeConfigFiles() throws {
+        try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
+        // crun fails on these hosts' hybrid cgroups, and runc cannot set rlimits equal to the hard limits.
+        try """
+            [engine]
+            cgroup_manager = "cgroupfs"
+            events_logger = "file"
+            runtime = "runc"
+            [containers]
+            default_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]
+            """.write(to: stateFolder.appending(path: "containers.conf"), atomically: true, encoding: .utf8)
+        try """
+            [storage]
+            driver = "vfs"
+            graphroot = "\(stateFolder.path)/storage"
+            runroot = "\(stateFolder.path)/run"
+            """.write(to: stateFolder.appending(path: "storage.conf"), atomically: true, encoding: .utf8)
+        var registries = "unqualified-search-registries = []\n"
+        for registry in insecureRegistries { registries += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n" }
+        try registries.write(to: stateFolder.appending(path: "registries.conf"), atomically: true, encoding: .utf8)
+    }
+
+    var environment: [String: String] {
+        ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": stateFolder.path,
+         "CONTAINERS_CONF": stateFolder.appending(path: "containers.conf").path,
+         "CONTAINERS_STORAGE_CONF": stateFolder.appending(path: "storage.conf").path,
+         "CONTAINERS_REGISTRIES_CONF": stateFolder.appending(path: "registries.conf").path]
+    }
+
+    /// Runs podman; returns its exit status and output.
+    func run(_ arguments: [String], extraEnvironment: [String: String] = [:], timeout: Duration = .seconds(300)) async throws -> (Int32, String) {
+        let output = OutputCollector()
+        let outcome = try await ProcessRunner.run(podman, arguments, environment: environment.merging(extraEnvironment) { _, new in new },
+                                                  timeout: timeout) { output.add($0) }
+        return (outcome.timedOut ? -1 : outcome.status, output.text)
+    }
+
+    static func containerName(team: String, app: String, deploymentID: Int64, service: String) -> String {
+        "loco-\(team)-\(app)-d\(deploymentID)-\(service)"
+    }
+
+    public func apply(_ desired: DesiredState) async throws -> AppliedVersion {
+        guard FileManager.default.isExecutableFile(atPath: podman) else {
+            throw RolloutFailure(code: "RUNTIME_UNAVAILABLE", message: "podman is not installed at \(podman)",
+                                 hint: "Install it on the apply workers: apt-get install -y podman runc slirp4netns", service: nil, exitCode: nil, logTail: [])
+        }
+        var endpoints: [String: String] = [:]
+        for service in desired.services {
+            let name = Self.containerName(team: desired.team, app: desired.app, deploymentID: desired.deploymentID, service: service.name)
+            // Re-applying converges: the same name is replaced.
+            _ = try await run(["rm", "-f", "-t", "0", name])
+            try await pull(service.image, credentials: desired.pullCredentials)
+            var arguments = ["run", "-d", "--name", name,
+                             "--label", "loco.app=\(desired.team)/\(desired.app)", "--label", "loco.deployment=\(desired.deploymentID)",
+                             "--label", "loco.service=\(service.name)", "-p", "127.0.0.1::\(service.port)"]
+            if let memory = service.memoryBytes { arguments += ["--memory", "\(memory)", "--memory-swap", "\(memory)"] }
+            if let cpus = service.cpus { arguments += ["--cpus", "\(cpus)"] }
+            // Values travel in podman's environment, never on its command line (ps shows that).
+            for key in service.env.keys.sorted() { arguments += ["--env", key] }
+            arguments.append(service.image)
+            let (status, output) = try await run(arguments, extraEnvironment: service.env)
+            guard status == 0 else {
+                throw RolloutFailure(code: "CRASH_LOOP", message: "podman could not start \(service.name): \(output.suffix(300))",
+                                     hint: "Check the image's CMD/ENTRYPOINT and the run settings in loco.toml.", service: service.name, exitCode: status,
+                                     logTail: Array(output.split(separator: "\n").suffix(30).map(String.init)))
+            }
+            let (_, port) = try await run(["port", name, "\(service.port)"])
+            if let published = port.split(separator: "\n").first { endpoints[service.name] = "http://\(published)" }
+        }
+        return AppliedVersion(deploymentID: desired.deploymentID, endpoints: endpoints)
+    }
+
+    /// Pulls with an auth file written for the one call (credentials never on a command line).
+    func pull(_ image: String, credentials: RegistryCredentials?) async throws {
+        var arguments = ["pull", "--quiet"]
+        var authFile: URL?
+        if let credentials, let host = image.split(separator: "/").first {
+            let file = stateFolder.appending(path: "auth-\(UUID().uuidString).json")
+            let auth = Data("\(credentials.username):\(credentials.password)".utf8).base64EncodedString()
+            try Data(#"{"auths":{"\#(host)":{"auth":"\#(auth)"}}}"#.utf8).write(to: file)
+            chmod(file.path, 0o600)
+            authFile = file
+            arguments += ["--authfile", file.path]
+        }
+        defer { if let authFile { try? FileManager.default.removeItem(at: authFile) } }
+        let (status, output) = try await run(arguments + [image])
+        guard status == 0 else { throw RolloutFailure.imagePull(image, reason: output.split(separator: "\n").last.map(String.init) ?? "podman pull failed") }
+    }
+
+    struct Container: Decodable {
+        struct State: Decodable {
+            var Status: String
+            var ExitCode: Int32
+            var OOMKilled: Bool
+        }
+        var Id: String
+        var Name: String
+        var State: State
+        var Config: ContainerConfig
+        struct ContainerConfig: Decodable { var Labels: [String: String]? }
+    }
+
+    func containers(team: String, app: String, deploymentID: Int64? = nil) async throws -> [Container] {
+        var filters = ["--filter", "label=loco.app=\(team)/\(app)"]
+        if let deploymentID { filters += ["--filter", "label=loco.deployment=\(deploymentID)"] }
+        let (_, names) = try await run(["ps", "-a", "--format", "{{.Names}}"] + filters)
+        let list = names.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+        guard !list.isEmpty else { return [] }
+        let (status, json) = try await run(["inspect"] + list)
+        guard status == 0, let data = json.data(using: .utf8) else { return [] }
+        return (try? JSONDecoder().decode([Container].self, from: data)) ?? []
+    }
+
+    public func endpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: String] {
+        var result: [String: String] = [:]
+        for container in try await containers(team: team, app: app, deploymentID: deploymentID) {
+            guard let service = container.Config.Labels?["loco.service"] else { continue }
+            let (_, ports) = try await run(["port", container.Name])
+            if let line = ports.split(separator: "\n").first, let address = line.split(separator: " ").last {
+                result[service] = "http://\(address)"
+            }
+        }
+        return result
+    }
+
+    public func status(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> RolloutState {
+        let running = try await containers(team: team, app: app, deploymentID: deploymentID)
+        let endpoints = try await endpoints(deploymentID: deploymentID, team: team, app: app)
+        var waiting: [String] = []
+        for service in services {
+            guard let container = running.first(where: { $0.Config.Labels?["loco.service"] == service.name }) else {
+                return .progressing("\(service.name) has no container yet")
+            }
+            if container.State.Status == "exited" || container.State.Status == "stopped" || container.State.Status == "dead" {
+                let tail = try await logTail(container.Name, lines: 30)
+                let killedForMemory = container.State.ExitCode == 137 ? try await killedForMemory(container.Id) : false
+                if container.State.OOMKilled || killedForMemory {
+                    return .failed(.oomKilled(service: service.name, limit: service.memoryBytes, tail: tail))
+                }
+                return .failed(.crashLoop(service: service.name, exitCode: container.State.ExitCode, tail: tail))
+            }
+            guard let endpoint = endpoints[service.name] else { return .progressing("\(service.name) has no published port yet") }
+            let probe = await Self.probe(endpoint + service.healthPath)
+            if probe.ok { continue }
+            waiting.append("\(service.name): GET \(service.healthPath) \(probe.detail)")
+        }
+        return waiting.isEmpty ? .ready : .progressing(waiting.joined(separator: "; "))
+    }
+
+    /// One readiness probe: 2xx or 3xx within 2 s.
+    static func probe(_ url: String) async -> (ok: Bool, detail: String) {
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        do {
+            let response = try await RegistryClient.sharedHTTP.execute(request, timeout: .seconds(2))
+            _ = try? await response.body.collect(upTo: 1 << 20)
+            return ((200..<400).contains(Int(response.status.code)), "answered \(response.status.code)")
+        } catch {
+            return (false, "no answer (\(String(describing: error).prefix(80)))")
+        }
+    }
+
+    /// podman here does not set OOMKilled; the kernel log names the container's memory cgroup.
+    func killedForMemory(_ containerID: String) async throws -> Bool {
+        let output = OutputCollector()
+        _ = try? await ProcessRunner.run("/bin/dmesg", [], environment: environment, timeout: .seconds(10)) { output.add($0) }
+        return output.text.split(separator: "\n").contains { $0.contains(containerID.prefix(12)) && $0.lowercased().contains("oom") }
+    }
+
+    func logTail(_ name: String, lines: Int) async throws -> [String] {
+        let (_, output) = try await run(["logs", "--tail", "\(lines)", name])
+        return output.split(separator: "\n", omittingEmptySubsequences: false).map(String.init).filter { !$0.isEmpty }
+    }
+
+    public func promote(deploymentID: Int64, team: String, app: String) async throws {
+        for container in try await containers(team: team, app: app) where container.Config.Labels?["loco.deployment"] != "\(deploymentID)" {
+            _ = try await run(["rm", "-f", "-t", "5", container.Name])
+        }
+    }
+
+    public func remove(deploymentID: Int64, team: String, app: String) async throws {
+        for container in try await containers(team: team, app: app, deploymentID: deploymentID) {
+            _ = try await run(["rm", "-f", "-t", "0", container.Name])
+        }
+    }
+
+    public func removeApp(team: String, app: String) async throws {
+        for container in try await containers(team: team, app: app) {
+            _ = try await run(["rm", "-f", "-t", "0", container.Name])
+        }
+    }
+
+    public func logs(team: String, app: String, tail: Int) async throws -> [String] {
+        var lines: [String] = []
+        for container in try await containers(team: team, app: app) { lines += try await logTail(container.Name, lines: tail) }
+        return lines
+    }
+}
+
+/// Collects a command's output lines.
+final class OutputCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func add(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var text: String { lock.lock(); defer { lock.unlock() }; return lines.joined(separator: "\n") }
+}

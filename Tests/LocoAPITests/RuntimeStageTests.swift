@@ -1,0 +1,117 @@
+import BuildContext
+import Foundation
+import HTTPTypes
+import LocoAPI
+import LocoCore
+import LocoQueue
+import LocoTestSupport
+import NIOCore
+import PostgresNIO
+import Testing
+import Workers
+
+@Suite("Local runtime (podman) end to end", .serialized)
+struct RuntimeStageTests {
+    static func deployBody(from example: URL, config: String, edit: [String: String] = [:], in folder: URL) async throws -> (HTTPFields, ByteBuffer) {
+        let source = folder.appending(path: "src-\(UUID().uuidString)")
+        let copied = try await runCommand(URL(fileURLWithPath: "/bin/cp"), ["-r", example.path, source.path])
+        guard copied.status == 0 else { throw TestSetupError("cp failed: \(copied.output)") }
+        for (path, text) in edit {
+            let url = source.appending(path: path)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try text.write(to: url, atomically: true, encoding: .utf8)
+        }
+        let archive = folder.appending(path: "ctx-\(UUID().uuidString).tar.gz")
+        try ContextPacker(folder: source).pack(to: archive)
+        return Harness.deployBody(config: config, context: try Data(contentsOf: archive))
+    }
+
+    @Test("hello deploys and serves; a redeploy switches and removes the old container; crash, never-ready and out-of-memory versions fail with their reports while the last good one keeps serving")
+    func pipeline() async throws {
+        for tool in ["/usr/bin/podman", "/usr/bin/buildah"] where !FileManager.default.isExecutableFile(atPath: tool) {
+            throw TestSetupError("\(tool) is not installed: apt-get install -y podman runc slirp4netns buildah (scripts/test installs them)")
+        }
+        try await RegistryPushTests.withRegistry { registry, harness, worker, folder in
+            let base = folder.appending(path: "base.tar")
+            let made = try await runCommand(URL(fileURLWithPath: "/bin/bash"), [Repo.root.appending(path: "scripts/base-image").path, "--archive", base.path],
+                                            timeout: .seconds(180))
+            #expect(made.status == 0, "\(made.output)")
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            _ = try await harness.app("web", in: team, owner: ann)
+            let token = try await harness.token(for: ann)
+            let db = harness.database
+            let credentials = RegistryCredentials(username: "w", password: worker)
+            let settings = StageSettings(contexts: harness.api.contexts, workFolder: folder.appending(path: "work"),
+                                         builder: BuilderConfiguration(stateFolder: folder.appending(path: "work/buildah"), timeout: .seconds(120)),
+                                         registryURL: "http://127.0.0.1:\(registry.port)", registryCredentials: credentials)
+            let runtime = try PodmanRuntime(stateFolder: folder.appending(path: "podman"), insecureRegistries: ["127.0.0.1:\(registry.port)"], logger: db.logger)
+            var handlers = JobHandlers()
+            try DeployStages(database: db.client, settings: settings, logger: db.logger).register(in: &handlers, stages: [.build, .push])
+            RuntimeStages(database: db.client, runtime: runtime, pullCredentials: credentials, rolloutTimeout: .seconds(8), logger: db.logger)
+                .register(in: &handlers, stages: [.apply, .wait])
+            // Whatever happens, no container of this test outlives it.
+            do {
+                try await Self.scenarios(harness: harness, db: db, handlers: handlers, runtime: runtime, token: token, folder: folder, base: base)
+            } catch {
+                try? await runtime.removeApp(team: "acme", app: "web")
+                throw error
+            }
+            try await runtime.removeApp(team: "acme", app: "web")
+            #expect(try await runtime.logs(team: "acme", app: "web", tail: 1).isEmpty)
+        }
+    }
+
+    static func scenarios(harness: Harness, db: TestDatabase, handlers: JobHandlers, runtime: PodmanRuntime, token: String, folder: URL, base: URL) async throws {
+            let hello = Repo.root.appending(path: "examples/hello")
+            func config(health: String = "/", extra: String = "") -> String {
+                #"{"name":"web","build":{"args":{"BASE":"oci-archive:\#(base.path)"}},"run":{"port":8080,"health":"\#(health)"}\#(extra)}"#
+            }
+            func deploy(_ body: (HTTPFields, ByteBuffer)) async throws -> Deployment {
+                let reply = try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: body.0, body: body.1)
+                guard case .number(let id)? = reply.json?["id"] else { throw TestSetupError("no id: \(reply.text)") }
+                let ended = try await eventually(timeout: .seconds(120), every: .milliseconds(200)) {
+                    try await harness.store.deployment(id: Int64(id), on: db.client)?.state.isFinal == true
+                }
+                #expect(ended, "deployment \(Int(id)) did not end")
+                return try #require(try await harness.store.deployment(id: Int64(id), on: db.client))
+            }
+            func servingURL(_ deployment: Deployment) async throws -> String {
+                let events = try await harness.store.events(deploymentID: deployment.id, after: 0, on: db.client)
+                let line = try #require(events.last { $0.type == "stage_finished" && $0.stage == "wait" }?.message)
+                return String(try #require(line.split(separator: " ").last))
+            }
+            func get(_ url: String) async throws -> String {
+                try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output
+            }
+
+            try await db.withWorker(fastConfiguration([("build", 1), ("push", 1), ("apply", 1), ("wait", 2)]), handlers: handlers) { _ in
+                let first = try await deploy(try await Self.deployBody(from: hello, config: config(), in: folder))
+                #expect(first.state == .succeeded, "\(String(describing: first.report))")
+                let firstURL = try await servingURL(first)
+                #expect(try await get(firstURL).contains("Hello from Loco"))
+
+                let second = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: ["public/index.html": "<h1>Version two</h1>\n"], in: folder))
+                #expect(second.state == .succeeded, "\(String(describing: second.report))")
+                let secondURL = try await servingURL(second)
+                #expect(try await get(secondURL).contains("Version two"))
+                #expect(try await get(firstURL).isEmpty, "the old version's container is gone")
+                #expect(try await runtime.endpoints(deploymentID: first.id, team: "acme", app: "web").isEmpty)
+
+                let crash = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: [
+                    "Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"sh\", \"-c\", \"echo starting; echo 'fatal: DATABASE_URL is not set' >&2; exit 1\"]\n"], in: folder))
+                #expect(crash.state == .failed && crash.report?.code == "CRASH_LOOP", "\(String(describing: crash.report))")
+                #expect(crash.report?.evidence["exit_code"] == .number(1))
+                #expect(crash.report?.evidence["log_tail"].map { "\($0)" }?.contains("DATABASE_URL is not set") == true, "\(String(describing: crash.report))")
+                #expect(try await get(secondURL).contains("Version two"), "the previous version keeps serving")
+
+                let neverReady = try await deploy(try await Self.deployBody(from: hello, config: config(health: "/healthz"), in: folder))
+                #expect(neverReady.state == .failed && neverReady.report?.code == "READINESS_PROBE_FAILED", "\(String(describing: neverReady.report))")
+
+                let hungry = try await deploy(try await Self.deployBody(from: hello, config: config(extra: #","resources":{"memory":"32Mi"}"#), edit: [
+                    "Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=300M\", \"count=1\"]\n"], in: folder))
+                #expect(hungry.state == .failed && hungry.report?.code == "OOM_KILLED", "\(String(describing: hungry.report))")
+                #expect(try await get(secondURL).contains("Version two"), "the previous version still serves")
+            }
+        }
+    }
