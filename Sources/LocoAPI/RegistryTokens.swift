@@ -163,7 +163,7 @@ extension API {
     func registryActions(_ principal: Principal, repository: String) async throws -> Set<String> {
         switch principal.kind {
         case .worker:
-            return ["pull", "push"]
+            return ["pull", "push", "delete"]
         case .deploy:
             return []
         case .pull:

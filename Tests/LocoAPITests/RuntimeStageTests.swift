@@ -50,9 +50,12 @@ struct RuntimeStageTests {
             try DeployStages(database: db.client, settings: settings, logger: db.logger).register(in: &handlers, stages: [.build, .push])
             RuntimeStages(database: db.client, runtime: runtime, pullCredentials: credentials, rolloutTimeout: .seconds(8), logger: db.logger)
                 .register(in: &handlers, stages: [.apply, .wait])
+            CleanupStage(database: db.client, runtime: runtime, registry: RegistryClient(base: settings.registryURL, credentials: credentials, logger: db.logger),
+                         settings: settings, logger: db.logger).register(in: &handlers)
             // Whatever happens, no container of this test outlives it.
             do {
-                try await Self.scenarios(harness: harness, db: db, handlers: handlers, runtime: runtime, token: token, folder: folder, base: base)
+                try await Self.scenarios(harness: harness, db: db, handlers: handlers, runtime: runtime, token: token, folder: folder, base: base,
+                                         registry: RegistryClient(base: settings.registryURL, credentials: credentials, logger: db.logger))
             } catch {
                 try? await runtime.removeApp(team: "acme", app: "web")
                 throw error
@@ -62,7 +65,8 @@ struct RuntimeStageTests {
         }
     }
 
-    static func scenarios(harness: Harness, db: TestDatabase, handlers: JobHandlers, runtime: PodmanRuntime, token: String, folder: URL, base: URL) async throws {
+    static func scenarios(harness: Harness, db: TestDatabase, handlers: JobHandlers, runtime: PodmanRuntime, token: String, folder: URL, base: URL,
+                          registry: RegistryClient) async throws {
             let hello = Repo.root.appending(path: "examples/hello")
             func config(health: String = "/", extra: String = "") -> String {
                 #"{"name":"web","build":{"args":{"BASE":"oci-archive:\#(base.path)"}},"run":{"port":8080,"health":"\#(health)"}\#(extra)}"#
@@ -85,7 +89,7 @@ struct RuntimeStageTests {
                 try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output
             }
 
-            try await db.withWorker(fastConfiguration([("build", 1), ("push", 1), ("apply", 1), ("wait", 2)]), handlers: handlers) { _ in
+            try await db.withWorker(fastConfiguration([("build", 1), ("push", 1), ("apply", 1), ("wait", 2), ("cleanup", 1)]), handlers: handlers) { _ in
                 let first = try await deploy(try await Self.deployBody(from: hello, config: config(), in: folder))
                 #expect(first.state == .succeeded, "\(String(describing: first.report))")
                 let firstURL = try await servingURL(first)
@@ -112,6 +116,20 @@ struct RuntimeStageTests {
                     "Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=300M\", \"count=1\"]\n"], in: folder))
                 #expect(hungry.state == .failed && hungry.report?.code == "OOM_KILLED", "\(String(describing: hungry.report))")
                 #expect(try await get(secondURL).contains("Version two"), "the previous version still serves")
+
+                // A third good version: the registry keeps the app's last two images, never the serving one.
+                let third = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: ["public/index.html": "<h1>Version three</h1>\n"], in: folder))
+                #expect(third.state == .succeeded)
+                let cleaned = try await eventually(timeout: .seconds(30)) { try await db.state(ofDeploymentJob: third.id, stage: "cleanup") == "completed" }
+                #expect(cleaned)
+                let types = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"]
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(third.imageDigest), accept: types) == third.imageDigest)
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(hungry.imageDigest), accept: types) == hungry.imageDigest)
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(second.imageDigest), accept: types) == nil,
+                        "older images are deleted by digest")
+                #expect(try await get(try await servingURL(third)).contains("Version three"))
+                let cleanupEvent = try await harness.store.events(deploymentID: third.id, after: 0, on: db.client).last { $0.stage == "cleanup" }
+                #expect(cleanupEvent?.message.contains("deleted") == true, "\(String(describing: cleanupEvent))")
             }
         }
     }

@@ -155,6 +155,18 @@ extension CoreStore {
         return repositories
     }
 
+    /// The distinct image digests the app's deployments pushed, newest first.
+    public func pushedImages(appID: Int64, on db: some QueryRunner) async throws -> [String] {
+        var digests: [String] = []
+        for try await digest in try await db.run("""
+            SELECT image_digest FROM loco_deployments WHERE app_id = \(appID) AND image_digest IS NOT NULL
+            GROUP BY image_digest ORDER BY max(id) DESC
+            """, logger: logger).decode(String.self) {
+            digests.append(digest)
+        }
+        return digests
+    }
+
     /// Of `digests`, those no unfinished deployment needs.
     public func unreferenced(contexts digests: [String], on db: some QueryRunner) async throws -> [String] {
         try await unreferencedContexts(digests, on: db)

@@ -128,6 +128,18 @@ public final class RegistryClient: Sendable {
         return response.headers.first(name: "Docker-Content-Digest")
     }
 
+    /// Deletes a manifest by digest (every tag on it goes with it). `false` if it was not there.
+    @discardableResult
+    public func deleteManifest(repository: String, digest: String) async throws -> Bool {
+        let response = try await send(.DELETE, "/v2/\(repository)/manifests/\(digest)", scopes: ["repository:\(repository):delete,pull"],
+                                      what: "the deletion of \(digest)")
+        switch response.status {
+        case .accepted, .ok: return true
+        case .notFound: return false
+        default: throw try await rejection(response, what: "the deletion of \(digest)")
+        }
+    }
+
     func blobExists(_ digest: String, repository: String, scopes: [String]) async throws -> Bool {
         let response = try await send(.HEAD, "/v2/\(repository)/blobs/\(digest)", scopes: scopes, what: "blob \(digest)")
         switch response.status {

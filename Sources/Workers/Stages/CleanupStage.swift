@@ -1,0 +1,85 @@
+import Foundation
+import LocoCore
+import LocoQueue
+import Logging
+
+/// The cleanup stage. After a success: older versions' containers are gone (the wait stage's
+/// switch) and the registry keeps the app's last `keepImages` images — never the serving one.
+/// After a failure or cancel: the deployment's containers, build folders and image hand-off go,
+/// and the serving version is left alone.
+public struct CleanupStage: Sendable {
+    let database: ConnectionPool
+    let store: CoreStore
+    let runtime: (any Runtime)?
+    let registry: RegistryClient?
+    let settings: StageSettings?
+    let keepImages: Int
+    let logger: Logger
+
+    public init(database: ConnectionPool, runtime: (any Runtime)?, registry: RegistryClient?, settings: StageSettings?, keepImages: Int = 2, logger: Logger) {
+        self.database = database
+        self.store = CoreStore(logger: logger)
+        self.runtime = runtime
+        self.registry = registry
+        self.settings = settings
+        self.keepImages = keepImages
+        self.logger = logger
+    }
+
+    public func register(in handlers: inout JobHandlers) {
+        handlers.register(kind: Stage.cleanup.jobKind) { args, context in try await self.cleanup(try DeployStages.args(args), context) }
+    }
+
+    func cleanup(_ args: DeploymentJobArgs, _ context: JobContext) async throws {
+        let id = args.deploymentID
+        guard try await database.transaction({ try await store.stageStarted(deploymentID: id, stage: .cleanup, on: $0) }),
+              let deployment = try await store.deployment(id: id, on: database) else { return }
+        var done: [String] = []
+        if deployment.state == .succeeded {
+            let deleted = try await pruneImages(deployment)
+            done.append("kept the last \(keepImages) images, deleted \(deleted.count)")
+        } else {
+            if let runtime {
+                try await runtime.remove(deploymentID: id, team: deployment.team, app: deployment.app)
+                done.append("removed the \(deployment.state.rawValue) version's containers")
+            }
+            if let settings {
+                for folder in ["builds", "images"] {
+                    let parent = settings.workFolder.appending(path: folder)
+                    for name in (try? FileManager.default.contentsOfDirectory(atPath: parent.path)) ?? [] where name.hasPrefix("d\(id)-") {
+                        try? FileManager.default.removeItem(at: parent.appending(path: name))
+                    }
+                }
+                let unused = try await store.unreferenced(contexts: deployment.contextDigest.map { [$0] } ?? [], on: database)
+                settings.contexts.remove(digests: unused)
+                done.append("removed its build files")
+            }
+        }
+        _ = try await database.transaction { connection in
+            let released = try await store.stageFinished(deploymentID: id, stage: .cleanup,
+                                                         result: StageResult(message: "cleanup: " + (done.isEmpty ? "nothing to do" : done.joined(separator: "; "))),
+                                                         on: connection)
+            try await context.complete(in: connection)
+            return released
+        }
+    }
+
+    /// Deletes the app's images older than its last `keepImages` pushed ones, by digest. The
+    /// serving deployment's image is among those kept by construction (it is the newest success).
+    func pruneImages(_ deployment: Deployment) async throws -> [String] {
+        guard let registry else { return [] }
+        let history = try await store.pushedImages(appID: deployment.appID, on: database)
+        let serving = deployment.imageDigest
+        var kept: [String] = []
+        var deleted: [String] = []
+        for digest in history {
+            if kept.count < keepImages || digest == serving {
+                if !kept.contains(digest) { kept.append(digest) }
+                continue
+            }
+            if kept.contains(digest) || deleted.contains(digest) { continue }
+            if try await registry.deleteManifest(repository: "\(deployment.team)/\(deployment.app)", digest: digest) { deleted.append(digest) }
+        }
+        return deleted
+    }
+}
