@@ -111,12 +111,25 @@ struct Worker: AsyncParsableCommand {
 
             try await preflight(url, logger: logger)
             // The deploy stages this process works, by queue name.
-            let stageQueues = Set(configuration.queues.compactMap { Stage(rawValue: $0.name) }).intersection([.build, .push])
+            let stageQueues = Set(configuration.queues.compactMap { Stage(rawValue: $0.name) })
             var stagePool: ConnectionPool?
             if !stageQueues.isEmpty {
                 let pool = ConnectionPool(url: url, size: 4, logger: logger)
                 stagePool = pool
-                try DeployStages(database: pool, settings: try stages.settings(), logger: logger).register(in: &handlers, stages: stageQueues)
+                let settings = try stages.settings()
+                if !stageQueues.isDisjoint(with: [.build, .push]) {
+                    try DeployStages(database: pool, settings: settings, logger: logger).register(in: &handlers, stages: stageQueues)
+                }
+                if !stageQueues.isDisjoint(with: [.apply, .wait, .cleanup]) {
+                    let runtime = try stages.runtime(settings, logger: logger)
+                    RuntimeStages(database: pool, runtime: runtime, pullCredentials: settings.registryCredentials,
+                                  rolloutTimeout: .seconds(stages.rolloutTimeoutSeconds), logger: logger).register(in: &handlers, stages: stageQueues)
+                    if stageQueues.contains(.cleanup) {
+                        CleanupStage(database: pool, runtime: runtime,
+                                     registry: RegistryClient(base: settings.registryURL, credentials: settings.registryCredentials, logger: logger),
+                                     settings: settings, keepImages: stages.keepImages, logger: logger).register(in: &handlers)
+                    }
+                }
             }
             defer { if let stagePool { Task { await stagePool.close() } } }
             let metrics = QueueMetrics()
@@ -176,6 +189,18 @@ struct StageOptions: ParsableArguments {
     @Option(help: "Image format: oci or docker.") var imageFormat = "oci"
     @Option(help: "How built images reach the push stage: shared-disk (an OCI layout in --work-dir) or push-from-builder (no shared folder needed).")
     var handoff = "shared-disk"
+    @Option(help: "Where apps run (apply/wait/cleanup): local (podman on this machine). Default: $LOCO_RUNTIME or local.")
+    var runtime: String?
+    @Option(help: "Seconds a new version may take to become ready.") var rolloutTimeoutSeconds = 60
+    @Option(help: "Images kept per app in the registry after a success.") var keepImages = 2
+
+    func runtime(_ settings: StageSettings, logger: Logger) throws -> any Runtime {
+        let name = runtime ?? ProcessInfo.processInfo.environment["LOCO_RUNTIME"] ?? "local"
+        guard name == "local" else {
+            throw UsageError(message: "--runtime \(name) is not available", hint: "Use --runtime local (podman); the Kubernetes runtime comes next.")
+        }
+        return try PodmanRuntime(stateFolder: settings.workFolder.appending(path: "podman"), insecureRegistries: settings.builder.insecureRegistries, logger: logger)
+    }
 
     func settings() throws -> StageSettings {
         let environment = ProcessInfo.processInfo.environment

@@ -8,7 +8,7 @@ import Workers
 
 @Suite("locod worker --queue build --queue push, as processes", .serialized)
 struct WorkerBinaryStageTests {
-    @Test("the real binaries with services from scripts/services: locod api + docker-registry (token auth) + locod worker take a deployment to a pushed image")
+    @Test("the real binaries with services from scripts/services: locod api + docker-registry (token auth) + locod worker take examples/hello from upload to serving")
     func binaries() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah") else {
             throw TestSetupError("buildah is not installed: apt-get install -y buildah (scripts/test installs it)")
@@ -48,7 +48,8 @@ struct WorkerBinaryStageTests {
             let api = try ChildProcess(locod, ["api", "--port", "\(apiPort)", "--registry-key", registryKey], environment: env)
             defer { api.stop() }
             env["LOCO_REGISTRY_URL"] = registryURL
-            let workers = try ChildProcess(locod, ["worker", "--queue", "build=1", "--queue", "push=1", "--work-dir", folder.appending(path: "work").path,
+            let workers = try ChildProcess(locod, ["worker", "--queue", "build=1", "--queue", "push=1", "--queue", "apply=1", "--queue", "wait=1",
+                                                   "--queue", "cleanup=1", "--work-dir", folder.appending(path: "work").path,
                                                    "--registry-token-file", tokenFile.path, "--poll-interval-ms", "200"], environment: env)
             defer { workers.stop() }
 
@@ -60,13 +61,14 @@ struct WorkerBinaryStageTests {
             #expect(ready, "\(api.output)")
             _ = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(token)", "-H", "Content-Type: application/json",
                                             "-d", #"{"name":"web","team":"acme"}"#, "\(base)/v1/apps"])
-            let source = folder.appending(path: "app")
-            try FileManager.default.createDirectory(at: source, withIntermediateDirectories: true)
-            try "FROM scratch\nCOPY index.html /srv/\n".write(to: source.appending(path: "Dockerfile"), atomically: true, encoding: .utf8)
-            try "<h1>hi</h1>\n".write(to: source.appending(path: "index.html"), atomically: true, encoding: .utf8)
-            try ContextPacker(folder: source).pack(to: folder.appending(path: "ctx.tar.gz"))
+            let baseImage = folder.appending(path: "base.tar")
+            let made = try await runCommand(URL(fileURLWithPath: "/bin/bash"), [Repo.root.appending(path: "scripts/base-image").path, "--archive", baseImage.path],
+                                            timeout: .seconds(180))
+            #expect(made.status == 0, "\(made.output)")
+            try ContextPacker(folder: Repo.root.appending(path: "examples/hello")).pack(to: folder.appending(path: "ctx.tar.gz"))
+            let config = #"{"name":"web","build":{"args":{"BASE":"oci-archive:\#(baseImage.path)"}},"run":{"port":8080,"health":"/"}}"#
             let submitted = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(token)",
-                                                        "-F", #"config={"name":"web"};type=application/json"#,
+                                                        "-F", "config=\(config);type=application/json",
                                                         "-F", "context=@\(folder.appending(path: "ctx.tar.gz").path);type=application/gzip",
                                                         "\(base)/v1/apps/web/deployments"])
             guard case .number(let id)? = JSONValue.parse(submitted.output)?["id"] else {
@@ -84,7 +86,17 @@ struct WorkerBinaryStageTests {
             let stored = try await client.manifestDigest(repository: "acme/web", reference: try #require(digest),
                                                          accept: ["application/vnd.oci.image.manifest.v1+json"])
             #expect(stored == digest)
+            // The SSE stream ends with the deployment; its last stage says where the app serves.
+            let stream = try await runCommand(curl, ["-s", "-N", "-m", "120", "-H", "Authorization: Bearer \(token)", "\(base)/v1/deployments/\(Int(id))/events"],
+                                              timeout: .seconds(130))
+            #expect(stream.output.contains("event: succeeded") && stream.output.contains(#""state":"succeeded""#), "\(stream.output.suffix(2000))\n\(workers.output.suffix(2000))")
+            let serving = stream.output.firstMatch(of: #/serving at (http://127\.0\.0\.1:\d+)/#).map { String($0.1) }
+            let page = try await runCommand(curl, ["-s", "-m", "5", try #require(serving)])
+            #expect(page.output.contains("Hello from Loco"))
             #expect(!workers.output.contains(workerToken) && !api.output.contains(workerToken), "the worker token stays out of the logs")
+            // The app's containers go with the test.
+            _ = try await runCommand(curl, ["-s", "-X", "DELETE", "-H", "Authorization: Bearer \(token)", "\(base)/v1/apps/web"])
+            _ = try await PodmanRuntime(stateFolder: folder.appending(path: "work/podman"), logger: db.logger).removeApp(team: "acme", app: "web")
             workers.signal(SIGTERM)
             #expect(await workers.waitForExit(timeout: .seconds(30)) == 0)
         }
