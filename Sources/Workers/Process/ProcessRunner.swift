@@ -6,6 +6,19 @@ import Glibc
 /// Runs a command in its own process group, hands its output (stdout and stderr merged) over
 /// line by line as it comes, and kills the whole group at a deadline. posix_spawn and waitpid
 /// directly: Foundation's Process leaves zombies on Linux under load.
+/// glibc's pipe2 (Swift's Glibc module leaves it out: it is a GNU extension). Atomic, unlike
+/// pipe() followed by fcntl, so no spawn on another thread can slip in between.
+@_silgen_name("pipe2")
+private func systemPipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> Int32
+
+/// Set once, read from another thread.
+final class ExitFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}
+
 public enum ProcessRunner {
     public struct Outcome: Sendable {
         public var status: Int32
@@ -15,7 +28,11 @@ public enum ProcessRunner {
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String],
                            timeout: Duration, onLine: @escaping @Sendable (String) -> Void) async throws -> Outcome {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        // Close-on-exec: otherwise every process spawned meanwhile (by this or any other task)
+        // inherits the write end, and this reader waits for EOF until that process dies — a
+        // container monitor can live for hours. The child's own copy is made by dup2, which
+        // clears the flag.
+        guard systemPipe2(&fds, O_CLOEXEC) == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
         let (readEnd, writeEnd) = (fds[0], fds[1])
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -43,10 +60,20 @@ public enum ProcessRunner {
         }
 
         // Output on a thread of its own (reads block); lines are handed over as they complete.
+        // Once the child has exited the reader drains what is there and stops, even if some
+        // grandchild still holds the pipe open.
+        let exited = ExitFlag()
         let reader = Thread {
             var pending = Data()
             var buffer = [UInt8](repeating: 0, count: 64 * 1024)
             while true {
+                var poller = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&poller, 1, 100)
+                if ready == 0 {
+                    if exited.isSet { break }
+                    continue
+                }
+                if ready < 0 && errno == EINTR { continue }
                 let count = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
                 if count <= 0 { break }
                 pending.append(contentsOf: buffer[0..<count])
@@ -78,6 +105,7 @@ public enum ProcessRunner {
         }
         // Children of the group that outlived the leader go too.
         kill(-pid, SIGKILL)
+        exited.set()
         while !reader.isFinished { try? await Task.sleep(for: .milliseconds(5)) }
         let exitCode: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return Outcome(status: exitCode, timedOut: timedOut)
