@@ -130,6 +130,18 @@ struct RuntimeStageTests {
                 #expect(try await get(try await servingURL(third)).contains("Version three"))
                 let cleanupEvent = try await harness.store.events(deploymentID: third.id, after: 0, on: db.client).last { $0.stage == "cleanup" }
                 #expect(cleanupEvent?.message.contains("deleted") == true, "\(String(describing: cleanupEvent))")
+
+                // Deleting the app takes its containers and images with it.
+                let thirdURL = try await servingURL(third)
+                let deleted = try await harness.call(.delete, "/v1/apps/web", token: token)
+                #expect(deleted.status == 204)
+                let removed = try await eventually(timeout: .seconds(30)) {
+                    try await db.scalar("SELECT count(*) FROM loco_jobs WHERE kind = 'app.remove' AND state = 'completed'", as: Int64.self) == 1
+                }
+                #expect(removed)
+                #expect(try await get(thirdURL).isEmpty, "nothing serves the deleted app")
+                #expect(try await runtime.endpoints(deploymentID: third.id, team: "acme", app: "web").isEmpty)
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(third.imageDigest), accept: types) == nil)
             }
         }
     }

@@ -15,6 +15,20 @@ public struct AppAccess: Sendable, Equatable {
     }
 }
 
+/// What the cleanup workers need to remove a deleted app: its names and the images it pushed.
+public struct AppRemovalArgs: JobArgs, Equatable {
+    public static let kind = "app.remove"
+    public var team: String
+    public var app: String
+    public var images: [String]
+
+    public init(team: String, app: String, images: [String]) {
+        self.team = team
+        self.app = app
+        self.images = images
+    }
+}
+
 extension CoreStore {
     public func createApp(teamID: Int64, name: String, type: AppType, ownerID: Int64, on db: some QueryRunner) async throws -> App {
         guard NameRules.isDNSLabel(name) else { throw CoreError.invalidName(what: "app", name: name) }
@@ -75,10 +89,16 @@ extension CoreStore {
     }
 
     /// Deletes an app: cancels its live jobs, then removes it with its deployments, events, env and
-    /// tokens. Returns the build contexts that no deployment references any more.
+    /// tokens, and — in the same transaction — queues an `app.remove` job (queue `cleanup`) that
+    /// takes its containers off the runtime and its images out of the registry. Returns the build
+    /// contexts that no deployment references any more.
     public func deleteApp(id: Int64, on db: some TransactionRunner) async throws -> [String] {
         try await db.transaction { connection in
             try await execute("SELECT id FROM loco_apps WHERE id = \(id) FOR UPDATE", on: connection)
+            if let app = try await app(id: id, on: connection) {
+                let removal = AppRemovalArgs(team: app.team, app: app.name, images: try await pushedImages(appID: id, on: connection))
+                _ = try await jobs.enqueue(try NewJob(removal, queue: Stage.cleanup.queue, maxAttempts: 10), on: connection)
+            }
             var jobIDs: [Int64] = []
             for try await id in try await connection.query("""
                 SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id)

@@ -28,6 +28,17 @@ public struct CleanupStage: Sendable {
 
     public func register(in handlers: inout JobHandlers) {
         handlers.register(kind: Stage.cleanup.jobKind) { args, context in try await self.cleanup(try DeployStages.args(args), context) }
+        handlers.register(AppRemovalArgs.self) { removal, _ in try await self.removeApp(removal) }
+    }
+
+    /// A deleted app: every container goes, and every image it pushed (idempotent: a retry
+    /// finds less to do).
+    func removeApp(_ removal: AppRemovalArgs) async throws {
+        try await runtime?.removeApp(team: removal.team, app: removal.app)
+        for digest in removal.images {
+            _ = try await registry?.deleteManifest(repository: "\(removal.team)/\(removal.app)", digest: digest)
+        }
+        logger.info("removed a deleted app", metadata: ["app": "\(removal.team)/\(removal.app)", "images": "\(removal.images.count)"])
     }
 
     func cleanup(_ args: DeploymentJobArgs, _ context: JobContext) async throws {
