@@ -9,6 +9,7 @@ import LocoQueue
 import LocoTestSupport
 import NIOCore
 import NIOHTTP1
+import PostgresNIO
 import Synchronization
 import Testing
 import Workers
@@ -92,6 +93,40 @@ struct RegistryPushTests {
             let mounted = try await client.push(layout, repository: "acme/api", tag: "x-3", mountFrom: ["acme/web"])
             #expect(mounted.mountedBlobs == 2 && mounted.uploadedBytes == 0, "\(mounted)")
             #expect(try await client.manifestDigest(repository: "acme/api", reference: "x-3", accept: Self.manifestTypes) == first.digest)
+        }
+    }
+
+    @Test("the registry lifecycle deletes images older than six months, except each app's newest two and the serving one")
+    func lifecycle() async throws {
+        try await Self.withRegistry { registry, harness, worker, folder in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let client = RegistryClient(base: "http://127.0.0.1:\(registry.port)", credentials: RegistryCredentials(username: "w", password: worker),
+                                        logger: harness.database.logger)
+            // Five distinct images; deployment history: (age in days, state).
+            let history: [(Int, String)] = [(400, "succeeded"), (300, "succeeded"), (250, "failed"), (200, "succeeded"), (1, "failed")]
+            var digests: [String] = []
+            for (index, (days, state)) in history.enumerated() {
+                let layoutFolder = folder.appending(path: "image-\(index)")
+                try await makeOCILayout(at: layoutFolder)
+                let pushed = try await client.push(try OCILayout(folder: layoutFolder), repository: "acme/web", tag: "v\(index)")
+                digests.append(pushed.digest)
+                try await harness.database.client.query("""
+                    INSERT INTO loco_deployments (app_id, state, image_digest, created_at, finished_at)
+                    VALUES (\(app.id), \(state), \(pushed.digest), now() - make_interval(days => \(days)::int), now() - make_interval(days => \(days)::int))
+                    """).collect()
+            }
+            let stage = CleanupStage(database: harness.database.client, runtime: nil, registry: client, settings: nil, logger: harness.database.logger)
+            let deleted = try await stage.registryLifecycle()
+            // Newest two: #4 (1 day) and #3 (200 days). Serving: #3 (the latest success). Old enough: #0, #1, #2.
+            #expect(Set(deleted) == Set([0, 1, 2].map { "acme/web@\(digests[$0])" }), "\(deleted)")
+            let types = ["application/vnd.oci.image.manifest.v1+json"]
+            for (index, digest) in digests.enumerated() {
+                let present = try await client.manifestDigest(repository: "acme/web", reference: digest, accept: types) != nil
+                #expect(present == (index >= 3), "image \(index)")
+            }
+            #expect(try await stage.registryLifecycle().isEmpty, "a second pass finds nothing")
         }
     }
 

@@ -187,6 +187,32 @@ extension CoreStore {
         return digests
     }
 
+    /// Images the registry lifecycle may delete: for every app, those older than `age` (by the
+    /// last deployment that used them) except its newest `keep` and the one serving now.
+    public func expiredImages(olderThan age: Duration, keep: Int, on db: some QueryRunner) async throws -> [(repository: String, digest: String)] {
+        var result: [(String, String)] = []
+        for try await (team, app, digest) in try await db.run("""
+            WITH used AS (
+                SELECT d.app_id, d.image_digest, max(d.id) AS latest, max(coalesce(d.finished_at, d.created_at)) AS last_used
+                FROM loco_deployments d WHERE d.image_digest IS NOT NULL GROUP BY d.app_id, d.image_digest
+            ), ranked AS (
+                SELECT u.*, row_number() OVER (PARTITION BY u.app_id ORDER BY u.latest DESC) AS rank FROM used u
+            ), serving AS (
+                SELECT DISTINCT ON (app_id) app_id, image_digest FROM loco_deployments
+                WHERE state = 'succeeded' AND image_digest IS NOT NULL ORDER BY app_id, id DESC
+            )
+            SELECT t.name, a.name, r.image_digest FROM ranked r
+            JOIN loco_apps a ON a.id = r.app_id JOIN loco_teams t ON t.id = a.team_id
+            LEFT JOIN serving s ON s.app_id = r.app_id AND s.image_digest = r.image_digest
+            WHERE r.rank > \(Int64(keep)) AND s.app_id IS NULL
+              AND r.last_used < now() - make_interval(secs => \(Double(age.components.seconds))::float8)
+            ORDER BY t.name, a.name, r.latest
+            """, logger: logger).decode((String, String, String).self) {
+            result.append(("\(team)/\(app)", digest))
+        }
+        return result
+    }
+
     /// Of `digests`, those no unfinished deployment needs.
     public func unreferenced(contexts digests: [String], on db: some QueryRunner) async throws -> [String] {
         try await unreferencedContexts(digests, on: db)

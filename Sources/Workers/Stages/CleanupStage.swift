@@ -29,6 +29,22 @@ public struct CleanupStage: Sendable {
     public func register(in handlers: inout JobHandlers) {
         handlers.register(kind: Stage.cleanup.jobKind) { args, context in try await self.cleanup(try DeployStages.args(args), context) }
         handlers.register(AppRemovalArgs.self) { removal, _ in try await self.removeApp(removal) }
+        handlers.register(kind: "registry.cleanup") { _, _ in _ = try await self.registryLifecycle() }
+    }
+
+    /// The registry's lifecycle (cron `registry-cleanup`, daily at 03:00): deletes images older
+    /// than six months, except each app's newest `keepImages` and its serving one. The blobs
+    /// they freed are reclaimed by the registry's garbage collection, which the operator runs
+    /// with the registry stopped or read-only (`docker-registry garbage-collect config.yml`).
+    public func registryLifecycle(olderThan age: Duration = .seconds(180 * 86_400)) async throws -> [String] {
+        guard let registry else { return [] }
+        var deleted: [String] = []
+        for (repository, digest) in try await store.expiredImages(olderThan: age, keep: keepImages, on: database)
+            where try await registry.deleteManifest(repository: repository, digest: digest) {
+            deleted.append("\(repository)@\(digest)")
+        }
+        logger.info("registry lifecycle", metadata: ["deleted": "\(deleted.count)"])
+        return deleted
     }
 
     /// A deleted app: every container goes, and every image it pushed (idempotent: a retry
