@@ -6,9 +6,9 @@ import Foundation
 /// outside, device files and FIFOs; and capping total size, file count and path length.
 /// The first bad entry fails the whole unpack, naming the entry.
 public struct ContextUnpacker: Sendable {
-    public var maxBytes: Int64 = 2 * 1024 * 1024 * 1024
-    public var maxFiles = 100_000
-    public var maxPathLength = 4096
+    public var maxBytes: Int64
+    public var maxFiles: Int
+    public var maxPathLength: Int
 
     public init(maxBytes: Int64 = 2 * 1024 * 1024 * 1024, maxFiles: Int = 100_000, maxPathLength: Int = 4096) {
         self.maxBytes = maxBytes

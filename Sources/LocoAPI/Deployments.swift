@@ -153,22 +153,23 @@ extension API {
         let id = deployment.id
         let body = ResponseBody { writer in
             var after = resume
-            var quiet = ContinuousClock.now
-            while !Task.isCancelled {
-                let events = try await store.events(deploymentID: id, after: after, on: database)
+            func send(_ events: [DeploymentEvent]) async throws {
                 for event in events {
                     try await writer.write(ByteBuffer(string: "id: \(event.id)\nevent: \(event.type)\ndata: \(CoreJSON.encode(event))\n\n"))
                     after = event.id
                 }
+            }
+            var quiet = ContinuousClock.now
+            while !Task.isCancelled {
+                let events = try await store.events(deploymentID: id, after: after, on: database)
+                try await send(events)
                 if !events.isEmpty { quiet = ContinuousClock.now; continue }
                 // The final state and its event commit together, so once the state is final every
                 // event is visible; one more read picks up any that landed since the last one.
-                let current = try await store.deployment(id: id, on: database)
-                if current?.state.isFinal ?? true {
-                    for event in try await store.events(deploymentID: id, after: after, on: database) {
-                        try await writer.write(ByteBuffer(string: "id: \(event.id)\nevent: \(event.type)\ndata: \(CoreJSON.encode(event))\n\n"))
-                    }
-                    let end = #"{"deployment_id":\#(id),"state":"\#(current?.state.rawValue ?? "deleted")"}"#
+                let state = try await store.deploymentState(id: id, on: database)
+                if state?.isFinal ?? true {
+                    try await send(try await store.events(deploymentID: id, after: after, on: database))
+                    let end = #"{"deployment_id":\#(id),"state":"\#(state?.rawValue ?? "deleted")"}"#
                     try await writer.write(ByteBuffer(string: "event: end\ndata: \(end)\n\n"))
                     break
                 }

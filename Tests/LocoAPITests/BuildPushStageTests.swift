@@ -125,3 +125,69 @@ struct BuildPushStageTests {
         }
     }
 }
+
+@Suite("Image hand-off settings", .serialized)
+struct ImageHandoffTests {
+    @Test("push-from-builder pushes from the build worker and the push stage only checks the registry; a push worker with no image to hand over retries with IMAGE_HANDOFF_MISSING")
+    func handoffModes() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah") else {
+            throw TestSetupError("buildah is not installed: apt-get install -y buildah (scripts/test installs it)")
+        }
+        try await RegistryPushTests.withRegistry { registry, harness, worker, folder in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            _ = try await harness.app("web", in: team, owner: ann)
+            _ = try await harness.app("api", in: team, owner: ann)
+            let token = try await harness.token(for: ann)
+            let db = harness.database
+            let credentials = RegistryCredentials(username: "w", password: worker)
+            func settings(_ handoff: ImageHandoff, work: String) -> StageSettings {
+                StageSettings(contexts: harness.api.contexts, workFolder: folder.appending(path: work),
+                              builder: BuilderConfiguration(stateFolder: folder.appending(path: "\(work)/buildah"), timeout: .seconds(120)),
+                              registryURL: "http://127.0.0.1:\(registry.port)", registryCredentials: credentials, handoff: handoff)
+            }
+            let (headers, body) = try BuildPushStageTests.deployBody(["Dockerfile": "FROM scratch\nCOPY index.html /\n", "index.html": "hi\n"], in: folder)
+
+            // push-from-builder: the build worker pushes; the push stage confirms.
+            var direct = JobHandlers()
+            try DeployStages(database: db.client, settings: settings(.pushFromBuilder, work: "direct"), logger: db.logger).register(in: &direct, stages: [.build, .push])
+            let first = try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: headers, body: body)
+            guard case .number(let firstID)? = first.json?["id"] else { throw TestSetupError("no id: \(first.text)") }
+            try await db.withWorker(fastConfiguration([("build", 1), ("push", 1)]), handlers: direct) { _ in
+                let pushed = try await eventually(timeout: .seconds(60), every: .milliseconds(100)) {
+                    try await db.state(ofDeploymentJob: Int64(firstID), stage: "push") == "completed"
+                }
+                #expect(pushed)
+            }
+            let deployment = try #require(try await harness.store.deployment(id: Int64(firstID), on: db.client))
+            let digest = try #require(deployment.imageDigest)
+            let events = try await harness.store.events(deploymentID: deployment.id, after: 0, on: db.client)
+            #expect(events.contains { $0.stage == "build" && $0.type == "stage_finished" && $0.message.contains("pushed") }, "\(events.map(\.message))")
+            #expect(events.contains { $0.stage == "push" && $0.message.contains("the registry has \(digest)") }, "\(events.map(\.message))")
+
+            // shared-disk, but build and push on different work folders (two machines): the push
+            // attempt fails as retryable with IMAGE_HANDOFF_MISSING, naming the setting.
+            var builderHandlers = JobHandlers()
+            try DeployStages(database: db.client, settings: settings(.sharedDisk, work: "machine-a"), logger: db.logger).register(in: &builderHandlers, stages: [.build])
+            var pusherHandlers = JobHandlers()
+            try DeployStages(database: db.client, settings: settings(.sharedDisk, work: "machine-b"), logger: db.logger).register(in: &pusherHandlers, stages: [.push])
+            let second = try await harness.call(.post, "/v1/apps/api/deployments", token: token, headers: headers, body: body)
+            guard case .number(let secondID)? = second.json?["id"] else { throw TestSetupError("no id: \(second.text)") }
+            try await db.withWorker(fastConfiguration([("build", 1)]), handlers: builderHandlers) { _ in
+                let built = try await eventually(timeout: .seconds(60), every: .milliseconds(100)) {
+                    try await db.state(ofDeploymentJob: Int64(secondID), stage: "build") == "completed"
+                }
+                #expect(built)
+            }
+            try await db.withWorker(fastConfiguration([("push", 1)]), handlers: pusherHandlers) { _ in
+                let retried = try await eventually(timeout: .seconds(30), every: .milliseconds(100)) {
+                    try await db.scalar("""
+                        SELECT count(*) FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id
+                        WHERE dj.deployment_id = \(Int64(secondID)) AND dj.stage = 'push' AND j.errors::text LIKE '%IMAGE_HANDOFF_MISSING%push-from-builder%'
+                        """, as: Int64.self) > 0
+                }
+                #expect(retried)
+            }
+        }
+    }
+}

@@ -76,10 +76,10 @@ extension CoreStore {
                    cancel_requested = d.cancel_requested OR \(final == .cancelled),
                    in_line = false
             FROM loco_deployments old WHERE d.id = old.id AND d.id = \(deploymentID)
-            RETURNING d.app_id, old.in_line, d.context_digest, (SELECT type FROM loco_apps WHERE id = d.app_id)
+            RETURNING d.app_id, old.in_line, d.context_digest
             """, logger: logger)
         var appID: Int64 = 0, wasInLine = false, digest: String? = nil
-        for try await (app, inLine, context, _) in row.decode((Int64, Bool, String?, String).self) {
+        for try await (app, inLine, context) in row.decode((Int64, Bool, String?).self) {
             appID = app
             wasInLine = inLine
             digest = context

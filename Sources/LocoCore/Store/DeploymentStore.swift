@@ -90,6 +90,11 @@ extension CoreStore {
                            as: Deployment.self, on: db)
     }
 
+    /// Just the state: what an event stream checks between reads (`nil`: the deployment is gone).
+    public func deploymentState(id: Int64, on db: some QueryRunner) async throws -> DeploymentState? {
+        try await scalar("SELECT state FROM loco_deployments WHERE id = \(id)", as: String.self, on: db).flatMap(DeploymentState.init(rawValue:))
+    }
+
     /// Newest first; `before` pages back.
     public func deployments(appID: Int64, limit: Int, before: Int64?, on db: some QueryRunner) async throws -> [Deployment] {
         try await documents("""
@@ -99,19 +104,10 @@ extension CoreStore {
             """, as: Deployment.self, on: db)
     }
 
+    /// The app's status as a model: the same document the API serves, decoded.
     public func status(app: App, on db: some QueryRunner) async throws -> AppStatus {
-        let current = try await document("""
-            SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom)
-            WHERE d.app_id = \(app.id) AND d.state = 'succeeded' ORDER BY d.id DESC LIMIT 1
-            """, as: Deployment.self, on: db)
-        let running = try await inFlight(appID: app.id, on: db)
-        let waiting = try await scalar("SELECT count(*) FROM loco_deployments WHERE app_id = \(app.id) AND in_line AND state = 'queued'",
-                                       as: Int64.self, on: db) ?? 0
-        let failure = try await document("""
-            SELECT \(unescaped: Projection.deployment) FROM \(unescaped: Self.deploymentFrom)
-            WHERE d.app_id = \(app.id) AND d.state = 'failed' AND d.id > \(current?.id ?? 0) ORDER BY d.id DESC LIMIT 1
-            """, as: Deployment.self, on: db)
-        return AppStatus(app: app, current: current, inFlight: running, waiting: Int(waiting), lastFailure: failure)
+        guard let json = try await statusDocument(appID: app.id, on: db) else { throw CoreError.notFound(what: "app", name: app.name) }
+        return try CoreJSON.decoder.decode(AppStatus.self, from: Data(json.utf8))
     }
 
     /// The app's status as the API returns it, built by the database in one round trip, with the

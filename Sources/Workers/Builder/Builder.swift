@@ -62,40 +62,17 @@ public struct Builder: Sendable {
     public let configuration: BuilderConfiguration
     let logger: Logger
 
+    /// The tools' environment: the project's config files, chroot isolation, a temp folder of its own.
+    let environment: [String: String]
+
     public init(configuration: BuilderConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
-        try writeConfigFiles()
-    }
-
-    var storageConf: URL { configuration.stateFolder.appending(path: "storage.conf") }
-    var registriesConf: URL { configuration.stateFolder.appending(path: "registries.conf") }
-
-    func writeConfigFiles() throws {
-        let state = configuration.stateFolder
-        try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
-        try """
-            [storage]
-            driver = "vfs"
-            graphroot = "\(state.path)/storage"
-            runroot = "\(state.path)/run"
-            """.write(to: storageConf, atomically: true, encoding: .utf8)
-        var registries = "unqualified-search-registries = []\n"
-        for registry in configuration.insecureRegistries {
-            registries += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n"
-        }
-        try registries.write(to: registriesConf, atomically: true, encoding: .utf8)
-    }
-
-    var environment: [String: String] {
-        [
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": configuration.stateFolder.path,
-            "CONTAINERS_STORAGE_CONF": storageConf.path,
-            "CONTAINERS_REGISTRIES_CONF": registriesConf.path,
-            "BUILDAH_ISOLATION": "chroot",
-            "TMPDIR": configuration.stateFolder.appending(path: "tmp").path,
-        ]
+        var environment = try ContainersConfig.write(stateFolder: configuration.stateFolder,
+                                                     insecureRegistries: configuration.insecureRegistries, engine: false)
+        environment["BUILDAH_ISOLATION"] = "chroot"
+        environment["TMPDIR"] = configuration.stateFolder.appending(path: "tmp").path
+        self.environment = environment
     }
 
     /// Runs the build; every output line goes to `onLine` as it comes.

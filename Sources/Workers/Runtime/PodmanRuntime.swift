@@ -13,46 +13,19 @@ public struct PodmanRuntime: Runtime {
     let podman: String
     let logger: Logger
 
+    let environment: [String: String]
+
     public init(stateFolder: URL, insecureRegistries: [String] = [], podman: String = "/usr/bin/podman", logger: Logger) throws {
         self.stateFolder = stateFolder
         self.insecureRegistries = insecureRegistries
         self.podman = podman
         self.logger = logger
-        try writeConfigFiles()
-    }
-
-    func writeConfigFiles() throws {
-        try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
-        // crun fails on these hosts' hybrid cgroups, and runc cannot set rlimits equal to the hard limits.
-        try """
-            [engine]
-            cgroup_manager = "cgroupfs"
-            events_logger = "file"
-            runtime = "runc"
-            [containers]
-            default_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]
-            """.write(to: stateFolder.appending(path: "containers.conf"), atomically: true, encoding: .utf8)
-        try """
-            [storage]
-            driver = "vfs"
-            graphroot = "\(stateFolder.path)/storage"
-            runroot = "\(stateFolder.path)/run"
-            """.write(to: stateFolder.appending(path: "storage.conf"), atomically: true, encoding: .utf8)
-        var registries = "unqualified-search-registries = []\n"
-        for registry in insecureRegistries { registries += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n" }
-        try registries.write(to: stateFolder.appending(path: "registries.conf"), atomically: true, encoding: .utf8)
-    }
-
-    var environment: [String: String] {
-        ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": stateFolder.path,
-         "CONTAINERS_CONF": stateFolder.appending(path: "containers.conf").path,
-         "CONTAINERS_STORAGE_CONF": stateFolder.appending(path: "storage.conf").path,
-         "CONTAINERS_REGISTRIES_CONF": stateFolder.appending(path: "registries.conf").path]
+        self.environment = try ContainersConfig.write(stateFolder: stateFolder, insecureRegistries: insecureRegistries, engine: true)
     }
 
     /// Runs podman; returns its exit status and output.
     func run(_ arguments: [String], extraEnvironment: [String: String] = [:], timeout: Duration = .seconds(300)) async throws -> (Int32, String) {
-        let output = OutputCollector()
+        let output = LineBuffer()
         let outcome = try await ProcessRunner.run(podman, arguments, environment: environment.merging(extraEnvironment) { _, new in new },
                                                   timeout: timeout) { output.add($0) }
         return (outcome.timedOut ? -1 : outcome.status, output.text)
@@ -185,7 +158,7 @@ public struct PodmanRuntime: Runtime {
 
     /// podman here does not set OOMKilled; the kernel log names the container's memory cgroup.
     func killedForMemory(_ containerID: String) async throws -> Bool {
-        let output = OutputCollector()
+        let output = LineBuffer()
         _ = try? await ProcessRunner.run("/bin/dmesg", [], environment: environment, timeout: .seconds(10)) { output.add($0) }
         return output.text.split(separator: "\n").contains { $0.contains(containerID.prefix(12)) && $0.lowercased().contains("oom") }
     }
@@ -218,12 +191,4 @@ public struct PodmanRuntime: Runtime {
         for container in try await containers(team: team, app: app) { lines += try await logTail(container.Name, lines: tail) }
         return lines
     }
-}
-
-/// Collects a command's output lines.
-final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
-    func add(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
-    var text: String { lock.lock(); defer { lock.unlock() }; return lines.joined(separator: "\n") }
 }

@@ -207,12 +207,6 @@ public struct DeployStages: Sendable {
     }
 }
 
-final class LineBuffer: Sendable {
-    private let lines = Mutex<[String]>([])
-    func add(_ line: String) { lines.withLock { $0.append(line) } }
-    func take() -> [String] { lines.withLock { lines in defer { lines.removeAll() }; return lines } }
-}
-
 /// Build output as deployment events, written in batches (a line per event, many lines per
 /// statement), in order.
 final class OutputEvents: Sendable {

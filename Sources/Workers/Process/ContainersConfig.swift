@@ -1,0 +1,41 @@
+import Foundation
+
+/// The containers/* config files buildah and podman read, owned by the project: vfs storage in
+/// a state folder of its own, plain-HTTP registries marked insecure, and (for podman) the engine
+/// settings that work on these hosts. Returns the environment that points the tools at them.
+enum ContainersConfig {
+    static func write(stateFolder: URL, insecureRegistries: [String], engine: Bool) throws -> [String: String] {
+        try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
+        let storage = stateFolder.appending(path: "storage.conf")
+        let registries = stateFolder.appending(path: "registries.conf")
+        try """
+            [storage]
+            driver = "vfs"
+            graphroot = "\(stateFolder.path)/storage"
+            runroot = "\(stateFolder.path)/run"
+            """.write(to: storage, atomically: true, encoding: .utf8)
+        var text = "unqualified-search-registries = []\n"
+        for registry in insecureRegistries { text += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n" }
+        try text.write(to: registries, atomically: true, encoding: .utf8)
+        var environment = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": stateFolder.path,
+            "CONTAINERS_STORAGE_CONF": storage.path,
+            "CONTAINERS_REGISTRIES_CONF": registries.path,
+        ]
+        if engine {
+            // crun fails on these hosts' hybrid cgroups, and runc cannot set rlimits equal to the hard limits.
+            let containers = stateFolder.appending(path: "containers.conf")
+            try """
+                [engine]
+                cgroup_manager = "cgroupfs"
+                events_logger = "file"
+                runtime = "runc"
+                [containers]
+                default_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]
+                """.write(to: containers, atomically: true, encoding: .utf8)
+            environment["CONTAINERS_CONF"] = containers.path
+        }
+        return environment
+    }
+}
