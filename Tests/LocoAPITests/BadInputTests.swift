@@ -126,13 +126,15 @@ struct BadInputTests {
         }
     }
 
-    /// Sends raw bytes with /usr/bin/curl's cousin, bash's /dev/tcp, and returns what came back.
+    /// Sends raw bytes over bash's /dev/tcp and returns what came back. The write runs beside the
+    /// read, each with its own deadline: a server that answers and closes before reading all of
+    /// an oversized request must not leave the writer blocking the reader.
     func rawHTTP(port: Int, _ request: String) async throws -> String {
         let file = FileManager.default.temporaryDirectory.appending(path: "loco-raw-\(UUID().uuidString)")
         try Data(request.utf8).write(to: file)
         defer { try? FileManager.default.removeItem(at: file) }
-        let script = "exec 3<>/dev/tcp/127.0.0.1/\(port); cat \(file.path) >&3; timeout 5 cat <&3"
-        return try await runCommand(URL(fileURLWithPath: "/bin/bash"), ["-c", script], timeout: .seconds(10)).output
+        let script = "exec 3<>/dev/tcp/127.0.0.1/\(port); timeout 10 cat \(file.path) >&3 2>/dev/null & timeout 10 cat <&3; wait"
+        return try await runCommand(URL(fileURLWithPath: "/bin/bash"), ["-c", script], timeout: .seconds(30)).output
     }
 
     static func gzip(_ data: Data) async throws -> Data {
