@@ -27,10 +27,18 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
     ],
     targets: [
         // What every module shares without linking the server: coded errors.
         .target(name: "LocoShared", swiftSettings: swiftSettings),
+        // loco.toml: parsing (TOMLKit), validation with lines, defaults. Shared by the CLI and the
+        // API, so it links no server code.
+        .target(
+            name: "LocoConfig",
+            dependencies: ["LocoShared", .product(name: "TOMLKit", package: "TOMLKit")],
+            swiftSettings: swiftSettings
+        ),
         // libarchive from the system (Debian libarchive-dev): build contexts as tar + gzip.
         .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         // Build contexts: .dockerignore rules, packing (CLI) and safe unpacking (build workers).
@@ -57,7 +65,7 @@ let package = Package(
         .target(
             name: "LocoCore",
             dependencies: [
-                "LocoQueue", "CZlib",
+                "LocoQueue", "LocoConfig", "CZlib",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -68,7 +76,7 @@ let package = Package(
         .target(
             name: "Workers",
             dependencies: [
-                "LocoCore", "LocoQueue", "BuildContext",
+                "LocoCore", "LocoQueue", "LocoConfig", "BuildContext",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -81,7 +89,7 @@ let package = Package(
         .target(
             name: "LocoAPI",
             dependencies: [
-                "LocoCore", "LocoQueue",
+                "LocoCore", "LocoQueue", "LocoConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -120,6 +128,11 @@ let package = Package(
         .testTarget(
             name: "WorkersTests",
             dependencies: ["Workers", "BuildContext", "LocoTestSupport", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LocoConfigTests",
+            dependencies: ["LocoConfig", "LocoShared"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import LocoConfig
 import LocoCore
 import LocoQueue
 import NIOCore
@@ -22,7 +23,7 @@ extension API {
             throw CoreError.unsupportedMediaType(got: contentType.isEmpty ? "(none)" : contentType, expected: "multipart/form-data with a boundary")
         }
         let queueBehind = request.query("queue") == "true" || request.query("queue") == "1"
-        let (config, stored) = try await readDeploymentUpload(request.body, boundary: boundary)
+        let (config, stored) = try await readDeploymentUpload(request.body, boundary: boundary, app: access.app.name)
         if access.app.type.isBuilt && stored == nil {
             throw CoreError.invalidUpload(reason: "a \(access.app.type.rawValue) app needs a 'context' part with its build context")
         }
@@ -42,7 +43,7 @@ extension API {
     }
 
     /// Reads the multipart body; the context goes straight to disk. Nothing is left behind on error.
-    func readDeploymentUpload(_ body: RequestBody, boundary: String) async throws -> (JSONValue, StoredContext?) {
+    func readDeploymentUpload(_ body: RequestBody, boundary: String, app: String) async throws -> (JSONValue, StoredContext?) {
         var reader = MultipartReader(boundary: boundary)
         var configBytes: [UInt8] = []
         var sawConfig = false
@@ -83,7 +84,7 @@ extension API {
             }
             guard reader.finished else { throw CoreError.invalidUpload(reason: "the body ends before the closing multipart boundary") }
             guard sawConfig else { throw CoreError.invalidUpload(reason: "the 'config' part is missing") }
-            return (try Self.parseConfig(configBytes), stored)
+            return (try Self.parseConfig(configBytes, app: app), stored)
         } catch {
             upload?.abandon()
             if let stored { contexts.remove(digests: (try? await store.unreferenced(contexts: [stored.digest], on: database)) ?? []) }
@@ -91,29 +92,21 @@ extension API {
         }
     }
 
-    /// The deployed config: a JSON object whose services, if listed, have valid names.
-    /// (Full loco.toml validation lives with AppConfig; this keeps the pipeline's own assumptions.)
-    static func parseConfig(_ bytes: [UInt8]) throws -> JSONValue {
+    /// The deployed config: loco.toml as JSON, checked by the same rules as `loco validate`, and
+    /// stored with every default filled in, so workers never guess.
+    static func parseConfig(_ bytes: [UInt8], app: String) throws -> JSONValue {
         guard let config = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)) else {
             throw CoreError.invalidJSON(reason: "the 'config' part does not parse")
         }
         guard case .object = config else { throw CoreError.invalidJSON(reason: "the 'config' part must be a JSON object") }
-        if let services = config["services"] {
-            guard case .array(let list) = services, !list.isEmpty else {
-                throw CoreError.invalidField(field: "config.services", reason: "must be a non-empty list", hint: "Give each service a name, or leave 'services' out.")
-            }
-            var seen = Set<String>()
-            for (index, service) in list.enumerated() {
-                guard let name = service["name"]?.stringValue, NameRules.isDNSLabel(name) else {
-                    throw CoreError.invalidField(field: "config.services[\(index)].name", reason: "is missing or not a DNS-1123 label",
-                                                 hint: "Use lowercase letters, digits and '-', e.g. 'api'.")
-                }
-                guard seen.insert(name).inserted else {
-                    throw CoreError.invalidField(field: "config.services[\(index)].name", reason: "'\(name)' is listed twice", hint: "Give every service its own name.")
-                }
-            }
+        do {
+            return try ConfigLoader.parse(json: config, defaultName: app).json
+        } catch {
+            let first = error.issues.first
+            throw CoreError.invalidField(field: "config" + (first.map { $0.key.isEmpty ? "" : ".\($0.key)" } ?? ""),
+                                         reason: error.issues.map(\.description).joined(separator: "; "),
+                                         hint: error.kind == .tooNew ? error.hint : "Run 'loco validate' on the loco.toml; every problem is listed with what is allowed.")
         }
-        return config
     }
 
     func listDeployments(_ request: Request, _ context: BasicRequestContext) async throws -> Response {

@@ -1,4 +1,5 @@
 import Foundation
+import LocoShared
 import LocoQueue
 import PostgresNIO
 
