@@ -223,10 +223,43 @@ extension API {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: json)))
     }
 
+    /// `GET /v1/apps/{app}/logs`: NDJSON, one `{at, service, deployment_id, line}` per line, oldest
+    /// first; `follow` keeps the stream open, `since` (RFC 3339 or `10m`, `2h`, `1d`), `tail` (lines
+    /// per container).
     func appLogs(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        _ = try await app(request, context, for: .readLogs)
-        // App logs come from the runtime, which arrives with its own issue; until then say so.
-        throw CoreError.runtimeUnavailable
+        let (_, access) = try await app(request, context, for: .readLogs)
+        guard let logs else { throw CoreError.runtimeUnavailable }
+        let follow = request.query("follow") == "true" || request.query("follow") == "1"
+        let tail = try request.query("tail").map { text -> Int in
+            guard let number = Int(text), (0...100_000).contains(number) else {
+                throw CoreError.invalidField(field: "tail", reason: "must be a number from 0 to 100000", hint: "For example ?tail=100.")
+            }
+            return number
+        }
+        let since = try request.query("since").map { text -> Date in
+            guard let date = Self.since(text, now: Date()) else {
+                throw CoreError.invalidField(field: "since", reason: "'\(text.prefix(40))' is neither a time nor a duration",
+                                             hint: "Use an RFC 3339 time (2026-11-26T10:00:00Z) or a duration like 30s, 10m, 2h, 1d.")
+            }
+            return date
+        }
+        let stream = logs.logStream(team: access.app.team, app: access.app.name, options: LogOptions(follow: follow, since: since, tail: tail))
+        let body = ResponseBody { writer in
+            for try await line in stream {
+                try await writer.write(ByteBuffer(string: CoreJSON.encode(line) + "\n"))
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
+                        body: body)
+    }
+
+    /// `since`: an RFC 3339 time, or a duration back from now (`90s`, `10m`, `2h`, `1d`).
+    static func since(_ text: String, now: Date) -> Date? {
+        if let date = try? Date(text, strategy: .iso8601) { return date }
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        guard let unit = text.last.flatMap({ units[$0] }), let amount = Double(text.dropLast()), amount >= 0, amount < 1e7 else { return nil }
+        return now.addingTimeInterval(-amount * unit)
     }
 
     // MARK: env

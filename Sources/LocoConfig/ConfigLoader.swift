@@ -92,7 +92,9 @@ public enum ConfigLoader {
         }
         var reader = ConfigReader(lineOf: lineOf)
         if let config = reader.read(tree, defaultName: defaultName) { return config }
-        throw ConfigError(kind: .invalid, file: file, issues: reader.issues)
+        // In file order, so a reader can go down the file fixing them.
+        let ordered = reader.issues.enumerated().sorted { ($0.element.line ?? .max, $0.offset) < ($1.element.line ?? .max, $1.offset) }.map(\.element)
+        throw ConfigError(kind: .invalid, file: file, issues: ordered)
     }
 }
 

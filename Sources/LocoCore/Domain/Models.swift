@@ -130,6 +130,9 @@ public struct FailureReport: Sendable, Codable, Equatable {
 }
 
 public struct Deployment: Sendable, Codable, Equatable {
+    /// The image a service runs: its own, or the app's only one.
+    public func image(of service: String) -> String? { images[service] ?? imageRef }
+
     public var id: Int64
     public var appID: Int64
     public var app: String
@@ -143,6 +146,10 @@ public struct Deployment: Sendable, Codable, Equatable {
     public var contextBytes: Int64?
     public var imageDigest: String?
     public var imageRef: String?
+    /// Service name → pushed image reference (by digest).
+    public var images: [String: String]
+    /// Where the version answers once it serves.
+    public var url: String?
     public var stages: [String: StageTiming]
     public var report: FailureReport?
     public var cancelRequested: Bool
@@ -152,7 +159,7 @@ public struct Deployment: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case id, appID = "app_id", app, team, state, queuedBehind = "queued_behind", createdBy = "created_by", config
         case contextDigest = "context_digest", contextBytes = "context_bytes", imageDigest = "image_digest"
-        case imageRef = "image_ref", stages, report, cancelRequested = "cancel_requested", createdAt = "created_at"
+        case imageRef = "image_ref", images, url, stages, report, cancelRequested = "cancel_requested", createdAt = "created_at"
         case finishedAt = "finished_at"
     }
 }

@@ -8,11 +8,14 @@ public struct StageResult: Sendable {
     public var imageDigest: String?
     public var imageRef: String?
     public var message: String?
+    /// Where the version answers (the wait stage records it).
+    public var url: String?
 
-    public init(imageDigest: String? = nil, imageRef: String? = nil, message: String? = nil) {
+    public init(imageDigest: String? = nil, imageRef: String? = nil, message: String? = nil, url: String? = nil) {
         self.imageDigest = imageDigest
         self.imageRef = imageRef
         self.message = message
+        self.url = url
     }
 }
 
@@ -46,6 +49,9 @@ extension CoreStore {
             UPDATE loco_deployments SET
                 image_digest = coalesce(\(result.imageDigest), image_digest),
                 image_ref = coalesce(\(result.imageRef), image_ref),
+                images = CASE WHEN \(service)::text IS NULL OR \(result.imageRef)::text IS NULL THEN images
+                              ELSE images || jsonb_build_object(\(service)::text, \(result.imageRef)::text) END,
+                url = coalesce(\(result.url), url),
                 stages = jsonb_set(stages, ARRAY[\(stage.rawValue)::text],
                                    coalesce(stages -> \(stage.rawValue), '{}'::jsonb) || jsonb_build_object('finished_at', loco_rfc3339(now())))
             WHERE id = \(deploymentID)

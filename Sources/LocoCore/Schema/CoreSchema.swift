@@ -125,5 +125,9 @@ public enum CoreSchema {
             """,
             "CREATE INDEX loco_tokens_user ON loco_tokens (user_id)",
         ]),
+        Migration(version: 2, name: "deployment_url_and_images", statements: [
+            // Where the deployed version answers, and each service's pushed image (multi-service apps).
+            "ALTER TABLE loco_deployments ADD COLUMN url text, ADD COLUMN images jsonb NOT NULL DEFAULT '{}'::jsonb",
+        ]),
     ]
 }

@@ -62,7 +62,7 @@ enum Projection {
         jsonb_build_object('id', d.id, 'app_id', d.app_id, 'app', a.name, 'team', t.name, 'state', d.state,
                            'queued_behind', d.queued_behind, 'created_by', d.created_by, 'config', d.config,
                            'context_digest', d.context_digest, 'context_bytes', d.context_bytes,
-                           'image_digest', d.image_digest, 'image_ref', d.image_ref, 'stages', d.stages,
+                           'image_digest', d.image_digest, 'image_ref', d.image_ref, 'images', d.images, 'url', d.url, 'stages', d.stages,
                            'report', d.report, 'cancel_requested', d.cancel_requested,
                            'created_at', loco_rfc3339(d.created_at), 'finished_at', loco_rfc3339(d.finished_at))::text
         """

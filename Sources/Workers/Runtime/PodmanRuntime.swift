@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import LocoCore
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -14,9 +15,12 @@ public struct PodmanRuntime: Runtime {
     let logger: Logger
 
     let environment: [String: String]
+    /// Each app's stable address, routed by path prefix to its serving containers.
+    public let entryPoint: LocalEntryPoint
 
     public init(stateFolder: URL, insecureRegistries: [String] = [], podman: String = "/usr/bin/podman", logger: Logger) throws {
         self.stateFolder = stateFolder
+        self.entryPoint = LocalEntryPoint(folder: stateFolder.appending(path: "entry"), logger: logger)
         self.insecureRegistries = insecureRegistries
         self.podman = podman
         self.logger = logger
@@ -168,10 +172,20 @@ public struct PodmanRuntime: Runtime {
         return output.split(separator: "\n", omittingEmptySubsequences: false).map(String.init).filter { !$0.isEmpty }
     }
 
-    public func promote(deploymentID: Int64, team: String, app: String) async throws {
+    public func promote(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> String {
+        let endpoints = try await endpoints(deploymentID: deploymentID, team: team, app: app)
+        let routes = services.compactMap { service in endpoints[service.name].map { LocalEntryPoint.Route(prefix: service.pathPrefix, upstream: $0) } }
+        let address: String
+        do { address = try await entryPoint.publish(team: team, app: app, routes: routes) } catch {
+            throw RolloutFailure(code: "ENTRY_POINT_FAILED", message: "the app's local address could not be switched: \(error)",
+                                 hint: "Install nginx on the wait workers (apt-get install -y nginx-light) and check \(entryPoint.folder.path)/error.log.",
+                                 service: nil, exitCode: nil, logTail: [])
+        }
+        // Only now that the address points at the new version do the old ones stop.
         for container in try await containers(team: team, app: app) where container.Config.Labels?["loco.deployment"] != "\(deploymentID)" {
             _ = try await run(["rm", "-f", "-t", "5", container.Name])
         }
+        return address
     }
 
     public func remove(deploymentID: Int64, team: String, app: String) async throws {
@@ -184,11 +198,69 @@ public struct PodmanRuntime: Runtime {
         for container in try await containers(team: team, app: app) {
             _ = try await run(["rm", "-f", "-t", "0", container.Name])
         }
+        try await entryPoint.unpublish(team: team, app: app)
     }
 
     public func logs(team: String, app: String, tail: Int) async throws -> [String] {
         var lines: [String] = []
         for container in try await containers(team: team, app: app) { lines += try await logTail(container.Name, lines: tail) }
         return lines
+    }
+
+    public func logStream(team: String, app: String, options: LogOptions) -> AsyncThrowingStream<LogLine, any Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    let found = try await containers(team: team, app: app).sorted { ($0.Config.Labels?["loco.deployment"] ?? "") < ($1.Config.Labels?["loco.deployment"] ?? "") }
+                    // Without follow, lines of all containers are merged by time; with follow,
+                    // each container's lines flow as they come.
+                    var collected: [LogLine] = []
+                    try await withThrowingTaskGroup(of: [LogLine].self) { group in
+                        for container in found {
+                            let service = container.Config.Labels?["loco.service"] ?? container.Name
+                            let deployment = container.Config.Labels?["loco.deployment"].flatMap { Int64($0) }
+                            var arguments = ["logs", "--timestamps"]
+                            if options.follow { arguments.append("--follow") }
+                            if let since = options.since { arguments += ["--since", "\(Int64(since.timeIntervalSince1970))"] }
+                            if let tail = options.tail { arguments += ["--tail", "\(tail)"] }
+                            arguments.append(container.Name)
+                            let follow = options.follow
+                            group.addTask {
+                                let lines = LineBuffer()
+                                _ = try await ProcessRunner.run(podman, arguments, environment: environment, timeout: follow ? .seconds(86_400) : .seconds(60)) { text in
+                                    let line = Self.logLine(text, service: service, deploymentID: deployment)
+                                    if follow { continuation.yield(line) } else { lines.add(text) }
+                                }
+                                return lines.take().map { Self.logLine($0, service: service, deploymentID: deployment) }
+                            }
+                        }
+                        for try await lines in group { collected += lines }
+                    }
+                    for line in collected.sorted(by: { ($0.at ?? .distantPast) < ($1.at ?? .distantPast) }) { continuation.yield(line) }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    /// `2026-11-26T23:59:01.123456789+00:00 text` (podman logs --timestamps) → a log line.
+    static func logLine(_ text: String, service: String, deploymentID: Int64?) -> LogLine {
+        guard let space = text.firstIndex(of: " ") else { return LogLine(at: nil, service: service, deploymentID: deploymentID, line: text) }
+        let stamp = String(text[..<space])
+        let date = parseTimestamp(stamp)
+        return LogLine(at: date, service: service, deploymentID: deploymentID, line: date == nil ? text : String(text[text.index(after: space)...]))
+    }
+
+    static func parseTimestamp(_ stamp: String) -> Date? {
+        // Nanoseconds are more than ISO8601DateFormatter reads: keep milliseconds.
+        guard let dot = stamp.firstIndex(of: "."), let zone = stamp[dot...].firstIndex(where: { $0 == "+" || $0 == "-" || $0 == "Z" }) else {
+            return try? Date(stamp, strategy: .iso8601)
+        }
+        let fraction = stamp[stamp.index(after: dot)..<zone].prefix(3)
+        let trimmed = String(stamp[..<dot]) + "." + fraction.padding(toLength: 3, withPad: "0", startingAt: 0) + String(stamp[zone...])
+        return try? Date(trimmed, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
 }

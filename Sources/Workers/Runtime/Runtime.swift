@@ -1,4 +1,5 @@
 import Foundation
+import LocoCore
 import LocoShared
 
 /// One service of an app as it should run.
@@ -13,8 +14,12 @@ public struct ServiceSpec: Sendable, Equatable {
     public var env: [String: String]
     public var memoryBytes: Int64?
     public var cpus: Double?
+    /// The path prefix the app's entry point routes to this service (`/` for one-service apps).
+    public var pathPrefix: String
 
-    public init(name: String, image: String, port: Int, healthPath: String = "/", env: [String: String] = [:], memoryBytes: Int64? = nil, cpus: Double? = nil) {
+    public init(name: String, image: String, port: Int, healthPath: String = "/", env: [String: String] = [:], memoryBytes: Int64? = nil, cpus: Double? = nil,
+                pathPrefix: String = "/") {
+        self.pathPrefix = pathPrefix
         self.name = name
         self.image = image
         self.port = port
@@ -100,15 +105,16 @@ public struct RolloutFailure: CodedError, Equatable {
 /// Where apps run: apply a version next to the serving one, follow its rollout, switch to it,
 /// remove what is no longer needed. Local (podman) and Kubernetes runtimes share this shape and
 /// the report codes above.
-public protocol Runtime: Sendable {
+public protocol Runtime: AppLogSource {
     /// Starts `desired` without touching the version that serves now.
     func apply(_ desired: DesiredState) async throws -> AppliedVersion
     /// One look at how a deployment's version is doing.
     func status(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> RolloutState
     /// Where the deployment's services answer.
     func endpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: String]
-    /// Makes the deployment's version the one that serves and stops every other version of the app.
-    func promote(deploymentID: Int64, team: String, app: String) async throws
+    /// Makes the deployment's version the one that serves (its services routed by path prefix
+    /// behind the app's address) and stops every other version of the app. Returns the address.
+    func promote(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> String
     /// Removes one version (a failed or cancelled deployment's), leaving the others alone.
     func remove(deploymentID: Int64, team: String, app: String) async throws
     /// Removes every version of an app (the app was deleted).

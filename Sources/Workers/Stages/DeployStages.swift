@@ -152,14 +152,15 @@ public struct DeployStages: Sendable {
         guard try await database.transaction({ try await store.stageStarted(deploymentID: id, stage: .push, service: args.service, on: $0) }),
               let deployment = try await store.deployment(id: id, on: database) else { return }
         let result: StageResult
-        if settings.handoff == .pushFromBuilder, let digest = deployment.imageDigest {
+        let built = args.service.flatMap { deployment.images[$0] } ?? deployment.imageRef
+        if settings.handoff == .pushFromBuilder, let built, let digest = built.split(separator: "@").last.map(String.init), digest.hasPrefix("sha256:") {
             // The builder pushed; make sure the registry really has it.
             let found = try await registry.manifestDigest(repository: repository(deployment), reference: digest,
                                                           accept: ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"])
             guard found == digest else {
                 throw JobFailure.retryable("PUSH_FAILED", "the registry does not have \(digest) the build pushed")
             }
-            result = StageResult(imageDigest: digest, imageRef: deployment.imageRef, message: "the registry has \(digest)")
+            result = StageResult(imageDigest: digest, imageRef: built, message: "the registry has \(digest)")
         } else {
             let folder = imageFolder(id, args.service)
             let layout: OCILayout

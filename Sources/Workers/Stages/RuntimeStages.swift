@@ -1,4 +1,5 @@
 import Foundation
+import LocoConfig
 import LocoCore
 import LocoQueue
 import Logging
@@ -36,38 +37,24 @@ public struct RuntimeStages: Sendable {
         }
     }
 
-    /// The services to run, from the deployed config: `run.port` (8080), `run.health` ("/"),
-    /// `resources.memory` ("256Mi", "1Gi" or MiB), `resources.cpu`, `env`; app env vars on top.
+    /// The services to run, from the deployed config (validated at submit, defaults filled in):
+    /// each with its own image, port, health path, limits and path prefix; app env vars on top of
+    /// the config's `env`.
     func services(_ deployment: Deployment) async throws -> [ServiceSpec] {
-        guard let image = deployment.imageRef else {
-            throw RolloutFailure(code: "IMAGE_PULL_FAILED", message: "the deployment has no pushed image",
-                                 hint: "Deploy again; the push stage records the image this stage runs.", service: nil, exitCode: nil, logTail: [])
+        let config: AppConfig
+        do { config = try ConfigLoader.parse(json: deployment.config, defaultName: deployment.app) } catch {
+            throw RolloutFailure(code: "CONFIG_INVALID", message: "the deployed config no longer reads: \(error.issues.first?.description ?? error.message)",
+                                 hint: "Run 'loco validate' and deploy again.", service: nil, exitCode: nil, logTail: [])
         }
-        let config = deployment.config
-        var env: [String: String] = [:]
-        if case .object(let inline)? = config["env"] { for (key, value) in inline { if let text = value.stringValue { env[key] = text } } }
+        var env = config.env
         for variable in try await store.env(appID: deployment.appID, on: database) { env[variable.name] = variable.value }
-        var port = 8080
-        if case .number(let number)? = config["run"]?["port"] { port = Int(number) }
-        let health = config["run"]?["health"]?.stringValue ?? "/"
-        let memory = Self.bytes(config["resources"]?["memory"])
-        var cpus: Double?
-        if case .number(let number)? = config["resources"]?["cpu"] { cpus = number }
-        let names = DeploymentPlan.services(in: config)
-        return names.map { ServiceSpec(name: $0, image: image, port: port, healthPath: health.hasPrefix("/") ? health : "/" + health, env: env,
-                                       memoryBytes: memory, cpus: cpus) }
-    }
-
-    static func bytes(_ value: JSONValue?) -> Int64? {
-        switch value {
-        case .number(let mebibytes)?: return Int64(mebibytes * 1024 * 1024)
-        case .string(let text)?:
-            let units: [(String, Double)] = [("Gi", 1_073_741_824), ("Mi", 1_048_576), ("Ki", 1024), ("G", 1e9), ("M", 1e6), ("K", 1e3)]
-            for (suffix, factor) in units where text.hasSuffix(suffix) {
-                return Double(text.dropLast(suffix.count)).map { Int64($0 * factor) }
+        return try config.effectiveServices.map { service in
+            guard let image = deployment.image(of: service.name) else {
+                throw RolloutFailure(code: "IMAGE_PULL_FAILED", message: "the deployment has no pushed image for \(service.name)",
+                                     hint: "Deploy again; the push stage records the image this stage runs.", service: service.name, exitCode: nil, logTail: [])
             }
-            return Int64(text)
-        default: return nil
+            return ServiceSpec(name: service.name, image: image, port: service.run.port, healthPath: service.run.health, env: env,
+                               memoryBytes: service.resources.memoryBytes, cpus: service.resources.cpu, pathPrefix: service.path)
         }
     }
 
@@ -103,11 +90,12 @@ public struct RuntimeStages: Sendable {
             switch try await runtime.status(deploymentID: id, team: deployment.team, app: deployment.app, services: services) {
             case .ready:
                 // The switch: the new version serves, the old ones stop.
-                try await runtime.promote(deploymentID: id, team: deployment.team, app: deployment.app)
-                let endpoints = try await runtime.endpoints(deploymentID: id, team: deployment.team, app: deployment.app)
-                let serving = endpoints.sorted { $0.key < $1.key }.map(\.value).joined(separator: ", ")
+                let url: String
+                do { url = try await runtime.promote(deploymentID: id, team: deployment.team, app: deployment.app, services: services) } catch let failure as RolloutFailure {
+                    try await fail(deployment, failure)
+                }
                 _ = try await database.transaction { connection in
-                    let released = try await store.stageFinished(deploymentID: id, stage: .wait, result: StageResult(message: "serving at \(serving)"),
+                    let released = try await store.stageFinished(deploymentID: id, stage: .wait, result: StageResult(message: "serving at \(url)", url: url),
                                                                  on: connection)
                     try await context.complete(in: connection)
                     return released

@@ -1,0 +1,262 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOFoundationCompat
+import NIOConcurrencyHelpers
+import NIOHTTP1
+import LocoShared
+import NIOCore
+
+/// `loco status`: what serves now, what is in flight, the last failure.
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The app: what serves now, where, what is in flight, the last failure.")
+    @OptionGroup var app: AppOptions
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let status = try await global.client().call(.GET, try app.path("/status"))
+        if global.json { printJSON(status); return }
+        let terminal = Terminal.current
+        Out.line(terminal.bold("\(status["app"]?["team"]?.text ?? "")/\(status["app"]?["name"]?.text ?? "")") + " (\(status["app"]?["type"]?.text ?? "service"))")
+        if let current = status["current"], case .object = current {
+            Out.line("  serving:    deployment \(current["id"]?.text ?? "") since \(current["finished_at"]?.text ?? "")")
+            if let url = current["url"]?.stringValue { Out.line("  url:        \(url)") }
+            if let image = current["image_ref"]?.stringValue { Out.line("  image:      \(image)") }
+        } else {
+            Out.line("  serving:    nothing yet — run 'loco deploy'")
+        }
+        if let flight = status["in_flight"], case .object = flight {
+            Out.line("  in flight:  deployment \(flight["id"]?.text ?? "") (\(flight["state"]?.text ?? ""))")
+        }
+        if let waiting = status["waiting"]?.int, waiting > 0 { Out.line("  in line:    \(waiting) more") }
+        if let failure = status["last_failure"], case .object = failure {
+            Out.line("  last failure: deployment \(failure["id"]?.text ?? "") — \(failure["report"]?["code"]?.text ?? "") at \(failure["report"]?["stage"]?.text ?? ""): \(failure["report"]?["message"]?.text ?? "")")
+        }
+    }
+}
+
+/// `loco deployments`: history, newest first.
+struct Deployments: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The app's deployments, newest first.")
+    @Option(help: "How many.") var limit = 20
+    @OptionGroup var app: AppOptions
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let list = try await global.client().call(.GET, try app.path("/deployments", query: ["limit": String(limit)]))
+        if global.json { printJSON(list); return }
+        if list.items.isEmpty { Out.line("No deployments yet."); return }
+        Out.line("ID\tSTATE\tCREATED\tDURATION\tRESULT")
+        for deployment in list.items {
+            let created = parseDate(deployment["created_at"]), finished = parseDate(deployment["finished_at"])
+            let duration = created.flatMap { start in finished.map { Format.seconds($0.timeIntervalSince(start)) } } ?? "-"
+            let result = deployment["report"]?["code"]?.stringValue ?? deployment["url"]?.stringValue ?? ""
+            Out.line("\(deployment["id"]?.text ?? "")\t\(deployment["state"]?.text ?? "")\t\(deployment["created_at"]?.text ?? "")\t\(duration)\t\(result)")
+        }
+    }
+}
+
+/// `loco deployment show ID`.
+struct DeploymentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "deployment", abstract: "One deployment.", subcommands: [Show.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "State, stage timings, image, URL, and the failure report.")
+        @Argument(help: "The deployment's id.") var id: Int64
+        @OptionGroup var global: GlobalOptions
+
+        func run() async throws {
+            let deployment = try await global.client().call(.GET, "/v1/deployments/\(id)")
+            if global.json { printJSON(deployment); return }
+            let terminal = Terminal.current
+            Out.line(terminal.bold("Deployment \(id)") + " of \(deployment["team"]?.text ?? "")/\(deployment["app"]?.text ?? ""): \(deployment["state"]?.text ?? "")")
+            if case .object(let stages)? = deployment["stages"] {
+                for stage in ["build", "push", "apply", "wait", "cleanup"] {
+                    guard let timing = stages[stage] else { continue }
+                    let start = parseDate(timing["started_at"]), end = parseDate(timing["finished_at"])
+                    let took = start.flatMap { s in end.map { Format.seconds($0.timeIntervalSince(s)) } } ?? "running"
+                    Out.line("  \(stage.padding(toLength: 8, withPad: " ", startingAt: 0)) \(took)")
+                }
+            }
+            if let image = deployment["image_ref"]?.stringValue { Out.line("  image    \(image)") }
+            if let url = deployment["url"]?.stringValue { Out.line("  url      \(url)") }
+            if deployment["state"]?.text == "failed" { ReportPrinter.print(deployment, terminal: terminal) }
+        }
+    }
+}
+
+/// `loco cancel [ID]`: the given deployment, or the app's one in flight.
+struct Cancel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cancel a deployment (default: the app's one in flight).")
+    @Argument(help: "The deployment's id.") var id: Int64?
+    @OptionGroup var app: AppOptions
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let client = try global.client()
+        var target = id
+        if target == nil {
+            let status = try await client.call(.GET, try app.path("/status"))
+            target = status["in_flight"]?["id"]?.int
+            guard target != nil else { throw CLIError("nothing_in_flight", "no deployment of this app is in flight", hint: "See 'loco deployments'.") }
+        }
+        let deployment = try await client.call(.POST, "/v1/deployments/\(target!)/cancel")
+        if global.json { printJSON(deployment) } else { Out.line("Cancelled deployment \(target!) (\(deployment["state"]?.text ?? "cancelled")).") }
+    }
+}
+
+/// `loco logs`: the app's output from the runtime, or a deployment's build output.
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The app's logs (--follow to keep watching; on a terminal, space freezes and unfreezes the display).",
+        subcommands: [Yank.self])
+    @Flag(name: .shortAndLong, help: "Keep the stream open and show new lines as they come.") var follow = false
+    @Option(help: "Only lines since a time (RFC 3339) or a duration back (30s, 10m, 2h, 1d).") var since: String?
+    @Option(help: "The last N lines of each container.") var tail: Int?
+    @Option(help: "A deployment's build output instead of the app's logs.") var deployment: Int64?
+    @OptionGroup var app: AppOptions
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let client = try global.client()
+        if let deployment {
+            for line in try await BuildLog.lines(client, deployment: deployment) {
+                if global.json { printJSON(line, compact: true) } else { Out.line(line["message"]?.text ?? "") }
+            }
+            return
+        }
+        var query: [String: String] = [:]
+        if follow { query["follow"] = "true" }
+        if let since { query["since"] = since }
+        if let tail { query["tail"] = String(tail) }
+        let freezer = follow && !global.json && Terminal.stdinIsTTY && Terminal.current.isTTY ? Freezer() : nil
+        freezer?.start()
+        defer { freezer?.restore() }
+        try await AppLog.stream(client, path: try app.path("/logs", query: query)) { line in
+            let text = global.json ? line.jsonText : Self.human(line)
+            if let freezer { freezer.emit(text) } else { Out.line(text) }
+        }
+    }
+
+    static func human(_ line: JSONValue) -> String {
+        let terminal = Terminal.current
+        return terminal.dim("\(line["at"]?.text ?? "") ") + terminal.yellow(line["service"]?.text ?? "") + terminal.dim(" │ ") + (line["line"]?.text ?? "")
+    }
+
+    /// `loco logs yank`: everything available, as one JSON array.
+    struct Yank: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The whole available log as one JSON array (stdout, or -o FILE).")
+        @Option(name: .shortAndLong, help: "Write to this file instead of stdout.") var outputFile: String?
+        @OptionGroup var app: AppOptions
+        @OptionGroup var global: GlobalOptions
+
+        func run() async throws {
+            var lines: [JSONValue] = []
+            try await AppLog.stream(try global.client(), path: try app.path("/logs")) { lines.append($0) }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            let data = try encoder.encode(JSONValue.array(lines))
+            if let outputFile {
+                try data.write(to: URL(fileURLWithPath: outputFile))
+                Out.error("Wrote \(lines.count) lines to \(outputFile).")
+            } else {
+                Out.line(String(decoding: data, as: UTF8.self))
+            }
+        }
+    }
+}
+
+/// The NDJSON log stream of `GET /v1/apps/{app}/logs`.
+enum AppLog {
+    static func stream(_ client: APIClient, path: String, _ each: (JSONValue) throws -> Void) async throws {
+        var request = HTTPClientRequest(url: client.base + path)
+        client.authorize(&request)
+        let response = try await client.send(request, timeout: .hours(24))
+        if response.status.code >= 400 { try client.check(response.status, try await client.collect(response, limit: 1 << 20)) }
+        var pending = Data()
+        for try await chunk in response.body {
+            pending.append(contentsOf: chunk.readableBytesView)
+            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = pending[pending.startIndex..<newline]
+                pending = Data(pending[pending.index(after: newline)...])
+                if let value = try? JSONDecoder().decode(JSONValue.self, from: line) { try each(value) }
+            }
+        }
+    }
+}
+
+/// A deployment's build output: its `build_output` events.
+enum BuildLog {
+    static func lines(_ client: APIClient, deployment: Int64) async throws -> [JSONValue] {
+        var request = HTTPClientRequest(url: client.base + "/v1/deployments/\(deployment)/events")
+        client.authorize(&request)
+        request.headers.add(name: "Accept", value: "text/event-stream")
+        let response = try await client.send(request, timeout: .hours(1))
+        if response.status.code >= 400 { try client.check(response.status, try await client.collect(response, limit: 1 << 20)) }
+        var parser = SSEParser()
+        var lines: [JSONValue] = []
+        for try await chunk in response.body {
+            for event in parser.feed(chunk) {
+                if event.type == "end" { return lines }
+                if event.type == "build_output", let data = JSONValue.parse(event.data) { lines.append(data) }
+            }
+        }
+        return lines
+    }
+}
+
+/// While following logs on a terminal, space (or f) freezes the display; lines that arrive
+/// meanwhile are kept and shown on unfreeze, none lost.
+final class Freezer: Sendable {
+    private let state = NIOLockedValueBox((frozen: false, held: [String]()))
+    private let saved = NIOLockedValueBox<termios?>(nil)
+
+    func start() {
+        var original = termios()
+        guard tcgetattr(STDIN_FILENO, &original) == 0 else { return }
+        saved.withLockedValue { $0 = original }
+        var raw = original
+        raw.c_lflag &= ~tcflag_t(ICANON | ECHO)
+        tcsetattr(STDIN_FILENO, TCSANOW, &raw)
+        Out.error(Terminal.current.dim("(space: freeze/unfreeze, Ctrl-C: quit)"))
+        Thread.detachNewThread { [self] in
+            var byte: UInt8 = 0
+            while read(STDIN_FILENO, &byte, 1) == 1 {
+                if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "f") { toggle() }
+            }
+        }
+        signal(SIGINT) { _ in
+            if let original = Freezer.restoreOnExit { var copy = original; tcsetattr(STDIN_FILENO, TCSANOW, &copy) }
+            _exit(0)
+        }
+        Freezer.restoreOnExit = original
+    }
+
+    nonisolated(unsafe) static var restoreOnExit: termios?
+
+    func toggle() {
+        let (frozen, held) = state.withLockedValue { value -> (Bool, [String]) in
+            value.frozen.toggle()
+            defer { if !value.frozen { value.held = [] } }
+            return (value.frozen, value.held)
+        }
+        if frozen {
+            Out.line(Terminal.current.yellow("── frozen: new lines are kept; space to unfreeze ──"))
+        } else {
+            Out.line(Terminal.current.yellow("── unfrozen: \(held.count) line\(held.count == 1 ? "" : "s") arrived meanwhile ──"))
+            for line in held { Out.line(line) }
+        }
+    }
+
+    func emit(_ line: String) {
+        let shown = state.withLockedValue { value -> Bool in
+            if value.frozen { value.held.append(line); return false }
+            return true
+        }
+        if shown { Out.line(line) }
+    }
+
+    func restore() {
+        if var original = saved.withLockedValue({ $0 }) { tcsetattr(STDIN_FILENO, TCSANOW, &original) }
+    }
+}

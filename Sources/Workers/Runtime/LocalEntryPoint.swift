@@ -1,0 +1,175 @@
+import Foundation
+import Logging
+
+/// One stable local address per app, routed by path prefix to the serving version's containers,
+/// the way the Gateway's HTTPRoute does on Kubernetes. It is nginx (Debian's nginx-light) run by
+/// Loco with its own configuration: a server per app on a 127.0.0.1 port kept across deploys, a
+/// `location` per service prefix. A switch to a new version is a graceful `nginx -s reload`.
+public struct LocalEntryPoint: Sendable {
+    public let folder: URL
+    let nginx: String
+    let logger: Logger
+
+    public init(folder: URL, nginx: String = "/usr/sbin/nginx", logger: Logger) {
+        self.folder = folder
+        self.nginx = nginx
+        self.logger = logger
+    }
+
+    public struct Route: Sendable, Equatable {
+        public var prefix: String
+        public var upstream: String
+        public init(prefix: String, upstream: String) {
+            self.prefix = prefix
+            self.upstream = upstream
+        }
+    }
+
+    var appsFolder: URL { folder.appending(path: "apps") }
+    var pidFile: URL { folder.appending(path: "nginx.pid") }
+
+    /// Points the app's address at `routes` and returns that address.
+    public func publish(team: String, app: String, routes: [Route]) async throws -> String {
+        try await locked {
+            try prepare()
+            let port = try port(team: team, app: app)
+            try Self.server(port: port, routes: routes).write(to: appsFolder.appending(path: "\(team)--\(app).conf"), atomically: true, encoding: .utf8)
+            try await apply()
+            return "http://127.0.0.1:\(port)"
+        }
+    }
+
+    /// The app's address, if it has one.
+    public func address(team: String, app: String) -> String? {
+        guard let text = try? String(contentsOf: folder.appending(path: "ports/\(team)--\(app)"), encoding: .utf8), let port = Int(text) else { return nil }
+        return "http://127.0.0.1:\(port)"
+    }
+
+    /// Removes the app's address (the app was deleted).
+    public func unpublish(team: String, app: String) async throws {
+        try await locked {
+            try? FileManager.default.removeItem(at: appsFolder.appending(path: "\(team)--\(app).conf"))
+            try? FileManager.default.removeItem(at: folder.appending(path: "ports/\(team)--\(app)"))
+            if runningPID() != nil { try await apply() }
+        }
+    }
+
+    /// Stops nginx (for `scripts/demo stop` and tests); the addresses stay reserved for the next start.
+    public func stop() {
+        guard let pid = runningPID() else { return }
+        kill(pid, SIGQUIT)
+        for _ in 0..<50 where kill(pid, 0) == 0 { usleep(100_000) }
+    }
+
+    static func server(port: Int, routes: [Route]) -> String {
+        // Longest prefix first, as nginx picks it anyway; '/' catches the rest.
+        let locations = routes.sorted { $0.prefix.count > $1.prefix.count }.map { route in
+            """
+                location \(route.prefix) {
+                    proxy_pass \(route.upstream);
+                    proxy_set_header Host $http_host;
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    proxy_set_header X-Forwarded-Prefix \(route.prefix);
+                }
+            """
+        }
+        let fallback = routes.contains { $0.prefix == "/" } ? "" : "    location / { return 404; }\n"
+        return "server {\n    listen 127.0.0.1:\(port);\n\(locations.joined(separator: "\n"))\n\(fallback)}\n"
+    }
+
+    func prepare() throws {
+        for sub in ["apps", "ports", "tmp"] { try FileManager.default.createDirectory(at: folder.appending(path: sub), withIntermediateDirectories: true) }
+        let root = geteuid() == 0 ? "user root;\n" : ""
+        let temp = folder.appending(path: "tmp").path
+        let main = """
+            \(root)worker_processes 1;
+            pid \(pidFile.path);
+            error_log \(folder.appending(path: "error.log").path) warn;
+            events { worker_connections 1024; }
+            http {
+                access_log off;
+                proxy_buffering off;
+                proxy_http_version 1.1;
+                client_max_body_size 100m;
+                client_body_temp_path \(temp)/body;
+                proxy_temp_path \(temp)/proxy;
+                fastcgi_temp_path \(temp)/fastcgi;
+                uwsgi_temp_path \(temp)/uwsgi;
+                scgi_temp_path \(temp)/scgi;
+                include \(appsFolder.path)/*.conf;
+            }
+
+            """
+        try main.write(to: folder.appending(path: "nginx.conf"), atomically: true, encoding: .utf8)
+    }
+
+    /// The port the app keeps: chosen free once, then remembered.
+    func port(team: String, app: String) throws -> Int {
+        let file = folder.appending(path: "ports/\(team)--\(app)")
+        if let text = try? String(contentsOf: file, encoding: .utf8), let port = Int(text) { return port }
+        let port = try Self.freePort()
+        try String(port).write(to: file, atomically: true, encoding: .utf8)
+        return port
+    }
+
+    static func freePort() throws -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socket >= 0 else { throw EntryPointError(message: "no socket for a free port: errno \(errno)") }
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+        }
+        guard bound else { throw EntryPointError(message: "no free port on 127.0.0.1: errno \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Checks the configuration, then starts nginx or reloads it.
+    func apply() async throws {
+        guard FileManager.default.isExecutableFile(atPath: nginx) else {
+            throw EntryPointError(message: "nginx is not installed at \(nginx); install it: apt-get install -y nginx-light")
+        }
+        let base = ["-p", folder.path, "-c", folder.appending(path: "nginx.conf").path, "-e", folder.appending(path: "error.log").path]
+        let (tested, testOutput) = try await run(base + ["-t"])
+        guard tested == 0 else { throw EntryPointError(message: "the entry point's nginx configuration is invalid: \(testOutput.suffix(400))") }
+        if runningPID() != nil {
+            let (status, output) = try await run(base + ["-s", "reload"])
+            guard status == 0 else { throw EntryPointError(message: "nginx did not reload: \(output.suffix(400))") }
+        } else {
+            let (status, output) = try await run(base)
+            guard status == 0 else { throw EntryPointError(message: "nginx did not start: \(output.suffix(400))") }
+        }
+    }
+
+    func runningPID() -> pid_t? {
+        guard let text = try? String(contentsOf: pidFile, encoding: .utf8),
+              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0 else { return nil }
+        return pid
+    }
+
+    func run(_ arguments: [String]) async throws -> (Int32, String) {
+        let output = LineBuffer()
+        let outcome = try await ProcessRunner.run(nginx, arguments, environment: ProcessInfo.processInfo.environment, timeout: .seconds(30)) { output.add($0) }
+        return (outcome.timedOut ? -1 : outcome.status, output.text)
+    }
+
+    /// Worker processes on one machine share the folder; one of them changes it at a time.
+    func locked<T>(_ body: () async throws -> T) async throws -> T {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let fd = open(folder.appending(path: "lock").path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw EntryPointError(message: "cannot open the entry point's lock file: errno \(errno)") }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 { try await Task.sleep(for: .milliseconds(20)) }
+        defer { flock(fd, LOCK_UN) }
+        return try await body()
+    }
+}
+
+public struct EntryPointError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var description: String { message }
+}
