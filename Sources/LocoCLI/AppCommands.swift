@@ -146,11 +146,15 @@ struct Logs: AsyncParsableCommand {
     /// `loco logs yank`: everything available, as one JSON array.
     struct Yank: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The whole available log as one JSON array (stdout, or -o FILE).")
-        @Option(name: .shortAndLong, help: "Write to this file instead of stdout.") var outputFile: String?
+        @Option(name: [.customShort("o"), .customLong("output")], help: "Write to this file instead of stdout.") var outputFile: String?
+        @Option(help: "The Loco API (default: $LOCO_API or the saved one).") var api: String?
+        @Option(help: "A token to use instead of the saved one.") var token: String?
+        @Flag(help: "Write a log of every request to a file and print its path.") var debug = false
         @OptionGroup var app: AppOptions
-        @OptionGroup var global: GlobalOptions
 
         func run() async throws {
+            // Always JSON, so -o names the file here; the connection options are the usual ones.
+            let global = try GlobalOptions.parse((api.map { ["--api", $0] } ?? []) + (token.map { ["--token", $0] } ?? []) + (debug ? ["--debug"] : []))
             var lines: [JSONValue] = []
             try await AppLog.stream(try global.client(), path: try app.path("/logs")) { lines.append($0) }
             let encoder = JSONEncoder()

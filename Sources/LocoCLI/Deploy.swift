@@ -27,20 +27,6 @@ struct Deploy: AsyncParsableCommand {
         let client = try global.client()
         let terminal = Terminal.current
         let human = !global.json
-        let team = try await ensureApp(client, config)
-        let teamQuery = team.map { ["team": $0] } ?? [:]
-        let appPath = { (suffix: String, extra: [String: String]) in
-            "/v1/apps/\(APIClient.escape(config.name))\(suffix)" + queryString(teamQuery.merging(extra) { $1 })
-        }
-
-        if let envFile = config.envFile {
-            let vars = try DotEnv.read(loaded.folder.appending(path: envFile).path)
-            if !vars.isEmpty {
-                try await client.call(.PUT, appPath("/env", [:]), json: .object(["vars": .object(vars.mapValues(JSONValue.string))]))
-                if human { Out.line("Stored \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(envFile) as the app's env.") }
-            }
-        }
-
         // Pack the folder of loco.toml (its .dockerignore applies); services build from subfolders.
         var archive: URL?
         defer { if let archive { try? FileManager.default.removeItem(at: archive) } }
@@ -62,6 +48,20 @@ struct Deploy: AsyncParsableCommand {
             }
             if human, let summary {
                 Out.line("Packed \(summary.files) files (\(Format.bytes(summary.compressedBytes)) compressed\(summary.excluded > 0 ? ", \(summary.excluded) left out by .dockerignore" : ""))")
+            }
+        }
+
+        let team = try await ensureApp(client, config)
+        let teamQuery = team.map { ["team": $0] } ?? [:]
+        let appPath = { (suffix: String, extra: [String: String]) in
+            "/v1/apps/\(APIClient.escape(config.name))\(suffix)" + queryString(teamQuery.merging(extra) { $1 })
+        }
+
+        if let envFile = config.envFile {
+            let vars = try DotEnv.read(loaded.folder.appending(path: envFile).path)
+            if !vars.isEmpty {
+                try await client.call(.PUT, appPath("/env", [:]), json: .object(["vars": .object(vars.mapValues(JSONValue.string))]))
+                if human { Out.line("Stored \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(envFile) as the app's env.") }
             }
         }
 

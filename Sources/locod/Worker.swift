@@ -220,14 +220,19 @@ struct StageOptions: ParsableArguments {
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         let host = registryURL.replacingOccurrences(of: "http://", with: "").replacingOccurrences(of: "https://", with: "")
-        let insecure = insecureRegistry + (registryURL.hasPrefix("http://") ? [host] : [])
+        // The same registry by its other loopback name: Dockerfiles often say localhost:PORT.
+        let aliases = [host, host.replacingOccurrences(of: "127.0.0.1:", with: "localhost:"), host.replacingOccurrences(of: "localhost:", with: "127.0.0.1:")]
+        let registryHosts = Array(Set(aliases)).sorted()
+        let insecure = insecureRegistry + (registryURL.hasPrefix("http://") ? registryHosts : [])
         let contexts = ContextStore(root: URL(fileURLWithPath: contextDir ?? environment["LOCO_CONTEXT_DIR"] ?? ".loco/contexts"))
         let work = URL(fileURLWithPath: workDir ?? environment["LOCO_WORK_DIR"] ?? ".loco/work")
         return StageSettings(
             contexts: contexts, workFolder: work,
             builder: BuilderConfiguration(stateFolder: work.appending(path: "buildah"), insecureRegistries: insecure,
                                           timeout: .seconds(buildTimeoutSeconds), maxImageBytes: Int64(maxImageMib) * 1024 * 1024, format: imageFormat,
-                                          memoryLimitBytes: buildMemoryMib > 0 ? Int64(buildMemoryMib) * 1024 * 1024 : nil),
+                                          memoryLimitBytes: buildMemoryMib > 0 ? Int64(buildMemoryMib) * 1024 * 1024 : nil,
+                                          baseImageCredentials: token.map { RegistryCredentials(username: "loco-worker", password: $0) },
+                                          baseImageRegistries: registryHosts),
             registryURL: registryURL, registryCredentials: token.map { RegistryCredentials(username: "loco-worker", password: $0) },
             handoff: handoffMode)
     }

@@ -58,9 +58,11 @@ struct RuntimeStageTests {
                                          registry: RegistryClient(base: settings.registryURL, credentials: credentials, logger: db.logger))
             } catch {
                 try? await runtime.removeApp(team: "acme", app: "web")
+                runtime.entryPoint.stop()
                 throw error
             }
             try await runtime.removeApp(team: "acme", app: "web")
+            runtime.entryPoint.stop()
             #expect(try await runtime.logs(team: "acme", app: "web", tail: 1).isEmpty)
         }
     }
@@ -95,11 +97,17 @@ struct RuntimeStageTests {
                 let firstURL = try await servingURL(first)
                 #expect(try await get(firstURL).contains("Hello from Loco"))
 
+                #expect(first.url == firstURL, "the deployment records its address")
+                let firstContainer = try #require(try await runtime.endpoints(deploymentID: first.id, team: "acme", app: "web")["web"])
+
                 let second = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: ["public/index.html": "<h1>Version two</h1>\n"], in: folder))
                 #expect(second.state == .succeeded, "\(String(describing: second.report))")
                 let secondURL = try await servingURL(second)
+                #expect(secondURL == firstURL, "the app keeps its address across deploys")
                 #expect(try await get(secondURL).contains("Version two"))
-                #expect(try await get(firstURL).isEmpty, "the old version's container is gone")
+                // The cleanup after a success stops the previous version.
+                #expect(try await eventually(timeout: .seconds(30)) { try await db.state(ofDeploymentJob: second.id, stage: "cleanup") == "completed" })
+                #expect(try await get(firstContainer).isEmpty, "the old version's container is gone")
                 #expect(try await runtime.endpoints(deploymentID: first.id, team: "acme", app: "web").isEmpty)
 
                 let crash = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: [

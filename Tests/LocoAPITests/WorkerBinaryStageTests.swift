@@ -96,7 +96,9 @@ struct WorkerBinaryStageTests {
             #expect(!workers.output.contains(workerToken) && !api.output.contains(workerToken), "the worker token stays out of the logs")
             // The app's containers go with the test.
             _ = try await runCommand(curl, ["-s", "-X", "DELETE", "-H", "Authorization: Bearer \(token)", "\(base)/v1/apps/web"])
-            _ = try await PodmanRuntime(stateFolder: folder.appending(path: "work/podman"), logger: db.logger).removeApp(team: "acme", app: "web")
+            let runtime = try PodmanRuntime(stateFolder: folder.appending(path: "work/podman"), logger: db.logger)
+            _ = try await runtime.removeApp(team: "acme", app: "web")
+            runtime.entryPoint.stop()
             workers.signal(SIGTERM)
             #expect(await workers.waitForExit(timeout: .seconds(30)) == 0)
         }

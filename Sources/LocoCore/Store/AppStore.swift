@@ -175,6 +175,13 @@ extension CoreStore {
         return repositories
     }
 
+    /// The deployment that serves the app now: its newest success.
+    public func servingDeploymentID(appID: Int64, on db: some QueryRunner) async throws -> Int64? {
+        try await scalar("""
+            SELECT max(id) FROM loco_deployments WHERE app_id = \(appID) AND state = 'succeeded'
+            """, as: Int64?.self, on: db) ?? nil
+    }
+
     /// The distinct image digests the app's deployments pushed, newest first.
     public func pushedImages(appID: Int64, on db: some QueryRunner) async throws -> [String] {
         var digests: [String] = []

@@ -17,10 +17,16 @@ public struct BuilderConfiguration: Sendable {
     /// Memory for one build, its RUN steps included (a cgroup v1 memory group per build);
     /// `nil` for no limit.
     public var memoryLimitBytes: Int64?
+    /// Credentials for pulling base images (`FROM`) from these registries (host:port): Loco's own
+    /// registry, where teams keep their bases. Written to an auth file per build, never a command line.
+    public var baseImageCredentials: RegistryCredentials?
+    public var baseImageRegistries: [String]
 
     public init(stateFolder: URL, insecureRegistries: [String] = [], timeout: Duration = .seconds(1800),
                 maxImageBytes: Int64 = 2 * 1024 * 1024 * 1024, format: String = "oci", buildahPath: String = "/usr/bin/buildah",
-                memoryLimitBytes: Int64? = 4 * 1024 * 1024 * 1024) {
+                memoryLimitBytes: Int64? = 4 * 1024 * 1024 * 1024, baseImageCredentials: RegistryCredentials? = nil, baseImageRegistries: [String] = []) {
+        self.baseImageCredentials = baseImageCredentials
+        self.baseImageRegistries = baseImageRegistries
         self.stateFolder = stateFolder
         self.insecureRegistries = insecureRegistries
         self.timeout = timeout
@@ -94,6 +100,16 @@ public struct Builder: Sendable {
                          "--format", configuration.format, "-f", dockerfile.path, "-t", name]
         for (name, value) in request.buildArgs.sorted(by: { $0.key < $1.key }) { arguments += ["--build-arg", "\(name)=\(value)"] }
         if let target = request.target { arguments += ["--target", target] }
+        var authFile: URL?
+        if let credentials = configuration.baseImageCredentials, !configuration.baseImageRegistries.isEmpty {
+            let file = configuration.stateFolder.appending(path: "auth-\(UUID().uuidString).json")
+            let auth = Data("\(credentials.username):\(credentials.password)".utf8).base64EncodedString()
+            let entries = configuration.baseImageRegistries.map { #""\#($0)":{"auth":"\#(auth)"}"# }.joined(separator: ",")
+            FileManager.default.createFile(atPath: file.path, contents: Data(#"{"auths":{\#(entries)}}"#.utf8), attributes: [.posixPermissions: 0o600])
+            authFile = file
+            arguments += ["--authfile", file.path]
+        }
+        defer { if let authFile { try? FileManager.default.removeItem(at: authFile) } }
         arguments.append(request.contextFolder.path)
 
         let log = BoundedLog()

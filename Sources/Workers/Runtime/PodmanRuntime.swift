@@ -181,11 +181,17 @@ public struct PodmanRuntime: Runtime {
                                  hint: "Install nginx on the wait workers (apt-get install -y nginx-light) and check \(entryPoint.folder.path)/error.log.",
                                  service: nil, exitCode: nil, logTail: [])
         }
-        // Only now that the address points at the new version do the old ones stop.
+        return address
+    }
+
+    public func retire(keeping deploymentID: Int64, team: String, app: String) async throws -> Int {
+        var removed = 0
+        // A graceful stop: SIGTERM, then SIGKILL after 5 s, as Kubernetes' grace period does.
         for container in try await containers(team: team, app: app) where container.Config.Labels?["loco.deployment"] != "\(deploymentID)" {
             _ = try await run(["rm", "-f", "-t", "5", container.Name])
+            removed += 1
         }
-        return address
+        return removed
     }
 
     public func remove(deploymentID: Int64, team: String, app: String) async throws {

@@ -112,9 +112,12 @@ public protocol Runtime: AppLogSource {
     func status(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> RolloutState
     /// Where the deployment's services answer.
     func endpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: String]
-    /// Makes the deployment's version the one that serves (its services routed by path prefix
-    /// behind the app's address) and stops every other version of the app. Returns the address.
+    /// Makes the deployment's version the one that serves: the app's address routes to its
+    /// services by path prefix. Returns the address. Older versions keep running until `retire`.
     func promote(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> String
+    /// Stops every version of the app but the serving one (the cleanup after a success). Returns
+    /// how many containers went.
+    func retire(keeping deploymentID: Int64, team: String, app: String) async throws -> Int
     /// Removes one version (a failed or cancelled deployment's), leaving the others alone.
     func remove(deploymentID: Int64, team: String, app: String) async throws
     /// Removes every version of an app (the app was deleted).

@@ -63,6 +63,14 @@ public struct CleanupStage: Sendable {
               let deployment = try await store.deployment(id: id, on: database) else { return }
         var done: [String] = []
         if deployment.state == .succeeded {
+            if let runtime {
+                // Only if this deployment still serves: a newer one may have taken over meanwhile.
+                let serving = try await store.servingDeploymentID(appID: deployment.appID, on: database)
+                if serving == id {
+                    let removed = try await runtime.retire(keeping: id, team: deployment.team, app: deployment.app)
+                    done.append("stopped the previous version (\(removed) container\(removed == 1 ? "" : "s"))")
+                }
+            }
             let deleted = try await pruneImages(deployment)
             done.append("kept the last \(keepImages) images, deleted \(deleted.count)")
         } else {

@@ -1,0 +1,197 @@
+import Foundation
+import LocoCore
+import LocoQueue
+import LocoTestSupport
+import PostgresNIO
+import Testing
+
+/// The real `loco` binary against the real `locod api`, workers, registry, buildah and podman.
+@Suite("loco CLI, end to end", .serialized)
+struct CLITests {
+    struct CLI {
+        let binary: URL
+        let environment: [String: String]
+
+        func run(_ arguments: [String], extra: [String: String] = [:], timeout: Duration = .seconds(240)) async throws -> (status: Int32, output: String) {
+            try await runCommand(binary, arguments, environment: environment.merging(extra) { $1 }, timeout: timeout)
+        }
+
+        /// Runs and parses stdout+stderr as one JSON document (commands print nothing else with -o json).
+        func json(_ arguments: [String], extra: [String: String] = [:]) async throws -> (status: Int32, value: JSONValue) {
+            let result = try await run(arguments + ["-o", "json"], extra: extra)
+            guard let value = JSONValue.parse(result.output) else { throw TestSetupError("not JSON (exit \(result.status)): \(result.output.suffix(3000))") }
+            return (result.status, value)
+        }
+    }
+
+    static func curl(_ url: String) async throws -> String {
+        try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output
+    }
+
+    @Test("every command against a running Loco: login, config, deploy and redeploy, failures with their exit codes, logs, env, tokens, cancel, destroy")
+    func endToEnd() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            try await LocoStack.with(db: db) { stack in
+                let home = stack.folder.appending(path: "home")
+                let cli = CLI(binary: try Repo.binary("loco"), environment: ["XDG_CONFIG_HOME": home.path, "HOME": home.path, "LOCO_API": "", "LOCO_TOKEN": ""])
+
+                // Version, usage errors, no login yet, an API that is not there.
+                #expect(try await cli.run(["--version"]).output.contains("0.1.0"))
+                #expect(try await cli.run(["deploy", "--bogus"]).status == 2)
+                let anonymous = try await cli.run(["whoami", "--api", stack.base])
+                #expect(anonymous.status == 3 && anonymous.output.contains("not logged in") && anonymous.output.contains("hint: Run 'loco login'"), "\(anonymous.output)")
+                let nowhere = try await cli.run(["whoami", "--api", "http://127.0.0.1:1", "--token", stack.token])
+                #expect(nowhere.status == 4 && nowhere.output.contains("cannot reach the Loco API at http://127.0.0.1:1"), "\(nowhere.output)")
+                let wrong = try await cli.run(["login", "--api", stack.base, "--token", "loco_pat_wrong"])
+                #expect(wrong.status == 3, "\(wrong.output)")
+                #expect(!wrong.output.contains("loco_pat_wrong"), "a token never shows in messages")
+
+                // Login saves the token 0600; whoami uses it.
+                let login = try await cli.run(["login", "--api", stack.base, "--token", stack.token])
+                #expect(login.status == 0 && login.output.contains("ann@example.com"), "\(login.output)")
+                let saved = home.appending(path: "loco/credentials.json")
+                let mode = (try FileManager.default.attributesOfItem(atPath: saved.path)[.posixPermissions] as? NSNumber)?.intValue
+                #expect(mode == 0o600)
+                let me = try await cli.json(["whoami"])
+                #expect(me.status == 0 && me.value["user"]?["email"]?.stringValue == "ann@example.com" && me.value["teams"]?.items.count == 1)
+
+                // Config: validate, show, an invalid file, a missing Dockerfile.
+                let hello = try stack.example("hello", as: "hello")
+                let config = hello.appending(path: "loco.toml").path
+                #expect(try await cli.run(["validate", "--config", config]).status == 0)
+                let shown = try await cli.json(["config", "show", "--config", config])
+                #expect(shown.value["run"]?["port"]?.int == 8080 && shown.value["resources"]?["memory"]?.stringValue == "256Mi")
+                let humanShow = try await cli.run(["config", "show", "--config", config])
+                #expect(humanShow.output.contains("[run]") && humanShow.output.contains("port = 8080"), "\(humanShow.output)")
+                let bad = stack.folder.appending(path: "bad")
+                try FileManager.default.createDirectory(at: bad, withIntermediateDirectories: true)
+                try "version = 1\nname = \"bad\"\n[run]\nport = 80\n".write(to: bad.appending(path: "loco.toml"), atomically: true, encoding: .utf8)
+                let invalid = try await cli.run(["deploy", "--config", bad.appending(path: "loco.toml").path])
+                #expect(invalid.status == 2 && invalid.output.contains("run.port: 80 is below 1024 (line 4)"), "\(invalid.output)")
+                let noDockerfile = try await cli.run(["deploy", "--config", bad.appending(path: "loco.toml").path.replacingOccurrences(of: "bad/loco.toml", with: "bad/loco.toml")],
+                                                     extra: [:])
+                #expect(noDockerfile.status == 2)
+                try "version = 1\nname = \"bad\"\n".write(to: bad.appending(path: "loco.toml"), atomically: true, encoding: .utf8)
+                let missing = try await cli.run(["deploy", "--config", bad.appending(path: "loco.toml").path])
+                #expect(missing.status == 2 && missing.output.contains("Dockerfile does not exist"), "\(missing.output)")
+
+                // A deploy followed to the end: the URL serves.
+                let first = try await cli.json(["deploy", "--config", config])
+                #expect(first.status == 0 && first.value["state"]?.stringValue == "succeeded", "\(first.value)\n\(stack.workers.output.suffix(3000))")
+                let url = try #require(first.value["url"]?.stringValue)
+                #expect(try await Self.curl(url).contains("Hello from Loco"))
+
+                // Unchanged: no layer bytes move. Human output names the stages and ends with the URL.
+                let again = try await cli.run(["deploy", "--config", config])
+                #expect(again.status == 0, "\(again.output)")
+                #expect(again.output.contains("uploaded 0 blobs (0 bytes)"), "an unchanged redeploy uploads nothing: \(again.output)")
+                #expect(again.output.contains("✔ build") && again.output.contains("✔ wait") && again.output.contains(url), "\(again.output)")
+                #expect(!again.output.contains("\u{1B}["), "no colour or cursor codes when not on a terminal")
+
+                // Changed: the same address serves the new page; NDJSON has one event per line.
+                try "<h1>Version two</h1>\n".write(to: hello.appending(path: "public/index.html"), atomically: true, encoding: .utf8)
+                let second = try await cli.run(["deploy", "--config", config, "-o", "ndjson"])
+                #expect(second.status == 0, "\(second.output)")
+                let lines = second.output.split(separator: "\n").map { JSONValue.parse(String($0)) }
+                #expect(!lines.isEmpty && lines.allSatisfy { $0 != nil }, "\(second.output)")
+                let stages = lines.compactMap { $0?["type"]?.stringValue == "stage_finished" ? $0?["stage"]?.stringValue : nil }
+                #expect(stages.starts(with: ["build", "push", "apply", "wait"]), "\(stages)")
+                #expect(lines.last??["deployment"]?["state"]?.stringValue == "succeeded")
+                #expect(try await Self.curl(url).contains("Version two"))
+
+                // Status, history, one deployment, build logs, app logs.
+                let status = try await cli.json(["status", "--config", config])
+                #expect(status.value["current"]?["url"]?.stringValue == url && status.value["app"]?["name"]?.stringValue == "hello")
+                let history = try await cli.json(["deployments", "--config", config])
+                #expect(history.value.items.count == 3 && history.value.items.allSatisfy { $0["state"]?.stringValue == "succeeded" })
+                let lastID = try #require(history.value.items.first?["id"]?.int)
+                let shownDeployment = try await cli.run(["deployment", "show", "\(lastID)"])
+                #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
+                let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])
+                #expect(buildLog.output.contains("STEP 1/4: FROM"), "\(buildLog.output)")
+                let appLogs = try await cli.run(["logs", "--config", config, "--tail", "20", "-o", "json"])
+                let logLines = appLogs.output.split(separator: "\n").compactMap { JSONValue.parse(String($0)) }
+                #expect(appLogs.status == 0 && !logLines.isEmpty && logLines.allSatisfy { $0["service"]?.stringValue == "web" }, "\(appLogs.output)")
+                let yank = try await cli.run(["logs", "yank", "--config", config])
+                if case .array(let all)? = JSONValue.parse(yank.output) { #expect(!all.isEmpty) } else { Issue.record("yank is not a JSON array: \(yank.output)") }
+
+                // Env: values hidden unless revealed.
+                #expect(try await cli.run(["env", "set", "GREETING=hi", "MODE=test", "--config", config]).status == 0)
+                let hidden = try await cli.json(["env", "list", "--config", config])
+                #expect(hidden.value.items.map { $0["name"]?.stringValue } == ["GREETING", "MODE"] && hidden.value.items.allSatisfy { $0["value"] == nil || $0["value"] == .null })
+                let revealed = try await cli.json(["env", "list", "--reveal", "--config", config])
+                #expect(revealed.value.items.first?["value"]?.stringValue == "hi")
+                try "A=1\nexport B=\"two words\"\n# comment\n".write(to: hello.appending(path: ".env.test"), atomically: true, encoding: .utf8)
+                #expect(try await cli.run(["env", "import", hello.appending(path: ".env.test").path, "--config", config]).status == 0)
+                #expect(try await cli.run(["env", "unset", "MODE", "--config", config]).status == 0)
+                #expect(try await cli.json(["env", "list", "--config", config]).value.items.count == 3)
+
+                // A broken Dockerfile: exit 1, the report with its next step; the previous version serves on.
+                let broken = try stack.example("broken-dockerfile", as: "hello")
+                let failed = try await cli.run(["deploy", "--config", broken.appending(path: "loco.toml").path])
+                #expect(failed.status == 1 && failed.output.contains("BUILD_FAILED") && failed.output.contains("Next: "), "\(failed.output)")
+                #expect(try await Self.curl(url).contains("Version two"))
+
+                // CI: a deploy token, non-interactive, detached; an expired one is refused with exit 3.
+                let created = try await cli.json(["token", "create", "--kind", "deploy", "--config", config])
+                let deployToken = try #require(created.value["secret"]?.stringValue)
+                let detached = try await cli.json(["deploy", "--config", config, "--token", deployToken, "--non-interactive", "--detach"])
+                #expect(detached.status == 0 && detached.value["id"]?.int != nil, "\(detached.value)")
+                let detachedID = try #require(detached.value["id"]?.int)
+                let ended = try await eventually(timeout: .seconds(120), every: .milliseconds(300)) {
+                    let shown = try await cli.json(["deployment", "show", "\(detachedID)"])
+                    return shown.value["state"]?.stringValue == "succeeded"
+                }
+                #expect(ended)
+                _ = try await db.client.query("UPDATE loco_tokens SET expires_at = now() - interval '1 minute' WHERE kind = 'deploy'")
+                // (an API process trusts a token lookup for up to 5 s)
+                var expired = (status: Int32(0), output: "")
+                _ = try await eventually(timeout: .seconds(15), every: .milliseconds(500)) {
+                    expired = try await cli.run(["status", "--config", config, "--token", deployToken])
+                    return expired.status != 0
+                }
+                #expect(expired.status == 3 && expired.output.contains("expired"), "\(expired.output)")
+                let tokens = try await cli.json(["token", "list"])
+                #expect(tokens.value.items.contains { $0["kind"]?.stringValue == "deploy" })
+                #expect(!tokens.value.jsonText.contains(deployToken))
+
+                // Cancel during the build: nothing of it is left running.
+                let slow = try stack.example("hello", as: "hello", edit: ["Dockerfile": "ARG BASE\nFROM ${BASE}\nRUN sleep 60\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\"]\n"])
+                let slowRun = try await cli.json(["deploy", "--config", slow.appending(path: "loco.toml").path, "--detach"])
+                let slowID = try #require(slowRun.value["id"]?.int)
+                let building = try await eventually(timeout: .seconds(60), every: .milliseconds(200)) {
+                    try await cli.json(["deployment", "show", "\(slowID)"]).value["state"]?.stringValue == "building"
+                }
+                #expect(building)
+                let cancelled = try await cli.json(["cancel", "--config", config])
+                #expect(cancelled.status == 0 && cancelled.value["state"]?.stringValue == "cancelled", "\(cancelled.value)")
+                let quiet = try await eventually(timeout: .seconds(30), every: .milliseconds(300)) {
+                    let buildahs = try await runCommand(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep 60"]).output
+                    let jobs = try await db.scalar("SELECT count(*) FROM loco_jobs WHERE state IN ('running','available','scheduled','blocked')", as: Int64.self)
+                    return buildahs.isEmpty && jobs == 0
+                }
+                #expect(quiet, "the build stopped and no job is left")
+                #expect(try await Self.curl(url).contains("Version two"), "the serving version is untouched")
+
+                // Apps, destroy, completion, logout.
+                #expect(try await cli.json(["apps"]).value.items.map { $0["name"]?.stringValue } == ["hello"])
+                #expect(try await cli.run(["destroy", "--config", config]).status == 2, "destroy asks, or wants --yes")
+                #expect(try await cli.run(["destroy", "--yes", "--config", config]).status == 0)
+                let gone = try await eventually(timeout: .seconds(30), every: .milliseconds(300)) { try await Self.curl(url).isEmpty }
+                #expect(gone, "nothing serves the destroyed app")
+                #expect(try await cli.run(["completion", "bash"]).output.contains("_loco"))
+                #expect(try await cli.run(["logout"]).status == 0)
+                #expect(try await cli.run(["whoami"]).status == 3)
+            }
+        }
+    }
+}
+
+extension JSONValue {
+    var items: [JSONValue] {
+        if case .array(let list)? = self["items"] { return list }
+        if case .array(let list) = self { return list }
+        return []
+    }
+    var int: Int64? { if case .number(let number) = self { return Int64(number) }; return nil }
+}
