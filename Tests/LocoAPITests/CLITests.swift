@@ -185,6 +185,63 @@ struct CLITests {
             }
         }
     }
+
+    @Test("a two-service app answers on both prefixes through one port; apps that crash, never get ready or run out of memory end in their reports while the previous version serves")
+    func servicesAndFailures() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            try await LocoStack.with(db: db) { stack in
+                let home = stack.folder.appending(path: "home")
+                let cli = CLI(binary: try Repo.binary("loco"), environment: ["XDG_CONFIG_HOME": home.path, "HOME": home.path,
+                                                                             "LOCO_API": stack.base, "LOCO_TOKEN": stack.token])
+                let base = "oci-archive:\(stack.baseImage.path)"
+                let two = try stack.example("two-services", as: "shop", fullToml: """
+                    version = 1
+                    name = "shop"
+                    [[services]]
+                    name = "api"
+                    path = "/api"
+                    [services.build]
+                    args = { BASE = "\(base)" }
+                    [services.run]
+                    health = "/api/"
+                    [[services]]
+                    name = "web"
+                    path = "/"
+                    [services.build]
+                    args = { BASE = "\(base)" }
+                    """)
+                let shop = try await cli.json(["deploy", "--config", two.appending(path: "loco.toml").path])
+                #expect(shop.status == 0 && shop.value["state"]?.stringValue == "succeeded", "\(shop.value)\n\(stack.workers.output.suffix(3000))")
+                let url = try #require(shop.value["url"]?.stringValue)
+                #expect(try await Self.curl(url + "/api/").contains("hello from the api service"))
+                #expect(try await Self.curl(url + "/").contains("Hello from the web service"))
+                #expect(try await Self.curl(url + "/nothing-here").contains("404"), "paths outside /api go to web")
+                #expect(shop.value["images"]?["api"] != shop.value["images"]?["web"], "each service runs its own image")
+
+                let hello = try stack.example("hello", as: "hello")
+                let good = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])
+                let helloURL = try #require(good.value["url"]?.stringValue)
+                #expect(try await Self.curl(helloURL).contains("Hello from Loco"))
+                let failing: [(String, [String: String], String, [String])] = [
+                    ("", ["Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"sh\", \"-c\", \"echo 'fatal: DATABASE_URL is not set' >&2; exit 3\"]\n"],
+                     "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),
+                    ("[run]\nhealth = \"/healthz\"\n", [:], "READINESS_PROBE_FAILED", ["/healthz"]),
+                    ("[resources]\nmemory = \"32Mi\"\n",
+                     ["Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=300M\", \"count=1\"]\n"], "OOM_KILLED", ["32 MiB"]),
+                ]
+                for (toml, edit, code, evidence) in failing {
+                    let folder = try stack.example("hello", as: "hello", toml: toml, edit: edit)
+                    let result = try await cli.run(["deploy", "--config", folder.appending(path: "loco.toml").path])
+                    #expect(result.status == 1 && result.output.contains(code) && result.output.contains("Next: "), "\(code): \(result.output)")
+                    for text in evidence { #expect(result.output.contains(text), "\(code) shows \(text): \(result.output)") }
+                    #expect(try await Self.curl(helloURL).contains("Hello from Loco"), "after \(code) the previous version serves")
+                }
+                let status = try await cli.json(["status", "--config", hello.appending(path: "loco.toml").path])
+                #expect(status.value["last_failure"]?["report"]?["code"]?.stringValue == "OOM_KILLED")
+            }
+        }
+    }
+
 }
 
 extension JSONValue {

@@ -98,7 +98,7 @@ struct LocoStack {
     }
 
     /// A copy of an example with a loco.toml whose base image is the test's archive.
-    func example(_ name: String, as app: String, toml extra: String = "", edit: [String: String] = [:]) throws -> URL {
+    func example(_ name: String, as app: String, toml extra: String = "", edit: [String: String] = [:], fullToml: String? = nil) throws -> URL {
         let target = folder.appending(path: "apps/\(app)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: Repo.root.appending(path: "examples/\(name)"), to: target)
@@ -110,7 +110,7 @@ struct LocoStack {
             args = { BASE = "oci-archive:\(baseImage.path)" }
             \(extra)
             """
-        try toml.write(to: target.appending(path: "loco.toml"), atomically: true, encoding: .utf8)
+        try (fullToml ?? toml).write(to: target.appending(path: "loco.toml"), atomically: true, encoding: .utf8)
         for (path, text) in edit {
             try FileManager.default.createDirectory(at: target.appending(path: path).deletingLastPathComponent(), withIntermediateDirectories: true)
             try text.write(to: target.appending(path: path), atomically: true, encoding: .utf8)

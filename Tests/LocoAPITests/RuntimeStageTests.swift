@@ -147,7 +147,7 @@ struct RuntimeStageTests {
                     try await db.scalar("SELECT count(*) FROM loco_jobs WHERE kind = 'app.remove' AND state = 'completed'", as: Int64.self) == 1
                 }
                 #expect(removed)
-                #expect(try await get(thirdURL).isEmpty, "nothing serves the deleted app")
+                #expect(try await eventually(timeout: .seconds(10)) { try await get(thirdURL).isEmpty }, "nothing serves the deleted app")
                 #expect(try await runtime.endpoints(deploymentID: third.id, team: "acme", app: "web").isEmpty)
                 #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(third.imageDigest), accept: types) == nil)
             }

@@ -1,5 +1,8 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
+import NIOCore
+import NIOHTTP1
 
 /// One stable local address per app, routed by path prefix to the serving version's containers,
 /// the way the Gateway's HTTPRoute does on Kubernetes. It is nginx (Debian's nginx-light) run by
@@ -28,15 +31,34 @@ public struct LocalEntryPoint: Sendable {
     var appsFolder: URL { folder.appending(path: "apps") }
     var pidFile: URL { folder.appending(path: "nginx.pid") }
 
-    /// Points the app's address at `routes` and returns that address.
-    public func publish(team: String, app: String, routes: [Route]) async throws -> String {
+    /// Points the app's address at `routes` (the version `generation`) and returns the address
+    /// once it answers with them: nginx reloads asynchronously, so the switch is confirmed by the
+    /// `X-Loco-Version` header every answer carries.
+    public func publish(team: String, app: String, generation: Int64, routes: [Route]) async throws -> String {
         try await locked {
             try prepare()
             let port = try port(team: team, app: app)
-            try Self.server(port: port, routes: routes).write(to: appsFolder.appending(path: "\(team)--\(app).conf"), atomically: true, encoding: .utf8)
+            try Self.server(port: port, generation: generation, routes: routes)
+                .write(to: appsFolder.appending(path: "\(team)--\(app).conf"), atomically: true, encoding: .utf8)
             try await apply()
-            return "http://127.0.0.1:\(port)"
+            let address = "http://127.0.0.1:\(port)"
+            let deadline = ContinuousClock.now + .seconds(10)
+            while await Self.version(at: address) != generation {
+                guard ContinuousClock.now < deadline else {
+                    throw EntryPointError(message: "nginx did not switch \(address) to version \(generation) within 10 s (see \(folder.path)/error.log)")
+                }
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            return address
         }
+    }
+
+    /// The version the address routes to now, from its `X-Loco-Version` header.
+    static func version(at address: String) async -> Int64? {
+        var request = HTTPClientRequest(url: address + "/")
+        request.method = .HEAD
+        guard let response = try? await RegistryClient.sharedHTTP.execute(request, timeout: .seconds(2)) else { return nil }
+        return response.headers.first(name: "X-Loco-Version").flatMap { Int64($0) }
     }
 
     /// The app's address, if it has one.
@@ -49,8 +71,14 @@ public struct LocalEntryPoint: Sendable {
     public func unpublish(team: String, app: String) async throws {
         try await locked {
             try? FileManager.default.removeItem(at: appsFolder.appending(path: "\(team)--\(app).conf"))
+            let address = self.address(team: team, app: app)
             try? FileManager.default.removeItem(at: folder.appending(path: "ports/\(team)--\(app)"))
             if runningPID() != nil { try await apply() }
+            // The reload is asynchronous: wait until the address stops answering.
+            if let address {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while await Self.version(at: address) != nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(25)) }
+            }
         }
     }
 
@@ -61,7 +89,7 @@ public struct LocalEntryPoint: Sendable {
         for _ in 0..<50 where kill(pid, 0) == 0 { usleep(100_000) }
     }
 
-    static func server(port: Int, routes: [Route]) -> String {
+    static func server(port: Int, generation: Int64, routes: [Route]) -> String {
         // Longest prefix first, as nginx picks it anyway; '/' catches the rest.
         let locations = routes.sorted { $0.prefix.count > $1.prefix.count }.map { route in
             """
@@ -74,7 +102,7 @@ public struct LocalEntryPoint: Sendable {
             """
         }
         let fallback = routes.contains { $0.prefix == "/" } ? "" : "    location / { return 404; }\n"
-        return "server {\n    listen 127.0.0.1:\(port);\n\(locations.joined(separator: "\n"))\n\(fallback)}\n"
+        return "server {\n    listen 127.0.0.1:\(port);\n    add_header X-Loco-Version \(generation) always;\n\(locations.joined(separator: "\n"))\n\(fallback)}\n"
     }
 
     func prepare() throws {

@@ -176,7 +176,7 @@ public struct PodmanRuntime: Runtime {
         let endpoints = try await endpoints(deploymentID: deploymentID, team: team, app: app)
         let routes = services.compactMap { service in endpoints[service.name].map { LocalEntryPoint.Route(prefix: service.pathPrefix, upstream: $0) } }
         let address: String
-        do { address = try await entryPoint.publish(team: team, app: app, routes: routes) } catch {
+        do { address = try await entryPoint.publish(team: team, app: app, generation: deploymentID, routes: routes) } catch {
             throw RolloutFailure(code: "ENTRY_POINT_FAILED", message: "the app's local address could not be switched: \(error)",
                                  hint: "Install nginx on the wait workers (apt-get install -y nginx-light) and check \(entryPoint.folder.path)/error.log.",
                                  service: nil, exitCode: nil, logTail: [])
