@@ -242,6 +242,140 @@ struct CLITests {
         }
     }
 
+
+    @Test("a dropped event stream resumes without repeating an event; behind a buffering proxy the CLI polls instead")
+    func streamResumeAndFallback() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            try await LocoStack.with(db: db) { stack in
+                let home = stack.folder.appending(path: "home")
+                let apiPort = try #require(stack.base.split(separator: ":").last.map(String.init))
+                let script = Repo.root.appending(path: "Tests/LocoAPITests/Fixtures/flaky_proxy.py").path
+                for mode in ["drop", "buffer"] {
+                    let port = try await TokenAuthRegistry.freePort()
+                    let state = stack.folder.appending(path: "proxy-\(mode).log")
+                    let proxy = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(port)", apiPort, mode, state.path])
+                    defer { proxy.stop() }
+                    #expect(try await eventually(timeout: .seconds(10)) { (try? String(contentsOf: state, encoding: .utf8))?.contains("listening") == true })
+                    let cli = CLI(binary: try Repo.binary("loco"), environment: ["XDG_CONFIG_HOME": home.path, "HOME": home.path,
+                                                                                 "LOCO_API": "http://127.0.0.1:\(port)", "LOCO_TOKEN": stack.token])
+                    let app = try stack.example("hello", as: "hello", edit: ["public/index.html": "<h1>\(mode)</h1>\n"])
+                    let result = try await cli.run(["deploy", "--config", app.appending(path: "loco.toml").path, "-o", "ndjson", "--debug"])
+                    #expect(result.status == 0, "\(mode): \(result.output)")
+                    let lines = result.output.split(separator: "\n").compactMap { JSONValue.parse(String($0)) }
+                    let log = (try? String(contentsOf: state, encoding: .utf8)) ?? ""
+                    if mode == "drop" {
+                        #expect(log.components(separatedBy: "dropped").count - 1 >= 1, "the proxy cut the stream: \(log)")
+                        let ids = lines.compactMap { $0["id"]?.int }
+                        #expect(!ids.isEmpty && ids == Array(ids.first!...ids.last!), "every event once, in order: \(ids)")
+                        #expect(ids.first == 1)
+                    } else {
+                        #expect(log.contains("buffered"), "the proxy rewrote the stream: \(log)")
+                        #expect(lines.contains { $0["type"]?.stringValue == "stage_finished" && $0["stage"]?.stringValue == "wait" }, "polling still shows the stages: \(result.output)")
+                    }
+                    #expect(lines.last?["deployment"]?["state"]?.stringValue == "succeeded", "\(mode): \(result.output.suffix(1500))")
+                }
+            }
+        }
+    }
+
+
+    /// A real terminal: tmux runs a shell, the test types and reads the screen.
+    struct Screen {
+        let socket: String
+        static let tmux = URL(fileURLWithPath: "/usr/bin/tmux")
+
+        static func start(environment: [String: String], folder: URL) async throws -> Screen {
+            guard FileManager.default.isExecutableFile(atPath: tmux.path) else { throw TestSetupError("tmux is missing: apt-get install -y tmux (scripts/test installs it)") }
+            let screen = Screen(socket: "loco-test-\(UInt32.random(in: 0...UInt32.max))")
+            let exports = environment.map { "export \($0.key)='\($0.value)'" }.joined(separator: "; ")
+            let started = try await runCommand(tmux, ["-L", screen.socket, "new-session", "-d", "-s", "t", "-x", "200", "-y", "50",
+                                                      "bash --norc --noprofile -c \"\(exports); cd '\(folder.path)'; PS1='$ ' exec bash --norc --noprofile\""])
+            guard started.status == 0 else { throw TestSetupError("tmux did not start: \(started.output)") }
+            return screen
+        }
+
+        func type(_ keys: String, enter: Bool = true) async throws {
+            _ = try await runCommand(Self.tmux, ["-L", socket, "send-keys", "-t", "t", "-l", keys])
+            if enter { _ = try await runCommand(Self.tmux, ["-L", socket, "send-keys", "-t", "t", "Enter"]) }
+        }
+
+        func key(_ name: String) async throws { _ = try await runCommand(Self.tmux, ["-L", socket, "send-keys", "-t", "t", name]) }
+
+        func text() async throws -> String { try await runCommand(Self.tmux, ["-L", socket, "capture-pane", "-p", "-t", "t", "-S", "-200"]).output }
+
+        /// Waits until the screen shows `needle`; returns the screen.
+        @discardableResult
+        func wait(for needle: String, timeout: Duration = .seconds(60)) async throws -> String {
+            var last = ""
+            let seen = try await eventually(timeout: timeout, every: .milliseconds(100)) {
+                last = try await text()
+                return last.contains(needle)
+            }
+            if !seen { throw TestSetupError("the screen never showed '\(needle)':\n\(last)") }
+            return last
+        }
+
+        func stop() async { _ = try? await runCommand(Self.tmux, ["-L", socket, "kill-server"]) }
+    }
+
+    @Test("in a real terminal (tmux): init asks and writes, deploy shows live stages and Ctrl-C offers to cancel, logs --follow freezes without losing lines")
+    func interactive() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            try await LocoStack.with(db: db) { stack in
+                let home = stack.folder.appending(path: "home")
+                let loco = try Repo.binary("loco").path
+                let environment = ["XDG_CONFIG_HOME": home.path, "HOME": home.path, "LOCO_API": stack.base, "LOCO_TOKEN": stack.token, "TERM": "xterm-256color"]
+
+                // init: detects the Dockerfile's port, asks, writes.
+                let fresh = stack.folder.appending(path: "fresh-app")
+                try FileManager.default.createDirectory(at: fresh, withIntermediateDirectories: true)
+                try "FROM scratch\nEXPOSE 3000\n".write(to: fresh.appending(path: "Dockerfile"), atomically: true, encoding: .utf8)
+                let screen = try await Screen.start(environment: environment, folder: fresh)
+                defer { Task { await screen.stop() } }
+                try await screen.type("\(loco) init")
+                try await screen.wait(for: "App name [fresh-app]:")
+                try await screen.type("my-shop")
+                try await screen.wait(for: "Port the app listens on [3000]:")
+                try await screen.type("")
+                try await screen.wait(for: "Health path")
+                try await screen.type("/healthz")
+                try await screen.wait(for: "Wrote")
+                let written = try ConfigLoaderText.read(fresh.appending(path: "loco.toml"))
+                #expect(written.contains("name = \"my-shop\"") && written.contains("port = 3000") && written.contains("health = \"/healthz\""), "\(written)")
+
+                // deploy: a slow build shows its stage live; Ctrl-C asks; 'y' cancels; exit code 5.
+                let slow = try stack.example("hello", as: "hello", edit: ["Dockerfile": "ARG BASE\nFROM ${BASE}\nRUN echo warming up && sleep 30\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\"]\n"])
+                try await screen.type("clear; \(loco) deploy --config \(slow.appending(path: "loco.toml").path); echo EXIT=$?")
+                let building = try await screen.wait(for: "warming up", timeout: .seconds(90))
+                #expect(building.contains("build of web started") && building.contains("│"), "\(building)")
+                try await screen.key("C-c")
+                try await screen.wait(for: "Cancel deployment")
+                try await screen.type("y")
+                let cancelled = try await screen.wait(for: "EXIT=")
+                #expect(cancelled.contains("Cancelled deployment") && cancelled.contains("EXIT=5"), "\(cancelled)")
+
+                // logs --follow: space freezes the display; lines that arrive meanwhile show on unfreeze.
+                let hello = try stack.example("hello", as: "hello")
+                let cli = CLI(binary: try Repo.binary("loco"), environment: environment)
+                let deployed = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])
+                let url = try #require(deployed.value["url"]?.stringValue, "\(deployed.value)")
+                try await screen.type("clear; \(loco) logs --follow --config \(hello.appending(path: "loco.toml").path)")
+                try await screen.wait(for: "space: freeze")
+                _ = try await Self.curl(url + "/first")
+                try await screen.wait(for: "/first")
+                try await screen.type(" ", enter: false)
+                try await screen.wait(for: "frozen: new lines are kept")
+                _ = try await Self.curl(url + "/second")
+                try await Task.sleep(for: .seconds(2))
+                #expect(!(try await screen.text()).contains("/second"), "nothing new shows while frozen")
+                try await screen.type(" ", enter: false)
+                let thawed = try await screen.wait(for: "/second")
+                #expect(thawed.contains("unfrozen: "), "\(thawed)")
+                try await screen.key("C-c")
+            }
+        }
+    }
+
 }
 
 extension JSONValue {
@@ -251,4 +385,8 @@ extension JSONValue {
         return []
     }
     var int: Int64? { if case .number(let number) = self { return Int64(number) }; return nil }
+}
+
+enum ConfigLoaderText {
+    static func read(_ url: URL) throws -> String { try String(contentsOf: url, encoding: .utf8) }
 }
