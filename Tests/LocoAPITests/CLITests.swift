@@ -315,7 +315,11 @@ struct CLITests {
             return last
         }
 
-        func stop() async { _ = try? await runCommand(Self.tmux, ["-L", socket, "kill-server"]) }
+        func stop() async {
+            _ = try? await runCommand(Self.tmux, ["-L", socket, "kill-server"])
+            // kill-server does not always end a server whose pane still runs a program.
+            _ = try? await runCommand(URL(fileURLWithPath: "/usr/bin/pkill"), ["-9", "-f", "tmux -L \(socket) "])
+        }
     }
 
     @Test("in a real terminal (tmux): init asks and writes, deploy shows live stages and Ctrl-C offers to cancel, logs --follow freezes without losing lines")
@@ -331,7 +335,19 @@ struct CLITests {
                 try FileManager.default.createDirectory(at: fresh, withIntermediateDirectories: true)
                 try "FROM scratch\nEXPOSE 3000\n".write(to: fresh.appending(path: "Dockerfile"), atomically: true, encoding: .utf8)
                 let screen = try await Screen.start(environment: environment, folder: fresh)
-                defer { Task { await screen.stop() } }
+                do {
+                    try await Self.interactiveScenes(screen: screen, stack: stack, environment: environment, fresh: fresh)
+                } catch {
+                    await screen.stop()
+                    throw error
+                }
+                await screen.stop()
+            }
+        }
+    }
+
+    static func interactiveScenes(screen: Screen, stack: LocoStack, environment: [String: String], fresh: URL) async throws {
+                let loco = try Repo.binary("loco").path
                 try await screen.type("\(loco) init")
                 try await screen.wait(for: "App name [fresh-app]:")
                 try await screen.type("my-shop")
@@ -372,6 +388,47 @@ struct CLITests {
                 let thawed = try await screen.wait(for: "/second")
                 #expect(thawed.contains("unfrozen: "), "\(thawed)")
                 try await screen.key("C-c")
+    }
+
+
+    @Test("20 apps deployed at once with 2 build, 2 push and 4 apply/wait workers: all serve, each one's stage events complete and in order")
+    func twentyAtOnce() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            try await LocoStack.with(db: db, workerQueues: ["build=2", "push=2", "apply=4", "wait=4", "cleanup=2"]) { stack in
+                let home = stack.folder.appending(path: "home")
+                let cli = CLI(binary: try Repo.binary("loco"), environment: ["XDG_CONFIG_HOME": home.path, "HOME": home.path,
+                                                                             "LOCO_API": stack.base, "LOCO_TOKEN": stack.token])
+                let names = (1...20).map { "app-\($0)" }
+                let folders = try names.map { name in try stack.example("hello", as: name, edit: ["public/index.html": "<h1>\(name)</h1>\n"]) }
+                let ids = try await withThrowingTaskGroup(of: (String, Int64?).self) { group in
+                    for (name, folder) in zip(names, folders) {
+                        group.addTask {
+                            let result = try await cli.json(["deploy", "--config", folder.appending(path: "loco.toml").path, "--detach"])
+                            return (name, result.value["id"]?.int)
+                        }
+                    }
+                    var ids: [String: Int64] = [:]
+                    for try await (name, id) in group { ids[name] = id }
+                    return ids
+                }
+                #expect(ids.count == 20 && ids.values.allSatisfy { $0 != nil })
+                let finished = try await eventually(timeout: .seconds(600), every: .seconds(1)) {
+                    try await db.scalar("SELECT count(*) FROM loco_deployments WHERE state IN ('succeeded','failed','cancelled')", as: Int64.self) == 20
+                }
+                #expect(finished, "\(stack.workers.output.suffix(3000))")
+                for name in names {
+                    let id = try #require(ids[name] ?? nil)
+                    let shown = try await cli.json(["deployment", "show", "\(id)"])
+                    #expect(shown.value["state"]?.stringValue == "succeeded", "\(name): \(shown.value["report"] ?? .null)")
+                    if let url = shown.value["url"]?.stringValue { #expect(try await Self.curl(url).contains(name), "\(name) serves its own page") }
+                    let buildLog = try await cli.run(["logs", "--deployment", "\(id)", "-o", "json"])
+                    #expect(buildLog.output.contains("STEP 1/4"), "\(name) has its build output")
+                    let events = try await stack.db.client.query("SELECT type, stage FROM loco_deployment_events WHERE deployment_id = \(id) AND type LIKE 'stage_%' ORDER BY id")
+                    var sequence: [String] = []
+                    for try await (type, stage) in events.decode((String, String?).self) { sequence.append("\(type == "stage_started" ? "+" : "-")\(stage ?? "")") }
+                    let main = sequence.filter { !$0.hasSuffix("cleanup") }
+                    #expect(main == ["+build", "-build", "+push", "-push", "+apply", "-apply", "+wait", "-wait"], "\(name): \(sequence)")
+                }
             }
         }
     }

@@ -94,7 +94,7 @@ struct LocoStack {
     func removeApps(_ runtime: PodmanRuntime) async throws {
         let apps = try await db.client.query("SELECT t.name, a.name FROM loco_apps a JOIN loco_teams t ON t.id = a.team_id")
         for try await (team, app) in apps.decode((String, String).self) { try await runtime.removeApp(team: team, app: app) }
-        for app in ["hello", "web", "shop", "slow", "broken"] { try? await runtime.removeApp(team: "acme", app: app) }
+        try await runtime.removeEverything()
     }
 
     /// A copy of an example with a loco.toml whose base image is the test's archive.

@@ -200,6 +200,12 @@ public struct PodmanRuntime: Runtime {
         }
     }
 
+    /// Removes every app container this runtime's storage holds (tests and `scripts/demo stop`).
+    public func removeEverything() async throws {
+        let (_, names) = try await run(["ps", "-a", "--format", "{{.Names}}", "--filter", "label=loco.app"])
+        for name in names.split(separator: "\n") where !name.isEmpty { _ = try await run(["rm", "-f", "-t", "0", String(name)]) }
+    }
+
     public func removeApp(team: String, app: String) async throws {
         for container in try await containers(team: team, app: app) {
             _ = try await run(["rm", "-f", "-t", "0", container.Name])
