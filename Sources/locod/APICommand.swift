@@ -63,7 +63,7 @@ struct APICommand: AsyncParsableCommand {
             switch runtimeName {
             case "local":
                 let work = URL(fileURLWithPath: workDir ?? environment["LOCO_WORK_DIR"] ?? ".loco/work")
-                logs = try PodmanRuntime(stateFolder: work.appending(path: "podman"), logger: logger)
+                logs = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: logger)
             case "none": logs = nil
             default: throw UsageError(message: "--runtime \(runtimeName) is not available", hint: "Use --runtime local (podman) or none.")
             }

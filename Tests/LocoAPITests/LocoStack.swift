@@ -62,7 +62,7 @@ struct LocoStack {
         var workerArguments = ["worker", "--registry-token-file", tokenFile.path, "--poll-interval-ms", "200", "--rollout-timeout-seconds", "10"]
         for queue in workerQueues { workerArguments += ["--queue", queue] }
         let workers = try ChildProcess(locod, workerArguments, environment: env)
-        let runtime = try PodmanRuntime(stateFolder: work.appending(path: "podman"), logger: db.logger)
+        let runtime = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: db.logger)
         defer {
             workers.stop()
             api.stop()
@@ -80,13 +80,20 @@ struct LocoStack {
         guard made.status == 0 else { throw TestSetupError("scripts/base-image failed: \(made.output)") }
         let stack = LocoStack(db: db, folder: folder, api: api, workers: workers, base: base, token: token, workerToken: workerToken,
                               baseImage: baseImage, registryURL: registryURL, environment: env)
+        // Workers first (a graceful stop lets a cleanup job finish removing a container), then
+        // every container of the test.
+        func teardown() async throws {
+            workers.signal(SIGTERM)
+            _ = await workers.waitForExit(timeout: .seconds(30))
+            try await stack.removeApps(runtime)
+        }
         do {
             try await body(stack)
         } catch {
-            try? await stack.removeApps(runtime)
+            try? await teardown()
             throw error
         }
-        try await stack.removeApps(runtime)
+        try await teardown()
         #expect(!workers.output.contains(workerToken) && !api.output.contains(workerToken) && !api.output.contains(token), "tokens stay out of the logs")
     }
 

@@ -96,7 +96,7 @@ struct WorkerBinaryStageTests {
             #expect(!workers.output.contains(workerToken) && !api.output.contains(workerToken), "the worker token stays out of the logs")
             // The app's containers go with the test.
             _ = try await runCommand(curl, ["-s", "-X", "DELETE", "-H", "Authorization: Bearer \(token)", "\(base)/v1/apps/web"])
-            let runtime = try PodmanRuntime(stateFolder: folder.appending(path: "work/podman"), logger: db.logger)
+            let runtime = try PodmanRuntime(stateFolder: folder.appending(path: "work/podman"), configure: false, logger: db.logger)
             _ = try await runtime.removeApp(team: "acme", app: "web")
             runtime.entryPoint.stop()
             workers.signal(SIGTERM)

@@ -4,18 +4,32 @@ import Foundation
 /// a state folder of its own, plain-HTTP registries marked insecure, and (for podman) the engine
 /// settings that work on these hosts. Returns the environment that points the tools at them.
 enum ContainersConfig {
-    static func write(stateFolder: URL, insecureRegistries: [String], engine: Bool) throws -> [String: String] {
-        try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
+    /// With `write: false` the files are only pointed at (a process that reads what another one
+    /// configured, like the API reading app logs where the workers run apps).
+    static func write(stateFolder: URL, insecureRegistries: [String], engine: Bool, write: Bool = true) throws -> [String: String] {
         let storage = stateFolder.appending(path: "storage.conf")
         let registries = stateFolder.appending(path: "registries.conf")
+        guard write else {
+            var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": stateFolder.path,
+                               "CONTAINERS_STORAGE_CONF": storage.path, "CONTAINERS_REGISTRIES_CONF": registries.path]
+            if engine { environment["CONTAINERS_CONF"] = stateFolder.appending(path: "containers.conf").path }
+            return environment
+        }
+        try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         try """
             [storage]
             driver = "vfs"
             graphroot = "\(stateFolder.path)/storage"
             runroot = "\(stateFolder.path)/run"
             """.write(to: storage, atomically: true, encoding: .utf8)
+        // Several processes share a state folder (the API reads logs where the workers run apps):
+        // a registry one of them marked insecure stays marked, whoever writes last.
+        let known = (try? String(contentsOf: registries, encoding: .utf8))?.split(separator: "\n").compactMap { line -> String? in
+            guard line.hasPrefix("location = \"") else { return nil }
+            return String(line.dropFirst("location = \"".count).dropLast())
+        } ?? []
         var text = "unqualified-search-registries = []\n"
-        for registry in insecureRegistries { text += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n" }
+        for registry in Set(known + insecureRegistries).sorted() { text += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n" }
         try text.write(to: registries, atomically: true, encoding: .utf8)
         var environment = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -18,13 +18,15 @@ public struct PodmanRuntime: Runtime {
     /// Each app's stable address, routed by path prefix to its serving containers.
     public let entryPoint: LocalEntryPoint
 
-    public init(stateFolder: URL, insecureRegistries: [String] = [], podman: String = "/usr/bin/podman", logger: Logger) throws {
+    /// `configure: false` for processes that only look at what the workers run (the API's logs,
+    /// tests): the workers own the configuration files.
+    public init(stateFolder: URL, insecureRegistries: [String] = [], podman: String = "/usr/bin/podman", configure: Bool = true, logger: Logger) throws {
         self.stateFolder = stateFolder
         self.entryPoint = LocalEntryPoint(folder: stateFolder.appending(path: "entry"), logger: logger)
         self.insecureRegistries = insecureRegistries
         self.podman = podman
         self.logger = logger
-        self.environment = try ContainersConfig.write(stateFolder: stateFolder, insecureRegistries: insecureRegistries, engine: true)
+        self.environment = try ContainersConfig.write(stateFolder: stateFolder, insecureRegistries: insecureRegistries, engine: true, write: configure)
     }
 
     /// Runs podman; returns its exit status and output.
