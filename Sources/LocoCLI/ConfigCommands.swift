@@ -38,7 +38,7 @@ struct Init: AsyncParsableCommand {
             health = prompt("Health path (answers 200 when ready)", default: health) ?? health
         }
         var text = """
-            # Loco app config: https://loco.dev/docs/loco-toml ('loco config show' prints every setting with its default)
+            # Loco app config (README.md, "loco.toml"); `loco config show` prints every setting with its default
             version = 1
             name = "\(name)"
 

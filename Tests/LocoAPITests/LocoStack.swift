@@ -84,7 +84,7 @@ struct LocoStack {
         // every container of the test.
         func teardown() async throws {
             workers.signal(SIGTERM)
-            _ = await workers.waitForExit(timeout: .seconds(30))
+            #expect(await workers.waitForExit(timeout: .seconds(30)) == 0, "workers exit 0 on SIGTERM")
             try await stack.removeApps(runtime)
         }
         do {

@@ -86,6 +86,7 @@ public struct RuntimeStages: Sendable {
               let deployment = try await store.deployment(id: id, on: database) else { return }
         let services = try await services(deployment)
         let deadline = ContinuousClock.now + rolloutTimeout
+        var lastReason = ""
         while true {
             switch try await runtime.status(deploymentID: id, team: deployment.team, app: deployment.app, services: services) {
             case .ready:
@@ -104,6 +105,13 @@ public struct RuntimeStages: Sendable {
             case .failed(let failure):
                 try await fail(deployment, failure)
             case .progressing(let reason):
+                // What the rollout waits for, each time it changes ("web: GET / answered 503").
+                if reason != lastReason {
+                    lastReason = reason
+                    _ = try? await database.transaction { connection in
+                        try await store.appendEvent(deploymentID: id, type: "progress", stage: Stage.wait.rawValue, message: String(reason.prefix(500)), on: connection)
+                    }
+                }
                 if ContinuousClock.now >= deadline {
                     let service = services.first?.name ?? "app"
                     let tail = (try? await runtime.logs(team: deployment.team, app: deployment.app, tail: 30)) ?? []
