@@ -154,6 +154,29 @@ struct CLITests {
                 let tokens = try await cli.json(["token", "list"])
                 #expect(tokens.value.items.contains { $0["kind"]?.stringValue == "deploy" })
                 #expect(!tokens.value.jsonText.contains(deployToken))
+                let deployTokenID = try #require(created.value["token"]?["id"]?.int)
+                #expect(try await cli.run(["token", "revoke", "\(deployTokenID)"]).status == 0)
+                let afterRevoke = try await cli.json(["token", "list"])
+                #expect(afterRevoke.value.items.first { $0["id"]?.int == deployTokenID }?["revoked_at"]?.stringValue != nil)
+
+                // --debug: a log of the requests, its path printed, no token in it.
+                let debugged = try await cli.run(["whoami", "--debug"])
+                let logPath = try #require(debugged.output.firstMatch(of: #/debug log: (\S+)/#).map { String($0.1) }, "\(debugged.output)")
+                let logText = try String(contentsOfFile: logPath, encoding: .utf8)
+                #expect(logText.contains("GET \(stack.base)/v1/whoami") && !logText.contains(stack.token), "\(logText)")
+                try? FileManager.default.removeItem(atPath: logPath)
+
+                // init without a terminal: flags and what it detects.
+                let plain = stack.folder.appending(path: "plain-app")
+                try FileManager.default.createDirectory(at: plain, withIntermediateDirectories: true)
+                try "FROM scratch\nEXPOSE 4000/tcp\n".write(to: plain.appending(path: "Dockerfile"), atomically: true, encoding: .utf8)
+                let initialised = try await runCommand(URL(fileURLWithPath: "/bin/bash"), ["-c", "cd '\(plain.path)' && '\(cli.binary.path)' init --name plain --health /up"],
+                                                       environment: cli.environment)
+                #expect(initialised.status == 0, "\(initialised.output)")
+                let plainConfig = try await cli.json(["config", "show", "--config", plain.appending(path: "loco.toml").path])
+                #expect(plainConfig.value["name"]?.stringValue == "plain" && plainConfig.value["run"]?["port"]?.int == 4000
+                        && plainConfig.value["run"]?["health"]?.stringValue == "/up", "\(plainConfig.value)")
+
 
                 // Cancel during the build: nothing of it is left running.
                 let slow = try stack.example("hello", as: "hello", edit: ["Dockerfile": "ARG BASE\nFROM ${BASE}\nRUN sleep 60\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\"]\n"])

@@ -3,6 +3,7 @@ import Foundation
 import LocoCore
 import LocoQueue
 import LocoTestSupport
+import PostgresNIO
 import Testing
 import Workers
 
@@ -49,6 +50,10 @@ struct WorkerBinaryStageTests {
                 let page = try await runCommand(curl, ["-s", "-m", "5", try #require(serving)])
                 #expect(page.output.contains("Hello from Loco"))
                 #expect(!workers.output.contains(workerToken) && !api.output.contains(workerToken), "the worker token stays out of the logs")
+                // The runtime pulled with a credential of this app only, revoked after the pull.
+                let pulls = try await stack.db.scalar("SELECT count(*) FROM loco_tokens WHERE kind = 'pull' AND app_id IS NOT NULL AND revoked_at IS NOT NULL",
+                                                      as: Int64.self)
+                #expect(pulls == 1)
             }
         }
     }

@@ -63,14 +63,23 @@ public struct RuntimeStages: Sendable {
         guard try await database.transaction({ try await store.stageStarted(deploymentID: id, stage: .apply, on: $0) }),
               let deployment = try await store.deployment(id: id, on: database) else { return }
         let version: AppliedVersion
+        // The runtime pulls with a credential of this app only (a pull token that expires in 15
+        // minutes, revoked once the pull is done), never with the worker's own: on Kubernetes it
+        // becomes the namespace's image pull secret.
+        let pull = try await appPullCredential(deployment)
         do {
             let services = try await services(deployment)
             version = try await runtime.apply(DesiredState(team: deployment.team, app: deployment.app, deploymentID: id, services: services,
-                                                           pullCredentials: pullCredentials))
+                                                           pullCredentials: pull?.credentials))
+            if let pull { try? await store.revokeToken(id: pull.tokenID, on: database) }
         } catch let failure as RolloutFailure {
+            if let pull { try? await store.revokeToken(id: pull.tokenID, on: database) }
             try? await runtime.remove(deploymentID: id, team: deployment.team, app: deployment.app)
             try await report(id, stage: .apply, failure)
             throw JobFailure.permanent(failure.code, failure.message)
+        } catch {
+            if let pull { try? await store.revokeToken(id: pull.tokenID, on: database) }
+            throw error
         }
         let started = version.endpoints.sorted { $0.key < $1.key }.map { "\($0.key) at \($0.value)" }.joined(separator: ", ")
         _ = try await database.transaction { connection in
@@ -78,6 +87,14 @@ public struct RuntimeStages: Sendable {
             try await context.complete(in: connection)
             return released
         }
+    }
+
+    /// A short-lived pull credential for the deployment's app, when the registry needs one.
+    func appPullCredential(_ deployment: Deployment) async throws -> (credentials: RegistryCredentials, tokenID: Int64)? {
+        guard pullCredentials != nil else { return nil }
+        let created = try await store.createToken(kind: .pull, name: "runtime pull for deployment \(deployment.id)", userID: nil,
+                                                  appID: deployment.appID, lifetime: .seconds(900), on: database)
+        return (RegistryCredentials(username: "loco-pull", password: created.secret), created.token.id)
     }
 
     func wait(_ args: DeploymentJobArgs, _ context: JobContext) async throws {
