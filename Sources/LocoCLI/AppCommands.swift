@@ -22,6 +22,17 @@ struct Status: AsyncParsableCommand {
             Out.line("  serving:    deployment \(current["id"]?.text ?? "") since \(current["finished_at"]?.text ?? "")")
             if let url = current["url"]?.stringValue { Out.line("  url:        \(url)") }
             if let image = current["image_ref"]?.stringValue { Out.line("  image:      \(image)") }
+            // What runs: each service, its path prefix and its replica settings.
+            let config = current["config"]
+            let services: [JSONValue] = if case .array(let list)? = config?["services"] { list } else {
+                [.object(["name": .string("web"), "path": config?["routing"]?["path"] ?? .string("/"), "resources": config?["resources"] ?? .null])]
+            }
+            for service in services {
+                let resources = service["resources"]
+                let low = resources?["min_replicas"]?.int ?? 1, high = resources?["max_replicas"]?.int ?? low
+                let replicas = low == high ? "\(low) replica\(low == 1 ? "" : "s")" : "\(low)-\(high) replicas"
+                Out.line("  service:    \(service["name"]?.text ?? "") at \(service["path"]?.text ?? "/") (\(replicas), \(resources?["memory"]?.text ?? "") memory)")
+            }
         } else {
             Out.line("  serving:    nothing yet — run 'loco deploy'")
         }

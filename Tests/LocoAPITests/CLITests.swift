@@ -102,6 +102,9 @@ struct CLITests {
                 // Status, history, one deployment, build logs, app logs.
                 let status = try await cli.json(["status", "--config", config])
                 #expect(status.value["current"]?["url"]?.stringValue == url && status.value["app"]?["name"]?.stringValue == "hello")
+                let humanStatus = try await cli.run(["status", "--config", config])
+                #expect(humanStatus.output.contains("url:        \(url)") && humanStatus.output.contains("service:    web at / (1 replica, 256Mi memory)"),
+                        "\(humanStatus.output)")
                 let history = try await cli.json(["deployments", "--config", config])
                 #expect(history.value.items.count == 3 && history.value.items.allSatisfy { $0["state"]?.stringValue == "succeeded" })
                 let lastID = try #require(history.value.items.first?["id"]?.int)
