@@ -109,8 +109,15 @@ public struct PodmanRuntime: Runtime {
         let list = names.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
         guard !list.isEmpty else { return [] }
         let (status, json) = try await run(["inspect"] + list)
-        guard status == 0, let data = json.data(using: .utf8) else { return [] }
-        return (try? JSONDecoder().decode([Container].self, from: data)) ?? []
+        if status == 0, let data = json.data(using: .utf8), let found = try? JSONDecoder().decode([Container].self, from: data) { return found }
+        // One of them went away between the listing and the look (a cleanup removing an old
+        // version): look at each on its own and keep those still there.
+        var found: [Container] = []
+        for name in list {
+            let (status, json) = try await run(["inspect", name])
+            if status == 0, let data = json.data(using: .utf8), let one = try? JSONDecoder().decode([Container].self, from: data) { found += one }
+        }
+        return found
     }
 
     public func endpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: String] {
