@@ -82,8 +82,9 @@ public final class QueueWorker: Service, Sendable {
             await withTaskGroup(of: Void.self) { background in
                 background.addTask { await shared.completer.run(stopping: self.drained) }
                 background.addTask { await Heartbeat(shared: shared).run() }
+                let listener = NotificationListener(shared: shared, pools: self.pools)
                 if !configuration.pollOnly {
-                    background.addTask { await NotificationListener(shared: shared, pools: self.pools).run() }
+                    background.addTask { await listener.run() }
                 }
                 if configuration.runMaintenance {
                     let maintenance = Maintenance(shared: shared)
@@ -106,6 +107,9 @@ public final class QueueWorker: Service, Sendable {
                 }
                 await self.finishRunningJobs()
                 background.cancelAll()
+                // Cancelling a task that waits for notifications does not always end the wait;
+                // closing its connection does.
+                await listener.shutdown()
             }
         } onGracefulShutdown: {
             self.stop()
@@ -191,16 +195,41 @@ struct Heartbeat: Sendable {
 /// LISTENs on the queue channel with one dedicated connection: a queue name wakes that pool; a
 /// `cancel:<id>` payload stops the handler at once. Reconnects by itself; while it is down the
 /// pools keep polling.
-struct NotificationListener: Sendable {
+final class NotificationListener: Sendable {
     let shared: WorkerShared
     let pools: [String: WorkerPool]
+    /// The open connection, and whether the worker is shutting down.
+    private let current = Mutex<(connection: PostgresConnection?, closed: Bool)>((nil, false))
+
+    init(shared: WorkerShared, pools: [String: WorkerPool]) {
+        self.shared = shared
+        self.pools = pools
+    }
+
+    /// Ends `run()`: no reconnecting, and the connection it listens on is closed.
+    func shutdown() async {
+        let connection = current.withLock { state -> PostgresConnection? in
+            state.closed = true
+            defer { state.connection = nil }
+            return state.connection
+        }
+        try? await connection?.close()
+    }
 
     func run() async {
         var failures = 0
-        while !Task.isCancelled {
+        while !Task.isCancelled && !current.withLock({ $0.closed }) {
             do {
                 let connection = try await PostgresConnection.connect(
                     configuration: shared.databaseURL.connectionConfiguration, id: 0, logger: shared.logger)
+                let open = current.withLock { state -> Bool in
+                    if !state.closed { state.connection = connection }
+                    return !state.closed
+                }
+                guard open else {
+                    try? await connection.close()
+                    return
+                }
                 do {
                     try await connection.listen(on: JobStore.channel) { notifications in
                         if failures > 0 { shared.logger.info("listening for job notifications again") }
@@ -218,7 +247,7 @@ struct NotificationListener: Sendable {
                 }
                 try? await connection.close()
             } catch {
-                if Task.isCancelled { return }
+                if Task.isCancelled || current.withLock({ $0.closed }) { return }
                 failures += 1
                 if failures == 1 || failures % 30 == 0 {
                     shared.logger.warning("job notifications unavailable; polling meanwhile",
