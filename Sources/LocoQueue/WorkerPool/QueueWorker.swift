@@ -238,6 +238,8 @@ final class NotificationListener: Sendable {
                         // Anything enqueued while we were not listening must not wait for the poll.
                         for pool in pools.values { pool.wake.signal() }
                         for try await notification in notifications {
+                            // Notifications keep coming after a cancel; they must not keep this alive.
+                            if Task.isCancelled || current.withLock({ $0.closed }) { break }
                             handle(notification.payload)
                         }
                     }
