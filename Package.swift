@@ -160,6 +160,8 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
+            // A helper the tests run with python3 (a proxy that misbehaves on purpose).
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
         .target(

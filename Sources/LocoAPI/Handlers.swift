@@ -228,7 +228,6 @@ extension API {
     /// per container).
     func appLogs(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, access) = try await app(request, context, for: .readLogs)
-        guard let logs else { throw CoreError.runtimeUnavailable }
         let follow = request.query("follow") == "true" || request.query("follow") == "1"
         let tail = try request.query("tail").map { text -> Int in
             guard let number = Int(text), (0...100_000).contains(number) else {
@@ -243,6 +242,8 @@ extension API {
             }
             return date
         }
+        // Parameters first: a bad request says so whether or not a runtime is configured.
+        guard let logs else { throw CoreError.runtimeUnavailable }
         let stream = logs.logStream(team: access.app.team, app: access.app.name, options: LogOptions(follow: follow, since: since, tail: tail))
         let body = ResponseBody { writer in
             for try await line in stream {

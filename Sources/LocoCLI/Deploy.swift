@@ -249,11 +249,3 @@ enum ReportPrinter {
         Out.line("  " + terminal.yellow("Next: ") + (report["hint"]?.text ?? ""))
     }
 }
-
-extension JSONValue {
-    var jsonText: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
-    }
-}

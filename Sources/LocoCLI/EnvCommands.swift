@@ -8,6 +8,11 @@ struct Env: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The app's environment variables (values stay hidden unless --reveal).",
                                                     subcommands: [List.self, Set.self, Unset.self, Import.self])
 
+    /// Sets several variables at once (`PUT /v1/apps/{app}/env`); answers the names, values hidden.
+    static func store(_ vars: [String: String], app: AppOptions, global: GlobalOptions) async throws -> JSONValue {
+        try await global.client().call(.PUT, try app.path("/env"), json: .object(["vars": .object(vars.mapValues(JSONValue.string))]))
+    }
+
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Names, and values with --reveal if you may see them.")
         @Flag(help: "Show values (the app's owner and the team's owners and admins).") var reveal = false
@@ -29,7 +34,7 @@ struct Env: AsyncParsableCommand {
         @OptionGroup var global: GlobalOptions
 
         func run() async throws {
-            var vars: [String: JSONValue] = [:]
+            var vars: [String: String] = [:]
             for pair in pairs {
                 guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {
                     throw CLIError("invalid_pair", "'\(pair.prefix(40))' is not NAME=value", hint: "Write loco env set NAME=value.")
@@ -38,9 +43,9 @@ struct Env: AsyncParsableCommand {
                 guard NameRules.isEnvName(name) else {
                     throw CLIError("invalid_env_name", "'\(name.prefix(40))' is not a variable name", hint: "Use letters, digits and '_', not starting with a digit.")
                 }
-                vars[name] = .string(String(pair[pair.index(after: equals)...]))
+                vars[name] = String(pair[pair.index(after: equals)...])
             }
-            let list = try await global.client().call(.PUT, try app.path("/env"), json: .object(["vars": .object(vars)]))
+            let list = try await Env.store(vars, app: app, global: global)
             if global.json { printJSON(list) } else { Out.line("Set \(vars.keys.sorted().joined(separator: ", ")). They apply from the next deploy.") }
         }
     }
@@ -67,7 +72,7 @@ struct Env: AsyncParsableCommand {
         func run() async throws {
             let vars = try DotEnv.read(file)
             guard !vars.isEmpty else { throw CLIError("empty_env_file", "\(file) sets no variables", hint: "Write NAME=value lines.") }
-            let list = try await global.client().call(.PUT, try app.path("/env"), json: .object(["vars": .object(vars.mapValues(JSONValue.string))]))
+            let list = try await Env.store(vars, app: app, global: global)
             if global.json { printJSON(list) } else { Out.line("Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file).") }
         }
     }

@@ -19,19 +19,18 @@ final class Follower: Sendable {
         self.client = client
         self.deploymentID = deploymentID
         self.format = format
-        self.view = ProgressView(terminal: terminal, live: format == .human && terminal.isTTY, quiet: format == .json)
+        self.view = ProgressView(terminal: terminal, live: format == .human && terminal.isTTY)
     }
 
     /// Returns the deployment as it ended.
     func run() async throws -> JSONValue {
         var lastID: Int64 = 0
         var failures = 0
-        var streamed = true
-        while streamed {
+        streaming: while failures <= maxResumes {
             do {
                 switch try await stream(after: &lastID) {
                 case .ended: return try await finalDeployment()
-                case .notAStream: streamed = false
+                case .notAStream: break streaming
                 case .dropped:
                     failures += 1
                     client.debug?.write("event stream dropped after event \(lastID); resuming (\(failures))")
@@ -44,8 +43,7 @@ final class Follower: Sendable {
                 failures += 1
                 client.debug?.write("event stream failed: \(error)")
             }
-            if failures > maxResumes { streamed = false; break }
-            if failures > 0 { try await Task.sleep(for: .milliseconds(min(5000, 200 * (1 << min(failures, 5))))) }
+            if failures > 0 && failures <= maxResumes { try await Task.sleep(for: .milliseconds(min(5000, 200 * (1 << min(failures, 5))))) }
         }
         return try await poll()
     }

@@ -10,7 +10,6 @@ import NIOCore
 final class ProgressView: Sendable {
     let terminal: Terminal
     let live: Bool
-    let quiet: Bool
     static let collapsedLines = 6
     static let frames = Array("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
 
@@ -26,10 +25,9 @@ final class ProgressView: Sendable {
     private let state = NIOLockedValueBox(State())
     private let ticker = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
-    init(terminal: Terminal, live: Bool, quiet: Bool) {
+    init(terminal: Terminal, live: Bool) {
         self.terminal = terminal
         self.live = live
-        self.quiet = quiet
         if live {
             ticker.withLockedValue { $0 = Task { [weak self] in
                 while !Task.isCancelled {
@@ -41,7 +39,6 @@ final class ProgressView: Sendable {
     }
 
     func event(_ event: JSONValue) {
-        guard !quiet else { return }
         let type = event["type"]?.text ?? ""
         let stage = event["stage"]?.stringValue
         let message = event["message"]?.text ?? ""

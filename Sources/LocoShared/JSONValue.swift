@@ -46,4 +46,11 @@ public enum JSONValue: Sendable, Codable, Equatable {
     public static func parse(_ text: String) -> JSONValue? {
         try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
     }
+
+    /// Compact JSON with sorted keys: what the database stores and what logs and reports show.
+    public var jsonText: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(self)) ?? Data("null".utf8), as: UTF8.self)
+    }
 }

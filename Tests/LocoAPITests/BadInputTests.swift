@@ -53,6 +53,13 @@ struct BadInputTests {
             #expect(huge.status == 413 && huge.errorCode == "payload_too_large")
             let badEnv = try await harness.call(.put, "/v1/apps/web/env", token: token, json: #"{"vars":{"1BAD":"x"}}"#)
             #expect(badEnv.status == 422 && badEnv.errorCode == "invalid_field", "\(badEnv.text)")
+            // Log parameters are checked before the runtime is asked (this harness has none: 503).
+            for query in ["tail=many", "tail=-1", "since=yesterday", "since=5w"] {
+                let badLogs = try await harness.call(.get, "/v1/apps/web/logs?\(query)", token: token)
+                #expect(badLogs.status == 422 && badLogs.errorCode == "invalid_field", "\(query): \(badLogs.text)")
+            }
+            let noRuntime = try await harness.call(.get, "/v1/apps/web/logs?tail=10&since=10m", token: token)
+            #expect(noRuntime.status == 503 && noRuntime.errorCode == "runtime_unavailable")
             let noRoute = try await harness.call(.get, "/v1/nothing", token: token)
             #expect(noRoute.status == 404 && noRoute.errorCode == "route_not_found")
             let wrongMethod = try await harness.call(.patch, "/v1/apps/web", token: token)

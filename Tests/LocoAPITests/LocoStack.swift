@@ -70,7 +70,7 @@ struct LocoStack {
             try? FileManager.default.removeItem(at: folder)
         }
         let base = "http://127.0.0.1:\(apiPort)"
-        let ready = try await eventually(timeout: .seconds(20), every: .milliseconds(100)) {
+        let ready = await eventually(timeout: .seconds(20), every: .milliseconds(100)) {
             (try? await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "\(base)/readyz"]))?.output == "ready\n"
         }
         guard ready else { throw TestSetupError("locod api did not get ready: \(api.output.suffix(2000))") }

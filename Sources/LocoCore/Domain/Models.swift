@@ -179,8 +179,3 @@ public struct DeploymentEvent: Sendable, Codable, Equatable {
     }
 }
 
-extension JSONValue {
-    public var jsonText: String {
-        String(decoding: (try? CoreJSON.encoder.encode(self)) ?? Data("null".utf8), as: UTF8.self)
-    }
-}

@@ -9,12 +9,15 @@ enum ContainersConfig {
     static func write(stateFolder: URL, insecureRegistries: [String], engine: Bool, write: Bool = true) throws -> [String: String] {
         let storage = stateFolder.appending(path: "storage.conf")
         let registries = stateFolder.appending(path: "registries.conf")
-        guard write else {
-            var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": stateFolder.path,
-                               "CONTAINERS_STORAGE_CONF": storage.path, "CONTAINERS_REGISTRIES_CONF": registries.path]
-            if engine { environment["CONTAINERS_CONF"] = stateFolder.appending(path: "containers.conf").path }
-            return environment
-        }
+        let containers = stateFolder.appending(path: "containers.conf")
+        var environment = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": stateFolder.path,
+            "CONTAINERS_STORAGE_CONF": storage.path,
+            "CONTAINERS_REGISTRIES_CONF": registries.path,
+        ]
+        if engine { environment["CONTAINERS_CONF"] = containers.path }
+        guard write else { return environment }
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         try """
             [storage]
@@ -22,7 +25,7 @@ enum ContainersConfig {
             graphroot = "\(stateFolder.path)/storage"
             runroot = "\(stateFolder.path)/run"
             """.write(to: storage, atomically: true, encoding: .utf8)
-        // Several processes share a state folder (the API reads logs where the workers run apps):
+        // Several worker processes (one per stage, say) share a state folder:
         // a registry one of them marked insecure stays marked, whoever writes last.
         let known = (try? String(contentsOf: registries, encoding: .utf8))?.split(separator: "\n").compactMap { line -> String? in
             guard line.hasPrefix("location = \"") else { return nil }
@@ -31,15 +34,8 @@ enum ContainersConfig {
         var text = "unqualified-search-registries = []\n"
         for registry in Set(known + insecureRegistries).sorted() { text += "\n[[registry]]\nlocation = \"\(registry)\"\ninsecure = true\n" }
         try text.write(to: registries, atomically: true, encoding: .utf8)
-        var environment = [
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": stateFolder.path,
-            "CONTAINERS_STORAGE_CONF": storage.path,
-            "CONTAINERS_REGISTRIES_CONF": registries.path,
-        ]
         if engine {
             // crun fails on these hosts' hybrid cgroups, and runc cannot set rlimits equal to the hard limits.
-            let containers = stateFolder.appending(path: "containers.conf")
             try """
                 [engine]
                 cgroup_manager = "cgroupfs"
@@ -48,7 +44,6 @@ enum ContainersConfig {
                 [containers]
                 default_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]
                 """.write(to: containers, atomically: true, encoding: .utf8)
-            environment["CONTAINERS_CONF"] = containers.path
         }
         return environment
     }

@@ -1,6 +1,5 @@
 import AsyncHTTPClient
 import Foundation
-import Logging
 import NIOCore
 import NIOHTTP1
 
@@ -11,12 +10,10 @@ import NIOHTTP1
 public struct LocalEntryPoint: Sendable {
     public let folder: URL
     let nginx: String
-    let logger: Logger
 
-    public init(folder: URL, nginx: String = "/usr/sbin/nginx", logger: Logger) {
+    public init(folder: URL, nginx: String = "/usr/sbin/nginx") {
         self.folder = folder
         self.nginx = nginx
-        self.logger = logger
     }
 
     public struct Route: Sendable, Equatable {

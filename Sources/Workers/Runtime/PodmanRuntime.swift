@@ -22,7 +22,7 @@ public struct PodmanRuntime: Runtime {
     /// tests): the workers own the configuration files.
     public init(stateFolder: URL, insecureRegistries: [String] = [], podman: String = "/usr/bin/podman", configure: Bool = true, logger: Logger) throws {
         self.stateFolder = stateFolder
-        self.entryPoint = LocalEntryPoint(folder: stateFolder.appending(path: "entry"), logger: logger)
+        self.entryPoint = LocalEntryPoint(folder: stateFolder.appending(path: "entry"))
         self.insecureRegistries = insecureRegistries
         self.podman = podman
         self.logger = logger
@@ -220,12 +220,6 @@ public struct PodmanRuntime: Runtime {
             _ = try await run(["rm", "-f", "-t", "0", container.Name])
         }
         try await entryPoint.unpublish(team: team, app: app)
-    }
-
-    public func logs(team: String, app: String, tail: Int) async throws -> [String] {
-        var lines: [String] = []
-        for container in try await containers(team: team, app: app) { lines += try await logTail(container.Name, lines: tail) }
-        return lines
     }
 
     public func logStream(team: String, app: String, options: LogOptions) -> AsyncThrowingStream<LogLine, any Error> {

@@ -122,6 +122,13 @@ public protocol Runtime: AppLogSource {
     func remove(deploymentID: Int64, team: String, app: String) async throws
     /// Removes every version of an app (the app was deleted).
     func removeApp(team: String, app: String) async throws
-    /// The last lines each container of the app printed.
-    func logs(team: String, app: String, tail: Int) async throws -> [String]
+}
+
+extension Runtime {
+    /// The last lines each container of the app printed, oldest first (for reports).
+    public func logs(team: String, app: String, tail: Int) async throws -> [String] {
+        var lines: [String] = []
+        for try await line in logStream(team: team, app: app, options: LogOptions(tail: tail)) { lines.append(line.line) }
+        return lines
+    }
 }
