@@ -6,6 +6,10 @@ import PostgresNIO
 /// inside their own transaction.
 public struct JobStore: Sendable {
     public static let channel = "loco_jobs"
+    /// The statement behind a single enqueue without dependencies (`$1` queue, `$2` kind,
+    /// `$3` args, `$4` priority, `$5` max attempts, `$6` run at, `$7` unique key), so a
+    /// benchmark can run the very same statement from another client as a baseline.
+    public static let singleEnqueueStatement = JobStatements.EnqueueOne.sql
     static let live = "('blocked','scheduled','available','running')"
 
     public let logger: Logger
@@ -18,7 +22,7 @@ public struct JobStore: Sendable {
 
     public func enqueue(_ job: NewJob, on db: some QueryRunner) async throws -> EnqueuedJob {
         try job.validate()
-        let dependsOn = Array(Set(job.dependsOn)).sorted()
+        let dependsOn = job.dependsOn.isEmpty ? [] : Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
             let inserted = dependsOn.isEmpty
                 ? try await db.prepared(JobStatements.EnqueueOne(job: job), logger: logger).first.map { ($0.0, $0.1) }

@@ -48,6 +48,7 @@ struct QueueBenchResult: Encodable {
     var jobs: Int
     var concurrency: Int
     var enqueueSingleJobsPerSecond: Double
+    var enqueueSingleUnpinnedJobsPerSecond: Double
     var enqueueSingleUnixSocketJobsPerSecond: Double?
     var enqueueBatchJobsPerSecond: Double
     var drainJobsPerSecond: Double
@@ -71,6 +72,7 @@ struct QueueBenchResult: Encodable {
     enum CodingKeys: String, CodingKey {
         case jobs, concurrency
         case enqueueSingleJobsPerSecond = "enqueue_single_jobs_per_s"
+        case enqueueSingleUnpinnedJobsPerSecond = "enqueue_single_unpinned_jobs_per_s"
         case enqueueSingleUnixSocketJobsPerSecond = "enqueue_single_unix_socket_jobs_per_s"
         case enqueueBatchJobsPerSecond = "enqueue_batch_jobs_per_s"
         case drainJobsPerSecond = "drain_jobs_per_s"
@@ -94,15 +96,13 @@ struct QueueBench {
         let db = ReconnectingConnection(url: url, logger: logger, queryTimeout: .seconds(600))
         try await migrate()
 
-        let single = try await timed {
-            for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) }
-        }
+        let (single, unpinned) = try await enqueueOneAtATime(on: db)
         try await reset(db)
         var overSocket: Duration?
         if let socketURL {
             let socket = ReconnectingConnection(url: socketURL, logger: logger)
-            overSocket = try await timed {
-                for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: socket) }
+            overSocket = try await socket.pinned {
+                try await timed { for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: socket) } }
             }
             await socket.close()
             try await reset(db)
@@ -127,12 +127,31 @@ struct QueueBench {
 
         return QueueBenchResult(
             jobs: jobs, concurrency: concurrency,
-            enqueueSingleJobsPerSecond: rate(jobs, single), enqueueSingleUnixSocketJobsPerSecond: overSocket.map { rate(jobs, $0) },
+            enqueueSingleJobsPerSecond: rate(jobs, single), enqueueSingleUnpinnedJobsPerSecond: rate(jobs, unpinned),
+            enqueueSingleUnixSocketJobsPerSecond: overSocket.map { rate(jobs, $0) },
             enqueueBatchJobsPerSecond: rate(jobs, batched),
             drainJobsPerSecond: rate(jobs, drain), backlogJobs: backlog,
             drainWithBacklogJobsPerSecond: rate(jobs, drainWithBacklog),
             drainWithBacklogRatio: (rate(jobs, drainWithBacklog) / rate(jobs, drain) * 1000).rounded() / 1000,
             startLatencyMs: latency)
+    }
+
+    /// N enqueues, each its own durable transaction, by a producer pinned to its connection's
+    /// thread and by one that is not. The two alternate in fifths so that the machine's drift
+    /// during the phase falls on both alike.
+    func enqueueOneAtATime(on db: ReconnectingConnection) async throws -> (pinned: Duration, unpinned: Duration) {
+        var pinned = Duration.zero, unpinned = Duration.zero
+        let rounds = 5
+        for round in 0..<rounds {
+            let count = jobs / rounds + (round < jobs % rounds ? 1 : 0)
+            unpinned += try await timed {
+                for _ in 0..<count { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) }
+            }
+            pinned += try await db.pinned {
+                try await timed { for _ in 0..<count { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) } }
+            }
+        }
+        return (pinned, unpinned)
     }
 
     func migrate() async throws {

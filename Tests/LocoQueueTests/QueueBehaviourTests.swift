@@ -453,8 +453,49 @@ struct QueueBehaviourTests {
                 for _ in 0..<6 { group.addTask { try await migrator.migrate([(QueueSchema.component, QueueSchema.migrations)]) } }
                 return try await group.reduce(into: [String]()) { $0 += $1 }
             }
-            #expect(applied == ["queue/1_jobs"])
-            #expect(try await db.scalar("SELECT count(*) FROM loco_schema_migrations", as: Int64.self) == 1)
+            #expect(applied == QueueSchema.migrations.map { "queue/\($0.version)_\($0.name)" })
+            #expect(try await db.scalar("SELECT count(*) FROM loco_schema_migrations", as: Int64.self) == Int64(QueueSchema.migrations.count))
+        }
+    }
+
+    @Test("upgrading the schema keeps the jobs already queued, with their dependencies")
+    func upgradeKeepsJobs() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            let migrator = Migrator(database: db.client, logger: db.logger)
+            _ = try await migrator.migrate([(QueueSchema.component, Array(QueueSchema.migrations.prefix(1)))])
+            let parent = try await db.store.enqueue(NewJob(queue: "default", kind: "test.parent", maxAttempts: 3), on: db.client)
+            let child = try await db.store.enqueue(NewJob(queue: "default", kind: "test.child", dependsOn: [parent.id]), on: db.client)
+            _ = try await migrator.migrate([(QueueSchema.component, QueueSchema.migrations)])
+            #expect(try await db.state(of: parent.id) == .available)
+            #expect(try await db.state(of: child.id) == .blocked)
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.parent") { _, _ in }
+            handlers.register(kind: "test.child") { _, _ in }
+            try await db.withWorker(fastConfiguration([("default", 2)]), handlers: handlers) { _ in
+                _ = try await db.wait(for: child.id, toBe: .completed)
+            }
+            let stored = try #require(try await db.store.job(id: parent.id, on: db.client))
+            #expect(stored.maxAttempts == 3)
+        }
+    }
+
+    @Test("the table refuses an unknown state or an attempt limit out of range, whoever writes it")
+    func schemaRules() async throws {
+        try await TestDatabase.with { db in
+            for (column, value) in [("state", "'finished'"), ("max_attempts", "0"), ("max_attempts", "1001")] {
+                let values = column == "state" ? "(\(value), 10)" : "('available', \(value))"
+                do {
+                    let rows = try await db.client.run(PostgresQuery(unsafeSQL: """
+                        INSERT INTO loco_jobs (queue, kind, state, max_attempts) SELECT 'default', 'test.raw', s, m FROM (VALUES \(values)) v(s, m)
+                        """), logger: db.logger)
+                    for try await _ in rows {}
+                    Issue.record("\(column) = \(value) was accepted")
+                } catch let error as PSQLError {
+                    #expect(error.serverInfo?[.sqlState] == "23514", "\(column) = \(value): \(String(reflecting: error))")
+                }
+            }
+            let fine = try await db.store.enqueue(NewJob(queue: "default", kind: "test.raw", maxAttempts: 1000), on: db.client)
+            #expect(try await db.state(of: fine.id) == .available)
         }
     }
 
@@ -529,6 +570,35 @@ struct QueueBehaviourTests {
                 #expect(statements == (prepare ? [JobStatements.Claim.name] : []))
                 await connection.close()
             }
+        }
+    }
+
+    @Test("a pinned producer runs on its connection's event loop, its enqueues land in order, and it survives a reconnect")
+    func pinnedProducer() async throws {
+        try await TestDatabase.with { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger)
+            for round in 0..<2 {
+                let loop = try await connection.connection().eventLoop
+                let ids = try await connection.pinned {
+                    var ids: [Int64] = []
+                    for index in 0..<50 {
+                        #expect(loop.inEventLoop)
+                        let job = NewJob(queue: "pinned", kind: "test.pinned", args: #"{"round": \#(round), "n": \#(index)}"#)
+                        ids.append(try await db.store.enqueue(job, on: connection).id)
+                    }
+                    return ids
+                }
+                #expect(ids == ids.sorted())
+                var stored: [Int64] = []
+                let rows = try await connection.run(
+                    "SELECT id FROM loco_jobs WHERE queue = 'pinned' AND (args->>'round')::int = \(round) ORDER BY (args->>'n')::int",
+                    logger: db.logger)
+                for try await id in rows.decode(Int64.self) { stored.append(id) }
+                #expect(stored == ids)
+                // Close it underneath: the next round must reconnect before it pins.
+                try await connection.connection().close()
+            }
+            await connection.close()
         }
     }
 
