@@ -269,19 +269,24 @@ public struct JobStore: Sendable {
     /// Cancels a job: a queued one at once (its dependents too); a running one is asked to stop
     /// and its worker cancels the handler at the next heartbeat or notification.
     public func cancel(id: Int64, on db: some QueryRunner) async throws -> JobState {
-        let cancelled = try await cancel(ids: [id], on: db)
+        // The state the cancel itself left, not a later read: a running handler may already
+        // have stopped and finished the job as cancelled by the time a second query looks.
+        if let state = try await cancelReturningStates(ids: [id], on: db)[id] { return state }
         let job = try await require(id: id, on: db)
-        guard cancelled == 1 else {
-            throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
-        }
-        return job.state
+        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
     }
 
     /// Cancels many jobs in one statement, like `cancel(id:)`; jobs already finished are left alone.
     /// Returns how many were still live.
     @discardableResult
     public func cancel(ids: [Int64], on db: some QueryRunner) async throws -> Int {
-        guard !ids.isEmpty else { return 0 }
+        try await cancelReturningStates(ids: ids, on: db).count
+    }
+
+    /// Queued jobs become `cancelled`; running ones stay `running` with the request flagged, and
+    /// their worker is told at once. Returns each live job's state right after the request.
+    private func cancelReturningStates(ids: [Int64], on db: some QueryRunner) async throws -> [Int64: JobState] {
+        guard !ids.isEmpty else { return [:] }
         let rows = try await db.run("""
             WITH target AS (
                 UPDATE loco_jobs
@@ -293,10 +298,13 @@ public struct JobStore: Sendable {
             ), woke AS (
                 SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running'
             )
-            SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM woke)
+            SELECT id, state, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
-        for try await (count, _) in rows.decode((Int64, Int64).self) { return Int(count) }
-        return 0
+        var states: [Int64: JobState] = [:]
+        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
+            states[id] = JobState(rawValue: state) ?? .cancelled
+        }
+        return states
     }
 
     /// Runs a finished (or waiting) job again now, keeping its error history.

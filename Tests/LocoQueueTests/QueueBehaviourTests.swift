@@ -317,6 +317,14 @@ struct QueueBehaviourTests {
                 // The notification reaches the worker long before the 10 s heartbeat would.
                 #expect(ContinuousClock.now - began < .seconds(5))
                 #expect(done.errors.last?.code == "cancelled")
+                // The answer is the state the cancel left, however fast the handler then stops
+                // (a later read raced the worker and sometimes saw `cancelled`).
+                for _ in 0..<8 {
+                    let next = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
+                    try await db.wait(for: next.id, toBe: .running)
+                    #expect(try await db.store.cancel(id: next.id, on: db.client) == .running)
+                    _ = try await db.wait(for: next.id, toBe: .cancelled, timeout: .seconds(10))
+                }
             }
         }
     }
