@@ -28,7 +28,17 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     private let ready = Mutex<PostgresConnection?>(nil)
     private let connectionIDs = Atomic<Int>(0)
     /// Queries under way, for the watchdog; cheaper than a timer task per query on the hot path.
-    private let inFlight = Mutex<(next: UInt64, queries: [UInt64: (started: ContinuousClock.Instant, connection: PostgresConnection)], watchdog: Task<Void, Never>?)>((0, [:], nil))
+    private let inFlight = Mutex<(next: UInt64, queries: [UInt64: InFlightQuery], watchdog: Task<Void, Never>?)>((0, [:], nil))
+    /// Connections given up on lately, so a caller never gets one that is still closing.
+    private let dropped = Mutex<[ObjectIdentifier]>([])
+    /// The executor of the connection's event loop, made once per connection.
+    private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
+
+    private struct InFlightQuery {
+        let started: ContinuousClock.Instant
+        let connection: PostgresConnection
+        let abandon: @Sendable (any Error) -> Void
+    }
 
     public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30),
                 usePreparedStatements: Bool = true) {
@@ -55,7 +65,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
         do {
             let connection = try await attempt.value
-            if connection.isClosed {
+            if connection.isClosed || wasDropped(connection) {
                 forget(attempt)
                 return try await self.connection()
             }
@@ -84,22 +94,56 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         return try await watched { try await $0.prepared(statement, logger: logger) }
     }
 
-    /// Runs `body` on the connection while the watchdog may close it if it takes longer than
-    /// `queryTimeout` (closing fails the query, and the next call reconnects).
-    private func watched<T>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    /// Runs `body` on the connection while the watchdog may give up on it after `queryTimeout`:
+    /// the caller then gets an error, the connection is closed, and the next call reconnects.
+    ///
+    /// The caller waits for `body` in a task of its own rather than directly, so that it can be
+    /// let go: a query written just as the server went away was seen to wait forever (a write
+    /// to a closed channel is dropped, and nothing fails the query), even after its connection
+    /// was closed. The task runs on the connection's own thread, so it adds no thread hop.
+    private func watched<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connection()
-        let token = inFlight.withLock { state -> UInt64 in
-            state.next &+= 1
-            state.queries[state.next] = (ContinuousClock.now, connection)
-            if state.watchdog == nil { state.watchdog = startWatchdog() }
-            return state.next
+        let executor = executor(for: connection)
+        let work = Mutex<Task<Void, Never>?>(nil)
+        // The caller's cancellation still reaches the query, as when it awaited it directly.
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                let waiter = Mutex<CheckedContinuation<T, any Error>?>(continuation)
+                let resume: @Sendable (Result<T, any Error>) -> Void = { result in
+                    waiter.withLock { current in
+                        current?.resume(with: result)
+                        current = nil
+                    }
+                }
+                let token = inFlight.withLock { state -> UInt64 in
+                    state.next &+= 1
+                    state.queries[state.next] = InFlightQuery(started: .now, connection: connection, abandon: { resume(.failure($0)) })
+                    if state.watchdog == nil { state.watchdog = startWatchdog() }
+                    return state.next
+                }
+                work.withLock { $0 = Task(executorPreference: executor) {
+                    let result: Result<T, any Error>
+                    do {
+                        result = .success(try await body(connection))
+                    } catch {
+                        if connection.isClosed { self.drop(connection) }
+                        result = .failure(error)
+                    }
+                    _ = self.inFlight.withLock { $0.queries.removeValue(forKey: token) }
+                    resume(result)
+                } }
+            }
+        } onCancel: {
+            work.withLock { $0?.cancel() }
         }
-        defer { _ = inFlight.withLock { $0.queries.removeValue(forKey: token) } }
-        do {
-            return try await body(connection)
-        } catch {
-            if connection.isClosed { drop(connection) }
-            throw error
+    }
+
+    private func executor(for connection: PostgresConnection) -> EventLoopTaskExecutor {
+        loopExecutor.withLock { cached in
+            if let cached, cached.connection === connection { return cached.executor }
+            let executor = EventLoopTaskExecutor(connection.eventLoop)
+            cached = (connection, executor)
+            return executor
         }
     }
 
@@ -108,12 +152,15 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             while !Task.isCancelled {
                 try? await Task.sleep(for: min(queryTimeout / 4, .seconds(1)))
                 guard let self else { return }
-                let stuck = self.inFlight.withLock { state in
-                    state.queries.values.filter { ContinuousClock.now - $0.started > queryTimeout }.map(\.connection)
+                let stuck = self.inFlight.withLock { state -> [InFlightQuery] in
+                    let late = state.queries.filter { ContinuousClock.now - $0.value.started > queryTimeout }
+                    for token in late.keys { state.queries.removeValue(forKey: token) }
+                    return Array(late.values)
                 }
-                for connection in stuck {
-                    self.logger.warning("a query ran past \(queryTimeout); closing its connection to reconnect")
-                    self.drop(connection)
+                for query in stuck {
+                    self.logger.warning("a query ran past \(queryTimeout); giving up on it and reconnecting")
+                    query.abandon(QueryTimedOut(timeout: queryTimeout))
+                    self.drop(query.connection)
                 }
             }
         }
@@ -154,7 +201,16 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         ready.withLock { $0 = nil }
     }
 
+    /// Whether `connection` was given up on; it may not be closed yet (closing takes a moment).
+    private func wasDropped(_ connection: PostgresConnection) -> Bool {
+        dropped.withLock { $0.contains(ObjectIdentifier(connection)) }
+    }
+
     private func drop(_ connection: PostgresConnection) {
+        dropped.withLock { list in
+            list.append(ObjectIdentifier(connection))
+            if list.count > 8 { list.removeFirst() }
+        }
         ready.withLock { if $0 === connection { $0 = nil } }
         let attempt = state.withLock { $0 }
         Task { [weak self] in
@@ -164,6 +220,12 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     struct DeadlineExceeded: Error {}
+
+    /// A query the watchdog gave up on.
+    struct QueryTimedOut: Error, CustomStringConvertible {
+        let timeout: Duration
+        var description: String { "the database did not answer a query within \(timeout)" }
+    }
 
     /// Runs `operation` but stops waiting for it after `timeout`, abandoning it: a task group
     /// would wait for its child, and PostgresNIO's connect was seen to ignore cancellation
