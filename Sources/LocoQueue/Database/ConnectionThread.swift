@@ -5,12 +5,12 @@ extension ReconnectingConnection {
     /// Runs `body` on the thread of this connection's event loop, so that queries awaited one
     /// after another never change threads.
     ///
-    /// A query awaited from Swift's shared thread pool crosses threads several times: the
-    /// request goes to the connection's event loop, and the reply, then each result row, wakes a
-    /// pool thread again. For a producer that enqueues one job at a time that is about 5% of
-    /// each durable enqueue here (`scripts/bench queue` measures both ways). `body` shares the
-    /// thread with this connection's I/O (and other connections on the same loop), so it must
-    /// not block; after a reconnect it still runs correctly, only without the saving.
+    /// Each query already runs on its connection's thread; a caller elsewhere still hands the
+    /// query to that thread and is woken on its own afterwards, two thread hops per call that a
+    /// producer enqueueing one job at a time can skip (`scripts/bench queue` measures both
+    /// ways). `body` shares the thread with this connection's I/O (and other connections on
+    /// the same loop), so it must not block; after a reconnect it still runs correctly, only
+    /// without the saving.
     public func pinned<T>(_ body: () async throws -> T) async throws -> T {
         let executor = EventLoopTaskExecutor(try await connection().eventLoop)
         return try await withTaskExecutorPreference(executor) { try await body() }
