@@ -300,6 +300,7 @@ public struct JobStore: Sendable {
             )
             SELECT id, state, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
+        // The count is unused: naming `woke` is what makes PostgreSQL send the notifications.
         var states: [Int64: JobState] = [:]
         for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
             states[id] = JobState(rawValue: state) ?? .cancelled

@@ -101,9 +101,7 @@ struct QueueBench {
         var overSocket: Duration?
         if let socketURL {
             let socket = ReconnectingConnection(url: socketURL, logger: logger)
-            overSocket = try await socket.pinned {
-                try await timed { for _ in 0..<jobs { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: socket) } }
-            }
+            overSocket = try await socket.pinned { try await timed { try await enqueueSingles(jobs, on: socket) } }
             await socket.close()
             try await reset(db)
         }
@@ -144,14 +142,15 @@ struct QueueBench {
         let rounds = 5
         for round in 0..<rounds {
             let count = jobs / rounds + (round < jobs % rounds ? 1 : 0)
-            unpinned += try await timed {
-                for _ in 0..<count { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) }
-            }
-            pinned += try await db.pinned {
-                try await timed { for _ in 0..<count { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) } }
-            }
+            unpinned += try await timed { try await enqueueSingles(count, on: db) }
+            pinned += try await db.pinned { try await timed { try await enqueueSingles(count, on: db) } }
         }
         return (pinned, unpinned)
+    }
+
+    /// `count` no-op jobs, one enqueue (one transaction) each.
+    func enqueueSingles(_ count: Int, on db: ReconnectingConnection) async throws {
+        for _ in 0..<count { _ = try await store.enqueue(NewJob(queue: "single", kind: "bench.noop"), on: db) }
     }
 
     func migrate() async throws {

@@ -615,9 +615,13 @@ struct QueueBehaviourTests {
         try await TestDatabase.with { db in
             let connection = ReconnectingConnection(url: db.url, logger: db.logger, queryTimeout: .milliseconds(800))
             let began = ContinuousClock.now
-            await #expect(throws: (any Error).self) {
+            let error = await #expect(throws: (any Error).self) {
                 for try await _ in try await connection.run("SELECT pg_sleep(30)", logger: db.logger) {}
             }
+            // The caller is let go with a coded error naming the server, not left waiting.
+            let explained = try #require(error as? QueueError)
+            #expect(explained.code == "database_unreachable")
+            #expect(explained.message.contains(db.url.endpoint))
             #expect(ContinuousClock.now - began < .seconds(5))
             var value = 0
             for try await one in try await connection.run("SELECT 1", logger: db.logger).decode(Int.self) { value = one }

@@ -12,7 +12,7 @@ extension ReconnectingConnection {
     /// the same loop), so it must not block; after a reconnect it still runs correctly, only
     /// without the saving.
     public func pinned<T>(_ body: () async throws -> T) async throws -> T {
-        let executor = EventLoopTaskExecutor(try await connection().eventLoop)
+        let executor = executor(for: try await connection())
         return try await withTaskExecutorPreference(executor) { try await body() }
     }
 }

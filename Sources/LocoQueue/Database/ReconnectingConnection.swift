@@ -98,9 +98,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// the caller then gets an error, the connection is closed, and the next call reconnects.
     ///
     /// The caller waits for `body` in a task of its own rather than directly, so that it can be
-    /// let go: a query written just as the server went away was seen to wait forever (a write
-    /// to a closed channel is dropped, and nothing fails the query), even after its connection
-    /// was closed. The task runs on the connection's own thread, so it adds no thread hop.
+    /// let go: a query sent as the server restarted was seen to wait forever, even after its
+    /// connection was closed (likely a write to a channel that had just closed, which nothing
+    /// fails). The task runs on the connection's own thread, so it adds no thread hop.
     private func watched<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connection()
         let executor = executor(for: connection)
@@ -138,7 +138,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
     }
 
-    private func executor(for connection: PostgresConnection) -> EventLoopTaskExecutor {
+    func executor(for connection: PostgresConnection) -> EventLoopTaskExecutor {
         loopExecutor.withLock { cached in
             if let cached, cached.connection === connection { return cached.executor }
             let executor = EventLoopTaskExecutor(connection.eventLoop)
@@ -159,7 +159,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                 }
                 for query in stuck {
                     self.logger.warning("a query ran past \(queryTimeout); giving up on it and reconnecting")
-                    query.abandon(QueryTimedOut(timeout: queryTimeout))
+                    query.abandon(QueueError.databaseUnreachable(
+                        endpoint: self.url.endpoint, reason: "no answer to a query within \(queryTimeout); reconnecting"))
                     self.drop(query.connection)
                 }
             }
@@ -220,12 +221,6 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     struct DeadlineExceeded: Error {}
-
-    /// A query the watchdog gave up on.
-    struct QueryTimedOut: Error, CustomStringConvertible {
-        let timeout: Duration
-        var description: String { "the database did not answer a query within \(timeout)" }
-    }
 
     /// Runs `operation` but stops waiting for it after `timeout`, abandoning it: a task group
     /// would wait for its child, and PostgresNIO's connect was seen to ignore cancellation
