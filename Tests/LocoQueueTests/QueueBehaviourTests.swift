@@ -1,6 +1,7 @@
 import Foundation
 @testable import LocoQueue
 import LocoTestSupport
+import Logging
 import PostgresNIO
 import Synchronization
 import Testing
@@ -630,6 +631,59 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a statement sent on a connection that has closed fails at once instead of waiting forever")
+    func closedConnection() async throws {
+        try await TestDatabase.with { db in
+            // PostgresNIO drops a query written to a closed connection, and its caller would wait forever.
+            let bare = try await PostgresConnection.connect(configuration: db.url.connectionConfiguration, id: 1, logger: db.logger)
+            try await bare.close()
+            let refused = try await ReconnectingConnection.deadline(.seconds(10)) { () -> String in
+                do { _ = try await bare.run("SELECT 1", logger: db.logger) } catch { return (db.url.explain(error) as? QueueError)?.message ?? "\(error)" }
+                return "answered"
+            }
+            #expect(refused == "cannot reach PostgreSQL at \(db.url.endpoint): the connection was closed")
+
+            // A transaction whose connection closes part-way (as maintenance's does when a worker
+            // stops) fails instead of hanging, keeps none of its writes, and the next one reconnects.
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger)
+            let failed = try await ReconnectingConnection.deadline(.seconds(10)) { () -> String in
+                do {
+                    try await connection.transaction { open in
+                        _ = try await db.store.enqueue(NewJob(queue: "closing", kind: "test.closing"), on: open)
+                        try await open.close()
+                        _ = try await db.store.enqueue(NewJob(queue: "closing", kind: "test.closing"), on: open)
+                    }
+                } catch { return (db.url.explain(error) as? QueueError)?.message ?? "\(error)" }
+                return "committed"
+            }
+            #expect(failed == "cannot reach PostgreSQL at \(db.url.endpoint): the connection was closed")
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs WHERE queue = 'closing'", as: Int64.self) == 0)
+            let job = try await connection.transaction { try await db.store.enqueue(NewJob(queue: "closing", kind: "test.closing"), on: $0) }
+            #expect(try await db.state(of: job.id) == .available)
+            await connection.close()
+        }
+    }
+
+    @Test("a worker that takes long to stop says which of its parts it waits for")
+    func stragglersNamed() async throws {
+        let log = CapturedLog()
+        let logger = Logger(label: "test") { _ in log }
+        let parts = WorkerParts()
+        let release = OneShotEvent()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await parts.run("heartbeat") {} }
+            group.addTask { await parts.run("periodic jobs") { await release.wait() } }
+            let reporter = Task { await parts.reportStragglers(every: .milliseconds(50), logger: logger) }
+            let said = try await eventually { log.messages.contains { $0.contains("waiting for periodic jobs") } }
+            #expect(said)
+            #expect(parts.names == ["periodic jobs"])
+            release.set()
+            try await group.waitForAll()
+            reporter.cancel()
+            #expect(parts.names.isEmpty)
+        }
+    }
+
     @Test("a worker runs jobs over a Unix-socket URL")
     func unixSocket() async throws {
         try await TestDatabase.with { db in
@@ -665,4 +719,23 @@ struct QueueBehaviourTests {
             #expect(!explained.hint.contains("hunter2"))
         }
     }
+}
+
+/// Keeps what is logged, for tests that check what a component says.
+final class CapturedLog: LogHandler, Sendable {
+    private let lines = Mutex<[String]>([])
+    var messages: [String] { lines.withLock { $0 } }
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    var logLevel: Logger.Level {
+        get { .trace }
+        set {}
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+    func log(event: LogEvent) { lines.withLock { $0.append("\(event.message)") } }
 }

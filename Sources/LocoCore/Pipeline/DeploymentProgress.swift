@@ -77,7 +77,7 @@ extension CoreStore {
     /// unfinished deployment needs any more (the caller deletes the files after commit).
     func end(deploymentID: Int64, as final: DeploymentState, report: FailureReport?, message: String,
              on connection: PostgresConnection) async throws -> [String] {
-        let row = try await connection.query("""
+        let row = try await connection.run("""
             UPDATE loco_deployments d SET state = \(final.rawValue), finished_at = now(),
                    report = \(report.map { CoreJSON.encode($0) })::jsonb,
                    cancel_requested = d.cancel_requested OR \(final == .cancelled),
@@ -117,7 +117,7 @@ extension CoreStore {
 
     /// Starts the oldest deployment waiting in line for the app, if any.
     func releaseNext(appID: Int64, after endedID: Int64, on connection: PostgresConnection) async throws {
-        let rows = try await connection.query("""
+        let rows = try await connection.run("""
             UPDATE loco_deployments d SET in_line = false
             WHERE d.id = (SELECT id FROM loco_deployments WHERE app_id = \(appID) AND in_line AND state = 'queued' ORDER BY id LIMIT 1)
             RETURNING d.id, d.config::text, (SELECT type FROM loco_apps WHERE id = d.app_id)
@@ -137,7 +137,7 @@ extension CoreStore {
         try await db.transaction { connection in
             // Driven from recently finished jobs (an index covers them), not from every deployment
             // in flight, so it stays cheap however many deployments wait.
-            let rows = try await connection.query("""
+            let rows = try await connection.run("""
                 SELECT d.id, dj.stage, j.state, j.errors::text FROM loco_jobs j
                 JOIN loco_deployment_jobs dj ON dj.job_id = j.id
                 JOIN loco_deployments d ON d.id = dj.deployment_id

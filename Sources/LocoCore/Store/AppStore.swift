@@ -100,14 +100,14 @@ extension CoreStore {
                 _ = try await jobs.enqueue(try NewJob(removal, queue: Stage.cleanup.queue, maxAttempts: 10), on: connection)
             }
             var jobIDs: [Int64] = []
-            for try await id in try await connection.query("""
+            for try await id in try await connection.run("""
                 SELECT dj.job_id FROM loco_deployment_jobs dj JOIN loco_deployments d ON d.id = dj.deployment_id WHERE d.app_id = \(id)
                 """, logger: logger).decode(Int64.self) {
                 jobIDs.append(id)
             }
             try await jobs.cancel(ids: jobIDs, on: connection)
             var digests: [String] = []
-            for try await digest in try await connection.query("""
+            for try await digest in try await connection.run("""
                 DELETE FROM loco_deployments WHERE app_id = \(id) RETURNING context_digest
                 """, logger: logger).decode(String?.self) {
                 if let digest { digests.append(digest) }

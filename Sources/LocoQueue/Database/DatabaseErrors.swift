@@ -6,6 +6,12 @@ extension DatabaseURL {
     /// (and never the password); any other error is returned unchanged.
     public func explain(_ error: any Error) -> any Error {
         if error is QueueError { return error }
+        if let closed = error as? ConnectionClosed {
+            return QueueError.databaseUnreachable(endpoint: endpoint, reason: closed.description)
+        }
+        if let late = error as? ReconnectingConnection.DeadlineExceeded {
+            return QueueError.databaseUnreachable(endpoint: endpoint, reason: late.description)
+        }
         if let psql = error as? PSQLError {
             switch psql.code {
             case .connectionError, .serverClosedConnection, .uncleanShutdown, .poolClosed, .clientClosedConnection:

@@ -10,15 +10,33 @@ public protocol QueryRunner: Sendable {
         where Statement.Row: Sendable
 }
 
+/// Every query Loco sends on a bare connection goes through `run` or `prepared`, never
+/// PostgresNIO's `query` directly: PostgresNIO drops a query written to a connection that has
+/// already closed, and its caller then waits forever (a worker's shutdown hung on this: a
+/// transaction's next statement, sent after maintenance closed the connection). Checking first
+/// closes that gap; on the connection's own thread, where `ReconnectingConnection` runs its
+/// queries and transactions, the check and the write cannot be split by the close.
 extension PostgresConnection: QueryRunner {
     public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
-        try await self.query(query, logger: logger)
+        try ensureOpen()
+        return try await self.query(query, logger: logger)
     }
 
     public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
         where Statement.Row: Sendable {
+        try ensureOpen()
         var rows: [Statement.Row] = []
         for try await row in try await execute(statement, logger: logger) { rows.append(row) }
         return rows
     }
+
+    func ensureOpen() throws {
+        if isClosed { throw ConnectionClosed() }
+    }
+}
+
+/// A query was about to be sent on a connection that had closed.
+/// `DatabaseURL.explain` turns it into `QueueError.databaseUnreachable`.
+public struct ConnectionClosed: Error, CustomStringConvertible {
+    public var description: String { "the connection was closed" }
 }

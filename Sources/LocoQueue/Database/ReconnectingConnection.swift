@@ -78,7 +78,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     public func run(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
-        try await watched { try await $0.query(query, logger: logger) }
+        try await watched { try await $0.run(query, logger: logger) }
     }
 
     public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
@@ -87,7 +87,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             let query = PostgresQuery(unsafeSQL: Statement.sql, binds: try statement.makeBindings())
             return try await watched { connection in
                 var rows: [Statement.Row] = []
-                for try await row in try await connection.query(query, logger: logger) { rows.append(try statement.decodeRow(row)) }
+                for try await row in try await connection.run(query, logger: logger) { rows.append(try statement.decodeRow(row)) }
                 return rows
             }
         }
@@ -168,31 +168,46 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     /// Runs `body` in a transaction on this connection; nothing else may use it meanwhile.
+    ///
+    /// The transaction runs on the connection's thread, so that no statement of it can be sent
+    /// after the connection closed (see `PostgresConnection.run`): it fails instead.
     public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connection()
-        do {
-            try await connection.query("BEGIN", logger: logger)
-            let result = try await body(connection)
-            try await connection.query("COMMIT", logger: logger)
-            return result
-        } catch {
-            _ = try? await connection.query("ROLLBACK", logger: logger)
-            if connection.isClosed { drop(connection) }
-            throw error
+        return try await withTaskExecutorPreference(executor(for: connection)) {
+            do {
+                _ = try await connection.run("BEGIN", logger: logger)
+                let result = try await body(connection)
+                _ = try await connection.run("COMMIT", logger: logger)
+                return result
+            } catch {
+                _ = try? await connection.run("ROLLBACK", logger: logger)
+                if connection.isClosed { drop(connection) }
+                throw error
+            }
         }
     }
 
+    /// Closes the connection. A query still waiting on it afterwards is one the connection
+    /// dropped (see `PostgresConnection.run`); its caller is let go with an error.
     public func close() async {
-        inFlight.withLock { state in
-            state.watchdog?.cancel()
-            state.watchdog = nil
+        let watchdog = inFlight.withLock { state in
+            defer { state.watchdog = nil }
+            return state.watchdog
         }
+        watchdog?.cancel()
         let attempt = state.withLock { current in
             defer { current = nil }
             return current
         }
         ready.withLock { $0 = nil }
         if let connection = try? await attempt?.value { try? await connection.close() }
+        let left = inFlight.withLock { state in
+            defer { state.queries = [:] }
+            return Array(state.queries.values)
+        }
+        for query in left {
+            query.abandon(QueueError.databaseUnreachable(endpoint: url.endpoint, reason: "the connection was closed"))
+        }
     }
 
     private func forget(_ attempt: Task<PostgresConnection, any Error>) {

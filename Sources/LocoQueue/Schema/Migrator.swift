@@ -35,8 +35,8 @@ public struct Migrator: Sendable {
     @discardableResult
     public func migrate(_ sets: [(component: String, migrations: [Migration])]) async throws -> [String] {
         try await database.transaction { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey))", logger: logger)
-            try await connection.query("""
+            _ = try await connection.run("SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey))", logger: logger)
+            _ = try await connection.run("""
                 CREATE TABLE IF NOT EXISTS loco_schema_migrations (
                     component  text        NOT NULL,
                     version    integer     NOT NULL,
@@ -48,19 +48,19 @@ public struct Migrator: Sendable {
             var applied: [String] = []
             for set in sets {
                 var done = Set<Int>()
-                let rows = try await connection.query(
+                let rows = try await connection.run(
                     "SELECT version FROM loco_schema_migrations WHERE component = \(set.component)", logger: logger)
                 for try await version in rows.decode(Int.self) { done.insert(version) }
                 for migration in set.migrations.sorted(by: { $0.version < $1.version }) where !done.contains(migration.version) {
                     do {
                         for statement in migration.statements {
-                            try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                            _ = try await connection.run(PostgresQuery(unsafeSQL: statement), logger: logger)
                         }
                     } catch let error as PSQLError {
                         let reason = error.serverInfo?[.message] ?? "\(error.code)"
                         throw QueueError.migrationFailed(version: migration.version, name: migration.name, reason: reason)
                     }
-                    try await connection.query("""
+                    _ = try await connection.run("""
                         INSERT INTO loco_schema_migrations (component, version, name)
                         VALUES (\(set.component), \(migration.version), \(migration.name))
                         """, logger: logger)

@@ -78,26 +78,29 @@ public final class QueueWorker: Service, Sendable {
             "queues": "\(configuration.queues.map { "\($0.name)=\($0.concurrency)" }.joined(separator: ","))",
             "mode": "\(configuration.pollOnly ? "poll-only" : "listen+poll")",
         ])
+        let parts = WorkerParts()
         await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { background in
-                background.addTask { await shared.completer.run(stopping: self.drained) }
-                background.addTask { await Heartbeat(shared: shared).run() }
+            let stragglers = await withTaskGroup(of: Void.self) { background in
+                background.addTask { await parts.run("completer") { await shared.completer.run(stopping: self.drained) } }
+                background.addTask { await parts.run("heartbeat") { await Heartbeat(shared: shared).run() } }
                 let listener = NotificationListener(shared: shared, pools: self.pools)
                 if !configuration.pollOnly {
-                    background.addTask { await listener.run() }
+                    background.addTask { await parts.run("listener") { await listener.run() } }
                 }
                 if configuration.runMaintenance {
                     let maintenance = Maintenance(shared: shared)
                     background.addTask {
-                        // Closes the maintenance connections when the worker stops.
-                        await OneShotEvent().waitForever()
-                        await maintenance.close()
+                        await parts.run("maintenance connections") {
+                            // Closes the maintenance connections when the worker stops.
+                            await OneShotEvent().waitForever()
+                            await maintenance.close()
+                        }
                     }
-                    background.addTask { await maintenance.rescueLoop() }
-                    background.addTask { await maintenance.promoteLoop() }
-                    background.addTask { await maintenance.pruneLoop() }
+                    background.addTask { await parts.run("rescuer") { await maintenance.rescueLoop() } }
+                    background.addTask { await parts.run("scheduler") { await maintenance.promoteLoop() } }
+                    background.addTask { await parts.run("pruner") { await maintenance.pruneLoop() } }
                     if !configuration.periodicJobs.isEmpty {
-                        background.addTask { await maintenance.periodicLoop() }
+                        background.addTask { await parts.run("periodic jobs") { await maintenance.periodicLoop() } }
                     }
                 }
                 await withTaskGroup(of: Void.self) { producers in
@@ -110,7 +113,9 @@ public final class QueueWorker: Service, Sendable {
                 // Cancelling a task that waits for notifications does not always end the wait;
                 // closing its connection does.
                 await listener.shutdown()
+                return Task { await parts.reportStragglers(every: .seconds(10), logger: shared.logger) }
             }
+            stragglers.cancel()
         } onGracefulShutdown: {
             self.stop()
         }
