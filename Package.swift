@@ -76,7 +76,7 @@ let package = Package(
         .target(
             name: "Workers",
             dependencies: [
-                "LocoCore", "LocoQueue", "LocoConfig", "BuildContext",
+                "LocoCore", "LocoQueue", "LocoConfig", "LocoShared", "BuildContext",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -167,7 +167,7 @@ let package = Package(
         .target(
             name: "LocoTestSupport",
             dependencies: [
-                "LocoQueue",
+                "LocoQueue", "LocoShared",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,5 +1,6 @@
 import Foundation
 import LocoQueue
+import LocoShared
 
 /// Paths of the repository and of the binaries `swift build` made.
 public enum Repo {
@@ -45,8 +46,12 @@ public final class ChildProcess: @unchecked Sendable {
             cArgs.forEach { free($0) }
             cEnv.forEach { free($0) }
         }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        resetSignals(of: &attributes)
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable.path, &actions, nil, &cArgs, &cEnv)
+        let result = posix_spawn(&pid, executable.path, &actions, &attributes, &cArgs, &cEnv)
         guard result == 0 else { throw TestSetupError("cannot start \(executable.path): errno \(result)") }
         self.pid = pid
     }

@@ -1,4 +1,5 @@
 import Foundation
+import LocoShared
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,8 +26,11 @@ public enum ProcessRunner {
         public var timedOut: Bool
     }
 
+    /// `leavesDaemon`: the command starts a daemon and exits, so what it forked lives on after
+    /// it (the daemon leaves the process group only once it calls setsid, a moment later).
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String],
-                           timeout: Duration, onLine: @escaping @Sendable (String) -> Void) async throws -> Outcome {
+                           timeout: Duration, leavesDaemon: Bool = false,
+                           onLine: @escaping @Sendable (String) -> Void) async throws -> Outcome {
         var fds: [Int32] = [0, 0]
         // Close-on-exec: otherwise every process spawned meanwhile (by this or any other task)
         // inherits the write end, and this reader waits for EOF until that process dies — a
@@ -45,7 +49,7 @@ public enum ProcessRunner {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        resetSignals(of: &attributes, flags: Int32(POSIX_SPAWN_SETPGROUP))
         posix_spawnattr_setpgroup(&attributes, 0)
 
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
@@ -104,7 +108,7 @@ public enum ProcessRunner {
             try? await Task.sleep(for: .milliseconds(20))
         }
         // Children of the group that outlived the leader go too.
-        kill(-pid, SIGKILL)
+        if !leavesDaemon || timedOut { kill(-pid, SIGKILL) }
         exited.set()
         while !reader.isFinished { try? await Task.sleep(for: .milliseconds(5)) }
         let exitCode: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
