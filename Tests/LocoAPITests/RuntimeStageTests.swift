@@ -104,7 +104,8 @@ struct RuntimeStageTests {
                 #expect(second.state == .succeeded, "\(String(describing: second.report))")
                 let secondURL = try await servingURL(second)
                 #expect(secondURL == firstURL, "the app keeps its address across deploys")
-                #expect(try await get(secondURL).contains("Version two"))
+                let served = try await get(secondURL)
+                #expect(served.contains("Version two"), "\(served.prefix(300))")
                 // The cleanup after a success stops the previous version.
                 #expect(try await eventually(timeout: .seconds(30)) { try await db.state(ofDeploymentJob: second.id, stage: "cleanup") == "completed" })
                 #expect(try await get(firstContainer).isEmpty, "the old version's container is gone")

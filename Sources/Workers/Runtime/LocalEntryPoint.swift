@@ -37,13 +37,24 @@ public struct LocalEntryPoint: Sendable {
             let port = try port(team: team, app: app)
             try Self.server(port: port, generation: generation, routes: routes)
                 .write(to: appsFolder.appending(path: "\(team)--\(app).conf"), atomically: true, encoding: .utf8)
+            let oldWorkers = runningPID().map(Self.children(of:)) ?? []
             try await apply()
             let address = "http://127.0.0.1:\(port)"
             let deadline = ContinuousClock.now + .seconds(10)
-            while await Self.version(at: address) != generation {
+            var seen = await Self.answer(at: address)
+            while seen.version != generation {
                 guard ContinuousClock.now < deadline else {
-                    throw EntryPointError(message: "nginx did not switch \(address) to version \(generation) within 10 s (see \(folder.path)/error.log)")
+                    throw EntryPointError(message: "nginx did not switch \(address) to version \(generation) within 10 s: \(seen.description)"
+                                          + (errorLogTail().map { "; nginx logged: \($0)" } ?? ""))
                 }
+                try await Task.sleep(for: .milliseconds(25))
+                seen = await Self.answer(at: address)
+            }
+            // An old worker still accepts until it gets round to closing its listening socket
+            // (seen on a busy machine after the new version had answered): wait until the old
+            // ones are gone, or a while if one is still finishing a long request.
+            let settled = ContinuousClock.now + .seconds(3)
+            while oldWorkers.contains(where: { kill($0, 0) == 0 && Self.isRunning($0) }), ContinuousClock.now < settled {
                 try await Task.sleep(for: .milliseconds(25))
             }
             return address
@@ -52,10 +63,38 @@ public struct LocalEntryPoint: Sendable {
 
     /// The version the address routes to now, from its `X-Loco-Version` header.
     static func version(at address: String) async -> Int64? {
+        await answer(at: address).version
+    }
+
+    /// What the address answered, for the version it routes to and, when a switch fails, why.
+    struct Answer {
+        var version: Int64?
+        var description: String
+    }
+
+    static func answer(at address: String) async -> Answer {
         var request = HTTPClientRequest(url: address + "/")
         request.method = .HEAD
-        guard let response = try? await RegistryClient.sharedHTTP.execute(request, timeout: .seconds(2)) else { return nil }
-        return response.headers.first(name: "X-Loco-Version").flatMap { Int64($0) }
+        // A new connection each time, as a new visitor gets: a kept-alive one may still be
+        // served by an old worker of nginx after a reload.
+        request.headers.add(name: "Connection", value: "close")
+        do {
+            let response = try await RegistryClient.sharedHTTP.execute(request, timeout: .seconds(2))
+            guard let header = response.headers.first(name: "X-Loco-Version") else {
+                return Answer(description: "it answered \(response.status.code) without an X-Loco-Version header")
+            }
+            return Answer(version: Int64(header), description: "it still answers as version \(header)")
+        } catch {
+            return Answer(description: "it does not answer (\(error))")
+        }
+    }
+
+    /// The last of nginx's `emerg` lines, which say why a start or reload did not take. Only
+    /// those: lower levels quote requests, whose URLs may carry secrets.
+    func errorLogTail(lines: Int = 3) -> String? {
+        guard let text = try? String(contentsOf: folder.appending(path: "error.log"), encoding: .utf8) else { return nil }
+        let tail = text.split(separator: "\n").filter { $0.contains("[emerg]") }.suffix(lines).joined(separator: " | ")
+        return tail.isEmpty ? nil : String(tail.suffix(1200))
     }
 
     /// The app's address, if it has one.
@@ -137,20 +176,38 @@ public struct LocalEntryPoint: Sendable {
         return port
     }
 
+    /// A port free now and outside the kernel's ephemeral range: nginx binds it later (at a
+    /// reload), and a port from that range can meanwhile become the local end of some outgoing
+    /// connection, which makes the reload fail while nginx keeps the old configuration.
     static func freePort() throws -> Int {
+        let ephemeral = ephemeralPorts()
+        let candidates = (10_000..<65_000).filter { !ephemeral.contains($0) }
+        for _ in 0..<200 {
+            guard let port = candidates.randomElement() else { break }
+            if canBind(port) { return port }
+        }
+        throw EntryPointError(message: "no free port on 127.0.0.1 outside the ephemeral range \(ephemeral)")
+    }
+
+    /// The ports the kernel hands to outgoing connections (`net.ipv4.ip_local_port_range`).
+    static func ephemeralPorts() -> ClosedRange<Int> {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        guard bounds.count == 2, bounds[0] <= bounds[1] else { return 32768...60999 }
+        return bounds[0]...bounds[1]
+    }
+
+    static func canBind(_ port: Int) -> Bool {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard socket >= 0 else { throw EntryPointError(message: "no socket for a free port: errno \(errno)") }
+        guard socket >= 0 else { return false }
         defer { close(socket) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
-        guard bound else { throw EntryPointError(message: "no free port on 127.0.0.1: errno \(errno)") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// Checks the configuration, then starts nginx or reloads it.
@@ -165,9 +222,33 @@ public struct LocalEntryPoint: Sendable {
             let (status, output) = try await run(base + ["-s", "reload"])
             guard status == 0 else { throw EntryPointError(message: "nginx did not reload: \(output.suffix(400))") }
         } else {
-            let (status, output) = try await run(base)
+            // nginx forks its master and exits; killing the group behind it could take the master
+            // down before it leaves the group (seen on a busy machine: the address never answered).
+            let (status, output) = try await run(base, leavesDaemon: true)
             guard status == 0 else { throw EntryPointError(message: "nginx did not start: \(output.suffix(400))") }
         }
+    }
+
+    /// The processes whose parent is `pid` (nginx's workers, when `pid` is its master).
+    static func children(of pid: pid_t) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { pid_t($0) }.filter { parent(of: $0) == pid }
+    }
+
+    /// Whether `pid` is still a live process (not a zombie awaiting its parent).
+    static func isRunning(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let state = stat[stat.index(after: close)...].split(separator: " ").first
+        return state != "Z"
+    }
+
+    static func parent(of pid: pid_t) -> pid_t? {
+        // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces, so read after the last ')'.
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? pid_t(fields[1]) : nil
     }
 
     func runningPID() -> pid_t? {
@@ -176,9 +257,10 @@ public struct LocalEntryPoint: Sendable {
         return pid
     }
 
-    func run(_ arguments: [String]) async throws -> (Int32, String) {
+    func run(_ arguments: [String], leavesDaemon: Bool = false) async throws -> (Int32, String) {
         let output = LineBuffer()
-        let outcome = try await ProcessRunner.run(nginx, arguments, environment: ProcessInfo.processInfo.environment, timeout: .seconds(30)) { output.add($0) }
+        let outcome = try await ProcessRunner.run(nginx, arguments, environment: ProcessInfo.processInfo.environment, timeout: .seconds(30),
+                                                  leavesDaemon: leavesDaemon) { output.add($0) }
         return (outcome.timedOut ? -1 : outcome.status, output.text)
     }
 

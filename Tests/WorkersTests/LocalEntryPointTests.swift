@@ -1,0 +1,70 @@
+import Foundation
+import LocoTestSupport
+import Testing
+@testable import Workers
+
+@Suite("The local entry point (nginx)")
+struct LocalEntryPointTests {
+    @Test("an app keeps its address across versions; a reload that cannot take says why, from nginx's own log")
+    func switchesAndExplains() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
+            throw TestSetupError("nginx is not installed: apt-get install -y nginx-light (scripts/test installs it)")
+        }
+        try await withScratch { folder in
+            let entryPoint = LocalEntryPoint(folder: folder.appending(path: "entry"))
+            defer { entryPoint.stop() }
+            // Nothing listens upstream: nginx answers 502, still with the version header.
+            let routes = [LocalEntryPoint.Route(prefix: "/", upstream: "http://127.0.0.1:9")]
+            let first = try await entryPoint.publish(team: "acme", app: "web", generation: 1, routes: routes)
+            let second = try await entryPoint.publish(team: "acme", app: "web", generation: 2, routes: routes)
+            #expect(first == second)
+            let seen = await LocalEntryPoint.answer(at: first)
+            #expect(seen.version == 2, "\(seen.description)")
+            let port = try #require(Int(first.split(separator: ":").last ?? ""))
+            #expect(!LocalEntryPoint.ephemeralPorts().contains(port))
+
+            // Another app's address is taken by someone else: nginx keeps its old configuration.
+            let squatter = try Squatter()
+            defer { squatter.close() }
+            try FileManager.default.createDirectory(at: folder.appending(path: "entry/ports"), withIntermediateDirectories: true)
+            try String(squatter.port).write(to: folder.appending(path: "entry/ports/acme--api"), atomically: true, encoding: .utf8)
+            let error = await #expect(throws: EntryPointError.self) {
+                _ = try await entryPoint.publish(team: "acme", app: "api", generation: 1, routes: routes)
+            }
+            let message = error?.message ?? ""
+            #expect(message.hasPrefix("nginx did not switch http://127.0.0.1:\(squatter.port) to version 1 within 10 s"))
+            #expect(message.contains("Address already in use"), "\(message)")
+            // The app that was serving still does.
+            #expect(await LocalEntryPoint.version(at: first) == 2)
+        }
+    }
+}
+
+/// A listening socket on a port outside the ephemeral range, held for the test.
+private struct Squatter {
+    let socket: Int32
+    let port: Int
+
+    init() throws {
+        for _ in 0..<50 {
+            let port = Int.random(in: 20_000..<30_000)
+            let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = UInt16(port).bigEndian
+            let bound = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            if bound && listen(fd, 1) == 0 {
+                socket = fd
+                self.port = port
+                return
+            }
+            Glibc.close(fd)
+        }
+        throw TestSetupError("no free port to hold")
+    }
+
+    func close() { Glibc.close(socket) }
+}
