@@ -5,7 +5,7 @@ import Testing
 
 @Suite("The local entry point (nginx)")
 struct LocalEntryPointTests {
-    @Test("an app keeps its address across versions; a reload that cannot take says why, from nginx's own log")
+    @Test("an app keeps its address across versions; a reload that cannot take says why, from nginx's own log, and is undone")
     func switchesAndExplains() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
             throw TestSetupError("nginx is not installed: apt-get install -y nginx-light (scripts/test installs it)")
@@ -34,8 +34,21 @@ struct LocalEntryPointTests {
             let message = error?.message ?? ""
             #expect(message.hasPrefix("nginx did not switch http://127.0.0.1:\(squatter.port) to version 1 within 10 s"))
             #expect(message.contains("Address already in use"), "\(message)")
-            // The app that was serving still does.
+            // The configuration nginx could not take was put back: the app has no server block.
+            #expect(!FileManager.default.fileExists(atPath: folder.appending(path: "entry/apps/acme--api.conf").path))
+            // So a later failure quotes only what nginx logged for it, not this one again.
+            let squatter2 = try Squatter()
+            defer { squatter2.close() }
+            try String(squatter2.port).write(to: folder.appending(path: "entry/ports/acme--admin"), atomically: true, encoding: .utf8)
+            let again = await #expect(throws: EntryPointError.self) {
+                _ = try await entryPoint.publish(team: "acme", app: "admin", generation: 1, routes: routes)
+            }
+            #expect(again?.message.contains(":\(squatter2.port) failed") == true, "\(again?.message ?? "")")
+            #expect(again?.message.contains(":\(squatter.port) failed") == false, "\(again?.message ?? "")")
+            // The app that was serving still does, and can still switch.
             #expect(await LocalEntryPoint.version(at: first) == 2)
+            _ = try await entryPoint.publish(team: "acme", app: "web", generation: 3, routes: routes)
+            #expect(await LocalEntryPoint.version(at: first) == 3)
         }
     }
 }

@@ -35,30 +35,44 @@ public struct LocalEntryPoint: Sendable {
         try await locked {
             try prepare()
             let port = try port(team: team, app: app)
-            try Self.server(port: port, generation: generation, routes: routes)
-                .write(to: appsFolder.appending(path: "\(team)--\(app).conf"), atomically: true, encoding: .utf8)
-            let oldWorkers = runningPID().map(Self.children(of:)) ?? []
-            try await apply()
-            let address = "http://127.0.0.1:\(port)"
-            let deadline = ContinuousClock.now + .seconds(10)
-            var seen = await Self.answer(at: address)
-            while seen.version != generation {
-                guard ContinuousClock.now < deadline else {
-                    throw EntryPointError(message: "nginx did not switch \(address) to version \(generation) within 10 s: \(seen.description)"
-                                          + (errorLogTail().map { "; nginx logged: \($0)" } ?? ""))
-                }
-                try await Task.sleep(for: .milliseconds(25))
-                seen = await Self.answer(at: address)
+            let file = appsFolder.appending(path: "\(team)--\(app).conf")
+            let previous = try? String(contentsOf: file, encoding: .utf8)
+            try Self.server(port: port, generation: generation, routes: routes).write(to: file, atomically: true, encoding: .utf8)
+            do {
+                return try await switchOver(to: generation, at: "http://127.0.0.1:\(port)")
+            } catch {
+                // A configuration nginx cannot take would fail every later reload, for every app:
+                // put back what served before.
+                if let previous { try? previous.write(to: file, atomically: true, encoding: .utf8) } else { try? FileManager.default.removeItem(at: file) }
+                if runningPID() != nil { try? await apply() }
+                throw error
             }
-            // An old worker still accepts until it gets round to closing its listening socket
-            // (seen on a busy machine after the new version had answered): wait until the old
-            // ones are gone, or a while if one is still finishing a long request.
-            let settled = ContinuousClock.now + .seconds(3)
-            while oldWorkers.contains(where: { kill($0, 0) == 0 && Self.isRunning($0) }), ContinuousClock.now < settled {
-                try await Task.sleep(for: .milliseconds(25))
-            }
-            return address
         }
+    }
+
+    /// Applies the configuration and returns `address` once it serves `generation`.
+    private func switchOver(to generation: Int64, at address: String) async throws -> String {
+        let oldWorkers = runningPID().map(Self.children(of:)) ?? []
+        let logStart = errorLogSize()
+        try await apply()
+        let deadline = ContinuousClock.now + .seconds(10)
+        var seen = await Self.answer(at: address)
+        while seen.version != generation {
+            guard ContinuousClock.now < deadline else {
+                throw EntryPointError(message: "nginx did not switch \(address) to version \(generation) within 10 s: \(seen.description)"
+                                      + (errorLogTail(from: logStart).map { "; nginx logged: \($0)" } ?? ""))
+            }
+            try await Task.sleep(for: .milliseconds(25))
+            seen = await Self.answer(at: address)
+        }
+        // An old worker still accepts until it gets round to closing its listening socket (seen
+        // on a busy machine after the new version had answered): wait until the old ones are
+        // gone, or a while if one is still finishing a long request.
+        let settled = ContinuousClock.now + .seconds(3)
+        while oldWorkers.contains(where: Self.isRunning), ContinuousClock.now < settled {
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        return address
     }
 
     /// The version the address routes to now, from its `X-Loco-Version` header.
@@ -89,11 +103,21 @@ public struct LocalEntryPoint: Sendable {
         }
     }
 
-    /// The last of nginx's `emerg` lines, which say why a start or reload did not take. Only
-    /// those: lower levels quote requests, whose URLs may carry secrets.
-    func errorLogTail(lines: Int = 3) -> String? {
-        guard let text = try? String(contentsOf: folder.appending(path: "error.log"), encoding: .utf8) else { return nil }
-        let tail = text.split(separator: "\n").filter { $0.contains("[emerg]") }.suffix(lines).joined(separator: " | ")
+    var errorLog: URL { folder.appending(path: "error.log") }
+
+    func errorLogSize() -> UInt64 {
+        ((try? FileManager.default.attributesOfItem(atPath: errorLog.path))?[.size] as? NSNumber)?.uint64Value ?? 0
+    }
+
+    /// The last of nginx's `emerg` lines written after byte `offset` (this switch's), which say
+    /// why a start or reload did not take. Only those: lower levels quote requests, whose URLs
+    /// may carry secrets.
+    func errorLogTail(from offset: UInt64, lines: Int = 3) -> String? {
+        guard let handle = try? FileHandle(forReadingFrom: errorLog) else { return nil }
+        defer { try? handle.close() }
+        guard (try? handle.seek(toOffset: offset)) != nil, let data = try? handle.readToEnd() else { return nil }
+        let tail = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { $0.contains("[emerg]") }
+            .suffix(lines).joined(separator: " | ")
         return tail.isEmpty ? nil : String(tail.suffix(1200))
     }
 
@@ -148,7 +172,7 @@ public struct LocalEntryPoint: Sendable {
         let main = """
             \(root)worker_processes 1;
             pid \(pidFile.path);
-            error_log \(folder.appending(path: "error.log").path) warn;
+            error_log \(errorLog.path) warn;
             events { worker_connections 1024; }
             http {
                 access_log off;
@@ -215,7 +239,7 @@ public struct LocalEntryPoint: Sendable {
         guard FileManager.default.isExecutableFile(atPath: nginx) else {
             throw EntryPointError(message: "nginx is not installed at \(nginx); install it: apt-get install -y nginx-light")
         }
-        let base = ["-p", folder.path, "-c", folder.appending(path: "nginx.conf").path, "-e", folder.appending(path: "error.log").path]
+        let base = ["-p", folder.path, "-c", folder.appending(path: "nginx.conf").path, "-e", errorLog.path]
         let (tested, testOutput) = try await run(base + ["-t"])
         guard tested == 0 else { throw EntryPointError(message: "the entry point's nginx configuration is invalid: \(testOutput.suffix(400))") }
         if runningPID() != nil {
