@@ -17,40 +17,34 @@ struct ProcessRunnerTests {
             signal(SIGHUP, previous)
             source.cancel()
         }
-        let lines = LineCollector()
+        let output = LineBuffer()
         let outcome = try await ProcessRunner.run("/bin/grep", ["-E", "^Sig(Blk|Ign)", "/proc/self/status"], environment: [:],
-                                                  timeout: .seconds(10)) { lines.add($0) }
+                                                  timeout: .seconds(10)) { output.add($0) }
         #expect(outcome.status == 0)
+        let lines = output.take()
         // Masks of signals 1…64; signals 1…31 are the standard ones (32 and up belong to glibc and to real-time use).
-        let masks = Dictionary(uniqueKeysWithValues: lines.all.compactMap { line -> (String, UInt64)? in
+        let masks = Dictionary(uniqueKeysWithValues: lines.compactMap { line -> (String, UInt64)? in
             let parts = line.split(separator: ":")
             guard parts.count == 2, let mask = UInt64(parts[1].trimmingCharacters(in: .whitespaces), radix: 16) else { return nil }
             return (String(parts[0]), mask)
         })
-        #expect(masks["SigBlk"].map { $0 & 0x7fff_ffff } == 0, "blocked: \(lines.all)")
-        #expect(masks["SigIgn"].map { $0 & 0x7fff_ffff } == 0, "ignored: \(lines.all)")
+        #expect(masks["SigBlk"].map { $0 & 0x7fff_ffff } == 0, "blocked: \(lines)")
+        #expect(masks["SigIgn"].map { $0 & 0x7fff_ffff } == 0, "ignored: \(lines)")
     }
 
     @Test("what a command leaves behind is killed with it, unless the command starts a daemon")
     func leftBehind() async throws {
         for leavesDaemon in [false, true] {
-            let lines = LineCollector()
+            let output = LineBuffer()
             // The background sleep stays in the command's process group, as a daemon does until setsid.
             let outcome = try await ProcessRunner.run("/bin/sh", ["-c", "sleep 30 >/dev/null 2>&1 & echo $!"], environment: [:],
-                                                      timeout: .seconds(10), leavesDaemon: leavesDaemon) { lines.add($0) }
+                                                      timeout: .seconds(10), leavesDaemon: leavesDaemon) { output.add($0) }
             #expect(outcome.status == 0)
-            let pid = try #require(lines.all.first.flatMap { pid_t($0) })
+            let pid = try #require(output.take().first.flatMap { pid_t($0) })
             try await Task.sleep(for: .milliseconds(100))
             let alive = LocalEntryPoint.isRunning(pid)
             #expect(alive == leavesDaemon, "leavesDaemon: \(leavesDaemon)")
             if alive { kill(pid, SIGKILL) }
         }
     }
-}
-
-final class LineCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
-    func add(_ line: String) { lock.withLock { lines.append(line) } }
-    var all: [String] { lock.withLock { lines } }
 }

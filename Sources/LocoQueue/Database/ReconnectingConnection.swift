@@ -99,8 +99,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     ///
     /// The caller waits for `body` in a task of its own rather than directly, so that it can be
     /// let go: a query sent as the server restarted was seen to wait forever, even after its
-    /// connection was closed (likely a write to a channel that had just closed, which nothing
-    /// fails). The task runs on the connection's own thread, so it adds no thread hop.
+    /// connection was closed. A query written to a closed connection does that (see
+    /// `PostgresConnection.run`, which now refuses it); the task is the backstop for any other
+    /// way a query can be lost. It runs on the connection's own thread, so it adds no thread hop.
     private func watched<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connection()
         let executor = executor(for: connection)

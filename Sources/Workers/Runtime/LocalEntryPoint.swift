@@ -261,18 +261,21 @@ public struct LocalEntryPoint: Sendable {
 
     /// Whether `pid` is still a live process (not a zombie awaiting its parent).
     static func isRunning(_ pid: pid_t) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return false }
-        let state = stat[stat.index(after: close)...].split(separator: " ").first
+        guard let state = statFields(of: pid)?.first else { return false }
         return state != "Z"
     }
 
     static func parent(of pid: pid_t) -> pid_t? {
-        // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces, so read after the last ')'.
+        guard let fields = statFields(of: pid), fields.count > 1 else { return nil }
+        return pid_t(fields[1])
+    }
+
+    /// The fields of /proc/PID/stat after the command name: state, parent, …. The name may hold
+    /// spaces and parentheses, so they are read after its last ')'.
+    static func statFields(of pid: pid_t) -> [Substring]? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 ? pid_t(fields[1]) : nil
+        return stat[stat.index(after: close)...].split(separator: " ")
     }
 
     func runningPID() -> pid_t? {
