@@ -368,22 +368,31 @@ struct QueueBehaviourTests {
     func transactionalCompletion() async throws {
         try await TestDatabase.with { db in
             try await db.client.query("CREATE TABLE results (job_id bigint PRIMARY KEY, digest text)")
+            // How attempt 1's transactional completion ended: the test waits for this rather
+            // than for a fixed time, which a loaded machine can outlast.
+            let firstAttemptError = Mutex<String?>(nil)
             var handlers = JobHandlers()
             handlers.register(kind: "test.tx") { _, context in
                 if context.attempt == 1 {
                     // Another worker takes the job over while this one is still working on it.
                     try await db.client.query("UPDATE loco_jobs SET locked_by = 'thief' WHERE id = \(context.id)")
                 }
-                try await db.client.transaction { connection in
-                    try await connection.query("INSERT INTO results VALUES (\(context.id), 'sha256:abc')", logger: context.logger)
-                    try await context.complete(in: connection)
+                do {
+                    try await db.client.transaction { connection in
+                        try await connection.query("INSERT INTO results VALUES (\(context.id), 'sha256:abc')", logger: context.logger)
+                        try await context.complete(in: connection)
+                    }
+                } catch {
+                    if context.attempt == 1 { firstAttemptError.withLock { $0 = (error as? QueueError)?.code ?? "\(error)" } }
+                    throw error
                 }
             }
             let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.tx"), on: db.client)
             try await db.withWorker(fastConfiguration([("default", 1)]), handlers: handlers) { _ in
-                // Attempt 1 rolled back: no row, and the job still belongs to the thief.
-                #expect(try await eventually { try await db.scalar("SELECT attempt FROM loco_jobs WHERE id = \(job.id)", as: Int.self) == 1 })
-                try await Task.sleep(for: .milliseconds(300))
+                // Attempt 1 lost its lease inside its transaction and rolled back: no row, and
+                // the job still belongs to the thief.
+                #expect(try await eventually { firstAttemptError.withLock { $0 } != nil })
+                #expect(firstAttemptError.withLock { $0 } == "lease_lost")
                 #expect(try await db.scalar("SELECT count(*) FROM results", as: Int64.self) == 0)
                 #expect(try await db.state(of: job.id) == .running)
                 #expect(try await db.store.job(id: job.id, on: db.client)?.lockedBy == "thief")
