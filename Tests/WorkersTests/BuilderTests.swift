@@ -3,7 +3,7 @@ import Foundation
 import LocoTestSupport
 import Logging
 import Testing
-import Workers
+@testable import Workers
 
 /// A folder for one test, removed afterwards.
 func withScratch<T>(_ body: (URL) async throws -> T) async throws -> T {
@@ -171,6 +171,27 @@ struct BuilderTests {
             let hungry = try await failure("Dockerfile.hungry", memory: 64 << 20)
             #expect(hungry.code == "BUILD_FAILED" && hungry.message.contains("ran out of memory") && hungry.message.contains("64 MiB"), "\(hungry)")
         }
+    }
+
+    /// buildah's own last lines, as seen when two build workers stored the same base image at
+    /// once (a containers/storage race; the deployment failed for good before this was known).
+    @Test("builds racing on the shared image storage are retried; a failing step is not")
+    func storageRace() {
+        let from = "STEP 1/4: FROM oci-archive:/tmp/stack/base.tar"
+        let raced = [
+            [from, "Getting image source signatures", "Copying blob sha256:8252…", "Writing manifest to image destination", "Storing signatures",
+             #"time="2026-11-27T09:11:23Z" level=error msg="Updating image \"54acdb86f60c\" (old names []) failed, deleting it""#,
+             #"time="2026-11-27T09:11:23Z" level=error msg="Error deleting incomplete image \"54acdb86f60c\": identifier is not an image""#,
+             #"Error: creating build container: committing the finished image: saving metadata for image "54acdb86f60c": identifier is not a layer, image, or container"#],
+            [from, "STEP 2/4: RUN echo hi", #"Error: checking if cached image exists from a previous build: getting top layer info: layer not known"#],
+        ]
+        for tail in raced {
+            let failure = Builder.diagnose(tail: tail, exitStatus: 125)
+            #expect(failure.code == "BUILDER_UNAVAILABLE" && failure.isTransient, "\(failure)")
+            #expect(failure.message.contains("storage busy"))
+        }
+        let step = Builder.diagnose(tail: [from, "STEP 2/4: RUN make", #"Error: building at STEP "RUN make": while running runtime: exit status 2"#], exitStatus: 2)
+        #expect(step.code == "BUILD_FAILED" && !step.isTransient && step.step == "2/4" && step.exitCode == 2, "\(step)")
     }
 
     @Test("long output is bounded: the head live, the middle counted, the tail kept")

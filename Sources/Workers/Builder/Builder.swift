@@ -162,8 +162,9 @@ public struct Builder: Sendable {
         }
         let lower = text.lowercased()
         // Concurrent builds share the worker's image storage; two pulling the same base at once can
-        // race ("layer not known", "image not known"). A retry finds the base stored.
-        let storageRace = ["layer not known", "image not known", "identifier is not a container", "locating item named"].contains { lower.contains($0) }
+        // race ("layer not known", "image not known", or containers/storage's "identifier is not a
+        // layer, image, or container" when both store the same image). A retry finds the base stored.
+        let storageRace = ["layer not known", "image not known", "identifier is not a", "locating item named"].contains { lower.contains($0) }
         if lower.contains("no space left on device") || lower.contains("storage lock") || lower.contains("database is locked") || storageRace {
             return BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the builder's storage failed (\(lower.contains("no space") ? "disk full" : "storage busy"))",
                                 hint: "Retried automatically; if it keeps failing, the operator should free disk space on the build workers.",
