@@ -52,7 +52,10 @@ public struct PodmanRuntime: Runtime {
             // Re-applying converges: the same name is replaced.
             _ = try await run(["rm", "-f", "-t", "0", name])
             try await pull(service.image, credentials: desired.pullCredentials)
-            var arguments = ["run", "-d", "--name", name,
+            // slirp4netns, not the default CNI bridge: a user-space process listens on the published
+            // port, where the bridge's iptables forwarding once refused every connection to a running
+            // container for 10 s in a full test run (podman 4.3, CNI).
+            var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns",
                              "--label", "loco.app=\(desired.team)/\(desired.app)", "--label", "loco.deployment=\(desired.deploymentID)",
                              "--label", "loco.service=\(service.name)", "-p", "127.0.0.1::\(service.port)"]
             if let memory = service.memoryBytes { arguments += ["--memory", "\(memory)", "--memory-swap", "\(memory)"] }
