@@ -188,8 +188,10 @@ struct BuilderTests {
         for tail in raced {
             let failure = Builder.diagnose(tail: tail, exitStatus: 125)
             #expect(failure.code == "BUILDER_UNAVAILABLE" && failure.isTransient, "\(failure)")
-            #expect(failure.message.contains("storage busy"))
+            #expect(failure.message.contains("storage busy") && failure.hint.contains("concurrency"), "\(failure)")
         }
+        let full = Builder.diagnose(tail: [from, "Error: writing blob: storing blob to file: write /var/lib/containers/storage/vfs/dir/x: no space left on device"], exitStatus: 125)
+        #expect(full.code == "BUILDER_UNAVAILABLE" && full.isTransient && full.message.contains("disk full") && full.hint.contains("disk space"), "\(full)")
         let step = Builder.diagnose(tail: [from, "STEP 2/4: RUN make", #"Error: building at STEP "RUN make": while running runtime: exit status 2"#], exitStatus: 2)
         #expect(step.code == "BUILD_FAILED" && !step.isTransient && step.step == "2/4" && step.exitCode == 2, "\(step)")
     }

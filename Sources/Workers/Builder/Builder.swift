@@ -165,9 +165,14 @@ public struct Builder: Sendable {
         // race ("layer not known", "image not known", or containers/storage's "identifier is not a
         // layer, image, or container" when both store the same image). A retry finds the base stored.
         let storageRace = ["layer not known", "image not known", "identifier is not a", "locating item named"].contains { lower.contains($0) }
-        if lower.contains("no space left on device") || lower.contains("storage lock") || lower.contains("database is locked") || storageRace {
-            return BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the builder's storage failed (\(lower.contains("no space") ? "disk full" : "storage busy"))",
+        if lower.contains("no space left on device") {
+            return BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the builder's storage failed (disk full)",
                                 hint: "Retried automatically; if it keeps failing, the operator should free disk space on the build workers.",
+                                logTail: tail, isTransient: true)
+        }
+        if lower.contains("storage lock") || lower.contains("database is locked") || storageRace {
+            return BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the builder's storage failed (storage busy)",
+                                hint: "Concurrent builds on one worker collided in its image storage; retried automatically. If it keeps failing, the operator should lower the build pool's concurrency on that worker.",
                                 logTail: tail, isTransient: true)
         }
         var step: String?
