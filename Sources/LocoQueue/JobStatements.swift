@@ -38,11 +38,14 @@ enum JobStatements {
     }
 
     struct Claim: PostgresPreparedStatement {
-        static let name = "loco_claim_v1"
+        static let name = "loco_claim_v2"
+        // The pause check names no column of loco_jobs, so PostgreSQL runs it once per claim
+        // (a one-time filter), not per row.
         static let sql = """
             WITH picked AS MATERIALIZED (
                 SELECT id FROM loco_jobs
                 WHERE state = 'available' AND queue = $1::text
+                  AND NOT EXISTS (SELECT FROM loco_queue_pauses WHERE queue = $1::text)
                 ORDER BY priority, run_at, id
                 LIMIT $2::int8
                 FOR UPDATE SKIP LOCKED

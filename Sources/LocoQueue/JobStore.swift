@@ -422,8 +422,59 @@ public struct JobStore: Sendable {
         for try await (queue, count) in failures.decode((String, Int64).self) {
             queues[queue, default: .init(name: queue)].failedLastHour = Int(count)
         }
+        for pause in try await pausedQueues(on: db) {
+            queues[pause.queue, default: .init(name: pause.queue)].pausedAt = pause.pausedAt
+        }
         return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
     }
+
+    // MARK: Pause
+
+    /// Stops workers everywhere from claiming jobs of `queue` (running ones finish; enqueues
+    /// still land). Pausing a paused queue keeps its first pause.
+    public func pause(queue: String, by who: String?, on db: some QueryRunner) async throws -> QueuePause {
+        try Names.checkQueue(queue)
+        // The no-op update returns the existing pause unchanged; xmax = 0 only on a fresh insert.
+        let rows = try await db.run("""
+            INSERT INTO loco_queue_pauses (queue, paused_by) VALUES (\(queue), \(who))
+            ON CONFLICT (queue) DO UPDATE SET queue = EXCLUDED.queue
+            RETURNING queue, paused_at, paused_by, xmax = 0
+            """, logger: logger)
+        for try await (name, at, by, inserted) in rows.decode((String, Date, String?, Bool).self) {
+            return QueuePause(queue: name, pausedAt: at, pausedBy: by, wasPaused: !inserted)
+        }
+        throw QueueError.pauseNotRecorded(queue: queue)
+    }
+
+    /// Lets workers claim from `queue` again and wakes the idle ones; false if it was not paused.
+    public func resume(queue: String, on db: some QueryRunner) async throws -> Bool {
+        try Names.checkQueue(queue)
+        let rows = try await db.run("""
+            WITH removed AS (DELETE FROM loco_queue_pauses WHERE queue = \(queue) RETURNING queue)
+            SELECT pg_notify(\(Self.channel), queue) IS NULL FROM removed
+            """, logger: logger)
+        var resumed = false
+        for try await _ in rows.decode(Bool.self) { resumed = true }
+        return resumed
+    }
+
+    public func pausedQueues(on db: some QueryRunner) async throws -> [QueuePause] {
+        let rows = try await db.run("SELECT queue, paused_at, paused_by FROM loco_queue_pauses ORDER BY queue", logger: logger)
+        var pauses: [QueuePause] = []
+        for try await (queue, at, by) in rows.decode((String, Date, String?).self) {
+            pauses.append(QueuePause(queue: queue, pausedAt: at, pausedBy: by, wasPaused: true))
+        }
+        return pauses
+    }
+}
+
+/// A paused queue: since when, by whom (free text, e.g. the operator's name).
+public struct QueuePause: Sendable, Codable, Equatable {
+    public var queue: String
+    public var pausedAt: Date
+    public var pausedBy: String?
+    /// Whether it was already paused before this call (pause is idempotent).
+    public var wasPaused: Bool
 }
 
 /// A job this worker has claimed.
@@ -461,6 +512,8 @@ public struct QueueStats: Sendable, Codable, Equatable {
         public var depth: [String: Int] = [:]
         public var oldestAvailableSeconds: Double?
         public var failedLastHour: Int = 0
+        /// Set while the queue is paused (`locod queue pause`).
+        public var pausedAt: Date?
     }
     public var queues: [Queue]
 }

@@ -7,7 +7,7 @@ struct QueueCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
         abstract: "Inspect and operate the job queue.",
-        subcommands: [Stats.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Enqueue.self]
+        subcommands: [Stats.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Enqueue.self]
     )
 
     struct Stats: AsyncParsableCommand {
@@ -24,7 +24,7 @@ struct QueueCommand: AsyncParsableCommand {
                     let header = ["queue"] + states + ["oldest_available", "failed_1h"]
                     var rows = [header]
                     for queue in stats.queues {
-                        rows.append([queue.name] + states.map { String(queue.depth[$0] ?? 0) }
+                        rows.append([queue.name + (queue.pausedAt == nil ? "" : " (paused)")] + states.map { String(queue.depth[$0] ?? 0) }
                             + [queue.oldestAvailableSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(queue.failedLastHour)])
                     }
                     if stats.queues.isEmpty { print("no jobs") } else { printTable(rows) }
@@ -134,6 +134,48 @@ struct QueueCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await operate(database, output: output, id: id, verb: "discarded") { try await $0.discard(id: id, on: $1) }
+        }
+    }
+
+    struct Pause: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop workers everywhere from starting jobs of a queue.",
+            discussion: "Jobs already running finish; new jobs still enqueue and wait. Undo with 'locod queue resume QUEUE'.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument var queue: String
+        @Option(help: "Who paused it and why, shown by 'locod queue stats --output json'.") var by: String?
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                try await database.withClient { client, _, logger in
+                    let pause = try await JobStore(logger: logger).pause(queue: queue, by: by, on: client)
+                    if output == .json { return try printJSON(pause) }
+                    if pause.wasPaused {
+                        print("queue \(queue) was already paused (since \(pause.pausedAt.formatted(.iso8601)))")
+                    } else {
+                        print("queue \(queue) paused: workers finish what they run and start nothing more; new jobs wait. Resume: locod queue resume \(queue)")
+                    }
+                }
+            }
+        }
+    }
+
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Let workers start jobs of a paused queue again (idle ones wake at once).")
+        @OptionGroup var database: DatabaseOptions
+        @Argument var queue: String
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                try await database.withClient { client, _, logger in
+                    let resumed = try await JobStore(logger: logger).resume(queue: queue, on: client)
+                    struct Outcome: Encodable { let queue: String; let resumed: Bool }
+                    if output == .json { return try printJSON(Outcome(queue: queue, resumed: resumed)) }
+                    print(resumed ? "queue \(queue) resumed" : "queue \(queue) was not paused; nothing to do")
+                }
+            }
         }
     }
 

@@ -532,6 +532,50 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a paused queue starts nothing: its running job finishes, enqueues wait, and resume wakes the idle worker at once")
+    func pauseAndResume() async throws {
+        try await TestDatabase.with { db in
+            let release = Mutex(false)
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.hold") { _, _ in
+                while !release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            handlers.register(kind: "test.ping") { _, _ in }
+            var configuration = fastConfiguration([("default", 2)])
+            // Only a notification can wake the worker within this test's waits.
+            configuration.pollInterval = .seconds(30)
+            try await db.withWorker(configuration, handlers: handlers) { worker in
+                await worker.waitUntilListening()
+                let held = try await db.store.enqueue(NewJob(queue: "default", kind: "test.hold"), on: db.client)
+                try await db.wait(for: held.id, toBe: .running)
+
+                let pause = try await db.store.pause(queue: "default", by: "ann: registry down", on: db.client)
+                #expect(!pause.wasPaused && pause.pausedBy == "ann: registry down")
+                let again = try await db.store.pause(queue: "default", by: "bob", on: db.client)
+                #expect(again.wasPaused && again.pausedAt == pause.pausedAt && again.pausedBy == "ann: registry down", "the first pause stands")
+                await #expect(throws: QueueError.invalidQueueName("Bad Queue")) { try await db.store.pause(queue: "Bad Queue", by: nil, on: db.client) }
+
+                // Each enqueue notifies the worker, which has a free slot, and still claims nothing.
+                var pings: [Int64] = []
+                for _ in 0..<3 { pings.append(try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping"), on: db.client).id) }
+                release.withLock { $0 = true }
+                _ = try await db.wait(for: held.id, toBe: .completed)
+                try await Task.sleep(for: .seconds(1))
+                for id in pings { #expect(try await db.state(of: id) == .available) }
+                let stats = try await db.store.stats(on: db.client)
+                #expect(stats.queues.first { $0.name == "default" }?.pausedAt == pause.pausedAt)
+                let metrics = QueueMetrics()
+                metrics.update(from: stats)
+                #expect(metrics.render().contains(#"loco_queue_paused{queue="default"} 1"#), "\(metrics.render())")
+
+                #expect(try await db.store.resume(queue: "default", on: db.client))
+                #expect(try await !db.store.resume(queue: "default", on: db.client), "resuming twice is a no-op")
+                for id in pings { _ = try await db.wait(for: id, toBe: .completed, timeout: .seconds(5)) }
+                #expect(try await db.store.pausedQueues(on: db.client).isEmpty)
+            }
+        }
+    }
+
     @Test("poll-only mode (for PgBouncer) runs jobs without LISTEN")
     func pollOnly() async throws {
         try await TestDatabase.with { db in

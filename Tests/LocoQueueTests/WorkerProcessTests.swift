@@ -194,6 +194,19 @@ struct WorkerProcessTests {
             let list = try await runCommand(locod, ["queue", "list", "--queue", "ops", "--output", "json"], environment: env)
             let jobs = try JSONDecoder.iso.decode([JobRecord].self, from: Data(list.output.utf8))
             #expect(jobs.map(\.id) == [other.id, queued.id, failed.id])
+
+            let pause = try await runCommand(locod, ["queue", "pause", "ops", "--by", "ann: registry down"], environment: env)
+            #expect(pause.status == 0 && pause.output.contains("queue ops paused"), "\(pause.output)")
+            #expect(try await runCommand(locod, ["queue", "pause", "ops"], environment: env).output.contains("was already paused"))
+            #expect(try await runCommand(locod, ["queue", "stats"], environment: env).output.contains("ops (paused)"))
+            let pausedStats = try await runCommand(locod, ["queue", "stats", "--output", "json"], environment: env)
+            let pausedQueue = try JSONDecoder.iso.decode(QueueStats.self, from: Data(pausedStats.output.utf8)).queues.first
+            #expect(pausedQueue?.name == "ops" && pausedQueue?.pausedAt != nil, "\(pausedStats.output)")
+            let badName = try await runCommand(locod, ["queue", "pause", "Ops Queue"], environment: env)
+            #expect(badName.status == 1 && badName.output.contains("invalid_queue_name"), "\(badName.output)")
+            let resume = try await runCommand(locod, ["queue", "resume", "ops", "--output", "json"], environment: env)
+            #expect(resume.output.contains(#""resumed" : true"#), "\(resume.output)")
+            #expect(try await runCommand(locod, ["queue", "resume", "ops"], environment: env).output.contains("was not paused"))
         }
     }
 

@@ -15,6 +15,7 @@ public enum QueueError: CodedError, Equatable {
     case unknownPeriodicJob(name: String, known: [String])
     case leaseLost(id: Int64)
     case migrationFailed(version: Int, name: String, reason: String)
+    case pauseNotRecorded(queue: String)
 
     public var code: String {
         switch self {
@@ -32,6 +33,7 @@ public enum QueueError: CodedError, Equatable {
         case .unknownPeriodicJob: "unknown_periodic_job"
         case .leaseLost: "lease_lost"
         case .migrationFailed: "migration_failed"
+        case .pauseNotRecorded: "pause_not_recorded"
         }
     }
 
@@ -65,6 +67,8 @@ public enum QueueError: CodedError, Equatable {
             "this worker no longer holds job \(id) (its lease expired and another worker may have it)"
         case let .migrationFailed(version, name, reason):
             "migration \(version) (\(name)) failed: \(reason)"
+        case let .pauseNotRecorded(queue):
+            "the pause of queue '\(queue)' was not recorded"
         }
     }
 
@@ -98,6 +102,8 @@ public enum QueueError: CodedError, Equatable {
             "Nothing to do: the job's result was dropped so it is never applied twice; the job runs again elsewhere."
         case .migrationFailed:
             "Fix the database as the message says, then run 'locod migrate' again; applied migrations are not repeated."
+        case .pauseNotRecorded:
+            "Pause it again; 'locod queue stats' shows which queues are paused."
         }
     }
 }

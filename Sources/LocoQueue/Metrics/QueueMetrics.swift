@@ -23,6 +23,7 @@ public final class QueueMetrics: Sendable {
     static var databaseErrors: MetricNameDescriptor { name("database_errors", "total", "Failed queue statements, by operation.") }
     static var depth: MetricNameDescriptor { name("depth", "", "Jobs by queue and state (read from the database at scrape time).") }
     static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
+    static var paused: MetricNameDescriptor { name("paused", "", "1 while the queue is paused (locod queue pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
         .completed: name("jobs_completed", "total", "Jobs completed."),
         .failed: name("jobs_failed", "total", "Jobs that failed for good."),
@@ -72,6 +73,7 @@ public final class QueueMetrics: Sendable {
             }
             registry.makeGauge(descriptor: Self.oldest, labels: [("queue", queue.name)])
                 .set(queue.oldestAvailableSeconds ?? 0)
+            registry.makeGauge(descriptor: Self.paused, labels: [("queue", queue.name)]).set(queue.pausedAt == nil ? 0.0 : 1.0)
         }
     }
 

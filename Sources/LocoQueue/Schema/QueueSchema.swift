@@ -133,6 +133,17 @@ public enum QueueSchema {
             """#,
             settleDependentsTrigger,
         ]),
+        // A queue is paused while it has a row here: workers claim nothing from it, the jobs
+        // they already run finish, and enqueues still land (River's and Oban's pause).
+        Migration(version: 3, name: "queue_pauses", statements: [
+            #"""
+            CREATE TABLE loco_queue_pauses (
+                queue     text        PRIMARY KEY,
+                paused_at timestamptz NOT NULL DEFAULT now(),
+                paused_by text
+            )
+            """#,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""
