@@ -29,8 +29,8 @@ enum JobStatements {
             bindings.append(job.args)
             bindings.append(job.priority)
             bindings.append(job.maxAttempts)
-            try bindings.append(job.runAt)
-            try bindings.append(job.uniqueKey)
+            bindings.append(job.runAt)
+            bindings.append(job.uniqueKey)
             return bindings
         }
 

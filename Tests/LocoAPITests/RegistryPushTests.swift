@@ -112,7 +112,7 @@ struct RegistryPushTests {
                 try await makeOCILayout(at: layoutFolder)
                 let pushed = try await client.push(try OCILayout(folder: layoutFolder), repository: "acme/web", tag: "v\(index)")
                 digests.append(pushed.digest)
-                try await harness.database.client.query("""
+                _ = try await harness.database.client.query("""
                     INSERT INTO loco_deployments (app_id, state, image_digest, created_at, finished_at)
                     VALUES (\(app.id), \(state), \(pushed.digest), now() - make_interval(days => \(days)::int), now() - make_interval(days => \(days)::int))
                     """).collect()

@@ -121,9 +121,14 @@ struct RuntimeStageTests {
                 let neverReady = try await deploy(try await Self.deployBody(from: hello, config: config(health: "/healthz"), in: folder))
                 #expect(neverReady.state == .failed && neverReady.report?.code == "READINESS_PROBE_FAILED", "\(String(describing: neverReady.report))")
 
+                // conmon marks an out-of-memory kill with a file named `oom` in its working directory.
+                let strayMarker = FileManager.default.currentDirectoryPath + "/oom"
+                let markerWasThere = FileManager.default.fileExists(atPath: strayMarker)
                 let hungry = try await deploy(try await Self.deployBody(from: hello, config: config(extra: #","resources":{"memory":"32Mi"}"#), edit: [
                     "Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=300M\", \"count=1\"]\n"], in: folder))
                 #expect(hungry.state == .failed && hungry.report?.code == "OOM_KILLED", "\(String(describing: hungry.report))")
+                #expect(markerWasThere || !FileManager.default.fileExists(atPath: strayMarker),
+                        "podman runs in the runtime's state folder, so conmon's oom marker stays out of the worker's working directory")
                 #expect(try await get(secondURL).contains("Version two"), "the previous version still serves")
 
                 // A third good version: the registry keeps the app's last two images, never the serving one.

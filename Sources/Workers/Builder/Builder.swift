@@ -105,7 +105,12 @@ public struct Builder: Sendable {
             let file = configuration.stateFolder.appending(path: "auth-\(UUID().uuidString).json")
             let auth = Data("\(credentials.username):\(credentials.password)".utf8).base64EncodedString()
             let entries = configuration.baseImageRegistries.map { #""\#($0)":{"auth":"\#(auth)"}"# }.joined(separator: ",")
-            FileManager.default.createFile(atPath: file.path, contents: Data(#"{"auths":{\#(entries)}}"#.utf8), attributes: [.posixPermissions: 0o600])
+            guard FileManager.default.createFile(atPath: file.path, contents: Data(#"{"auths":{\#(entries)}}"#.utf8),
+                                                 attributes: [.posixPermissions: 0o600]) else {
+                throw BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the base image registry's credentials could not be written to \(file.path)",
+                                   hint: "Retried automatically; if it keeps failing, check that the build workers' state folder is writable and its disk not full.",
+                                   logTail: [], isTransient: true)
+            }
             authFile = file
             arguments += ["--authfile", file.path]
         }

@@ -12,6 +12,11 @@ import Glibc
 @_silgen_name("pipe2")
 private func systemPipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> Int32
 
+/// glibc's posix_spawn_file_actions_addchdir_np (2.29+; also left out of Swift's Glibc module):
+/// the child starts in another folder without the parent changing its own.
+@_silgen_name("posix_spawn_file_actions_addchdir_np")
+private func systemAddChdir(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: UnsafePointer<CChar>) -> Int32
+
 /// Set once, read from another thread.
 final class ExitFlag: @unchecked Sendable {
     private let lock = NSLock()
@@ -28,8 +33,9 @@ public enum ProcessRunner {
 
     /// `leavesDaemon`: the command starts a daemon and exits, so what it forked lives on after
     /// it (the daemon leaves the process group only once it calls setsid, a moment later).
+    /// `directory`: where the command runs (default: this process's working directory).
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String],
-                           timeout: Duration, leavesDaemon: Bool = false,
+                           timeout: Duration, leavesDaemon: Bool = false, directory: String? = nil,
                            onLine: @escaping @Sendable (String) -> Void) async throws -> Outcome {
         var fds: [Int32] = [0, 0]
         // Close-on-exec: otherwise every process spawned meanwhile (by this or any other task)
@@ -46,6 +52,7 @@ public enum ProcessRunner {
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 2)
         posix_spawn_file_actions_addclose(&actions, readEnd)
         posix_spawn_file_actions_addclose(&actions, writeEnd)
+        if let directory { _ = systemAddChdir(&actions, directory) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -29,11 +29,18 @@ public struct PodmanRuntime: Runtime {
         self.environment = try ContainersConfig.write(stateFolder: stateFolder, insecureRegistries: insecureRegistries, engine: true, write: configure)
     }
 
+    /// Where podman runs. The container monitor it starts (conmon 2.1) marks an out-of-memory
+    /// kill with an empty file named `oom` in its working directory, so that directory is the
+    /// state folder rather than wherever the worker was started (a repository, once).
+    var workingDirectory: String? {
+        FileManager.default.fileExists(atPath: stateFolder.path) ? stateFolder.path : nil
+    }
+
     /// Runs podman; returns its exit status and output.
     func run(_ arguments: [String], extraEnvironment: [String: String] = [:], timeout: Duration = .seconds(300)) async throws -> (Int32, String) {
         let output = LineBuffer()
         let outcome = try await ProcessRunner.run(podman, arguments, environment: environment.merging(extraEnvironment) { _, new in new },
-                                                  timeout: timeout) { output.add($0) }
+                                                  timeout: timeout, directory: workingDirectory) { output.add($0) }
         return (outcome.timedOut ? -1 : outcome.status, output.text)
     }
 
