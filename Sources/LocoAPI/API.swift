@@ -48,11 +48,12 @@ public struct API: Sendable {
         return router
     }
 
-    /// Ends deployments whose jobs died without a result and deletes the build contexts of
-    /// deployments that ended. `locod api` runs it every few seconds; any number of API
-    /// processes may.
+    /// Ends deployments whose jobs died without a result, tells waiting deployments about paused
+    /// queues, and deletes the build contexts of deployments that ended. `locod api` runs it
+    /// every few seconds; any number of API processes may.
     public func reconcile() async throws {
         let released = try await store.reconcile(on: database)
+        try await store.announcePausedStages(on: database)
         contexts.remove(digests: released)
         contexts.remove(digests: try await store.recentlyReleasedContexts(on: database))
     }

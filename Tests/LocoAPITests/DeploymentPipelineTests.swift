@@ -73,11 +73,11 @@ struct DeploymentPipelineTests {
             #expect(stages == "apply,wait,cleanup")
 
             // A failure half-way through the DAG leaves nothing: no deployment, no event, no job.
-            try await harness.database.client.query("""
+            _ = try await harness.database.client.query("""
                 CREATE FUNCTION refuse_wait() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN IF NEW.kind = 'deploy.wait' THEN RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$
                 """).collect()
-            try await harness.database.client.query("CREATE TRIGGER refuse_wait BEFORE INSERT ON loco_jobs FOR EACH ROW EXECUTE FUNCTION refuse_wait()").collect()
+            _ = try await harness.database.client.query("CREATE TRIGGER refuse_wait BEFORE INSERT ON loco_jobs FOR EACH ROW EXECUTE FUNCTION refuse_wait()").collect()
             let other = try await harness.app("other", in: team, owner: ann)
             let before = try await harness.database.scalar("SELECT (SELECT count(*) FROM loco_jobs) + (SELECT count(*) FROM loco_deployments) + (SELECT count(*) FROM loco_deployment_events)", as: Int64.self)
             await #expect(throws: (any Error).self) {
@@ -127,6 +127,40 @@ struct DeploymentPipelineTests {
             #expect(events[waitDone + 1].type == "succeeded")
             let stagesSeen = events.filter { $0.type == "stage_started" }.compactMap(\.stage)
             #expect(stagesSeen.prefix(4) == ["build", "push", "apply", "wait"])
+        }
+    }
+
+    @Test("a deployment waiting on a paused queue is told why, once per pause, and goes on when the queue resumes")
+    func pausedQueue() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let db = harness.database
+            _ = try await db.store.pause(queue: "build", by: "ann: registry down", on: db.client)
+            let deployment = try await harness.deployment(of: app)
+            try await harness.api.reconcile()
+            try await harness.api.reconcile()
+            let told = try await harness.store.events(deploymentID: deployment.id, after: 0, on: db.client).filter { $0.type == "queue_paused" }
+            #expect(told.count == 1, "once per pause, however often reconcile runs: \(told)")
+            #expect(told.first?.stage == "build")
+            #expect(told.first?.message.contains("the operator paused the build queue") == true && told.first?.message.contains("ann: registry down") == true,
+                    "\(told.first?.message ?? "")")
+
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .queued, "nothing builds while paused")
+                #expect(try await db.store.resume(queue: "build", on: db.client))
+                let done = try await eventually(timeout: .seconds(20)) {
+                    try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .succeeded
+                }
+                #expect(done)
+            }
+            // A new pause is a new story; with nothing waiting in the queue there is no one to tell.
+            _ = try await db.store.pause(queue: "build", by: nil, on: db.client)
+            try await harness.api.reconcile()
+            let after = try await harness.store.events(deploymentID: deployment.id, after: 0, on: db.client).filter { $0.type == "queue_paused" }
+            #expect(after.count == 1)
         }
     }
 

@@ -130,6 +130,46 @@ extension CoreStore {
         }
     }
 
+    /// Tells each deployment whose next stage sits in a paused queue (`locod queue pause`) why
+    /// it waits, once per pause: an event the CLI shows as it follows the deployment. Driven
+    /// from the pauses, so it costs nothing while no queue is paused. Returns how many it told.
+    @discardableResult
+    public func announcePausedStages(on db: some TransactionRunner) async throws -> Int {
+        try await db.transaction { connection in
+            // The pause's time, to the microsecond, names it: a later pause of the same queue is told again.
+            let rows = try await connection.run("""
+                SELECT d.id, dj.stage, p.queue, p.paused_by,
+                       to_char(p.paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                       to_char(p.paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                FROM loco_queue_pauses p
+                JOIN loco_jobs j ON j.queue = p.queue AND j.state = 'available'
+                JOIN loco_deployment_jobs dj ON dj.job_id = j.id
+                JOIN loco_deployments d ON d.id = dj.deployment_id
+                WHERE NOT d.in_line AND d.state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])
+                  AND NOT EXISTS (
+                      SELECT FROM loco_deployment_events e
+                      WHERE e.deployment_id = d.id AND e.type = 'queue_paused' AND e.data->>'queue' = p.queue
+                        AND e.data->>'paused_at' = to_char(p.paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                ORDER BY d.id, dj.stage
+                FOR UPDATE OF d SKIP LOCKED
+                """, logger: logger)
+            var told: [(Int64, String, String, String?, String, String)] = []
+            var seen = Set<String>()
+            for try await row in rows.decode((Int64, String, String, String?, String, String).self) {
+                // One event per deployment and queue, however many of its jobs wait there.
+                if seen.insert("\(row.0) \(row.2)").inserted { told.append(row) }
+            }
+            for (id, stage, queue, by, since, pausedAt) in told {
+                let note = by.map { ", \($0)" } ?? ""
+                try await appendEvent(
+                    deploymentID: id, type: "queue_paused", stage: stage,
+                    message: "\(stage) waits: the operator paused the \(queue) queue (since \(since) UTC\(note)); it starts once the queue is resumed",
+                    data: .object(["queue": .string(queue), "paused_at": .string(pausedAt)]), on: connection)
+            }
+            return told.count
+        }
+    }
+
     /// A backstop for deployments whose job ended without the handler recording it (a worker that
     /// died on the last attempt, an operator who cancelled a job by hand): the deployment fails
     /// with a report built from the job's own error history. Returns the contexts to delete.
