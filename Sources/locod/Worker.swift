@@ -110,6 +110,7 @@ struct Worker: AsyncParsableCommand {
             if demoKinds { DemoJobs.register(in: &handlers) }
 
             try await preflight(url, logger: logger)
+            await noticePausedQueues(configuration.queues.map(\.name), url: url, logger: logger)
             // The deploy stages this process works, by queue name.
             let stageQueues = Set(configuration.queues.compactMap { Stage(rawValue: $0.name) })
             var stagePool: ConnectionPool?
@@ -143,6 +144,20 @@ struct Worker: AsyncParsableCommand {
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
+    }
+}
+
+/// Says at start which of this worker's queues are paused, so an operator who starts a worker
+/// and sees nothing happen knows why.
+func noticePausedQueues(_ queues: [String], url: DatabaseURL, logger: Logger) async {
+    let connection = ReconnectingConnection(url: url, logger: logger)
+    // Before migration 3 there is no pause table: then nothing is paused.
+    let pauses = try? await JobStore(logger: logger).pausedQueues(on: connection)
+    await connection.close()
+    guard let pauses else { return }
+    for pause in pauses where queues.contains(pause.queue) {
+        logger.notice("queue \(pause.queue) is paused: this worker starts none of its jobs until 'locod queue resume \(pause.queue)'",
+                      metadata: ["paused_at": "\(pause.pausedAt.formatted(.iso8601))", "paused_by": "\(pause.pausedBy ?? "-")"])
     }
 }
 

@@ -84,6 +84,22 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("a worker started on a paused queue says so in its log")
+    func startsPaused() async throws {
+        try await TestDatabase.with { db in
+            _ = try await db.store.pause(queue: "default", by: "ann: registry down", on: db.client)
+            let process = try worker(db.url, id: "paused")
+            defer { process.stop() }
+            let said = await eventually(timeout: .seconds(20)) {
+                process.output.contains("queue default is paused: this worker starts none of its jobs until 'locod queue resume default'")
+            }
+            #expect(said, "worker output:\n\(process.output)")
+            #expect(process.output.contains("ann: registry down"))
+            process.signal(SIGTERM)
+            #expect(await process.waitForExit(timeout: .seconds(20)) == 0)
+        }
+    }
+
     @Test("PostgreSQL restarted while jobs run: the worker reconnects and nothing is lost or stuck")
     func postgresRestart() async throws {
         let postgres = try await PrivatePostgres.start()
@@ -174,7 +190,7 @@ struct WorkerProcessTests {
             let locod = try Repo.binary("locod")
             let env = ["LOCO_DATABASE_URL": db.url.urlString]
             let failed = try await db.store.enqueue(NewJob(queue: "ops", kind: "x", maxAttempts: 1), on: db.client)
-            try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now() WHERE id = \(failed.id)")
+            _ = try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now() WHERE id = \(failed.id)")
             let queued = try await db.store.enqueue(NewJob(queue: "ops", kind: "x"), on: db.client)
             let other = try await db.store.enqueue(NewJob(queue: "ops", kind: "x"), on: db.client)
 
