@@ -95,8 +95,11 @@ struct WorkerProcessTests {
             }
             #expect(said, "worker output:\n\(process.output)")
             #expect(process.output.contains("ann: registry down"))
+            // The notice comes before the worker handles signals; a SIGTERM sent then ends it
+            // with the signal (seen once), so stop it once it runs.
+            #expect(await eventually(timeout: .seconds(20)) { process.output.contains("worker started") }, "worker output:\n\(process.output)")
             process.signal(SIGTERM)
-            #expect(await process.waitForExit(timeout: .seconds(20)) == 0)
+            #expect(await process.waitForExit(timeout: .seconds(20)) == 0, "worker output:\n\(process.output)")
         }
     }
 
