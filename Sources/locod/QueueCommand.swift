@@ -143,7 +143,7 @@ struct QueueCommand: AsyncParsableCommand {
             discussion: "Jobs already running finish; new jobs still enqueue and wait. Undo with 'locod queue resume QUEUE'.")
         @OptionGroup var database: DatabaseOptions
         @Argument var queue: String
-        @Option(help: "Who paused it and why, shown by 'locod queue stats --output json'.") var by: String?
+        @Option(help: "Who paused it and why: shown to deployments that wait, in workers' logs and in this command's JSON.") var by: String?
         @Option var output: OutputFormat = .text
 
         func run() async throws {
