@@ -26,7 +26,7 @@ struct BenchQueue: AsyncParsableCommand {
             logger.logLevel = .warning
             let name = "loco_bench_\(UInt32.random(in: 0...UInt32.max))"
             let admin = ReconnectingConnection(url: server, logger: logger, queryTimeout: .seconds(600))
-            try await admin.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+            _ = try await admin.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
             let url = server.with(database: name)
             let socket = try socketURL.map { try DatabaseURL($0).with(database: name) }
             let bench = QueueBench(url: url, socketURL: socket, logger: logger, jobs: jobs, concurrency: concurrency)
@@ -114,7 +114,7 @@ struct QueueBench {
         let latency = try await startLatency(rate: latencyRate, seconds: latencySeconds, on: db)
 
         try await reset(db)
-        try await db.run("""
+        _ = try await db.run("""
             INSERT INTO loco_jobs (queue, kind, args, state)
             SELECT 'backlog', 'bench.noop', '{}', 'available' FROM generate_series(1, \(backlog))
             """, logger: logger)
@@ -169,11 +169,11 @@ struct QueueBench {
     }
 
     func reset(_ db: ReconnectingConnection) async throws {
-        try await db.run("TRUNCATE loco_jobs CASCADE", logger: logger)
+        _ = try await db.run("TRUNCATE loco_jobs CASCADE", logger: logger)
     }
 
     func vacuum(_ db: ReconnectingConnection) async throws {
-        try await db.run("VACUUM ANALYZE loco_jobs", logger: logger)
+        _ = try await db.run("VACUUM ANALYZE loco_jobs", logger: logger)
     }
 
     func worker(_ queue: String, handlers: JobHandlers) throws -> QueueWorker {
