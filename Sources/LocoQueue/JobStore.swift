@@ -524,4 +524,12 @@ extension Duration {
         let (s, attoseconds) = components
         return Double(s) + Double(attoseconds) / 1e18
     }
+
+    /// "90 s", "1.5 s", "300 ms": for messages people read.
+    public var spoken: String {
+        let value = seconds
+        if value < 1 { return "\(Int((value * 1000).rounded())) ms" }
+        let rounded = (value * 10).rounded() / 10
+        return rounded == rounded.rounded() ? "\(Int(rounded)) s" : "\(rounded) s"
+    }
 }

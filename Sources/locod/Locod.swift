@@ -70,6 +70,23 @@ struct UsageError: CodedError {
     var hint: String
 }
 
+/// A timing option as a `Duration`. Refuses NaN, infinities, values below `atLeast` and
+/// beyond ten years, any of which would otherwise crash the conversion or spin a loop.
+func durationOption(seconds value: Double, option: String, atLeast minimum: Double, example: String) throws -> Duration {
+    let limit = 10 * 365 * 86_400.0
+    guard value.isFinite, value >= minimum, value <= limit else {
+        let unit = option.hasSuffix("-ms") ? 1000.0 : option.hasSuffix("-hours") ? 1 / 3600 : 1
+        let name = option.hasSuffix("-ms") ? "milliseconds" : option.hasSuffix("-hours") ? "hours" : "seconds"
+        func shown(_ seconds: Double) -> String {
+            let scaled = seconds * unit
+            return scaled == scaled.rounded() && abs(scaled) < 1e15 ? "\(Int(scaled))" : "\(scaled)"
+        }
+        throw UsageError(message: "\(option) must be a number of \(name) from \(shown(minimum)) to \(shown(limit)) (got \(value.isFinite ? shown(value) : "\(value)"))",
+                         hint: "Pass e.g. \(option) \(example).")
+    }
+    return .nanoseconds(Int64((value * 1e9).rounded()))
+}
+
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
 }

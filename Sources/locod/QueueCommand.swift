@@ -195,11 +195,15 @@ struct QueueCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingErrors {
+                let wait = try durationOption(seconds: delay, option: "--delay", atLeast: 0, example: "60")
+                guard (1...100_000).contains(count) else {
+                    throw UsageError(message: "--count must be from 1 to 100000 (got \(count))", hint: "Pass e.g. --count 100; run the command again for more.")
+                }
                 try await database.withClient { client, _, logger in
-                    let runAt = delay > 0 ? Date().addingTimeInterval(delay) : nil
+                    let runAt = wait > .zero ? Date().addingTimeInterval(wait.seconds) : nil
                     let job = NewJob(queue: queue, kind: kind, args: args, priority: priority, runAt: runAt, maxAttempts: maxAttempts,
                                      uniqueKey: uniqueKey, dependsOn: dependsOn)
-                    let results = try await JobStore(logger: logger).enqueueMany(Array(repeating: job, count: max(1, count)), on: client)
+                    let results = try await JobStore(logger: logger).enqueueMany(Array(repeating: job, count: count), on: client)
                     if output == .json {
                         return try printJSON(results.map { ["id": "\($0.id)", "state": $0.state.rawValue, "duplicate": "\($0.duplicate)"] })
                     }

@@ -43,6 +43,9 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Seconds running jobs get to finish on shutdown.")
     var graceSeconds: Double = 30
 
+    @Option(help: "Seconds a job may run before its handler is cancelled and the attempt fails as retryable 'job_timeout' (default: no limit; a job kind's own timeout comes first).")
+    var jobTimeoutSeconds: Double?
+
     @Option(help: "How often to look for expired leases, in milliseconds.")
     var rescueIntervalMs: Int = 5000
 
@@ -96,13 +99,15 @@ struct Worker: AsyncParsableCommand {
             let logger = database.logger("locod.worker")
             var configuration = WorkerConfiguration(queues: try slots())
             if let workerID { configuration.workerID = workerID }
-            configuration.leaseDuration = .milliseconds(Int64(leaseSeconds * 1000))
-            configuration.pollInterval = .milliseconds(pollIntervalMs)
+            configuration.leaseDuration = try durationOption(seconds: leaseSeconds, option: "--lease-seconds", atLeast: 1, example: "30")
+            configuration.pollInterval = try durationOption(seconds: Double(pollIntervalMs) / 1000, option: "--poll-interval-ms", atLeast: 0.001, example: "1000")
             configuration.pollOnly = pollOnly
-            configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
-            configuration.rescueInterval = .milliseconds(rescueIntervalMs)
-            configuration.retry = RetryPolicy(base: .milliseconds(retryBaseMs), cap: .seconds(retryCapSeconds))
-            configuration.retention = .seconds(Int64(retentionHours * 3600))
+            configuration.gracePeriod = try durationOption(seconds: graceSeconds, option: "--grace-seconds", atLeast: 0, example: "30")
+            configuration.rescueInterval = try durationOption(seconds: Double(rescueIntervalMs) / 1000, option: "--rescue-interval-ms", atLeast: 0.001, example: "5000")
+            configuration.jobTimeout = try jobTimeoutSeconds.map { try durationOption(seconds: $0, option: "--job-timeout-seconds", atLeast: 0.001, example: "600") }
+            configuration.retry = RetryPolicy(base: try durationOption(seconds: Double(retryBaseMs) / 1000, option: "--retry-base-ms", atLeast: 0, example: "1000"),
+                                              cap: try durationOption(seconds: Double(retryCapSeconds), option: "--retry-cap-seconds", atLeast: 0, example: "600"))
+            configuration.retention = try durationOption(seconds: retentionHours * 3600, option: "--retention-hours", atLeast: 0, example: "168")
             configuration.runMaintenance = !noMaintenance
             configuration.periodicJobs = PeriodicJobs.all
 
@@ -132,17 +137,23 @@ struct Worker: AsyncParsableCommand {
                     }
                 }
             }
-            defer { if let stagePool { Task { await stagePool.close() } } }
             let metrics = QueueMetrics()
             let worker = try QueueWorker(databaseURL: url, handlers: handlers, configuration: configuration, metrics: metrics, logger: logger)
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: worker)]
+            var metricsDatabase: ReconnectingConnection?
             if metricsPort > 0 {
                 let database = ReconnectingConnection(url: url, logger: logger)
+                metricsDatabase = database
                 services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, logger: logger)))
             }
             // Shutdown runs in reverse order: the metrics server first, then the worker.
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            let outcome = await Result { try await group.run() }
+            // Closed, not just dropped: PostgresNIO asserts (debug builds) when an open
+            // connection is deallocated, which crashed a worker stopped after a /metrics scrape.
+            await metricsDatabase?.close()
+            await stagePool?.close()
+            try outcome.get()
         }
     }
 }

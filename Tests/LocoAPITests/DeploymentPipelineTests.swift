@@ -164,6 +164,32 @@ struct DeploymentPipelineTests {
         }
     }
 
+    @Test("a stage that runs past the workers' job timeout on every attempt fails the deployment with JOB_TIMEOUT")
+    func jobTimeout() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let db = harness.database
+            let deployment = try await harness.deployment(of: app)
+            var configuration = fastConfiguration(pipelineQueues)
+            configuration.jobTimeout = .milliseconds(300)
+            try await db.withWorker(configuration, handlers: scriptedStages(harness.store, db.client, blocking: .build)) { _ in
+                let reached = try await eventually(timeout: .seconds(20)) { try await db.state(ofDeploymentJob: deployment.id, stage: "build") == "failed" }
+                #expect(reached)
+            }
+            try await harness.api.reconcile()
+            let failed = try #require(try await harness.store.deployment(id: deployment.id, on: db.client))
+            #expect(failed.state == .failed)
+            let report = try #require(failed.report)
+            #expect(report.stage == "build" && report.code == "JOB_TIMEOUT", "\(report)")
+            #expect(report.message == "the build stage ran past the workers' job timeout on its last attempt (the job ran past its timeout of 300 ms and was stopped)")
+            #expect(report.hint.contains("locod worker --job-timeout-seconds"))
+            #expect(report.attempts.count == DeploymentPlan.maxAttempts(.build))
+            #expect(try await db.state(ofDeploymentJob: deployment.id, stage: "push") == "cancelled")
+        }
+    }
+
     @Test("a failed stage fails the deployment with a report, cleans up, and starts the next in line")
     func failureAndQueue() async throws {
         try await Harness.with { harness in

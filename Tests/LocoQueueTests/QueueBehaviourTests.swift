@@ -162,6 +162,68 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a handler that runs past its job timeout is cancelled; the attempt fails as job_timeout and retries")
+    func jobTimeout() async throws {
+        try await TestDatabase.with { db in
+            let deadlines = Tally<Bool>()
+            var handlers = JobHandlers()
+            // Its own timeout, shorter than the worker's: it wins.
+            handlers.register(kind: "test.hangs", timeout: .milliseconds(300)) { _, context in
+                deadlines.record(context.deadline != nil)
+                try await Task.sleep(for: .seconds(60))
+            }
+            // No timeout of its own: the worker's applies, and it finishes well within it.
+            handlers.register(kind: "test.quick") { _, context in
+                deadlines.record(context.deadline != nil)
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            // Cancelled at its timeout, it finishes its work anyway: that counts as done.
+            handlers.register(kind: "test.finishes", timeout: .milliseconds(200)) { _, _ in
+                try? await Task.sleep(for: .seconds(60))
+            }
+            let hangs = try await db.store.enqueue(NewJob(queue: "default", kind: "test.hangs", maxAttempts: 2), on: db.client)
+            let quick = try await db.store.enqueue(NewJob(queue: "default", kind: "test.quick"), on: db.client)
+            let finishes = try await db.store.enqueue(NewJob(queue: "default", kind: "test.finishes"), on: db.client)
+            var configuration = fastConfiguration([("default", 4)], workerID: "w-timeout")
+            configuration.jobTimeout = .seconds(20)
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                let failed = try await db.wait(for: hangs.id, toBe: .failed)
+                #expect(failed.attempt == 2)
+                #expect(failed.errors.map(\.code) == ["job_timeout", "job_timeout"])
+                #expect(failed.errors.allSatisfy { $0.errorClass == .retryable && $0.worker == "w-timeout" })
+                #expect(failed.errors[0].message == "the job ran past its timeout of 300 ms and was stopped")
+                #expect(failed.errors[0].detail?.contains("CancellationError") == true)
+                let done = try await db.wait(for: quick.id, toBe: .completed)
+                #expect(done.errors.isEmpty)
+                let finished = try await db.wait(for: finishes.id, toBe: .completed)
+                #expect(finished.attempt == 1)
+            }
+            #expect(deadlines.sequence.allSatisfy { $0 })
+            #expect(deadlines.sequence.count == 3)
+        }
+    }
+
+    @Test("a job timeout that is not positive is refused with invalid_worker_configuration")
+    func badJobTimeout() async throws {
+        var configuration = fastConfiguration([("default", 1)])
+        configuration.jobTimeout = .zero
+        let url = try DatabaseURL("postgres://postgres@127.0.0.1:1/none")
+        #expect {
+            try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: configuration, logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason.contains("job timeout must be positive")
+        }
+        var handlers = JobHandlers()
+        handlers.register(kind: "test.k", timeout: .seconds(-1)) { _, _ in }
+        #expect {
+            try QueueWorker(databaseURL: url, handlers: handlers, configuration: fastConfiguration([("default", 1)]), logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason.contains("job kind 'test.k' must be positive")
+        }
+    }
+
     @Test("malformed arguments fail the job with invalid_args naming the field")
     func malformedArgs() async throws {
         try await TestDatabase.with { db in
@@ -187,6 +249,9 @@ struct QueueBehaviourTests {
                 (NewJob(queue: "build", kind: "has space"), "invalid_kind"),
                 (NewJob(queue: "build", kind: "k", maxAttempts: 0), "invalid_enqueue"),
                 (NewJob(queue: "build", kind: "k", dependsOn: [987_654]), "unknown_dependency"),
+                // PostgreSQL would store 'infinity' (a job that never runs) or refuse it bare.
+                (NewJob(queue: "build", kind: "k", runAt: Date(timeIntervalSince1970: .infinity)), "invalid_enqueue"),
+                (NewJob(queue: "build", kind: "k", runAt: Date(timeIntervalSince1970: 1e12)), "invalid_enqueue"),
             ]
             for (job, code) in cases {
                 await #expect {
@@ -194,6 +259,11 @@ struct QueueBehaviourTests {
                 } throws: { error in
                     (error as? QueueError)?.code == code && !((error as? QueueError)?.hint.isEmpty ?? true)
                 }
+            }
+            await #expect {
+                _ = try await db.store.enqueueMany([NewJob(queue: "build", kind: "k", runAt: Date(timeIntervalSince1970: -.infinity))], on: db.client)
+            } throws: { error in
+                (error as? QueueError)?.code == "invalid_enqueue"
             }
             let stored = try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self)
             #expect(stored == 0)

@@ -84,6 +84,32 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("--job-timeout-seconds stops a handler that runs too long: job_timeout on the job, a warning, a metric")
+    func jobTimeout() async throws {
+        try await TestDatabase.with { db in
+            let port = Int.random(in: 30_000...39_999)
+            let process = try ChildProcess(try Repo.binary("locod"), [
+                "worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds",
+                "--retry-base-ms", "10", "--metrics-port", "\(port)", "--job-timeout-seconds", "0.5",
+            ])
+            defer { process.stop() }
+            let slow = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 30000}"#, maxAttempts: 2), on: db.client)
+            let quick = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 10}"#), on: db.client)
+            let failed = try await db.wait(for: slow.id, toBe: .failed)
+            #expect(failed.errors.map(\.code) == ["job_timeout", "job_timeout"], "worker output:\n\(process.output)")
+            try await db.wait(for: quick.id, toBe: .completed)
+            #expect(process.output.contains("the job ran past its timeout of 500 ms; its handler was cancelled"), "worker output:\n\(process.output)")
+
+            let locod = try Repo.binary("locod")
+            let show = try await runCommand(locod, ["queue", "show", "\(slow.id)"], environment: ["LOCO_DATABASE_URL": db.url.urlString])
+            #expect(show.output.contains("job_timeout: the job ran past its timeout of 500 ms and was stopped"), "\(show.output)")
+            let scrape = try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-sf", "http://127.0.0.1:\(port)/metrics"])
+            #expect(scrape.output.contains(#"loco_queue_jobs_timed_out_total{queue="default",kind="demo.sleep"} 2"#), "\(scrape.output)")
+            process.signal(SIGTERM)
+            #expect(await process.waitForExit(timeout: .seconds(20)) == 0, "worker output:\n\(process.output)")
+        }
+    }
+
     @Test("a worker started on a paused queue says so in its log")
     func startsPaused() async throws {
         try await TestDatabase.with { db in
@@ -175,6 +201,19 @@ struct WorkerProcessTests {
             #expect(noQueue.output.contains("no queue given"))
             let mismatch = try await runCommand(locod, ["worker", "--queue", "a", "--queue", "b", "--concurrency", "1", "--concurrency", "2", "--concurrency", "3"], environment: env)
             #expect(mismatch.status == 2)
+            // Timings that are not numbers, or out of range, are refused (NaN once crashed the conversion).
+            for (option, value, says) in [("--lease-seconds", "nan", "--lease-seconds must be a number of seconds from 1 to 315360000 (got nan)"),
+                                          ("--job-timeout-seconds", "0", "--job-timeout-seconds must be a number of seconds from 0.001"),
+                                          ("--grace-seconds", "1e300", "--grace-seconds must be"),
+                                          ("--poll-interval-ms", "0", "--poll-interval-ms must be a number of milliseconds from 1")] {
+                let bad = try await runCommand(locod, ["worker", "--queue", "a", option, value], environment: env)
+                #expect(bad.status == 2 && bad.output.contains(says) && bad.output.contains("Hint: Pass e.g. \(option) "), "\(bad.output)")
+            }
+            let badDelay = try await runCommand(locod, ["queue", "enqueue", "--queue", "a", "--kind", "k", "--delay", "inf"], environment: env)
+            #expect(badDelay.status == 2 && badDelay.output.contains("--delay must be a number of seconds from 0"), "\(badDelay.output)")
+            let badCount = try await runCommand(locod, ["queue", "enqueue", "--queue", "a", "--kind", "k", "--count", "100000000"], environment: env)
+            #expect(badCount.status == 2 && badCount.output.contains("--count must be from 1 to 100000"), "\(badCount.output)")
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 0)
             let missing = try await runCommand(locod, ["queue", "show", "987654"], environment: env)
             #expect(missing.status == 1)
             #expect(missing.output.contains("job 987654 does not exist [job_not_found]"))

@@ -197,13 +197,23 @@ extension CoreStore {
                 if case .array(let list)? = JSONValue.parse(errorsText) { attempts = list } else { attempts = [] }
                 let last = attempts.last
                 let code = last?["code"]?.stringValue ?? (state == "cancelled" ? "job_cancelled" : "unknown")
+                let message = last?["message"]?.stringValue ?? "the \(stage) job was \(state) without a result"
+                let (reportCode, reportMessage, hint): (String, String, String) = switch code {
+                case "lease_expired":
+                    ("WORKER_LOST", "the \(stage) worker stopped answering and the stage ran out of attempts",
+                     "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed.")
+                case "job_timeout":
+                    ("JOB_TIMEOUT", "the \(stage) stage ran past the workers' job timeout on its last attempt (\(message))",
+                     "Deploy again; if the \(stage) stage keeps taking this long, ask your operator to raise 'locod worker --job-timeout-seconds' for the \(stage) workers.")
+                default:
+                    (code.uppercased(), message,
+                     "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed.")
+                }
                 let report = FailureReport(
                     stage: stage,
-                    code: code == "lease_expired" ? "WORKER_LOST" : code.uppercased(),
-                    message: code == "lease_expired"
-                        ? "the \(stage) worker stopped answering and the stage ran out of attempts"
-                        : (last?["message"]?.stringValue ?? "the \(stage) job was \(state) without a result"),
-                    hint: "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed.",
+                    code: reportCode,
+                    message: reportMessage,
+                    hint: hint,
                     evidence: ["job_state": .string(state)],
                     attempts: attempts)
                 released += try await end(deploymentID: id, as: .failed, report: report, message: "\(report.code): \(report.message)", on: connection)

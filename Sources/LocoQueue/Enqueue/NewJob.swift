@@ -44,6 +44,9 @@ public struct NewJob: Sendable {
     }
 
     /// Rejects what the database would reject, with an error that says which field and why.
+    /// 10000-01-01T00:00:00Z, in seconds since 1970.
+    static let latestRunAt = 253_402_300_800.0
+
     func validate() throws(QueueError) {
         try Names.checkQueue(queue)
         try Names.checkKind(kind)
@@ -52,6 +55,11 @@ public struct NewJob: Sendable {
               object is [String: Any]
         else {
             throw .invalidArgs(kind: kind, reason: "args must be a JSON object, got: \(args.prefix(80))")
+        }
+        // PostgreSQL would store an infinite time as 'infinity' (a job that never runs) and
+        // refuse one past its range with a bare "timestamp out of range".
+        if let runAt, !(runAt.timeIntervalSince1970.magnitude < Self.latestRunAt) {
+            throw .invalidEnqueue(reason: "the run-at time must be a date before the year 10000 (got \(runAt.timeIntervalSince1970) s since 1970)")
         }
         guard (1...1000).contains(maxAttempts) else {
             throw .invalidEnqueue(reason: "max attempts must be between 1 and 1000 (got \(maxAttempts))")

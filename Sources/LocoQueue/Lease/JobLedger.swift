@@ -1,13 +1,15 @@
 import Synchronization
 
 /// Why this process stopped a handler before it finished.
-enum StopReason: Sendable {
+enum StopReason: Sendable, Equatable {
     /// An operator or the API cancelled the job.
     case cancelRequested
     /// The heartbeat found the job no longer ours: its result must be dropped.
     case leaseLost
     /// The process is shutting down past its grace period: the job goes back to the queue.
     case shutdown
+    /// The handler ran past its kind's (or the worker's) job timeout: the attempt fails as retryable.
+    case timedOut(Duration)
 }
 
 /// The jobs this process holds (claimed and not yet recorded as finished): what the heartbeat

@@ -20,6 +20,7 @@ public final class QueueMetrics: Sendable {
     static var runTime: MetricNameDescriptor { name("run", "seconds", "Handler run time.") }
     static var dropped: MetricNameDescriptor { name("results_dropped", "total", "Job results dropped because this worker had lost the lease.") }
     static var rescued: MetricNameDescriptor { name("jobs_rescued", "total", "Jobs returned to the queue after their worker's lease expired.") }
+    static var timedOut: MetricNameDescriptor { name("jobs_timed_out", "total", "Handlers cancelled because they ran past their job timeout.") }
     static var databaseErrors: MetricNameDescriptor { name("database_errors", "total", "Failed queue statements, by operation.") }
     static var depth: MetricNameDescriptor { name("depth", "", "Jobs by queue and state (read from the database at scrape time).") }
     static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
@@ -58,6 +59,10 @@ public final class QueueMetrics: Sendable {
 
     func rescued(queue: String) {
         registry.makeCounter(descriptor: Self.rescued, labels: [("queue", queue)]).increment()
+    }
+
+    func timedOut(queue: String, kind: String) {
+        registry.makeCounter(descriptor: Self.timedOut, labels: [("queue", queue), ("kind", kind)]).increment()
     }
 
     func databaseError(operation: String) {

@@ -11,6 +11,8 @@ public struct JobContext: Sendable {
     public let attempt: Int
     public let maxAttempts: Int
     public let createdAt: Date
+    /// When this attempt's job timeout ends (its handler is then cancelled); nil without a timeout.
+    public let deadline: ContinuousClock.Instant?
     /// Carries `job_id`, `job_kind`, `job_attempt` and `queue` metadata.
     public let logger: Logger
     let worker: String
@@ -33,18 +35,28 @@ public typealias JobHandler = @Sendable (_ args: String, _ context: JobContext) 
 
 /// Handlers by job kind. A job whose kind has no handler fails its attempt with `unknown_kind`
 /// (retried, so a newer worker that knows the kind can still run it).
+///
+/// A kind may have a timeout of its own (else the worker's `jobTimeout` applies): a handler
+/// still running when it ends is cancelled, and its attempt fails as retryable `job_timeout`.
 public struct JobHandlers: Sendable {
     var byKind: [String: JobHandler] = [:]
+    var timeouts: [String: Duration] = [:]
 
     public init() {}
 
     public var kinds: [String] { byKind.keys.sorted() }
 
-    public mutating func register(kind: String, _ handler: @escaping JobHandler) {
+    /// The timeout of `kind`'s own registration, if it has one.
+    public func timeout(of kind: String) -> Duration? { timeouts[kind] }
+
+    public mutating func register(kind: String, timeout: Duration? = nil, _ handler: @escaping JobHandler) {
         byKind[kind] = handler
+        timeouts[kind] = timeout
     }
 
-    public mutating func register<Args: JobArgs>(_ type: Args.Type, _ handler: @escaping @Sendable (Args, JobContext) async throws -> Void) {
+    public mutating func register<Args: JobArgs>(_ type: Args.Type, timeout: Duration? = nil,
+                                                 _ handler: @escaping @Sendable (Args, JobContext) async throws -> Void) {
+        timeouts[Args.kind] = timeout
         byKind[Args.kind] = { json, context in
             let args: Args
             do {

@@ -40,6 +40,9 @@ public final class QueueWorker: Service, Sendable {
     public init(databaseURL: DatabaseURL, handlers: JobHandlers,
                 configuration: WorkerConfiguration, metrics: QueueMetrics = QueueMetrics(), logger: Logger) throws {
         try configuration.validate()
+        for (kind, timeout) in handlers.timeouts.sorted(by: { $0.key < $1.key }) where timeout <= .zero {
+            throw QueueError.invalidWorkerConfiguration(reason: "the timeout of job kind '\(kind)' must be positive (got \(timeout))")
+        }
         var logger = logger
         logger[metadataKey: "worker"] = "\(configuration.workerID)"
         let store = JobStore(logger: logger)

@@ -25,6 +25,9 @@ public struct WorkerConfiguration: Sendable {
     public var pollOnly = false
     public var maxClaimBatch = 100
     public var retry = RetryPolicy()
+    /// How long a handler may run before it is cancelled and its attempt fails as retryable
+    /// `job_timeout`; nil for no limit. A kind registered with a timeout of its own uses that.
+    public var jobTimeout: Duration?
     /// On shutdown, how long running jobs may take to finish before they are stopped and released.
     public var gracePeriod: Duration = .seconds(30)
     /// Rescuer, scheduler, pruner and periodic jobs; any number of processes may run them.
@@ -57,6 +60,9 @@ public struct WorkerConfiguration: Sendable {
             }
         }
         guard leaseDuration >= .seconds(1) else { throw .invalidWorkerConfiguration(reason: "the lease must be at least 1 second") }
+        if let jobTimeout, jobTimeout <= .zero {
+            throw .invalidWorkerConfiguration(reason: "the job timeout must be positive (got \(jobTimeout)); leave it unset for no limit")
+        }
         guard effectiveHeartbeat < leaseDuration else { throw .invalidWorkerConfiguration(reason: "the heartbeat interval must be shorter than the lease") }
     }
 }

@@ -75,11 +75,28 @@ final class WorkerPool: Sendable {
         logger[metadataKey: "job_attempt"] = "\(job.attempt)"
         logger[metadataKey: "queue"] = "\(queue)"
         let finishedInTransaction = Mutex(false)
+        let began = ContinuousClock.now
+        let timeout = shared.handlers.timeout(of: job.kind) ?? shared.configuration.jobTimeout
         let context = JobContext(
             id: job.id, queue: queue, kind: job.kind, attempt: job.attempt, maxAttempts: job.maxAttempts,
-            createdAt: job.createdAt, logger: logger, worker: shared.configuration.workerID, store: shared.store,
+            createdAt: job.createdAt, deadline: timeout.map { began + $0 }, logger: logger,
+            worker: shared.configuration.workerID, store: shared.store,
             finishedInTransaction: { finishedInTransaction.withLock { $0 = true } })
-        let began = ContinuousClock.now
+        let timer = timeout.map { limit in Task { [shared, logger, queue, id = job.id, kind = job.kind] in
+            guard (try? await Task.sleep(for: limit)) != nil else { return }
+            if shared.ledger.stop(id, reason: .timedOut(limit)) {
+                shared.metrics.timedOut(queue: queue, kind: kind)
+                logger.warning("the job ran past its timeout of \(limit.spoken); its handler was cancelled")
+                // Cancellation is cooperative: a handler that ignores it keeps its slot (and its
+                // lease, so the job never runs twice at once). Say so until it returns.
+                var waited = Duration.zero
+                while (try? await Task.sleep(for: .seconds(60))) != nil {
+                    waited += .seconds(60)
+                    logger.warning("the job's handler has not returned \(waited.spoken) after its timeout; it keeps its slot until it does")
+                }
+            }
+        } }
+        defer { timer?.cancel() }
         var outcome: JobOutcome?
         do {
             guard let handler = shared.handlers.byKind[job.kind] else {
@@ -131,6 +148,15 @@ final class WorkerPool: Sendable {
         case .shutdown:
             return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .available, refund: 1,
                               errorJSON: attemptError(.retryable, "worker_shutdown", "the worker shut down before the job finished; it runs again", nil))
+        case .timedOut(let limit):
+            // Whatever the handler threw once cancelled is a consequence; the cause is the timeout.
+            let errorJSON = attemptError(.retryable, "job_timeout", "the job ran past its timeout of \(limit.spoken) and was stopped",
+                                         "the handler then threw: \(String(describing: error))")
+            if job.attempt >= job.maxAttempts {
+                return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .failed, errorJSON: errorJSON)
+            }
+            let wait = shared.configuration.retry.delay(afterAttempt: job.attempt)
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
         case nil:
             break
         }
