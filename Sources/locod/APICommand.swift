@@ -41,6 +41,10 @@ struct APICommand: AsyncParsableCommand {
         try await reportingErrors {
             let url = try database.url()
             let logger = database.logger("locod.api")
+            guard (1...65535).contains(port) else { throw UsageError(message: "--port \(port) is out of range", hint: "Use 1 to 65535.") }
+            try checkedOption(maxContextMib, "--max-context-mib", in: 1...1_048_576, example: "200")
+            try checkedOption(poolSize, "--pool-size", in: 1...1000, example: "8")
+            try checkedOption(reconcileSeconds, "--reconcile-seconds", in: 1...86_400, example: "5")
             try await preflight(url, logger: logger)
             let environment = ProcessInfo.processInfo.environment
             let contextRoot = contextDir ?? environment["LOCO_CONTEXT_DIR"] ?? ".loco/contexts"
@@ -56,7 +60,6 @@ struct APICommand: AsyncParsableCommand {
                     throw UsageError(message: "\(keyPath) is not a PEM RSA private key", hint: "Make one with 'openssl genrsa -out key.pem 2048'.")
                 }
             }
-            guard (1...65535).contains(port) else { throw UsageError(message: "--port \(port) is out of range", hint: "Use 1 to 65535.") }
             let pool = ConnectionPool(url: url, size: poolSize, logger: logger)
             let runtimeName = runtime ?? environment["LOCO_RUNTIME"] ?? "local"
             var logs: (any AppLogSource)?

@@ -87,6 +87,16 @@ func durationOption(seconds value: Double, option: String, atLeast minimum: Doub
     return .nanoseconds(Int64((value * 1e9).rounded()))
 }
 
+/// A whole-number option checked against the range that makes sense for it, so that a typo
+/// gets a usage error instead of an overflow (a crash) or a server that cannot work.
+@discardableResult
+func checkedOption(_ value: Int, _ option: String, in range: ClosedRange<Int>, example: String) throws -> Int {
+    guard range.contains(value) else {
+        throw UsageError(message: "\(option) must be from \(range.lowerBound) to \(range.upperBound) (got \(value))", hint: "Pass e.g. \(option) \(example).")
+    }
+    return value
+}
+
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
 }

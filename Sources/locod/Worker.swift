@@ -109,6 +109,8 @@ struct Worker: AsyncParsableCommand {
                                               cap: try durationOption(seconds: Double(retryCapSeconds), option: "--retry-cap-seconds", atLeast: 0, example: "600"))
             configuration.retention = try durationOption(seconds: retentionHours * 3600, option: "--retention-hours", atLeast: 0, example: "168")
             configuration.runMaintenance = !noMaintenance
+            try checkedOption(metricsPort, "--metrics-port", in: 0...65_535, example: "9464")
+            try stages.checkRanges()
             configuration.periodicJobs = PeriodicJobs.all
 
             var handlers = JobHandlers()
@@ -226,6 +228,15 @@ struct StageOptions: ParsableArguments {
             throw UsageError(message: "--runtime \(name) is not available", hint: "Use --runtime local (podman); the Kubernetes runtime comes next.")
         }
         return try PodmanRuntime(stateFolder: settings.workFolder.appending(path: "podman"), insecureRegistries: settings.builder.insecureRegistries, logger: logger)
+    }
+
+    /// Not `validate()`: ArgumentParser would call that itself and print its errors without our hint.
+    func checkRanges() throws {
+        try checkedOption(buildTimeoutSeconds, "--build-timeout-seconds", in: 1...604_800, example: "1800")
+        try checkedOption(buildMemoryMib, "--build-memory-mib", in: 0...1_048_576, example: "4096")
+        try checkedOption(maxImageMib, "--max-image-mib", in: 1...1_048_576, example: "2048")
+        try checkedOption(rolloutTimeoutSeconds, "--rollout-timeout-seconds", in: 1...86_400, example: "60")
+        try checkedOption(keepImages, "--keep-images", in: 1...1000, example: "2")
     }
 
     func settings() throws -> StageSettings {

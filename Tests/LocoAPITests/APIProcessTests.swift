@@ -99,6 +99,11 @@ struct APIProcessTests {
             #expect(noKey.status == 2 && noKey.output.contains("registry token key"), "\(noKey.output)")
             let badPort = try await runCommand(locod, ["api", "--port", "70000"], environment: env)
             #expect(badPort.status == 2 && badPort.output.contains("--port"), "\(badPort.output)")
+            // A huge size once overflowed (a crash); no connections or a 0 s reconcile loop cannot work.
+            for (option, value) in [("--max-context-mib", "99999999999999"), ("--pool-size", "0"), ("--reconcile-seconds", "0")] {
+                let bad = try await runCommand(locod, ["api", option, value], environment: env)
+                #expect(bad.status == 2 && bad.output.contains("\(option) must be from") && bad.output.contains("Hint: Pass e.g. \(option) "), "\(bad.output)")
+            }
         }
     }
 }

@@ -205,7 +205,10 @@ struct WorkerProcessTests {
             for (option, value, says) in [("--lease-seconds", "nan", "--lease-seconds must be a number of seconds from 1 to 315360000 (got nan)"),
                                           ("--job-timeout-seconds", "0", "--job-timeout-seconds must be a number of seconds from 0.001"),
                                           ("--grace-seconds", "1e300", "--grace-seconds must be"),
-                                          ("--poll-interval-ms", "0", "--poll-interval-ms must be a number of milliseconds from 1")] {
+                                          ("--poll-interval-ms", "0", "--poll-interval-ms must be a number of milliseconds from 1"),
+                                          ("--metrics-port", "70000", "--metrics-port must be from 0 to 65535"),
+                                          ("--max-image-mib", "99999999999999", "--max-image-mib must be from 1 to 1048576"),
+                                          ("--keep-images", "0", "--keep-images must be from 1 to 1000")] {
                 let bad = try await runCommand(locod, ["worker", "--queue", "a", option, value], environment: env)
                 #expect(bad.status == 2 && bad.output.contains(says) && bad.output.contains("Hint: Pass e.g. \(option) "), "\(bad.output)")
             }
