@@ -310,26 +310,42 @@ public struct JobStore: Sendable {
 
     /// Runs a finished (or waiting) job again now, keeping its error history.
     public func retry(id: Int64, on db: some QueryRunner) async throws {
+        if try await !retried(ids: [id], on: db).isEmpty { return }
+        let job = try await require(id: id, on: db)
+        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "scheduled, completed, failed or cancelled to be retried")
+    }
+
+    /// Makes those of `ids` that are scheduled or finished available now; returns which.
+    func retried(ids: [Int64], on db: some QueryRunner) async throws -> [Int64] {
+        guard !ids.isEmpty else { return [] }
         let rows = try await db.run("""
             WITH target AS (
                 UPDATE loco_jobs
                 SET state = 'available', run_at = now(), finalized_at = NULL, cancel_requested = false,
                     locked_by = NULL, lease_expires_at = NULL, pending_deps = 0,
                     max_attempts = greatest(max_attempts, attempt + 1)
-                WHERE id = \(id) AND state IN ('scheduled', 'completed', 'failed', 'cancelled')
+                WHERE id = ANY(\(ids)::int8[]) AND state IN ('scheduled', 'completed', 'failed', 'cancelled')
                 RETURNING id, queue
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM target
+                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM target) q
             )
             SELECT id, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
-        for try await _ in rows.decode((Int64, Int64).self) { return }
-        let job = try await require(id: id, on: db)
-        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "scheduled, completed, failed or cancelled to be retried")
+        var retried: [Int64] = []
+        for try await (id, _) in rows.decode((Int64, Int64).self) { retried.append(id) }
+        return retried
     }
 
     /// Fails a queued job for good without running it (its dependents are cancelled).
     public func discard(id: Int64, on db: some QueryRunner) async throws {
+        if try await !discarded(ids: [id], on: db).isEmpty { return }
+        let job = try await require(id: id, on: db)
+        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued (blocked, scheduled or available) to be discarded; cancel a running job instead")
+    }
+
+    /// Fails those of `ids` that are queued, recording `discarded`; returns which.
+    func discarded(ids: [Int64], on db: some QueryRunner) async throws -> [Int64] {
+        guard !ids.isEmpty else { return [] }
         let rows = try await db.run("""
             UPDATE loco_jobs
             SET state = 'failed', finalized_at = now(),
@@ -337,12 +353,12 @@ public struct JobStore: Sendable {
                     'attempt', attempt, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
                     'worker', NULL, 'class', 'permanent', 'code', 'discarded',
                     'message', 'discarded by an operator', 'detail', NULL))
-            WHERE id = \(id) AND state IN ('blocked', 'scheduled', 'available')
+            WHERE id = ANY(\(ids)::int8[]) AND state IN ('blocked', 'scheduled', 'available')
             RETURNING id
             """, logger: logger)
-        for try await _ in rows.decode(Int64.self) { return }
-        let job = try await require(id: id, on: db)
-        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued (blocked, scheduled or available) to be discarded; cancel a running job instead")
+        var discarded: [Int64] = []
+        for try await id in rows.decode(Int64.self) { discarded.append(id) }
+        return discarded
     }
 
     func require(id: Int64, on db: some QueryRunner) async throws -> JobRecord {

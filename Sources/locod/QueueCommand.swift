@@ -101,39 +101,71 @@ struct QueueCommand: AsyncParsableCommand {
     }
 
     struct Retry: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run a finished or scheduled job again now.")
+        static let configuration = CommandConfiguration(
+            abstract: "Run a finished or scheduled job again now, or every selected one.",
+            discussion: "locod queue retry 42 · locod queue retry --queue push --state failed (the default state) [--kind K]")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64
+        @Argument var id: Int64?
+        @OptionGroup var select: SelectionOptions
         @Option var output: OutputFormat = .text
 
         func run() async throws {
-            try await operate(database, output: output, id: id, verb: "retried") { try await $0.retry(id: id, on: $1) }
+            try await reportingErrors {
+                guard let id else {
+                    let selection = try select.selection(verb: "retry", allowed: [.scheduled, .completed, .failed, .cancelled], defaults: [.failed])
+                    return try await bulk(database, output: output, selection: selection, verb: "retried") { try await $0.retry(matching: selection, on: $1) }
+                }
+                try select.checkUnused(verb: "retry")
+                try await operate(database, output: output, id: id, verb: "retried") { try await $0.retry(id: id, on: $1) }
+            }
         }
     }
 
     struct Cancel: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Cancel a queued job now, or ask a running one to stop.")
+        static let configuration = CommandConfiguration(
+            abstract: "Cancel a queued job now, or ask a running one to stop; or every selected one.",
+            discussion: "locod queue cancel 42 · locod queue cancel --queue build [--kind K] [--state available] (default: every live state)")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64
+        @Argument var id: Int64?
+        @OptionGroup var select: SelectionOptions
         @Option var output: OutputFormat = .text
 
         func run() async throws {
-            try await operate(database, output: output, id: id, verb: "cancelled") { store, client in
-                if try await store.cancel(id: id, on: client) == .running {
-                    if output == .text { print("job \(id) is running: its worker was asked to stop it") }
+            try await reportingErrors {
+                guard let id else {
+                    let selection = try select.selection(verb: "cancel", allowed: JobState.live, defaults: JobState.live)
+                    return try await bulk(database, output: output, selection: selection, verb: "cancelled",
+                                          note: "queued ones at once; running ones were asked to stop") { try await $0.cancel(matching: selection, on: $1) }
+                }
+                try select.checkUnused(verb: "cancel")
+                try await operate(database, output: output, id: id, verb: "cancelled") { store, client in
+                    if try await store.cancel(id: id, on: client) == .running {
+                        if output == .text { print("job \(id) is running: its worker was asked to stop it") }
+                    }
                 }
             }
         }
     }
 
     struct Discard: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Fail a queued job for good without running it.")
+        static let configuration = CommandConfiguration(
+            abstract: "Fail a queued job for good without running it, or every selected one.",
+            discussion: "locod queue discard 42 · locod queue discard --queue build [--kind K] [--state scheduled] (default: blocked, scheduled, available)")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64
+        @Argument var id: Int64?
+        @OptionGroup var select: SelectionOptions
         @Option var output: OutputFormat = .text
 
         func run() async throws {
-            try await operate(database, output: output, id: id, verb: "discarded") { try await $0.discard(id: id, on: $1) }
+            try await reportingErrors {
+                let queued: [JobState] = [.blocked, .scheduled, .available]
+                guard let id else {
+                    let selection = try select.selection(verb: "discard", allowed: queued, defaults: queued)
+                    return try await bulk(database, output: output, selection: selection, verb: "discarded") { try await $0.discard(matching: selection, on: $1) }
+                }
+                try select.checkUnused(verb: "discard")
+                try await operate(database, output: output, id: id, verb: "discarded") { try await $0.discard(id: id, on: $1) }
+            }
         }
     }
 
@@ -218,14 +250,56 @@ struct QueueCommand: AsyncParsableCommand {
 
 private func operate(_ database: DatabaseOptions, output: OutputFormat, id: Int64, verb: String,
                      _ action: @escaping (JobStore, ConnectionPool) async throws -> Void) async throws {
-    try await reportingErrors {
-        try await database.withClient { client, _, logger in
-            let store = JobStore(logger: logger)
-            try await action(store, client)
-            let job = try await store.job(id: id, on: client)
-            if output == .json { return try printJSON(job) }
-            print("job \(id) \(verb); now \(job?.state.rawValue ?? "gone")")
+    try await database.withClient { client, _, logger in
+        let store = JobStore(logger: logger)
+        try await action(store, client)
+        let job = try await store.job(id: id, on: client)
+        if output == .json { return try printJSON(job) }
+        print("job \(id) \(verb); now \(job?.state.rawValue ?? "gone")")
+    }
+}
+
+/// A bulk action over the selected jobs; prints how many it changed.
+private func bulk(_ database: DatabaseOptions, output: OutputFormat, selection: JobSelection, verb: String, note: String? = nil,
+                  _ action: @escaping (JobStore, ConnectionPool) async throws -> Int) async throws {
+    try await database.withClient { client, _, logger in
+        let count = try await action(JobStore(logger: logger), client)
+        if output == .json { return try printJSON([verb: count]) }
+        var scope = ["state \(selection.states.map(\.rawValue).joined(separator: "|"))"]
+        if let queue = selection.queue { scope.insert("queue \(queue)", at: 0) }
+        if let kind = selection.kind { scope.insert("kind \(kind)", at: scope.count - 1) }
+        let noun = count == 1 ? "job" : "jobs"
+        print("\(verb) \(count) \(noun) (\(scope.joined(separator: ", ")))" + (count > 0 ? note.map { ": \($0)" } ?? "" : ""))
+    }
+}
+
+/// `--queue`, `--kind` and `--state`: the jobs a bulk retry, cancel or discard applies to.
+struct SelectionOptions: ParsableArguments {
+    @Option(help: "Every selected job of this queue (instead of one ID).") var queue: String?
+    @Option(help: "Every selected job of this kind (instead of one ID).") var kind: String?
+    @Option(help: "Only jobs in this state (repeatable; instead of one ID).") var state: [String] = []
+
+    var selecting: Bool { queue != nil || kind != nil || !state.isEmpty }
+
+    /// With a job id, the selection options must be left out.
+    func checkUnused(verb: String) throws {
+        if selecting {
+            throw UsageError(message: "give a job id or --queue/--kind/--state, not both", hint: "locod queue \(verb) 42, or locod queue \(verb) --queue build")
         }
+    }
+
+    /// The jobs selected; refuses no selection at all, and states the action does not apply to.
+    func selection(verb: String, allowed: [JobState], defaults: [JobState]) throws -> JobSelection {
+        guard selecting else {
+            throw UsageError(message: "no job given", hint: "Name one (locod queue \(verb) 42) or select many (locod queue \(verb) --queue build --state \(defaults[0].rawValue)).")
+        }
+        let states = try state.map { text -> JobState in
+            guard let parsed = JobState(rawValue: text), allowed.contains(parsed) else {
+                throw UsageError(message: "cannot \(verb) jobs in state '\(text)'", hint: "Use one of: \(allowed.map(\.rawValue).joined(separator: ", ")).")
+            }
+            return parsed
+        }
+        return JobSelection(queue: queue, kind: kind, states: states.isEmpty ? defaults : states)
     }
 }
 

@@ -270,6 +270,37 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("bulk retry, cancel and discard take the jobs a queue, kind and states select, a batch at a time")
+    func bulkActions() async throws {
+        try await TestDatabase.with { db in
+            // 2,500 crosses two batch boundaries.
+            _ = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "bulk", kind: "a"), count: 2500), on: db.client)
+            _ = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "bulk", kind: "b"), count: 3), on: db.client)
+            _ = try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now(), attempt = max_attempts")
+            _ = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "other", kind: "a"), count: 4), on: db.client)
+
+            #expect(try await db.store.retry(matching: JobSelection(queue: "bulk", kind: "a", states: [.failed]), on: db.client) == 2500)
+            #expect(try await db.count(state: .available, queue: "bulk") == 2500)
+            #expect(try await db.count(state: .failed, queue: "bulk") == 3, "kind b is not selected")
+            // Retried jobs get one more attempt than they used.
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs WHERE queue = 'bulk' AND kind = 'a' AND max_attempts = attempt + 1", as: Int64.self) == 2500)
+            // States an action does not apply to are left alone: available jobs are not "retried".
+            #expect(try await db.store.retry(matching: JobSelection(queue: "other", states: [.available]), on: db.client) == 0)
+
+            #expect(try await db.store.discard(matching: JobSelection(queue: "other", states: [.blocked, .scheduled, .available]), on: db.client) == 4)
+            let discarded = try await db.store.list(queue: "other", on: db.client)
+            #expect(discarded.count == 4 && discarded.allSatisfy { $0.state == .failed && $0.errors.last?.code == "discarded" })
+
+            #expect(try await db.store.cancel(matching: JobSelection(queue: "bulk", states: JobState.live), on: db.client) == 2500)
+            #expect(try await db.count(state: .cancelled, queue: "bulk") == 2500)
+            #expect(try await db.store.cancel(matching: JobSelection(queue: "bulk", states: JobState.live), on: db.client) == 0)
+
+            await #expect(throws: QueueError.self) {
+                try await db.store.retry(matching: JobSelection(queue: "Bad Queue", states: [.failed]), on: db.client)
+            }
+        }
+    }
+
     @Test("a job of an unknown kind fails its attempt with unknown_kind and stays visible")
     func unknownKind() async throws {
         try await TestDatabase.with { db in

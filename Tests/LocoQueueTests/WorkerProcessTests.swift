@@ -256,6 +256,22 @@ struct WorkerProcessTests {
             let jobs = try JSONDecoder.iso.decode([JobRecord].self, from: Data(list.output.utf8))
             #expect(jobs.map(\.id) == [other.id, queued.id, failed.id])
 
+            // Bulk: every failed job of a queue at once (these two and the one discarded above), and the usage errors around it.
+            let failedToo = try await db.store.enqueue(NewJob(queue: "ops", kind: "y", maxAttempts: 1), on: db.client)
+            _ = try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now() WHERE id IN (\(failed.id), \(failedToo.id))")
+            let retryAll = try await runCommand(locod, ["queue", "retry", "--queue", "ops"], environment: env)
+            #expect(retryAll.status == 0 && retryAll.output.contains("retried 3 jobs (queue ops, state failed)"), "\(retryAll.output)")
+            let cancelKind = try await runCommand(locod, ["queue", "cancel", "--queue", "ops", "--kind", "y", "--output", "json"], environment: env)
+            #expect(try JSONDecoder().decode([String: Int].self, from: Data(cancelKind.output.utf8)) == ["cancelled": 1], "\(cancelKind.output)")
+            #expect(try await db.state(of: failedToo.id) == .cancelled)
+            #expect(try await db.state(of: failed.id) == .available)
+            for (arguments, says) in [(["queue", "retry"], "no job given"),
+                                      (["queue", "cancel", "\(failed.id)", "--queue", "ops"], "give a job id or --queue/--kind/--state, not both"),
+                                      (["queue", "discard", "--state", "running"], "cannot discard jobs in state 'running'")] {
+                let bad = try await runCommand(locod, arguments, environment: env)
+                #expect(bad.status == 2 && bad.output.contains(says), "\(arguments): \(bad.output)")
+            }
+
             let pause = try await runCommand(locod, ["queue", "pause", "ops", "--by", "ann: registry down"], environment: env)
             #expect(pause.status == 0 && pause.output.contains("queue ops paused"), "\(pause.output)")
             #expect(try await runCommand(locod, ["queue", "pause", "ops"], environment: env).output.contains("was already paused"))

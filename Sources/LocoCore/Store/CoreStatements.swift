@@ -21,7 +21,7 @@ enum CoreStatements {
         func makeBindings() throws -> PostgresBindings {
             var bindings = PostgresBindings(capacity: 3)
             bindings.append(app)
-            try bindings.append(team)
+            bindings.append(team)
             bindings.append(userID)
             return bindings
         }

@@ -1,0 +1,88 @@
+import PostgresNIO
+
+/// Which jobs an operator's bulk action applies to: every job of the given states, narrowed by
+/// queue and kind (as Oban's `retry_all_jobs` and `cancel_all_jobs` take a query).
+public struct JobSelection: Sendable, Equatable {
+    public var queue: String?
+    public var kind: String?
+    public var states: [JobState]
+
+    public init(queue: String? = nil, kind: String? = nil, states: [JobState]) {
+        self.queue = queue
+        self.kind = kind
+        self.states = states
+    }
+
+    /// The filter as SQL over `loco_jobs`, its states limited to `allowed`.
+    func condition(allowed: [JobState]) throws(QueueError) -> PostgresQuery {
+        if let queue { try Names.checkQueue(queue) }
+        if let kind { try Names.checkKind(kind) }
+        let states = states.filter(allowed.contains)
+        var binds = PostgresBindings()
+        binds.append(states.map(\.rawValue))
+        var sql = "state = ANY($1::text[])"
+        if let queue {
+            binds.append(queue)
+            sql += " AND queue = $\(binds.count)"
+        }
+        if let kind {
+            binds.append(kind)
+            sql += " AND kind = $\(binds.count)"
+        }
+        return PostgresQuery(unsafeSQL: sql, binds: binds)
+    }
+}
+
+extension JobStore {
+    /// Jobs a bulk action takes per statement: a million failed jobs are retried in many short
+    /// transactions, never one that holds a million row locks.
+    static let bulkBatch = 1000
+
+    /// Runs every selected job again now, like `retry(id:)`; jobs in other states are left
+    /// alone. Returns how many were retried.
+    public func retry(matching selection: JobSelection, on db: some QueryRunner) async throws -> Int {
+        try await inBatches(selection, allowed: [.scheduled, .completed, .failed, .cancelled], on: db) { ids in
+            try await retried(ids: ids, on: db).count
+        }
+    }
+
+    /// Cancels every selected live job, like `cancel(id:)`: queued ones at once, running ones
+    /// are asked to stop. Returns how many were still live.
+    public func cancel(matching selection: JobSelection, on db: some QueryRunner) async throws -> Int {
+        try await inBatches(selection, allowed: JobState.live, on: db) { ids in
+            try await cancel(ids: ids, on: db)
+        }
+    }
+
+    /// Fails every selected queued job for good without running it, like `discard(id:)`.
+    public func discard(matching selection: JobSelection, on db: some QueryRunner) async throws -> Int {
+        try await inBatches(selection, allowed: [.blocked, .scheduled, .available], on: db) { ids in
+            try await discarded(ids: ids, on: db).count
+        }
+    }
+
+    /// Applies `action` to the selected jobs a batch at a time, lowest id first, until a batch
+    /// finds none left. Each batch starts after the last id seen, so a job the action leaves in
+    /// a selected state (a running job asked to stop) is not taken again.
+    private func inBatches(_ selection: JobSelection, allowed: [JobState], on db: some QueryRunner,
+                           _ action: ([Int64]) async throws -> Int) async throws -> Int {
+        let condition = try selection.condition(allowed: allowed)
+        var total = 0
+        var after: Int64 = 0
+        while true {
+            var binds = condition.binds
+            binds.append(after)
+            binds.append(Self.bulkBatch)
+            let query = PostgresQuery(unsafeSQL: """
+                SELECT id FROM loco_jobs WHERE \(condition.sql) AND id > $\(binds.count - 1)
+                ORDER BY id LIMIT $\(binds.count)
+                """, binds: binds)
+            var ids: [Int64] = []
+            for try await id in try await db.run(query, logger: logger).decode(Int64.self) { ids.append(id) }
+            guard let last = ids.last else { return total }
+            total += try await action(ids)
+            after = last
+            if ids.count < Self.bulkBatch { return total }
+        }
+    }
+}
