@@ -65,6 +65,7 @@ struct Admin: AsyncParsableCommand {
                 guard (user == nil) != (worker == nil) else {
                     throw UsageError(message: "give exactly one of --user and --worker", hint: "locod admin create-token --user me@example.com")
                 }
+                if let expiresInDays { try checkedOption(expiresInDays, "--expires-in-days", in: 1...366, example: "90") }
                 try await database.withClient { pool, _, logger in
                     let store = CoreStore(logger: logger)
                     let created: CreatedToken

@@ -44,6 +44,7 @@ struct QueueCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingErrors {
+                try checkedOption(limit, "--limit", in: 1...10_000, example: "50")
                 var jobState: JobState?
                 if let state {
                     guard let parsed = JobState(rawValue: state) else {

@@ -23,6 +23,9 @@ struct APIProcessTests {
             #expect(badTeam.status == 1 && badTeam.output.contains("[invalid_name]"))
             let noUser = try await runCommand(locod, ["admin", "create-token", "--user", "bob@example.com"], environment: env)
             #expect(noUser.status == 2 && noUser.output.contains("locod admin create-user"))
+            // Days times 86,400 once overflowed (a crash) for a large enough number.
+            let longLived = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--expires-in-days", "999999999999999"], environment: env)
+            #expect(longLived.status == 2 && longLived.output.contains("--expires-in-days must be from 1 to 366"), "\(longLived.output)")
             let created = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--output", "json"], environment: env)
             #expect(created.status == 0)
             let secret = try #require(JSONValue.parse(created.output)?["secret"]?.stringValue)

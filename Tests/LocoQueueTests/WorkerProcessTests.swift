@@ -223,6 +223,8 @@ struct WorkerProcessTests {
             let cron = try await runCommand(locod, ["cron", "no-such-job"], environment: env)
             #expect(cron.status == 1)
             #expect(cron.output.contains("registry-cleanup"))
+            let badLimit = try await runCommand(locod, ["queue", "list", "--limit=-5"], environment: env)
+            #expect(badLimit.status == 2 && badLimit.output.contains("--limit must be from 1 to 10000 (got -5)"), "\(badLimit.output)")
             let badState = try await runCommand(locod, ["queue", "list", "--state", "done"], environment: env)
             #expect(badState.status == 2)
             #expect(badState.output.contains("completed"))
