@@ -104,7 +104,10 @@ public enum ByteSize {
 
     public static func parse(_ text: String) -> Int64? {
         for (suffix, factor) in units where text.hasSuffix(suffix) {
-            guard let number = Double(text.dropLast(suffix.count)), number.isFinite, number > 0 else { return nil }
+            // Bounded before converting: a size past Int64 (say "99999999999Gi") trapped the conversion,
+            // which crashed whichever process read the config.
+            guard let number = Double(text.dropLast(suffix.count)), number.isFinite, number > 0,
+                  number * factor < 0x1p62 else { return nil }
             return Int64(number * factor)
         }
         guard let number = Int64(text), number > 0 else { return nil }

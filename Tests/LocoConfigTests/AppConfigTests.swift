@@ -98,6 +98,19 @@ struct AppConfigTests {
         #expect(error.code == "config_invalid" && error.message.contains("6 problems"))
     }
 
+    @Test("a size too large for any machine is refused, not a crash")
+    func hugeSizes() throws {
+        // "99999999999Gi" is past Int64: converting it trapped and crashed the CLI, and would have
+        // crashed the API or a worker reading a deployment's config.
+        for size in ["99999999999Gi", "1e300Mi", "9.3e18K"] {
+            #expect(ByteSize.parse(size) == nil, "\(size)")
+            let text = "version = 1\nname = \"hello\"\n[run]\nport = 8080\n[resources]\nmemory = \"\(size)\"\n"
+            let error = try #require(throws: ConfigError.self) { try ConfigLoader.parse(toml: text) }
+            #expect(error.issues.map(\.description).contains { $0.hasPrefix("resources.memory: \"\(size)\" is not a size (line 6)") }, "\(error.issues)")
+        }
+        #expect(ByteSize.parse("64Gi") == 68_719_476_736)
+    }
+
     @Test("keys inside [[services]] tables name their index and line")
     func serviceLines() throws {
         let error = try #require(throws: ConfigError.self) {

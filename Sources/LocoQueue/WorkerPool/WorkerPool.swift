@@ -84,7 +84,8 @@ final class WorkerPool: Sendable {
             finishedInTransaction: { finishedInTransaction.withLock { $0 = true } })
         let timer = timeout.map { limit in Task { [shared, logger, queue, id = job.id, kind = job.kind] in
             guard (try? await Task.sleep(for: limit)) != nil else { return }
-            if shared.ledger.stop(id, reason: .timedOut(limit)) {
+            // A job already being stopped (cancelled, lease lost, shutdown) keeps that reason.
+            if shared.ledger.stop(id, reason: .timedOut(limit)), shared.ledger.stopReason(of: id) == .timedOut(limit) {
                 shared.metrics.timedOut(queue: queue, kind: kind)
                 logger.warning("the job ran past its timeout of \(limit.spoken); its handler was cancelled")
                 // Cancellation is cooperative: a handler that ignores it keeps its slot (and its
