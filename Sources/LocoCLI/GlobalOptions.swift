@@ -104,7 +104,8 @@ extension JSONValue {
         if case .array(let list) = self { return list }
         return []
     }
-    var int: Int64? { if case .number(let n) = self { return Int64(n) }; return nil }
+    /// Never traps: a number past Int64 (or NaN) in an answer is nil, not a crash.
+    var int: Int64? { if case .number(let n) = self { return Int64(exactly: n.rounded(.towardZero)) }; return nil }
     var double: Double? { if case .number(let n) = self { return n }; return nil }
     var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
     var text: String { stringValue ?? (int.map(String.init) ?? "") }

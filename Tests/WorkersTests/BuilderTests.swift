@@ -2,6 +2,7 @@ import BuildContext
 import Foundation
 import LocoTestSupport
 import Logging
+import LocoShared
 import Testing
 @testable import Workers
 
@@ -205,5 +206,18 @@ struct BuilderTests {
         #expect(log.heldBack() == ["[… 12 lines of output omitted …]", "line 18", "line 19", "line 20"])
         #expect(log.last(2) == ["line 19", "line 20"])
         #expect(log.totalLines == 20)
+    }
+}
+
+@Suite("Build spec from a deployed config")
+struct BuildSpecTests {
+    @Test("build args: strings, whole and fractional numbers, numbers past Int64 (no crash) and booleans")
+    func args() {
+        let config: JSONValue = .object(["build": .object(["args": .object([
+            "NAME": .string("web"), "WORKERS": .number(4), "RATIO": .number(0.5), "HUGE": .number(1e300), "DEBUG": .bool(true),
+        ]), "target": .string("runtime")])])
+        let spec = BuildSpec.from(config: config, service: nil)
+        #expect(spec.args == ["NAME": "web", "WORKERS": "4", "RATIO": "0.5", "HUGE": "1e+300", "DEBUG": "true"])
+        #expect(spec.dockerfile == "Dockerfile" && spec.context == "." && spec.target == "runtime")
     }
 }

@@ -20,7 +20,7 @@ public struct BuildSpec: Sendable, Equatable {
             for (key, value) in values {
                 switch value {
                 case .string(let text): args[key] = text
-                case .number(let number): args[key] = number.rounded() == number ? String(Int64(number)) : String(number)
+                case .number(let number): args[key] = number.rounded() == number && abs(number) < 1e15 ? String(Int64(number)) : String(number)
                 case .bool(let flag): args[key] = String(flag)
                 default: continue
                 }
