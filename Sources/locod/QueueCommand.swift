@@ -106,7 +106,7 @@ struct QueueCommand: AsyncParsableCommand {
             abstract: "Run a finished or scheduled job again now, or every selected one.",
             discussion: "locod queue retry 42 · locod queue retry --queue push --state failed (the default state) [--kind K]")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64?
+        @Argument(help: "One job's id (or select many with --queue, --kind and --state).") var id: Int64?
         @OptionGroup var select: SelectionOptions
         @Option var output: OutputFormat = .text
 
@@ -127,7 +127,7 @@ struct QueueCommand: AsyncParsableCommand {
             abstract: "Cancel a queued job now, or ask a running one to stop; or every selected one.",
             discussion: "locod queue cancel 42 · locod queue cancel --queue build [--kind K] [--state available] (default: every live state)")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64?
+        @Argument(help: "One job's id (or select many with --queue, --kind and --state).") var id: Int64?
         @OptionGroup var select: SelectionOptions
         @Option var output: OutputFormat = .text
 
@@ -153,7 +153,7 @@ struct QueueCommand: AsyncParsableCommand {
             abstract: "Fail a queued job for good without running it, or every selected one.",
             discussion: "locod queue discard 42 · locod queue discard --queue build [--kind K] [--state scheduled] (default: blocked, scheduled, available)")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64?
+        @Argument(help: "One job's id (or select many with --queue, --kind and --state).") var id: Int64?
         @OptionGroup var select: SelectionOptions
         @Option var output: OutputFormat = .text
 
