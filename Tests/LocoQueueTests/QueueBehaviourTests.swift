@@ -785,6 +785,30 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("close() is for good: a call made afterwards fails instead of opening a connection nobody closes")
+    func closedForGood() async throws {
+        try await TestDatabase.with { db in
+            // A maintenance loop still running as its worker stopped did reconnect after close(),
+            // and the open connection it left crashed a debug build when freed.
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger)
+            let application = "loco-closed-for-good"
+            _ = try await connection.run("SET application_name = '\(unescaped: application)'", logger: db.logger)
+            #expect(try await db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = \(application)", as: Int64.self) == 1)
+            await connection.close()
+            for _ in 0..<3 {
+                let error = await #expect(throws: QueueError.self) {
+                    for try await _ in try await connection.run("SELECT 1", logger: db.logger) {}
+                }
+                #expect(error?.message == "cannot reach PostgreSQL at \(db.url.endpoint): the connection was closed")
+            }
+            await #expect(throws: QueueError.self) { try await connection.transaction { _ in 1 } }
+            await #expect(throws: QueueError.self) { _ = try await connection.connection() }
+            // Nothing of it is left on the server either.
+            let gone = try await eventually { try await db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = \(application)", as: Int64.self) == 0 }
+            #expect(gone)
+        }
+    }
+
     @Test("a statement sent on a connection that has closed fails at once instead of waiting forever")
     func closedConnection() async throws {
         try await TestDatabase.with { db in

@@ -33,6 +33,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     private let dropped = Mutex<[ObjectIdentifier]>([])
     /// The executor of the connection's event loop, made once per connection.
     private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
+    /// Set by `close()`, for good: a part still running as its worker stops (a maintenance loop
+    /// mid-statement) must not open a new connection that nobody then closes. One did, and
+    /// PostgresNIO's check that a connection is closed before it is freed crashed a debug build.
+    private let shutDown = Atomic<Bool>(false)
 
     private struct InFlightQuery {
         let started: ContinuousClock.Instant
@@ -52,6 +56,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// The current connection, connecting first if there is none (concurrent callers share one attempt).
     public func connection() async throws -> PostgresConnection {
         if let connection = ready.withLock({ $0 }), !connection.isClosed { return connection }
+        if shutDown.load(ordering: .acquiring) { throw url.explain(ConnectionClosed()) }
         let attempt = state.withLock { current -> Task<PostgresConnection, any Error> in
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
@@ -65,6 +70,12 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
         do {
             let connection = try await attempt.value
+            if shutDown.load(ordering: .acquiring) {
+                // close() ran while this connected; it closes what its attempt made, but this
+                // may be a newer attempt than the one it saw.
+                try? await connection.close()
+                throw ConnectionClosed()
+            }
             if connection.isClosed || wasDropped(connection) {
                 forget(attempt)
                 return try await self.connection()
@@ -188,9 +199,11 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
     }
 
-    /// Closes the connection. A query still waiting on it afterwards is one the connection
-    /// dropped (see `PostgresConnection.run`); its caller is let go with an error.
+    /// Closes the connection, for good: later calls fail with `database_unreachable` ("the
+    /// connection was closed") instead of reconnecting. A query still waiting on it afterwards is
+    /// one the connection dropped (see `PostgresConnection.run`); its caller is let go with an error.
     public func close() async {
+        shutDown.store(true, ordering: .releasing)
         let watchdog = inFlight.withLock { state in
             defer { state.watchdog = nil }
             return state.watchdog
@@ -202,6 +215,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
         ready.withLock { $0 = nil }
         if let connection = try? await attempt?.value { try? await connection.close() }
+        // The connection last used may not be the attempt's (one dropped a moment ago still closing).
+        if let cached = loopExecutor.withLock({ $0?.connection }), !cached.isClosed { try? await cached.close() }
         let left = inFlight.withLock { state in
             defer { state.queries = [:] }
             return Array(state.queries.values)
