@@ -229,9 +229,7 @@ struct QueueCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 let wait = try durationOption(seconds: delay, option: "--delay", atLeast: 0, example: "60")
-                guard (1...100_000).contains(count) else {
-                    throw UsageError(message: "--count must be from 1 to 100000 (got \(count))", hint: "Pass e.g. --count 100; run the command again for more.")
-                }
+                try checkedOption(count, "--count", in: 1...100_000, example: "100")
                 try await database.withClient { client, _, logger in
                     let runAt = wait > .zero ? Date().addingTimeInterval(wait.seconds) : nil
                     let job = NewJob(queue: queue, kind: kind, args: args, priority: priority, runAt: runAt, maxAttempts: maxAttempts,
