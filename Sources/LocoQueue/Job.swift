@@ -6,6 +6,10 @@ public enum JobState: String, Sendable, Codable, CaseIterable, Equatable {
 
     public var isFinal: Bool { self == .completed || self == .failed || self == .cancelled }
     public static let live: [JobState] = [.blocked, .scheduled, .available, .running]
+    /// Waiting to run: what a discard may fail.
+    public static let queued: [JobState] = [.blocked, .scheduled, .available]
+    /// What a retry may run again.
+    public static let retryable: [JobState] = [.scheduled, .completed, .failed, .cancelled]
 }
 
 /// How an attempt's error is treated: retried with backoff, final, or a wait that uses no attempt.

@@ -41,7 +41,7 @@ extension JobStore {
     /// Runs every selected job again now, like `retry(id:)`; jobs in other states are left
     /// alone. Returns how many were retried.
     public func retry(matching selection: JobSelection, on db: some QueryRunner) async throws -> Int {
-        try await inBatches(selection, allowed: [.scheduled, .completed, .failed, .cancelled], on: db) { ids in
+        try await inBatches(selection, allowed: JobState.retryable, on: db) { ids in
             try await retried(ids: ids, on: db).count
         }
     }
@@ -56,7 +56,7 @@ extension JobStore {
 
     /// Fails every selected queued job for good without running it, like `discard(id:)`.
     public func discard(matching selection: JobSelection, on db: some QueryRunner) async throws -> Int {
-        try await inBatches(selection, allowed: [.blocked, .scheduled, .available], on: db) { ids in
+        try await inBatches(selection, allowed: JobState.queued, on: db) { ids in
             try await discarded(ids: ids, on: db).count
         }
     }

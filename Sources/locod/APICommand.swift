@@ -41,7 +41,7 @@ struct APICommand: AsyncParsableCommand {
         try await reportingErrors {
             let url = try database.url()
             let logger = database.logger("locod.api")
-            guard (1...65535).contains(port) else { throw UsageError(message: "--port \(port) is out of range", hint: "Use 1 to 65535.") }
+            try checkedOption(port, "--port", in: 1...65_535, example: "8080")
             try checkedOption(maxContextMib, "--max-context-mib", in: 1...1_048_576, example: "200")
             try checkedOption(poolSize, "--pool-size", in: 1...1000, example: "8")
             try checkedOption(reconcileSeconds, "--reconcile-seconds", in: 1...86_400, example: "5")

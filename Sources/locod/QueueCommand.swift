@@ -111,14 +111,9 @@ struct QueueCommand: AsyncParsableCommand {
         @Option var output: OutputFormat = .text
 
         func run() async throws {
-            try await reportingErrors {
-                guard let id else {
-                    let selection = try select.selection(verb: "retry", allowed: [.scheduled, .completed, .failed, .cancelled], defaults: [.failed])
-                    return try await bulk(database, output: output, selection: selection, verb: "retried") { try await $0.retry(matching: selection, on: $1) }
-                }
-                try select.checkUnused(verb: "retry")
-                try await operate(database, output: output, id: id, verb: "retried") { try await $0.retry(id: id, on: $1) }
-            }
+            try await oneOrMany(database, output: output, id: id, select: select, verb: "retry", done: "retried",
+                                allowed: JobState.retryable, defaults: [.failed],
+                                one: { try await $0.retry(id: $2, on: $1) }, many: { try await $0.retry(matching: $2, on: $1) })
         }
     }
 
@@ -132,19 +127,14 @@ struct QueueCommand: AsyncParsableCommand {
         @Option var output: OutputFormat = .text
 
         func run() async throws {
-            try await reportingErrors {
-                guard let id else {
-                    let selection = try select.selection(verb: "cancel", allowed: JobState.live, defaults: JobState.live)
-                    return try await bulk(database, output: output, selection: selection, verb: "cancelled",
-                                          note: "queued ones at once; running ones were asked to stop") { try await $0.cancel(matching: selection, on: $1) }
-                }
-                try select.checkUnused(verb: "cancel")
-                try await operate(database, output: output, id: id, verb: "cancelled") { store, client in
-                    if try await store.cancel(id: id, on: client) == .running {
-                        if output == .text { print("job \(id) is running: its worker was asked to stop it") }
-                    }
-                }
-            }
+            try await oneOrMany(database, output: output, id: id, select: select, verb: "cancel", done: "cancelled",
+                                allowed: JobState.live, defaults: JobState.live, note: "queued ones at once; running ones were asked to stop",
+                                one: { [output] store, client, id in
+                                    if try await store.cancel(id: id, on: client) == .running, output == .text {
+                                        print("job \(id) is running: its worker was asked to stop it")
+                                    }
+                                },
+                                many: { try await $0.cancel(matching: $2, on: $1) })
         }
     }
 
@@ -158,15 +148,9 @@ struct QueueCommand: AsyncParsableCommand {
         @Option var output: OutputFormat = .text
 
         func run() async throws {
-            try await reportingErrors {
-                let queued: [JobState] = [.blocked, .scheduled, .available]
-                guard let id else {
-                    let selection = try select.selection(verb: "discard", allowed: queued, defaults: queued)
-                    return try await bulk(database, output: output, selection: selection, verb: "discarded") { try await $0.discard(matching: selection, on: $1) }
-                }
-                try select.checkUnused(verb: "discard")
-                try await operate(database, output: output, id: id, verb: "discarded") { try await $0.discard(id: id, on: $1) }
-            }
+            try await oneOrMany(database, output: output, id: id, select: select, verb: "discard", done: "discarded",
+                                allowed: JobState.queued, defaults: JobState.queued,
+                                one: { try await $0.discard(id: $2, on: $1) }, many: { try await $0.discard(matching: $2, on: $1) })
         }
     }
 
@@ -244,6 +228,22 @@ struct QueueCommand: AsyncParsableCommand {
                 }
             }
         }
+    }
+}
+
+/// What retry, cancel and discard share: one job named by id, or every job a selection picks
+/// (and a usage error for both or neither).
+private func oneOrMany(_ database: DatabaseOptions, output: OutputFormat, id: Int64?, select: SelectionOptions,
+                       verb: String, done: String, allowed: [JobState], defaults: [JobState], note: String? = nil,
+                       one: @escaping (JobStore, ConnectionPool, Int64) async throws -> Void,
+                       many: @escaping (JobStore, ConnectionPool, JobSelection) async throws -> Int) async throws {
+    try await reportingErrors {
+        guard let id else {
+            let selection = try select.selection(verb: verb, allowed: allowed, defaults: defaults)
+            return try await bulk(database, output: output, selection: selection, verb: done, note: note) { try await many($0, $1, selection) }
+        }
+        try select.checkUnused(verb: verb)
+        try await operate(database, output: output, id: id, verb: done) { try await one($0, $1, id) }
     }
 }
 

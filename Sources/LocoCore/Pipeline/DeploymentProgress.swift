@@ -198,16 +198,15 @@ extension CoreStore {
                 let last = attempts.last
                 let code = last?["code"]?.stringValue ?? (state == "cancelled" ? "job_cancelled" : "unknown")
                 let message = last?["message"]?.stringValue ?? "the \(stage) job was \(state) without a result"
+                let showAndRedeploy = "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed."
                 let (reportCode, reportMessage, hint): (String, String, String) = switch code {
                 case "lease_expired":
-                    ("WORKER_LOST", "the \(stage) worker stopped answering and the stage ran out of attempts",
-                     "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed.")
+                    ("WORKER_LOST", "the \(stage) worker stopped answering and the stage ran out of attempts", showAndRedeploy)
                 case "job_timeout":
                     ("JOB_TIMEOUT", "the \(stage) stage ran past the workers' job timeout on its last attempt (\(message))",
                      "Deploy again; if the \(stage) stage keeps taking this long, ask your operator to raise 'locod worker --job-timeout-seconds' for the \(stage) workers.")
                 default:
-                    (code.uppercased(), message,
-                     "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed.")
+                    (code.uppercased(), message, showAndRedeploy)
                 }
                 let report = FailureReport(
                     stage: stage,

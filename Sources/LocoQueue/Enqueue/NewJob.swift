@@ -43,10 +43,10 @@ public struct NewJob: Sendable {
                   runAt: runAt, maxAttempts: maxAttempts, uniqueKey: uniqueKey, dependsOn: dependsOn)
     }
 
-    /// Rejects what the database would reject, with an error that says which field and why.
     /// 10000-01-01T00:00:00Z, in seconds since 1970.
     static let latestRunAt = 253_402_300_800.0
 
+    /// Rejects what the database would reject, with an error that says which field and why.
     func validate() throws(QueueError) {
         try Names.checkQueue(queue)
         try Names.checkKind(kind)

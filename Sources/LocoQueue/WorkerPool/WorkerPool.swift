@@ -97,8 +97,7 @@ final class WorkerPool: Sendable {
                 }
             }
         } }
-        defer { timer?.cancel() }
-        var outcome: JobOutcome?
+        var failure: (any Error)?
         do {
             guard let handler = shared.handlers.byKind[job.kind] else {
                 throw JobFailure.retryable(
@@ -106,9 +105,15 @@ final class WorkerPool: Sendable {
                     detail: "this worker knows: \(shared.handlers.kinds.joined(separator: ", "))")
             }
             try await handler(job.args, context)
-            outcome = finishedInTransaction.withLock { $0 } ? nil : JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .completed)
         } catch {
-            outcome = decide(job, error: error, finishedInTransaction: finishedInTransaction.withLock { $0 })
+            failure = error
+        }
+        // At once, not at the end of this function: a handler that has returned cannot time out.
+        timer?.cancel()
+        let outcome: JobOutcome? = if let failure {
+            decide(job, error: failure, finishedInTransaction: finishedInTransaction.withLock { $0 })
+        } else {
+            finishedInTransaction.withLock { $0 } ? nil : JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .completed)
         }
         shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
         if let outcome {
@@ -139,6 +144,7 @@ final class WorkerPool: Sendable {
             return (try? String(decoding: JSONCoding.encoder.encode(record), as: UTF8.self)) ?? ""
         }
         if finishedInTransaction { return nil }
+        var timedOut: JobFailure?
         switch shared.ledger.stopReason(of: job.id) {
         case .leaseLost:
             shared.logger.warning("job \(job.id) was stopped: this worker lost its lease; the result is dropped")
@@ -151,21 +157,16 @@ final class WorkerPool: Sendable {
                               errorJSON: attemptError(.retryable, "worker_shutdown", "the worker shut down before the job finished; it runs again", nil))
         case .timedOut(let limit):
             // Whatever the handler threw once cancelled is a consequence; the cause is the timeout.
-            let errorJSON = attemptError(.retryable, "job_timeout", "the job ran past its timeout of \(limit.spoken) and was stopped",
-                                         "the handler then threw: \(String(describing: error))")
-            if job.attempt >= job.maxAttempts {
-                return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .failed, errorJSON: errorJSON)
-            }
-            let wait = shared.configuration.retry.delay(afterAttempt: job.attempt)
-            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
+            timedOut = JobFailure.retryable("job_timeout", "the job ran past its timeout of \(limit.spoken) and was stopped",
+                                            detail: "the handler then threw: \(String(describing: error))")
         case nil:
             break
         }
-        if Self.isLeaseLost(error) {
+        if timedOut == nil, Self.isLeaseLost(error) {
             shared.logger.warning("job \(job.id) finished after this worker lost its lease; its transaction was rolled back")
             return nil
         }
-        let classified: any ClassifiedJobError = (error as? any ClassifiedJobError)
+        let classified: any ClassifiedJobError = timedOut ?? (error as? any ClassifiedJobError)
             ?? JobFailure.retryable("error", String(describing: error), detail: String(reflecting: error))
         let errorJSON = attemptError(classified.errorClass, classified.code, classified.message, classified.detail)
         switch classified.errorClass {
