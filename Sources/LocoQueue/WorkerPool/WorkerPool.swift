@@ -108,7 +108,10 @@ final class WorkerPool: Sendable {
         } catch {
             failure = error
         }
-        // At once, not at the end of this function: a handler that has returned cannot time out.
+        // A handler that has returned cannot be stopped any more: marking it finishing first
+        // makes a timer that fires from here on a no-op, so it cannot replace the handler's own
+        // error with job_timeout, nor warn about a job that completes.
+        shared.ledger.markFinishing(job.id)
         timer?.cancel()
         let outcome: JobOutcome? = if let failure {
             decide(job, error: failure, finishedInTransaction: finishedInTransaction.withLock { $0 })
