@@ -76,23 +76,29 @@ enum JobStatements {
     }
 
     struct Record: PostgresPreparedStatement {
-        static let name = "loco_record_v1"
+        static let name = "loco_record_v2"
+        // A cancel requested while the handler was already returning (before this worker heard
+        // of it) still wins over a retry: the job is cancelled instead of running again. It reads
+        // `j.cancel_requested`, the row being updated, so a cancel that commits first is seen.
         static let sql = """
             UPDATE loco_jobs j
-            SET state = t.state,
-                run_at = CASE WHEN t.state = 'scheduled' THEN now() + make_interval(secs => t.delay)
+            SET state = CASE WHEN j.cancel_requested AND t.state IN ('scheduled', 'available') THEN 'cancelled'
+                             ELSE t.state END,
+                run_at = CASE WHEN j.cancel_requested THEN j.run_at
+                              WHEN t.state = 'scheduled' THEN now() + make_interval(secs => t.delay)
                               WHEN t.state = 'available' THEN now() ELSE j.run_at END,
                 attempt = j.attempt - t.refund,
                 errors = CASE WHEN t.error = '' THEN j.errors ELSE j.errors || jsonb_build_array(t.error::jsonb) END,
-                finalized_at = CASE WHEN t.state IN ('completed', 'failed', 'cancelled') THEN now() END,
-                locked_by = CASE WHEN t.state IN ('scheduled', 'available') THEN NULL ELSE j.locked_by END,
+                finalized_at = CASE WHEN t.state IN ('completed', 'failed', 'cancelled') OR j.cancel_requested THEN now() END,
+                locked_by = CASE WHEN t.state IN ('scheduled', 'available') AND NOT j.cancel_requested THEN NULL
+                                 ELSE j.locked_by END,
                 lease_expires_at = NULL
             FROM unnest($1::int8[], $2::int8[], $3::text[], $4::float8[], $5::int8[], $6::text[])
                 AS t(id, attempt, state, delay, refund, error)
             WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = $7::text AND j.state = 'running'
-            RETURNING j.id
+            RETURNING j.id, j.state
             """
-        typealias Row = Int64
+        typealias Row = (Int64, String)
 
         let outcomes: [JobOutcome]
         let worker: String

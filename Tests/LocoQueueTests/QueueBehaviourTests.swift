@@ -431,6 +431,43 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a cancel requested while the handler fails on its own wins over the retry, and its dependents are cancelled")
+    func cancelBeatsRetry() async throws {
+        try await TestDatabase.with { db in
+            let started = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.flaky") { _, context in
+                started.record(context.id)
+                // This worker never hears of the cancel (no LISTEN, no heartbeat in time): the
+                // handler fails by itself once the request is in the table, as a handler that
+                // fails just as an operator cancels it does.
+                while try await db.store.job(id: context.id, on: db.client)?.cancelRequested != true {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                throw JobFailure.retryable("upstream_503", "the upstream answered 503")
+            }
+            var configuration = fastConfiguration([("default", 1)])
+            configuration.pollOnly = true
+            configuration.leaseDuration = .seconds(120)
+            configuration.heartbeatInterval = .seconds(60)
+            let parent = try await db.store.enqueue(NewJob(queue: "default", kind: "test.flaky", maxAttempts: 5), on: db.client)
+            let child = try await db.store.enqueue(NewJob(queue: "default", kind: "test.flaky", dependsOn: [parent.id]), on: db.client)
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                try await db.wait(for: parent.id, toBe: .running)
+                #expect(try await db.store.cancel(id: parent.id, on: db.client) == .running)
+                let done = try await db.wait(for: parent.id, toBe: .cancelled, timeout: .seconds(10))
+                #expect(done.attempt == 1)
+                #expect(done.finalizedAt != nil)
+                #expect(done.lockedBy != nil)
+                #expect(done.errors.map(\.code) == ["upstream_503"])
+                _ = try await db.wait(for: child.id, toBe: .cancelled, timeout: .seconds(10))
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(started.count(parent.id) == 1)
+                #expect(started.count(child.id) == 0)
+            }
+        }
+    }
+
     @Test("a stale worker whose lease was taken over cannot complete, fail or renew the job")
     func fencing() async throws {
         try await TestDatabase.with { db in
@@ -456,7 +493,7 @@ struct QueueBehaviourTests {
             #expect(try await store.record([JobOutcome(id: job.id, attempt: staleAttempt, state: .completed)], worker: "fresh", on: db.client).isEmpty)
             #expect(try await db.state(of: job.id) == .running)
 
-            #expect(try await store.record([JobOutcome(id: job.id, attempt: 2, state: .completed)], worker: "fresh", on: db.client) == [job.id])
+            #expect(try await store.record([JobOutcome(id: job.id, attempt: 2, state: .completed)], worker: "fresh", on: db.client) == [job.id: .completed])
             let done = try #require(try await store.job(id: job.id, on: db.client))
             #expect(done.state == .completed)
             #expect(done.lockedBy == "fresh")

@@ -69,15 +69,15 @@ final class Completer: Sendable {
         }
     }
 
-    private func account(_ batch: [JobOutcome], updated: Set<Int64>) {
+    private func account(_ batch: [JobOutcome], updated: [Int64: JobState]) {
         for outcome in batch {
-            guard updated.contains(outcome.id) else {
+            guard let state = updated[outcome.id] else {
                 metrics.resultDropped(queue: outcome.queue)
                 logger.warning("dropped the result of job \(outcome.id): this worker no longer holds it (lease expired or taken over)",
                                metadata: ["job_id": "\(outcome.id)", "job_attempt": "\(outcome.attempt)"])
                 continue
             }
-            metrics.finished(queue: outcome.queue, state: outcome.state)
+            metrics.finished(queue: outcome.queue, state: state)
         }
         ledger.remove(batch.map(\.id))
     }

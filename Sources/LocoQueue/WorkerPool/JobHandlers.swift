@@ -25,7 +25,7 @@ public struct JobContext: Sendable {
     public func complete(in connection: PostgresConnection) async throws {
         let outcome = JobOutcome(id: id, attempt: attempt, state: .completed)
         let updated = try await store.record([outcome], worker: worker, on: connection)
-        guard updated.contains(id) else { throw QueueError.leaseLost(id: id) }
+        guard updated[id] != nil else { throw QueueError.leaseLost(id: id) }
         finishedInTransaction()
     }
 }
