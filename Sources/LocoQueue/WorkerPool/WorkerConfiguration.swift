@@ -24,6 +24,9 @@ public struct WorkerConfiguration: Sendable {
     /// No LISTEN/NOTIFY and no prepared statements: for connection poolers in transaction mode (PgBouncer).
     public var pollOnly = false
     public var maxClaimBatch = 100
+    /// How long a pool more than half busy, on a queue with more jobs waiting, lets slots free
+    /// up before its next claim, so one claim takes several jobs; zero claims at once.
+    public var claimGather: Duration = .microseconds(250)
     public var retry = RetryPolicy()
     /// How long a handler may run before it is cancelled and its attempt fails as retryable
     /// `job_timeout`; nil for no limit. A kind registered with a timeout of its own uses that.
@@ -58,6 +61,9 @@ public struct WorkerConfiguration: Sendable {
             guard (1...10_000).contains(slot.concurrency) else {
                 throw .invalidWorkerConfiguration(reason: "concurrency of queue '\(slot.name)' must be between 1 and 10000 (got \(slot.concurrency))")
             }
+        }
+        guard claimGather >= .zero && claimGather <= .seconds(1) else {
+            throw .invalidWorkerConfiguration(reason: "the claim gather time must be from 0 to 1 second (got \(claimGather))")
         }
         guard leaseDuration >= .seconds(1) else { throw .invalidWorkerConfiguration(reason: "the lease must be at least 1 second") }
         if let jobTimeout, jobTimeout <= .zero {

@@ -25,6 +25,7 @@ final class WorkerPool: Sendable {
     func produce(stopping: OneShotEvent) async {
         defer { Task { [database] in await database.close() } }
         var failures = 0
+        var busy = false, gathered = false
         let configuration = shared.configuration
         while !stopping.isSet {
             let free = running.withLock { state -> Int in
@@ -34,6 +35,15 @@ final class WorkerPool: Sendable {
             }
             if free <= 0 || shared.completer.backlog > concurrency * 8 {
                 await wake.wait(timeout: configuration.pollInterval)
+                continue
+            }
+            // A busy queue (the last claim came back full) and a pool more than half busy: let
+            // a few more slots free up before claiming, once, so that one claim takes several
+            // jobs. Each claim scans past the rows the ones before it took, so many small claims
+            // cost PostgreSQL more per job than a few larger ones.
+            if busy, !gathered, free < concurrency / 2, configuration.claimGather > .zero {
+                gathered = true
+                try? await Task.sleep(for: configuration.claimGather)
                 continue
             }
             let limit = min(free, configuration.maxClaimBatch)
@@ -54,6 +64,8 @@ final class WorkerPool: Sendable {
                 continue
             }
             for job in jobs { start(job) }
+            busy = jobs.count == limit
+            gathered = false
             if jobs.count < limit {
                 await wake.wait(timeout: configuration.pollInterval.jittered())
             }
