@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import LocoCore
 import LocoQueue
+import NIOPosix
 import PostgresNIO
 
 @main
@@ -13,6 +14,16 @@ struct Locod: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [APICommand.self, Worker.self, Migrate.self, QueueCommand.self, Cron.self, Admin.self, Bench.self]
     )
+
+    static func main() async {
+        // Tasks run on NIO's event-loop threads, where the database connections live, instead
+        // of hopping to Swift's own thread pool and back on every query: a worker draining
+        // no-op jobs used 47 µs of CPU per job before and 34 µs after, and PostgreSQL 74 µs
+        // and 66 µs (fewer context switches on a 2-core machine). Nothing in locod blocks a
+        // thread on a future (`.wait()`), which this would forbid.
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        await main(nil)
+    }
 }
 
 /// Options every subcommand that talks to Postgres shares.
