@@ -3,6 +3,7 @@ import Foundation
 import LocoCore
 import LocoQueue
 import Logging
+import NIOPosix
 import PostgresNIO
 import Synchronization
 
@@ -109,7 +110,9 @@ public struct DeployStages: Sendable {
                 throw BuildContextError.unreadable(reason: "the uploaded build context is no longer stored; deploy again")
             }
             let unpacked = folder.appending(path: "context")
-            try ContextUnpacker().unpack(archive, into: unpacked)
+            // libarchive blocks its thread for as long as a large context takes to unpack; that
+            // thread must not be one of the event loops the worker's connections run on.
+            try await NIOThreadPool.singleton.runIfActive { try ContextUnpacker().unpack(archive, into: unpacked) }
             let contextFolder = unpacked.appending(path: spec.context).standardizedFileURL
             guard contextFolder.path == unpacked.standardizedFileURL.path || contextFolder.path.hasPrefix(unpacked.standardizedFileURL.path + "/") else {
                 throw BuildContextError.invalidEntry(entry: spec.context, reason: "(build.context) points outside the uploaded folder")
