@@ -16,13 +16,26 @@ struct Locod: AsyncParsableCommand {
     )
 
     static func main() async {
-        // Tasks run on NIO's event-loop threads, where the database connections live, instead
-        // of hopping to Swift's own thread pool and back on every query: a worker draining
-        // no-op jobs used 47 µs of CPU per job before and 34 µs after, and PostgreSQL 74 µs
-        // and 66 µs (fewer context switches on a 2-core machine). Nothing in locod blocks a
-        // thread on a future (`.wait()`), which this would forbid.
-        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        await main(nil)
+        do {
+            var command = try await asyncParseAsRoot()
+            // In the commands that run workers, tasks run on NIO's event-loop threads, where
+            // the database connections live, instead of hopping to Swift's own thread pool and
+            // back on every query: a worker draining no-op jobs used 34 instead of 47 µs of CPU
+            // per job, and PostgreSQL 66 instead of 74 µs (fewer context switches on a 2-core
+            // machine). Not in `locod api`: alternating runs of scripts/bench api gave the same
+            // reads but 12% fewer deployment submits with it. Nothing in locod blocks a thread
+            // on a future (`.wait()`), which this would forbid.
+            if command is Worker || command is BenchQueue {
+                NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+            }
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
     }
 }
 
