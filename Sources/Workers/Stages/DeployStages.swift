@@ -112,7 +112,7 @@ public struct DeployStages: Sendable {
             let unpacked = folder.appending(path: "context")
             // libarchive blocks its thread for as long as a large context takes to unpack; that
             // thread must not be one of the event loops the worker's connections run on.
-            try await NIOThreadPool.singleton.runIfActive { try ContextUnpacker().unpack(archive, into: unpacked) }
+            _ = try await NIOThreadPool.singleton.runIfActive { try ContextUnpacker().unpack(archive, into: unpacked) }
             let contextFolder = unpacked.appending(path: spec.context).standardizedFileURL
             guard contextFolder.path == unpacked.standardizedFileURL.path || contextFolder.path.hasPrefix(unpacked.standardizedFileURL.path + "/") else {
                 throw BuildContextError.invalidEntry(entry: spec.context, reason: "(build.context) points outside the uploaded folder")
