@@ -29,3 +29,16 @@ ensure_swift() {
   command -v swift >/dev/null 2>&1 || [ -x /opt/swift/usr/bin/swift ] || die "Swift 6.3 is not installed (expected /opt/swift/usr/bin/swift)"
   command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 }
+
+# pgqueuer_venv: prints the path of a venv with PgQueuer 1.6.0 (pinned, so every benchmark
+# measures the same one), asyncpg and uvloop, installing them from PyPI the first time.
+pgqueuer_venv() {
+  local venv="$LOCO_STATE_DIR/pgqueuer-venv"
+  if ! "$venv/bin/python" -c "import pgqueuer, asyncpg, uvloop; assert pgqueuer.__version__ == '1.6.0'" 2>/dev/null; then
+    say "installing PgQueuer 1.6.0 into $venv (from PyPI)"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed; apt-get install -y python3-venv, or pass --without-pgqueuer"
+    "$venv/bin/pip" install -q "pgqueuer==1.6.0" asyncpg uvloop >&2 \
+      || die "pip could not install pgqueuer==1.6.0 (no PyPI here?); pass --without-pgqueuer to measure Loco alone"
+  fi
+  echo "$venv"
+}
