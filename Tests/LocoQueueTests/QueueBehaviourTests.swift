@@ -468,6 +468,25 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a heartbeat's answer about one attempt does not stop the next attempt of the same job")
+    func staleHeartbeatAnswer() {
+        let ledger = JobLedger()
+        ledger.add(id: 7, attempt: 1, queue: "default")
+        let sent = ledger.held()
+        // Attempt 1 finishes and the job comes back for attempt 2 while the heartbeat is out.
+        ledger.markFinishing(7)
+        ledger.remove([7])
+        ledger.add(id: 7, attempt: 2, queue: "default")
+        for job in sent {
+            #expect(!ledger.stop(job.id, attempt: job.attempt, reason: .leaseLost))
+        }
+        #expect(ledger.stopReason(of: 7) == nil)
+        #expect(ledger.runningCount == 1)
+        // The same answer about the attempt it sent still stops it.
+        #expect(ledger.stop(7, attempt: 2, reason: .leaseLost))
+        #expect(ledger.stopReason(of: 7) == .leaseLost)
+    }
+
     @Test("a stale worker whose lease was taken over cannot complete, fail or renew the job")
     func fencing() async throws {
         try await TestDatabase.with { db in

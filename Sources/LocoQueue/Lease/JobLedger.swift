@@ -51,11 +51,16 @@ final class JobLedger: Sendable {
         if empty { drained.signal() }
     }
 
-    /// Stops a running handler; returns false if the job is not held or already finishing.
+    /// Stops a running handler; returns false if the job is not held or already finishing, or,
+    /// given `attempt`, if the job held now is another attempt of it. A heartbeat's answer is
+    /// about the attempts it sent: one that arrives after the job came back for its next
+    /// attempt must not stop that one (it once did, and the job sat `running` until its lease
+    /// ran out).
     @discardableResult
-    func stop(_ id: Int64, reason: StopReason) -> Bool {
+    func stop(_ id: Int64, attempt: Int? = nil, reason: StopReason) -> Bool {
         let task = entries.withLock { entries -> Task<Void, Never>?? in
             guard var entry = entries[id], !entry.finishing else { return .none }
+            if let attempt, entry.attempt != attempt { return .none }
             if entry.stopReason == nil || reason == .leaseLost { entry.stopReason = reason }
             entries[id] = entry
             return .some(entry.task)

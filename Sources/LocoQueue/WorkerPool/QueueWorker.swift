@@ -187,8 +187,8 @@ struct Heartbeat: Sendable {
                                                          lease: shared.configuration.leaseDuration, on: database)
             for job in held {
                 switch alive[job.id] {
-                case nil: shared.ledger.stop(job.id, reason: .leaseLost)
-                case true?: shared.ledger.stop(job.id, reason: .cancelRequested)
+                case nil: shared.ledger.stop(job.id, attempt: job.attempt, reason: .leaseLost)
+                case true?: shared.ledger.stop(job.id, attempt: job.attempt, reason: .cancelRequested)
                 case false?: break
                 }
             }
