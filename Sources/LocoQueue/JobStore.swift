@@ -154,11 +154,9 @@ public struct JobStore: Sendable {
         return claimed
     }
 
-    /// Records outcomes of jobs this worker holds; returns the ids it really updated. An id
+    /// Records outcomes of jobs this worker holds; returns the state each job it really updated
+    /// ended in (a retry becomes `cancelled` when a cancel was requested meanwhile). An id
     /// missing from the result had lost its lease: that outcome was dropped, never applied.
-    /// Writes handlers' outcomes; returns the state each job this worker still held ended in
-    /// (a retry becomes `cancelled` when a cancel was requested meanwhile). Jobs missing from
-    /// the result were no longer this worker's.
     func record(_ outcomes: [JobOutcome], worker: String, on db: some QueryRunner) async throws -> [Int64: JobState] {
         guard !outcomes.isEmpty else { return [:] }
         let rows = try await db.prepared(JobStatements.Record(outcomes: outcomes, worker: worker), logger: logger)

@@ -203,7 +203,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("a job timeout that is not positive is refused with invalid_worker_configuration")
+    @Test("a job timeout that is not positive, or a claim gather time out of range, is refused with invalid_worker_configuration")
     func badJobTimeout() async throws {
         var configuration = fastConfiguration([("default", 1)])
         configuration.jobTimeout = .zero
@@ -221,6 +221,14 @@ struct QueueBehaviourTests {
         } throws: { error in
             guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
             return reason.contains("job kind 'test.k' must be positive")
+        }
+        var gathering = fastConfiguration([("default", 1)])
+        gathering.claimGather = .milliseconds(-1)
+        #expect {
+            try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: gathering, logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason.contains("claim gather time must be from 0 to 1 second")
         }
     }
 
