@@ -54,20 +54,22 @@ public struct API: Sendable {
     public func reconcile() async throws {
         let released = try await store.reconcile(on: database)
         try await store.announcePausedStages(on: database)
-        contexts.remove(digests: released)
-        contexts.remove(digests: try await store.recentlyReleasedContexts(on: database))
+        try await store.removeContexts(released + store.recentlyReleasedContexts(on: database), from: contexts, on: database)
     }
 
     /// Deletes stored files no unfinished deployment names (an upload whose submit never
-    /// committed, a context whose deployment ended while no API ran), once they are an hour old.
-    /// It lists the whole folder, so `locod api` runs it rarely (every 10 minutes).
+    /// committed, a context whose deployment ended while no API ran), once they are an hour old,
+    /// and uploads abandoned half-way. It lists the whole folder, so `locod api` runs it rarely
+    /// (every 10 minutes).
     public func sweepContexts() async throws -> Int {
-        let keep = try await store.liveContexts(on: database)
         let contexts = self.contexts
         // Directory listing blocks; keep it off the threads that serve requests.
-        return await withCheckedContinuation { continuation in
-            DispatchQueue.global(qos: .utility).async { continuation.resume(returning: contexts.sweep(keep: keep)) }
+        let (abandoned, old) = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .utility).async {
+                continuation.resume(returning: (contexts.sweepIncoming(minimumAge: 3600), contexts.storedDigests(olderThan: 3600)))
+            }
         }
+        return abandoned + (try await store.removeContexts(old, from: contexts, on: database)).count
     }
 }
 

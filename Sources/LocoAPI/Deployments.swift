@@ -23,32 +23,34 @@ extension API {
             throw CoreError.unsupportedMediaType(got: contentType.isEmpty ? "(none)" : contentType, expected: "multipart/form-data with a boundary")
         }
         let queueBehind = request.query("queue") == "true" || request.query("queue") == "1"
-        let (config, stored) = try await readDeploymentUpload(request.body, boundary: boundary, app: access.app.name)
-        if access.app.type.isBuilt && stored == nil {
+        let (config, staged) = try await readDeploymentUpload(request.body, boundary: boundary, app: access.app.name)
+        // Placed by the submit, or not needed: either way the upload's own file goes.
+        defer { staged?.discard() }
+        if access.app.type.isBuilt && staged == nil {
             throw CoreError.invalidUpload(reason: "a \(access.app.type.rawValue) app needs a 'context' part with its build context")
         }
         do {
             let deployment = try await store.submit(
-                DeploymentRequest(app: access.app, config: config, contextDigest: stored?.digest, contextBytes: stored?.bytes,
-                                  createdBy: principal.user?.id, queueBehind: queueBehind),
+                DeploymentRequest(app: access.app, config: config, context: staged, createdBy: principal.user?.id, queueBehind: queueBehind),
                 on: database)
             metrics.deploymentsSubmitted.increment()
             var response = jsonResponse(deployment, status: .created)
             response.headers[.location] = "/v1/deployments/\(deployment.id)"
             return response
         } catch {
-            if let stored { contexts.remove(digests: (try? await store.unreferenced(contexts: [stored.digest], on: database)) ?? []) }
+            // The submit may have placed the file before it failed.
+            if let staged { _ = try? await store.removeContexts([staged.digest], from: contexts, on: database) }
             throw error
         }
     }
 
     /// Reads the multipart body; the context goes straight to disk. Nothing is left behind on error.
-    func readDeploymentUpload(_ body: RequestBody, boundary: String, app: String) async throws -> (JSONValue, StoredContext?) {
+    func readDeploymentUpload(_ body: RequestBody, boundary: String, app: String) async throws -> (JSONValue, StagedContext?) {
         var reader = MultipartReader(boundary: boundary)
         var configBytes: [UInt8] = []
         var sawConfig = false
         var upload: ContextUpload?
-        var stored: StoredContext?
+        var staged: StagedContext?
         var current: String?
         do {
             for try await buffer in body {
@@ -60,7 +62,7 @@ extension API {
                             guard !sawConfig else { throw CoreError.invalidUpload(reason: "more than one 'config' part") }
                             sawConfig = true
                         case "context":
-                            guard upload == nil, stored == nil else { throw CoreError.invalidUpload(reason: "more than one 'context' part") }
+                            guard upload == nil, staged == nil else { throw CoreError.invalidUpload(reason: "more than one 'context' part") }
                             upload = try contexts.begin()
                         default:
                             throw CoreError.invalidUpload(reason: "unknown part '\(name.prefix(40))'; expected 'config' and 'context'")
@@ -76,7 +78,7 @@ extension API {
                     case .end:
                         if current == "context", let finishing = upload {
                             upload = nil
-                            stored = try finishing.finish()
+                            staged = try finishing.finish()
                         }
                         current = nil
                     }
@@ -84,10 +86,10 @@ extension API {
             }
             guard reader.finished else { throw CoreError.invalidUpload(reason: "the body ends before the closing multipart boundary") }
             guard sawConfig else { throw CoreError.invalidUpload(reason: "the 'config' part is missing") }
-            return (try Self.parseConfig(configBytes, app: app), stored)
+            return (try Self.parseConfig(configBytes, app: app), staged)
         } catch {
             upload?.abandon()
-            if let stored { contexts.remove(digests: (try? await store.unreferenced(contexts: [stored.digest], on: database)) ?? []) }
+            staged?.discard()
             throw error
         }
     }
@@ -129,7 +131,7 @@ extension API {
     func cancelDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, deployment, _) = try await deployment(request, context, for: .cancelDeployment)
         let (cancelled, released) = try await store.cancel(deploymentID: deployment.id, on: database)
-        contexts.remove(digests: released)
+        _ = try? await store.removeContexts(released, from: contexts, on: database)
         return jsonResponse(cancelled)
     }
 

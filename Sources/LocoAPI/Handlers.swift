@@ -195,7 +195,7 @@ extension API {
     func deleteApp(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, access) = try await app(request, context, for: .deleteApp)
         let released = try await store.deleteApp(id: access.app.id, on: database)
-        contexts.remove(digests: released)
+        _ = try? await store.removeContexts(released, from: contexts, on: database)
         return emptyResponse()
     }
 

@@ -72,16 +72,16 @@ struct Fixture {
         let done = try await harness.app("done", in: acme, owner: users[.appOwner]!)
         try await store.setEnv(appID: web.id, ["DATABASE_URL": "postgres://secret"], on: db)
 
-        func stored() throws -> StoredContext {
+        func stored() throws -> StagedContext {
             let upload = try harness.api.contexts.begin()
             try upload.write(Array(context))
             return try upload.finish()
         }
         let first = try stored()
-        let inFlight = try await store.submit(DeploymentRequest(app: web, config: .object([:]), contextDigest: first.digest, contextBytes: first.bytes,
+        let inFlight = try await store.submit(DeploymentRequest(app: web, config: .object([:]), context: first,
                                                                 createdBy: nil, queueBehind: false), on: db)
         let second = try stored()
-        let endedRun = try await store.submit(DeploymentRequest(app: done, config: .object([:]), contextDigest: second.digest, contextBytes: second.bytes,
+        let endedRun = try await store.submit(DeploymentRequest(app: done, config: .object([:]), context: second,
                                                                 createdBy: nil, queueBehind: false), on: db)
         let ended = try await store.cancel(deploymentID: endedRun.id, on: db).0
 

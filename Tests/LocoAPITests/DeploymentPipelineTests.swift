@@ -45,7 +45,7 @@ struct DeploymentPipelineTests {
             let team = try await harness.team("acme", owner: ann)
             let app = try await harness.app("shop", in: team, owner: ann)
             let config: JSONValue = .object(["services": .array([.object(["name": .string("api")]), .object(["name": .string("web")])])])
-            let deployment = try await harness.store.submit(DeploymentRequest(app: app, config: config, contextDigest: nil, contextBytes: nil,
+            let deployment = try await harness.store.submit(DeploymentRequest(app: app, config: config, context: nil,
                                                                               createdBy: ann.id, queueBehind: false), on: harness.database.client)
             let rows = try await harness.database.client.query("""
                 SELECT dj.stage || coalesce(':' || dj.service, ''), j.state, j.queue,
@@ -67,7 +67,7 @@ struct DeploymentPipelineTests {
 
             // App types without a Dockerfile skip build and push.
             let cache = try await harness.app("cache", in: team, owner: ann, type: .redis)
-            let redis = try await harness.store.submit(DeploymentRequest(app: cache, config: .object([:]), contextDigest: nil, contextBytes: nil,
+            let redis = try await harness.store.submit(DeploymentRequest(app: cache, config: .object([:]), context: nil,
                                                                          createdBy: ann.id, queueBehind: false), on: harness.database.client)
             let stages = try await harness.database.scalar("SELECT string_agg(stage, ',' ORDER BY job_id) FROM loco_deployment_jobs WHERE deployment_id = \(redis.id)", as: String.self)
             #expect(stages == "apply,wait,cleanup")
@@ -81,7 +81,7 @@ struct DeploymentPipelineTests {
             let other = try await harness.app("other", in: team, owner: ann)
             let before = try await harness.database.scalar("SELECT (SELECT count(*) FROM loco_jobs) + (SELECT count(*) FROM loco_deployments) + (SELECT count(*) FROM loco_deployment_events)", as: Int64.self)
             await #expect(throws: (any Error).self) {
-                _ = try await harness.store.submit(DeploymentRequest(app: other, config: .object([:]), contextDigest: nil, contextBytes: nil,
+                _ = try await harness.store.submit(DeploymentRequest(app: other, config: .object([:]), context: nil,
                                                                      createdBy: ann.id, queueBehind: false), on: harness.database.client)
             }
             let after = try await harness.database.scalar("SELECT (SELECT count(*) FROM loco_jobs) + (SELECT count(*) FROM loco_deployments) + (SELECT count(*) FROM loco_deployment_events)", as: Int64.self)

@@ -87,9 +87,10 @@ struct Harness {
     func deployment(of app: App, queueBehind: Bool = false) async throws -> Deployment {
         let upload = try api.contexts.begin()
         try upload.write(Array(try await TarGz.sample()))
-        let stored = try upload.finish()
-        return try await store.submit(DeploymentRequest(app: app, config: .object(["name": .string(app.name)]), contextDigest: stored.digest,
-                                                        contextBytes: stored.bytes, createdBy: nil, queueBehind: queueBehind), on: database.client)
+        let staged = try upload.finish()
+        defer { staged.discard() }
+        return try await store.submit(DeploymentRequest(app: app, config: .object(["name": .string(app.name)]), context: staged,
+                                                        createdBy: nil, queueBehind: queueBehind), on: database.client)
     }
 
     /// A multipart deployment body.

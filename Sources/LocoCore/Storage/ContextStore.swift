@@ -28,37 +28,66 @@ public struct ContextStore: Sendable {
         return try ContextUpload(store: self, temporary: incoming.appending(path: UUID().uuidString))
     }
 
-    /// Deletes contexts no deployment needs any more.
-    public func remove(digests: [String]) {
+    /// Deletes stored contexts. Only `CoreStore.removeContexts` calls it, under the digests' locks:
+    /// a file is deleted only once no unfinished deployment names it.
+    func remove(digests: [String]) {
         for digest in digests {
             if let path = path(digest: digest) { try? FileManager.default.removeItem(at: path) }
         }
     }
 
-    /// Deletes stored contexts that are not in `keep` and older than `minimumAge` (uploads that
-    /// lost their deployment to a crash), and abandoned incoming files.
-    public func sweep(keep: Set<String>, minimumAge: TimeInterval = 3600) -> Int {
-        var removed = 0
+    /// Whether the context's file is here.
+    public func contains(digest: String) -> Bool {
+        path(digest: digest).map { FileManager.default.fileExists(atPath: $0.path) } ?? false
+    }
+
+    /// Stored contexts last touched more than `minimumAge` ago: candidates for the sweep, which
+    /// deletes those no unfinished deployment names (uploads that lost their deployment to a crash).
+    public func storedDigests(olderThan minimumAge: TimeInterval) -> [String] {
+        files(in: "sha256", olderThan: minimumAge).map { "sha256:" + $0.lastPathComponent.replacingOccurrences(of: ".tar.gz", with: "") }
+    }
+
+    /// Deletes uploads abandoned half-way (a crashed API), and returns how many.
+    public func sweepIncoming(minimumAge: TimeInterval = 3600) -> Int {
+        files(in: "incoming", olderThan: minimumAge).count { (try? FileManager.default.removeItem(at: $0)) != nil }
+    }
+
+    private func files(in folder: String, olderThan minimumAge: TimeInterval) -> [URL] {
+        let directory = root.appending(path: folder)
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return [] }
         let now = Date()
-        for folder in ["sha256", "incoming"] {
-            let directory = root.appending(path: folder)
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { continue }
-            for name in names {
-                let file = directory.appending(path: name)
-                let digest = "sha256:" + name.replacingOccurrences(of: ".tar.gz", with: "")
-                if folder == "sha256", keep.contains(digest) { continue }
-                let modified = (try? FileManager.default.attributesOfItem(atPath: file.path)[.modificationDate] as? Date) ?? now
-                if now.timeIntervalSince(modified) >= minimumAge, (try? FileManager.default.removeItem(at: file)) != nil { removed += 1 }
-            }
+        return names.map { directory.appending(path: $0) }.filter { file in
+            let modified = (try? FileManager.default.attributesOfItem(atPath: file.path)[.modificationDate] as? Date) ?? now
+            return now.timeIntervalSince(modified) >= minimumAge
         }
-        return removed
     }
 }
 
-/// A context as it was stored.
-public struct StoredContext: Sendable, Equatable {
-    public var digest: String
-    public var bytes: Int64
+/// A checked upload, waiting in `incoming/` until the deployment that names it is written. It is
+/// placed only then, under its digest's lock (`CoreStore.submit`): a removal that read its list
+/// before that deployment existed (an earlier deployment of the same context ended) cannot take
+/// the file from under it.
+public struct StagedContext: Sendable {
+    public let digest: String
+    public let bytes: Int64
+    let store: ContextStore
+    let file: URL
+
+    /// Moves the upload into place. rename(2) replaces a file of the same context atomically:
+    /// the bytes are the same, a reader keeps the one it opened, and the new file's time tells a
+    /// sweep it is in use again.
+    public func place() throws {
+        let target = store.path(digest: digest)!
+        guard rename(file.path, target.path) == 0 else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: target.path,
+                                                          NSLocalizedDescriptionKey: "could not place the build context: \(String(cString: strerror(errno)))"])
+        }
+    }
+
+    /// Deletes the upload if it was never placed.
+    public func discard() {
+        try? FileManager.default.removeItem(at: file)
+    }
 }
 
 /// One upload in progress: hashes, counts and inflates what it is given, so a body that is not a
@@ -88,8 +117,8 @@ public final class ContextUpload {
         try file.write(contentsOf: data)
     }
 
-    /// Checks the archive ended properly and moves it into place.
-    public func finish() throws -> StoredContext {
+    /// Checks the archive ended properly. The file stays in `incoming/` until `StagedContext.place`.
+    public func finish() throws -> StagedContext {
         do {
             try inflater.finish()
             try file.close()
@@ -98,15 +127,7 @@ public final class ContextUpload {
             throw error
         }
         let digest = "sha256:" + hasher.finalize().map { String(format: "%02x", $0) }.joined()
-        let target = store.path(digest: digest)!
-        if FileManager.default.fileExists(atPath: target.path) {
-            try? FileManager.default.removeItem(at: temporary)
-            // Touch it, so a sweep does not take it from under the new deployment.
-            try? FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: target.path)
-        } else {
-            try FileManager.default.moveItem(at: temporary, to: target)
-        }
-        return StoredContext(digest: digest, bytes: bytes)
+        return StagedContext(digest: digest, bytes: bytes, store: store, file: temporary)
     }
 
     public func abandon() {

@@ -132,18 +132,6 @@ extension CoreStore {
 }
 
 extension CoreStore {
-    /// Build contexts that unfinished deployments still need.
-    public func liveContexts(on db: some QueryRunner) async throws -> Set<String> {
-        var digests = Set<String>()
-        for try await digest in try await db.run("""
-            SELECT DISTINCT context_digest FROM loco_deployments
-            WHERE context_digest IS NOT NULL AND state IN ('queued','building','pushing','applying','waiting')
-            """, logger: logger).decode(String.self) {
-            digests.insert(digest)
-        }
-        return digests
-    }
-
     /// Contexts of deployments that ended in the last `window` and that no unfinished deployment
     /// needs: whichever process ended them, the reconciler deletes their files.
     public func recentlyReleasedContexts(window: Duration = .seconds(600), on db: some QueryRunner) async throws -> [String] {
@@ -220,8 +208,28 @@ extension CoreStore {
         return result
     }
 
-    /// Of `digests`, those no unfinished deployment needs.
-    public func unreferenced(contexts digests: [String], on db: some QueryRunner) async throws -> [String] {
-        try await unreferencedContexts(digests, on: db)
+    /// Deletes the stored files of `digests` that no unfinished deployment names, and returns
+    /// those it deleted. The list may be stale (read before a new deployment of the same context
+    /// committed): each digest is checked again under its lock, which `submit` holds while it
+    /// places the file and writes the deployment, so the check sees that deployment or the
+    /// submit places the file after the delete.
+    @discardableResult
+    public func removeContexts(_ digests: [String], from contexts: ContextStore, on db: some TransactionRunner) async throws -> [String] {
+        let present = Set(digests).filter(contexts.contains(digest:)).sorted()
+        guard !present.isEmpty else { return [] }
+        return try await db.transaction { connection in
+            // In the order of the lock keys, so two removals never wait on each other in a cycle.
+            try await execute("""
+                SELECT pg_advisory_xact_lock(\(Self.contextLockClass), h)
+                FROM (SELECT DISTINCT hashtext(d) AS h FROM unnest(\(present)::text[]) d ORDER BY h) keys
+                """, on: connection)
+            let unused = try await unreferencedContexts(present, on: connection)
+            contexts.remove(digests: unused)
+            return unused
+        }
     }
+
+    /// The first key of the advisory locks that guard a context's file (the second is the
+    /// digest's `hashtext`).
+    static let contextLockClass: Int32 = 0x4C43_5458
 }

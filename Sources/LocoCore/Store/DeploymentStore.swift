@@ -7,17 +7,16 @@ import PostgresNIO
 public struct DeploymentRequest: Sendable {
     public var app: App
     public var config: JSONValue
-    public var contextDigest: String?
-    public var contextBytes: Int64?
+    /// The uploaded build context; `submit` places it while it writes the deployment.
+    public var context: StagedContext?
     public var createdBy: Int64?
     /// Wait behind the app's current deployment instead of refusing.
     public var queueBehind: Bool
 
-    public init(app: App, config: JSONValue, contextDigest: String?, contextBytes: Int64?, createdBy: Int64?, queueBehind: Bool) {
+    public init(app: App, config: JSONValue, context: StagedContext?, createdBy: Int64?, queueBehind: Bool) {
         self.app = app
         self.config = config
-        self.contextDigest = contextDigest
-        self.contextBytes = contextBytes
+        self.context = context
         self.createdBy = createdBy
         self.queueBehind = queueBehind
     }
@@ -57,10 +56,15 @@ extension CoreStore {
                 let behind: Int64? = running == nil ? nil
                     : try await scalar("SELECT max(id) FROM loco_deployments WHERE app_id = \(request.app.id) AND state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])",
                                        as: Int64?.self, on: connection) ?? nil
+                if let context = request.context {
+                    // Shared: submits of one context do not wait on each other, only on a removal.
+                    try await execute("SELECT pg_advisory_xact_lock_shared(\(Self.contextLockClass), hashtext(\(context.digest)))", on: connection)
+                    try context.place()
+                }
                 let id = try await scalar("""
                     INSERT INTO loco_deployments (app_id, state, in_line, queued_behind, created_by, config, context_digest, context_bytes)
                     VALUES (\(request.app.id), 'queued', \(behind != nil), \(behind), \(request.createdBy), \(request.config.jsonText)::jsonb,
-                            \(request.contextDigest), \(request.contextBytes))
+                            \(request.context?.digest), \(request.context?.bytes))
                     RETURNING id
                     """, as: Int64.self, on: connection)!
                 if let behind {

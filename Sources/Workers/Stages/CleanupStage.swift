@@ -85,8 +85,7 @@ public struct CleanupStage: Sendable {
                         try? FileManager.default.removeItem(at: parent.appending(path: name))
                     }
                 }
-                let unused = try await store.unreferenced(contexts: deployment.contextDigest.map { [$0] } ?? [], on: database)
-                settings.contexts.remove(digests: unused)
+                _ = try? await store.removeContexts(deployment.contextDigest.map { [$0] } ?? [], from: settings.contexts, on: database)
                 done.append("removed its build files")
             }
         }

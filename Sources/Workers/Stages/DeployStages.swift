@@ -207,7 +207,7 @@ public struct DeployStages: Sendable {
             try await store.fail(deploymentID: id, report: FailureReport(stage: stage.rawValue, code: code, message: message, hint: hint, evidence: evidence),
                                  on: connection)
         }
-        settings.contexts.remove(digests: released)
+        _ = try? await store.removeContexts(released, from: settings.contexts, on: database)
     }
 }
 
