@@ -476,6 +476,25 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("forgetting an attempt whose outcome was written leaves the job's next attempt held")
+    func nextAttemptBeforeAccounting() {
+        let ledger = JobLedger()
+        ledger.add(id: 7, attempt: 1, queue: "default")
+        ledger.markFinishing(7)
+        // The retry was due at once: the job is claimed for attempt 2 before the completer,
+        // having written attempt 1's outcome, forgets attempt 1.
+        ledger.add(id: 7, attempt: 2, queue: "default")
+        ledger.remove([(7, 1)])
+        #expect(ledger.count == 1)
+        #expect(ledger.runningCount == 1)
+        // Attempt 2's timer (or a cancel, or the heartbeat) still reaches it.
+        #expect(ledger.stop(7, reason: .timedOut(.milliseconds(300))))
+        #expect(ledger.stopReason(of: 7) == .timedOut(.milliseconds(300)))
+        ledger.markFinishing(7)
+        ledger.remove([(7, 2)])
+        #expect(ledger.count == 0)
+    }
+
     @Test("a heartbeat's answer about one attempt does not stop the next attempt of the same job")
     func staleHeartbeatAnswer() {
         let ledger = JobLedger()
@@ -483,7 +502,7 @@ struct QueueBehaviourTests {
         let sent = ledger.held()
         // Attempt 1 finishes and the job comes back for attempt 2 while the heartbeat is out.
         ledger.markFinishing(7)
-        ledger.remove([7])
+        ledger.remove([(7, 1)])
         ledger.add(id: 7, attempt: 2, queue: "default")
         for job in sent {
             #expect(!ledger.stop(job.id, attempt: job.attempt, reason: .leaseLost))

@@ -43,9 +43,13 @@ final class JobLedger: Sendable {
         entries.withLock { $0[id]?.finishing = true }
     }
 
-    func remove(_ ids: some Sequence<Int64>) {
+    /// Forgets attempts whose outcome is written or dropped: only the attempt named. A retry due
+    /// at once can bring the job back for its next attempt before the outcome of the last one is
+    /// accounted; forgetting that one too left its timer, cancel and heartbeat nothing to act on
+    /// (a timed-out handler then ran on, and the job sat `running`).
+    func remove(_ attempts: some Sequence<(id: Int64, attempt: Int)>) {
         let empty = entries.withLock { entries -> Bool in
-            for id in ids { entries[id] = nil }
+            for (id, attempt) in attempts where entries[id]?.attempt == attempt { entries[id] = nil }
             return entries.isEmpty
         }
         if empty { drained.signal() }

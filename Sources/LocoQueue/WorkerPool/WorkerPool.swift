@@ -135,7 +135,7 @@ final class WorkerPool: Sendable {
         if let outcome {
             shared.completer.submit(outcome)
         } else {
-            shared.ledger.remove([job.id])
+            shared.ledger.remove([(job.id, job.attempt)])
         }
         let wakeProducer = running.withLock { state -> Bool in
             state.count -= 1
