@@ -176,6 +176,68 @@ public struct JobStore: Sendable {
         return result
     }
 
+    // MARK: Presence
+
+    /// The first key of the worker presence locks; the second is `hashtext(worker id)`.
+    static let presenceLockClass: Int32 = 0x4C50_5253
+
+    /// SQL: whether a session holds the presence lock of the worker whose id is in `column`.
+    static func presenceHeld(by column: String) -> String {
+        """
+        EXISTS (SELECT 1 FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND l.classid = \(presenceLockClass)::int4::oid AND l.objid = hashtext(\(column))::oid)
+        """
+    }
+
+    /// Takes this process's presence lock on the session that runs it and lists the worker, so
+    /// that rescuers know its jobs are orphaned once that session ends. Returns false if another
+    /// session holds the lock (a second process with this worker id, or one whose id hashes
+    /// alike): the worker is then unlisted and its jobs wait out their leases as before.
+    func announcePresence(worker: String, on db: some QueryRunner) async throws -> Bool {
+        let rows = try await db.run("""
+            WITH presence AS (SELECT pg_try_advisory_lock(\(Self.presenceLockClass), hashtext(\(worker))) AS held),
+            listed AS (
+                INSERT INTO loco_workers (id) SELECT \(worker) FROM presence WHERE held
+                ON CONFLICT (id) DO UPDATE SET seen_at = now()
+                RETURNING id
+            ),
+            unlisted AS (DELETE FROM loco_workers WHERE id = \(worker) AND NOT (SELECT held FROM presence) RETURNING id)
+            SELECT held FROM presence
+            """, logger: logger)
+        for try await held in rows.decode(Bool.self) { return held }
+        return false
+    }
+
+    /// Cuts to `grace` the leases of running jobs whose listed worker holds no presence lock: its
+    /// process died (or lost its database session and has not come back within `grace`, which a
+    /// living worker does, renewing its leases as it returns). Also forgets workers gone for an
+    /// hour that hold nothing. Returns the jobs whose leases were cut.
+    func cutOrphanedLeases(grace: Duration, on db: some QueryRunner) async throws -> [(id: Int64, worker: String)] {
+        let rows = try await db.run("""
+            WITH gone AS MATERIALIZED (
+                SELECT w.id FROM loco_workers w WHERE NOT \(unescaped: Self.presenceHeld(by: "w.id"))
+            ),
+            orphaned AS MATERIALIZED (
+                SELECT j.id FROM loco_jobs j JOIN gone ON gone.id = j.locked_by
+                WHERE j.state = 'running' AND j.lease_expires_at > now() + make_interval(secs => \(grace.seconds))
+                FOR UPDATE OF j SKIP LOCKED
+            ),
+            forgotten AS (
+                DELETE FROM loco_workers w USING gone
+                WHERE w.id = gone.id AND w.seen_at < now() - interval '1 hour'
+                  AND NOT EXISTS (SELECT 1 FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id)
+            )
+            UPDATE loco_jobs j SET lease_expires_at = now() + make_interval(secs => \(grace.seconds))
+            FROM orphaned WHERE j.id = orphaned.id
+            RETURNING j.id, j.locked_by
+            """, logger: logger)
+        var cut: [(id: Int64, worker: String)] = []
+        for try await (id, worker) in rows.decode((Int64, String).self) { cut.append((id, worker)) }
+        return cut
+    }
+
     // MARK: Maintenance
 
     /// Returns jobs whose lease expired to `scheduled` (with backoff) or finishes them when out

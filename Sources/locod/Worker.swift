@@ -46,8 +46,11 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Seconds a job may run before its handler is cancelled and the attempt fails as retryable 'job_timeout' (default: no limit; a job kind's own timeout comes first).")
     var jobTimeoutSeconds: Double?
 
-    @Option(help: "How often to look for expired leases, in milliseconds.")
+    @Option(help: "How often to look for expired leases and dead workers, in milliseconds.")
     var rescueIntervalMs: Int = 5000
+
+    @Option(help: "Seconds a dead worker's jobs keep their leases once its database session has ended (not with --poll-only).")
+    var orphanGraceSeconds: Double = 5
 
     @Option(help: "Retry backoff base in milliseconds (full jitter, doubling per attempt).")
     var retryBaseMs: Int = 1000
@@ -104,6 +107,7 @@ struct Worker: AsyncParsableCommand {
             configuration.pollOnly = pollOnly
             configuration.gracePeriod = try durationOption(seconds: graceSeconds, option: "--grace-seconds", atLeast: 0, example: "30")
             configuration.rescueInterval = try durationOption(seconds: Double(rescueIntervalMs) / 1000, option: "--rescue-interval-ms", atLeast: 0.001, example: "5000")
+            configuration.orphanGrace = try durationOption(seconds: orphanGraceSeconds, option: "--orphan-grace-seconds", atLeast: 1, example: "5")
             configuration.jobTimeout = try jobTimeoutSeconds.map { try durationOption(seconds: $0, option: "--job-timeout-seconds", atLeast: 0.001, example: "600") }
             configuration.retry = RetryPolicy(base: try durationOption(seconds: Double(retryBaseMs) / 1000, option: "--retry-base-ms", atLeast: 0, example: "1000"),
                                               cap: try durationOption(seconds: Double(retryCapSeconds), option: "--retry-cap-seconds", atLeast: 0, example: "600"))

@@ -203,7 +203,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("a job timeout that is not positive, or a claim gather time out of range, is refused with invalid_worker_configuration")
+    @Test("a job timeout that is not positive, a claim gather time or an orphan grace out of range, is refused with invalid_worker_configuration")
     func badJobTimeout() async throws {
         var configuration = fastConfiguration([("default", 1)])
         configuration.jobTimeout = .zero
@@ -229,6 +229,14 @@ struct QueueBehaviourTests {
         } throws: { error in
             guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
             return reason.contains("claim gather time must be from 0 to 1 second")
+        }
+        var hasty = fastConfiguration([("default", 1)])
+        hasty.orphanGrace = .milliseconds(500)
+        #expect {
+            try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: hasty, logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason.contains("orphan grace must be at least 1 second")
         }
     }
 
@@ -472,6 +480,80 @@ struct QueueBehaviourTests {
                 try await Task.sleep(for: .milliseconds(300))
                 #expect(started.count(parent.id) == 1)
                 #expect(started.count(child.id) == 0)
+            }
+        }
+    }
+
+    @Test("presence: a listed worker whose session ended has its leases cut; a live, a duplicate and an unlisted worker's are left")
+    func orphanedLeases() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            var held: [String: Int64] = [:]
+            for worker in ["alive", "dead", "unlisted"] {
+                _ = try await store.enqueue(NewJob(queue: "default", kind: "test.presence"), on: db.client)
+                held[worker] = try #require(try await store.claim(queue: "default", limit: 1, worker: worker, lease: .seconds(30), on: db.client).first).id
+            }
+            let alive = ReconnectingConnection(url: db.url, logger: db.logger)
+            let dead = ReconnectingConnection(url: db.url, logger: db.logger)
+            #expect(try await store.announcePresence(worker: "alive", on: alive))
+            #expect(try await store.announcePresence(worker: "dead", on: dead))
+            // The same session may announce again (after a reconnect the heartbeat cannot tell).
+            #expect(try await store.announcePresence(worker: "alive", on: alive))
+            await dead.close()
+            let presenceLocks = """
+                SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(JobStore.presenceLockClass)::int4::oid
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """
+            #expect(await eventually { (try? await db.scalar(PostgresQuery(unsafeSQL: presenceLocks), as: Int64.self)) == 1 },
+                    "the closed session's lock should go with it")
+
+            let cut = try await store.cutOrphanedLeases(grace: .seconds(2), on: db.client)
+            #expect(cut.map(\.id) == [held["dead"]!])
+            #expect(cut.map(\.worker) == ["dead"])
+            let remaining = "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM loco_jobs WHERE id = "
+            #expect(try await db.scalar(PostgresQuery(unsafeSQL: remaining + "\(held["dead"]!)"), as: Double.self) <= 2)
+            for worker in ["alive", "unlisted"] {
+                #expect(try await db.scalar(PostgresQuery(unsafeSQL: remaining + "\(held[worker]!)"), as: Double.self) > 25)
+            }
+            // Cutting again changes nothing: the lease is already that short.
+            #expect(try await store.cutOrphanedLeases(grace: .seconds(2), on: db.client).isEmpty)
+
+            // A second process with the same worker id cannot take the lock: the id is unlisted,
+            // so its jobs wait out their leases rather than being cut while the first one lives.
+            let duplicate = ReconnectingConnection(url: db.url, logger: db.logger)
+            #expect(try await !store.announcePresence(worker: "alive", on: duplicate))
+            #expect(try await db.scalar("SELECT count(*) FROM loco_workers WHERE id = 'alive'", as: Int64.self) == 0)
+            await alive.close()
+            await duplicate.close()
+        }
+    }
+
+    @Test("presence: a worker whose database session is killed takes its presence lock again and keeps its job")
+    func presenceAfterLostSession() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.long") { _, _ in try await Task.sleep(for: .seconds(5)) }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
+            var configuration = fastConfiguration([("default", 2)], workerID: "w-presence")
+            configuration.orphanGrace = .seconds(3)
+            let presence = """
+                SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND classid = \(JobStore.presenceLockClass)::int4::oid AND objid = hashtext('w-presence')::oid
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                _ = try await db.wait(for: job.id, toBe: .running)
+                var first: Int32?
+                #expect(await eventually { first = try? await db.scalar(PostgresQuery(unsafeSQL: presence), as: Int32.self); return first != nil })
+                _ = try await db.scalar("SELECT pg_terminate_backend(\(try #require(first)))", as: Bool.self)
+                // The heartbeat notices its new session within half a second and takes the lock again.
+                #expect(await eventually(timeout: .seconds(5)) {
+                    guard let again = try? await db.scalar(PostgresQuery(unsafeSQL: presence), as: Int32.self) else { return false }
+                    return again != first
+                })
+                let done = try await db.wait(for: job.id, toBe: .completed)
+                #expect(done.attempt == 1)
+                #expect(done.errors.isEmpty)
             }
         }
     }

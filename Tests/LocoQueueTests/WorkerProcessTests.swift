@@ -7,12 +7,41 @@ import Testing
 /// These run the real `locod` binary as separate processes.
 @Suite("locod worker processes", .serialized)
 struct WorkerProcessTests {
-    func worker(_ url: DatabaseURL, id: String, queue: String = "default", concurrency: Int = 2, lease: Double = 2) throws -> ChildProcess {
+    func worker(_ url: DatabaseURL, id: String, queue: String = "default", concurrency: Int = 2, lease: Double = 2,
+                _ more: [String] = []) throws -> ChildProcess {
         try ChildProcess(try Repo.binary("locod"), [
             "worker", "--database-url", url.urlString, "--queue", queue, "--concurrency", "\(concurrency)",
             "--demo-kinds", "--worker-id", id, "--lease-seconds", "\(lease)", "--rescue-interval-ms", "200",
             "--retry-base-ms", "20", "--poll-interval-ms", "200", "--grace-seconds", "10",
-        ])
+        ] + more)
+    }
+
+    @Test("a worker process killed with SIGKILL: its session ends with it, so its job is rescued long before its 30 s lease runs out")
+    func sigkillBeforeLease() async throws {
+        try await TestDatabase.with { db in
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 1500}"#), on: db.client)
+            let victim = try worker(db.url, id: "victim-30s", lease: 30)
+            defer { victim.stop() }
+            _ = try await db.wait(for: job.id, toBe: .running)
+            #expect(await eventually { (try? await db.scalar("SELECT count(*) FROM loco_workers WHERE id = 'victim-30s'", as: Int64.self)) == 1 },
+                    "a worker lists itself once its heartbeat connection is up")
+            victim.signal(SIGKILL)
+            #expect(await victim.waitForExit(timeout: .seconds(5)) != nil)
+
+            let survivor = try worker(db.url, id: "survivor-30s", lease: 30, ["--orphan-grace-seconds", "2"])
+            defer { survivor.stop() }
+            // Claimed less than a few seconds ago, the victim's lease has more than 20 s to run:
+            // completing within 20 s means its death was seen, not its lease waited out.
+            let done = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(20))
+            #expect(done.lockedBy == "survivor-30s")
+            #expect(done.attempt == 2)
+            let expired = try #require(done.errors.first)
+            #expect(expired.code == "lease_expired")
+            #expect(expired.worker == "victim-30s")
+            #expect(survivor.output.contains("worker victim-30s is gone"), "\(survivor.output.suffix(2000))")
+            survivor.signal(SIGTERM)
+            #expect(await survivor.waitForExit(timeout: .seconds(15)) == 0)
+        }
     }
 
     @Test("a worker process killed with SIGKILL mid-job: another process rescues and completes its job")
@@ -206,6 +235,7 @@ struct WorkerProcessTests {
             for (option, value, says) in [("--lease-seconds", "nan", "--lease-seconds must be a number of seconds from 1 to 315360000 (got nan)"),
                                           ("--job-timeout-seconds", "0", "--job-timeout-seconds must be a number of seconds from 0.001"),
                                           ("--grace-seconds", "1e300", "--grace-seconds must be"),
+                                          ("--orphan-grace-seconds", "0.5", "--orphan-grace-seconds must be a number of seconds from 1"),
                                           ("--poll-interval-ms", "0", "--poll-interval-ms must be a number of milliseconds from 1"),
                                           ("--metrics-port", "70000", "--metrics-port must be from 0 to 65535"),
                                           ("--max-image-mib", "99999999999999", "--max-image-mib must be from 1 to 1048576"),

@@ -24,12 +24,19 @@ struct Maintenance: Sendable {
     }
     private var configuration: WorkerConfiguration { shared.configuration }
 
-    /// Jobs whose worker died (no heartbeat for a whole lease) go back to the queue.
+    /// Jobs whose worker died go back to the queue: when its lease runs out (no heartbeat for a
+    /// whole lease), or `orphanGrace` after its database session ended.
     func rescueLoop() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.rescueInterval.jittered())
             if Task.isCancelled { return }
             do {
+                if !configuration.pollOnly {
+                    for (worker, jobs) in Dictionary(grouping: try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client), by: \.worker) {
+                        shared.logger.warning("worker \(worker) is gone (its database session ended); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
+                                              metadata: ["jobs": "\(jobs.map(\.id))"])
+                    }
+                }
                 while true {
                     let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry, on: client)
                     for job in rescued {

@@ -144,6 +144,19 @@ public enum QueueSchema {
             )
             """#,
         ]),
+        // Workers that hold a presence lock while they live: a session advisory lock on their
+        // heartbeat connection, which PostgreSQL drops the moment the process dies (its socket
+        // closes). A running job whose worker is listed here but whose lock nobody holds has
+        // lost its worker: the rescuer cuts its lease short instead of waiting all of it out.
+        Migration(version: 4, name: "worker_presence", statements: [
+            #"""
+            CREATE TABLE loco_workers (
+                id         text        PRIMARY KEY,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                seen_at    timestamptz NOT NULL DEFAULT now()
+            )
+            """#,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""

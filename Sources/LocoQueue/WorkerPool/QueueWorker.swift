@@ -172,10 +172,44 @@ struct Heartbeat: Sendable {
 
     func run() async {
         defer { Task { [database] in await database.close() } }
+        let interval = shared.configuration.effectiveHeartbeat
+        var nextBeat = ContinuousClock.now + interval
+        var presentOn: PostgresConnection?
         while !Task.isCancelled {
-            try? await Task.sleep(for: shared.configuration.effectiveHeartbeat)
+            try? await Task.sleep(for: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
-            await beat()
+            if !shared.configuration.pollOnly, let connection = try? await database.connection(), connection !== presentOn {
+                // A new session (the first, or after the database came back): it takes the
+                // presence lock, and leases a rescuer cut meanwhile are renewed at once.
+                if await announcePresence() {
+                    presentOn = connection
+                    nextBeat = .now
+                }
+            }
+            if ContinuousClock.now >= nextBeat {
+                await beat()
+                nextBeat = ContinuousClock.now + interval
+            }
+        }
+    }
+
+    /// How often the heartbeat looks whether its session is still the one holding the presence lock.
+    static let presenceCheck: Duration = .milliseconds(500)
+
+    /// False if the statement failed; the next check tries again.
+    func announcePresence() async -> Bool {
+        let worker = shared.configuration.workerID
+        do {
+            if try await !shared.store.announcePresence(worker: worker, on: database) {
+                shared.logger.warning("""
+                    another database session holds the presence lock of worker id \(worker) (two processes with one --worker-id?); \
+                    this worker's jobs are rescued only when their leases run out
+                    """)
+            }
+            return true
+        } catch {
+            shared.metrics.databaseError(operation: "presence")
+            return false
         }
     }
 

@@ -36,6 +36,11 @@ public struct WorkerConfiguration: Sendable {
     /// Rescuer, scheduler, pruner and periodic jobs; any number of processes may run them.
     public var runMaintenance = true
     public var rescueInterval: Duration = .seconds(5)
+    /// A job whose worker's database session has ended (the process died) keeps its lease only
+    /// this much longer, rather than all of it; a worker that merely lost the database and
+    /// comes back within it renews its leases as it does. Not in poll-only mode, where a
+    /// pooler's sessions say nothing about a worker's.
+    public var orphanGrace: Duration = .seconds(5)
     public var promoteInterval: Duration = .milliseconds(500)
     public var pruneInterval: Duration = .seconds(60)
     public var retention: Duration = .seconds(7 * 24 * 3600)
@@ -64,6 +69,9 @@ public struct WorkerConfiguration: Sendable {
         }
         guard claimGather >= .zero && claimGather <= .seconds(1) else {
             throw .invalidWorkerConfiguration(reason: "the claim gather time must be from 0 to 1 second (got \(claimGather))")
+        }
+        guard orphanGrace >= .seconds(1) else {
+            throw .invalidWorkerConfiguration(reason: "the orphan grace must be at least 1 second (got \(orphanGrace)): a worker that reconnects after a database restart needs that long to renew its leases")
         }
         guard leaseDuration >= .seconds(1) else { throw .invalidWorkerConfiguration(reason: "the lease must be at least 1 second") }
         if let jobTimeout, jobTimeout <= .zero {
