@@ -508,6 +508,21 @@ public struct JobStore: Sendable {
         return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
     }
 
+    /// The workers that listed themselves, newest first: whether their session still holds the
+    /// presence lock (the process lives) and how many jobs each is running.
+    public func workers(on db: some QueryRunner) async throws -> [WorkerPresence] {
+        let rows = try await db.run("""
+            SELECT w.id, w.started_at, w.seen_at, \(unescaped: Self.presenceHeld(by: "w.id")),
+                   (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id)
+            FROM loco_workers w ORDER BY w.started_at DESC, w.id
+            """, logger: logger)
+        var workers: [WorkerPresence] = []
+        for try await (id, started, seen, present, running) in rows.decode((String, Date, Date, Bool, Int64).self) {
+            workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: seen, present: present, runningJobs: Int(running)))
+        }
+        return workers
+    }
+
     // MARK: Pause
 
     /// Stops workers everywhere from claiming jobs of `queue` (running ones finish; enqueues
@@ -596,6 +611,21 @@ public struct QueueStats: Sendable, Codable, Equatable {
         public var pausedAt: Date?
     }
     public var queues: [Queue]
+}
+
+/// `locod queue workers`: a worker process as the presence table knows it.
+public struct WorkerPresence: Sendable, Codable, Equatable {
+    public var id: String
+    public var startedAt: Date
+    /// When its current database session took the presence lock.
+    public var connectedAt: Date
+    /// Whether a session holds its presence lock: false once the process is gone.
+    public var present: Bool
+    public var runningJobs: Int
+
+    enum CodingKeys: String, CodingKey {
+        case id, startedAt = "started_at", connectedAt = "connected_at", present, runningJobs = "running_jobs"
+    }
 }
 
 extension Duration {

@@ -7,7 +7,7 @@ struct QueueCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
         abstract: "Inspect and operate the job queue.",
-        subcommands: [Stats.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Enqueue.self]
+        subcommands: [Stats.self, Workers.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Enqueue.self]
     )
 
     struct Stats: AsyncParsableCommand {
@@ -28,6 +28,27 @@ struct QueueCommand: AsyncParsableCommand {
                             + [queue.oldestAvailableSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(queue.failedLastHour)])
                     }
                     if stats.queues.isEmpty { print("no jobs") } else { printTable(rows) }
+                }
+            }
+        }
+    }
+
+    struct Workers: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Worker processes: which are alive (their session holds the presence lock) and how many jobs each runs.")
+        @OptionGroup var database: DatabaseOptions
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                try await database.withClient { client, _, logger in
+                    let workers = try await JobStore(logger: logger).workers(on: client)
+                    if output == .json { return try printJSON(workers) }
+                    guard !workers.isEmpty else { return print("no workers have run here yet") }
+                    let time = ISO8601DateFormatter()
+                    printTable([["worker", "state", "running", "started", "connected"]] + workers.map {
+                        [$0.id, $0.present ? "alive" : "gone", String($0.runningJobs), time.string(from: $0.startedAt), time.string(from: $0.connectedAt)]
+                    })
                 }
             }
         }

@@ -47,7 +47,7 @@ struct Worker: AsyncParsableCommand {
     var jobTimeoutSeconds: Double?
 
     @Option(help: "How often to look for expired leases and dead workers, in milliseconds.")
-    var rescueIntervalMs: Int = 5000
+    var rescueIntervalMs: Int = 2000
 
     @Option(help: "Seconds a dead worker's jobs keep their leases once its database session has ended (not with --poll-only).")
     var orphanGraceSeconds: Double = 5
@@ -106,7 +106,7 @@ struct Worker: AsyncParsableCommand {
             configuration.pollInterval = try durationOption(seconds: Double(pollIntervalMs) / 1000, option: "--poll-interval-ms", atLeast: 0.001, example: "1000")
             configuration.pollOnly = pollOnly
             configuration.gracePeriod = try durationOption(seconds: graceSeconds, option: "--grace-seconds", atLeast: 0, example: "30")
-            configuration.rescueInterval = try durationOption(seconds: Double(rescueIntervalMs) / 1000, option: "--rescue-interval-ms", atLeast: 0.001, example: "5000")
+            configuration.rescueInterval = try durationOption(seconds: Double(rescueIntervalMs) / 1000, option: "--rescue-interval-ms", atLeast: 0.001, example: "2000")
             configuration.orphanGrace = try durationOption(seconds: orphanGraceSeconds, option: "--orphan-grace-seconds", atLeast: 1, example: "5")
             configuration.jobTimeout = try jobTimeoutSeconds.map { try durationOption(seconds: $0, option: "--job-timeout-seconds", atLeast: 0.001, example: "600") }
             configuration.retry = RetryPolicy(base: try durationOption(seconds: Double(retryBaseMs) / 1000, option: "--retry-base-ms", atLeast: 0, example: "1000"),

@@ -39,6 +39,14 @@ struct WorkerProcessTests {
             #expect(expired.code == "lease_expired")
             #expect(expired.worker == "victim-30s")
             #expect(survivor.output.contains("worker victim-30s is gone"), "\(survivor.output.suffix(2000))")
+            let listed = try await runCommand(try Repo.binary("locod"), ["queue", "workers", "--output", "json"],
+                                              environment: ["LOCO_DATABASE_URL": db.url.urlString])
+            let workers = try JSONDecoder.iso.decode([WorkerPresence].self, from: Data(listed.output.utf8))
+            let victimListed = try #require(workers.first { $0.id == "victim-30s" })
+            #expect(!victimListed.present && victimListed.runningJobs == 0)
+            #expect(workers.first { $0.id == "survivor-30s" }?.present == true)
+            let text = try await runCommand(try Repo.binary("locod"), ["queue", "workers"], environment: ["LOCO_DATABASE_URL": db.url.urlString])
+            #expect(text.output.contains("victim-30s") && text.output.contains("gone"), "\(text.output)")
             survivor.signal(SIGTERM)
             #expect(await survivor.waitForExit(timeout: .seconds(15)) == 0)
         }

@@ -27,15 +27,20 @@ struct Maintenance: Sendable {
     /// Jobs whose worker died go back to the queue: when its lease runs out (no heartbeat for a
     /// whole lease), or `orphanGrace` after its database session ended.
     func rescueLoop() async {
+        var wait = configuration.rescueInterval.jittered()
         while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.rescueInterval.jittered())
+            try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
+            wait = configuration.rescueInterval.jittered()
             do {
                 if !configuration.pollOnly {
-                    for (worker, jobs) in Dictionary(grouping: try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client), by: \.worker) {
+                    let cut = try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client)
+                    for (worker, jobs) in Dictionary(grouping: cut, by: \.worker) {
                         shared.logger.warning("worker \(worker) is gone (its database session ended); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
                                               metadata: ["jobs": "\(jobs.map(\.id))"])
                     }
+                    // Come back as those leases end, not a whole interval later.
+                    if !cut.isEmpty { wait = min(wait, configuration.orphanGrace + .milliseconds(100)) }
                 }
                 while true {
                     let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry, on: client)

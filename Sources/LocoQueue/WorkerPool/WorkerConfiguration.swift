@@ -35,7 +35,8 @@ public struct WorkerConfiguration: Sendable {
     public var gracePeriod: Duration = .seconds(30)
     /// Rescuer, scheduler, pruner and periodic jobs; any number of processes may run them.
     public var runMaintenance = true
-    public var rescueInterval: Duration = .seconds(5)
+    /// How often to look for expired leases and dead workers (jittered ±20%).
+    public var rescueInterval: Duration = .seconds(2)
     /// A job whose worker's database session has ended (the process died) keeps its lease only
     /// this much longer, rather than all of it; a worker that merely lost the database and
     /// comes back within it renews its leases as it does. Not in poll-only mode, where a
