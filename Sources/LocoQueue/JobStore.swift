@@ -212,22 +212,19 @@ public struct JobStore: Sendable {
 
     /// Cuts to `grace` the leases of running jobs whose listed worker holds no presence lock: its
     /// process died (or lost its database session and has not come back within `grace`, which a
-    /// living worker does, renewing its leases as it returns). Also forgets workers gone for an
-    /// hour that hold nothing. Returns the jobs whose leases were cut.
+    /// living worker does, renewing its leases as it returns). Returns the jobs whose leases
+    /// were cut. `pg_locks` is read only for workers that run jobs, once for each.
     func cutOrphanedLeases(grace: Duration, on db: some QueryRunner) async throws -> [(id: Int64, worker: String)] {
         let rows = try await db.run("""
-            WITH gone AS MATERIALIZED (
-                SELECT w.id FROM loco_workers w WHERE NOT \(unescaped: Self.presenceHeld(by: "w.id"))
+            WITH holders AS MATERIALIZED (
+                SELECT DISTINCT j.locked_by AS id FROM loco_jobs j JOIN loco_workers w ON w.id = j.locked_by
+                WHERE j.state = 'running' AND j.lease_expires_at > now() + make_interval(secs => \(grace.seconds))
             ),
+            gone AS MATERIALIZED (SELECT h.id FROM holders h WHERE NOT \(unescaped: Self.presenceHeld(by: "h.id"))),
             orphaned AS MATERIALIZED (
                 SELECT j.id FROM loco_jobs j JOIN gone ON gone.id = j.locked_by
                 WHERE j.state = 'running' AND j.lease_expires_at > now() + make_interval(secs => \(grace.seconds))
                 FOR UPDATE OF j SKIP LOCKED
-            ),
-            forgotten AS (
-                DELETE FROM loco_workers w USING gone
-                WHERE w.id = gone.id AND w.seen_at < now() - interval '1 hour'
-                  AND NOT EXISTS (SELECT 1 FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id)
             )
             UPDATE loco_jobs j SET lease_expires_at = now() + make_interval(secs => \(grace.seconds))
             FROM orphaned WHERE j.id = orphaned.id
@@ -236,6 +233,20 @@ public struct JobStore: Sendable {
         var cut: [(id: Int64, worker: String)] = []
         for try await (id, worker) in rows.decode((Int64, String).self) { cut.append((id, worker)) }
         return cut
+    }
+
+    /// Unlists workers gone for `age` that hold no running jobs; returns how many.
+    func forgetGoneWorkers(olderThan age: Duration, on db: some QueryRunner) async throws -> Int {
+        let rows = try await db.run("""
+            DELETE FROM loco_workers w
+            WHERE w.seen_at < now() - make_interval(secs => \(age.seconds))
+              AND NOT EXISTS (SELECT 1 FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id)
+              AND NOT \(unescaped: Self.presenceHeld(by: "w.id"))
+            RETURNING w.id
+            """, logger: logger)
+        var count = 0
+        for try await _ in rows.decode(String.self) { count += 1 }
+        return count
     }
 
     // MARK: Maintenance

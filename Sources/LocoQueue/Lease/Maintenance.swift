@@ -28,12 +28,16 @@ struct Maintenance: Sendable {
     /// whole lease), or `orphanGrace` after its database session ended.
     func rescueLoop() async {
         var wait = configuration.rescueInterval.jittered()
+        var lastOrphanCheck = ContinuousClock.now - .seconds(1)
         while !Task.isCancelled {
             try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
             wait = configuration.rescueInterval.jittered()
             do {
-                if !configuration.pollOnly {
+                // Reading pg_locks takes every lock-table partition's lock for a moment: at most
+                // once a second, however short the rescue interval.
+                if !configuration.pollOnly, ContinuousClock.now - lastOrphanCheck >= .seconds(1) {
+                    lastOrphanCheck = .now
                     let cut = try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client)
                     for (worker, jobs) in Dictionary(grouping: cut, by: \.worker) {
                         shared.logger.warning("worker \(worker) is gone (its database session ended); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
@@ -84,6 +88,7 @@ struct Maintenance: Sendable {
                     if deleted < 1000 { break }
                 }
                 if total > 0 { shared.logger.info("pruned \(total) finished jobs") }
+                _ = try await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)
             } catch {
                 shared.metrics.databaseError(operation: "prune")
             }
