@@ -32,6 +32,26 @@ struct ProcessRunnerTests {
         #expect(masks["SigIgn"].map { $0 & 0x7fff_ffff } == 0, "ignored: \(lines)")
     }
 
+    @Test("a child inherits only stdin, stdout and stderr: not this process's sockets or files")
+    func onlyStandardDescriptors() async throws {
+        // A socket, as NIO opens them: without close-on-exec.
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let file = open("/dev/null", O_RDONLY)
+        #expect(socket >= 3 && file >= 3)
+        defer {
+            close(socket)
+            close(file)
+        }
+        let output = LineBuffer()
+        // `ls` lists its own descriptors: 0, 1, 2 and the one it reads the folder through.
+        let outcome = try await ProcessRunner.run("/bin/ls", ["/proc/self/fd"], environment: [:], timeout: .seconds(10)) { output.add($0) }
+        #expect(outcome.status == 0)
+        let inherited = Set(output.take().compactMap { Int32($0) })
+        #expect(!inherited.contains(socket) && !inherited.contains(file), "the child holds \(inherited.sorted())")
+        #expect(inherited.isSuperset(of: [0, 1, 2]))
+        #expect(inherited.count <= 4, "the child holds \(inherited.sorted())")
+    }
+
     @Test("what a command leaves behind is killed with it, unless the command starts a daemon")
     func leftBehind() async throws {
         for leavesDaemon in [false, true] {
