@@ -499,6 +499,11 @@ struct QueueBehaviourTests {
             #expect(try await store.announcePresence(worker: "dead", on: dead))
             // The same session may announce again (after a reconnect the heartbeat cannot tell).
             #expect(try await store.announcePresence(worker: "alive", on: alive))
+            // Its process dies: the server ends the session. (Closing the connection here is not
+            // enough under the full suite: a process another test spawns at that moment may hold
+            // a copy of the socket.)
+            let deadBackend = try #require(try await dead.run("SELECT pg_backend_pid()", logger: db.logger).decode(Int32.self).first { _ in true })
+            _ = try await db.scalar("SELECT pg_terminate_backend(\(deadBackend))", as: Bool.self)
             await dead.close()
             let presenceLocks = """
                 SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(JobStore.presenceLockClass)::int4::oid

@@ -17,14 +17,6 @@ private func systemPipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> 
 @_silgen_name("posix_spawn_file_actions_addchdir_np")
 private func systemAddChdir(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: UnsafePointer<CChar>) -> Int32
 
-/// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+; also left out of Swift's Glibc
-/// module): the child gets stdin, stdout and stderr and nothing else. This process's sockets are
-/// not close-on-exec (its database connections among them), and a child that lives on, like a
-/// container's monitor, kept them open: PostgreSQL kept those sessions, and a worker's
-/// presence lock with them, long after the worker had exited.
-@_silgen_name("posix_spawn_file_actions_addclosefrom_np")
-private func systemAddCloseFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ lowest: Int32) -> Int32
-
 /// Set once, read from another thread.
 final class ExitFlag: @unchecked Sendable {
     private let lock = NSLock()
@@ -60,7 +52,7 @@ public enum ProcessRunner {
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 2)
         posix_spawn_file_actions_addclose(&actions, readEnd)
         posix_spawn_file_actions_addclose(&actions, writeEnd)
-        _ = systemAddCloseFrom(&actions, 3)
+        closeInheritedDescriptors(of: &actions)
         if let directory { _ = systemAddChdir(&actions, directory) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
