@@ -201,9 +201,8 @@ public struct JobStore: Sendable {
             listed AS (
                 INSERT INTO loco_workers (id) SELECT \(worker) FROM presence WHERE held
                 ON CONFLICT (id) DO UPDATE SET seen_at = now()
-                RETURNING id
             ),
-            unlisted AS (DELETE FROM loco_workers WHERE id = \(worker) AND NOT (SELECT held FROM presence) RETURNING id)
+            unlisted AS (DELETE FROM loco_workers WHERE id = \(worker) AND NOT (SELECT held FROM presence))
             SELECT held FROM presence
             """, logger: logger)
         for try await held in rows.decode(Bool.self) { return held }

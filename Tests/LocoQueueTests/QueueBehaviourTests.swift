@@ -541,6 +541,24 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a worker on a database without the presence table (not migrated yet) still rescues expired leases")
+    func rescueWithoutPresenceTable() async throws {
+        try await TestDatabase.with(migrations: [(QueueSchema.component, Array(QueueSchema.migrations.prefix(3)))]) { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.ok") { _, _ in }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ok"), on: db.client)
+            // A worker that died holding it, long ago.
+            _ = try await db.store.claim(queue: "default", limit: 1, worker: "ghost", lease: .seconds(1), on: db.client)
+            // Every rescue pass then also looks for dead workers, as with the default 2 s.
+            var configuration = fastConfiguration([("default", 1)])
+            configuration.rescueInterval = .milliseconds(1500)
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                let done = try await db.wait(for: job.id, toBe: .completed)
+                #expect(done.errors.map(\.code) == ["lease_expired"])
+            }
+        }
+    }
+
     @Test("presence: a worker whose database session is killed takes its presence lock again and keeps its job")
     func presenceAfterLostSession() async throws {
         try await TestDatabase.with { db in

@@ -33,19 +33,14 @@ struct Maintenance: Sendable {
             try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
             wait = configuration.rescueInterval.jittered()
+            // Reading pg_locks takes every lock-table partition's lock for a moment: at most
+            // once a second, however short the rescue interval.
+            if !configuration.pollOnly, ContinuousClock.now - lastOrphanCheck >= .seconds(1) {
+                lastOrphanCheck = .now
+                // Come back as the cut leases end, not a whole interval later.
+                if await cutOrphanedLeases() { wait = min(wait, configuration.orphanGrace + .milliseconds(100)) }
+            }
             do {
-                // Reading pg_locks takes every lock-table partition's lock for a moment: at most
-                // once a second, however short the rescue interval.
-                if !configuration.pollOnly, ContinuousClock.now - lastOrphanCheck >= .seconds(1) {
-                    lastOrphanCheck = .now
-                    let cut = try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client)
-                    for (worker, jobs) in Dictionary(grouping: cut, by: \.worker) {
-                        shared.logger.warning("worker \(worker) is gone (its database session ended); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
-                                              metadata: ["jobs": "\(jobs.map(\.id))"])
-                    }
-                    // Come back as those leases end, not a whole interval later.
-                    if !cut.isEmpty { wait = min(wait, configuration.orphanGrace + .milliseconds(100)) }
-                }
                 while true {
                     let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry, on: client)
                     for job in rescued {
@@ -58,6 +53,23 @@ struct Maintenance: Sendable {
             } catch {
                 shared.metrics.databaseError(operation: "rescue")
             }
+        }
+    }
+
+    /// Shortens the leases of dead workers' jobs; true if it cut any. Apart from the rescue
+    /// itself: a database without the presence table (not migrated yet) must not stop expired
+    /// leases from being rescued.
+    private func cutOrphanedLeases() async -> Bool {
+        do {
+            let cut = try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client)
+            for (worker, jobs) in Dictionary(grouping: cut, by: \.worker) {
+                shared.logger.warning("worker \(worker) is gone (its database session ended); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
+                                      metadata: ["jobs": "\(jobs.map(\.id))"])
+            }
+            return !cut.isEmpty
+        } catch {
+            shared.metrics.databaseError(operation: "orphan_check")
+            return false
         }
     }
 
@@ -88,9 +100,11 @@ struct Maintenance: Sendable {
                     if deleted < 1000 { break }
                 }
                 if total > 0 { shared.logger.info("pruned \(total) finished jobs") }
-                _ = try await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)
             } catch {
                 shared.metrics.databaseError(operation: "prune")
+            }
+            if !configuration.pollOnly, (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
+                shared.metrics.databaseError(operation: "forget_workers")
             }
         }
     }

@@ -175,13 +175,16 @@ struct Heartbeat: Sendable {
         let interval = shared.configuration.effectiveHeartbeat
         var nextBeat = ContinuousClock.now + interval
         var presentOn: PostgresConnection?
+        var presenceFailing = false
         while !Task.isCancelled {
             try? await Task.sleep(for: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
             if !shared.configuration.pollOnly, let connection = try? await database.connection(), connection !== presentOn {
                 // A new session (the first, or after the database came back): it takes the
                 // presence lock, and leases a rescuer cut meanwhile are renewed at once.
-                if await announcePresence() {
+                let announced = await announcePresence(sayFailure: !presenceFailing)
+                presenceFailing = !announced
+                if announced {
                     presentOn = connection
                     nextBeat = .now
                 }
@@ -197,7 +200,7 @@ struct Heartbeat: Sendable {
     static let presenceCheck: Duration = .milliseconds(500)
 
     /// False if the statement failed; the next check tries again.
-    func announcePresence() async -> Bool {
+    func announcePresence(sayFailure: Bool) async -> Bool {
         let worker = shared.configuration.workerID
         do {
             if try await !shared.store.announcePresence(worker: worker, on: database) {
@@ -208,6 +211,12 @@ struct Heartbeat: Sendable {
             }
             return true
         } catch {
+            // Every 0.5 s while it fails (a database without the presence table, not migrated
+            // yet): said once, then counted.
+            if sayFailure {
+                shared.logger.warning("cannot take this worker's presence lock; if it dies, its jobs wait out their leases (run 'locod migrate' if the database is older than this worker)",
+                                      metadata: ["error": "\(shared.databaseURL.explain(error))"])
+            }
             shared.metrics.databaseError(operation: "presence")
             return false
         }
