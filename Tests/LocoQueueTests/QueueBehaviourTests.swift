@@ -447,6 +447,65 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a cancel request that reaches the worker before its claim's answer still stops the handler; a stale one stops nothing")
+    func cancelBeforeClaimAnswer() async throws {
+        try await TestDatabase.with { db in
+            let started = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.long") { _, context in
+                started.record(context.id)
+                try await Task.sleep(for: .seconds(60))
+            }
+            handlers.register(kind: "test.brief") { _, context in
+                started.record(context.id)
+                try await Task.sleep(for: .milliseconds(1500))
+            }
+            // Only the notification and the database can tell: the regular heartbeat is a minute away.
+            var configuration = fastConfiguration([("default", 2)])
+            configuration.leaseDuration = .seconds(120)
+            configuration.heartbeatInterval = .seconds(60)
+            try await db.withWorker(configuration, handlers: handlers) { worker in
+                await worker.waitUntilListening()
+                let soon = Date().addingTimeInterval(2)
+                let wanted = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long", runAt: soon), on: db.client)
+                let stale = try await db.store.enqueue(NewJob(queue: "default", kind: "test.brief", runAt: soon), on: db.client)
+                // What the worker sees when an operator cancels a job the moment its claim commits:
+                // the request (flag and notification) before the claim's answer. The second job's
+                // notification has no flag behind it, like a request about an earlier attempt.
+                _ = try await db.scalar("UPDATE loco_jobs SET cancel_requested = true WHERE id = \(wanted.id) RETURNING true", as: Bool.self)
+                _ = try await db.scalar("SELECT pg_notify('loco_jobs', 'cancel:' || \(wanted.id)::text) IS NULL", as: Bool.self)
+                _ = try await db.scalar("SELECT pg_notify('loco_jobs', 'cancel:' || \(stale.id)::text) IS NULL", as: Bool.self)
+                let early = try await db.scalar("SELECT count(*) FROM loco_jobs WHERE state = 'scheduled' AND id IN (\(wanted.id), \(stale.id))", as: Int64.self)
+                try #require(early == 2, "the jobs were claimed before the requests were sent (a stall of 2 s): the premise of this test did not hold")
+                let cancelled = try await db.wait(for: wanted.id, toBe: .cancelled, timeout: .seconds(15))
+                #expect(cancelled.attempt == 1)
+                #expect(cancelled.errors.last?.code == "cancelled")
+                let completed = try await db.wait(for: stale.id, toBe: .completed, timeout: .seconds(15))
+                #expect(completed.attempt == 1)
+                #expect(completed.errors.isEmpty)
+                #expect(started.count(wanted.id) == 1)
+            }
+        }
+    }
+
+    @Test("the ledger keeps a cancel request for a job it does not hold yet, and asks for a heartbeat when it claims it")
+    func ledgerUnmatchedCancel() {
+        let ledger = JobLedger()
+        #expect(!ledger.requestCancel(9))
+        #expect(!ledger.takeRecheck())
+        ledger.add(id: 9, attempt: 1, queue: "default")
+        // Not stopped on the request alone: the heartbeat asks the database first.
+        #expect(ledger.stopReason(of: 9) == nil)
+        #expect(ledger.takeRecheck())
+        #expect(!ledger.takeRecheck())
+        // A request for a held job stops it at once, as before.
+        #expect(ledger.requestCancel(9))
+        #expect(ledger.stopReason(of: 9) == .cancelRequested)
+        // A request is used once: the next claim of another job asks for nothing.
+        ledger.add(id: 10, attempt: 1, queue: "default")
+        #expect(!ledger.takeRecheck())
+    }
+
     @Test("a cancel requested while the handler fails on its own wins over the retry, and its dependents are cancelled")
     func cancelBeatsRetry() async throws {
         try await TestDatabase.with { db in

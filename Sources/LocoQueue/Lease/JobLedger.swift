@@ -25,10 +25,62 @@ final class JobLedger: Sendable {
     }
 
     private let entries = Mutex<[Int64: Entry]>([:])
+    /// Cancel requests that named a job this process did not hold when they arrived, and when.
+    /// The job may be one this process is claiming: the claim committed (the job is `running`,
+    /// so it can be cancelled) but its answer is still on the way. Dropping such a request left
+    /// the handler running until the next heartbeat, up to 10 s later.
+    private let unmatchedCancels = Mutex<(requests: [Int64: ContinuousClock.Instant], recheck: Bool)>(([:], false))
+    /// How long an unmatched cancel request is kept: far longer than a claim's answer takes.
+    static let unmatchedCancelMemory: Duration = .seconds(30)
+    static let unmatchedCancelLimit = 4096
     let drained = WakeSignal()
 
     func add(id: Int64, attempt: Int, queue: String) {
-        entries.withLock { $0[id] = Entry(attempt: attempt, queue: queue) }
+        entries.withLock { entries in
+            entries[id] = Entry(attempt: attempt, queue: queue)
+            // Inside the entries' lock, so a request is either seen here or finds the entry.
+            unmatchedCancels.withLock { unmatched in
+                if let at = unmatched.requests.removeValue(forKey: id), at.duration(to: .now) < Self.unmatchedCancelMemory {
+                    // Not a cancel on its own: the request may be about an earlier attempt. The
+                    // heartbeat asks the database, which knows.
+                    unmatched.recheck = true
+                }
+            }
+        }
+    }
+
+    /// A cancel request (NOTIFY `cancel:<id>`) arrived: stops the handler if the job is held,
+    /// otherwise remembers the request until the job is, if it ever is. True if it stopped one.
+    func requestCancel(_ id: Int64) -> Bool {
+        let task = entries.withLock { entries -> Task<Void, Never>?? in
+            guard var entry = entries[id] else {
+                unmatchedCancels.withLock { unmatched in
+                    let now = ContinuousClock.now
+                    if unmatched.requests.count >= Self.unmatchedCancelLimit {
+                        unmatched.requests = unmatched.requests.filter { $0.value.duration(to: now) < Self.unmatchedCancelMemory }
+                        if unmatched.requests.count >= Self.unmatchedCancelLimit { unmatched.requests.removeAll() }
+                    }
+                    unmatched.requests[id] = now
+                }
+                return .none
+            }
+            guard !entry.finishing else { return .none }
+            if entry.stopReason == nil { entry.stopReason = .cancelRequested }
+            entries[id] = entry
+            return .some(entry.task)
+        }
+        guard let task else { return false }
+        task?.cancel()
+        return true
+    }
+
+    /// Whether a job was claimed after a cancel request named it: the heartbeat then beats at
+    /// once rather than at its interval. Reading it resets it.
+    func takeRecheck() -> Bool {
+        unmatchedCancels.withLock { unmatched in
+            defer { unmatched.recheck = false }
+            return unmatched.recheck
+        }
     }
 
     func attach(_ task: Task<Void, Never>, to id: Int64) {

@@ -189,6 +189,7 @@ struct Heartbeat: Sendable {
                     nextBeat = .now
                 }
             }
+            if shared.ledger.takeRecheck() { nextBeat = .now }
             if ContinuousClock.now >= nextBeat {
                 await beat()
                 nextBeat = ContinuousClock.now + interval
@@ -313,7 +314,7 @@ final class NotificationListener: Sendable {
 
     private func handle(_ payload: String) {
         if payload.hasPrefix("cancel:") {
-            if let id = Int64(payload.dropFirst("cancel:".count)), shared.ledger.stop(id, reason: .cancelRequested) {
+            if let id = Int64(payload.dropFirst("cancel:".count)), shared.ledger.requestCancel(id) {
                 shared.logger.info("job \(id) cancelled while running")
             }
         } else {
