@@ -74,6 +74,11 @@ final class JobLedger: Sendable {
         return true
     }
 
+    /// Whether a cancel request for a job not held is remembered (for tests and diagnostics).
+    func remembersCancel(of id: Int64) -> Bool {
+        unmatchedCancels.withLock { $0.requests[id] != nil }
+    }
+
     /// Whether a job was claimed after a cancel request named it: the heartbeat then beats at
     /// once rather than at its interval. Reading it resets it.
     func takeRecheck() -> Bool {
