@@ -30,23 +30,28 @@ final class JobLedger: Sendable {
     /// so it can be cancelled) but its answer is still on the way. Dropping such a request left
     /// the handler running until the next heartbeat, up to 10 s later.
     private let unmatchedCancels = Mutex<(requests: [Int64: ContinuousClock.Instant], recheck: Bool)>(([:], false))
+    /// Wakes the heartbeat when a claimed job had a remembered cancel request.
+    let recheckRequested = WakeSignal()
     /// How long an unmatched cancel request is kept: far longer than a claim's answer takes.
     static let unmatchedCancelMemory: Duration = .seconds(30)
     static let unmatchedCancelLimit = 4096
     let drained = WakeSignal()
 
     func add(id: Int64, attempt: Int, queue: String) {
-        entries.withLock { entries in
+        let recheck = entries.withLock { entries -> Bool in
             entries[id] = Entry(attempt: attempt, queue: queue)
             // Inside the entries' lock, so a request is either seen here or finds the entry.
-            unmatchedCancels.withLock { unmatched in
-                if let at = unmatched.requests.removeValue(forKey: id), at.duration(to: .now) < Self.unmatchedCancelMemory {
-                    // Not a cancel on its own: the request may be about an earlier attempt. The
-                    // heartbeat asks the database, which knows.
-                    unmatched.recheck = true
+            return unmatchedCancels.withLock { unmatched -> Bool in
+                guard let at = unmatched.requests.removeValue(forKey: id), at.duration(to: .now) < Self.unmatchedCancelMemory else {
+                    return false
                 }
+                // Not a cancel on its own: the request may be about an earlier attempt. The
+                // heartbeat asks the database, which knows.
+                unmatched.recheck = true
+                return true
             }
         }
+        if recheck { recheckRequested.signal() }
     }
 
     /// A cancel request (NOTIFY `cancel:<id>`) arrived: stops the handler if the job is held,
@@ -79,8 +84,8 @@ final class JobLedger: Sendable {
         unmatchedCancels.withLock { $0.requests[id] != nil }
     }
 
-    /// Whether a job was claimed after a cancel request named it: the heartbeat then beats at
-    /// once rather than at its interval. Reading it resets it.
+    /// Whether a job was claimed after a cancel request named it: the heartbeat, woken by
+    /// `recheckRequested`, then beats at once rather than at its interval. Reading it resets it.
     func takeRecheck() -> Bool {
         unmatchedCancels.withLock { unmatched in
             defer { unmatched.recheck = false }

@@ -177,7 +177,7 @@ struct Heartbeat: Sendable {
         var presentOn: PostgresConnection?
         var presenceFailing = false
         while !Task.isCancelled {
-            try? await Task.sleep(for: min(interval, Self.presenceCheck))
+            await shared.ledger.recheckRequested.wait(timeout: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
             if !shared.configuration.pollOnly, let connection = try? await database.connection(), connection !== presentOn {
                 // A new session (the first, or after the database came back): it takes the
