@@ -776,7 +776,13 @@ struct QueueBehaviourTests {
             second.periodicJobs = [periodic]
             try await db.withWorker(first, handlers: handlers) { _ in
                 try await db.withWorker(second, handlers: handlers) { _ in
-                    try await Task.sleep(for: .milliseconds(4500))
+                    // Both schedulers race for at least three slots. Waiting for them, not for a
+                    // fixed 4.5 s: under the full suite's load two was all that time held once.
+                    let ticks = "SELECT count(*) FROM loco_jobs WHERE kind = 'test.tick'"
+                    #expect(try await eventually(timeout: .seconds(30), every: .milliseconds(100)) {
+                        try await db.scalar(PostgresQuery(unsafeSQL: ticks), as: Int64.self) >= 3
+                    })
+                    try await Task.sleep(for: .milliseconds(1500))
                 }
             }
             let keys = try await db.client.query("SELECT unique_key FROM loco_jobs WHERE kind = 'test.tick' ORDER BY unique_key")
