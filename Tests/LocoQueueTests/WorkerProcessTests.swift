@@ -19,12 +19,15 @@ struct WorkerProcessTests {
     @Test("a worker process killed with SIGKILL: its session ends with it, so its job is rescued long before its 30 s lease runs out")
     func sigkillBeforeLease() async throws {
         try await TestDatabase.with { db in
-            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 1500}"#), on: db.client)
+            // Long enough that the victim cannot finish it before the kill, even under load (at
+            // 1.5 s it once did, in a full-suite run); short enough for the survivor's run.
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 6000}"#), on: db.client)
             let victim = try worker(db.url, id: "victim-30s", lease: 30)
             defer { victim.stop() }
             _ = try await db.wait(for: job.id, toBe: .running)
             #expect(await eventually { (try? await db.scalar("SELECT count(*) FROM loco_workers WHERE id = 'victim-30s'", as: Int64.self)) == 1 },
                     "a worker lists itself once its heartbeat connection is up")
+            try #require(try await db.state(of: job.id) == .running, "the victim finished the job before the kill: the premise of this test did not hold")
             victim.signal(SIGKILL)
             #expect(await victim.waitForExit(timeout: .seconds(5)) != nil)
 
