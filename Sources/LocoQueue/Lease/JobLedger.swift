@@ -57,26 +57,20 @@ final class JobLedger: Sendable {
     /// A cancel request (NOTIFY `cancel:<id>`) arrived: stops the handler if the job is held,
     /// otherwise remembers the request until the job is, if it ever is. True if it stopped one.
     func requestCancel(_ id: Int64) -> Bool {
-        let task = entries.withLock { entries -> Task<Void, Never>?? in
-            guard var entry = entries[id] else {
-                unmatchedCancels.withLock { unmatched in
-                    let now = ContinuousClock.now
-                    if unmatched.requests.count >= Self.unmatchedCancelLimit {
-                        unmatched.requests = unmatched.requests.filter { $0.value.duration(to: now) < Self.unmatchedCancelMemory }
-                        if unmatched.requests.count >= Self.unmatchedCancelLimit { unmatched.requests.removeAll() }
-                    }
-                    unmatched.requests[id] = now
+        // Remembered inside the entries' lock, so a claim adding the job either finds it or is found.
+        let held = entries.withLock { entries -> Bool in
+            guard entries[id] == nil else { return true }
+            unmatchedCancels.withLock { unmatched in
+                let now = ContinuousClock.now
+                if unmatched.requests.count >= Self.unmatchedCancelLimit {
+                    unmatched.requests = unmatched.requests.filter { $0.value.duration(to: now) < Self.unmatchedCancelMemory }
+                    if unmatched.requests.count >= Self.unmatchedCancelLimit { unmatched.requests.removeAll() }
                 }
-                return .none
+                unmatched.requests[id] = now
             }
-            guard !entry.finishing else { return .none }
-            if entry.stopReason == nil { entry.stopReason = .cancelRequested }
-            entries[id] = entry
-            return .some(entry.task)
+            return false
         }
-        guard let task else { return false }
-        task?.cancel()
-        return true
+        return held && stop(id, reason: .cancelRequested)
     }
 
     /// Whether a cancel request for a job not held is remembered (for tests and diagnostics).
