@@ -135,7 +135,15 @@ struct WorkerProcessTests {
             defer { process.stop() }
             let slow = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 30000}"#, maxAttempts: 2), on: db.client)
             let quick = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 10}"#), on: db.client)
-            let failed = try await db.wait(for: slow.id, toBe: .failed)
+            let failed: JobRecord
+            do {
+                failed = try await db.wait(for: slow.id, toBe: .failed)
+            } catch {
+                // Once, under a full CI run's load, the retry stayed `scheduled` for 20 s: keep
+                // what the worker said, to learn why if it happens again.
+                Issue.record("\(error)\nworker output:\n\(process.output.suffix(6000))")
+                return
+            }
             #expect(failed.errors.map(\.code) == ["job_timeout", "job_timeout"], "worker output:\n\(process.output)")
             try await db.wait(for: quick.id, toBe: .completed)
             #expect(process.output.contains("the job ran past its timeout of 500 ms; its handler was cancelled"), "worker output:\n\(process.output)")
