@@ -221,6 +221,11 @@ struct WorkerProcessTests {
             let left = await count(state)
             #expect(left == 0, "jobs left \(state.rawValue): \(left.map(String.init) ?? "unknown")")
         }
+        // The log says what happened in words: the server's own reason for dropping the
+        // listening connection, and that claiming recovered; never PSQLError's blank text.
+        #expect(process.output.contains("terminating connection due to administrator command (SQLSTATE 57P01)"), "worker output:\n\(process.output.suffix(3000))")
+        #expect(process.output.contains("claiming works again"), "worker output:\n\(process.output.suffix(3000))")
+        #expect(!process.output.contains("Generic description"), "worker output:\n\(process.output.suffix(3000))")
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(20)) == 0)
         await client.close()

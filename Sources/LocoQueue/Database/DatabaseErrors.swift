@@ -21,6 +21,12 @@ extension DatabaseURL {
                     let text = psql.serverInfo?[.message] ?? "authentication failed"
                     return QueueError.databaseUnreachable(endpoint: endpoint, reason: text)
                 }
+                // Class 57 is the server stopping, crashing or still starting ("terminating
+                // connection due to administrator command", "the database system is starting up").
+                if let sqlState = psql.serverInfo?[.sqlState], sqlState.hasPrefix("57") {
+                    let text = psql.serverInfo?[.message] ?? "the server is shutting down"
+                    return QueueError.databaseUnreachable(endpoint: endpoint, reason: "\(text) (SQLSTATE \(sqlState))")
+                }
                 return error
             default:
                 return error
@@ -30,6 +36,18 @@ extension DatabaseURL {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
         }
         return error
+    }
+
+    /// `explain(error)` as text for a log line. PSQLError's own description hides everything;
+    /// the server's message and SQLSTATE are safe to show (they never carry the password).
+    public func describe(_ error: any Error) -> String {
+        let explained = explain(error)
+        if let psql = explained as? PSQLError {
+            guard let message = psql.serverInfo?[.message] else { return "PostgreSQL client error: \(psql.code)" }
+            let state = psql.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
+            return "PostgreSQL said: \(message)\(state)"
+        }
+        return "\(explained)"
     }
 
     private static func reason(of error: any Error) -> String {

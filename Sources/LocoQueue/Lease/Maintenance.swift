@@ -29,6 +29,7 @@ struct Maintenance: Sendable {
     func rescueLoop() async {
         var wait = configuration.rescueInterval.jittered()
         var lastOrphanCheck = ContinuousClock.now - .seconds(1)
+        var failures = FailureStreak(operation: "rescue", doing: "rescue expired leases")
         while !Task.isCancelled {
             try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
@@ -50,8 +51,9 @@ struct Maintenance: Sendable {
                     }
                     if rescued.count < 500 { break }
                 }
+                failures.succeeded(shared)
             } catch {
-                shared.metrics.databaseError(operation: "rescue")
+                failures.failed(error, shared)
             }
         }
     }
@@ -75,13 +77,15 @@ struct Maintenance: Sendable {
 
     /// Scheduled jobs (retries, run-at) become available when due.
     func promoteLoop() async {
+        var failures = FailureStreak(operation: "promote", doing: "make due scheduled jobs available")
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.promoteInterval.jittered())
             if Task.isCancelled { return }
             do {
                 while try await store.promoteDue(limit: 1000, on: client) == 1000 {}
+                failures.succeeded(shared)
             } catch {
-                shared.metrics.databaseError(operation: "promote")
+                failures.failed(error, shared)
             }
         }
     }
@@ -89,6 +93,7 @@ struct Maintenance: Sendable {
     /// Finished jobs are deleted after the retention period, in batches so no statement holds
     /// many row locks or runs long.
     func pruneLoop() async {
+        var failures = FailureStreak(operation: "prune", doing: "prune finished jobs")
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.pruneInterval.jittered())
             if Task.isCancelled { return }
@@ -100,8 +105,9 @@ struct Maintenance: Sendable {
                     if deleted < 1000 { break }
                 }
                 if total > 0 { shared.logger.info("pruned \(total) finished jobs") }
+                failures.succeeded(shared)
             } catch {
-                shared.metrics.databaseError(operation: "prune")
+                failures.failed(error, shared)
             }
             if !configuration.pollOnly, (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
                 shared.metrics.databaseError(operation: "forget_workers")
@@ -119,12 +125,39 @@ struct Maintenance: Sendable {
                     lastSlots[periodic.name] = try await scheduler.tick(periodic, lastSlot: lastSlots[periodic.name], now: Date(), database: periodicConnection)
                 } catch {
                     shared.metrics.databaseError(operation: "cron")
-                    shared.logger.warning("cannot schedule periodic job \(periodic.name)", metadata: ["error": "\(shared.databaseURL.explain(error))"])
+                    shared.logger.warning("cannot schedule periodic job \(periodic.name)", metadata: ["error": "\(shared.databaseURL.describe(error))"])
                 }
             }
             let resolution: Duration = configuration.periodicJobs.contains { $0.schedule.hasSeconds } ? .milliseconds(200) : .seconds(1)
             try? await Task.sleep(for: resolution)
         }
+    }
+}
+
+/// Counts a maintenance loop's failed statements in a row. Each one is a metric; the first and
+/// every 50th are logged too, so a loop that cannot reach the database says so without
+/// flooding the log, and says when it works again.
+private struct FailureStreak {
+    let operation: String
+    let doing: String
+    private var count = 0
+
+    init(operation: String, doing: String) {
+        self.operation = operation
+        self.doing = doing
+    }
+
+    mutating func failed(_ error: any Error, _ shared: WorkerShared) {
+        count += 1
+        shared.metrics.databaseError(operation: operation)
+        if count == 1 || count % 50 == 0 {
+            shared.logger.warning("cannot \(doing); retrying", metadata: ["failures": "\(count)", "error": "\(shared.databaseURL.describe(error))"])
+        }
+    }
+
+    mutating func succeeded(_ shared: WorkerShared) {
+        if count > 0 { shared.logger.info("\(operation) works again after \(count) failed attempts") }
+        count = 0
     }
 }
 

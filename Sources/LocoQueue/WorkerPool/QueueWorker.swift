@@ -216,7 +216,7 @@ struct Heartbeat: Sendable {
             // yet): said once, then counted.
             if sayFailure {
                 shared.logger.warning("cannot take this worker's presence lock; if it dies, its jobs wait out their leases (run 'locod migrate' if the database is older than this worker)",
-                                      metadata: ["error": "\(shared.databaseURL.explain(error))"])
+                                      metadata: ["error": "\(shared.databaseURL.describe(error))"])
             }
             shared.metrics.databaseError(operation: "presence")
             return false
@@ -239,7 +239,7 @@ struct Heartbeat: Sendable {
         } catch {
             shared.metrics.databaseError(operation: "heartbeat")
             shared.logger.warning("heartbeat failed; leases run out unless the next one succeeds",
-                                  metadata: ["error": "\(shared.databaseURL.explain(error))"])
+                                  metadata: ["error": "\(shared.databaseURL.describe(error))"])
         }
     }
 }
@@ -305,7 +305,7 @@ final class NotificationListener: Sendable {
                 failures += 1
                 if failures == 1 || failures % 30 == 0 {
                     shared.logger.warning("job notifications unavailable; polling meanwhile",
-                                          metadata: ["error": "\(shared.databaseURL.explain(error))"])
+                                          metadata: ["error": "\(shared.databaseURL.describe(error))"])
                 }
                 try? await Task.sleep(for: .milliseconds(min(100 * failures, 2000)))
             }

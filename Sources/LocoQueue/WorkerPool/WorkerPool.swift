@@ -58,7 +58,7 @@ final class WorkerPool: Sendable {
                 shared.metrics.databaseError(operation: "claim")
                 if failures == 1 || failures % 50 == 0 {
                     shared.logger.warning("cannot claim jobs; retrying",
-                                          metadata: ["queue": "\(queue)", "error": "\(shared.databaseURL.explain(error))"])
+                                          metadata: ["queue": "\(queue)", "error": "\(shared.databaseURL.describe(error))"])
                 }
                 await wake.wait(timeout: .milliseconds(min(100 * failures, 2000)))
                 continue
