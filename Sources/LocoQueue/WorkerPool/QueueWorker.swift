@@ -176,6 +176,7 @@ struct Heartbeat: Sendable {
         var nextBeat = ContinuousClock.now + interval
         var presentOn: PostgresConnection?
         var presenceFailing = false
+        var renewUntil = ContinuousClock.now
         while !Task.isCancelled {
             await shared.ledger.recheckRequested.wait(timeout: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
@@ -187,9 +188,14 @@ struct Heartbeat: Sendable {
                 if announced {
                     presentOn = connection
                     nextBeat = .now
+                    // A rescuer whose statement began before the lock was taken still sees this
+                    // worker as gone and may cut its leases after that first renewal (seen once
+                    // under a full test run's load: the lease ran out 3 s later). Renewing at
+                    // every presence check for one orphan grace undoes such a late cut.
+                    renewUntil = .now + shared.configuration.orphanGrace
                 }
             }
-            if shared.ledger.takeRecheck() { nextBeat = .now }
+            if shared.ledger.takeRecheck() || ContinuousClock.now < renewUntil { nextBeat = .now }
             if ContinuousClock.now >= nextBeat {
                 await beat()
                 nextBeat = ContinuousClock.now + interval
