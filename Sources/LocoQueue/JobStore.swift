@@ -25,7 +25,7 @@ public struct JobStore: Sendable {
         let dependsOn = job.dependsOn.isEmpty ? [] : Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
             let inserted = dependsOn.isEmpty
-                ? try await db.prepared(JobStatements.EnqueueOne(job: job), logger: logger).first.map { ($0.0, $0.1) }
+                ? try await db.insertJob(job, logger: logger)
                 : try await insert(job, dependingOn: dependsOn, on: db)
             if let (id, state) = inserted {
                 return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)

@@ -1003,6 +1003,56 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("single enqueues on a connection (the future-based path): every field stored, duplicates found, one statement prepared, server errors and dropped sessions reported")
+    func futureEnqueuePath() async throws {
+        try await TestDatabase.with { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger)
+            let later = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + 3600).rounded())
+            let scheduled = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast", args: #"{"n": 1, "name": "ünï"}"#, priority: -3,
+                                                              runAt: later, maxAttempts: 7, uniqueKey: "fast-1"), on: connection)
+            #expect(scheduled.state == .scheduled && !scheduled.duplicate)
+            let stored = try #require(try await db.store.job(id: scheduled.id, on: db.client))
+            #expect(stored.queue == "fast" && stored.kind == "test.fast" && stored.priority == -3 && stored.maxAttempts == 7)
+            #expect(stored.args.contains("ünï") && stored.runAt == later && stored.uniqueKey == "fast-1")
+            let again = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast", uniqueKey: "fast-1"), on: connection)
+            #expect(again.id == scheduled.id && again.duplicate && again.state == .scheduled)
+            let now = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast"), on: connection)
+            #expect(now.state == .available && now.id > scheduled.id)
+            // Prepared once on this connection, whatever the number of enqueues.
+            var statements: [String] = []
+            for try await sql in try await connection.run("SELECT statement FROM pg_prepared_statements", logger: db.logger).decode(String.self) {
+                statements.append(sql)
+            }
+            #expect(statements == [JobStore.singleEnqueueStatement])
+
+            // A session the server ends: the enqueue that finds it gone fails with a coded
+            // error naming the server, and the next one reconnects and prepares again.
+            let backend = try #require(try await connection.run("SELECT pg_backend_pid()", logger: db.logger).decode(Int32.self).first { _ in true })
+            _ = try await db.scalar("SELECT pg_terminate_backend(\(backend))", as: Bool.self)
+            var failures = 0
+            for _ in 0..<2 {
+                do { _ = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast"), on: connection) } catch {
+                    failures += 1
+                    #expect(db.url.describe(error).contains(db.url.endpoint), "\(db.url.describe(error))")
+                }
+            }
+            #expect(failures <= 1)
+            let after = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast"), on: connection)
+            #expect(after.state == .available)
+            await connection.close()
+        }
+        // A database without the schema: PostgreSQL's own message and SQLSTATE, not a blank.
+        try await TestDatabase.with(migrations: []) { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger)
+            let error = await #expect(throws: DatabaseServerError.self) {
+                _ = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast"), on: connection)
+            }
+            #expect(error?.sqlState == "42P01")
+            #expect("\(error.map(String.init(describing:)) ?? "")" == #"PostgreSQL said: relation "loco_jobs" does not exist (SQLSTATE 42P01)"#)
+            await connection.close()
+        }
+    }
+
     @Test("a pinned producer runs on its connection's event loop, its enqueues land in order, and it survives a reconnect")
     func pinnedProducer() async throws {
         try await TestDatabase.with { db in

@@ -35,6 +35,10 @@ public final class ConnectionPool: QueryRunner, TransactionRunner, Sendable {
         try await shared { try await $0.prepared(statement, logger: logger) }
     }
 
+    public func insertJob(_ job: NewJob, logger: Logger) async throws -> (id: Int64, state: String)? {
+        try await shared { try await $0.insertJob(job, logger: logger) }
+    }
+
     /// Runs a query on the pool with its own logger; for callers that do not carry one.
     public func query(_ query: PostgresQuery) async throws -> PostgresRowSequence {
         try await run(query, logger: logger)

@@ -66,3 +66,20 @@ extension DatabaseURL {
         return "connection failed"
     }
 }
+
+/// An error PostgreSQL reported on the future-based path (`ReconnectingConnection.rows(ofPrepared:binds:)`),
+/// where PostgresNIO hands back its older `PostgresError`. The server's message and SQLSTATE are
+/// safe to show; the detail may quote row values, so it is kept out of the description.
+public struct DatabaseServerError: Error, CustomStringConvertible, Sendable {
+    public let sqlState: String
+    public let message: String
+    public let detail: String?
+
+    init(fields: [PostgresMessage.Error.Field: String]) {
+        sqlState = fields[.sqlState] ?? "XX000"
+        message = fields[.message] ?? "unknown error"
+        detail = fields[.detail]
+    }
+
+    public var description: String { "PostgreSQL said: \(message) (SQLSTATE \(sqlState))" }
+}

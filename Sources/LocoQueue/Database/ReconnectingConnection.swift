@@ -33,6 +33,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     private let dropped = Mutex<[ObjectIdentifier]>([])
     /// The executor of the connection's event loop, made once per connection.
     private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
+    /// Statements prepared through PostgresNIO's future-based API, for the connection they were
+    /// prepared on (the cached statements keep that connection object alive, so its identifier
+    /// cannot be reused by a newer one while cached).
+    private let futurePrepared = Mutex<(connection: ObjectIdentifier, statements: [String: PreparedQuery])?>(nil)
     /// Set by `close()`, for good: a part still running as its worker stops (a maintenance loop
     /// mid-statement) must not open a new connection that nobody then closes. One did, and
     /// PostgresNIO's check that a connection is closed before it is freed crashed a debug build.
@@ -120,19 +124,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         // The caller's cancellation still reaches the query, as when it awaited it directly.
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-                let waiter = Mutex<CheckedContinuation<T, any Error>?>(continuation)
-                let resume: @Sendable (Result<T, any Error>) -> Void = { result in
-                    waiter.withLock { current in
-                        current?.resume(with: result)
-                        current = nil
-                    }
-                }
-                let token = inFlight.withLock { state -> UInt64 in
-                    state.next &+= 1
-                    state.queries[state.next] = InFlightQuery(started: .now, connection: connection, abandon: { resume(.failure($0)) })
-                    if state.watchdog == nil { state.watchdog = startWatchdog() }
-                    return state.next
-                }
+                let resume = Self.once(continuation)
+                let token = track(connection, abandon: { resume(.failure($0)) })
                 work.withLock { $0 = Task(executorPreference: executor) {
                     let result: Result<T, any Error>
                     do {
@@ -141,12 +134,90 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                         if connection.isClosed { self.drop(connection) }
                         result = .failure(error)
                     }
-                    _ = self.inFlight.withLock { $0.queries.removeValue(forKey: token) }
+                    self.untrack(token)
                     resume(result)
                 } }
             }
         } onCancel: {
             work.withLock { $0?.cancel() }
+        }
+    }
+
+    /// Runs `sql`, prepared once per connection, through PostgresNIO's future-based API, and
+    /// returns its rows: no task per query (`watched`) and no async sequence per result. The
+    /// single-enqueue hot path uses it (see `insertJob`). Its rows label their binary cells as
+    /// text (read them with `binaryCell`), and its errors are PostgresNIO's older
+    /// `PostgresError` (turned back into `ConnectionClosed` and `DatabaseServerError` here).
+    func rows(ofPrepared sql: String, binds: [PostgresData]) async throws -> [PostgresRow] {
+        let connection = try await connection()
+        let id = ObjectIdentifier(connection)
+        var statement = futurePrepared.withLock { $0?.connection == id ? $0?.statements[sql] : nil }
+        if statement == nil {
+            let prepared = try await watched(connection) { connection.prepare(query: sql) }
+            futurePrepared.withLock { cache in
+                if cache?.connection != id { cache = (id, [:]) }
+                cache?.statements[sql] = prepared
+            }
+            statement = prepared
+        }
+        return try await watched(connection) { [statement] in statement!.execute(binds) }
+    }
+
+    /// `watched` for a query that PostgresNIO answers with a future. The query is written on the
+    /// connection's own thread, right after checking that the connection is open, for the
+    /// reason `PostgresConnection.run` gives; the watchdog and `close()` can still let the
+    /// caller go if no answer comes.
+    private func watched<T: Sendable>(_ connection: PostgresConnection,
+                                      _ start: @escaping @Sendable () -> EventLoopFuture<T>) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let resume = Self.once(continuation)
+            let token = track(connection, abandon: { resume(.failure($0)) })
+            let send: @Sendable () -> Void = {
+                let finish: @Sendable (Result<T, any Error>) -> Void = { result in
+                    self.untrack(token)
+                    if case .failure = result, connection.isClosed { self.drop(connection) }
+                    resume(result.mapError(Self.current))
+                }
+                if connection.isClosed { return finish(.failure(ConnectionClosed())) }
+                start().whenComplete(finish)
+            }
+            if connection.eventLoop.inEventLoop { send() } else { connection.eventLoop.execute(send) }
+        }
+    }
+
+    /// Resumes `continuation` with the first result given; later ones (the answer after the
+    /// watchdog gave up, or the other way round) are ignored.
+    private static func once<T: Sendable>(_ continuation: CheckedContinuation<T, any Error>) -> @Sendable (Result<T, any Error>) -> Void {
+        let waiter = Mutex<CheckedContinuation<T, any Error>?>(continuation)
+        return { result in
+            waiter.withLock { current in
+                current?.resume(with: result)
+                current = nil
+            }
+        }
+    }
+
+    /// Lists a query for the watchdog, which calls `abandon` if it runs past `queryTimeout`.
+    private func track(_ connection: PostgresConnection, abandon: @escaping @Sendable (any Error) -> Void) -> UInt64 {
+        inFlight.withLock { state in
+            state.next &+= 1
+            state.queries[state.next] = InFlightQuery(started: .now, connection: connection, abandon: abandon)
+            if state.watchdog == nil { state.watchdog = startWatchdog() }
+            return state.next
+        }
+    }
+
+    private func untrack(_ token: UInt64) {
+        _ = inFlight.withLock { $0.queries.removeValue(forKey: token) }
+    }
+
+    /// PostgresNIO's older error type, as the rest of Loco expects errors.
+    private static func current(_ error: any Error) -> any Error {
+        guard let legacy = error as? PostgresError else { return error }
+        switch legacy {
+        case .connectionClosed: return ConnectionClosed()
+        case .server(let server): return DatabaseServerError(fields: server.fields)
+        case .protocol: return error
         }
     }
 
