@@ -992,6 +992,8 @@ struct QueueBehaviourTests {
                 let connection = ReconnectingConnection(url: db.url, logger: db.logger, usePreparedStatements: prepare)
                 for _ in 0..<3 {
                     _ = try await db.store.claim(queue: "default", limit: 5, worker: "w", lease: .seconds(30), on: connection)
+                    // Single enqueues prepare a statement of their own (see futureEnqueuePath); for a pooler, none.
+                    if !prepare { _ = try await db.store.enqueue(NewJob(queue: "other", kind: "k"), on: connection) }
                 }
                 var statements: [String] = []
                 for try await name in try await connection.run("SELECT name FROM pg_prepared_statements", logger: db.logger).decode(String.self) {
@@ -1049,6 +1051,31 @@ struct QueueBehaviourTests {
             }
             #expect(error?.sqlState == "42P01")
             #expect("\(error.map(String.init(describing:)) ?? "")" == #"PostgreSQL said: relation "loco_jobs" does not exist (SQLSTATE 42P01)"#)
+            await connection.close()
+        }
+    }
+
+    @Test("a single enqueue that gets no answer is abandoned at the deadline with a coded error, and the next one reconnects")
+    func futureEnqueueDeadline() async throws {
+        try await TestDatabase.with { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger, queryTimeout: .milliseconds(800))
+            _ = try await db.store.enqueue(NewJob(queue: "slow", kind: "k"), on: connection)
+            let began = ContinuousClock.now
+            // The table stays locked until the enqueue has given up.
+            let error: (any Error)? = try await db.client.transaction { locked in
+                _ = try await locked.run("LOCK TABLE loco_jobs IN ACCESS EXCLUSIVE MODE", logger: db.logger)
+                do {
+                    _ = try await db.store.enqueue(NewJob(queue: "slow", kind: "k"), on: connection)
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            let explained = try #require(error as? QueueError, "\(String(describing: error))")
+            #expect(explained.code == "database_unreachable" && explained.message.contains(db.url.endpoint), "\(explained.message)")
+            #expect(ContinuousClock.now - began < .seconds(5))
+            let after = try await db.store.enqueue(NewJob(queue: "slow", kind: "k"), on: connection)
+            #expect(after.state == .available)
             await connection.close()
         }
     }

@@ -17,25 +17,32 @@ extension DatabaseURL {
             case .connectionError, .serverClosedConnection, .uncleanShutdown, .poolClosed, .clientClosedConnection:
                 return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: psql.underlying ?? psql))
             case .server:
-                if let sqlState = psql.serverInfo?[.sqlState], sqlState.hasPrefix("28") || sqlState == "3D000" {
-                    let text = psql.serverInfo?[.message] ?? "authentication failed"
-                    return QueueError.databaseUnreachable(endpoint: endpoint, reason: text)
-                }
-                // Class 57 is the server stopping, crashing or still starting ("terminating
-                // connection due to administrator command", "the database system is starting up").
-                if let sqlState = psql.serverInfo?[.sqlState], sqlState.hasPrefix("57") {
-                    let text = psql.serverInfo?[.message] ?? "the server is shutting down"
-                    return QueueError.databaseUnreachable(endpoint: endpoint, reason: "\(text) (SQLSTATE \(sqlState))")
-                }
-                return error
+                guard let sqlState = psql.serverInfo?[.sqlState] else { return error }
+                return unreachable(sqlState: sqlState, message: psql.serverInfo?[.message]) ?? error
             default:
                 return error
             }
+        }
+        if let server = error as? DatabaseServerError {
+            return unreachable(sqlState: server.sqlState, message: server.message) ?? error
         }
         if error is ChannelError || error is IOError {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
         }
         return error
+    }
+
+    /// Server errors that mean the database cannot be used from here at all.
+    private func unreachable(sqlState: String, message: String?) -> QueueError? {
+        if sqlState.hasPrefix("28") || sqlState == "3D000" {
+            return .databaseUnreachable(endpoint: endpoint, reason: message ?? "authentication failed")
+        }
+        // Class 57 is the server stopping, crashing or still starting ("terminating
+        // connection due to administrator command", "the database system is starting up").
+        if sqlState.hasPrefix("57") {
+            return .databaseUnreachable(endpoint: endpoint, reason: "\(message ?? "the server is shutting down") (SQLSTATE \(sqlState))")
+        }
+        return nil
     }
 
     /// `explain(error)` as text for a log line. PSQLError's own description hides everything;
@@ -74,11 +81,15 @@ public struct DatabaseServerError: Error, CustomStringConvertible, Sendable {
     public let sqlState: String
     public let message: String
     public let detail: String?
+    /// FATAL or PANIC: the server ends the session after sending it.
+    public let endsSession: Bool
 
     init(fields: [PostgresMessage.Error.Field: String]) {
         sqlState = fields[.sqlState] ?? "XX000"
         message = fields[.message] ?? "unknown error"
         detail = fields[.detail]
+        let severity = fields[.severity] ?? fields[.localizedSeverity]
+        endsSession = severity == "FATAL" || severity == "PANIC"
     }
 
     public var description: String { "PostgreSQL said: \(message) (SQLSTATE \(sqlState))" }

@@ -131,7 +131,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                     do {
                         result = .success(try await body(connection))
                     } catch {
-                        if connection.isClosed { self.drop(connection) }
+                        if connection.isClosed || Self.endsSession(error) { self.drop(connection) }
                         result = .failure(error)
                     }
                     self.untrack(token)
@@ -175,8 +175,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             let send: @Sendable () -> Void = {
                 let finish: @Sendable (Result<T, any Error>) -> Void = { result in
                     self.untrack(token)
-                    if case .failure = result, connection.isClosed { self.drop(connection) }
-                    resume(result.mapError(Self.current))
+                    let result = result.mapError(Self.current)
+                    if case .failure(let error) = result, connection.isClosed || Self.endsSession(error) { self.drop(connection) }
+                    resume(result)
                 }
                 if connection.isClosed { return finish(.failure(ConnectionClosed())) }
                 start().whenComplete(finish)
@@ -209,6 +210,14 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     private func untrack(_ token: UInt64) {
         _ = inFlight.withLock { $0.queries.removeValue(forKey: token) }
+    }
+
+    /// Whether `error` is one the server ends the session with (FATAL, PANIC): it arrives before
+    /// the connection is seen to close, and the next call must not be sent on that connection.
+    private static func endsSession(_ error: any Error) -> Bool {
+        if let server = error as? DatabaseServerError { return server.endsSession }
+        guard let severity = (error as? PSQLError)?.serverInfo?[.severity] else { return false }
+        return severity == "FATAL" || severity == "PANIC"
     }
 
     /// PostgresNIO's older error type, as the rest of Loco expects errors.
