@@ -132,14 +132,10 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
     } catch let error as any CodedError {
         FileHandle.standardError.write(Data("Error: \(error.message) [\(error.code)]\nHint: \(error.hint)\n".utf8))
         throw ExitCode(error is UsageError ? 2 : 1)
-    } catch let error as DatabaseServerError {
-        FileHandle.standardError.write(Data("Error: \(error) [database_error]\nHint: Run 'locod migrate' if the schema is missing; otherwise check the PostgreSQL log.\n".utf8))
-        throw ExitCode(1)
     } catch let error as PSQLError {
         // PSQLError hides everything by design; the server's own message is safe to show.
-        let message = error.serverInfo?[.message] ?? "\(error.code)"
-        let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
-        FileHandle.standardError.write(Data("Error: PostgreSQL said: \(message)\(state) [database_error]\nHint: Run 'locod migrate' if the schema is missing; otherwise check the PostgreSQL log.\n".utf8))
+        let message = DatabaseServerError(error)?.message ?? "PostgreSQL said: \(error.code)"
+        FileHandle.standardError.write(Data("Error: \(message) [database_error]\nHint: \(DatabaseServerError.nextStep)\n".utf8))
         throw ExitCode(1)
     }
 }

@@ -245,6 +245,21 @@ struct WorkerProcessTests {
         #expect(!worker.output.contains("hunter2"))
     }
 
+    @Test("a database without the schema: locod says what PostgreSQL said, with the code and the next step, for enqueues and for reads alike")
+    func unmigratedCLI() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            // A single enqueue fails on the future-based path (DatabaseServerError); stats on PostgresNIO's own (PSQLError).
+            for command in [["queue", "enqueue", "--queue", "a", "--kind", "k"], ["queue", "stats"]] {
+                let run = try await runCommand(locod, command, environment: env)
+                #expect(run.status == 1, "\(run.output)")
+                #expect(run.output.contains(#"Error: PostgreSQL said: relation "loco_jobs" does not exist (SQLSTATE 42P01) [database_error]"#), "\(run.output)")
+                #expect(run.output.contains("Hint: Run 'locod migrate' if the schema is missing"), "\(run.output)")
+            }
+        }
+    }
+
     @Test("operator commands: bad usage and unknown ids get coded errors with hints")
     func operatorErrors() async throws {
         try await TestDatabase.with { db in

@@ -1,3 +1,4 @@
+import LocoShared
 import NIOCore
 import PostgresNIO
 
@@ -50,9 +51,7 @@ extension DatabaseURL {
     public func describe(_ error: any Error) -> String {
         let explained = explain(error)
         if let psql = explained as? PSQLError {
-            guard let message = psql.serverInfo?[.message] else { return "PostgreSQL client error: \(psql.code)" }
-            let state = psql.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
-            return "PostgreSQL said: \(message)\(state)"
+            return DatabaseServerError(psql)?.message ?? "PostgreSQL client error: \(psql.code)"
         }
         return "\(explained)"
     }
@@ -74,23 +73,40 @@ extension DatabaseURL {
     }
 }
 
-/// An error PostgreSQL reported on the future-based path (`ReconnectingConnection.rows(ofPrepared:binds:)`),
-/// where PostgresNIO hands back its older `PostgresError`. The server's message and SQLSTATE are
-/// safe to show; the detail may quote row values, so it is kept out of the description.
-public struct DatabaseServerError: Error, CustomStringConvertible, Sendable {
+/// An error PostgreSQL itself reported: on the future-based path
+/// (`ReconnectingConnection.rows(ofPrepared:binds:)`), where PostgresNIO hands back its older
+/// `PostgresError`, or made from a `PSQLError` (whose own description hides everything). The
+/// server's message and SQLSTATE are safe to show; the detail may quote row values, so it is
+/// kept out of the message.
+public struct DatabaseServerError: CodedError {
     public let sqlState: String
-    public let message: String
+    public let serverMessage: String
     public let detail: String?
     /// FATAL or PANIC: the server ends the session after sending it.
     public let endsSession: Bool
 
     init(fields: [PostgresMessage.Error.Field: String]) {
-        sqlState = fields[.sqlState] ?? "XX000"
-        message = fields[.message] ?? "unknown error"
-        detail = fields[.detail]
-        let severity = fields[.severity] ?? fields[.localizedSeverity]
+        self.init(sqlState: fields[.sqlState], message: fields[.message], detail: fields[.detail],
+                  severity: fields[.severity] ?? fields[.localizedSeverity])
+    }
+
+    /// The server's part of `error`; nil when the error did not come from the server.
+    public init?(_ error: PSQLError) {
+        guard let info = error.serverInfo else { return nil }
+        self.init(sqlState: info[.sqlState], message: info[.message], detail: info[.detail],
+                  severity: info[.severity] ?? info[.localizedSeverity])
+    }
+
+    private init(sqlState: String?, message: String?, detail: String?, severity: String?) {
+        self.sqlState = sqlState ?? "XX000"
+        serverMessage = message ?? "unknown error"
+        self.detail = detail
         endsSession = severity == "FATAL" || severity == "PANIC"
     }
 
-    public var description: String { "PostgreSQL said: \(message) (SQLSTATE \(sqlState))" }
+    public var code: String { "database_error" }
+    public var message: String { "PostgreSQL said: \(serverMessage) (SQLSTATE \(sqlState))" }
+    public var hint: String { Self.nextStep }
+    public static let nextStep = "Run 'locod migrate' if the schema is missing; otherwise check the PostgreSQL log."
+    public var description: String { message }
 }

@@ -151,16 +151,17 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     func rows(ofPrepared sql: String, binds: [PostgresData]) async throws -> [PostgresRow] {
         let connection = try await connection()
         let id = ObjectIdentifier(connection)
-        var statement = futurePrepared.withLock { $0?.connection == id ? $0?.statements[sql] : nil }
-        if statement == nil {
-            let prepared = try await watched(connection) { connection.prepare(query: sql) }
+        let statement: PreparedQuery
+        if let cached = futurePrepared.withLock({ $0?.connection == id ? $0?.statements[sql] : nil }) {
+            statement = cached
+        } else {
+            statement = try await watched(connection) { connection.prepare(query: sql) }
             futurePrepared.withLock { cache in
                 if cache?.connection != id { cache = (id, [:]) }
-                cache?.statements[sql] = prepared
+                cache?.statements[sql] = statement
             }
-            statement = prepared
         }
-        return try await watched(connection) { [statement] in statement!.execute(binds) }
+        return try await watched(connection) { statement.execute(binds) }
     }
 
     /// `watched` for a query that PostgresNIO answers with a future. The query is written on the
@@ -216,8 +217,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// the connection is seen to close, and the next call must not be sent on that connection.
     private static func endsSession(_ error: any Error) -> Bool {
         if let server = error as? DatabaseServerError { return server.endsSession }
-        guard let severity = (error as? PSQLError)?.serverInfo?[.severity] else { return false }
-        return severity == "FATAL" || severity == "PANIC"
+        return (error as? PSQLError).flatMap(DatabaseServerError.init)?.endsSession ?? false
     }
 
     /// PostgresNIO's older error type, as the rest of Loco expects errors.
