@@ -37,11 +37,19 @@ public struct TestDatabase: Sendable {
         let server = try serverURL()
         let logger = testLogger
         let name = "loco_test_\(UInt64.random(in: 0...UInt64.max) % 1_000_000_000_000)"
-        try await Self.admin(server, logger: logger, "CREATE DATABASE \(name)")
+        do {
+            try await Self.admin(server, logger: logger, "CREATE DATABASE \(name)")
+        } catch {
+            throw TestSetupError("cannot create the test database \(name): \(server.describe(error))")
+        }
         let url = server.with(database: name)
         let client = ConnectionPool(url: url, size: 8, logger: logger)
         do {
-            try await Migrator(database: client, logger: logger).migrate(migrations)
+            do {
+                try await Migrator(database: client, logger: logger).migrate(migrations)
+            } catch {
+                throw TestSetupError("cannot migrate the test database \(name): \(url.describe(error))")
+            }
             let result = try await body(TestDatabase(url: url, client: client, logger: logger))
             await client.close()
             try? await Self.admin(server, logger: logger, "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
