@@ -119,14 +119,32 @@ enum JobStatements {
     }
 
     struct Heartbeat: PostgresPreparedStatement {
-        static let name = "loco_heartbeat_v1"
+        static let name = "loco_heartbeat_v2"
+        // The heartbeat never waits for a row lock: it renews the leases it can lock at once and
+        // reports the rest of its jobs as busy (cancel_requested NULL). A plain UPDATE waited,
+        // and deadlocked with the completer's UPDATE of the same jobs locked in another order
+        // (seen in `scripts/bench queue`: both stalled for deadlock_timeout, one was retried);
+        // it also held every lease's renewal behind one row someone else kept locked. A busy
+        // job is one being finished, cancelled or rescued at that moment: the next beat says
+        // which. The last SELECT reads the statement's snapshot, where such a row is still ours.
         static let sql = """
-            UPDATE loco_jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
-            FROM unnest($1::int8[], $2::int8[]) AS t(id, attempt)
-            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = $3::text AND j.state = 'running'
-            RETURNING j.id, j.cancel_requested
+            WITH held AS (
+                SELECT * FROM unnest($1::int8[], $2::int8[]) AS t(id, attempt)
+            ), renewable AS MATERIALIZED (
+                SELECT j.id FROM loco_jobs j JOIN held t ON j.id = t.id AND j.attempt = t.attempt
+                WHERE j.locked_by = $3::text AND j.state = 'running'
+                FOR NO KEY UPDATE OF j SKIP LOCKED
+            ), renewed AS (
+                UPDATE loco_jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
+                FROM renewable r WHERE j.id = r.id
+                RETURNING j.id, j.cancel_requested
+            )
+            SELECT id, cancel_requested FROM renewed
+            UNION ALL
+            SELECT j.id, NULL FROM loco_jobs j JOIN held t ON j.id = t.id AND j.attempt = t.attempt
+            WHERE j.locked_by = $3::text AND j.state = 'running' AND j.id NOT IN (SELECT id FROM renewable)
             """
-        typealias Row = (Int64, Bool)
+        typealias Row = (Int64, Bool?)
 
         let held: [(id: Int64, attempt: Int)]
         let worker: String

@@ -164,15 +164,24 @@ public struct JobStore: Sendable {
         return updated
     }
 
-    /// Extends the leases of jobs this worker holds. Returns, for each job still held, whether
-    /// cancellation was requested; jobs missing from the result were lost.
-    func heartbeat(_ held: [(id: Int64, attempt: Int)], worker: String, lease: Duration, on db: some QueryRunner) async throws -> [Int64: Bool] {
+    /// Extends the leases of jobs this worker holds. Returns, for each job still held, whether its
+    /// lease was renewed (and whether cancellation was requested) or the job was busy (locked by
+    /// someone else at that moment); jobs missing from the result were lost.
+    func heartbeat(_ held: [(id: Int64, attempt: Int)], worker: String, lease: Duration, on db: some QueryRunner) async throws -> [Int64: LeaseRenewal] {
         guard !held.isEmpty else { return [:] }
         let rows = try await db.prepared(
             JobStatements.Heartbeat(held: held, worker: worker, leaseSeconds: lease.seconds), logger: logger)
-        var result: [Int64: Bool] = [:]
-        for (id, cancel) in rows { result[id] = cancel }
+        var result: [Int64: LeaseRenewal] = [:]
+        for (id, cancel) in rows { result[id] = cancel.map { .renewed(cancelRequested: $0) } ?? .busy }
         return result
+    }
+
+    /// What a heartbeat found for one job it still holds.
+    enum LeaseRenewal: Equatable {
+        case renewed(cancelRequested: Bool)
+        /// Another transaction had the job locked (its outcome being written, a cancel, the
+        /// rescuer): not renewed this time, not lost either.
+        case busy
     }
 
     // MARK: Presence

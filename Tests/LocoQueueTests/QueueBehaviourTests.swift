@@ -723,6 +723,39 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a heartbeat never waits for a job another transaction holds locked: it renews the rest and calls that one busy, not lost")
+    func heartbeatSkipsLockedJobs() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            _ = try await store.enqueueMany((0..<3).map { _ in NewJob(queue: "default", kind: "test.beat") }, on: db.client)
+            let claimed = try await store.claim(queue: "default", limit: 3, worker: "w", lease: .seconds(5), on: db.client)
+            let ids = claimed.map(\.id).sorted()
+            #expect(ids.count == 3)
+            let held = claimed.map { (id: $0.id, attempt: $0.attempt) }
+            // Another session writes the first job's outcome and has not committed yet: the
+            // completer, as a heartbeat runs. Then it goes on to the second job, which the
+            // heartbeat has just renewed. A heartbeat that waited for the first lock while it
+            // held the second deadlocked with it.
+            let answer = try await db.client.transaction { completer in
+                _ = try await completer.run("UPDATE loco_jobs SET errors = errors WHERE id = \(ids[0])", logger: db.logger)
+                let began = ContinuousClock.now
+                let answer = try await store.heartbeat(held, worker: "w", lease: .seconds(60), on: db.client)
+                #expect(ContinuousClock.now - began < .seconds(2))
+                _ = try await completer.run("UPDATE loco_jobs SET errors = errors WHERE id = \(ids[1])", logger: db.logger)
+                return answer
+            }
+            #expect(answer == [ids[0]: .busy, ids[1]: .renewed(cancelRequested: false), ids[2]: .renewed(cancelRequested: false)])
+            let leases = try await db.client.query("SELECT id, lease_expires_at > now() + interval '30 seconds' FROM loco_jobs ORDER BY id")
+            var renewed: [Int64: Bool] = [:]
+            for try await (id, long) in leases.decode((Int64, Bool).self) { renewed[id] = long }
+            #expect(renewed == [ids[0]: false, ids[1]: true, ids[2]: true])
+            // With nothing locked, the next beat renews it, and a requested cancel is reported.
+            try await db.client.query("UPDATE loco_jobs SET cancel_requested = true WHERE id = \(ids[2])")
+            let next = try await store.heartbeat(held, worker: "w", lease: .seconds(60), on: db.client)
+            #expect(next == [ids[0]: .renewed(cancelRequested: false), ids[1]: .renewed(cancelRequested: false), ids[2]: .renewed(cancelRequested: true)])
+        }
+    }
+
     @Test("transactional completion commits the handler's writes with the job, or neither")
     func transactionalCompletion() async throws {
         try await TestDatabase.with { db in

@@ -55,7 +55,7 @@ final class Completer: Sendable {
             } catch {
                 failures += 1
                 if failures == 1 || failures % 50 == 0 {
-                    logger.warning("cannot record job outcomes; retrying", metadata: ["jobs": "\(batch.count)", "error": "\(String(reflecting: error))"])
+                    logger.warning("cannot record job outcomes; retrying", metadata: ["jobs": "\(batch.count)", "error": "\(database.url.describe(error))"])
                 }
                 if stopping.isSet && failures > 20 {
                     // The database is gone; leases will expire and the rescuer re-runs these jobs.

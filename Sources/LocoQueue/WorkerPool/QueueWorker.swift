@@ -238,8 +238,8 @@ struct Heartbeat: Sendable {
             for job in held {
                 switch alive[job.id] {
                 case nil: shared.ledger.stop(job.id, attempt: job.attempt, reason: .leaseLost)
-                case true?: shared.ledger.stop(job.id, attempt: job.attempt, reason: .cancelRequested)
-                case false?: break
+                case .renewed(cancelRequested: true)?: shared.ledger.stop(job.id, attempt: job.attempt, reason: .cancelRequested)
+                case .renewed(cancelRequested: false)?, .busy?: break
                 }
             }
         } catch {
