@@ -158,7 +158,10 @@ public struct JobStore: Sendable {
     /// missing from the result had lost its lease: that outcome was dropped, never applied.
     func record(_ outcomes: [JobOutcome], worker: String, on db: some QueryRunner) async throws -> [Int64: JobState] {
         guard !outcomes.isEmpty else { return [:] }
-        let rows = try await db.prepared(JobStatements.Record(outcomes: outcomes, worker: worker), logger: logger)
+        // In id order, the order in which an index scan of `id = ANY(...)` (an operator's bulk
+        // cancel, say) locks the same rows: two writers that lock in one order cannot deadlock.
+        let inIDOrder = outcomes.sorted { $0.id < $1.id }
+        let rows = try await db.prepared(JobStatements.Record(outcomes: inIDOrder, worker: worker), logger: logger)
         var updated: [Int64: JobState] = [:]
         for (id, state) in rows { updated[id] = JobState(rawValue: state) }
         return updated

@@ -251,9 +251,14 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                 }
                 for query in stuck {
                     self.logger.warning("a query ran past \(queryTimeout); giving up on it and reconnecting")
-                    query.abandon(QueueError.databaseUnreachable(
-                        endpoint: self.url.endpoint, reason: "no answer to a query within \(queryTimeout); reconnecting"))
-                    self.drop(query.connection)
+                    // The connection is retired before the caller is let go, or the caller's
+                    // next call could be sent on it and fail as the close lands (a raw
+                    // PSQLError in one full test run); it is closed after, so that the caller
+                    // hears of the deadline, not of the close.
+                    self.drop(query.connection) {
+                        query.abandon(QueueError.databaseUnreachable(
+                            endpoint: self.url.endpoint, reason: "no answer to a query within \(queryTimeout); reconnecting"))
+                    }
                 }
             }
         }
@@ -318,12 +323,15 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         dropped.withLock { $0.contains(ObjectIdentifier(connection)) }
     }
 
-    private func drop(_ connection: PostgresConnection) {
+    /// Retires `connection`: no later call is sent on it. `beforeClosing` runs once that holds and
+    /// before the close starts.
+    private func drop(_ connection: PostgresConnection, beforeClosing: () -> Void = {}) {
         dropped.withLock { list in
             list.append(ObjectIdentifier(connection))
             if list.count > 8 { list.removeFirst() }
         }
         ready.withLock { if $0 === connection { $0 = nil } }
+        beforeClosing()
         let attempt = state.withLock { $0 }
         Task { [weak self] in
             if let attempt, let current = try? await attempt.value, current === connection { self?.forget(attempt) }
