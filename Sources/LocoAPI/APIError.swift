@@ -62,8 +62,19 @@ struct ErrorMiddleware: RouterMiddleware {
         } catch is CancellationError {
             throw CancellationError()
         } catch {
-            context.logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
+            context.logger.error("request failed", metadata: ["error": "\(Self.loggable(error))"])
             return errorResponse(.internalError(requestID: context.id))
         }
+    }
+
+    /// An unexpected error as the log shows it. PostgreSQL's errors give their message and
+    /// SQLSTATE only: their detail can quote a row's values ("Key (name)=(…)", "Failing row
+    /// contains …"), an environment variable's among them, and secrets never reach the log.
+    static func loggable(_ error: any Error) -> String {
+        if let psql = error as? PSQLError {
+            return DatabaseServerError(psql)?.message ?? "PostgreSQL client error: \(psql.code)"
+        }
+        if let server = error as? DatabaseServerError { return server.message }
+        return String(reflecting: error)
     }
 }
