@@ -71,10 +71,7 @@ struct ErrorMiddleware: RouterMiddleware {
     /// SQLSTATE only: their detail can quote a row's values ("Key (name)=(…)", "Failing row
     /// contains …"), an environment variable's among them, and secrets never reach the log.
     static func loggable(_ error: any Error) -> String {
-        if let psql = error as? PSQLError {
-            return DatabaseServerError(psql)?.message ?? "PostgreSQL client error: \(psql.code)"
-        }
-        if let server = error as? DatabaseServerError { return server.message }
+        if let psql = error as? PSQLError { return DatabaseServerError.text(of: psql) }
         return String(reflecting: error)
     }
 }

@@ -50,9 +50,7 @@ extension DatabaseURL {
     /// the server's message and SQLSTATE are safe to show (they never carry the password).
     public func describe(_ error: any Error) -> String {
         let explained = explain(error)
-        if let psql = explained as? PSQLError {
-            return DatabaseServerError(psql)?.message ?? "PostgreSQL client error: \(psql.code)"
-        }
+        if let psql = explained as? PSQLError { return DatabaseServerError.text(of: psql) }
         return "\(explained)"
     }
 
@@ -102,6 +100,11 @@ public struct DatabaseServerError: CodedError {
         serverMessage = message ?? "unknown error"
         self.detail = detail
         endsSession = severity == "FATAL" || severity == "PANIC"
+    }
+
+    /// `error` as a log line can show it: the server's message and SQLSTATE, never its detail.
+    public static func text(of error: PSQLError) -> String {
+        DatabaseServerError(error)?.message ?? "PostgreSQL client error: \(error.code)"
     }
 
     public var code: String { "database_error" }
