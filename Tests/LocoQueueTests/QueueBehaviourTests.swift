@@ -1038,6 +1038,70 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a producer's connection keeps one claim plan, made on an empty table, and it stays index scans with a backlog")
+    func claimKeepsOnePlan() async throws {
+        try await TestDatabase.with { db in
+            let claims = ReconnectingConnection(url: db.url, logger: db.logger, sessionSettings: JobStatements.Claim.sessionSettings)
+            // The worst start: statistics that say the table is empty, as after VACUUM on a new
+            // install. The kept plan is made now, on the first claim.
+            _ = try await db.client.query("VACUUM ANALYZE loco_jobs")
+            _ = try await db.client.query("VACUUM ANALYZE loco_queue_pauses")
+            #expect(try await db.store.claim(queue: "q", limit: 10, worker: "w", lease: .seconds(30), on: claims).isEmpty)
+            // A copy of the statement under a name of its own, planned now too, whose plan can be read.
+            _ = try await claims.run(PostgresQuery(unsafeSQL: "PREPARE claim_shape(text, int8, text, float8) AS " + JobStatements.Claim.sql), logger: db.logger)
+            func shape() async throws -> [String] {
+                let rows = try await claims.run("EXPLAIN (FORMAT JSON) EXECUTE claim_shape('q', 10, 'w', 30)", logger: db.logger)
+                var text = ""
+                for try await plan in rows.decode(String.self) { text = plan }
+                let plans = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
+                var nodes: [String] = []
+                func walk(_ node: [String: Any]) {
+                    nodes.append([node["Node Type"] as? String, node["Index Name"] as? String].compactMap { $0 }.joined(separator: " "))
+                    for child in node["Plans"] as? [[String: Any]] ?? [] { walk(child) }
+                }
+                walk(try #require(plans.first?["Plan"] as? [String: Any]))
+                return nodes
+            }
+            let indexScansOnly = ["ModifyTable", "Limit", "Index Only Scan loco_queue_pauses_pkey", "LockRows", "Result",
+                                  "Index Scan loco_jobs_claim", "CTE Scan", "Index Scan loco_jobs_pkey"]
+            let onEmpty = try await shape()
+            #expect(onEmpty == indexScansOnly)
+
+            // A backlog arrives in another queue, and a few jobs in this one, in priority order.
+            _ = try await db.client.query("""
+                INSERT INTO loco_jobs (queue, kind, args, state) SELECT 'backlog', 'k', '{}', 'available' FROM generate_series(1, 100000)
+                """)
+            _ = try await db.client.query("""
+                INSERT INTO loco_jobs (queue, kind, args, state, priority) SELECT 'q', 'k', '{}', 'available', 30 - n FROM generate_series(1, 30) n
+                """)
+            var claimed: [Set<Int64>] = []
+            for _ in 0..<3 {
+                claimed.append(Set(try await db.store.claim(queue: "q", limit: 10, worker: "w", lease: .seconds(30), on: claims).map(\.id)))
+            }
+            let byPriority = try await db.client.query("SELECT id FROM loco_jobs WHERE queue = 'q' ORDER BY priority, id")
+            var expected: [Int64] = []
+            for try await id in byPriority.decode(Int64.self) { expected.append(id) }
+            #expect(claimed == [Set(expected[0..<10]), Set(expected[10..<20]), Set(expected[20..<30])])
+            let kept = try await shape()
+            #expect(kept == indexScansOnly)
+            // Statistics that now know the backlog make PostgreSQL plan again: the same shape.
+            _ = try await db.client.query("ANALYZE loco_jobs")
+            let replanned = try await shape()
+            #expect(replanned == indexScansOnly)
+
+            // The claims themselves ran on the kept plan, never one made for their parameters.
+            let counts = try await claims.run(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = \(JobStatements.Claim.name)", logger: db.logger)
+            for try await (generic, custom) in counts.decode((Int64, Int64).self) {
+                #expect(generic == 4 && custom == 0)
+            }
+            for try await jit in try await claims.run("SELECT current_setting('jit')", logger: db.logger).decode(String.self) {
+                #expect(jit == "off")
+            }
+            await claims.close()
+        }
+    }
+
     @Test("single enqueues on a connection (the future-based path): every field stored, duplicates found, one statement prepared, server errors and dropped sessions reported")
     func futureEnqueuePath() async throws {
         try await TestDatabase.with { db in

@@ -23,6 +23,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// False behind a transaction-mode pooler (PgBouncer), where a statement prepared on one
     /// server connection is unknown on the next: the same SQL is then sent unprepared.
     let usePreparedStatements: Bool
+    /// Settings for every session this opens, made as it connects, so a reconnect gets them too.
+    let sessionSettings: [(name: String, value: String)]
     private let state = Mutex<Task<PostgresConnection, any Error>?>(nil)
     /// The established connection, so the hot path need not await the connect task again.
     private let ready = Mutex<PostgresConnection?>(nil)
@@ -49,8 +51,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30),
-                usePreparedStatements: Bool = true) {
+                usePreparedStatements: Bool = true, sessionSettings: [(name: String, value: String)] = []) {
         self.usePreparedStatements = usePreparedStatements
+        self.sessionSettings = sessionSettings
         self.url = url
         self.logger = logger
         self.connectTimeout = connectTimeout
@@ -64,9 +67,16 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         let attempt = state.withLock { current -> Task<PostgresConnection, any Error> in
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
-            let task = Task { [url, logger, connectTimeout] in
+            let task = Task { [url, logger, connectTimeout, sessionSettings] in
                 try await Self.deadline(connectTimeout, late: { connection in try? await connection.close() }) {
-                    try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: id, logger: logger)
+                    let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: id, logger: logger)
+                    do {
+                        try await Self.apply(sessionSettings, on: connection, logger: logger)
+                    } catch {
+                        try? await connection.close()
+                        throw error
+                    }
+                    return connection
                 }
             }
             current = task
@@ -340,6 +350,22 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     }
 
     struct DeadlineExceeded: Error {}
+
+    /// Makes the session's settings with `set_config`, rather than in the startup message,
+    /// which a pooler such as PgBouncer refuses for settings it does not know.
+    private static func apply(_ settings: [(name: String, value: String)], on connection: PostgresConnection,
+                              logger: Logger) async throws {
+        guard !settings.isEmpty else { return }
+        var binds = PostgresBindings(capacity: settings.count * 2)
+        var calls: [String] = []
+        for (index, setting) in settings.enumerated() {
+            binds.append(setting.name)
+            binds.append(setting.value)
+            calls.append("set_config($\(index * 2 + 1), $\(index * 2 + 2), false)")
+        }
+        let query = PostgresQuery(unsafeSQL: "SELECT " + calls.joined(separator: ", "), binds: binds)
+        for try await _ in try await connection.query(query, logger: logger) {}
+    }
 
     /// Runs `operation` but stops waiting for it after `timeout`, abandoning it: a task group
     /// would wait for its child, and PostgresNIO's connect was seen to ignore cancellation

@@ -21,6 +21,14 @@ struct WorkerShared: Sendable {
     func connect() -> ReconnectingConnection {
         ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly)
     }
+
+    /// A producer's connection, which only claims, with one kept plan for it. Behind a
+    /// transaction-mode pooler (poll-only mode) statements are not prepared and session settings
+    /// would leak to other clients, so it gets none.
+    func connectForClaims() -> ReconnectingConnection {
+        ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly,
+                               sessionSettings: configuration.pollOnly ? [] : JobStatements.Claim.sessionSettings)
+    }
 }
 
 /// A worker process's queue machinery as one `Service`: a pool per queue, the notification

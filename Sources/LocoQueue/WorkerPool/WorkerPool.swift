@@ -18,7 +18,7 @@ final class WorkerPool: Sendable {
         self.queue = queue
         self.concurrency = concurrency
         self.shared = shared
-        database = shared.connect()
+        database = shared.connectForClaims()
     }
 
     /// Claims and starts jobs until `stopping` is set.
