@@ -1105,6 +1105,26 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a session setting PostgreSQL refuses fails the connect with a coded error that names it, every time")
+    func refusedSessionSettings() async throws {
+        try await TestDatabase.with { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger,
+                                                    sessionSettings: [("jit", "off"), ("loco_no_such_setting", "on")])
+            for _ in 0..<2 {
+                do {
+                    _ = try await connection.run("SELECT 1", logger: db.logger)
+                    Issue.record("a connection with a refused setting was used")
+                } catch let error as QueueError {
+                    guard case let .sessionSettingsRefused(settings, reason) = error else { throw error }
+                    #expect(settings == ["jit", "loco_no_such_setting"])
+                    #expect(reason.contains("loco_no_such_setting"))
+                    #expect(error.code == "session_settings_refused" && error.hint.contains("PostgreSQL 12"))
+                }
+            }
+            await connection.close()
+        }
+    }
+
     @Test("single enqueues on a connection (the future-based path): every field stored, duplicates found, one statement prepared, server errors and dropped sessions reported")
     func futureEnqueuePath() async throws {
         try await TestDatabase.with { db in

@@ -364,7 +364,11 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             calls.append("set_config($\(index * 2 + 1), $\(index * 2 + 2), false)")
         }
         let query = PostgresQuery(unsafeSQL: "SELECT " + calls.joined(separator: ", "), binds: binds)
-        for try await _ in try await connection.query(query, logger: logger) {}
+        do {
+            for try await _ in try await connection.query(query, logger: logger) {}
+        } catch let error as PSQLError where error.code == .server {
+            throw QueueError.sessionSettingsRefused(settings: settings.map(\.name), reason: DatabaseServerError.text(of: error))
+        }
     }
 
     /// Runs `operation` but stops waiting for it after `timeout`, abandoning it: a task group

@@ -16,6 +16,7 @@ public enum QueueError: CodedError, Equatable {
     case leaseLost(id: Int64)
     case migrationFailed(version: Int, name: String, reason: String)
     case pauseNotRecorded(queue: String)
+    case sessionSettingsRefused(settings: [String], reason: String)
 
     public var code: String {
         switch self {
@@ -34,6 +35,7 @@ public enum QueueError: CodedError, Equatable {
         case .leaseLost: "lease_lost"
         case .migrationFailed: "migration_failed"
         case .pauseNotRecorded: "pause_not_recorded"
+        case .sessionSettingsRefused: "session_settings_refused"
         }
     }
 
@@ -69,6 +71,8 @@ public enum QueueError: CodedError, Equatable {
             "migration \(version) (\(name)) failed: \(reason)"
         case let .pauseNotRecorded(queue):
             "the pause of queue '\(queue)' was not recorded"
+        case let .sessionSettingsRefused(settings, reason):
+            "PostgreSQL refused the connection's session settings (\(settings.joined(separator: ", "))): \(reason)"
         }
     }
 
@@ -104,6 +108,8 @@ public enum QueueError: CodedError, Equatable {
             "Fix the database as the message says, then run 'locod migrate' again; applied migrations are not repeated."
         case .pauseNotRecorded:
             "Pause it again; 'locod queue stats' shows which queues are paused."
+        case .sessionSettingsRefused:
+            "They need PostgreSQL 12 or newer (Loco is tested on 15; 'SELECT version()' tells). Behind a transaction-mode pooler such as PgBouncer, run the worker with --poll-only."
         }
     }
 }

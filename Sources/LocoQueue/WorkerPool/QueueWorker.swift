@@ -17,17 +17,12 @@ struct WorkerShared: Sendable {
     /// Set once LISTEN is in place (notifications sent earlier were not seen).
     let listening = OneShotEvent()
 
-    /// A dedicated connection for one part of the worker.
-    func connect() -> ReconnectingConnection {
-        ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly)
-    }
-
-    /// A producer's connection, which only claims, with one kept plan for it. Behind a
+    /// A dedicated connection for one part of the worker, with `sessionSettings` for it. Behind a
     /// transaction-mode pooler (poll-only mode) statements are not prepared and session settings
-    /// would leak to other clients, so it gets none.
-    func connectForClaims() -> ReconnectingConnection {
+    /// would reach the pooler's other clients, so it gets none.
+    func connect(sessionSettings: [(name: String, value: String)] = []) -> ReconnectingConnection {
         ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly,
-                               sessionSettings: configuration.pollOnly ? [] : JobStatements.Claim.sessionSettings)
+                               sessionSettings: configuration.pollOnly ? [] : sessionSettings)
     }
 }
 

@@ -18,7 +18,8 @@ final class WorkerPool: Sendable {
         self.queue = queue
         self.concurrency = concurrency
         self.shared = shared
-        database = shared.connectForClaims()
+        // It only claims: it keeps one plan for the claim (see `Claim.sessionSettings`).
+        database = shared.connect(sessionSettings: JobStatements.Claim.sessionSettings)
     }
 
     /// Claims and starts jobs until `stopping` is set.
