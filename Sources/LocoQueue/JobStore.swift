@@ -504,22 +504,27 @@ public struct JobStore: Sendable {
     }
 
     /// Depth by queue and state, age of the oldest available job, and recent failures.
-    public func stats(on db: some QueryRunner) async throws -> QueueStats {
+    ///
+    /// The live states are counted through their partial indexes, so they cost what the live jobs
+    /// are, not the table. The finished states (`includingFinished`) are a scan of the whole table,
+    /// which keeps them for the retention period (7 days by default: millions of rows on a busy
+    /// queue); `/metrics` leaves them out, `locod queue stats` counts them.
+    public func stats(on db: some QueryRunner, includingFinished: Bool = true) async throws -> QueueStats {
         var queues: [String: QueueStats.Queue] = [:]
-        let depth = try await db.run("SELECT queue, state, count(*) FROM loco_jobs GROUP BY queue, state", logger: logger)
-        for try await (queue, state, count) in depth.decode((String, String, Int64).self) {
+        let live = try await db.run(PostgresQuery(unsafeSQL: Self.liveDepthSQL), logger: logger)
+        for try await (queue, state, count, oldest) in live.decode((String, String, Int64, Double?).self) {
             queues[queue, default: .init(name: queue)].depth[state] = Int(count)
+            if let oldest { queues[queue, default: .init(name: queue)].oldestAvailableSeconds = max(0, oldest) }
         }
-        let oldest = try await db.run("""
-            SELECT queue, extract(epoch FROM now() - min(run_at))::float8 FROM loco_jobs WHERE state = 'available' GROUP BY queue
-            """, logger: logger)
-        for try await (queue, age) in oldest.decode((String, Double).self) {
-            queues[queue, default: .init(name: queue)].oldestAvailableSeconds = max(0, age)
+        if includingFinished {
+            let finished = try await db.run("""
+                SELECT queue, state, count(*) FROM loco_jobs WHERE state IN ('completed', 'failed', 'cancelled') GROUP BY queue, state
+                """, logger: logger)
+            for try await (queue, state, count) in finished.decode((String, String, Int64).self) {
+                queues[queue, default: .init(name: queue)].depth[state] = Int(count)
+            }
         }
-        let failures = try await db.run("""
-            SELECT queue, count(*) FROM loco_jobs
-            WHERE state = 'failed' AND finalized_at > now() - interval '1 hour' GROUP BY queue
-            """, logger: logger)
+        let failures = try await db.run(PostgresQuery(unsafeSQL: Self.failedLastHourSQL), logger: logger)
         for try await (queue, count) in failures.decode((String, Int64).self) {
             queues[queue, default: .init(name: queue)].failedLastHour = Int(count)
         }
@@ -528,6 +533,22 @@ public struct JobStore: Sendable {
         }
         return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
     }
+
+    /// Each live state on its own branch, so each reads its own partial index: `loco_jobs_claim`
+    /// (queue and run_at are in it), `loco_jobs_due`, `loco_jobs_leases`, `loco_jobs_blocked`.
+    static let liveDepthSQL = """
+        SELECT queue, 'available', count(*), extract(epoch FROM now() - min(run_at))::float8
+            FROM loco_jobs WHERE state = 'available' GROUP BY queue
+        UNION ALL SELECT queue, 'scheduled', count(*), NULL FROM loco_jobs WHERE state = 'scheduled' GROUP BY queue
+        UNION ALL SELECT queue, 'running', count(*), NULL FROM loco_jobs WHERE state = 'running' GROUP BY queue
+        UNION ALL SELECT queue, 'blocked', count(*), NULL FROM loco_jobs WHERE state = 'blocked' GROUP BY queue
+        """
+
+    /// Reads `loco_jobs_failed` only: the hour's failures, not the hour's finished jobs.
+    static let failedLastHourSQL = """
+        SELECT queue, count(*) FROM loco_jobs
+        WHERE state = 'failed' AND finalized_at > now() - interval '1 hour' GROUP BY queue
+        """
 
     /// The workers that listed themselves, newest first: whether their session still holds the
     /// presence lock (the process lives) and how many jobs each is running.

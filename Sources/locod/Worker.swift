@@ -184,7 +184,7 @@ enum MetricsServer {
         let router = Router()
         let store = JobStore(logger: logger)
         router.get("/metrics") { _, _ -> Response in
-            if let stats = try? await store.stats(on: database) { metrics.update(from: stats) }
+            if let stats = try? await store.stats(on: database, includingFinished: false) { metrics.update(from: stats) }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }

@@ -1041,6 +1041,82 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("stats count the live jobs through their indexes, at the cost of the live jobs and not of the finished ones kept for retention")
+    func statsReadOnlyLiveJobs() async throws {
+        try await TestDatabase.with { db in
+            // A week of retention on a busy queue: finished jobs outnumber the live ones by far.
+            _ = try await db.client.query("""
+                INSERT INTO loco_jobs (queue, kind, state, finalized_at, attempt)
+                SELECT 'busy', 'k', 'completed', now() - n * interval '1 second', 1 FROM generate_series(1, 40000) n
+                """)
+            _ = try await db.client.query("""
+                INSERT INTO loco_jobs (queue, kind, state, finalized_at, run_at, locked_by, lease_expires_at, pending_deps)
+                VALUES ('busy', 'k', 'failed', now() - interval '5 minutes', now(), NULL, NULL, 0),
+                       ('busy', 'k', 'failed', now() - interval '50 minutes', now(), NULL, NULL, 0),
+                       ('busy', 'k', 'failed', now() - interval '2 hours', now(), NULL, NULL, 0),
+                       ('busy', 'k', 'cancelled', now(), now(), NULL, NULL, 0),
+                       ('busy', 'k', 'available', NULL, now() - interval '90 seconds', NULL, NULL, 0),
+                       ('busy', 'k', 'available', NULL, now() - interval '10 seconds', NULL, NULL, 0),
+                       ('busy', 'k', 'scheduled', NULL, now() + interval '1 hour', NULL, NULL, 0),
+                       ('busy', 'k', 'running', NULL, now(), 'w', now() + interval '30 seconds', 0),
+                       ('busy', 'k', 'blocked', NULL, now(), NULL, NULL, 1),
+                       ('busy', 'k', 'blocked', NULL, now(), NULL, NULL, 2),
+                       ('quiet', 'k', 'blocked', NULL, now(), NULL, NULL, 1)
+                """)
+            _ = try await db.client.query("ANALYZE loco_jobs")
+
+            let live = try await db.store.stats(on: db.client, includingFinished: false)
+            #expect(live.queues.map(\.name) == ["busy", "quiet"])
+            let busy = try #require(live.queues.first)
+            #expect(busy.depth == ["available": 2, "scheduled": 1, "running": 1, "blocked": 2])
+            #expect(try #require(busy.oldestAvailableSeconds) >= 90)
+            #expect(busy.failedLastHour == 2)
+            #expect(live.queues.last?.depth == ["blocked": 1] && live.queues.last?.oldestAvailableSeconds == nil)
+            let all = try await db.store.stats(on: db.client)
+            #expect(all.queues.first?.depth == ["available": 2, "scheduled": 1, "running": 1, "blocked": 2,
+                                                "completed": 40000, "failed": 3, "cancelled": 1])
+
+            // What each statement reads, in shared buffers, against the table's size in pages.
+            func buffersRead(_ sql: String) async throws -> Int {
+                var text = ""
+                for try await plan in try await db.client.query(PostgresQuery(unsafeSQL: "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)).decode(String.self) {
+                    text = plan
+                }
+                let plans = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
+                let top = try #require(plans.first?["Plan"] as? [String: Any])
+                return (top["Shared Hit Blocks"] as? Int ?? 0) + (top["Shared Read Blocks"] as? Int ?? 0)
+            }
+            let pages = Int(try await db.scalar("SELECT pg_relation_size('loco_jobs') / current_setting('block_size')::int8", as: Int64.self))
+            // The measure itself: counting the finished jobs reads the whole table.
+            #expect(try await buffersRead("SELECT state, count(*) FROM loco_jobs WHERE state = 'completed' GROUP BY state") >= pages)
+            let liveRead = try await buffersRead(JobStore.liveDepthSQL)
+            let failuresRead = try await buffersRead(JobStore.failedLastHourSQL)
+            #expect(liveRead * 10 < pages, "live depth read \(liveRead) of \(pages) pages")
+            #expect(failuresRead * 10 < pages, "the hour's failures read \(failuresRead) of \(pages) pages")
+        }
+    }
+
+    @Test("the depth gauges cover the live states, and a queue that empties reads 0, not its last depth")
+    func depthGauges() {
+        let metrics = QueueMetrics()
+        var queue = QueueStats.Queue(name: "build")
+        queue.depth = ["available": 3, "running": 2, "completed": 9]
+        queue.oldestAvailableSeconds = 4
+        metrics.update(from: QueueStats(queues: [queue]))
+        let before = metrics.render()
+        #expect(before.contains(#"loco_queue_depth{queue="build",state="available"} 3"#), "\(before)")
+        #expect(before.contains(#"loco_queue_depth{queue="build",state="running"} 2"#))
+        #expect(before.contains(#"loco_queue_depth{queue="build",state="blocked"} 0"#))
+        #expect(!before.contains(#"state="completed""#), "finished states have no gauge")
+        #expect(before.contains(#"loco_queue_oldest_available_age_seconds{queue="build"} 4"#))
+
+        metrics.update(from: QueueStats(queues: []))
+        let after = metrics.render()
+        #expect(after.contains(#"loco_queue_depth{queue="build",state="available"} 0"#), "\(after)")
+        #expect(after.contains(#"loco_queue_depth{queue="build",state="running"} 0"#))
+        #expect(after.contains(#"loco_queue_oldest_available_age_seconds{queue="build"} 0"#))
+    }
+
     @Test("a producer's connection keeps one claim plan, made on an empty table, and it stays index scans with a backlog")
     func claimKeepsOnePlan() async throws {
         try await TestDatabase.with { db in

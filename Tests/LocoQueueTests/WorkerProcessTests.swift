@@ -104,6 +104,8 @@ struct WorkerProcessTests {
             #expect(text.contains(#"loco_queue_jobs_failed_total{queue="default"} 1"#))
             #expect(text.contains(#"loco_queue_jobs_retried_total{queue="default"} 1"#))
             #expect(text.contains(#"loco_queue_depth{queue="later",state="scheduled"} 1"#))
+            #expect(text.contains(#"loco_queue_depth{queue="default",state="available"} 0"#))
+            #expect(!text.contains(#"state="completed""#), "finished states are not counted at scrape time")
             #expect(text.contains("loco_queue_start_lag_seconds_bucket"))
             #expect(text.contains("loco_queue_run_seconds_bucket"))
             #expect(text.contains("# HELP loco_queue_jobs_rescued_total") || !text.contains("loco_queue_jobs_rescued_total{"))

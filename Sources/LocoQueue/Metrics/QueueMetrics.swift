@@ -23,7 +23,7 @@ public final class QueueMetrics: Sendable {
     static var rescued: MetricNameDescriptor { name("jobs_rescued", "total", "Jobs returned to the queue after their worker's lease expired.") }
     static var timedOut: MetricNameDescriptor { name("jobs_timed_out", "total", "Handlers cancelled because they ran past their job timeout.") }
     static var databaseErrors: MetricNameDescriptor { name("database_errors", "total", "Failed queue statements, by operation.") }
-    static var depth: MetricNameDescriptor { name("depth", "", "Jobs by queue and state (read from the database at scrape time).") }
+    static var depth: MetricNameDescriptor { name("depth", "", "Live jobs (blocked, scheduled, available, running) by queue and state, read from the database at scrape time.") }
     static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
     static var paused: MetricNameDescriptor { name("paused", "", "1 while the queue is paused (locod queue pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
@@ -43,6 +43,8 @@ public final class QueueMetrics: Sendable {
     }
     private let counters = Mutex<[MadeKey: Counter]>([:])
     private let histograms = Mutex<[MadeKey: DurationHistogram]>([:])
+    /// Queues whose depth gauges have been set, so one that empties is set to zero.
+    private let knownQueues = Mutex<Set<String>>([])
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -97,10 +99,18 @@ public final class QueueMetrics: Sendable {
         counter("database_errors", [("operation", operation)]) { Self.databaseErrors }?.increment()
     }
 
-    /// Sets the depth gauges from `stats` (every state of every known queue, zeros included).
+    /// Sets the depth gauges from `stats`: every live state of every queue, zeros included. A
+    /// queue seen before and missing now (its jobs all finished or pruned) reads 0, not its last
+    /// depth. Finished states have no gauge: counting them reads the whole table (see `stats`);
+    /// the `jobs_completed`/`jobs_failed` counters say what finishes.
     public func update(from stats: QueueStats) {
-        for queue in stats.queues {
-            for state in JobState.allCases {
+        let seen = Set(stats.queues.map(\.name))
+        let gone = knownQueues.withLock { known in
+            defer { known.formUnion(seen) }
+            return known.subtracting(seen)
+        }
+        for queue in stats.queues + gone.sorted().map({ QueueStats.Queue(name: $0) }) {
+            for state in JobState.live {
                 registry.makeGauge(descriptor: Self.depth, labels: [("queue", queue.name), ("state", state.rawValue)])
                     .set(Double(queue.depth[state.rawValue] ?? 0))
             }

@@ -157,6 +157,13 @@ public enum QueueSchema {
             )
             """#,
         ]),
+        // What stats and /metrics count without reading the whole table (which holds every
+        // finished job for the retention period): blocked jobs by queue, and failures by time.
+        // Both states are rare, so the indexes cost writes only when a job enters them.
+        Migration(version: 5, name: "stats_indexes", statements: [
+            "CREATE INDEX loco_jobs_blocked ON loco_jobs (queue) WHERE state = 'blocked'",
+            "CREATE INDEX loco_jobs_failed ON loco_jobs (finalized_at) INCLUDE (queue) WHERE state = 'failed'",
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""
