@@ -312,12 +312,15 @@ public struct JobStore: Sendable {
         return 0
     }
 
-    /// Deletes up to `limit` jobs finished longer than `retention` ago; returns how many.
-    func pruneFinished(olderThan retention: Duration, limit: Int, on db: some QueryRunner) async throws -> Int {
+    /// Deletes up to `limit` jobs that ended in `state` longer than `retention` ago; returns how many.
+    func pruneFinished(_ state: JobState, olderThan retention: Duration, limit: Int, on db: some QueryRunner) async throws -> Int {
+        precondition(state.isFinal, "only finished jobs are pruned")
+        // The state is written into the statement (one of three fixed words), so PostgreSQL can
+        // match it to the partial index on finalized_at whatever plan it keeps.
         let rows = try await db.run("""
             WITH doomed AS MATERIALIZED (
                 SELECT id FROM loco_jobs
-                WHERE state IN ('completed', 'failed', 'cancelled')
+                WHERE state = '\(unescaped: state.rawValue)'
                   AND finalized_at < now() - make_interval(secs => \(retention.seconds))
                 ORDER BY finalized_at LIMIT \(limit)
                 FOR UPDATE SKIP LOCKED

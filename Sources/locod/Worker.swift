@@ -58,8 +58,17 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Retry backoff cap in seconds.")
     var retryCapSeconds: Int = 600
 
-    @Option(help: "Keep finished jobs this many hours before pruning.")
-    var retentionHours: Double = 168
+    @Option(help: "Keep finished jobs this many hours before pruning, whatever their state (default: per state, below).")
+    var retentionHours: Double?
+
+    @Option(help: "Keep completed jobs this many hours (default: --retention-hours, else 24).")
+    var completedRetentionHours: Double?
+
+    @Option(help: "Keep cancelled jobs this many hours (default: --retention-hours, else 24).")
+    var cancelledRetentionHours: Double?
+
+    @Option(help: "Keep failed jobs this many hours (default: --retention-hours, else 168).")
+    var failedRetentionHours: Double?
 
     @Flag(help: "Do not run the rescuer, scheduler, pruner and periodic jobs in this process.")
     var noMaintenance = false
@@ -96,6 +105,18 @@ struct Worker: AsyncParsableCommand {
         }
     }
 
+    /// A state's own flag, else --retention-hours, else the default for that state.
+    func retention() throws -> Retention {
+        let all = try retentionHours.map { try durationOption(seconds: $0 * 3600, option: "--retention-hours", atLeast: 0, example: "168") }
+        let defaults = all.map { Retention(all: $0) } ?? Retention()
+        func period(_ hours: Double?, _ option: String, _ fallback: Duration) throws -> Duration {
+            try hours.map { try durationOption(seconds: $0 * 3600, option: option, atLeast: 0, example: "24") } ?? fallback
+        }
+        return Retention(completed: try period(completedRetentionHours, "--completed-retention-hours", defaults.completed),
+                         cancelled: try period(cancelledRetentionHours, "--cancelled-retention-hours", defaults.cancelled),
+                         failed: try period(failedRetentionHours, "--failed-retention-hours", defaults.failed))
+    }
+
     func run() async throws {
         try await reportingErrors {
             let url = try database.url()
@@ -111,7 +132,7 @@ struct Worker: AsyncParsableCommand {
             configuration.jobTimeout = try jobTimeoutSeconds.map { try durationOption(seconds: $0, option: "--job-timeout-seconds", atLeast: 0.001, example: "600") }
             configuration.retry = RetryPolicy(base: try durationOption(seconds: Double(retryBaseMs) / 1000, option: "--retry-base-ms", atLeast: 0, example: "1000"),
                                               cap: try durationOption(seconds: Double(retryCapSeconds), option: "--retry-cap-seconds", atLeast: 0, example: "600"))
-            configuration.retention = try durationOption(seconds: retentionHours * 3600, option: "--retention-hours", atLeast: 0, example: "168")
+            configuration.retention = try retention()
             configuration.runMaintenance = !noMaintenance
             try checkedOption(metricsPort, "--metrics-port", in: 0...65_535, example: "9464")
             try stages.checkRanges()

@@ -845,25 +845,38 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("finished jobs are pruned in batches after the retention period; others stay")
+    @Test("finished jobs are pruned in batches after their state's retention period; others stay")
     func prune() async throws {
         try await TestDatabase.with { db in
+            func finish(_ jobs: [Int64], as state: JobState, hoursAgo: Int) async throws {
+                try await db.client.query("""
+                    UPDATE loco_jobs SET state = \(state.rawValue), finalized_at = now() - make_interval(secs => \(Double(hoursAgo * 3600))) WHERE id = ANY(\(jobs))
+                    """)
+            }
             let old = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "default", kind: "test.old"), count: 2500), on: db.client)
-            try await db.client.query("""
-                UPDATE loco_jobs SET state = 'completed', finalized_at = now() - interval '2 hours' WHERE id = ANY(\(old.map(\.id)))
-                """)
-            let recent = try await db.store.enqueue(NewJob(queue: "default", kind: "test.recent"), on: db.client)
-            try await db.client.query("UPDATE loco_jobs SET state = 'failed', finalized_at = now() WHERE id = \(recent.id)")
+            try await finish(old.map(\.id), as: .completed, hoursAgo: 2)
+            let newer = try await db.store.enqueue(NewJob(queue: "default", kind: "test.newer"), on: db.client)
+            try await finish([newer.id], as: .completed, hoursAgo: 0)
+            let cancelled = try await db.store.enqueue(NewJob(queue: "default", kind: "test.cancelled"), on: db.client)
+            try await finish([cancelled.id], as: .cancelled, hoursAgo: 2)
+            // Failed jobs are kept longer: the 2-hour-old one stays, the 4-hour-old one goes.
+            let failedRecently = try await db.store.enqueue(NewJob(queue: "default", kind: "test.failed"), on: db.client)
+            try await finish([failedRecently.id], as: .failed, hoursAgo: 2)
+            let failedLongAgo = try await db.store.enqueue(NewJob(queue: "default", kind: "test.failed"), on: db.client)
+            try await finish([failedLongAgo.id], as: .failed, hoursAgo: 4)
             let live = try await db.store.enqueue(NewJob(queue: "waiting", kind: "test.live"), on: db.client)
             var configuration = fastConfiguration([("default", 1)])
             configuration.pruneInterval = .milliseconds(50)
-            configuration.retention = .seconds(3600)
+            configuration.retention = Retention(completed: .seconds(3600), cancelled: .seconds(3600), failed: .seconds(3 * 3600))
             try await db.withWorker(configuration, handlers: JobHandlers()) { _ in
-                let pruned = try await eventually { try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 2 }
+                let pruned = try await eventually { try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 3 }
                 #expect(pruned)
             }
-            #expect(try await db.state(of: recent.id) == .failed)
+            #expect(try await db.state(of: newer.id) == .completed)
+            #expect(try await db.state(of: failedRecently.id) == .failed)
             #expect(try await db.state(of: live.id) == .available)
+            #expect(Retention() == Retention(completed: .seconds(86_400), cancelled: .seconds(86_400), failed: .seconds(7 * 86_400)),
+                    "River's defaults: a day, a day, a week")
         }
     }
 

@@ -278,6 +278,8 @@ struct WorkerProcessTests {
                                           ("--grace-seconds", "1e300", "--grace-seconds must be"),
                                           ("--orphan-grace-seconds", "0.5", "--orphan-grace-seconds must be a number of seconds from 1"),
                                           ("--poll-interval-ms", "0", "--poll-interval-ms must be a number of milliseconds from 1"),
+                                          ("--retention-hours", "nan", "--retention-hours must be a number of hours from 0"),
+                                          ("--failed-retention-hours", "100000", "--failed-retention-hours must be a number of hours from 0 to 87600 (got 100000)"),
                                           ("--metrics-port", "70000", "--metrics-port must be from 0 to 65535"),
                                           ("--max-image-mib", "99999999999999", "--max-image-mib must be from 1 to 1048576"),
                                           ("--keep-images", "0", "--keep-images must be from 1 to 1000")] {

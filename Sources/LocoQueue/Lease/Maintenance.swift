@@ -90,8 +90,8 @@ struct Maintenance: Sendable {
         }
     }
 
-    /// Finished jobs are deleted after the retention period, in batches so no statement holds
-    /// many row locks or runs long.
+    /// Finished jobs are deleted after their state's retention period, in batches so no
+    /// statement holds many row locks or runs long.
     func pruneLoop() async {
         var failures = FailureStreak(operation: "prune", doing: "prune finished jobs")
         while !Task.isCancelled {
@@ -99,10 +99,12 @@ struct Maintenance: Sendable {
             if Task.isCancelled { return }
             do {
                 var total = 0
-                while !Task.isCancelled {
-                    let deleted = try await store.pruneFinished(olderThan: configuration.retention, limit: 1000, on: client)
-                    total += deleted
-                    if deleted < 1000 { break }
+                for (state, period) in configuration.retention.byState {
+                    while !Task.isCancelled {
+                        let deleted = try await store.pruneFinished(state, olderThan: period, limit: 1000, on: client)
+                        total += deleted
+                        if deleted < 1000 { break }
+                    }
                 }
                 if total > 0 { shared.logger.info("pruned \(total) finished jobs") }
                 failures.succeeded(shared)

@@ -44,7 +44,8 @@ public struct WorkerConfiguration: Sendable {
     public var orphanGrace: Duration = .seconds(5)
     public var promoteInterval: Duration = .milliseconds(500)
     public var pruneInterval: Duration = .seconds(60)
-    public var retention: Duration = .seconds(7 * 24 * 3600)
+    /// How long finished jobs are kept, by how they ended.
+    public var retention = Retention()
     public var periodicJobs: [PeriodicJob] = []
 
     public init(queues: [QueueSlot], workerID: String = WorkerConfiguration.defaultWorkerID()) {
@@ -79,5 +80,31 @@ public struct WorkerConfiguration: Sendable {
             throw .invalidWorkerConfiguration(reason: "the job timeout must be positive (got \(jobTimeout)); leave it unset for no limit")
         }
         guard effectiveHeartbeat < leaseDuration else { throw .invalidWorkerConfiguration(reason: "the heartbeat interval must be shorter than the lease") }
+    }
+}
+
+/// How long finished jobs stay before the pruner deletes them, by how they ended. River's
+/// defaults: a day for completed and cancelled jobs, a week for failed ones, which are the ones
+/// someone comes back to read. A week of every completed job was millions of rows on a busy
+/// queue, each one in the way of the table's scans and its autovacuum.
+public struct Retention: Sendable, Equatable {
+    public var completed: Duration
+    public var cancelled: Duration
+    public var failed: Duration
+
+    public init(completed: Duration = .seconds(24 * 3600), cancelled: Duration = .seconds(24 * 3600),
+                failed: Duration = .seconds(7 * 24 * 3600)) {
+        self.completed = completed
+        self.cancelled = cancelled
+        self.failed = failed
+    }
+
+    /// The same period for every finished state.
+    public init(all period: Duration) {
+        self.init(completed: period, cancelled: period, failed: period)
+    }
+
+    var byState: [(state: JobState, period: Duration)] {
+        [(.completed, completed), (.cancelled, cancelled), (.failed, failed)]
     }
 }
