@@ -144,9 +144,9 @@ public struct JobStore: Sendable {
             JobStatements.Claim(queue: queue, limit: limit, worker: worker, leaseSeconds: lease.seconds), logger: logger)
         var claimed: [ClaimedJob] = []
         claimed.reserveCapacity(rows.count)
-        for (id, kind, args, attempt, maxAttempts, runAt, createdAt, attemptedAt) in rows {
+        for (id, kind, args, attempt, maxAttempts, runAt, createdAt, attemptedAt, hasDependents) in rows {
             claimed.append(ClaimedJob(id: id, queue: queue, kind: kind, args: args, attempt: attempt, maxAttempts: maxAttempts,
-                                      runAt: runAt, createdAt: createdAt, attemptedAt: attemptedAt))
+                                      runAt: runAt, createdAt: createdAt, attemptedAt: attemptedAt, hasDependents: hasDependents))
         }
         // Claim order matters to handlers that log or test it; RETURNING does not promise it.
         claimed.sort { $0.id < $1.id }
@@ -161,7 +161,14 @@ public struct JobStore: Sendable {
         // In id order, the order in which an index scan of `id = ANY(...)` (an operator's bulk
         // cancel, say) locks the same rows: two writers that lock in one order cannot deadlock.
         let inIDOrder = outcomes.sorted { $0.id < $1.id }
-        let rows = try await db.prepared(JobStatements.Record(outcomes: inIDOrder, worker: worker), logger: logger)
+        let record = JobStatements.Record(outcomes: inIDOrder, worker: worker)
+        // One job's dependents are settled by one statement of the trigger, in one order; two
+        // jobs' could be reached in crossed orders by two completers.
+        let rows = if inIDOrder.count(where: \.hasDependents) >= 2 {
+            try await db.prepared(JobStatements.RecordLockingInIDOrder(record: record), logger: logger)
+        } else {
+            try await db.prepared(record, logger: logger)
+        }
         var updated: [Int64: JobState] = [:]
         for (id, state) in rows { updated[id] = JobState(rawValue: state) }
         return updated
@@ -628,6 +635,8 @@ public struct ClaimedJob: Sendable {
     public let runAt: Date
     public let createdAt: Date
     public let attemptedAt: Date
+    /// Whether other jobs depend on this one (as of the claim).
+    let hasDependents: Bool
 }
 
 /// How an attempt ended, as written back to the job row.
@@ -643,6 +652,8 @@ struct JobOutcome: Sendable {
     var refund: Int = 0
     /// One `AttemptError` as JSON, or "" for none.
     var errorJSON: String = ""
+    /// Whether other jobs depend on this one: finishing it settles them (see `record`).
+    var hasDependents = false
 }
 
 /// `locod queue stats`.

@@ -759,6 +759,64 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("two completers finishing parents of the same two fan-in children, in crossed orders, do not deadlock")
+    func crossedFanInCompletions() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            let completerA = ReconnectingConnection(url: db.url, logger: db.logger)
+            let completerB = ReconnectingConnection(url: db.url, logger: db.logger)
+            func lockWaiters() async throws -> Int64 {
+                try await db.scalar("""
+                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    """, as: Int64.self)
+            }
+            // Worker a finishes parents p0 and p1, worker b p2 and p3; c's parents are p0 and p3,
+            // d's p1 and p2. A completion settles its rows' dependents in the order it updated
+            // the rows, ascending ids here, whatever the plan: by lease (made to rise with the
+            // id), by the outcomes' order (sorted by id), or by place in the table (rewritten in
+            // id order). So a reaches c first, b reaches d first, and each then needs the child
+            // the other holds.
+            let p = try await store.enqueueMany((0..<4).map { _ in NewJob(queue: "parents", kind: "test.parent") }, on: db.client).map(\.id).sorted()
+            let c = try await store.enqueue(NewJob(queue: "children", kind: "test.child", dependsOn: [p[0], p[3]]), on: db.client)
+            let d = try await store.enqueue(NewJob(queue: "children", kind: "test.child", dependsOn: [p[1], p[2]]), on: db.client)
+            let a = try await store.claim(queue: "parents", limit: 2, worker: "a", lease: .seconds(60), on: db.client)
+            let b = try await store.claim(queue: "parents", limit: 2, worker: "b", lease: .seconds(60), on: db.client)
+            #expect(a.map(\.id) == [p[0], p[1]] && b.map(\.id) == [p[2], p[3]])
+            #expect((a + b).allSatisfy { $0.hasDependents })
+            for (rank, id) in p.enumerated() {
+                try await db.client.query("UPDATE loco_jobs SET lease_expires_at = now() + make_interval(secs => \(Double(60 + rank))) WHERE id = \(id)")
+            }
+            // A third session holds c, so both completers line up for it, a first, then b
+            // (which by then may hold d); when it lets go, a gets c.
+            let (finishedA, finishedB) = try await db.client.transaction { holder in
+                _ = try await holder.run("SELECT id FROM loco_jobs WHERE id = \(c.id) FOR UPDATE", logger: db.logger)
+                let finishA = Task { try await store.record(a.map { JobOutcome(id: $0.id, attempt: $0.attempt, state: .completed, hasDependents: $0.hasDependents) }, worker: "a", on: completerA) }
+                #expect(try await eventually { try await lockWaiters() == 1 })
+                let finishB = Task { try await store.record(b.map { JobOutcome(id: $0.id, attempt: $0.attempt, state: .completed, hasDependents: $0.hasDependents) }, worker: "b", on: completerB) }
+                #expect(try await eventually { try await lockWaiters() == 2 })
+                return (finishA, finishB)
+            }
+            let (resultA, resultB) = (await finishedA.result, await finishedB.result)
+            // Before the fix, one of the two failed here with PostgreSQL's deadlock_detected.
+            #expect(try resultA.get() == [p[0]: .completed, p[1]: .completed])
+            #expect(try resultB.get() == [p[2]: .completed, p[3]: .completed])
+            #expect(try await db.state(of: c.id) == .available)
+            #expect(try await db.state(of: d.id) == .available)
+            // Jobs without dependents are written by the plain statement, which locks nothing first.
+            let leaves = try await store.claim(queue: "children", limit: 2, worker: "e", lease: .seconds(60), on: db.client)
+            #expect(leaves.count == 2 && !leaves.contains { $0.hasDependents })
+            let finishedLeaves = try await store.record(leaves.map { JobOutcome(id: $0.id, attempt: $0.attempt, state: .completed) }, worker: "e", on: completerA)
+            #expect(finishedLeaves.count == 2)
+            var prepared: Set<String> = []
+            for try await name in try await completerA.run("SELECT name FROM pg_prepared_statements", logger: db.logger).decode(String.self) {
+                prepared.insert(name)
+            }
+            #expect(prepared == [JobStatements.RecordLockingInIDOrder.name, JobStatements.Record.name])
+            await completerA.close()
+            await completerB.close()
+        }
+    }
+
     @Test("transactional completion commits the handler's writes with the job, or neither")
     func transactionalCompletion() async throws {
         try await TestDatabase.with { db in

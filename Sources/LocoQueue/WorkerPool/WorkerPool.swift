@@ -133,7 +133,8 @@ final class WorkerPool: Sendable {
             finishedInTransaction.withLock { $0 } ? nil : JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .completed)
         }
         shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
-        if let outcome {
+        if var outcome {
+            outcome.hasDependents = job.hasDependents
             shared.completer.submit(outcome)
         } else {
             shared.ledger.remove([(job.id, job.attempt)])
