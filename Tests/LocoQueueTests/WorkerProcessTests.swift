@@ -139,11 +139,21 @@ struct WorkerProcessTests {
             let quick = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 10}"#), on: db.client)
             let failed: JobRecord
             do {
-                failed = try await db.wait(for: slow.id, toBe: .failed)
+                // Twice, under the full suite's load (buildah and podman writing beside the tests'
+                // PostgreSQL), the retry stayed `scheduled` past 20 s, after the worker's first
+                // connections had waited 5 s for the server: the wait is a minute now.
+                failed = try await db.wait(for: slow.id, toBe: .failed, timeout: .seconds(60))
             } catch {
-                // Once, under a full CI run's load, the retry stayed `scheduled` for 20 s: keep
-                // what the worker said, to learn why if it happens again.
-                Issue.record("\(error)\nworker output:\n\(process.output.suffix(6000))")
+                // Keep what the worker said and what its sessions were doing, to learn why if
+                // it happens again.
+                var sessions = ""
+                let activity = try? await db.client.query("""
+                    SELECT concat_ws(' | ', application_name, state, wait_event_type, wait_event, now() - query_start, left(query, 100))
+                    FROM pg_stat_activity WHERE datname = current_database()
+                    """)
+                if let activity { for try await line in activity.decode(String.self) { sessions += line + "\n" } }
+                let due = try? await db.scalar("SELECT (run_at - now())::text FROM loco_jobs WHERE id = \(slow.id)", as: String.self)
+                Issue.record("\(error)\nrun_at - now(): \(due ?? "?")\nsessions:\n\(sessions)worker output:\n\(process.output.suffix(6000))")
                 return
             }
             #expect(failed.errors.map(\.code) == ["job_timeout", "job_timeout"], "worker output:\n\(process.output)")
