@@ -517,8 +517,9 @@ public struct JobStore: Sendable {
     ///
     /// The live states are counted through their partial indexes, so they cost what the live jobs
     /// are, not the table. The finished states (`includingFinished`) are a scan of the whole table,
-    /// which keeps them for the retention period (7 days by default: millions of rows on a busy
-    /// queue); `/metrics` leaves them out, `locod queue stats` counts them.
+    /// which keeps them for their retention period (a day for completed jobs, a week for failed
+    /// ones: millions of rows on a busy queue); `/metrics` and `locod queue stats --live` leave
+    /// them out.
     public func stats(on db: some QueryRunner, includingFinished: Bool = true) async throws -> QueueStats {
         var queues: [String: QueueStats.Queue] = [:]
         let live = try await db.run(PostgresQuery(unsafeSQL: Self.liveDepthSQL), logger: logger)

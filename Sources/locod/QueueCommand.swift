@@ -14,13 +14,15 @@ struct QueueCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Depth by queue and state, oldest available job, failures in the last hour.")
         @OptionGroup var database: DatabaseOptions
         @Option var output: OutputFormat = .text
+        @Flag(help: "Only the live states (blocked, scheduled, available, running): read through their indexes, fast however many finished jobs the table keeps.")
+        var live = false
 
         func run() async throws {
             try await reportingErrors {
                 try await database.withClient { client, _, logger in
-                    let stats = try await JobStore(logger: logger).stats(on: client)
+                    let stats = try await JobStore(logger: logger).stats(on: client, includingFinished: !live)
                     if output == .json { return try printJSON(stats) }
-                    let states = JobState.allCases.map(\.rawValue)
+                    let states = (live ? JobState.live : JobState.allCases).map(\.rawValue)
                     let header = ["queue"] + states + ["oldest_available", "failed_1h"]
                     var rows = [header]
                     for queue in stats.queues {

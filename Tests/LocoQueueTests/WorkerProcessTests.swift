@@ -329,6 +329,10 @@ struct WorkerProcessTests {
             #expect(stats.status == 0)
             let decoded = try JSONDecoder().decode(QueueStats.self, from: Data(stats.output.utf8))
             #expect(decoded.queues.first?.depth == ["available": 2, "failed": 1])
+            let live = try await runCommand(locod, ["queue", "stats", "--live", "--output", "json"], environment: env)
+            #expect(try JSONDecoder().decode(QueueStats.self, from: Data(live.output.utf8)).queues.first?.depth == ["available": 2])
+            let liveTable = try await runCommand(locod, ["queue", "stats", "--live"], environment: env).output
+            #expect(liveTable.contains("available") && !liveTable.contains("completed"), "\(liveTable)")
 
             #expect(try await runCommand(locod, ["queue", "retry", "\(failed.id)"], environment: env).output.contains("now available"))
             #expect(try await runCommand(locod, ["queue", "cancel", "\(queued.id)"], environment: env).output.contains("now cancelled"))
