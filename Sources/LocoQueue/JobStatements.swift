@@ -41,8 +41,10 @@ enum JobStatements {
         static let name = "loco_claim_v4"
         // The pause check names no column of loco_jobs, so PostgreSQL runs it once per claim
         // (a one-time filter), not per row.
-        static let sql = """
-            WITH picked AS MATERIALIZED (
+        static let sql = "WITH " + picked + "\n" + take
+        /// The claim's rows, as a CTE named `picked`: $1 the queue, $2 how many.
+        static let picked = """
+            picked AS MATERIALIZED (
                 SELECT id FROM loco_jobs
                 WHERE state = 'available' AND queue = $1::text
                   AND NOT EXISTS (SELECT FROM loco_queue_pauses WHERE queue = $1::text)
@@ -50,6 +52,9 @@ enum JobStatements {
                 LIMIT $2::int8
                 FOR UPDATE SKIP LOCKED
             )
+            """
+        /// Takes the `picked` rows: $3 the worker, $4 the lease in seconds.
+        static let take = """
             UPDATE loco_jobs j
             SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = $3::text,
                 lease_expires_at = now() + make_interval(secs => $4::float8)
@@ -95,7 +100,9 @@ enum JobStatements {
         // of it) still wins over a retry: the job is cancelled instead of running again. It reads
         // `j.cancel_requested`, the row being updated, so a cancel that commits first is seen.
         static let sql = update + "\nRETURNING j.id, j.state"
-        static let update = """
+        static let update = update(arrays: 1, worker: 7)
+        /// The UPDATE, its six outcome arrays starting at parameter `p`, the worker at `w`.
+        static func update(arrays p: Int, worker w: Int) -> String { """
             UPDATE loco_jobs j
             SET state = CASE WHEN j.cancel_requested AND t.state IN ('scheduled', 'available') THEN 'cancelled'
                              ELSE t.state END,
@@ -108,10 +115,10 @@ enum JobStatements {
                 locked_by = CASE WHEN t.state IN ('scheduled', 'available') AND NOT j.cancel_requested THEN NULL
                                  ELSE j.locked_by END,
                 lease_expires_at = NULL
-            FROM unnest($1::int8[], $2::int8[], $3::text[], $4::float8[], $5::int8[], $6::text[])
+            FROM unnest($\(p)::int8[], $\(p + 1)::int8[], $\(p + 2)::text[], $\(p + 3)::float8[], $\(p + 4)::int8[], $\(p + 5)::text[])
                 AS t(id, attempt, state, delay, refund, error)
-            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = $7::text AND j.state = 'running'
-            """
+            WHERE j.id = t.id AND j.attempt = t.attempt AND j.locked_by = $\(w)::text AND j.state = 'running'
+            """ }
         typealias Row = (Int64, String)
 
         let outcomes: [JobOutcome]
@@ -119,13 +126,51 @@ enum JobStatements {
 
         func makeBindings() throws -> PostgresBindings {
             var bindings = PostgresBindings(capacity: 7)
+            Self.append(outcomes, to: &bindings)
+            bindings.append(worker)
+            return bindings
+        }
+
+        /// The six arrays `update(arrays:worker:)` reads, in its order.
+        static func append(_ outcomes: [JobOutcome], to bindings: inout PostgresBindings) {
             bindings.append(outcomes.map(\.id))
             bindings.append(outcomes.map(\.attempt))
             bindings.append(outcomes.map(\.state.rawValue))
             bindings.append(outcomes.map(\.delaySeconds))
             bindings.append(outcomes.map(\.refund))
             bindings.append(outcomes.map(\.errorJSON))
-            bindings.append(worker)
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+    }
+
+    /// A claim that also writes outcomes of jobs the same producer claimed before, in one
+    /// statement and so one commit. Draining no-op jobs, every claim and every completion
+    /// otherwise waited for its own WAL flush (`pg_stat_wal`: as many syncs as commits). Only
+    /// outcomes of jobs without dependents ride along; those with dependents keep
+    /// `RecordLockingInIDOrder`'s order. Rows with a `recorded_state` are the written outcomes.
+    struct ClaimAndRecord: PostgresPreparedStatement {
+        static let name = "loco_claim_and_record_v1"
+        static let sql = """
+            WITH recorded AS (
+            \(Record.update(arrays: 5, worker: 3))
+            RETURNING j.id, j.state
+            ), \(Claim.picked), claimed AS (
+            \(Claim.take)
+            )
+            SELECT id, kind, args, attempt, max_attempts, run_at, created_at, attempted_at, has_dependents, NULL::text AS recorded_state
+            FROM claimed
+            UNION ALL
+            SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state FROM recorded
+            """
+        typealias Row = (Int64, String?, String?, Int?, Int?, Date?, Date?, Date?, Bool?, String?)
+
+        let claim: Claim
+        let outcomes: [JobOutcome]
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = try claim.makeBindings()
+            Record.append(outcomes, to: &bindings)
             return bindings
         }
 

@@ -153,6 +153,31 @@ public struct JobStore: Sendable {
         return claimed
     }
 
+    /// Claims as `claim` does and, in the same statement and commit, records `outcomes` (jobs
+    /// without dependents) as `record` does.
+    func claim(queue: String, limit: Int, worker: String, lease: Duration, recording outcomes: [JobOutcome],
+               on db: some QueryRunner) async throws -> (jobs: [ClaimedJob], recorded: [Int64: JobState]) {
+        guard !outcomes.isEmpty else {
+            return (try await claim(queue: queue, limit: limit, worker: worker, lease: lease, on: db), [:])
+        }
+        precondition(!outcomes.contains(where: \.hasDependents), "outcomes with dependents are written by record(_:worker:on:)")
+        let rows = try await db.prepared(JobStatements.ClaimAndRecord(
+            claim: .init(queue: queue, limit: limit, worker: worker, leaseSeconds: lease.seconds),
+            outcomes: outcomes.sorted { $0.id < $1.id }), logger: logger)
+        var claimed: [ClaimedJob] = []
+        var recorded: [Int64: JobState] = [:]
+        for (id, kind, args, attempt, maxAttempts, runAt, createdAt, attemptedAt, hasDependents, recordedState) in rows {
+            if let recordedState {
+                recorded[id] = JobState(rawValue: recordedState)
+            } else if let kind, let args, let attempt, let maxAttempts, let runAt, let createdAt, let attemptedAt, let hasDependents {
+                claimed.append(ClaimedJob(id: id, queue: queue, kind: kind, args: args, attempt: attempt, maxAttempts: maxAttempts,
+                                          runAt: runAt, createdAt: createdAt, attemptedAt: attemptedAt, hasDependents: hasDependents))
+            }
+        }
+        claimed.sort { $0.id < $1.id }
+        return (claimed, recorded)
+    }
+
     /// Records outcomes of jobs this worker holds; returns the state each job it really updated
     /// ended in (a retry becomes `cancelled` when a cancel was requested meanwhile). An id
     /// missing from the result had lost its lease: that outcome was dropped, never applied.

@@ -723,6 +723,77 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a claim that writes earlier outcomes: one statement, fenced like any record, prepared or not")
+    func claimAndRecord() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            for prepare in [true, false] {
+                let queue = prepare ? "carry" : "carry-unprepared"
+                let connection = ReconnectingConnection(url: db.url, logger: db.logger, usePreparedStatements: prepare)
+                let ids = try await store.enqueueMany(Array(repeating: NewJob(queue: queue, kind: "test.carry"), count: 6), on: db.client).map(\.id)
+                let first = try await store.claim(queue: queue, limit: 3, worker: "w", lease: .seconds(30), on: connection)
+                #expect(first.map(\.id) == Array(ids[0..<3]))
+                let error = #"{"attempt":1,"at":"2026-12-02T00:00:00Z","worker":"w","class":"retryable","code":"busy","message":"try later"}"#
+                let outcomes = [
+                    JobOutcome(id: ids[0], attempt: 1, state: .completed),
+                    JobOutcome(id: ids[1], attempt: 1, state: .scheduled, delaySeconds: 60, errorJSON: error),
+                    // A stale attempt: dropped, as `record` drops it.
+                    JobOutcome(id: ids[2], attempt: 7, state: .completed),
+                ]
+                let (next, recorded) = try await store.claim(queue: queue, limit: 3, worker: "w", lease: .seconds(30),
+                                                             recording: outcomes, on: connection)
+                #expect(next.map(\.id) == Array(ids[3..<6]))
+                #expect(next.allSatisfy { $0.attempt == 1 && $0.kind == "test.carry" && $0.args == "{}" && !$0.hasDependents })
+                #expect(recorded == [ids[0]: .completed, ids[1]: .scheduled])
+                #expect(try await db.state(of: ids[0]) == .completed)
+                let retried = try #require(try await store.job(id: ids[1], on: db.client))
+                #expect(retried.state == .scheduled)
+                #expect(retried.errors.map(\.code) == ["busy"])
+                #expect(retried.lockedBy == nil)
+                #expect(try await db.state(of: ids[2]) == .running)
+                // Another worker's name writes nothing, and an empty queue still answers the outcomes.
+                let (none, foreign) = try await store.claim(queue: queue, limit: 3, worker: "other", lease: .seconds(30),
+                                                            recording: [JobOutcome(id: ids[2], attempt: 1, state: .completed)], on: connection)
+                #expect(none.isEmpty && foreign.isEmpty)
+                let (empty, own) = try await store.claim(queue: queue, limit: 3, worker: "w", lease: .seconds(30),
+                                                         recording: [JobOutcome(id: ids[2], attempt: 1, state: .completed)], on: connection)
+                #expect(empty.isEmpty)
+                #expect(own == [ids[2]: .completed])
+                await connection.close()
+            }
+        }
+    }
+
+    @Test("a busy pool's outcomes ride on its next claim and none are left waiting when the queue empties, with a 30 s poll")
+    func busyPoolCarriesOutcomes() async throws {
+        try await TestDatabase.with { db in
+            let runs = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.carried") { _, context in
+                try await Task.sleep(for: .milliseconds(20))
+                runs.record(context.id)
+            }
+            var configuration = fastConfiguration([("carried", 3)])
+            // Outcomes left behind would wait for a poll; this one would come after the test's wait.
+            configuration.pollInterval = .seconds(30)
+            try await db.withWorker(configuration, handlers: handlers) { worker in
+                await worker.waitUntilListening()
+                for round in 1...3 {
+                    // Full claims (3 of 3), then claims that come back empty: the last outcomes
+                    // must be written by the claim that finds nothing, not by a poll.
+                    let ids = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "carried", kind: "test.carried"), count: 9),
+                                                             on: db.client).map(\.id)
+                    let done = try await eventually(timeout: .seconds(10), every: .milliseconds(20)) {
+                        try await db.scalar("SELECT count(*) FROM loco_jobs WHERE id = ANY(\(ids)) AND state = 'completed'", as: Int64.self) == 9
+                    }
+                    #expect(done, "round \(round): not every job was recorded completed within 10 s")
+                }
+            }
+            #expect(runs.snapshot.count == 27)
+            #expect(runs.snapshot.values.allSatisfy { $0 == 1 })
+        }
+    }
+
     @Test("a heartbeat never waits for a job another transaction holds locked: it renews the rest and calls that one busy, not lost")
     func heartbeatSkipsLockedJobs() async throws {
         try await TestDatabase.with { db in

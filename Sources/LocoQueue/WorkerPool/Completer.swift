@@ -30,6 +30,13 @@ final class Completer: Sendable {
         wake.signal()
     }
 
+    /// Outcomes a producer could not write with its claim: written with the next batch, first.
+    func submit(contentsOf outcomes: [JobOutcome]) {
+        guard !outcomes.isEmpty else { return }
+        pending.withLock { $0.insert(contentsOf: outcomes, at: 0) }
+        wake.signal()
+    }
+
     var backlog: Int { pending.withLock { $0.count } }
 
     /// Writes outcomes until `stopping` is set and nothing is left to write.
@@ -69,7 +76,8 @@ final class Completer: Sendable {
         }
     }
 
-    private func account(_ batch: [JobOutcome], updated: [Int64: JobState]) {
+    /// Metrics, warnings for dropped results, and the ledger, for a batch written (here or with a claim).
+    func account(_ batch: [JobOutcome], updated: [Int64: JobState]) {
         for outcome in batch {
             guard let state = updated[outcome.id] else {
                 metrics.resultDropped(queue: outcome.queue)

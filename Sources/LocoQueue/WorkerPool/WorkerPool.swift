@@ -11,6 +11,11 @@ final class WorkerPool: Sendable {
     let concurrency: Int
     let wake = WakeSignal()
     private let running = Mutex<(count: Int, waitingForSlot: Bool)>((0, false))
+    /// While the queue is busy (the last claim came back full), outcomes of this pool's jobs
+    /// without dependents wait here for the producer's next claim, which writes them in its
+    /// own statement: one commit, and one WAL flush, instead of two. That claim comes as soon
+    /// as a slot frees up (after at most `claimGather`), so they wait well under a millisecond.
+    private let carried = Mutex<(enabled: Bool, outcomes: [JobOutcome])>((false, []))
     private let shared: WorkerShared
     private let database: ReconnectingConnection
 
@@ -25,6 +30,7 @@ final class WorkerPool: Sendable {
     /// Claims and starts jobs until `stopping` is set.
     func produce(stopping: OneShotEvent) async {
         defer { Task { [database] in await database.close() } }
+        defer { carry(false) }
         var failures = 0
         var busy = false, gathered = false
         let configuration = shared.configuration
@@ -34,7 +40,12 @@ final class WorkerPool: Sendable {
                 state.waitingForSlot = free <= 0
                 return free
             }
-            if free <= 0 || shared.completer.backlog > concurrency * 8 {
+            if shared.completer.backlog > concurrency * 8 {
+                carry(false)
+                await wake.wait(timeout: configuration.pollInterval)
+                continue
+            }
+            if free <= 0 {
                 await wake.wait(timeout: configuration.pollInterval)
                 continue
             }
@@ -48,13 +59,22 @@ final class WorkerPool: Sendable {
                 continue
             }
             let limit = min(free, configuration.maxClaimBatch)
+            let outcomes = carried.withLock { state in
+                defer { state.outcomes.removeAll(keepingCapacity: true) }
+                return state.outcomes
+            }
             let jobs: [ClaimedJob]
             do {
-                jobs = try await shared.store.claim(queue: queue, limit: limit, worker: configuration.workerID,
-                                                    lease: configuration.leaseDuration, on: database)
+                let recorded: [Int64: JobState]
+                (jobs, recorded) = try await shared.store.claim(
+                    queue: queue, limit: limit, worker: configuration.workerID, lease: configuration.leaseDuration,
+                    recording: outcomes, on: database)
+                if !outcomes.isEmpty { shared.completer.account(outcomes, updated: recorded) }
                 if failures > 0 { shared.logger.info("claiming works again", metadata: ["queue": "\(queue)"]) }
                 failures = 0
             } catch {
+                shared.completer.submit(contentsOf: outcomes)
+                carry(false)
                 failures += 1
                 shared.metrics.databaseError(operation: "claim")
                 if failures == 1 || failures % 50 == 0 {
@@ -67,10 +87,22 @@ final class WorkerPool: Sendable {
             for job in jobs { start(job) }
             busy = jobs.count == limit
             gathered = false
+            carry(busy && !stopping.isSet)
             if jobs.count < limit {
                 await wake.wait(timeout: configuration.pollInterval.jittered())
             }
         }
+    }
+
+    /// Whether outcomes wait for the next claim; when not, those waiting go to the completer.
+    private func carry(_ enabled: Bool) {
+        let left = carried.withLock { state -> [JobOutcome] in
+            state.enabled = enabled
+            guard !enabled else { return [] }
+            defer { state.outcomes.removeAll() }
+            return state.outcomes
+        }
+        shared.completer.submit(contentsOf: left)
     }
 
     private func start(_ job: ClaimedJob) {
@@ -135,7 +167,14 @@ final class WorkerPool: Sendable {
         shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
         if var outcome {
             outcome.hasDependents = job.hasDependents
-            shared.completer.submit(outcome)
+            if !outcome.hasDependents, carried.withLock({ state in
+                if state.enabled { state.outcomes.append(outcome) }
+                return state.enabled
+            }) {
+                // The producer's next claim writes it.
+            } else {
+                shared.completer.submit(outcome)
+            }
         } else {
             shared.ledger.remove([(job.id, job.attempt)])
         }
