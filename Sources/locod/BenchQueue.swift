@@ -227,26 +227,44 @@ struct QueueBench {
 
     /// Time for one worker process to complete every available job of `queue`.
     func drainQueue(_ queue: String, on db: ReconnectingConnection) async throws -> Duration {
+        let ran = Atomic<Int>(0)
         var handlers = JobHandlers()
-        handlers.register(kind: "bench.noop") { _, _ in }
+        handlers.register(kind: "bench.noop") { _, _ in ran.add(1, ordering: .relaxed) }
         let worker = try worker(queue, handlers: handlers)
         let began = ContinuousClock.now
         let running = Task { try await worker.run() }
-        while true {
-            let rows = try await db.run("""
-                SELECT EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'available' AND queue = \(queue))
-                    OR EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'running' AND queue = \(queue))
-                """, logger: logger)
-            var pending = true
-            for try await value in rows.decode(Bool.self) { pending = value }
-            if !pending { break }
-            // Each probe reads only the partial indexes, so polling costs the drain almost nothing.
+        // Until every job has run, count in the process rather than ask the database: each probe
+        // below took 0.73-0.88 ms of server time in drains (pg_stat_statements; claimed jobs
+        // leave dead entries in the indexes it reads), about 8% of one core at a hundred a second.
+        var asked = ContinuousClock.now
+        while ran.load(ordering: .relaxed) < jobs {
+            try await Task.sleep(for: .milliseconds(2))
+            // A job that never runs to the end (a failure) would keep the count short: ask the
+            // database once a second too.
+            if ContinuousClock.now - asked > .seconds(1) {
+                asked = .now
+                if try await !pending(queue, on: db) { break }
+            }
+        }
+        // Only the last outcomes are still being written by now.
+        while try await pending(queue, on: db) {
             try await Task.sleep(for: .milliseconds(10))
         }
         let elapsed = ContinuousClock.now - began
         worker.stop()
         try await running.value
         return elapsed
+    }
+
+    /// Whether `queue` still has jobs available or running.
+    func pending(_ queue: String, on db: ReconnectingConnection) async throws -> Bool {
+        let rows = try await db.run("""
+            SELECT EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'available' AND queue = \(queue))
+                OR EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'running' AND queue = \(queue))
+            """, logger: logger)
+        var pending = true
+        for try await value in rows.decode(Bool.self) { pending = value }
+        return pending
     }
 
     /// Enqueue-to-handler-start delay at a steady rate, one job per enqueue, worker idle and listening.

@@ -4,7 +4,8 @@ import Synchronization
 
 /// Writes job outcomes in batches: whatever finished while the previous write was in flight
 /// goes out in the next single UPDATE (group commit), so a busy worker pays one round trip for
-/// many jobs and an idle one still writes each outcome at once.
+/// many jobs and an idle one still writes each outcome at once. A busy pool's outcomes of jobs
+/// without dependents skip it: its producer's next claim writes them (see `WorkerPool`).
 final class Completer: Sendable {
     private let pending = Mutex<[JobOutcome]>([])
     private let wake = WakeSignal()
