@@ -149,6 +149,11 @@ enum JobStatements {
     /// otherwise waited for its own WAL flush (`pg_stat_wal`: as many syncs as commits). Only
     /// outcomes of jobs without dependents ride along; those with dependents keep
     /// `RecordLockingInIDOrder`'s order. Rows with a `recorded_state` are the written outcomes.
+    /// Their branch comes first, so the outcomes are written before the claim locks anything:
+    /// the statement waits for row locks only while it holds none of the claimed rows, as the
+    /// two statements did. With the claim first, it held the rows it had just claimed while it
+    /// waited for an outcome's row, and a transaction holding that row and wanting one of those
+    /// deadlocked with it (seen in `claimAndRecordLockOrder`).
     struct ClaimAndRecord: PostgresPreparedStatement {
         static let name = "loco_claim_and_record_v1"
         static let sql = """
@@ -158,10 +163,11 @@ enum JobStatements {
             ), \(Claim.picked), claimed AS (
             \(Claim.take)
             )
-            SELECT id, kind, args, attempt, max_attempts, run_at, created_at, attempted_at, has_dependents, NULL::text AS recorded_state
-            FROM claimed
+            SELECT id, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::timestamptz, NULL::timestamptz,
+                   NULL::timestamptz, NULL::boolean, state::text AS recorded_state
+            FROM recorded
             UNION ALL
-            SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state FROM recorded
+            SELECT id, kind, args, attempt, max_attempts, run_at, created_at, attempted_at, has_dependents, NULL FROM claimed
             """
         typealias Row = (Int64, String?, String?, Int?, Int?, Date?, Date?, Date?, Bool?, String?)
 

@@ -764,6 +764,46 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a claim that writes outcomes waits for an outcome's row before it claims anything, so a transaction holding that row and then locking a queued job does not deadlock with it")
+    func claimAndRecordLockOrder() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            let ids = try await store.enqueueMany(Array(repeating: NewJob(queue: "order", kind: "test.order"), count: 2), on: db.client).map(\.id)
+            let running = try #require(try await store.claim(queue: "order", limit: 1, worker: "w", lease: .seconds(30), on: db.client).first?.id)
+            let queued = try #require(ids.first { $0 != running })
+            let producer = ReconnectingConnection(url: db.url, logger: db.logger)
+            // Closed on every path: PostgresNIO traps on a connection released unclosed, which
+            // would end the whole test process on a failure here rather than report it.
+            func claimBesideHolder() async throws -> ([ClaimedJob], [Int64: JobState]) {
+                let claiming = try await db.client.transaction { holder in
+                    _ = try await holder.run("SELECT 1 FROM loco_jobs WHERE id = \(running) FOR UPDATE", logger: db.logger)
+                    let claiming = Task {
+                        try await store.claim(queue: "order", limit: 1, worker: "w", lease: .seconds(30),
+                                              recording: [JobOutcome(id: running, attempt: 1, state: .completed)], on: producer)
+                    }
+                    let waiting = try await eventually(timeout: .seconds(20), every: .milliseconds(20)) {
+                        try await db.scalar("""
+                            SELECT count(*) FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%recorded%'
+                            """, as: Int64.self) == 1
+                    }
+                    #expect(waiting, "the claim never waited for the outcome's row")
+                    // Had the claim locked the queued job before it waited, this would wait for it
+                    // in turn, and PostgreSQL would end one of the two as a deadlock.
+                    _ = try await holder.run("SELECT 1 FROM loco_jobs WHERE id = \(queued) FOR UPDATE", logger: db.logger)
+                    return claiming
+                }
+                return try await claiming.value
+            }
+            let outcome: Result<([ClaimedJob], [Int64: JobState]), any Error>
+            do { outcome = .success(try await claimBesideHolder()) } catch { outcome = .failure(error) }
+            await producer.close()
+            let (jobs, recorded) = try outcome.get()
+            #expect(recorded == [running: .completed])
+            #expect(jobs.map(\.id) == [queued])
+        }
+    }
+
     @Test("a busy pool's outcomes ride on its next claim and none are left waiting when the queue empties, with a 30 s poll")
     func busyPoolCarriesOutcomes() async throws {
         try await TestDatabase.with { db in
