@@ -167,14 +167,12 @@ final class WorkerPool: Sendable {
         shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
         if var outcome {
             outcome.hasDependents = job.hasDependents
-            if !outcome.hasDependents, carried.withLock({ state in
+            // While carrying is on, the producer's next claim writes it.
+            let carriedByClaim = !outcome.hasDependents && carried.withLock { state in
                 if state.enabled { state.outcomes.append(outcome) }
                 return state.enabled
-            }) {
-                // The producer's next claim writes it.
-            } else {
-                shared.completer.submit(outcome)
             }
+            if !carriedByClaim { shared.completer.submit(outcome) }
         } else {
             shared.ledger.remove([(job.id, job.attempt)])
         }
