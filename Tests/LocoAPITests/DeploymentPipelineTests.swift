@@ -190,6 +190,47 @@ struct DeploymentPipelineTests {
         }
     }
 
+    @Test("a stage job that failed and was pruned before any reconciler saw it fails its deployment with JOB_GONE")
+    func stageJobGone() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let web = try await harness.app("web", in: team, owner: ann)
+            let api = try await harness.app("api", in: team, owner: ann)
+            let db = harness.database
+            func jobID(_ deployment: Deployment, _ stage: Stage) async throws -> Int64 {
+                try await db.scalar("SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deployment.id) AND stage = \(stage.rawValue)", as: Int64.self)
+            }
+            // web: an operator cancels its build job (the dependents go with it), and the cancelled
+            // jobs are pruned while no 'locod api' runs.
+            let lost = try await harness.deployment(of: web)
+            #expect(try await db.store.cancel(id: try await jobID(lost, .build), on: db.client) == .cancelled)
+            _ = try await db.client.query("DELETE FROM loco_jobs WHERE state = 'cancelled'")
+            // api: its build completed and was pruned, while push waits in a paused queue: not stuck.
+            let waiting = try await harness.deployment(of: api)
+            let (waitingBuild, waitingPush) = (try await jobID(waiting, .build), try await jobID(waiting, .push))
+            _ = try await db.client.query("UPDATE loco_jobs SET state = 'available' WHERE id = \(waitingPush)")
+            _ = try await db.client.query("DELETE FROM loco_jobs WHERE id = \(waitingBuild)")
+
+            // Younger than an hour, a deployment is left alone.
+            try await harness.api.reconcile()
+            #expect(try await harness.store.deployment(id: lost.id, on: db.client)?.state == .queued)
+            _ = try await db.client.query("UPDATE loco_deployments SET created_at = now() - interval '2 hours'")
+            try await harness.api.reconcile()
+
+            let failed = try #require(try await harness.store.deployment(id: lost.id, on: db.client))
+            #expect(failed.state == .failed)
+            let report = try #require(failed.report)
+            #expect(report.stage == "build" && report.code == "JOB_GONE", "\(report)")
+            #expect(report.hint.contains("locod api"))
+            #expect(try await db.state(ofDeploymentJob: lost.id, stage: "cleanup") == "available", "the failure's cleanup is queued")
+            #expect(try await harness.store.deployment(id: waiting.id, on: db.client)?.state == .queued, "a deployment with a job left to run is not stuck")
+            // The app is free again.
+            let next = try await harness.deployment(of: web)
+            #expect(next.state == .queued)
+        }
+    }
+
     @Test("a failed stage fails the deployment with a report, cleans up, and starts the next in line")
     func failureAndQueue() async throws {
         try await Harness.with { harness in

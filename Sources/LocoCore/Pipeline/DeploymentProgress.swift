@@ -217,7 +217,53 @@ extension CoreStore {
                     attempts: attempts)
                 released += try await end(deploymentID: id, as: .failed, report: report, message: "\(report.code): \(report.message)", on: connection)
             }
+            for (id, stage) in try await deploymentsWithJobsGone(on: connection) {
+                let report = FailureReport(
+                    stage: stage,
+                    code: "JOB_GONE",
+                    message: "the \(stage) stage's job ended without a result and was deleted before the deployment heard of it, so its error history is gone",
+                    hint: "Deploy again with 'loco deploy'. If this repeats, ask your operator to keep a 'locod api' running (it records such endings within seconds) or to keep finished jobs longer ('locod worker --failed-retention-hours', '--cancelled-retention-hours').",
+                    evidence: ["job_state": .string("deleted")],
+                    attempts: [])
+                released += try await end(deploymentID: id, as: .failed, report: report, message: "\(report.code): \(report.message)", on: connection)
+            }
             return released
         }
+    }
+
+    /// Deployments in flight for over an hour that have nothing left to run and a stage job that
+    /// no longer exists: its job failed or was cancelled and then pruned (after the retention
+    /// period, a day for cancelled jobs by default) while no reconciler ran, so the query above,
+    /// which starts from the jobs, can no longer see it. Without this the deployment would stay in
+    /// flight forever and refuse every later deploy of its app. Returns (deployment, stage) pairs.
+    func deploymentsWithJobsGone(on connection: PostgresConnection) async throws -> [(Int64, String)] {
+        // The state list matches the predicate of loco_deployments_one_in_flight, so that partial
+        // index bounds the scan to the deployments in flight.
+        let rows = try await connection.run("""
+            SELECT d.id, d.state,
+                   ARRAY(SELECT dj.stage FROM loco_deployment_jobs dj
+                         WHERE dj.deployment_id = d.id AND dj.stage <> 'cleanup'
+                           AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = dj.job_id)) AS gone
+            FROM loco_deployments d
+            WHERE d.state IN ('queued','building','pushing','applying','waiting') AND NOT d.in_line
+              AND d.created_at < now() - interval '1 hour'
+              AND EXISTS (SELECT FROM loco_deployment_jobs dj
+                          WHERE dj.deployment_id = d.id AND dj.stage <> 'cleanup'
+                            AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = dj.job_id))
+              AND NOT EXISTS (SELECT FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id
+                              WHERE dj.deployment_id = d.id AND dj.stage <> 'cleanup'
+                                AND j.state IN ('blocked','scheduled','available','running'))
+            ORDER BY d.id
+            FOR UPDATE SKIP LOCKED
+            """, logger: logger)
+        var found: [(Int64, String)] = []
+        for try await (id, state, gone) in rows.decode((Int64, String, [String]).self) {
+            // The stage the deployment was in, if its job is among the missing; else the first missing.
+            let current = Stage.allCases.first { $0.runningState?.rawValue == state }?.rawValue
+            let stage = current.flatMap { gone.contains($0) ? $0 : nil }
+                ?? Stage.allCases.map(\.rawValue).first(where: gone.contains) ?? gone.first ?? "build"
+            found.append((id, stage))
+        }
+        return found
     }
 }
