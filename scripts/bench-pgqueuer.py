@@ -67,40 +67,50 @@ async def drain(dsn: str, entrypoint: str, concurrency: int) -> float:
 
 
 async def start_latency(dsn: str, queries: Queries, rate_per_s: int, seconds: int, concurrency: int) -> dict:
-    samples: list[float] = []
+    total = rate_per_s * seconds
+    # Wall-clock seconds per job: when its enqueue was called, when it returned, when its handler started.
+    sent, returned, started = [0.0] * total, [0.0] * total, {}
     connection = await asyncpg.connect(dsn)
     manager = QueueManager(Queries(AsyncpgDriver(connection)))
 
     @manager.entrypoint("latency")
     async def measure(job: Job) -> None:
-        samples.append((time.time() - float(job.payload.decode())) * 1000)
+        started[int(job.payload.decode())] = time.time()
 
     worker = asyncio.create_task(manager.run(batch_size=concurrency))
     await asyncio.sleep(0.5)  # listening and idle
-    total = rate_per_s * seconds
     start = time.perf_counter()
     for index in range(total):
         due = start + index / rate_per_s
         wait = due - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)
-        await queries.enqueue("latency", repr(time.time()).encode())
+        sent[index] = time.time()
+        await queries.enqueue("latency", str(index).encode())
+        returned[index] = time.time()
     deadline = time.perf_counter() + 30
-    while len(samples) < total and time.perf_counter() < deadline:
+    while len(started) < total and time.perf_counter() < deadline:
         await asyncio.sleep(0.02)
     manager.shutdown.set()
     await worker
     await connection.close()
-    ordered = sorted(samples)
+    samples = [((at - sent[i]) * 1000, (returned[i] - sent[i]) * 1000, (at - returned[i]) * 1000) for i, at in started.items()]
 
-    def percentile(p: float) -> float:
-        if not ordered:
-            return float("nan")
-        index = min(len(ordered) - 1, max(0, -(-len(ordered) * p // 1) - 1))
-        return round(ordered[int(index)], 3)
+    def percentiles(values: list[float]) -> dict:
+        ordered = sorted(values)
 
-    return {"rate_per_s": rate_per_s, "samples": len(ordered), "p50": percentile(0.5), "p99": percentile(0.99),
-            "max": percentile(1.0)}
+        def at(p: float) -> float:
+            if not ordered:
+                return float("nan")
+            index = min(len(ordered) - 1, max(0, -(-len(ordered) * p // 1) - 1))
+            return round(ordered[int(index)], 3)
+        return {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}
+
+    slowest = sorted(samples, reverse=True)[:max(1, len(samples) // 100)]
+    shares = sorted(enqueue / total_ms for total_ms, enqueue, _ in slowest)
+    return {"rate_per_s": rate_per_s, "samples": len(samples), **percentiles([s[0] for s in samples]),
+            "enqueue_ms": percentiles([s[1] for s in samples]), "after_enqueue_ms": percentiles([s[2] for s in samples]),
+            "slowest_1pct_enqueue_share": round(shares[len(shares) // 2], 3) if shares else float("nan")}
 
 
 async def main() -> None:

@@ -65,9 +65,32 @@ struct QueueBenchResult: Encodable {
         var p50: Double
         var p99: Double
         var max: Double
+        /// The same samples split in two: the enqueue's own round trip (its durable commit, after
+        /// which the notification goes out), and what came after it until the handler started.
+        var enqueue: Percentiles
+        var afterEnqueue: Percentiles
+        /// Over the slowest 1% of samples: the median share of their time the enqueue took.
+        var slowestEnqueueShare: Double
 
         enum CodingKeys: String, CodingKey {
             case ratePerSecond = "rate_per_s", samples, p50, p99, max
+            case enqueue = "enqueue_ms", afterEnqueue = "after_enqueue_ms", slowestEnqueueShare = "slowest_1pct_enqueue_share"
+        }
+    }
+
+    struct Percentiles: Encodable {
+        var p50: Double
+        var p99: Double
+        var max: Double
+
+        init(_ values: [Double]) {
+            let sorted = values.sorted()
+            func at(_ p: Double) -> Double {
+                guard !sorted.isEmpty else { return .nan }
+                let value = sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)]
+                return (value * 1000).rounded() / 1000
+            }
+            (p50, p99, max) = (at(0.5), at(0.99), at(1))
         }
     }
 
@@ -269,40 +292,45 @@ struct QueueBench {
 
     /// Enqueue-to-handler-start delay at a steady rate, one job per enqueue, worker idle and listening.
     func startLatency(rate: Int, seconds: Int, on db: ReconnectingConnection) async throws -> QueueBenchResult.Latency {
-        let samples = Mutex<[Double]>([])
+        let total = rate * seconds
+        // Wall-clock seconds per job: when its enqueue was called, when it returned, when its handler started.
+        let started = Mutex<[Int: Double]>([:])
+        var sent = [Double](repeating: 0, count: total), returned = [Double](repeating: 0, count: total)
         var handlers = JobHandlers()
         handlers.register(kind: "bench.latency") { args, _ in
             let now = Date().timeIntervalSince1970
-            if let data = args.data(using: .utf8), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Double],
-               let sent = object["t"] {
-                samples.withLock { $0.append((now - sent) * 1000) }
+            if let data = args.data(using: .utf8), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Int],
+               let index = object["i"] {
+                started.withLock { $0[index] = now }
             }
         }
         let worker = try worker("latency", handlers: handlers)
         let running = Task { try await worker.run() }
         await worker.waitUntilListening()
         try await Task.sleep(for: .milliseconds(200))
-        let total = rate * seconds
         let start = ContinuousClock.now
         for index in 0..<total {
             let due = start + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(rate))
             if due > ContinuousClock.now { try await Task.sleep(until: due) }
-            let sent = Date().timeIntervalSince1970
-            _ = try await store.enqueue(NewJob(queue: "latency", kind: "bench.latency", args: #"{"t": \#(sent)}"#), on: db)
+            sent[index] = Date().timeIntervalSince1970
+            _ = try await store.enqueue(NewJob(queue: "latency", kind: "bench.latency", args: #"{"i": \#(index)}"#), on: db)
+            returned[index] = Date().timeIntervalSince1970
         }
         let deadline = ContinuousClock.now + .seconds(30)
-        while samples.withLock({ $0.count }) < total && ContinuousClock.now < deadline {
+        while started.withLock({ $0.count }) < total && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
         worker.stop()
         try await running.value
-        let sorted = samples.withLock { $0 }.sorted()
-        func percentile(_ p: Double) -> Double {
-            guard !sorted.isEmpty else { return .nan }
-            let value = sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)]
-            return (value * 1000).rounded() / 1000
+        let samples = started.withLock { $0 }.map { index, at in
+            (total: (at - sent[index]) * 1000, enqueue: (returned[index] - sent[index]) * 1000, after: (at - returned[index]) * 1000)
         }
-        return .init(ratePerSecond: rate, samples: sorted.count, p50: percentile(0.5), p99: percentile(0.99), max: percentile(1))
+        let totals = QueueBenchResult.Percentiles(samples.map(\.total))
+        let slowest = samples.sorted { $0.total > $1.total }.prefix(max(1, samples.count / 100))
+        let shares = slowest.map { $0.enqueue / $0.total }.sorted()
+        return .init(ratePerSecond: rate, samples: samples.count, p50: totals.p50, p99: totals.p99, max: totals.max,
+                     enqueue: .init(samples.map(\.enqueue)), afterEnqueue: .init(samples.map(\.after)),
+                     slowestEnqueueShare: shares.isEmpty ? .nan : (shares[shares.count / 2] * 1000).rounded() / 1000)
     }
 
     func timed(_ body: () async throws -> Void) async throws -> Duration {
