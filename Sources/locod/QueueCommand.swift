@@ -347,7 +347,15 @@ struct Cron: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             guard let name else {
-                for job in PeriodicJobs.all { print("\(job.name)  '\(job.schedule)'  -> queue \(job.queue), kind \(job.kind)") }
+                let now = Date()
+                let listed = PeriodicJobs.all.map { job in
+                    ["name": job.name, "schedule": job.schedule.expression, "queue": job.queue, "kind": job.kind,
+                     "next": job.schedule.next(after: now)?.formatted(.iso8601) ?? ""]
+                }
+                if output == .json { return try printJSON(listed) }
+                for job in listed {
+                    print("\(job["name"]!)  '\(job["schedule"]!)'  -> queue \(job["queue"]!), kind \(job["kind"]!); next \(job["next"]!.isEmpty ? "never" : job["next"]!)")
+                }
                 return
             }
             guard let periodic = PeriodicJobs.all.first(where: { $0.name == name }) else {

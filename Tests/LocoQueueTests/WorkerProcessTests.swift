@@ -392,6 +392,18 @@ struct WorkerProcessTests {
             let jobs = try await db.store.list(kind: "registry.cleanup", on: db.client)
             #expect(jobs.first?.queue == "cleanup")
             #expect(jobs.first?.uniqueKey?.hasPrefix("cron:registry-cleanup:") == true)
+
+            // Without a name it lists them, with the next slot each will run at (UTC).
+            let listed = try await runCommand(locod, ["cron", "--output", "json"], environment: env)
+            #expect(listed.status == 0, "\(listed.output)")
+            let periodic = try JSONDecoder().decode([[String: String]].self, from: Data(listed.output.utf8))
+            let cleanup = try #require(periodic.first { $0["name"] == "registry-cleanup" }, "\(listed.output)")
+            #expect(cleanup["schedule"] == "0 3 * * *" && cleanup["queue"] == "cleanup" && cleanup["kind"] == "registry.cleanup")
+            let next = try #require(cleanup["next"].flatMap { try? Date($0, strategy: .iso8601) }, "\(cleanup)")
+            #expect(next > Date() && next.timeIntervalSinceNow <= 86_400)
+            #expect(Int(next.timeIntervalSince1970) % 86_400 == 3 * 3_600, "03:00 UTC: \(next)")
+            let text = try await runCommand(locod, ["cron"], environment: env)
+            #expect(text.output.contains("registry-cleanup  '0 3 * * *'  -> queue cleanup, kind registry.cleanup; next "), "\(text.output)")
         }
     }
 }
