@@ -92,6 +92,7 @@ struct Worker: AsyncParsableCommand {
             throw UsageError(message: "\(queues.count) queues but \(concurrencies.count) concurrencies",
                              hint: "Give one --concurrency for all queues, one per --queue, or use --queue NAME=N.")
         }
+        var named = Set<String>()
         return try queues.enumerated().map { index, spec in
             let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
             var concurrency = concurrencies.count == 1 ? concurrencies[0] : (concurrencies.isEmpty ? 10 : concurrencies[index])
@@ -101,7 +102,16 @@ struct Worker: AsyncParsableCommand {
                 }
                 concurrency = parsed
             }
-            return .init(name: parts[0], concurrency: concurrency)
+            let name = parts.first ?? spec
+            guard named.insert(name).inserted else {
+                throw UsageError(message: "--queue \(name) is given twice (a worker runs one pool per queue)",
+                                 hint: "Name each queue once, with its whole concurrency: --queue \(name)=20.")
+            }
+            guard (1...10_000).contains(concurrency) else {
+                throw UsageError(message: "the concurrency of --queue \(name) must be from 1 to 10000 (got \(concurrency))",
+                                 hint: "Write e.g. --queue \(name)=4.")
+            }
+            return .init(name: name, concurrency: concurrency)
         }
     }
 

@@ -203,7 +203,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("a job timeout that is not positive, a claim gather time or an orphan grace out of range, is refused with invalid_worker_configuration")
+    @Test("a job timeout that is not positive, a claim gather time or an orphan grace out of range, a queue named twice, is refused with invalid_worker_configuration")
     func badJobTimeout() async throws {
         var configuration = fastConfiguration([("default", 1)])
         configuration.jobTimeout = .zero
@@ -237,6 +237,12 @@ struct QueueBehaviourTests {
         } throws: { error in
             guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
             return reason.contains("orphan grace must be at least 1 second")
+        }
+        #expect {
+            try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: fastConfiguration([("default", 1), ("other", 2), ("default", 3)]), logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason == "queue 'default' is named twice; a worker runs one pool per queue, so name it once with its whole concurrency"
         }
     }
 

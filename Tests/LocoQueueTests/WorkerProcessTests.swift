@@ -282,6 +282,11 @@ struct WorkerProcessTests {
             #expect(noQueue.output.contains("no queue given"))
             let mismatch = try await runCommand(locod, ["worker", "--queue", "a", "--queue", "b", "--concurrency", "1", "--concurrency", "2", "--concurrency", "3"], environment: env)
             #expect(mismatch.status == 2)
+            // A queue named twice once started two pools on it, each with the whole concurrency.
+            let twice = try await runCommand(locod, ["worker", "--queue", "a", "--queue", "a=4"], environment: env)
+            #expect(twice.status == 2 && twice.output.contains("--queue a is given twice") && twice.output.contains("Hint: Name each queue once"), "\(twice.output)")
+            let idle = try await runCommand(locod, ["worker", "--queue", "a=0"], environment: env)
+            #expect(idle.status == 2 && idle.output.contains("the concurrency of --queue a must be from 1 to 10000 (got 0)"), "\(idle.output)")
             // Timings that are not numbers, or out of range, are refused (NaN once crashed the conversion).
             for (option, value, says) in [("--lease-seconds", "nan", "--lease-seconds must be a number of seconds from 1 to 315360000 (got nan)"),
                                           ("--job-timeout-seconds", "0", "--job-timeout-seconds must be a number of seconds from 0.001"),

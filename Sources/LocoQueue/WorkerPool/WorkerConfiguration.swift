@@ -63,6 +63,11 @@ public struct WorkerConfiguration: Sendable {
 
     func validate() throws(QueueError) {
         guard !queues.isEmpty else { throw .invalidWorkerConfiguration(reason: "a worker needs at least one queue") }
+        // Two pools on one queue would each take the whole concurrency and report under one name.
+        var named = Set<String>()
+        for slot in queues where !named.insert(slot.name).inserted {
+            throw .invalidWorkerConfiguration(reason: "queue '\(slot.name)' is named twice; a worker runs one pool per queue, so name it once with its whole concurrency")
+        }
         for slot in queues {
             try Names.checkQueue(slot.name)
             guard (1...10_000).contains(slot.concurrency) else {
