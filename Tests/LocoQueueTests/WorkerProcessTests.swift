@@ -285,6 +285,9 @@ struct WorkerProcessTests {
             // A queue named twice once started two pools on it, each with the whole concurrency.
             let twice = try await runCommand(locod, ["worker", "--queue", "a", "--queue", "a=4"], environment: env)
             #expect(twice.status == 2 && twice.output.contains("--queue a is given twice") && twice.output.contains("Hint: Name each queue once"), "\(twice.output)")
+            let unknown = try await runCommand(locod, ["worker", "--queue", "build", "--queue", "reports"], environment: env)
+            #expect(unknown.status == 2 && unknown.output.contains("locod has no job kinds for queue 'reports'")
+                    && unknown.output.contains("build, push, apply, wait, cleanup"), "\(unknown.output)")
             let idle = try await runCommand(locod, ["worker", "--queue", "a=0"], environment: env)
             #expect(idle.status == 2 && idle.output.contains("the concurrency of --queue a must be from 1 to 10000 (got 0)"), "\(idle.output)")
             // Timings that are not numbers, or out of range, are refused (NaN once crashed the conversion).
