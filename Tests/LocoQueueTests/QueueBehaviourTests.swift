@@ -335,6 +335,12 @@ struct QueueBehaviourTests {
                 #expect(failed.errors[0].message.contains("test.mystery"))
                 #expect(failed.errors[0].detail?.contains("test.known") == true)
             }
+            // A worker with no handlers at all says so, rather than listing nothing.
+            let orphan = try await db.store.enqueue(NewJob(queue: "bare", kind: "test.mystery", maxAttempts: 1), on: db.client)
+            try await db.withWorker(fastConfiguration([("bare", 1)]), handlers: JobHandlers()) { _ in
+                let failed = try await db.wait(for: orphan.id, toBe: .failed)
+                #expect(failed.errors.map(\.detail) == ["this worker has no handlers registered"])
+            }
         }
     }
 

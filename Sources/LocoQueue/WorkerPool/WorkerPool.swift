@@ -148,7 +148,8 @@ final class WorkerPool: Sendable {
             guard let handler = shared.handlers.byKind[job.kind] else {
                 throw JobFailure.retryable(
                     "unknown_kind", "no handler for job kind '\(job.kind)' on worker \(shared.configuration.workerID)",
-                    detail: "this worker knows: \(shared.handlers.kinds.joined(separator: ", "))")
+                    detail: shared.handlers.kinds.isEmpty ? "this worker has no handlers registered"
+                        : "this worker knows: \(shared.handlers.kinds.joined(separator: ", "))")
             }
             try await handler(job.args, context)
         } catch {
