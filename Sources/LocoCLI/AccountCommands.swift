@@ -65,7 +65,7 @@ struct Whoami: AsyncParsableCommand {
 /// `loco token create|list|revoke`.
 struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "token", abstract: "Personal tokens, and deploy tokens for CI.",
-                                                    subcommands: [Create.self, List.self, Revoke.self])
+                                                    subcommands: [Create.self, List.self, Revoke.self], defaultSubcommand: List.self)
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a token; its secret is printed once.")

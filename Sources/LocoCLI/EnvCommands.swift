@@ -6,7 +6,7 @@ import LocoShared
 /// `loco env list|set|unset|import`.
 struct Env: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The app's environment variables (values stay hidden unless --reveal).",
-                                                    subcommands: [List.self, Set.self, Unset.self, Import.self])
+                                                    subcommands: [List.self, Set.self, Unset.self, Import.self], defaultSubcommand: List.self)
 
     /// Sets several variables at once (`PUT /v1/apps/{app}/env`); answers the names, values hidden.
     static func store(_ vars: [String: String], app: AppOptions, global: GlobalOptions) async throws -> JSONValue {

@@ -112,6 +112,9 @@ struct CLITests {
                 #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
                 let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])
                 #expect(buildLog.output.contains("STEP 1/4: FROM"), "\(buildLog.output)")
+                let noSuchDeployment = try await cli.run(["logs", "--deployment", "99999"])
+                #expect(noSuchDeployment.status == 2 && noSuchDeployment.output.contains("no deployment 99999")
+                        && noSuchDeployment.output.contains("'loco deployments' lists the app's deployments"), "\(noSuchDeployment.output)")
                 let appLogs = try await cli.run(["logs", "--config", config, "--tail", "20", "-o", "json"])
                 let logLines = appLogs.output.split(separator: "\n").compactMap { JSONValue.parse(String($0)) }
                 #expect(appLogs.status == 0 && !logLines.isEmpty && logLines.allSatisfy { $0["service"]?.stringValue == "web" }, "\(appLogs.output)")
@@ -128,6 +131,10 @@ struct CLITests {
                 #expect(try await cli.run(["env", "import", hello.appending(path: ".env.test").path, "--config", config]).status == 0)
                 #expect(try await cli.run(["env", "unset", "MODE", "--config", config]).status == 0)
                 #expect(try await cli.json(["env", "list", "--config", config]).value.items.count == 3)
+                // 'loco env' alone lists, as 'loco env list' does.
+                #expect(try await cli.json(["env", "--config", config]).value.items.count == 3)
+                let noSuchVar = try await cli.run(["env", "unset", "NOPE", "--config", config])
+                #expect(noSuchVar.output.contains("no env var named 'NOPE'") && noSuchVar.output.contains("'loco env' lists the app's variables"), "\(noSuchVar.output)")
 
                 // A broken Dockerfile: exit 1, the report with its next step; the previous version serves on.
                 let broken = try stack.example("broken-dockerfile", as: "hello")

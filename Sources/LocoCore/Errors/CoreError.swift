@@ -97,7 +97,7 @@ public enum CoreError: CodedError, Equatable {
         case .tokenRevoked: "the token was revoked"
         case .wrongTokenKind(let needed): "this token's kind cannot do that; it needs a \(needed) token"
         case .forbidden(let action, let role): "your role (\(role)) may not \(action)"
-        case .notFound(let what, let name): "no \(what) named '\(name)'"
+        case .notFound(let what, let name): what == "deployment" ? "no deployment \(name)" : "no \(what) named '\(name)'"
         case .routeNotFound(let method, let path): "no route \(method) \(path)"
         case .methodNotAllowed(let method, let path): "\(path) does not accept \(method)"
         case .invalidJSON(let reason): "the request body is not valid JSON: \(reason)"
@@ -127,8 +127,17 @@ public enum CoreError: CodedError, Equatable {
         case .tokenExpired: "Create a new token with 'loco token create' (deploy tokens live 5 minutes)."
         case .tokenRevoked: "Create a new token with 'loco token create'."
         case .wrongTokenKind: "Use a personal access token for this; deploy tokens only deploy, pull credentials only pull images."
-        case .forbidden: "Ask a team owner or admin to change your role ('loco team members')."
-        case .notFound: "Check the name; 'loco apps' lists the apps you can see."
+        case .forbidden: "Ask a team owner or admin to change your role; 'loco whoami' shows your role in each team."
+        case .notFound(let what, _):
+            switch what {
+            case "deployment": "'loco deployments' lists the app's deployments by id."
+            case "env var": "'loco env' lists the app's variables."
+            case "token": "'loco token list' lists your tokens."
+            case "team": "'loco whoami' lists your teams."
+            case "user": "Check the email; an operator creates users with 'locod admin create-user'."
+            case "member": "Check the email; 'GET /v1/teams/{team}/members' lists the team's members."
+            default: "Check the name; 'loco apps' lists the apps you can see."
+            }
         case .routeNotFound: "See the API reference in openapi.json."
         case .methodNotAllowed: "See the API reference in openapi.json for the methods this path takes."
         case .invalidJSON: "Send a JSON object with 'Content-Type: application/json'."
