@@ -190,13 +190,14 @@ struct DeploymentPipelineTests {
         }
     }
 
-    @Test("a stage job that failed and was pruned before any reconciler saw it fails its deployment with JOB_GONE")
+    @Test("a stage job pruned before any reconciler saw it fails its deployment with JOB_GONE; one that failed over a week ago, with its own history")
     func stageJobGone() async throws {
         try await Harness.with { harness in
             let ann = try await harness.user("ann@example.com")
             let team = try await harness.team("acme", owner: ann)
             let web = try await harness.app("web", in: team, owner: ann)
             let api = try await harness.app("api", in: team, owner: ann)
+            let old = try await harness.app("old", in: team, owner: ann)
             let db = harness.database
             func jobID(_ deployment: Deployment, _ stage: Stage) async throws -> Int64 {
                 try await db.scalar("SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deployment.id) AND stage = \(stage.rawValue)", as: Int64.self)
@@ -212,6 +213,20 @@ struct DeploymentPipelineTests {
             _ = try await db.client.query("UPDATE loco_jobs SET state = 'available' WHERE id = \(waitingPush)")
             _ = try await db.client.query("DELETE FROM loco_jobs WHERE id = \(waitingBuild)")
 
+            // old: its build failed eight days ago (kept: failed jobs may be kept longer than a
+            // week), past the window of the reconciler's first query.
+            let stale = try await harness.deployment(of: old)
+            let staleBuild = try await jobID(stale, .build)
+            _ = try await db.client.query("""
+                UPDATE loco_jobs SET state = 'failed', attempt = 1, finalized_at = now() - interval '8 days',
+                       errors = '[{"attempt":1,"at":"2026-11-24T10:00:00Z","worker":"w","class":"permanent","code":"BUILD_FAILED","message":"step 2/3 RUN make: exit code 2"}]'
+                WHERE id = \(staleBuild)
+                """)
+            _ = try await db.client.query("""
+                UPDATE loco_jobs SET state = 'cancelled', finalized_at = now() - interval '8 days'
+                WHERE state IN ('blocked','cancelled') AND id IN (SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(stale.id))
+                """)
+
             // Younger than an hour, a deployment is left alone.
             try await harness.api.reconcile()
             #expect(try await harness.store.deployment(id: lost.id, on: db.client)?.state == .queued)
@@ -225,6 +240,9 @@ struct DeploymentPipelineTests {
             #expect(report.hint.contains("locod api"))
             #expect(try await db.state(ofDeploymentJob: lost.id, stage: "cleanup") == "available", "the failure's cleanup is queued")
             #expect(try await harness.store.deployment(id: waiting.id, on: db.client)?.state == .queued, "a deployment with a job left to run is not stuck")
+            let staleReport = try #require(try await harness.store.deployment(id: stale.id, on: db.client)?.report)
+            #expect(staleReport.stage == "build" && staleReport.code == "BUILD_FAILED" && staleReport.message == "step 2/3 RUN make: exit code 2", "\(staleReport)")
+            #expect(staleReport.attempts.count == 1)
             // The app is free again.
             let next = try await harness.deployment(of: web)
             #expect(next.state == .queued)

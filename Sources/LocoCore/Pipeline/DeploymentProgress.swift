@@ -193,32 +193,11 @@ extension CoreStore {
             }
             var released: [String] = []
             for (id, (stage, state, errorsText)) in stuck.sorted(by: { $0.key < $1.key }) {
-                let attempts: [JSONValue]
-                if case .array(let list)? = JSONValue.parse(errorsText) { attempts = list } else { attempts = [] }
-                let last = attempts.last
-                let code = last?["code"]?.stringValue ?? (state == "cancelled" ? "job_cancelled" : "unknown")
-                let message = last?["message"]?.stringValue ?? "the \(stage) job was \(state) without a result"
-                let showAndRedeploy = "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed."
-                let (reportCode, reportMessage, hint): (String, String, String) = switch code {
-                case "lease_expired":
-                    ("WORKER_LOST", "the \(stage) worker stopped answering and the stage ran out of attempts", showAndRedeploy)
-                case "job_timeout":
-                    ("JOB_TIMEOUT", "the \(stage) stage ran past the workers' job timeout on its last attempt (\(message))",
-                     "Deploy again; if the \(stage) stage keeps taking this long, ask your operator to raise 'locod worker --job-timeout-seconds' for the \(stage) workers.")
-                default:
-                    (code.uppercased(), message, showAndRedeploy)
-                }
-                let report = FailureReport(
-                    stage: stage,
-                    code: reportCode,
-                    message: reportMessage,
-                    hint: hint,
-                    evidence: ["job_state": .string(state)],
-                    attempts: attempts)
+                let report = endedJobReport(deploymentID: id, stage: stage, state: state, errorsText: errorsText)
                 released += try await end(deploymentID: id, as: .failed, report: report, message: "\(report.code): \(report.message)", on: connection)
             }
-            for (id, stage) in try await deploymentsWithJobsGone(on: connection) {
-                let report = FailureReport(
+            for (id, stage, ended) in try await deploymentsLeftBehind(on: connection) {
+                let report = ended.map { endedJobReport(deploymentID: id, stage: stage, state: $0.state, errorsText: $0.errors) } ?? FailureReport(
                     stage: stage,
                     code: "JOB_GONE",
                     message: "the \(stage) stage's job ended without a result and was deleted before the deployment heard of it, so its error history is gone",
@@ -231,39 +210,65 @@ extension CoreStore {
         }
     }
 
-    /// Deployments in flight for over an hour that have nothing left to run and a stage job that
-    /// no longer exists: its job failed or was cancelled and then pruned (after the retention
-    /// period, a day for cancelled jobs by default) while no reconciler ran, so the query above,
-    /// which starts from the jobs, can no longer see it. Without this the deployment would stay in
-    /// flight forever and refuse every later deploy of its app. Returns (deployment, stage) pairs.
-    func deploymentsWithJobsGone(on connection: PostgresConnection) async throws -> [(Int64, String)] {
+    /// The report for a stage whose job failed or was cancelled without recording it, built from
+    /// the job's own error history.
+    func endedJobReport(deploymentID id: Int64, stage: String, state: String, errorsText: String) -> FailureReport {
+        let attempts: [JSONValue]
+        if case .array(let list)? = JSONValue.parse(errorsText) { attempts = list } else { attempts = [] }
+        let last = attempts.last
+        let code = last?["code"]?.stringValue ?? (state == "cancelled" ? "job_cancelled" : "unknown")
+        let message = last?["message"]?.stringValue ?? "the \(stage) job was \(state) without a result"
+        let showAndRedeploy = "Run 'loco deployment show \(id)' for each attempt's error; deploy again with 'loco deploy' once the cause is fixed."
+        let (reportCode, reportMessage, hint): (String, String, String) = switch code {
+        case "lease_expired":
+            ("WORKER_LOST", "the \(stage) worker stopped answering and the stage ran out of attempts", showAndRedeploy)
+        case "job_timeout":
+            ("JOB_TIMEOUT", "the \(stage) stage ran past the workers' job timeout on its last attempt (\(message))",
+             "Deploy again; if the \(stage) stage keeps taking this long, ask your operator to raise 'locod worker --job-timeout-seconds' for the \(stage) workers.")
+        default:
+            (code.uppercased(), message, showAndRedeploy)
+        }
+        return FailureReport(stage: stage, code: reportCode, message: reportMessage, hint: hint,
+                             evidence: ["job_state": .string(state)], attempts: attempts)
+    }
+
+    /// Deployments in flight for over an hour with nothing left to run (no stage job blocked,
+    /// scheduled, available or running) and a stage job that failed, was cancelled, or no longer
+    /// exists. The query above starts from jobs that ended in the last 7 days; this one catches
+    /// what it cannot see: a job pruned (after its retention period, a day for cancelled jobs by
+    /// default) or ended longer ago, while no reconciler ran. Without it such a deployment would
+    /// stay in flight forever and refuse every later deploy of its app. Returns, per deployment,
+    /// the stage to report and that stage job's state and errors, nil when the job is gone.
+    func deploymentsLeftBehind(on connection: PostgresConnection) async throws -> [(Int64, String, (state: String, errors: String)?)] {
         // The state list matches the predicate of loco_deployments_one_in_flight, so that partial
         // index bounds the scan to the deployments in flight.
         let rows = try await connection.run("""
-            SELECT d.id, d.state,
-                   ARRAY(SELECT dj.stage FROM loco_deployment_jobs dj
-                         WHERE dj.deployment_id = d.id AND dj.stage <> 'cleanup'
-                           AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = dj.job_id)) AS gone
+            SELECT d.id, d.state, dj.stage, j.state::text, j.errors::text
             FROM loco_deployments d
+            JOIN loco_deployment_jobs dj ON dj.deployment_id = d.id AND dj.stage <> 'cleanup'
+            LEFT JOIN loco_jobs j ON j.id = dj.job_id
             WHERE d.state IN ('queued','building','pushing','applying','waiting') AND NOT d.in_line
               AND d.created_at < now() - interval '1 hour'
-              AND EXISTS (SELECT FROM loco_deployment_jobs dj
-                          WHERE dj.deployment_id = d.id AND dj.stage <> 'cleanup'
-                            AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = dj.job_id))
-              AND NOT EXISTS (SELECT FROM loco_deployment_jobs dj JOIN loco_jobs j ON j.id = dj.job_id
-                              WHERE dj.deployment_id = d.id AND dj.stage <> 'cleanup'
-                                AND j.state IN ('blocked','scheduled','available','running'))
-            ORDER BY d.id
-            FOR UPDATE SKIP LOCKED
+              AND (j.id IS NULL OR j.state IN ('failed','cancelled'))
+              AND NOT EXISTS (SELECT FROM loco_deployment_jobs live JOIN loco_jobs lj ON lj.id = live.job_id
+                              WHERE live.deployment_id = d.id AND live.stage <> 'cleanup'
+                                AND lj.state IN ('blocked','scheduled','available','running'))
+            ORDER BY d.id, dj.job_id
+            FOR UPDATE OF d SKIP LOCKED
             """, logger: logger)
-        var found: [(Int64, String)] = []
-        for try await (id, state, gone) in rows.decode((Int64, String, [String]).self) {
-            // The stage the deployment was in, if its job is among the missing; else the first missing.
-            let current = Stage.allCases.first { $0.runningState?.rawValue == state }?.rawValue
-            let stage = current.flatMap { gone.contains($0) ? $0 : nil }
-                ?? Stage.allCases.map(\.rawValue).first(where: gone.contains) ?? gone.first ?? "build"
-            found.append((id, stage))
+        var byDeployment: [Int64: (state: String, ended: [(stage: String, job: (state: String, errors: String)?)])] = [:]
+        for try await (id, state, stage, jobState, errors) in rows.decode((Int64, String, String, String?, String?).self) {
+            byDeployment[id, default: (state, [])].ended.append((stage, jobState.map { ($0, errors ?? "[]") }))
         }
-        return found
+        return byDeployment.sorted { $0.key < $1.key }.compactMap { id, found in
+            // The stage the deployment was in, if its job is among the ended; else the first in
+            // pipeline order; and of that stage's jobs (one per service), one that still has a history.
+            let current = Stage.allCases.first { $0.runningState?.rawValue == found.state }?.rawValue
+            let stages = found.ended.map(\.stage)
+            guard let stage = current.flatMap({ stages.contains($0) ? $0 : nil })
+                    ?? Stage.allCases.map(\.rawValue).first(where: stages.contains) ?? stages.first else { return nil }
+            let jobs = found.ended.filter { $0.stage == stage }
+            return (id, stage, jobs.compactMap(\.job).first)
+        }
     }
 }
