@@ -238,12 +238,12 @@ public struct JobStore: Sendable {
     /// that rescuers know its jobs are orphaned once that session ends. Returns false if another
     /// session holds the lock (a second process with this worker id, or one whose id hashes
     /// alike): the worker is then unlisted and its jobs wait out their leases as before.
-    func announcePresence(worker: String, on db: some QueryRunner) async throws -> Bool {
+    func announcePresence(worker: String, queues: [String] = [], on db: some QueryRunner) async throws -> Bool {
         let rows = try await db.run("""
             WITH presence AS (SELECT pg_try_advisory_lock(\(Self.presenceLockClass), hashtext(\(worker))) AS held),
             listed AS (
-                INSERT INTO loco_workers (id) SELECT \(worker) FROM presence WHERE held
-                ON CONFLICT (id) DO UPDATE SET seen_at = now()
+                INSERT INTO loco_workers (id, queues) SELECT \(worker), \(queues)::text[] FROM presence WHERE held
+                ON CONFLICT (id) DO UPDATE SET seen_at = now(), queues = EXCLUDED.queues
             ),
             unlisted AS (DELETE FROM loco_workers WHERE id = \(worker) AND NOT (SELECT held FROM presence))
             SELECT held FROM presence
@@ -591,14 +591,26 @@ public struct JobStore: Sendable {
     public func workers(on db: some QueryRunner) async throws -> [WorkerPresence] {
         let rows = try await db.run("""
             SELECT w.id, w.started_at, w.seen_at, \(unescaped: Self.presenceHeld(by: "w.id")),
-                   (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id)
+                   (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id), w.queues
             FROM loco_workers w ORDER BY w.started_at DESC, w.id
             """, logger: logger)
         var workers: [WorkerPresence] = []
-        for try await (id, started, seen, present, running) in rows.decode((String, Date, Date, Bool, Int64).self) {
-            workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: seen, present: present, runningJobs: Int(running)))
+        for try await (id, started, seen, present, running, queues) in rows.decode((String, Date, Date, Bool, Int64, [String]).self) {
+            workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: seen, present: present, runningJobs: Int(running), queues: queues))
         }
         return workers
+    }
+
+    /// Whether anything uses `queue`: a listed worker works it, or a job waits in it (read
+    /// through the claim and blocked indexes, never the whole table).
+    public func isKnown(queue: String, on db: some QueryRunner) async throws -> Bool {
+        let rows = try await db.run("""
+            SELECT EXISTS (SELECT 1 FROM loco_workers WHERE \(queue) = ANY(queues))
+                OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'available')
+                OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'blocked')
+            """, logger: logger)
+        for try await known in rows.decode(Bool.self) { return known }
+        return false
     }
 
     // MARK: Pause
@@ -704,9 +716,11 @@ public struct WorkerPresence: Sendable, Codable, Equatable {
     /// Whether a session holds its presence lock: false once the process is gone.
     public var present: Bool
     public var runningJobs: Int
+    /// The queues its pools work (empty for workers from before the column).
+    public var queues: [String]
 
     enum CodingKeys: String, CodingKey {
-        case id, startedAt = "started_at", connectedAt = "connected_at", present, runningJobs = "running_jobs"
+        case id, startedAt = "started_at", connectedAt = "connected_at", present, runningJobs = "running_jobs", queues
     }
 }
 

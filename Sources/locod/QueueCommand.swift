@@ -48,8 +48,9 @@ struct QueueCommand: AsyncParsableCommand {
                     if output == .json { return try printJSON(workers) }
                     guard !workers.isEmpty else { return print("no workers have run here yet") }
                     let time = ISO8601DateFormatter()
-                    printTable([["worker", "state", "running", "started", "connected"]] + workers.map {
-                        [$0.id, $0.present ? "alive" : "gone", String($0.runningJobs), time.string(from: $0.startedAt), time.string(from: $0.connectedAt)]
+                    printTable([["worker", "state", "queues", "running", "started", "connected"]] + workers.map {
+                        [$0.id, $0.present ? "alive" : "gone", $0.queues.isEmpty ? "-" : $0.queues.joined(separator: ","),
+                         String($0.runningJobs), time.string(from: $0.startedAt), time.string(from: $0.connectedAt)]
                     })
                 }
             }
@@ -189,7 +190,15 @@ struct QueueCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 try await database.withClient { client, _, logger in
-                    let pause = try await JobStore(logger: logger).pause(queue: queue, by: by, on: client)
+                    let store = JobStore(logger: logger)
+                    let pause = try await store.pause(queue: queue, by: by, on: client)
+                    // Queues need no declaring, so a misspelt name pauses a queue nobody uses.
+                    if try await !store.isKnown(queue: queue, on: client) {
+                        FileHandle.standardError.write(Data("""
+                            Note: no worker listed here works queue '\(queue)' and no job waits in it; \
+                            if the name is misspelt, undo with 'locod queue resume \(queue)' ('locod queue workers' lists the queues worked).\n
+                            """.utf8))
+                    }
                     if output == .json { return try printJSON(pause) }
                     if pause.wasPaused {
                         print("queue \(queue) was already paused (since \(pause.pausedAt.formatted(.iso8601)))")

@@ -164,6 +164,11 @@ public enum QueueSchema {
             "CREATE INDEX loco_jobs_blocked ON loco_jobs (queue) WHERE state = 'blocked'",
             "CREATE INDEX loco_jobs_failed ON loco_jobs (finalized_at) INCLUDE (queue) WHERE state = 'failed'",
         ]),
+        // Which queues each worker process works, for 'locod queue workers' and for telling an
+        // operator who pauses a queue that nothing works it (a typo).
+        Migration(version: 6, name: "worker_queues", statements: [
+            "ALTER TABLE loco_workers ADD COLUMN queues text[] NOT NULL DEFAULT '{}'",
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""

@@ -213,7 +213,7 @@ struct Heartbeat: Sendable {
     func announcePresence(sayFailure: Bool) async -> Bool {
         let worker = shared.configuration.workerID
         do {
-            if try await !shared.store.announcePresence(worker: worker, on: database) {
+            if try await !shared.store.announcePresence(worker: worker, queues: shared.configuration.queues.map(\.name), on: database) {
                 shared.logger.warning("""
                     another database session holds the presence lock of worker id \(worker) (two processes with one --worker-id?); \
                     this worker's jobs are rescued only when their leases run out
