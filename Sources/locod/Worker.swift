@@ -107,8 +107,9 @@ struct Worker: AsyncParsableCommand {
                 throw UsageError(message: "--queue \(name) is given twice (a worker runs one pool per queue)",
                                  hint: "Name each queue once, with its whole concurrency: --queue \(name)=20.")
             }
-            guard (1...10_000).contains(concurrency) else {
-                throw UsageError(message: "the concurrency of --queue \(name) must be from 1 to 10000 (got \(concurrency))",
+            let range = WorkerConfiguration.concurrencyRange
+            guard range.contains(concurrency) else {
+                throw UsageError(message: "the concurrency of --queue \(name) must be from \(range.lowerBound) to \(range.upperBound) (got \(concurrency))",
                                  hint: "Write e.g. --queue \(name)=4.")
             }
             return .init(name: name, concurrency: concurrency)

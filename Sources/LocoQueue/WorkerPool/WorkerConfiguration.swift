@@ -48,6 +48,9 @@ public struct WorkerConfiguration: Sendable {
     public var retention = Retention()
     public var periodicJobs: [PeriodicJob] = []
 
+    /// The concurrency a pool may have.
+    public static let concurrencyRange = 1...10_000
+
     public init(queues: [QueueSlot], workerID: String = WorkerConfiguration.defaultWorkerID()) {
         self.queues = queues
         self.workerID = workerID
@@ -70,8 +73,9 @@ public struct WorkerConfiguration: Sendable {
         }
         for slot in queues {
             try Names.checkQueue(slot.name)
-            guard (1...10_000).contains(slot.concurrency) else {
-                throw .invalidWorkerConfiguration(reason: "concurrency of queue '\(slot.name)' must be between 1 and 10000 (got \(slot.concurrency))")
+            let range = Self.concurrencyRange
+            guard range.contains(slot.concurrency) else {
+                throw .invalidWorkerConfiguration(reason: "concurrency of queue '\(slot.name)' must be between \(range.lowerBound) and \(range.upperBound) (got \(slot.concurrency))")
             }
         }
         guard claimGather >= .zero && claimGather <= .seconds(1) else {
