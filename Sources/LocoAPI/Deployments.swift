@@ -101,6 +101,11 @@ extension API {
             throw CoreError.invalidJSON(reason: "the 'config' part does not parse")
         }
         guard case .object = config else { throw CoreError.invalidJSON(reason: "the 'config' part must be a JSON object") }
+        // The URL names the app; a config naming another would be stored under the wrong name.
+        if let named = config["name"]?.stringValue, named != app {
+            throw CoreError.invalidField(field: "config.name", reason: "\"\(named.prefix(80))\" is not this app (\(app))",
+                                         hint: "Deploy to /v1/apps/\(named.prefix(80))/deployments, or set name = \"\(app)\" (loco deploy --app \(app) does).")
+        }
         do {
             return try ConfigLoader.parse(json: config, defaultName: app).json
         } catch {

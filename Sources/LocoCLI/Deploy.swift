@@ -19,11 +19,13 @@ struct Deploy: AsyncParsableCommand {
     @Flag(help: "Return at once with the deployment's id.") var detach = false
     @Flag(help: "Never ask (CI): Ctrl-C stops watching without cancelling.") var nonInteractive = false
     @Flag(name: .customLong("queue"), help: "Wait in line behind a deployment in flight instead of being refused.") var waitInLine = false
+    @Option(name: .shortAndLong, help: "Deploy as this app instead of loco.toml's name (e.g. a staging copy of the same config).") var app: String?
+    @Option(help: "The app's team (default: loco.toml's team).") var team: String?
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
         let loaded = try loadConfig(config)
-        let config = loaded.config
+        let config = try deployedConfig(loaded.config)
         let client = try global.client()
         let terminal = Terminal.current
         let human = !global.json
@@ -80,6 +82,26 @@ struct Deploy: AsyncParsableCommand {
         let follower = Follower(client: client, deploymentID: id, format: global.output, terminal: terminal)
         let final = try await followInterruptibly(follower, client: client, id: id)
         try finish(final, started: started, terminal: terminal)
+    }
+
+    /// loco.toml with `--app` and `--team` applied: the names are checked here, by loco.toml's
+    /// rules, so a typo is a usage error before anything is packed or sent.
+    func deployedConfig(_ file: AppConfig) throws -> AppConfig {
+        var config = file
+        if let app {
+            guard NameRules.isDNSLabel(app) else {
+                throw CLIError("invalid_name", "--app \"\(app.prefix(80))\" is not a valid app name",
+                               hint: "Use 1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'.")
+            }
+            config.name = app
+        }
+        if let team {
+            guard NameRules.isDNSLabel(team) else {
+                throw CLIError("invalid_name", "--team \"\(team.prefix(80))\" is not a team name", hint: "Use the team's name as 'loco whoami' lists it.")
+            }
+            config.team = team
+        }
+        return config
     }
 
     /// The app must exist; a personal token creates it on first deploy (in loco.toml's team).

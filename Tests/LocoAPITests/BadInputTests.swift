@@ -95,6 +95,8 @@ struct BadInputTests {
                 // Past Int64 once: the size conversion trapped, which would have taken the API down.
                 ("memory past any machine", Harness.deployBody(config: #"{"resources":{"memory":"99999999999Gi"}}"#, context: good).0,
                  Harness.deployBody(config: #"{"resources":{"memory":"99999999999Gi"}}"#, context: good).1, 422, "invalid_field"),
+                ("config naming another app", Harness.deployBody(config: #"{"name":"shop"}"#, context: good).0,
+                 Harness.deployBody(config: #"{"name":"shop"}"#, context: good).1, 422, "invalid_field"),
                 ("no context for a service app", Harness.deployBody(context: nil).0, Harness.deployBody(context: nil).1, 400, "invalid_upload"),
                 ("no closing boundary", Harness.deployBody(context: good).0,
                  ByteBuffer(bytes: Array(Harness.deployBody(context: good).1.readableBytesView.dropLast(30))), 400, "invalid_upload"),

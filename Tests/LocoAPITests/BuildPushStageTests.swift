@@ -23,7 +23,8 @@ struct BuildPushStageTests {
         }
         let archive = folder.appending(path: "ctx-\(UUID().uuidString).tar.gz")
         try ContextPacker(folder: source).pack(to: archive)
-        return Harness.deployBody(config: #"{"name":"web"}"#, context: try Data(contentsOf: archive))
+        // No name: the app is the one in the URL (the same body goes to two apps below).
+        return Harness.deployBody(config: "{}", context: try Data(contentsOf: archive))
     }
 
     @Test("a deployment goes through real build (buildah) and push (registry): digest recorded, output in events; an unchanged redeploy uploads nothing; a broken Dockerfile fails with its report")

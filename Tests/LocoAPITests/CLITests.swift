@@ -74,6 +74,8 @@ struct CLITests {
                 try "version = 1\nname = \"bad\"\n".write(to: bad.appending(path: "loco.toml"), atomically: true, encoding: .utf8)
                 let missing = try await cli.run(["deploy", "--config", bad.appending(path: "loco.toml").path])
                 #expect(missing.status == 2 && missing.output.contains("Dockerfile does not exist"), "\(missing.output)")
+                let badApp = try await cli.run(["deploy", "--config", config, "--app", "Shop!"])
+                #expect(badApp.status == 2 && badApp.output.contains("--app \"Shop!\" is not a valid app name") && badApp.output.contains("hint: "), "\(badApp.output)")
 
                 // A deploy followed to the end: the URL serves.
                 let first = try await cli.json(["deploy", "--config", config])
@@ -266,18 +268,17 @@ struct CLITests {
                 let good = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])
                 let helloURL = try #require(good.value["url"]?.stringValue)
                 #expect(try await Self.curl(helloURL).contains("Hello from Loco"))
-                let failing: [(String, [String: String], String, [String])] = [
-                    ("", ["Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"sh\", \"-c\", \"echo 'fatal: DATABASE_URL is not set' >&2; exit 3\"]\n"],
-                     "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),
-                    ("[run]\nhealth = \"/healthz\"\n", [:], "READINESS_PROBE_FAILED", ["/healthz"]),
-                    ("[resources]\nmemory = \"32Mi\"\n",
-                     ["Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=300M\", \"count=1\"]\n"], "OOM_KILLED", ["32 MiB"]),
+                // The examples that fail once started, each deployed as hello (`--app`) over its serving version.
+                let failing: [(String, String, [String])] = [
+                    ("crash-on-start", "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),
+                    ("never-ready", "READINESS_PROBE_FAILED", ["/healthz"]),
+                    ("out-of-memory", "OOM_KILLED", ["32 MiB"]),
                 ]
-                for (toml, edit, code, evidence) in failing {
-                    let folder = try stack.example("hello", as: "hello", toml: toml, edit: edit)
-                    let result = try await cli.run(["deploy", "--config", folder.appending(path: "loco.toml").path])
+                for (example, code, evidence) in failing {
+                    let folder = try stack.example(example, as: example, keepTables: true)
+                    let result = try await cli.run(["deploy", "--config", folder.appending(path: "loco.toml").path, "--app", "hello"])
                     #expect(result.status == 1 && result.output.contains(code) && result.output.contains("Next: "), "\(code): \(result.output)")
-                    for text in evidence { #expect(result.output.contains(text), "\(code) shows \(text): \(result.output)") }
+                    for text in evidence + ["started web"] { #expect(result.output.contains(text), "\(code) shows \(text): \(result.output)") }
                     #expect(try await Self.curl(helloURL).contains("Hello from Loco"), "after \(code) the previous version serves")
                 }
                 let status = try await cli.json(["status", "--config", hello.appending(path: "loco.toml").path])

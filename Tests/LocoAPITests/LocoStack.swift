@@ -105,16 +105,24 @@ struct LocoStack {
     }
 
     /// A copy of an example with a loco.toml whose base image is the test's archive.
-    func example(_ name: String, as app: String, toml extra: String = "", edit: [String: String] = [:], fullToml: String? = nil) throws -> URL {
+    /// A copy of `examples/NAME` whose loco.toml names `app` and builds from the test's base image.
+    /// With `keepTables`, the example's own tables (`[run]`, `[resources]`, …; it must have no
+    /// `[build]` and no top-level keys but version and name) are kept after that header.
+    func example(_ name: String, as app: String, toml extra: String = "", keepTables: Bool = false, edit: [String: String] = [:], fullToml: String? = nil) throws -> URL {
         let target = folder.appending(path: "apps/\(app)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: Repo.root.appending(path: "examples/\(name)"), to: target)
+        let own = keepTables
+            ? try String(contentsOf: target.appending(path: "loco.toml"), encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+                .drop { !$0.hasPrefix("[") }.joined(separator: "\n")
+            : ""
         let toml = """
             version = 1
             name = "\(app)"
 
             [build]
             args = { BASE = "oci-archive:\(baseImage.path)" }
+            \(own)
             \(extra)
             """
         try (fullToml ?? toml).write(to: target.appending(path: "loco.toml"), atomically: true, encoding: .utf8)

@@ -59,6 +59,16 @@ struct ExamplesTests {
         }
     }
 
+    @Test("the examples that fail once started (crash, never ready, out of memory) build cleanly: their failure is the runtime's to report")
+    func failAtStart() async throws {
+        try await withScratch { folder in
+            for example in ["crash-on-start", "never-ready", "out-of-memory"] {
+                let (result, failure, _) = try await Self.build(example, in: folder)
+                #expect(failure == nil && result != nil, "\(example): \(String(describing: failure))")
+            }
+        }
+    }
+
     @Test("the failing examples fail with their report codes")
     func failing() async throws {
         try await withScratch { folder in

@@ -67,8 +67,9 @@ public struct RuntimeStages: Sendable {
         // minutes, revoked once the pull is done), never with the worker's own: on Kubernetes it
         // becomes the namespace's image pull secret.
         let pull = try await appPullCredential(deployment)
+        let services: [ServiceSpec]
         do {
-            let services = try await services(deployment)
+            services = try await self.services(deployment)
             version = try await runtime.apply(DesiredState(team: deployment.team, app: deployment.app, deploymentID: id, services: services,
                                                            pullCredentials: pull?.credentials))
             if let pull { try? await store.revokeToken(id: pull.tokenID, on: database) }
@@ -81,7 +82,9 @@ public struct RuntimeStages: Sendable {
             if let pull { try? await store.revokeToken(id: pull.tokenID, on: database) }
             throw error
         }
-        let started = version.endpoints.sorted { $0.key < $1.key }.map { "\($0.key) at \($0.value)" }.joined(separator: ", ")
+        // A container that exited at once has no published port to name; wait reports why.
+        let started = services.map { service in version.endpoints[service.name].map { "\(service.name) at \($0)" } ?? service.name }
+            .sorted().joined(separator: ", ")
         _ = try await database.transaction { connection in
             let released = try await store.stageFinished(deploymentID: id, stage: .apply, result: StageResult(message: "started \(started)"), on: connection)
             try await context.complete(in: connection)
