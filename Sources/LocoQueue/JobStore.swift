@@ -491,9 +491,15 @@ public struct JobStore: Sendable {
     }
 
     /// Jobs, newest first, optionally filtered.
-    public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, limit: Int = 50, on db: some QueryRunner) async throws -> [JobRecord] {
+    /// Newest first; `before` pages on: only jobs with a smaller id (the last one of the page before).
+    public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, before: Int64? = nil, limit: Int = 50,
+                     on db: some QueryRunner) async throws -> [JobRecord] {
         var sql = "WHERE true"
         var binds = PostgresBindings()
+        if let before {
+            binds.append(before)
+            sql += " AND id < $\(binds.count)"
+        }
         if let queue {
             binds.append(queue)
             sql += " AND queue = $\(binds.count)"

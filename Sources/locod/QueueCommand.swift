@@ -60,15 +60,19 @@ struct QueueCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Jobs, newest first.")
         @OptionGroup var database: DatabaseOptions
-        @Option var queue: String?
-        @Option var state: String?
-        @Option var kind: String?
-        @Option var limit: Int = 50
-        @Option var output: OutputFormat = .text
+        @Option(help: "Only jobs of this queue.") var queue: String?
+        @Option(help: "Only jobs in this state (blocked, scheduled, available, running, completed, failed, cancelled).") var state: String?
+        @Option(help: "Only jobs of this kind.") var kind: String?
+        @Option(help: "Only jobs older than this id: the next page starts below the last id shown.") var before: Int64?
+        @Option(help: "How many jobs to show.") var limit: Int = 50
+        @Option(help: "text or json.") var output: OutputFormat = .text
 
         func run() async throws {
             try await reportingErrors {
                 try checkedOption(limit, "--limit", in: 1...10_000, example: "50")
+                if let before, before < 1 {
+                    throw UsageError(message: "--before must be a job id, 1 or more (got \(before))", hint: "Pass the last id the page before showed, e.g. --before 1200.")
+                }
                 var jobState: JobState?
                 if let state {
                     guard let parsed = JobState(rawValue: state) else {
@@ -77,7 +81,7 @@ struct QueueCommand: AsyncParsableCommand {
                     jobState = parsed
                 }
                 try await database.withClient { client, _, logger in
-                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, limit: limit, on: client)
+                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, before: before, limit: limit, on: client)
                     if output == .json { return try printJSON(jobs) }
                     var rows = [["id", "queue", "kind", "state", "attempt", "created", "last error"]]
                     for job in jobs {
@@ -85,6 +89,9 @@ struct QueueCommand: AsyncParsableCommand {
                                      job.createdAt.formatted(.iso8601), job.errors.last.map { "\($0.code): \($0.message)".prefix(60) }.map(String.init) ?? ""])
                     }
                     if jobs.isEmpty { print("no jobs match") } else { printTable(rows) }
+                    if jobs.count == limit, let last = jobs.last {
+                        print("older jobs may match: add --before \(last.id)")
+                    }
                 }
             }
         }
@@ -93,7 +100,7 @@ struct QueueCommand: AsyncParsableCommand {
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "One job with its whole error history.")
         @OptionGroup var database: DatabaseOptions
-        @Argument var id: Int64
+        @Argument(help: "The job's id (as 'locod queue list' shows it).") var id: Int64
         @Option var output: OutputFormat = .text
 
         func run() async throws {
@@ -231,13 +238,13 @@ struct QueueCommand: AsyncParsableCommand {
     struct Enqueue: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Enqueue jobs by hand (operators, the demo, scripts).")
         @OptionGroup var database: DatabaseOptions
-        @Option var queue: String
-        @Option var kind: String
+        @Option(help: "The queue to put the jobs in.") var queue: String
+        @Option(help: "The job kind (a worker must have a handler for it).") var kind: String
         @Option(help: "JSON object.") var args: String = "{}"
-        @Option var priority: Int = 0
-        @Option var maxAttempts: Int = 10
+        @Option(help: "Lower runs first.") var priority: Int = 0
+        @Option(help: "Attempts before the job fails for good (1-1000).") var maxAttempts: Int = 10
         @Option(help: "Delay before the job may run, in seconds.") var delay: Double = 0
-        @Option var uniqueKey: String?
+        @Option(help: "At most one live job (not completed, failed or cancelled) has this key.") var uniqueKey: String?
         @Option(name: .customLong("depends-on"), help: "A job id this job waits for (repeatable).") var dependsOn: [Int64] = []
         @Option(help: "How many identical jobs (enqueued in one round trip).") var count: Int = 1
         @Option var output: OutputFormat = .text

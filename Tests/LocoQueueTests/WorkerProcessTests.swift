@@ -355,6 +355,13 @@ struct WorkerProcessTests {
             let list = try await runCommand(locod, ["queue", "list", "--queue", "ops", "--output", "json"], environment: env)
             let jobs = try JSONDecoder.iso.decode([JobRecord].self, from: Data(list.output.utf8))
             #expect(jobs.map(\.id) == [other.id, queued.id, failed.id])
+            // Pages: a full page says how to get the next; --before gets it.
+            let firstPage = try await runCommand(locod, ["queue", "list", "--queue", "ops", "--limit", "2"], environment: env)
+            #expect(firstPage.output.contains("older jobs may match: add --before \(queued.id)"), "\(firstPage.output)")
+            let nextPage = try await runCommand(locod, ["queue", "list", "--queue", "ops", "--limit", "2", "--before", "\(queued.id)", "--output", "json"], environment: env)
+            #expect(try JSONDecoder.iso.decode([JobRecord].self, from: Data(nextPage.output.utf8)).map(\.id) == [failed.id], "\(nextPage.output)")
+            let badBefore = try await runCommand(locod, ["queue", "list", "--before", "0"], environment: env)
+            #expect(badBefore.status == 2 && badBefore.output.contains("--before must be a job id"), "\(badBefore.output)")
 
             // Bulk: every failed job of a queue at once (these two and the one discarded above), and the usage errors around it.
             let failedToo = try await db.store.enqueue(NewJob(queue: "ops", kind: "y", maxAttempts: 1), on: db.client)
