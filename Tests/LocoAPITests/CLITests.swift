@@ -226,6 +226,15 @@ struct CLITests {
                 let gone = try await eventually(timeout: .seconds(30), every: .milliseconds(300)) { try await Self.curl(url).isEmpty }
                 #expect(gone, "nothing serves the destroyed app")
                 #expect(try await cli.run(["completion", "bash"]).output.contains("_loco"))
+                // A reader that has gone (`loco deployments | head`): loco ends by SIGPIPE, as any
+                // Unix tool does; it once trapped in FileHandle and printed a crash backtrace.
+                let piped = try await runCommand(URL(fileURLWithPath: "/usr/bin/python3"), ["-c", """
+                    import os, subprocess, sys
+                    r, w = os.pipe(); os.close(r)
+                    p = subprocess.run(sys.argv[1:], stdout=w, stderr=subprocess.PIPE)
+                    print("exit", p.returncode, p.stderr.decode()[-500:])
+                    """, cli.binary.path, "config", "show", "--config", config], environment: cli.environment)
+                #expect(piped.output.hasPrefix("exit -13") && !piped.output.contains("Fatal error"), "\(piped.output)")
                 #expect(try await cli.run(["logout"]).status == 0)
                 #expect(try await cli.run(["whoami"]).status == 3)
             }
