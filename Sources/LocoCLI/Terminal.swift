@@ -1,4 +1,5 @@
 import Foundation
+import LocoShared
 
 /// What the terminal can show: colour only on a TTY without NO_COLOR, redrawing only on a TTY.
 struct Terminal: Sendable {
@@ -23,29 +24,9 @@ struct Terminal: Sendable {
 
 /// Output that is flushed at once (progress must show while a deploy runs).
 enum Out {
-    static func line(_ text: String = "") { write(text + "\n", to: STDOUT_FILENO) }
-    static func raw(_ text: String) { write(text, to: STDOUT_FILENO) }
-    static func error(_ text: String) { write(text + "\n", to: STDERR_FILENO) }
-
-    /// Every byte, or the end as any Unix tool meets it: when the reader has gone (`loco
-    /// deployments | head`), SIGPIPE. The process ignores SIGPIPE (NIO does), and FileHandle
-    /// traps on the EPIPE it gets instead, which crashed `loco` with a backtrace.
-    static func write(_ text: String, to descriptor: Int32) {
-        var bytes = Array(text.utf8)[...]
-        while !bytes.isEmpty {
-            let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
-            if written >= 0 { bytes = bytes.dropFirst(written); continue }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN: usleep(1000)  // a non-blocking stdout that is full
-            case EPIPE:
-                signal(SIGPIPE, SIG_DFL)
-                raise(SIGPIPE)
-                exit(141)
-            default: return  // stdout closed or a full disk: nothing more can be shown
-            }
-        }
-    }
+    static func line(_ text: String = "") { StandardStreams.write(text + "\n", to: STDOUT_FILENO) }
+    static func raw(_ text: String) { StandardStreams.write(text, to: STDOUT_FILENO) }
+    static func error(_ text: String) { StandardStreams.write(text + "\n", to: STDERR_FILENO) }
 }
 
 /// Asks a question on the terminal and returns the answer (or the default on an empty line).

@@ -1,4 +1,5 @@
 import ArgumentParser
+import LocoShared
 import Foundation
 import LocoCore
 import LocoQueue
@@ -79,7 +80,7 @@ struct Admin: AsyncParsableCommand {
                                                               lifetime: expiresInDays.map { .seconds($0 * 86_400) }, on: pool)
                     }
                     if output == .json { try printCoreJSON(created) } else {
-                        FileHandle.standardError.write(Data("created \(created.token.kind.rawValue) token \(created.token.id); it is shown once:\n".utf8))
+                        StandardStreams.write("created \(created.token.kind.rawValue) token \(created.token.id); it is shown once:\n", to: STDERR_FILENO)
                         print(created.secret)
                     }
                 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import LocoShared
 import Foundation
 import Logging
 import LocoCore
@@ -130,12 +131,12 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
     } catch let error as any CodedError {
-        FileHandle.standardError.write(Data("Error: \(error.message) [\(error.code)]\nHint: \(error.hint)\n".utf8))
+        StandardStreams.write("Error: \(error.message) [\(error.code)]\nHint: \(error.hint)\n", to: STDERR_FILENO)
         throw ExitCode(error is UsageError ? 2 : 1)
     } catch let error as PSQLError {
         // PSQLError hides everything by design; the server's own message is safe to show.
         let message = DatabaseServerError(error)?.message ?? "PostgreSQL said: \(error.code)"
-        FileHandle.standardError.write(Data("Error: \(message) [database_error]\nHint: \(DatabaseServerError.nextStep)\n".utf8))
+        StandardStreams.write("Error: \(message) [database_error]\nHint: \(DatabaseServerError.nextStep)\n", to: STDERR_FILENO)
         throw ExitCode(1)
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import LocoShared
 import Foundation
 import LocoQueue
 import PostgresNIO
@@ -201,10 +202,10 @@ struct QueueCommand: AsyncParsableCommand {
                     let pause = try await store.pause(queue: queue, by: by, on: client)
                     // Queues need no declaring, so a misspelt name pauses a queue nobody uses.
                     if try await !store.isKnown(queue: queue, on: client) {
-                        FileHandle.standardError.write(Data("""
+                        StandardStreams.write("""
                             Note: no worker listed here works queue '\(queue)' and no job waits in it; \
                             if the name is misspelt, undo with 'locod queue resume \(queue)' ('locod queue workers' lists the queues worked).\n
-                            """.utf8))
+                            """, to: STDERR_FILENO)
                     }
                     if output == .json { return try printJSON(pause) }
                     if pause.wasPaused {
