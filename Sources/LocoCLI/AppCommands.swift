@@ -49,20 +49,32 @@ struct Status: AsyncParsableCommand {
 /// `loco deployments`: history, newest first.
 struct Deployments: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The app's deployments, newest first.")
-    @Option(help: "How many.") var limit = 20
+    @Option(help: "How many (1-200).") var limit = 20
+    @Option(help: "Only deployments older than this id: the next page starts below the last id shown.") var before: Int64?
     @OptionGroup var app: AppOptions
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
-        let list = try await global.client().call(.GET, try app.path("/deployments", query: ["limit": String(limit)]))
+        guard (1...200).contains(limit) else {
+            throw CLIError("invalid_option", "--limit must be from 1 to 200 (got \(limit))", hint: "Pass e.g. --limit 20; --before ID pages further back.")
+        }
+        if let before, before < 1 {
+            throw CLIError("invalid_option", "--before must be a deployment id, 1 or more (got \(before))", hint: "Pass the last id the page before showed.")
+        }
+        var query = ["limit": String(limit)]
+        if let before { query["before"] = String(before) }
+        let list = try await global.client().call(.GET, try app.path("/deployments", query: query))
         if global.json { printJSON(list); return }
-        if list.items.isEmpty { Out.line("No deployments yet."); return }
+        if list.items.isEmpty { Out.line(before == nil ? "No deployments yet." : "No deployments before \(before ?? 0)."); return }
         Out.line("ID\tSTATE\tCREATED\tDURATION\tRESULT")
         for deployment in list.items {
             let created = parseDate(deployment["created_at"]), finished = parseDate(deployment["finished_at"])
             let duration = created.flatMap { start in finished.map { Format.seconds($0.timeIntervalSince(start)) } } ?? "-"
             let result = deployment["report"]?["code"]?.stringValue ?? deployment["url"]?.stringValue ?? ""
             Out.line("\(deployment["id"]?.text ?? "")\t\(deployment["state"]?.text ?? "")\t\(deployment["created_at"]?.text ?? "")\t\(duration)\t\(result)")
+        }
+        if list.items.count == limit, let last = list.items.last?["id"]?.int {
+            Out.line("Older deployments may exist: loco deployments --before \(last)")
         }
     }
 }

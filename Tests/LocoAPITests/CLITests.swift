@@ -110,6 +110,14 @@ struct CLITests {
                 let history = try await cli.json(["deployments", "--config", config])
                 #expect(history.value.items.count == 3 && history.value.items.allSatisfy { $0["state"]?.stringValue == "succeeded" })
                 let lastID = try #require(history.value.items.first?["id"]?.int)
+                // Pages: a full page names the next one; --before gets it.
+                let ids = history.value.items.compactMap { $0["id"]?.int }
+                let firstPage = try await cli.run(["deployments", "--config", config, "--limit", "2"])
+                #expect(firstPage.output.contains("loco deployments --before \(ids[1])"), "\(firstPage.output)")
+                let olderPage = try await cli.json(["deployments", "--config", config, "--limit", "2", "--before", "\(ids[1])"])
+                #expect(olderPage.value.items.compactMap { $0["id"]?.int } == [ids[2]], "\(olderPage.value)")
+                let badLimit = try await cli.run(["deployments", "--config", config, "--limit", "0"])
+                #expect(badLimit.status == 2 && badLimit.output.contains("--limit must be from 1 to 200"), "\(badLimit.output)")
                 let shownDeployment = try await cli.run(["deployment", "show", "\(lastID)"])
                 #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
                 let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])
