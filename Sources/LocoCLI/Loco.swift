@@ -15,7 +15,7 @@ struct Loco: AsyncParsableCommand {
         version: version,
         subcommands: [
             Init.self, Validate.self, ConfigCommand.self,
-            Login.self, Logout.self, Whoami.self, TokenCommand.self,
+            Login.self, Logout.self, Whoami.self, TokenCommand.self, TeamCommand.self,
             Deploy.self, Status.self, Deployments.self, DeploymentCommand.self, Cancel.self,
             Logs.self, Env.self, Apps.self, Destroy.self, Completion.self,
         ]

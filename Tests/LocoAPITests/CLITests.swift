@@ -234,6 +234,28 @@ struct CLITests {
                 let gone = try await eventually(timeout: .seconds(30), every: .milliseconds(300)) { try await Self.curl(url).isEmpty }
                 #expect(gone, "nothing serves the destroyed app")
                 #expect(try await cli.run(["completion", "bash"]).output.contains("_loco"))
+
+                // Teams: list, members, add and change a role, remove; a second team needs --team.
+                let teams = try await cli.run(["team"])
+                #expect(teams.status == 0 && teams.output.contains("acme\towner"), "\(teams.output)")
+                let added = try await cli.run(["team", "add", "bob@example.com", "--role", "viewer"])
+                #expect(added.status == 0 && added.output.contains("bob@example.com is a viewer of team acme"), "\(added.output)")
+                _ = try await cli.run(["team", "add", "bob@example.com", "--role", "admin"])
+                let members = try await cli.json(["team", "members"])
+                #expect(members.value.items.map { "\($0["email"]?.stringValue ?? ""):\($0["role"]?.stringValue ?? "")" }.sorted()
+                        == ["ann@example.com:owner", "bob@example.com:admin"], "\(members.value)")
+                let nobody = try await cli.run(["team", "add", "nobody@example.com"])
+                #expect(nobody.status != 0 && nobody.output.contains("no user named 'nobody@example.com'") && nobody.output.contains("locod admin create-user"), "\(nobody.output)")
+                let badRole = try await cli.run(["team", "add", "bob@example.com", "--role", "boss"])
+                #expect(badRole.status == 2 && badRole.output.contains("'owner', 'admin', 'developer' or 'viewer'"), "\(badRole.output)")
+                let lastOwner = try await cli.run(["team", "remove", "ann@example.com"])
+                #expect(lastOwner.status != 0 && lastOwner.output.contains("without an owner"), "\(lastOwner.output)")
+                #expect(try await cli.run(["team", "remove", "bob@example.com"]).output.contains("Removed bob@example.com from team acme"))
+                #expect(try await cli.json(["team", "members"]).value.items.count == 1)
+                #expect(try await cli.run(["team", "create", "beta"]).output.contains("Created team beta; you are its owner"))
+                let which = try await cli.run(["team", "members"])
+                #expect(which.status == 2 && which.output.contains("you are in 2 teams (acme, beta)") && which.output.contains("--team"), "\(which.output)")
+                #expect(try await cli.json(["team", "members", "--team", "beta"]).value.items.count == 1)
                 // A reader that has gone (`loco deployments | head`): loco ends by SIGPIPE, as any
                 // Unix tool does; it once trapped in FileHandle and printed a crash backtrace.
                 let piped = try await runCommand(URL(fileURLWithPath: "/usr/bin/python3"), ["-c", """

@@ -50,6 +50,8 @@ struct LocoStack {
         guard migrated.status == 0 else { throw TestSetupError("migrate failed: \(migrated.output)") }
         _ = try await runCommand(locod, ["admin", "create-user", "--email", "ann@example.com", "--name", "Ann"], environment: env)
         _ = try await runCommand(locod, ["admin", "create-team", "--name", "acme", "--owner", "ann@example.com"], environment: env)
+        // A second user, in no team, for `loco team add`.
+        _ = try await runCommand(locod, ["admin", "create-user", "--email", "bob@example.com", "--name", "Bob"], environment: env)
         let user = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--output", "json"], environment: env)
         let token = try #require(JSONValue.parse(user.output)?["secret"]?.stringValue, "\(user.output)")
         let worker = try await runCommand(locod, ["admin", "create-token", "--worker", "stack-worker", "--output", "json"], environment: env)

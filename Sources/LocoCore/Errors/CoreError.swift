@@ -127,7 +127,7 @@ public enum CoreError: CodedError, Equatable {
         case .tokenExpired: "Create a new token with 'loco token create' (deploy tokens live 5 minutes)."
         case .tokenRevoked: "Create a new token with 'loco token create'."
         case .wrongTokenKind: "Use a personal access token for this; deploy tokens only deploy, pull credentials only pull images."
-        case .forbidden: "Ask a team owner or admin to change your role; 'loco whoami' shows your role in each team."
+        case .forbidden: "Ask a team owner or admin to change your role ('loco team members' lists them); 'loco whoami' shows your role in each team."
         case .notFound(let what, _):
             switch what {
             case "deployment": "'loco deployments' lists the app's deployments by id."
