@@ -28,6 +28,7 @@ public enum APIRoutes {
         APIRoute(.get, "/v1/apps/{app}/deployments", action: .readApp) { api, request, context in try await api.listDeployments(request, context) },
         APIRoute(.get, "/v1/deployments/{id}", action: .readApp) { api, request, context in try await api.showDeployment(request, context) },
         APIRoute(.post, "/v1/deployments/{id}/cancel", action: .cancelDeployment) { api, request, context in try await api.cancelDeployment(request, context) },
+        APIRoute(.post, "/v1/deployments/{id}/redeploy", action: .deploy) { api, request, context in try await api.redeployDeployment(request, context) },
         APIRoute(.get, "/v1/deployments/{id}/events", action: .readApp) { api, request, context in try await api.deploymentEvents(request, context) },
 
         APIRoute(.get, "/v1/apps/{app}/env", action: .listEnv) { api, request, context in try await api.listEnv(request, context) },

@@ -133,6 +133,19 @@ extension API {
         return jsonResponse(deployment)
     }
 
+    /// `POST /v1/deployments/{id}/redeploy`: a new deployment of the same app that runs that
+    /// deployment's pushed images and config again (a rollback), with the app's env as it is now.
+    func redeployDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (principal, source, access) = try await deployment(request, context, for: .deploy)
+        let queueBehind = request.query("queue") == "true" || request.query("queue") == "1"
+        let deployment = try await store.submit(
+            try DeploymentRequest.redeploy(of: source, app: access.app, createdBy: principal.user?.id, queueBehind: queueBehind), on: database)
+        metrics.deploymentsSubmitted.increment()
+        var response = jsonResponse(deployment, status: .created)
+        response.headers[.location] = "/v1/deployments/\(deployment.id)"
+        return response
+    }
+
     func cancelDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, deployment, _) = try await deployment(request, context, for: .cancelDeployment)
         let (cancelled, released) = try await store.cancel(deploymentID: deployment.id, on: database)

@@ -16,9 +16,7 @@ struct Deploy: AsyncParsableCommand {
         discussion: "Exit code 0 only when the new version serves; 1 when the deployment failed, 5 when it was cancelled.")
 
     @Option(help: "Path to loco.toml (default: the nearest one from the current folder up).") var config: String?
-    @Flag(help: "Return at once with the deployment's id.") var detach = false
-    @Flag(help: "Never ask (CI): Ctrl-C stops watching without cancelling.") var nonInteractive = false
-    @Flag(name: .customLong("queue"), help: "Wait in line behind a deployment in flight instead of being refused.") var waitInLine = false
+    @OptionGroup var start: StartOptions
     @Option(name: .shortAndLong, help: "Deploy as this app instead of loco.toml's name (e.g. a staging copy of the same config).") var app: String?
     @Option(help: "The app's team (default: loco.toml's team).") var team: String?
     @OptionGroup var global: GlobalOptions
@@ -68,10 +66,10 @@ struct Deploy: AsyncParsableCommand {
         }
 
         let started = Date()
-        let deployment = try await upload(client, path: appPath("/deployments", waitInLine ? ["queue": "true"] : [:]),
+        let deployment = try await upload(client, path: appPath("/deployments", start.waitInLine ? ["queue": "true"] : [:]),
                                           config: config.json, archive: archive, human: human && terminal.isTTY)
         guard let id = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
-        if detach {
+        if start.detach {
             if global.json { printJSON(deployment) } else { Out.line("Deployment \(id) started. Follow it with: loco status (or loco deployment show \(id))") }
             return
         }
@@ -79,9 +77,7 @@ struct Deploy: AsyncParsableCommand {
             let queued = deployment["queued_behind"]?.int.map { " (waits in line behind deployment \($0))" } ?? ""
             Out.line("Deploying \(config.name) — deployment \(id)\(queued)")
         }
-        let follower = Follower(client: client, deploymentID: id, format: global.output, terminal: terminal)
-        let final = try await followInterruptibly(follower, client: client, id: id)
-        try finish(final, started: started, terminal: terminal)
+        try await DeploymentWatch(global: global, nonInteractive: start.nonInteractive).run(client, id: id, started: started)
     }
 
     /// loco.toml with `--app` and `--team` applied: the names are checked here, by loco.toml's
@@ -153,6 +149,27 @@ struct Deploy: AsyncParsableCommand {
         let data = try await client.collect(response, limit: 16 << 20)
         try client.check(response.status, data)
         return (try? JSONDecoder().decode(JSONValue.self, from: data)) ?? .null
+    }
+}
+
+/// How a command that starts a deployment (`deploy`, `rollback`) runs it.
+struct StartOptions: ParsableArguments {
+    @Flag(help: "Return at once with the new deployment's id.") var detach = false
+    @Flag(help: "Never ask (CI): Ctrl-C stops watching without cancelling.") var nonInteractive = false
+    @Flag(name: .customLong("queue"), help: "Wait in line behind a deployment in flight instead of being refused.") var waitInLine = false
+}
+
+/// Follows a deployment to its end and says how it ended, with the exit code (`loco deploy`,
+/// `loco rollback`).
+struct DeploymentWatch {
+    let global: GlobalOptions
+    let nonInteractive: Bool
+
+    func run(_ client: APIClient, id: Int64, started: Date) async throws {
+        let terminal = Terminal.current
+        let follower = Follower(client: client, deploymentID: id, format: global.output, terminal: terminal)
+        let final = try await followInterruptibly(follower, client: client, id: id)
+        try finish(final, started: started, terminal: terminal)
     }
 
     /// Follows until the end; Ctrl-C asks whether to cancel the deployment or just stop watching.

@@ -80,6 +80,8 @@ struct Fixture {
         let first = try stored()
         let inFlight = try await store.submit(DeploymentRequest(app: web, config: .object([:]), context: first,
                                                                 createdBy: nil, queueBehind: false), on: db)
+        // As if pushed: so a redeploy of it can be created.
+        _ = try await harness.database.client.query("UPDATE loco_deployments SET image_ref = 'registry/acme/web@sha256:ab', images = '{\"web\": \"registry/acme/web@sha256:ab\"}' WHERE id = \(inFlight.id)").collect()
         let second = try stored()
         let endedRun = try await store.submit(DeploymentRequest(app: done, config: .object([:]), context: second,
                                                                 createdBy: nil, queueBehind: false), on: db)
@@ -88,7 +90,7 @@ struct Fixture {
         var tokens: [Caller: String] = [:]
         for (caller, user) in users { tokens[caller] = try await harness.token(for: user) }
         tokens[.expired] = try await harness.token(for: users[.owner]!, lifetime: .seconds(1))
-        try await harness.database.client.query("UPDATE loco_tokens SET expires_at = now() - interval '1 second' WHERE expires_at < now() + interval '1 minute' AND kind = 'personal'").collect()
+        _ = try await harness.database.client.query("UPDATE loco_tokens SET expires_at = now() - interval '1 second' WHERE expires_at < now() + interval '1 minute' AND kind = 'personal'").collect()
         tokens[.deployToken] = try await harness.token(for: users[.developer]!, kind: .deploy, app: web)
         tokens[.pullToken] = try await harness.token(for: users[.appOwner]!, kind: .pull, app: web)
         return Fixture(tokens: tokens, web: web, inFlight: inFlight, ended: ended, counter: counter)
@@ -156,6 +158,9 @@ struct AuthorizationMatrixTests {
             },
             RouteCase(method: .post, route: "/v1/deployments/{id}/cancel", action: .cancelDeployment, success: 200, scoped: true, reachesWeb: true, mutates: true) { f, _ in
                 ("/v1/deployments/\(f.inFlight.id)/cancel", nil, false)
+            },
+            RouteCase(method: .post, route: "/v1/deployments/{id}/redeploy", action: .deploy, success: 201, scoped: true, reachesWeb: true, mutates: false) { f, _ in
+                ("/v1/deployments/\(f.inFlight.id)/redeploy?queue=true", nil, false)
             },
             // The ended deployment belongs to app `done`, which a deploy token for `web` cannot see.
             RouteCase(method: .get, route: "/v1/deployments/{id}/events", action: .readApp, success: 200, scoped: true, reachesWeb: false, mutates: false) { f, _ in

@@ -118,6 +118,17 @@ struct CLITests {
                 #expect(olderPage.value.items.compactMap { $0["id"]?.int } == [ids[2]], "\(olderPage.value)")
                 let badLimit = try await cli.run(["deployments", "--config", config, "--limit", "0"])
                 #expect(badLimit.status == 2 && badLimit.output.contains("--limit must be from 1 to 200"), "\(badLimit.output)")
+
+                // Rollback: the deployment before the serving one runs again, without a build;
+                // then forward again by id.
+                let rolledBack = try await cli.run(["rollback", "--config", config])
+                #expect(rolledBack.status == 0 && rolledBack.output.contains("Rolling hello back to deployment \(ids[1])'s images")
+                        && rolledBack.output.contains("apply started") && !rolledBack.output.contains("build of web started"), "\(rolledBack.output)")
+                #expect(try await Self.curl(url).contains("Hello from Loco"), "the version before serves again")
+                let forward = try await cli.json(["rollback", "\(ids[0])", "--config", config])
+                #expect(forward.status == 0 && forward.value["state"]?.stringValue == "succeeded" && forward.value["redeploy_of"]?.int == ids[0]
+                        && forward.value["images"] == history.value.items.first?["images"] && forward.value["stages"]?["build"] == nil, "\(forward.value)")
+                #expect(try await Self.curl(url).contains("Version two"))
                 let shownDeployment = try await cli.run(["deployment", "show", "\(lastID)"])
                 #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
                 let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])
@@ -215,6 +226,10 @@ struct CLITests {
                 }
                 #expect(quiet, "the build stopped and no job is left")
                 #expect(try await Self.curl(url).contains("Version two"), "the serving version is untouched")
+                // A deployment cancelled before its push has no image to run again.
+                let noImage = try await cli.run(["rollback", "\(slowID)", "--config", config])
+                #expect(noImage.status != 0 && noImage.output.contains("deployment \(slowID) cannot run again: it has no pushed image for web")
+                        && noImage.output.contains("deploy from source with 'loco deploy'"), "\(noImage.output)")
 
                 // Bad input to the CLI itself: exit 2, what is wrong and what to do.
                 let badPair = try await cli.run(["env", "set", "NOEQUALS", "--config", config])

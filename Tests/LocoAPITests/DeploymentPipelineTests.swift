@@ -130,6 +130,56 @@ struct DeploymentPipelineTests {
         }
     }
 
+    @Test("a redeploy (rollback) runs a deployment's pushed images again: apply, wait and cleanup only, also after waiting in line; one with no image is refused")
+    func redeploy() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let db = harness.database
+            func plan(_ id: Int64) async throws -> String {
+                try await db.scalar("SELECT string_agg(stage, ',' ORDER BY job_id) FROM loco_deployment_jobs WHERE deployment_id = \(id)", as: String.self)
+            }
+            let first = try await harness.deployment(of: app)
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
+                let done = try await eventually(timeout: .seconds(20)) { try await harness.store.deployment(id: first.id, on: db.client)?.state == .succeeded }
+                #expect(done)
+            }
+            let built = try #require(try await harness.store.deployment(id: first.id, on: db.client))
+            #expect(built.imageRef != nil && built.whyNotRedeployable(type: app.type) == nil)
+
+            // Two redeploys of it: one at once, one in line behind it (its DAG made when the first ends).
+            let again = try await harness.store.submit(try DeploymentRequest.redeploy(of: built, app: app, createdBy: ann.id, queueBehind: false), on: db.client)
+            let inLine = try await harness.store.submit(try DeploymentRequest.redeploy(of: built, app: app, createdBy: ann.id, queueBehind: true), on: db.client)
+            #expect(again.redeployOf == first.id && again.imageRef == built.imageRef && again.imageDigest == built.imageDigest
+                    && again.images == built.images && again.contextDigest == nil && again.config == built.config)
+            #expect(try await plan(again.id) == "apply,wait,cleanup")
+            #expect(inLine.state == .queued && inLine.queuedBehind == again.id)
+            let queuedEvent = try await harness.store.events(deploymentID: again.id, after: 0, on: db.client).first
+            #expect(queuedEvent?.message.contains("deployment \(first.id)'s images again, no build") == true, "\(String(describing: queuedEvent))")
+            try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
+                let done = try await eventually(timeout: .seconds(20)) {
+                    try await harness.store.deployment(id: inLine.id, on: db.client)?.state == .succeeded
+                }
+                #expect(done)
+            }
+            #expect(try await plan(inLine.id) == "apply,wait,cleanup", "released from the line without build and push")
+            let rolledBack = try #require(try await harness.store.deployment(id: inLine.id, on: db.client))
+            #expect(rolledBack.imageDigest == built.imageDigest && rolledBack.stages["build"] == nil && rolledBack.stages["apply"] != nil)
+            #expect(try await harness.store.pushedImages(appID: app.id, on: db.client) == [built.imageDigest!], "cleanup sees the image as the newest used")
+
+            // Cancelled before its push: nothing to run again.
+            let cancelled = try await harness.store.cancel(deploymentID: try await harness.deployment(of: app).id, on: db.client).0
+            #expect(throws: CoreError.notRedeployable(deploymentID: cancelled.id, reason: "it has no pushed image for web (it is cancelled and never got that far)")) {
+                _ = try DeploymentRequest.redeploy(of: cancelled, app: app, createdBy: ann.id, queueBehind: false)
+            }
+            // An app that is not built has no images to need.
+            let cache = try await harness.app("cache", in: team, owner: ann, type: .redis)
+            let redis = try await harness.store.submit(DeploymentRequest(app: cache, config: .object([:]), context: nil, createdBy: ann.id, queueBehind: false), on: db.client)
+            #expect(redis.whyNotRedeployable(type: .redis) == nil)
+        }
+    }
+
     @Test("a deployment waiting on a paused queue is told why, once per pause, and goes on when the queue resumes")
     func pausedQueue() async throws {
         try await Harness.with { harness in

@@ -153,14 +153,25 @@ public struct Deployment: Sendable, Codable, Equatable {
     public var stages: [String: StageTiming]
     public var report: FailureReport?
     public var cancelRequested: Bool
+    /// The deployment whose pushed images this one runs again (a rollback), without a build.
+    public var redeployOf: Int64?
     public var createdAt: Date
     public var finishedAt: Date?
 
     enum CodingKeys: String, CodingKey {
         case id, appID = "app_id", app, team, state, queuedBehind = "queued_behind", createdBy = "created_by", config
         case contextDigest = "context_digest", contextBytes = "context_bytes", imageDigest = "image_digest"
-        case imageRef = "image_ref", images, url, stages, report, cancelRequested = "cancel_requested", createdAt = "created_at"
-        case finishedAt = "finished_at"
+        case imageRef = "image_ref", images, url, stages, report, cancelRequested = "cancel_requested", redeployOf = "redeploy_of"
+        case createdAt = "created_at", finishedAt = "finished_at"
+    }
+
+    /// Why this deployment's images cannot run again, or nil when they can: an app that builds
+    /// needs every service's pushed image (one that failed or was cancelled before its push has none).
+    public func whyNotRedeployable(type: AppType) -> String? {
+        guard type.isBuilt else { return nil }
+        let missing = DeploymentPlan.services(in: config).filter { image(of: $0) == nil }
+        guard !missing.isEmpty else { return nil }
+        return "it has no pushed image for \(missing.joined(separator: ", ")) (it is \(state.rawValue) and never got that far)"
     }
 }
 

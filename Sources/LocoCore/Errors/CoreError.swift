@@ -21,6 +21,7 @@ public enum CoreError: CodedError, Equatable {
     case ambiguousApp(name: String, teams: [String])
     case deploymentInProgress(app: String, deploymentID: Int64, state: String)
     case deploymentFinished(deploymentID: Int64, state: String)
+    case notRedeployable(deploymentID: Int64, reason: String)
     case lastOwner(team: String)
     case unsupportedMediaType(got: String, expected: String)
     case payloadTooLarge(limit: Int64)
@@ -35,7 +36,7 @@ public enum CoreError: CodedError, Equatable {
         "unauthenticated", "token_invalid", "token_expired", "token_revoked", "wrong_token_kind", "forbidden",
         "not_found", "route_not_found", "method_not_allowed", "invalid_json", "unknown_field", "missing_field",
         "invalid_field", "invalid_name", "already_exists", "ambiguous_app", "deployment_in_progress",
-        "deployment_finished", "last_owner", "unsupported_media_type", "payload_too_large", "invalid_context",
+        "deployment_finished", "not_redeployable", "last_owner", "unsupported_media_type", "payload_too_large", "invalid_context",
         "invalid_upload", "runtime_unavailable", "database_unavailable", "internal",
         // Answered below the router, by the HTTP layer itself (LocoAPI's ProtocolErrorResponder).
         "headers_too_large", "invalid_request",
@@ -61,6 +62,7 @@ public enum CoreError: CodedError, Equatable {
         case .ambiguousApp: "ambiguous_app"
         case .deploymentInProgress: "deployment_in_progress"
         case .deploymentFinished: "deployment_finished"
+        case .notRedeployable: "not_redeployable"
         case .lastOwner: "last_owner"
         case .unsupportedMediaType: "unsupported_media_type"
         case .payloadTooLarge: "payload_too_large"
@@ -81,7 +83,7 @@ public enum CoreError: CodedError, Equatable {
         case .methodNotAllowed: 405
         case .invalidJSON, .unknownField, .missingField, .invalidContext, .invalidUpload: 400
         case .invalidField, .invalidName: 422
-        case .alreadyExists, .ambiguousApp, .deploymentInProgress, .deploymentFinished, .lastOwner: 409
+        case .alreadyExists, .ambiguousApp, .deploymentInProgress, .deploymentFinished, .notRedeployable, .lastOwner: 409
         case .unsupportedMediaType: 415
         case .payloadTooLarge: 413
         case .runtimeUnavailable, .databaseUnavailable: 503
@@ -109,6 +111,7 @@ public enum CoreError: CodedError, Equatable {
         case .ambiguousApp(let name, let teams): "several of your teams have an app named '\(name)': \(teams.joined(separator: ", "))"
         case .deploymentInProgress(let app, let id, let state): "app '\(app)' already has deployment \(id) in flight (\(state))"
         case .deploymentFinished(let id, let state): "deployment \(id) has already finished (\(state))"
+        case .notRedeployable(let id, let reason): "deployment \(id) cannot run again: \(reason)"
         case .lastOwner(let team): "team '\(team)' would be left without an owner"
         case .unsupportedMediaType(let got, let expected): "content type '\(got.prefix(100))' is not accepted here; expected \(expected)"
         case .payloadTooLarge(let limit): "the request body is larger than the limit of \(limit) bytes"
@@ -135,7 +138,7 @@ public enum CoreError: CodedError, Equatable {
             case "token": "'loco token list' lists your tokens."
             case "team": "'loco whoami' lists your teams."
             case "user": "Check the email; an operator creates users with 'locod admin create-user'."
-            case "member": "Check the email; 'GET /v1/teams/{team}/members' lists the team's members."
+            case "member": "Check the email; 'loco team members' lists the team's members."
             default: "Check the name; 'loco apps' lists the apps you can see."
             }
         case .routeNotFound: "See the API reference in openapi.json."
@@ -149,6 +152,7 @@ public enum CoreError: CodedError, Equatable {
         case .ambiguousApp: "Add '?team=NAME' to say which team's app you mean."
         case .deploymentInProgress(let app, let id, _): "Wait for it ('loco deployment show \(id)'), cancel it ('loco cancel \(id)'), or deploy again with --queue to run after it (app \(app))."
         case .deploymentFinished: "Nothing to cancel; start a new deployment with 'loco deploy'."
+        case .notRedeployable: "Roll back to a deployment that got past its push ('loco deployments' lists them), or deploy from source with 'loco deploy'."
         case .lastOwner: "Make another member an owner first."
         case .unsupportedMediaType: "Set the Content-Type header as the API reference says."
         case .payloadTooLarge: "Make the build context smaller: add a .dockerignore for build outputs, caches and dependencies."

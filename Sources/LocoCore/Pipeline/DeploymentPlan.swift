@@ -59,8 +59,8 @@ public enum DeploymentPlan {
 
 extension CoreStore {
     /// Enqueues a deployment's whole DAG on `connection` (the caller's transaction) and records
-    /// which job is which stage.
-    func enqueuePlan(deploymentID: Int64, type: AppType, config: JSONValue, on connection: PostgresConnection) async throws {
+    /// which job is which stage. A `prebuilt` one (a redeploy) has its images already: no build, no push.
+    func enqueuePlan(deploymentID: Int64, type: AppType, config: JSONValue, prebuilt: Bool, on connection: PostgresConnection) async throws {
         var recorded: [(Int64, Stage, String?)] = []
         func add(_ stage: Stage, service: String? = nil, outcome: String? = nil, after parents: [Int64]) async throws -> Int64 {
             let job = try DeploymentPlan.job(stage, deploymentID: deploymentID, service: service, outcome: outcome, after: parents)
@@ -69,7 +69,7 @@ extension CoreStore {
             return id
         }
         var pushes: [Int64] = []
-        if type.isBuilt {
+        if type.isBuilt && !prebuilt {
             for service in DeploymentPlan.services(in: config) {
                 let build = try await add(.build, service: service, after: [])
                 pushes.append(try await add(.push, service: service, after: [build]))

@@ -120,11 +120,11 @@ extension CoreStore {
         let rows = try await connection.run("""
             UPDATE loco_deployments d SET in_line = false
             WHERE d.id = (SELECT id FROM loco_deployments WHERE app_id = \(appID) AND in_line AND state = 'queued' ORDER BY id LIMIT 1)
-            RETURNING d.id, d.config::text, (SELECT type FROM loco_apps WHERE id = d.app_id)
+            RETURNING d.id, d.config::text, (SELECT type FROM loco_apps WHERE id = d.app_id), d.redeploy_of IS NOT NULL
             """, logger: logger)
-        for try await (id, configText, type) in rows.decode((Int64, String, String).self) {
+        for try await (id, configText, type, prebuilt) in rows.decode((Int64, String, String, Bool).self) {
             try await enqueuePlan(deploymentID: id, type: AppType(rawValue: type) ?? .service, config: JSONValue.parse(configText) ?? .object([:]),
-                                  on: connection)
+                                  prebuilt: prebuilt, on: connection)
             try await appendEvent(deploymentID: id, type: "released", stage: nil,
                                   message: "deployment \(endedID) ended; deployment \(id) starts", on: connection)
         }

@@ -129,5 +129,9 @@ public enum CoreSchema {
             // Where the deployed version answers, and each service's pushed image (multi-service apps).
             "ALTER TABLE loco_deployments ADD COLUMN url text, ADD COLUMN images jsonb NOT NULL DEFAULT '{}'::jsonb",
         ]),
+        Migration(version: 3, name: "deployment_redeploy_of", statements: [
+            // A redeploy (`loco rollback`) runs another deployment's pushed images again: no build, no push.
+            "ALTER TABLE loco_deployments ADD COLUMN redeploy_of bigint REFERENCES loco_deployments (id) ON DELETE SET NULL",
+        ]),
     ]
 }

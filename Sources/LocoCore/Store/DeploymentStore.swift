@@ -12,13 +12,22 @@ public struct DeploymentRequest: Sendable {
     public var createdBy: Int64?
     /// Wait behind the app's current deployment instead of refusing.
     public var queueBehind: Bool
+    /// A redeploy: run this deployment's pushed images again with its config (no context, no build).
+    public var redeployOf: Deployment?
 
-    public init(app: App, config: JSONValue, context: StagedContext?, createdBy: Int64?, queueBehind: Bool) {
+    public init(app: App, config: JSONValue, context: StagedContext?, createdBy: Int64?, queueBehind: Bool, redeployOf: Deployment? = nil) {
         self.app = app
         self.config = config
         self.context = context
         self.createdBy = createdBy
         self.queueBehind = queueBehind
+        self.redeployOf = redeployOf
+    }
+
+    /// Deployment `source` again, as it was built: its config and images, the app's env as it is now.
+    public static func redeploy(of source: Deployment, app: App, createdBy: Int64?, queueBehind: Bool) throws -> DeploymentRequest {
+        if let reason = source.whyNotRedeployable(type: app.type) { throw CoreError.notRedeployable(deploymentID: source.id, reason: reason) }
+        return DeploymentRequest(app: app, config: source.config, context: nil, createdBy: createdBy, queueBehind: queueBehind, redeployOf: source)
     }
 }
 
@@ -61,17 +70,22 @@ extension CoreStore {
                     try await execute("SELECT pg_advisory_xact_lock_shared(\(Self.contextLockClass), hashtext(\(context.digest)))", on: connection)
                     try context.place()
                 }
+                let source = request.redeployOf
+                let images = JSONValue.object((source?.images ?? [:]).mapValues(JSONValue.string)).jsonText
                 let id = try await scalar("""
-                    INSERT INTO loco_deployments (app_id, state, in_line, queued_behind, created_by, config, context_digest, context_bytes)
+                    INSERT INTO loco_deployments (app_id, state, in_line, queued_behind, created_by, config, context_digest, context_bytes,
+                                                  redeploy_of, image_digest, image_ref, images)
                     VALUES (\(request.app.id), 'queued', \(behind != nil), \(behind), \(request.createdBy), \(request.config.jsonText)::jsonb,
-                            \(request.context?.digest), \(request.context?.bytes))
+                            \(request.context?.digest), \(request.context?.bytes),
+                            \(source?.id), \(source?.imageDigest), \(source?.imageRef), \(images)::jsonb)
                     RETURNING id
                     """, as: Int64.self, on: connection)!
+                let redeploying = source.map { " (deployment \($0.id)'s images again, no build)" } ?? ""
                 if let behind {
-                    try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "waiting in line behind deployment \(behind)", on: connection)
+                    try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "waiting in line behind deployment \(behind)\(redeploying)", on: connection)
                 } else {
-                    try await enqueuePlan(deploymentID: id, type: request.app.type, config: request.config, on: connection)
-                    try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "deployment \(id) of \(request.app.name) is queued", on: connection)
+                    try await enqueuePlan(deploymentID: id, type: request.app.type, config: request.config, prebuilt: source != nil, on: connection)
+                    try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "deployment \(id) of \(request.app.name) is queued\(redeploying)", on: connection)
                 }
                 return try await deployment(id: id, on: connection)!
             }

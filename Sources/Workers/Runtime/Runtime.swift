@@ -72,9 +72,13 @@ public struct RolloutFailure: CodedError, Equatable {
     public var logTail: [String]
 
     public static func imagePull(_ image: String, reason: String) -> RolloutFailure {
-        RolloutFailure(code: "IMAGE_PULL_FAILED", message: "the image \(image) could not be pulled: \(reason.prefix(300))",
-                       hint: "Check the registry is reachable from the runtime and the app's pull credential is valid; deploy again to push a fresh image.",
-                       service: nil, exitCode: nil, logTail: [])
+        // The registry answers "manifest unknown" for an image cleanup deleted: a rollback to an old deployment.
+        let gone = reason.contains("manifest unknown")
+        return RolloutFailure(code: "IMAGE_PULL_FAILED",
+                              message: gone ? "the registry no longer has the image \(image)" : "the image \(image) could not be pulled: \(reason.prefix(300))",
+                              hint: gone ? "Cleanup keeps only each app's last images (the workers' --keep-images, 2 by default); deploy from source with 'loco deploy', or roll back to a newer deployment."
+                                         : "Check the registry is reachable from the runtime and the app's pull credential is valid; deploy again to push a fresh image.",
+                              service: nil, exitCode: nil, logTail: [])
     }
 
     public static func crashLoop(service: String, exitCode: Int32, tail: [String]) -> RolloutFailure {

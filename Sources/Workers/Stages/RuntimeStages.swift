@@ -156,9 +156,10 @@ public struct RuntimeStages: Sendable {
             try await store.fail(deploymentID: id, report: FailureReport(
                 stage: stage.rawValue, code: failure.code, message: failure.message,
                 hint: failure.hint.replacingOccurrences(of: "'loco logs'", with: "'loco logs --deployment \(id)'"),
-                evidence: ["service": failure.service.map(JSONValue.string) ?? .null,
-                           "exit_code": failure.exitCode.map { .number(Double($0)) } ?? .null,
-                           "log_tail": .array(failure.logTail.map(JSONValue.string))]), on: connection)
+                // Only what is known: an image that cannot be pulled has no service output or exit code.
+                evidence: ["service": failure.service.map(JSONValue.string), "exit_code": failure.exitCode.map { .number(Double($0)) },
+                           "log_tail": failure.logTail.isEmpty ? nil : .array(failure.logTail.map(JSONValue.string))].compactMapValues { $0 }),
+                on: connection)
         }
     }
 }
