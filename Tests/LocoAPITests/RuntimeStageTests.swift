@@ -145,6 +145,18 @@ struct RuntimeStageTests {
                 let cleanupEvent = try await harness.store.events(deploymentID: third.id, after: 0, on: db.client).last { $0.stage == "cleanup" }
                 #expect(cleanupEvent?.message.contains("deleted") == true, "\(String(describing: cleanupEvent))")
 
+                // A rollback to the version whose image cleanup deleted: the report says so, and only what is known.
+                let rollback = try await harness.call(.post, "/v1/deployments/\(second.id)/redeploy", token: token)
+                guard case .number(let rollbackID)? = rollback.json?["id"] else { throw TestSetupError("no id: \(rollback.text)") }
+                let rolledBack = try await eventually(timeout: .seconds(60), every: .milliseconds(200)) {
+                    try await harness.store.deployment(id: Int64(rollbackID), on: db.client)?.state.isFinal == true
+                }
+                #expect(rolledBack)
+                let gone = try #require(try await harness.store.deployment(id: Int64(rollbackID), on: db.client))
+                #expect(gone.state == .failed && gone.report?.code == "IMAGE_PULL_FAILED" && gone.report?.message.contains("the registry no longer has the image") == true
+                        && gone.report?.hint.contains("--keep-images") == true && gone.report?.evidence["exit_code"] == nil, "\(String(describing: gone.report))")
+                #expect(try await get(try await servingURL(third)).contains("Version three"), "the serving version is untouched")
+
                 // Deleting the app takes its containers and images with it.
                 let thirdURL = try await servingURL(third)
                 let deleted = try await harness.call(.delete, "/v1/apps/web", token: token)
