@@ -101,7 +101,9 @@ struct DeploymentCommand: AsyncParsableCommand {
                     Out.line("  \(stage.padding(toLength: 8, withPad: " ", startingAt: 0)) \(took)")
                 }
             }
-            if let image = deployment["image_ref"]?.stringValue { Out.line("  image    \(image)") }
+            if let image = deployment["image_ref"]?.stringValue {
+                Out.line("  image    \(image)\(deployment["redeploy_of"]?.int.map { " (deployment \($0)'s, run again: no build)" } ?? "")")
+            }
             if let url = deployment["url"]?.stringValue { Out.line("  url      \(url)") }
             if deployment["state"]?.text == "failed" { ReportPrinter.print(deployment, terminal: terminal) }
         }

@@ -129,6 +129,9 @@ struct CLITests {
                 #expect(forward.status == 0 && forward.value["state"]?.stringValue == "succeeded" && forward.value["redeploy_of"]?.int == ids[0]
                         && forward.value["images"] == history.value.items.first?["images"] && forward.value["stages"]?["build"] == nil, "\(forward.value)")
                 #expect(try await Self.curl(url).contains("Version two"))
+                let forwardID = try #require(forward.value["id"]?.int)
+                let shownForward = try await cli.run(["deployment", "show", "\(forwardID)"])
+                #expect(shownForward.output.contains("(deployment \(ids[0])'s, run again: no build)"), "\(shownForward.output)")
                 let shownDeployment = try await cli.run(["deployment", "show", "\(lastID)"])
                 #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
                 let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])
