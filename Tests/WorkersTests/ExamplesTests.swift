@@ -27,12 +27,21 @@ struct ExamplesTests {
         let unpacked = folder.appending(path: "\(example)-context")
         try ContextUnpacker().unpack(archive, into: unpacked)
         let builder = try BuildTools.builder(folder.appending(path: "state"), maxImageBytes: maxImageBytes)
-        do {
-            let result = try await builder.build(BuildRequest(contextFolder: unpacked, buildArgs: args.merging(["BASE": "oci-archive:\(base.path)"]) { a, _ in a },
-                                                              output: folder.appending(path: "\(example)-image")))
-            return (result, nil, sent)
-        } catch let failure as BuildFailure {
-            return (nil, failure, sent)
+        // As the build stage does: a transient failure (storage busy while other suites build) is tried again.
+        var attempt = 1
+        while true {
+            do {
+                let result = try await builder.build(BuildRequest(contextFolder: unpacked, buildArgs: args.merging(["BASE": "oci-archive:\(base.path)"]) { a, _ in a },
+                                                                  output: folder.appending(path: "\(example)-image")))
+                return (result, nil, sent)
+            } catch let failure as BuildFailure {
+                if failure.isTransient && attempt < 3 {
+                    attempt += 1
+                    try await Task.sleep(for: .seconds(1))
+                    continue
+                }
+                return (nil, failure, sent)
+            }
         }
     }
 
