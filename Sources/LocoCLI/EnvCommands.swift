@@ -46,7 +46,7 @@ struct Env: AsyncParsableCommand {
                 vars[name] = String(pair[pair.index(after: equals)...])
             }
             let list = try await Env.store(vars, app: app, global: global)
-            if global.json { printJSON(list) } else { Out.line("Set \(vars.keys.sorted().joined(separator: ", ")). They apply from the next deploy.") }
+            if global.json { printJSON(list) } else { Out.line("Set \(vars.keys.sorted().joined(separator: ", ")). They apply from the next deploy; 'loco restart' applies them now.") }
         }
     }
 
@@ -59,7 +59,7 @@ struct Env: AsyncParsableCommand {
         func run() async throws {
             let client = try global.client()
             for name in names { try await client.call(.DELETE, try app.path("/env/\(APIClient.escape(name))")) }
-            if global.json { printJSON(.object(["unset": .array(names.map(JSONValue.string))])) } else { Out.line("Unset \(names.joined(separator: ", ")).") }
+            if global.json { printJSON(.object(["unset": .array(names.map(JSONValue.string))])) } else { Out.line("Unset \(names.joined(separator: ", ")). The running version keeps them until the next deploy or 'loco restart'.") }
         }
     }
 
@@ -73,7 +73,7 @@ struct Env: AsyncParsableCommand {
             let vars = try DotEnv.read(file)
             guard !vars.isEmpty else { throw CLIError("empty_env_file", "\(file) sets no variables", hint: "Write NAME=value lines.") }
             let list = try await Env.store(vars, app: app, global: global)
-            if global.json { printJSON(list) } else { Out.line("Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file).") }
+            if global.json { printJSON(list) } else { Out.line("Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file). They apply from the next deploy; 'loco restart' applies them now.") }
         }
     }
 }

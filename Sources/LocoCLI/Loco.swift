@@ -16,7 +16,7 @@ struct Loco: AsyncParsableCommand {
         subcommands: [
             Init.self, Validate.self, ConfigCommand.self,
             Login.self, Logout.self, Whoami.self, TokenCommand.self, TeamCommand.self,
-            Deploy.self, Rollback.self, Status.self, Deployments.self, DeploymentCommand.self, Cancel.self,
+            Deploy.self, Rollback.self, Restart.self, Status.self, Deployments.self, DeploymentCommand.self, Cancel.self,
             Logs.self, Env.self, Apps.self, Destroy.self, Completion.self,
         ]
     )

@@ -17,35 +17,69 @@ struct Rollback: AsyncParsableCommand {
 
     func run() async throws {
         let client = try global.client()
+        let (name, _) = try app.resolve()
         let target: Int64
-        if let id { target = id } else { target = try await previousGood(client) }
-        let started = Date()
-        let deployment = try await client.call(.POST, "/v1/deployments/\(target)/redeploy" + (start.waitInLine ? "?queue=true" : ""))
-        guard let newID = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
-        if start.detach {
-            if global.json { printJSON(deployment) } else { Out.line("Deployment \(newID) runs deployment \(target)'s images again. Follow it with: loco deployment show \(newID)") }
-            return
-        }
-        if !global.json {
-            let queued = deployment["queued_behind"]?.int.map { " (waits in line behind deployment \($0))" } ?? ""
-            Out.line("Rolling \(deployment["app"]?.text ?? "") back to deployment \(target)'s images — deployment \(newID)\(queued)")
-        }
-        try await DeploymentWatch(global: global, nonInteractive: start.nonInteractive).run(client, id: newID, started: started)
+        if let id { target = id } else { target = try await previousGood(client, name: name) }
+        try await Redeploy(start: start, global: global).run(client, of: target, saying: "Rolling \(name) back to deployment \(target)'s images")
     }
 
     /// The newest successful deployment before the one serving now.
-    func previousGood(_ client: APIClient) async throws -> Int64 {
-        let (name, _) = try app.resolve()
-        let status = try await client.call(.GET, try app.path("/status"))
-        guard let serving = status["current"]?["id"]?.int else {
-            throw CLIError("nothing_to_roll_back", "\(name) serves no deployment yet, so there is nothing to roll back from",
-                           hint: "Deploy with 'loco deploy'; 'loco rollback ID' runs a given deployment's images.")
-        }
+    func previousGood(_ client: APIClient, name: String) async throws -> Int64 {
+        let serving = try await Redeploy.serving(client, app: app, name: name)
         let older = try await client.call(.GET, try app.path("/deployments", query: ["limit": "200", "before": String(serving)]))
         guard let previous = older.items.first(where: { $0["state"]?.stringValue == "succeeded" })?["id"]?.int else {
             throw CLIError("nothing_to_roll_back", "\(name) has no successful deployment before the serving one (\(serving))",
                            hint: "'loco deployments' lists them; 'loco rollback ID' runs a given deployment's images.")
         }
         return previous
+    }
+}
+
+/// `loco restart`: the serving version again (`fly apps restart`, `heroku restart`), so env vars
+/// set since it started take effect; no build.
+struct Restart: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the serving version again, without a build, so env var changes take effect.",
+        discussion: "A new deployment of the serving deployment's images and config; the old containers stop once the new ones serve. Exit codes as for 'loco deploy'.")
+
+    @OptionGroup var start: StartOptions
+    @OptionGroup var app: AppOptions
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let client = try global.client()
+        let (name, _) = try app.resolve()
+        let serving = try await Redeploy.serving(client, app: app, name: name)
+        try await Redeploy(start: start, global: global).run(client, of: serving, saying: "Restarting \(name) (deployment \(serving)'s images)")
+    }
+}
+
+/// Starts a redeploy of one deployment and follows it like a deploy.
+struct Redeploy {
+    let start: StartOptions
+    let global: GlobalOptions
+
+    func run(_ client: APIClient, of target: Int64, saying what: String) async throws {
+        let started = Date()
+        let deployment = try await client.call(.POST, "/v1/deployments/\(target)/redeploy" + (start.waitInLine ? "?queue=true" : ""))
+        guard let id = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
+        if start.detach {
+            if global.json { printJSON(deployment) } else { Out.line("\(what) — deployment \(id). Follow it with: loco deployment show \(id)") }
+            return
+        }
+        if !global.json {
+            let queued = deployment["queued_behind"]?.int.map { " (waits in line behind deployment \($0))" } ?? ""
+            Out.line("\(what) — deployment \(id)\(queued)")
+        }
+        try await DeploymentWatch(global: global, nonInteractive: start.nonInteractive).run(client, id: id, started: started)
+    }
+
+    /// The id of the deployment serving the app now.
+    static func serving(_ client: APIClient, app: AppOptions, name: String) async throws -> Int64 {
+        let status = try await client.call(.GET, try app.path("/status"))
+        guard let serving = status["current"]?["id"]?.int else {
+            throw CLIError("nothing_serving", "\(name) serves no deployment yet", hint: "Deploy it with 'loco deploy'; 'loco rollback ID' runs a given deployment's images.")
+        }
+        return serving
     }
 }

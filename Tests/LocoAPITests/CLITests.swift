@@ -159,6 +159,20 @@ struct CLITests {
                 #expect(try await cli.json(["env", "--config", config]).value.items.count == 3)
                 let noSuchVar = try await cli.run(["env", "unset", "NOPE", "--config", config])
                 #expect(noSuchVar.output.contains("no env var named 'NOPE'") && noSuchVar.output.contains("'loco env' lists the app's variables"), "\(noSuchVar.output)")
+                // Restart: the serving version again, no build, and its container has today's env.
+                let servingID = try #require(try await cli.json(["status", "--config", config]).value["current"]?["id"]?.int)
+                let restarted = try await cli.json(["restart", "--config", config])
+                let restartedID = try #require(restarted.value["id"]?.int)
+                #expect(restarted.status == 0 && restarted.value["state"]?.stringValue == "succeeded" && restarted.value["redeploy_of"]?.int == servingID
+                        && restarted.value["stages"]?["build"] == nil, "\(restarted.value)")
+                #expect(try await Self.curl(url).contains("Version two"))
+                let podmanState = stack.folder.appending(path: "work/podman")
+                let inspected = try await runCommand(URL(fileURLWithPath: "/usr/bin/podman"),
+                                                     ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "loco-acme-hello-d\(restartedID)-web"],
+                                                     environment: ["CONTAINERS_CONF": podmanState.appending(path: "containers.conf").path,
+                                                                   "CONTAINERS_STORAGE_CONF": podmanState.appending(path: "storage.conf").path,
+                                                                   "CONTAINERS_REGISTRIES_CONF": podmanState.appending(path: "registries.conf").path])
+                #expect(inspected.output.contains("GREETING=hi") && inspected.output.contains("B=two words") && !inspected.output.contains("MODE=test"), "\(inspected.output)")
 
                 // A broken Dockerfile: exit 1, the report with its next step; the previous version serves on.
                 let broken = try stack.example("broken-dockerfile", as: "hello")
