@@ -23,15 +23,20 @@ struct Rollback: AsyncParsableCommand {
         try await Redeploy(start: start, global: global).run(client, of: target, saying: "Rolling \(name) back to deployment \(target)'s images")
     }
 
-    /// The newest successful deployment before the one serving now.
+    /// The newest successful deployment before the one serving now that ran other images: a
+    /// restart or an unchanged redeploy in between is the same version, not the one before.
     func previousGood(_ client: APIClient, name: String) async throws -> Int64 {
-        let serving = try await Redeploy.serving(client, app: app, name: name)
-        let older = try await client.call(.GET, try app.path("/deployments", query: ["limit": "200", "before": String(serving)]))
-        guard let previous = older.items.first(where: { $0["state"]?.stringValue == "succeeded" })?["id"]?.int else {
-            throw CLIError("nothing_to_roll_back", "\(name) has no successful deployment before the serving one (\(serving))",
+        let serving = try await Redeploy.servingDeployment(client, app: app, name: name)
+        let servingID = serving["id"]?.int ?? 0
+        let older = try await client.call(.GET, try app.path("/deployments", query: ["limit": "200", "before": String(servingID)]))
+        let previous = older.items.first {
+            $0["state"]?.stringValue == "succeeded" && ($0["images"] != serving["images"] || $0["image_ref"] != serving["image_ref"])
+        }
+        guard let id = previous?["id"]?.int else {
+            throw CLIError("nothing_to_roll_back", "\(name) has no earlier successful deployment with other images than the serving one (\(servingID))",
                            hint: "'loco deployments' lists them; 'loco rollback ID' runs a given deployment's images.")
         }
-        return previous
+        return id
     }
 }
 
@@ -49,7 +54,7 @@ struct Restart: AsyncParsableCommand {
     func run() async throws {
         let client = try global.client()
         let (name, _) = try app.resolve()
-        let serving = try await Redeploy.serving(client, app: app, name: name)
+        let serving = try await Redeploy.servingDeployment(client, app: app, name: name)["id"]?.int ?? 0
         try await Redeploy(start: start, global: global).run(client, of: serving, saying: "Restarting \(name) (deployment \(serving)'s images)")
     }
 }
@@ -74,10 +79,10 @@ struct Redeploy {
         try await DeploymentWatch(global: global, nonInteractive: start.nonInteractive).run(client, id: id, started: started)
     }
 
-    /// The id of the deployment serving the app now.
-    static func serving(_ client: APIClient, app: AppOptions, name: String) async throws -> Int64 {
+    /// The deployment serving the app now.
+    static func servingDeployment(_ client: APIClient, app: AppOptions, name: String) async throws -> JSONValue {
         let status = try await client.call(.GET, try app.path("/status"))
-        guard let serving = status["current"]?["id"]?.int else {
+        guard let serving = status["current"], serving["id"]?.int != nil else {
             throw CLIError("nothing_serving", "\(name) serves no deployment yet", hint: "Deploy it with 'loco deploy'; 'loco rollback ID' runs a given deployment's images.")
         }
         return serving

@@ -166,7 +166,7 @@ struct DeploymentPipelineTests {
             #expect(try await plan(inLine.id) == "apply,wait,cleanup", "released from the line without build and push")
             let rolledBack = try #require(try await harness.store.deployment(id: inLine.id, on: db.client))
             #expect(rolledBack.imageDigest == built.imageDigest && rolledBack.stages["build"] == nil && rolledBack.stages["apply"] != nil)
-            #expect(try await harness.store.pushedImages(appID: app.id, on: db.client) == [built.imageDigest!], "cleanup sees the image as the newest used")
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 1, on: db.client).isEmpty, "the image the redeploys served is kept")
 
             // Cancelled before its push: nothing to run again.
             let cancelled = try await harness.store.cancel(deploymentID: try await harness.deployment(of: app).id, on: db.client).0
@@ -177,6 +177,27 @@ struct DeploymentPipelineTests {
             let cache = try await harness.app("cache", in: team, owner: ann, type: .redis)
             let redis = try await harness.store.submit(DeploymentRequest(app: cache, config: .object([:]), context: nil, createdBy: ann.id, queueBehind: false), on: db.client)
             #expect(redis.whyNotRedeployable(type: .redis) == nil)
+        }
+    }
+
+    @Test("cleanup keeps the images of the last versions that served and those a waiting deployment needs; failed deployments' images go")
+    func imagesToPrune() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("web", in: team, owner: ann)
+            let db = harness.database
+            // Oldest first: A served, B served, C failed, D served (serving now), A again waiting in line (a rollback).
+            for (state, digest, inLine) in [("succeeded", "sha256:a", false), ("succeeded", "sha256:b", false), ("failed", "sha256:c", false),
+                                            ("succeeded", "sha256:d", false), ("queued", "sha256:a", true)] {
+                _ = try await db.client.query("""
+                    INSERT INTO loco_deployments (app_id, state, in_line, config, image_digest) VALUES (\(app.id), \(state), \(inLine), '{}'::jsonb, \(digest))
+                    """).collect()
+            }
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client) == ["sha256:c"])
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 1, on: db.client) == ["sha256:b", "sha256:c"])
+            _ = try await db.client.query("UPDATE loco_deployments SET state = 'cancelled' WHERE app_id = \(app.id) AND state = 'queued'").collect()
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client) == ["sha256:a", "sha256:c"])
         }
     }
 

@@ -131,22 +131,36 @@ struct RuntimeStageTests {
                         "podman runs in the runtime's state folder, so conmon's oom marker stays out of the worker's working directory")
                 #expect(try await get(secondURL).contains("Version two"), "the previous version still serves")
 
-                // A third good version: the registry keeps the app's last two images, never the serving one.
+                // A third good version: the registry keeps the images of the last two versions that
+                // served (the serving one among them); older ones and those of failed deployments go.
                 let third = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: ["public/index.html": "<h1>Version three</h1>\n"], in: folder))
                 #expect(third.state == .succeeded)
                 let cleaned = try await eventually(timeout: .seconds(30)) { try await db.state(ofDeploymentJob: third.id, stage: "cleanup") == "completed" }
                 #expect(cleaned)
                 let types = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"]
                 #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(third.imageDigest), accept: types) == third.imageDigest)
-                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(hungry.imageDigest), accept: types) == hungry.imageDigest)
-                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(second.imageDigest), accept: types) == nil,
-                        "older images are deleted by digest")
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(second.imageDigest), accept: types) == second.imageDigest)
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(hungry.imageDigest), accept: types) == nil,
+                        "a failed deployment's image is deleted by digest")
+                #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(first.imageDigest), accept: types) == nil,
+                        "an older version's image is deleted by digest")
                 #expect(try await get(try await servingURL(third)).contains("Version three"))
                 let cleanupEvent = try await harness.store.events(deploymentID: third.id, after: 0, on: db.client).last { $0.stage == "cleanup" }
                 #expect(cleanupEvent?.message.contains("deleted") == true, "\(String(describing: cleanupEvent))")
 
+                // A rollback to the version before serves it again from its kept image.
+                let back = try await harness.call(.post, "/v1/deployments/\(second.id)/redeploy", token: token)
+                guard case .number(let backID)? = back.json?["id"] else { throw TestSetupError("no id: \(back.text)") }
+                let backEnded = try await eventually(timeout: .seconds(60), every: .milliseconds(200)) {
+                    try await harness.store.deployment(id: Int64(backID), on: db.client)?.state.isFinal == true
+                }
+                #expect(backEnded)
+                let rolledBackTo = try #require(try await harness.store.deployment(id: Int64(backID), on: db.client))
+                #expect(rolledBackTo.state == .succeeded, "\(String(describing: rolledBackTo.report))")
+                #expect(try await get(try await servingURL(rolledBackTo)).contains("Version two"))
+
                 // A rollback to the version whose image cleanup deleted: the report says so, and only what is known.
-                let rollback = try await harness.call(.post, "/v1/deployments/\(second.id)/redeploy", token: token)
+                let rollback = try await harness.call(.post, "/v1/deployments/\(first.id)/redeploy", token: token)
                 guard case .number(let rollbackID)? = rollback.json?["id"] else { throw TestSetupError("no id: \(rollback.text)") }
                 let rolledBack = try await eventually(timeout: .seconds(60), every: .milliseconds(200)) {
                     try await harness.store.deployment(id: Int64(rollbackID), on: db.client)?.state.isFinal == true
@@ -155,7 +169,7 @@ struct RuntimeStageTests {
                 let gone = try #require(try await harness.store.deployment(id: Int64(rollbackID), on: db.client))
                 #expect(gone.state == .failed && gone.report?.code == "IMAGE_PULL_FAILED" && gone.report?.message.contains("the registry no longer has the image") == true
                         && gone.report?.hint.contains("--keep-images") == true && gone.report?.evidence["exit_code"] == nil, "\(String(describing: gone.report))")
-                #expect(try await get(try await servingURL(third)).contains("Version three"), "the serving version is untouched")
+                #expect(try await get(try await servingURL(rolledBackTo)).contains("Version two"), "the serving version is untouched")
 
                 // Deleting the app takes its containers and images with it.
                 let thirdURL = try await servingURL(third)

@@ -182,6 +182,27 @@ extension CoreStore {
         return digests
     }
 
+    /// The app's images that cleanup after a success deletes: all but those of its last `keep`
+    /// deployments that served (the serving one among them) and those an unfinished deployment
+    /// still needs (a redeploy waiting in line). Images of failed deployments are never rolled back
+    /// to, so they do not take the place of ones that served.
+    public func imagesToPrune(appID: Int64, keep: Int, on db: some QueryRunner) async throws -> [String] {
+        var digests: [String] = []
+        for try await digest in try await db.run("""
+            WITH used AS (
+                SELECT image_digest AS digest, max(id) FILTER (WHERE state = 'succeeded') AS last_served,
+                       bool_or(state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])) AS needed
+                FROM loco_deployments WHERE app_id = \(appID) AND image_digest IS NOT NULL GROUP BY image_digest
+            ), kept AS (
+                SELECT digest FROM used WHERE last_served IS NOT NULL ORDER BY last_served DESC LIMIT \(Int64(keep))
+            )
+            SELECT digest FROM used WHERE NOT needed AND digest NOT IN (SELECT digest FROM kept) ORDER BY digest
+            """, logger: logger).decode(String.self) {
+            digests.append(digest)
+        }
+        return digests
+    }
+
     /// Images the registry lifecycle may delete: for every app, those older than `age` (by the
     /// last deployment that used them) except its newest `keep` and the one serving now.
     public func expiredImages(olderThan age: Duration, keep: Int, on db: some QueryRunner) async throws -> [(repository: String, digest: String)] {

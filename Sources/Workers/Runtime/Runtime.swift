@@ -76,7 +76,7 @@ public struct RolloutFailure: CodedError, Equatable {
         let gone = reason.contains("manifest unknown")
         return RolloutFailure(code: "IMAGE_PULL_FAILED",
                               message: gone ? "the registry no longer has the image \(image)" : "the image \(image) could not be pulled: \(reason.prefix(300))",
-                              hint: gone ? "Cleanup keeps only each app's last images (the workers' --keep-images, 2 by default); deploy from source with 'loco deploy', or roll back to a newer deployment."
+                              hint: gone ? "Cleanup keeps only the images of each app's last versions that served (the workers' --keep-images, 2 by default); deploy from source with 'loco deploy', or roll back to a newer deployment."
                                          : "Check the registry is reachable from the runtime and the app's pull credential is valid; deploy again to push a fresh image.",
                               service: nil, exitCode: nil, logTail: [])
     }

@@ -4,7 +4,8 @@ import LocoQueue
 import Logging
 
 /// The cleanup stage. After a success: older versions' containers are gone (the wait stage's
-/// switch) and the registry keeps the app's last `keepImages` images — never the serving one.
+/// switch) and the registry keeps the images of the app's last `keepImages` versions that served
+/// (the serving one among them; images of failed deployments go).
 /// After a failure or cancel: the deployment's containers, build folders and image hand-off go,
 /// and the serving version is left alone.
 public struct CleanupStage: Sendable {
@@ -72,7 +73,7 @@ public struct CleanupStage: Sendable {
                 }
             }
             let deleted = try await pruneImages(deployment)
-            done.append("kept the last \(keepImages) images, deleted \(deleted.count)")
+            done.append("kept the images of the last \(keepImages) versions that served, deleted \(deleted.count)")
         } else {
             if let runtime {
                 try await runtime.remove(deploymentID: id, team: deployment.team, app: deployment.app)
@@ -98,20 +99,12 @@ public struct CleanupStage: Sendable {
         }
     }
 
-    /// Deletes the app's images older than its last `keepImages` pushed ones, by digest. The
-    /// serving deployment's image is among those kept by construction (it is the newest success).
+    /// Deletes, by digest, the app's images but those of its last `keepImages` versions that
+    /// served (the serving one among them) and those an unfinished deployment still needs.
     func pruneImages(_ deployment: Deployment) async throws -> [String] {
         guard let registry else { return [] }
-        let history = try await store.pushedImages(appID: deployment.appID, on: database)
-        let serving = deployment.imageDigest
-        var kept: [String] = []
         var deleted: [String] = []
-        for digest in history {
-            if kept.count < keepImages || digest == serving {
-                if !kept.contains(digest) { kept.append(digest) }
-                continue
-            }
-            if kept.contains(digest) || deleted.contains(digest) { continue }
+        for digest in try await store.imagesToPrune(appID: deployment.appID, keep: keepImages, on: database) {
             if try await registry.deleteManifest(repository: "\(deployment.team)/\(deployment.app)", digest: digest) { deleted.append(digest) }
         }
         return deleted
