@@ -74,12 +74,18 @@ struct RuntimeStageTests {
                 #"{"name":"web","build":{"args":{"BASE":"oci-archive:\#(base.path)"}},"run":{"port":8080,"health":"\#(health)"}\#(extra)}"#
             }
             func deploy(_ body: (HTTPFields, ByteBuffer)) async throws -> Deployment {
-                let reply = try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: body.0, body: body.1)
+                try await ended(try await harness.call(.post, "/v1/apps/web/deployments", token: token, headers: body.0, body: body.1))
+            }
+            /// A rollback: that deployment's images again, through the API.
+            func redeploy(_ source: Deployment) async throws -> Deployment {
+                try await ended(try await harness.call(.post, "/v1/deployments/\(source.id)/redeploy", token: token))
+            }
+            func ended(_ reply: Reply) async throws -> Deployment {
                 guard case .number(let id)? = reply.json?["id"] else { throw TestSetupError("no id: \(reply.text)") }
-                let ended = try await eventually(timeout: .seconds(120), every: .milliseconds(200)) {
+                let done = try await eventually(timeout: .seconds(120), every: .milliseconds(200)) {
                     try await harness.store.deployment(id: Int64(id), on: db.client)?.state.isFinal == true
                 }
-                #expect(ended, "deployment \(Int(id)) did not end")
+                #expect(done, "deployment \(Int(id)) did not end")
                 return try #require(try await harness.store.deployment(id: Int64(id), on: db.client))
             }
             func servingURL(_ deployment: Deployment) async throws -> String {
@@ -149,24 +155,12 @@ struct RuntimeStageTests {
                 #expect(cleanupEvent?.message.contains("deleted") == true, "\(String(describing: cleanupEvent))")
 
                 // A rollback to the version before serves it again from its kept image.
-                let back = try await harness.call(.post, "/v1/deployments/\(second.id)/redeploy", token: token)
-                guard case .number(let backID)? = back.json?["id"] else { throw TestSetupError("no id: \(back.text)") }
-                let backEnded = try await eventually(timeout: .seconds(60), every: .milliseconds(200)) {
-                    try await harness.store.deployment(id: Int64(backID), on: db.client)?.state.isFinal == true
-                }
-                #expect(backEnded)
-                let rolledBackTo = try #require(try await harness.store.deployment(id: Int64(backID), on: db.client))
+                let rolledBackTo = try await redeploy(second)
                 #expect(rolledBackTo.state == .succeeded, "\(String(describing: rolledBackTo.report))")
                 #expect(try await get(try await servingURL(rolledBackTo)).contains("Version two"))
 
                 // A rollback to the version whose image cleanup deleted: the report says so, and only what is known.
-                let rollback = try await harness.call(.post, "/v1/deployments/\(first.id)/redeploy", token: token)
-                guard case .number(let rollbackID)? = rollback.json?["id"] else { throw TestSetupError("no id: \(rollback.text)") }
-                let rolledBack = try await eventually(timeout: .seconds(60), every: .milliseconds(200)) {
-                    try await harness.store.deployment(id: Int64(rollbackID), on: db.client)?.state.isFinal == true
-                }
-                #expect(rolledBack)
-                let gone = try #require(try await harness.store.deployment(id: Int64(rollbackID), on: db.client))
+                let gone = try await redeploy(first)
                 #expect(gone.state == .failed && gone.report?.code == "IMAGE_PULL_FAILED" && gone.report?.message.contains("the registry no longer has the image") == true
                         && gone.report?.hint.contains("--keep-images") == true && gone.report?.evidence["exit_code"] == nil, "\(String(describing: gone.report))")
                 #expect(try await get(try await servingURL(rolledBackTo)).contains("Version two"), "the serving version is untouched")
