@@ -158,6 +158,9 @@ struct RuntimeStageTests {
                 let rolledBackTo = try await redeploy(second)
                 #expect(rolledBackTo.state == .succeeded, "\(String(describing: rolledBackTo.report))")
                 #expect(try await get(try await servingURL(rolledBackTo)).contains("Version two"))
+                // Its cleanup stops the third version's container (a 5 s grace period) before the app goes below.
+                let retired = try await eventually(timeout: .seconds(30)) { try await db.state(ofDeploymentJob: rolledBackTo.id, stage: "cleanup") == "completed" }
+                #expect(retired)
 
                 // A rollback to the version whose image cleanup deleted: the report says so, and only what is known.
                 let gone = try await redeploy(first)
