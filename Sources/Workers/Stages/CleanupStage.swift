@@ -68,7 +68,7 @@ public struct CleanupStage: Sendable {
                 // Only if this deployment still serves: a newer one may have taken over meanwhile.
                 let serving = try await store.servingDeploymentID(appID: deployment.appID, on: database)
                 if serving == id {
-                    let removed = try await runtime.retire(keeping: id, team: deployment.team, app: deployment.app)
+                    let removed = try await Self.uninterrupted { try await runtime.retire(keeping: id, team: deployment.team, app: deployment.app) }
                     done.append("stopped the previous version (\(removed) container\(removed == 1 ? "" : "s"))")
                 }
             }
@@ -76,7 +76,7 @@ public struct CleanupStage: Sendable {
             done.append("kept the images of the last \(keepImages) versions that served, deleted \(deleted.count)")
         } else {
             if let runtime {
-                try await runtime.remove(deploymentID: id, team: deployment.team, app: deployment.app)
+                try await Self.uninterrupted { try await runtime.remove(deploymentID: id, team: deployment.team, app: deployment.app) }
                 done.append("removed the \(deployment.state.rawValue) version's containers")
             }
             if let settings {
@@ -97,6 +97,14 @@ public struct CleanupStage: Sendable {
             try await context.complete(in: connection)
             return released
         }
+    }
+
+    /// Runs a container removal to its end even when the job is cancelled meanwhile (the app
+    /// deleted during its cleanup): a cancelled handler's child processes are killed, and podman
+    /// killed half-way through `rm` left the container's monitor (conmon) running. A removal
+    /// takes seconds at most (`rm -t 5`).
+    static func uninterrupted<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await Task { try await work() }.value
     }
 
     /// Deletes, by digest, the app's images but those of its last `keepImages` versions that
