@@ -68,16 +68,7 @@ struct Deploy: AsyncParsableCommand {
         let started = Date()
         let deployment = try await upload(client, path: appPath("/deployments", start.waitInLine ? ["queue": "true"] : [:]),
                                           config: config.json, archive: archive, human: human && terminal.isTTY)
-        guard let id = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
-        if start.detach {
-            if global.json { printJSON(deployment) } else { Out.line("Deployment \(id) started. Follow it with: loco status (or loco deployment show \(id))") }
-            return
-        }
-        if human {
-            let queued = deployment["queued_behind"]?.int.map { " (waits in line behind deployment \($0))" } ?? ""
-            Out.line("Deploying \(config.name) — deployment \(id)\(queued)")
-        }
-        try await DeploymentWatch(global: global, nonInteractive: start.nonInteractive).run(client, id: id, started: started)
+        try await DeploymentWatch(global: global, start: start).follow(client, accepted: deployment, saying: "Deploying \(config.name)", started: started)
     }
 
     /// loco.toml with `--app` and `--team` applied: the names are checked here, by loco.toml's
@@ -86,8 +77,7 @@ struct Deploy: AsyncParsableCommand {
         var config = file
         if let app {
             guard NameRules.isDNSLabel(app) else {
-                throw CLIError("invalid_name", "--app \"\(app.prefix(80))\" is not a valid app name",
-                               hint: "Use 1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'.")
+                throw CLIError("invalid_name", "--app \"\(app.prefix(80))\" is not a valid app name", hint: "Use \(NameRules.labelRule).")
             }
             config.name = app
         }
@@ -152,7 +142,7 @@ struct Deploy: AsyncParsableCommand {
     }
 }
 
-/// How a command that starts a deployment (`deploy`, `rollback`) runs it.
+/// How a command that starts a deployment (`deploy`, `rollback`, `restart`) runs it.
 struct StartOptions: ParsableArguments {
     @Flag(help: "Return at once with the new deployment's id.") var detach = false
     @Flag(help: "Never ask (CI): Ctrl-C stops watching without cancelling.") var nonInteractive = false
@@ -160,12 +150,23 @@ struct StartOptions: ParsableArguments {
 }
 
 /// Follows a deployment to its end and says how it ended, with the exit code (`loco deploy`,
-/// `loco rollback`).
+/// `loco rollback`, `loco restart`).
 struct DeploymentWatch {
     let global: GlobalOptions
-    let nonInteractive: Bool
+    let start: StartOptions
 
-    func run(_ client: APIClient, id: Int64, started: Date) async throws {
+    /// After the API took a deployment: with --detach, says how to follow it; else announces it
+    /// ("Deploying shop — deployment 7") and follows it to the end.
+    func follow(_ client: APIClient, accepted deployment: JSONValue, saying what: String, started: Date) async throws {
+        guard let id = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
+        if start.detach {
+            if global.json { printJSON(deployment) } else { Out.line("Deployment \(id) started. Follow it with: loco status (or loco deployment show \(id))") }
+            return
+        }
+        if !global.json {
+            let queued = deployment["queued_behind"]?.int.map { " (waits in line behind deployment \($0))" } ?? ""
+            Out.line("\(what) — deployment \(id)\(queued)")
+        }
         let terminal = Terminal.current
         let follower = Follower(client: client, deploymentID: id, format: global.output, terminal: terminal)
         let final = try await followInterruptibly(follower, client: client, id: id)
@@ -184,7 +185,7 @@ struct DeploymentWatch {
             return try await task.value
         } catch is CancellationError {
             follower.view.stop()
-            let interactive = Terminal.stdinIsTTY && Terminal.current.isTTY && !nonInteractive && !global.json
+            let interactive = Terminal.stdinIsTTY && Terminal.current.isTTY && !start.nonInteractive && !global.json
             if interactive, prompt("\nCancel deployment \(id) too? (y: cancel it, n: keep it running and stop watching)", default: "n")?.lowercased().hasPrefix("y") == true {
                 try await client.call(.POST, "/v1/deployments/\(id)/cancel")
                 Out.line("Cancelled deployment \(id).")

@@ -26,8 +26,7 @@ struct Rollback: AsyncParsableCommand {
     /// The newest successful deployment before the one serving now that ran other images: a
     /// restart or an unchanged redeploy in between is the same version, not the one before.
     func previousGood(_ client: APIClient, name: String) async throws -> Int64 {
-        let serving = try await Redeploy.servingDeployment(client, app: app, name: name)
-        let servingID = serving["id"]?.int ?? 0
+        let (servingID, serving) = try await Redeploy.serving(client, app: app, name: name)
         let older = try await client.call(.GET, try app.path("/deployments", query: ["limit": "200", "before": String(servingID)]))
         let previous = older.items.first {
             $0["state"]?.stringValue == "succeeded" && ($0["images"] != serving["images"] || $0["image_ref"] != serving["image_ref"])
@@ -54,7 +53,7 @@ struct Restart: AsyncParsableCommand {
     func run() async throws {
         let client = try global.client()
         let (name, _) = try app.resolve()
-        let serving = try await Redeploy.servingDeployment(client, app: app, name: name)["id"]?.int ?? 0
+        let serving = try await Redeploy.serving(client, app: app, name: name).id
         try await Redeploy(start: start, global: global).run(client, of: serving, saying: "Restarting \(name) (deployment \(serving)'s images)")
     }
 }
@@ -67,24 +66,15 @@ struct Redeploy {
     func run(_ client: APIClient, of target: Int64, saying what: String) async throws {
         let started = Date()
         let deployment = try await client.call(.POST, "/v1/deployments/\(target)/redeploy" + (start.waitInLine ? "?queue=true" : ""))
-        guard let id = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
-        if start.detach {
-            if global.json { printJSON(deployment) } else { Out.line("\(what) — deployment \(id). Follow it with: loco deployment show \(id)") }
-            return
-        }
-        if !global.json {
-            let queued = deployment["queued_behind"]?.int.map { " (waits in line behind deployment \($0))" } ?? ""
-            Out.line("\(what) — deployment \(id)\(queued)")
-        }
-        try await DeploymentWatch(global: global, nonInteractive: start.nonInteractive).run(client, id: id, started: started)
+        try await DeploymentWatch(global: global, start: start).follow(client, accepted: deployment, saying: what, started: started)
     }
 
-    /// The deployment serving the app now.
-    static func servingDeployment(_ client: APIClient, app: AppOptions, name: String) async throws -> JSONValue {
+    /// The deployment serving the app now: its id and its document.
+    static func serving(_ client: APIClient, app: AppOptions, name: String) async throws -> (id: Int64, deployment: JSONValue) {
         let status = try await client.call(.GET, try app.path("/status"))
-        guard let serving = status["current"], serving["id"]?.int != nil else {
+        guard let serving = status["current"], let id = serving["id"]?.int else {
             throw CLIError("nothing_serving", "\(name) serves no deployment yet", hint: "Deploy it with 'loco deploy'; 'loco rollback ID' runs a given deployment's images.")
         }
-        return serving
+        return (id, serving)
     }
 }

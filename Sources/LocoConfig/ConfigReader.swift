@@ -37,7 +37,7 @@ struct ConfigReader {
         if let value = top["name"] {
             if let name = string(value, "name", "use a lowercase name like \"my-app\"") {
                 if NameRules.isDNSLabel(name) { config.name = name }
-                else { issue("name", "\"\(name.prefix(80))\" is not a valid app name", "use 1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'") }
+                else { issue("name", "\"\(name.prefix(80))\" is not a valid app name", "use \(NameRules.labelRule)") }
             }
         } else if defaultName == nil || !NameRules.isDNSLabel(defaultName!) {
             issue("name", "is missing", "add name = \"my-app\" (lowercase letters, digits and '-')")

@@ -490,8 +490,8 @@ public struct JobStore: Sendable {
         try await jobs(where: "WHERE id = \(id)", limit: 1, on: db).first
     }
 
-    /// Jobs, newest first, optionally filtered.
-    /// Newest first; `before` pages on: only jobs with a smaller id (the last one of the page before).
+    /// Jobs, newest first, optionally filtered; `before` pages on: only jobs with a smaller id
+    /// (the last one of the page before).
     public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, before: Int64? = nil, limit: Int = 50,
                      on db: some QueryRunner) async throws -> [JobRecord] {
         var sql = "WHERE true"

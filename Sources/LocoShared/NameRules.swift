@@ -1,5 +1,8 @@
 /// Name rules shared by the API, the CLI and the database checks.
 public enum NameRules {
+    /// What `isDNSLabel` allows, in words, for messages and hints.
+    public static let labelRule = "1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+
     /// A DNS-1123 label: what Kubernetes accepts as a namespace or service name, and what a
     /// subdomain can carry.
     public static func isDNSLabel(_ name: String) -> Bool {

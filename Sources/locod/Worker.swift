@@ -153,9 +153,10 @@ struct Worker: AsyncParsableCommand {
             if demoKinds { DemoJobs.register(in: &handlers) }
             // A pool claims every job of its queue; with no handler for any of them it would only
             // fail them one after another with unknown_kind.
-            if !demoKinds, let idle = configuration.queues.first(where: { Stage(rawValue: $0.name) == nil }) {
+            let worked = Stage.allCases.map(\.queue)
+            if !demoKinds, let idle = configuration.queues.first(where: { !worked.contains($0.name) }) {
                 throw UsageError(message: "locod has no job kinds for queue '\(idle.name)': every job claimed there would fail with unknown_kind",
-                                 hint: "locod works the queues \(Stage.allCases.map(\.queue).joined(separator: ", ")); --demo-kinds adds demo.noop, demo.sleep, demo.flaky and demo.fail on any queue.")
+                                 hint: "locod works the queues \(worked.joined(separator: ", ")); --demo-kinds adds demo.noop, demo.sleep, demo.flaky and demo.fail on any queue.")
             }
 
             try await preflight(url, logger: logger)
