@@ -687,6 +687,8 @@ public struct ClaimedJob: Sendable {
 struct JobOutcome: Sendable {
     var id: Int64
     var attempt: Int
+    /// The ledger's run it ends (see `JobLedger`); not written.
+    var run: UInt64 = 0
     /// For metrics only; not written.
     var queue = ""
     /// completed, failed, cancelled, scheduled (retry/snooze) or available (released on shutdown).

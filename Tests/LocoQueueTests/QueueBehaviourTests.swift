@@ -663,41 +663,45 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("forgetting an attempt whose outcome was written leaves the job's next attempt held")
+    @Test("forgetting a run whose outcome was written leaves the job's next run held")
     func nextAttemptBeforeAccounting() {
         let ledger = JobLedger()
-        ledger.add(id: 7, attempt: 1, queue: "default")
+        let first = ledger.add(id: 7, attempt: 1, queue: "default")
         ledger.markFinishing(7)
         // The retry was due at once: the job is claimed for attempt 2 before the completer,
-        // having written attempt 1's outcome, forgets attempt 1.
-        ledger.add(id: 7, attempt: 2, queue: "default")
-        ledger.remove([(7, 1)])
+        // having written attempt 1's outcome, forgets that run.
+        let second = ledger.add(id: 7, attempt: 2, queue: "default")
+        ledger.remove([(id: Int64(7), run: first)])
         #expect(ledger.count == 1)
         #expect(ledger.runningCount == 1)
-        // Attempt 2's timer (or a cancel, or the heartbeat) still reaches it.
-        #expect(ledger.stop(7, reason: .timedOut(.milliseconds(300))))
+        // The second run's timer (or a cancel, or the heartbeat) still reaches it.
+        #expect(ledger.stop(7, run: second, reason: .timedOut(.milliseconds(300))))
         #expect(ledger.stopReason(of: 7) == .timedOut(.milliseconds(300)))
         ledger.markFinishing(7)
-        ledger.remove([(7, 2)])
+        ledger.remove([(id: Int64(7), run: second)])
         #expect(ledger.count == 0)
     }
 
-    @Test("a heartbeat's answer about one attempt does not stop the next attempt of the same job")
-    func staleHeartbeatAnswer() {
+    @Test("a heartbeat's answer about one run does not stop the job's next run, of the next attempt or (after a snooze) the same one", arguments: [2, 1])
+    func staleHeartbeatAnswer(nextAttempt: Int) {
         let ledger = JobLedger()
         ledger.add(id: 7, attempt: 1, queue: "default")
         let sent = ledger.held()
-        // Attempt 1 finishes and the job comes back for attempt 2 while the heartbeat is out.
+        // The run finishes (retried, or snoozed, which gives its attempt back) and the job comes
+        // back while the heartbeat is out; the heartbeat found it no longer running.
         ledger.markFinishing(7)
-        ledger.remove([(7, 1)])
-        ledger.add(id: 7, attempt: 2, queue: "default")
+        ledger.remove(sent.map { ($0.id, $0.run) })
+        let next = ledger.add(id: 7, attempt: nextAttempt, queue: "default")
         for job in sent {
-            #expect(!ledger.stop(job.id, attempt: job.attempt, reason: .leaseLost))
+            #expect(!ledger.stop(job.id, run: job.run, reason: .leaseLost))
         }
         #expect(ledger.stopReason(of: 7) == nil)
         #expect(ledger.runningCount == 1)
-        // The same answer about the attempt it sent still stops it.
-        #expect(ledger.stop(7, attempt: 2, reason: .leaseLost))
+        // A late written outcome of the first run does not forget the next one either.
+        ledger.remove(sent.map { ($0.id, $0.run) })
+        #expect(ledger.held() == [JobLedger.Run(id: 7, attempt: nextAttempt, run: next)])
+        // The same answer about the run it sent still stops it.
+        #expect(ledger.stop(7, run: next, reason: .leaseLost))
         #expect(ledger.stopReason(of: 7) == .leaseLost)
     }
 

@@ -14,8 +14,23 @@ enum StopReason: Sendable, Equatable {
 
 /// The jobs this process holds (claimed and not yet recorded as finished): what the heartbeat
 /// renews, what cancellation reaches, and what shutdown waits for.
+///
+/// Each claim of a job is a *run* with a number of its own. Answers that arrive late (a
+/// heartbeat's, a written outcome's) name the run they are about, and only that run is stopped
+/// or forgotten. The attempt number cannot tell runs apart: a snooze gives its attempt back,
+/// so the job's next run has the same one. A heartbeat that had sent the snoozed run, and
+/// found the job no longer running, once stopped the next run as `leaseLost`; its result was
+/// dropped and the job sat `running` until its lease ran out.
 final class JobLedger: Sendable {
+    /// One claim of a job, as the heartbeat sends it and its answer names it.
+    struct Run: Sendable, Equatable {
+        var id: Int64
+        var attempt: Int
+        var run: UInt64
+    }
+
     struct Entry {
+        var run: UInt64
         var attempt: Int
         var queue: String
         var task: Task<Void, Never>?
@@ -25,6 +40,7 @@ final class JobLedger: Sendable {
     }
 
     private let entries = Mutex<[Int64: Entry]>([:])
+    private let lastRun = Atomic<UInt64>(0)
     /// Cancel requests that named a job this process did not hold when they arrived, and when.
     /// The job may be one this process is claiming: the claim committed (the job is `running`,
     /// so it can be cancelled) but its answer is still on the way. Dropping such a request left
@@ -37,9 +53,12 @@ final class JobLedger: Sendable {
     static let unmatchedCancelLimit = 4096
     let drained = WakeSignal()
 
-    func add(id: Int64, attempt: Int, queue: String) {
+    /// Holds a claimed job; returns the number of this run of it.
+    @discardableResult
+    func add(id: Int64, attempt: Int, queue: String) -> UInt64 {
+        let run = lastRun.add(1, ordering: .relaxed).newValue
         let recheck = entries.withLock { entries -> Bool in
-            entries[id] = Entry(attempt: attempt, queue: queue)
+            entries[id] = Entry(run: run, attempt: attempt, queue: queue)
             // Inside the entries' lock, so a request is either seen here or finds the entry.
             return unmatchedCancels.withLock { unmatched -> Bool in
                 guard let at = unmatched.requests.removeValue(forKey: id), at.duration(to: .now) < Self.unmatchedCancelMemory else {
@@ -52,6 +71,7 @@ final class JobLedger: Sendable {
             }
         }
         if recheck { recheckRequested.signal() }
+        return run
     }
 
     /// A cancel request (NOTIFY `cancel:<id>`) arrived: stops the handler if the job is held,
@@ -99,28 +119,26 @@ final class JobLedger: Sendable {
         entries.withLock { $0[id]?.finishing = true }
     }
 
-    /// Forgets attempts whose outcome is written or dropped: only the attempt named. A retry due
-    /// at once can bring the job back for its next attempt before the outcome of the last one is
-    /// accounted; forgetting that one too left its timer, cancel and heartbeat nothing to act on
-    /// (a timed-out handler then ran on, and the job sat `running`).
-    func remove(_ attempts: some Sequence<(id: Int64, attempt: Int)>) {
+    /// Forgets runs whose outcome is written or dropped: only the run named. A retry due at once
+    /// (or a short snooze) can bring the job back before the outcome of its last run is
+    /// accounted; forgetting the new run too left its timer, cancel and heartbeat nothing to act
+    /// on (a timed-out handler then ran on, and the job sat `running`).
+    func remove(_ runs: some Sequence<(id: Int64, run: UInt64)>) {
         let empty = entries.withLock { entries -> Bool in
-            for (id, attempt) in attempts where entries[id]?.attempt == attempt { entries[id] = nil }
+            for (id, run) in runs where entries[id]?.run == run { entries[id] = nil }
             return entries.isEmpty
         }
         if empty { drained.signal() }
     }
 
     /// Stops a running handler; returns false if the job is not held or already finishing, or,
-    /// given `attempt`, if the job held now is another attempt of it. A heartbeat's answer is
-    /// about the attempts it sent: one that arrives after the job came back for its next
-    /// attempt must not stop that one (it once did, and the job sat `running` until its lease
-    /// ran out).
+    /// given `run`, if the job held now is another run of it. A heartbeat's answer is about the
+    /// runs it sent: one that arrives after the job came back must not stop its next run.
     @discardableResult
-    func stop(_ id: Int64, attempt: Int? = nil, reason: StopReason) -> Bool {
+    func stop(_ id: Int64, run: UInt64? = nil, reason: StopReason) -> Bool {
         let task = entries.withLock { entries -> Task<Void, Never>?? in
             guard var entry = entries[id], !entry.finishing else { return .none }
-            if let attempt, entry.attempt != attempt { return .none }
+            if let run, entry.run != run { return .none }
             if entry.stopReason == nil || reason == .leaseLost { entry.stopReason = reason }
             entries[id] = entry
             return .some(entry.task)
@@ -140,8 +158,8 @@ final class JobLedger: Sendable {
     }
 
     /// Jobs to renew: everything held, including outcomes not yet written.
-    func held() -> [(id: Int64, attempt: Int)] {
-        entries.withLock { $0.map { ($0.key, $0.value.attempt) } }
+    func held() -> [Run] {
+        entries.withLock { $0.map { Run(id: $0.key, attempt: $0.value.attempt, run: $0.value.run) } }
     }
 
     /// Held jobs whose handler is still running.

@@ -68,7 +68,7 @@ final class Completer: Sendable {
                 if stopping.isSet && failures > 20 {
                     // The database is gone; leases will expire and the rescuer re-runs these jobs.
                     logger.error("giving up on \(batch.count) job outcomes at shutdown; their leases will expire and they will run again")
-                    ledger.remove(batch.map { ($0.id, $0.attempt) })
+                    ledger.remove(batch.map { ($0.id, $0.run) })
                     return
                 }
                 pending.withLock { $0.insert(contentsOf: batch, at: 0) }
@@ -88,6 +88,6 @@ final class Completer: Sendable {
             }
             metrics.finished(queue: outcome.queue, state: state)
         }
-        ledger.remove(batch.map { ($0.id, $0.attempt) })
+        ledger.remove(batch.map { ($0.id, $0.run) })
     }
 }

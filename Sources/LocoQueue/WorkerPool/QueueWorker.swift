@@ -236,12 +236,12 @@ struct Heartbeat: Sendable {
         let held = shared.ledger.held()
         guard !held.isEmpty else { return }
         do {
-            let alive = try await shared.store.heartbeat(held, worker: shared.configuration.workerID,
+            let alive = try await shared.store.heartbeat(held.map { ($0.id, $0.attempt) }, worker: shared.configuration.workerID,
                                                          lease: shared.configuration.leaseDuration, on: database)
             for job in held {
                 switch alive[job.id] {
-                case nil: shared.ledger.stop(job.id, attempt: job.attempt, reason: .leaseLost)
-                case .renewed(cancelRequested: true)?: shared.ledger.stop(job.id, attempt: job.attempt, reason: .cancelRequested)
+                case nil: shared.ledger.stop(job.id, run: job.run, reason: .leaseLost)
+                case .renewed(cancelRequested: true)?: shared.ledger.stop(job.id, run: job.run, reason: .cancelRequested)
                 case .renewed(cancelRequested: false)?, .busy?: break
                 }
             }

@@ -107,13 +107,13 @@ final class WorkerPool: Sendable {
 
     private func start(_ job: ClaimedJob) {
         running.withLock { $0.count += 1 }
-        shared.ledger.add(id: job.id, attempt: job.attempt, queue: queue)
+        let run = shared.ledger.add(id: job.id, attempt: job.attempt, queue: queue)
         shared.metrics.started(queue: queue, startLag: .milliseconds(Int64(max(0, job.attemptedAt.timeIntervalSince(job.runAt)) * 1000)))
-        let task = Task { await self.execute(job) }
+        let task = Task { await self.execute(job, run: run) }
         shared.ledger.attach(task, to: job.id)
     }
 
-    private func execute(_ job: ClaimedJob) async {
+    private func execute(_ job: ClaimedJob, run: UInt64) async {
         var logger = shared.logger
         // In one assignment: a stream handler renders its metadata again on every change, and
         // four changes per job showed up in profiles of a busy worker.
@@ -131,7 +131,7 @@ final class WorkerPool: Sendable {
         let timer = timeout.map { limit in Task { [shared, logger, queue, id = job.id, kind = job.kind] in
             guard (try? await Task.sleep(for: limit)) != nil else { return }
             // A job already being stopped (cancelled, lease lost, shutdown) keeps that reason.
-            if shared.ledger.stop(id, reason: .timedOut(limit)), shared.ledger.stopReason(of: id) == .timedOut(limit) {
+            if shared.ledger.stop(id, run: run, reason: .timedOut(limit)), shared.ledger.stopReason(of: id) == .timedOut(limit) {
                 shared.metrics.timedOut(queue: queue, kind: kind)
                 logger.warning("the job ran past its timeout of \(limit.spoken); its handler was cancelled")
                 // Cancellation is cooperative: a handler that ignores it keeps its slot (and its
@@ -167,6 +167,7 @@ final class WorkerPool: Sendable {
         }
         shared.metrics.ran(queue: queue, kind: job.kind, duration: ContinuousClock.now - began)
         if var outcome {
+            outcome.run = run
             outcome.hasDependents = job.hasDependents
             // While carrying is on, the producer's next claim writes it.
             let carriedByClaim = !outcome.hasDependents && carried.withLock { state in
@@ -175,7 +176,7 @@ final class WorkerPool: Sendable {
             }
             if !carriedByClaim { shared.completer.submit(outcome) }
         } else {
-            shared.ledger.remove([(job.id, job.attempt)])
+            shared.ledger.remove([(job.id, run)])
         }
         let wakeProducer = running.withLock { state -> Bool in
             state.count -= 1
