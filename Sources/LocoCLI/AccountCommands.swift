@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LocoConfig
 import NIOHTTP1
 import LocoShared
 
@@ -119,15 +120,67 @@ struct TokenCommand: AsyncParsableCommand {
 }
 
 struct Apps: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Your apps.")
-    @Option(help: "Only this team's apps.") var team: String?
-    @OptionGroup var global: GlobalOptions
+    static let configuration = CommandConfiguration(
+        abstract: "Your apps; create one before its first deploy.",
+        subcommands: [List.self, Create.self], defaultSubcommand: List.self)
 
-    func run() async throws {
-        let list = try await global.client().call(.GET, "/v1/apps" + queryString(team.map { ["team": $0] } ?? [:]))
-        if global.json { printJSON(list); return }
-        if list.items.isEmpty { Out.line("No apps yet: run 'loco init' and 'loco deploy' in an app's folder."); return }
-        for app in list.items { Out.line("\(app["team"]?.text ?? "")/\(app["name"]?.text ?? "")\t\(app["type"]?.text ?? "")") }
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Your apps, in every team you are in.")
+        @Option(help: "Only this team's apps.") var team: String?
+        @OptionGroup var global: GlobalOptions
+
+        func run() async throws {
+            let list = try await global.client().call(.GET, "/v1/apps" + queryString(team.map { ["team": $0] } ?? [:]))
+            if global.json { printJSON(list); return }
+            if list.items.isEmpty { Out.line("No apps yet: run 'loco init' and 'loco deploy' in an app's folder."); return }
+            for app in list.items { Out.line("\(app["team"]?.text ?? "")/\(app["name"]?.text ?? "")\t\(app["type"]?.text ?? "")") }
+        }
+    }
+
+    /// `fly apps create`: an app that exists before its first deploy can have its env vars set
+    /// first, so that deploy already starts with them ('loco deploy' creates the app otherwise).
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an app without deploying it, e.g. to set its env vars before its first deploy.",
+            discussion: "Without NAME, loco.toml's name, team and type are used.")
+        @Argument(help: "The app's name (default: loco.toml's name).") var name: String?
+        @Option(help: "service, static, redis, postgres or blob (default: loco.toml's type, else service).") var type: String?
+        @Option(help: "Path to loco.toml, when NAME is not given (default: the nearest one from the current folder up).") var config: String?
+        @OptionGroup var team: TeamOption
+        @OptionGroup var global: GlobalOptions
+
+        func run() async throws {
+            let client = try global.client()
+            var body: [String: JSONValue] = [:]
+            if let name {
+                guard NameRules.isDNSLabel(name) else {
+                    throw CLIError("invalid_name", "\"\(name.prefix(80))\" is not a valid app name", hint: "Use \(NameRules.labelRule).")
+                }
+                body["name"] = .string(name)
+                body["team"] = .string(try await team.resolve(client))
+            } else {
+                let loaded: AppConfig
+                do {
+                    loaded = try loadConfig(config).config
+                } catch let error as CLIError where error.code == "config_not_found" {
+                    throw CLIError(error.code, error.message, hint: "Name the app ('loco apps create NAME'), or run this in the app's folder or with --config PATH.")
+                }
+                body["name"] = .string(loaded.name)
+                body["type"] = .string(loaded.type)
+                if let named = team.team ?? loaded.team {
+                    body["team"] = .string(named)
+                } else {
+                    body["team"] = .string(try await team.resolve(client))
+                }
+            }
+            if let type { body["type"] = .string(type) }
+            let created = try await client.call(.POST, "/v1/apps", json: .object(body))
+            if global.json { printJSON(created); return }
+            let app = created["name"]?.text ?? ""
+            let flag = name == nil ? "" : " --app \(app)"
+            Out.line("Created app \(created["team"]?.text ?? "")/\(app) (\(created["type"]?.text ?? "")).")
+            Out.line("Set its env vars with 'loco env set\(flag) KEY=value'; 'loco deploy' runs it.")
+        }
     }
 }
 

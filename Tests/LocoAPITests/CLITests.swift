@@ -77,11 +77,38 @@ struct CLITests {
                 let badApp = try await cli.run(["deploy", "--config", config, "--app", "Shop!"])
                 #expect(badApp.status == 2 && badApp.output.contains("--app \"Shop!\" is not a valid app name") && badApp.output.contains("hint: "), "\(badApp.output)")
 
-                // A deploy followed to the end: the URL serves.
+                // Apps made before their first deploy (to set env first): from loco.toml, or by
+                // name. Nothing serves them yet, so there is nothing to restart or roll back.
+                let made = try await cli.run(["apps", "create", "--config", config])
+                #expect(made.status == 0 && made.output.contains("Created app acme/hello (service).")
+                        && made.output.contains("'loco env set KEY=value'"), "\(made.output)")
+                let fresh = try await cli.json(["apps", "create", "fresh", "--type", "static"])
+                #expect(fresh.status == 0 && fresh.value["name"]?.stringValue == "fresh" && fresh.value["team"]?.stringValue == "acme"
+                        && fresh.value["type"]?.stringValue == "static", "\(fresh.value)")
+                let twice = try await cli.run(["apps", "create", "fresh"])
+                #expect(twice.status != 0 && twice.output.contains("an app named 'fresh' already exists"), "\(twice.output)")
+                let badAppName = try await cli.run(["apps", "create", "Fresh!"])
+                #expect(badAppName.status == 2 && badAppName.output.contains("\"Fresh!\" is not a valid app name"), "\(badAppName.output)")
+                let badType = try await cli.run(["apps", "create", "other", "--type", "lambda"])
+                #expect(badType.status != 0 && badType.output.contains("'lambda' is not an app type") && badType.output.contains("service, static"), "\(badType.output)")
+                #expect(try await cli.run(["env", "set", "A=1", "--app", "fresh"]).status == 0)
+                for command in ["restart", "rollback"] {
+                    let idle = try await cli.run([command, "--app", "fresh"])
+                    #expect(idle.status == 2 && idle.output.contains("fresh serves no deployment yet") && idle.output.contains("loco deploy"), "\(idle.output)")
+                }
+                let unknownApp = try await cli.run(["env", "list", "--app", "nosuch"])
+                #expect(unknownApp.status != 0 && unknownApp.output.contains("no app named 'nosuch'")
+                        && unknownApp.output.contains("'loco apps create NAME'"), "\(unknownApp.output)")
+                #expect(try await cli.run(["destroy", "--yes", "--app", "fresh"]).status == 0)
+
+                // A deploy followed to the end: the URL serves. Its one version has nothing before it.
                 let first = try await cli.json(["deploy", "--config", config])
                 #expect(first.status == 0 && first.value["state"]?.stringValue == "succeeded", "\(first.value)\n\(stack.workers.output.suffix(3000))")
                 let url = try #require(first.value["url"]?.stringValue)
                 #expect(try await Self.curl(url).contains("Hello from Loco"))
+                let noEarlier = try await cli.run(["rollback", "--config", config])
+                #expect(noEarlier.status == 2 && noEarlier.output.contains("hello has no earlier successful deployment with other images")
+                        && noEarlier.output.contains("loco rollback ID"), "\(noEarlier.output)")
 
                 // Unchanged: no layer bytes move. Human output names the stages and ends with the URL.
                 let again = try await cli.run(["deploy", "--config", config])

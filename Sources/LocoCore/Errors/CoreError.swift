@@ -107,7 +107,7 @@ public enum CoreError: CodedError, Equatable {
         case .missingField(let field): "missing field '\(field)'"
         case .invalidField(let field, let reason, _): "\(field): \(reason)"
         case .invalidName(let what, let name): "'\(name.prefix(80))' is not a valid \(what) name"
-        case .alreadyExists(let what, let name): "a \(what) named '\(name)' already exists"
+        case .alreadyExists(let what, let name): "\(what.first.map { "aeiou".contains($0) } == true ? "an" : "a") \(what) named '\(name)' already exists"
         case .ambiguousApp(let name, let teams): "several of your teams have an app named '\(name)': \(teams.joined(separator: ", "))"
         case .deploymentInProgress(let app, let id, let state): "app '\(app)' already has deployment \(id) in flight (\(state))"
         case .deploymentFinished(let id, let state): "deployment \(id) has already finished (\(state))"
@@ -139,7 +139,7 @@ public enum CoreError: CodedError, Equatable {
             case "team": "'loco whoami' lists your teams."
             case "user": "Check the email; an operator creates users with 'locod admin create-user'."
             case "member": "Check the email; 'loco team members' lists the team's members."
-            default: "Check the name; 'loco apps' lists the apps you can see."
+            default: "Check the name ('loco apps' lists the apps you can see), or create the app with 'loco apps create NAME' or its first 'loco deploy'."
             }
         case .routeNotFound: "See the API reference in openapi.json."
         case .methodNotAllowed: "See the API reference in openapi.json for the methods this path takes."
