@@ -201,6 +201,33 @@ struct DeploymentPipelineTests {
         }
     }
 
+    @Test("with several services, cleanup and the registry lifecycle keep every service's image of the versions they keep: an unchanged service's image stays")
+    func multiServiceImages() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("shop", in: team, owner: ann)
+            let db = harness.database
+            // Three versions, 400, 300 and 200 days old; the api service never changed. `image_digest`
+            // is the service pushed last: api's in the first, web's after.
+            let web = ["sha256:e1", "sha256:e2", "sha256:e3"], api = "sha256:a0"
+            for (index, days) in [400, 300, 200].enumerated() {
+                let images = "{\"web\": \"localhost:5000/acme/shop@\(web[index])\", \"api\": \"localhost:5000/acme/shop@\(api)\"}"
+                _ = try await db.client.query("""
+                    INSERT INTO loco_deployments (app_id, state, config, image_digest, images, created_at, finished_at)
+                    VALUES (\(app.id), 'succeeded', '{}'::jsonb, \(index == 0 ? api : web[index]), \(images)::jsonb,
+                            now() - make_interval(days => \(days)::int), now() - make_interval(days => \(days)::int))
+                    """).collect()
+            }
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client) == ["sha256:e1"])
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 1, on: db.client) == ["sha256:e1", "sha256:e2"])
+            let expired = try await harness.store.expiredImages(olderThan: .seconds(180 * 86400), keep: 2, on: db.client)
+            #expect(expired.map { "\($0.repository)@\($0.digest)" } == ["acme/shop@sha256:e1"])
+            // Deleting the app deletes every service's images.
+            #expect(try await harness.store.pushedImages(appID: app.id, on: db.client) == ["sha256:a0", "sha256:e3", "sha256:e2", "sha256:e1"])
+        }
+    }
+
     @Test("a deployment waiting on a paused queue is told why, once per pause, and goes on when the queue resumes")
     func pausedQueue() async throws {
         try await Harness.with { harness in

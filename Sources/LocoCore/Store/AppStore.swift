@@ -170,12 +170,30 @@ extension CoreStore {
             """, as: Int64?.self, on: db) ?? nil
     }
 
+    /// Every image a deployment names, one row per deployment and digest (`id`, `app_id`,
+    /// `state`, `used_at`, `digest`): `image_digest` and the digest of each service's reference in
+    /// `images` (`HOST/REPOSITORY@sha256:…`). `image_digest` alone is the service pushed last, and
+    /// the services of an app share its repository: pruning by it alone deleted an unchanged
+    /// service's image while the serving version still ran it. Add `WHERE … AND r.digest IS NOT NULL`.
+    static let deploymentImages = """
+        SELECT d.id, d.app_id, d.state, coalesce(d.finished_at, d.created_at) AS used_at, r.digest
+        FROM loco_deployments d
+        CROSS JOIN LATERAL (
+            SELECT d.image_digest
+            UNION
+            SELECT substring(e.value FROM '@([a-z0-9]+:[0-9a-f]+)$') FROM jsonb_each_text(d.images) AS e
+        ) AS r(digest)
+        """
+
     /// The distinct image digests the app's deployments pushed, newest first.
     public func pushedImages(appID: Int64, on db: some QueryRunner) async throws -> [String] {
         var digests: [String] = []
         for try await digest in try await db.run("""
-            SELECT image_digest FROM loco_deployments WHERE app_id = \(appID) AND image_digest IS NOT NULL
-            GROUP BY image_digest ORDER BY max(id) DESC
+            WITH refs AS (
+            \(unescaped: Self.deploymentImages)
+            WHERE d.app_id = \(appID) AND r.digest IS NOT NULL
+            )
+            SELECT digest FROM refs GROUP BY digest ORDER BY max(id) DESC, digest
             """, logger: logger).decode(String.self) {
             digests.append(digest)
         }
@@ -183,20 +201,27 @@ extension CoreStore {
     }
 
     /// The app's images that cleanup after a success deletes: all but those of its last `keep`
-    /// deployments that served (the serving one among them) and those an unfinished deployment
-    /// still needs (a redeploy waiting in line). Images of failed deployments are never rolled back
-    /// to, so they do not take the place of ones that served.
+    /// versions that served (the serving one among them) and those an unfinished deployment
+    /// still needs (a redeploy waiting in line). A version is a set of images: a restart or an
+    /// unchanged redeploy is the same version again, and a multi-service version keeps the images
+    /// of all its services. Images of failed deployments are never rolled back to, so they do
+    /// not take the place of ones that served.
     public func imagesToPrune(appID: Int64, keep: Int, on db: some QueryRunner) async throws -> [String] {
         var digests: [String] = []
         for try await digest in try await db.run("""
-            WITH used AS (
-                SELECT image_digest AS digest, max(id) FILTER (WHERE state = 'succeeded') AS last_served,
-                       bool_or(state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])) AS needed
-                FROM loco_deployments WHERE app_id = \(appID) AND image_digest IS NOT NULL GROUP BY image_digest
+            WITH refs AS (
+            \(unescaped: Self.deploymentImages)
+            WHERE d.app_id = \(appID) AND r.digest IS NOT NULL
+            ), versions AS (
+                SELECT max(d.id) AS id FROM loco_deployments d
+                WHERE d.app_id = \(appID) AND d.state = 'succeeded' AND d.id IN (SELECT id FROM refs)
+                GROUP BY CASE WHEN d.images = '{}'::jsonb THEN to_jsonb(d.image_digest) ELSE d.images END
+                ORDER BY max(d.id) DESC LIMIT \(Int64(keep))
             ), kept AS (
-                SELECT digest FROM used WHERE last_served IS NOT NULL ORDER BY last_served DESC LIMIT \(Int64(keep))
+                SELECT digest FROM refs
+                WHERE id IN (SELECT id FROM versions) OR state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])
             )
-            SELECT digest FROM used WHERE NOT needed AND digest NOT IN (SELECT digest FROM kept) ORDER BY digest
+            SELECT DISTINCT digest FROM refs WHERE digest NOT IN (SELECT digest FROM kept) ORDER BY digest
             """, logger: logger).decode(String.self) {
             digests.append(digest)
         }
@@ -204,25 +229,28 @@ extension CoreStore {
     }
 
     /// Images the registry lifecycle may delete: for every app, those older than `age` (by the
-    /// last deployment that used them) except its newest `keep` and the one serving now.
+    /// last deployment that used them) except those of its newest `keep` versions (every
+    /// service's image of each; a restart is the same version again) and the serving one's.
     public func expiredImages(olderThan age: Duration, keep: Int, on db: some QueryRunner) async throws -> [(repository: String, digest: String)] {
         var result: [(String, String)] = []
         for try await (team, app, digest) in try await db.run("""
-            WITH used AS (
-                SELECT d.app_id, d.image_digest, max(d.id) AS latest, max(coalesce(d.finished_at, d.created_at)) AS last_used
-                FROM loco_deployments d WHERE d.image_digest IS NOT NULL GROUP BY d.app_id, d.image_digest
+            WITH refs AS (
+            \(unescaped: Self.deploymentImages)
+            WHERE r.digest IS NOT NULL
+            ), used AS (
+                SELECT app_id, digest AS image_digest, max(id) AS latest, max(used_at) AS last_used FROM refs GROUP BY app_id, digest
             ), ranked AS (
-                SELECT u.*, row_number() OVER (PARTITION BY u.app_id ORDER BY u.latest DESC) AS rank FROM used u
+                SELECT u.*, dense_rank() OVER (PARTITION BY u.app_id ORDER BY u.latest DESC) AS rank FROM used u
             ), serving AS (
-                SELECT DISTINCT ON (app_id) app_id, image_digest FROM loco_deployments
-                WHERE state = 'succeeded' AND image_digest IS NOT NULL ORDER BY app_id, id DESC
+                SELECT r.app_id, r.digest AS image_digest FROM refs r
+                JOIN (SELECT DISTINCT ON (app_id) app_id, id FROM refs WHERE state = 'succeeded' ORDER BY app_id, id DESC) s ON s.id = r.id
             )
             SELECT t.name, a.name, r.image_digest FROM ranked r
             JOIN loco_apps a ON a.id = r.app_id JOIN loco_teams t ON t.id = a.team_id
             LEFT JOIN serving s ON s.app_id = r.app_id AND s.image_digest = r.image_digest
             WHERE r.rank > \(Int64(keep)) AND s.app_id IS NULL
               AND r.last_used < now() - make_interval(secs => \(Double(age.components.seconds))::float8)
-            ORDER BY t.name, a.name, r.latest
+            ORDER BY t.name, a.name, r.latest, r.image_digest
             """, logger: logger).decode((String, String, String).self) {
             result.append(("\(team)/\(app)", digest))
         }
