@@ -138,6 +138,14 @@ extension API {
     func redeployDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (principal, source, access) = try await deployment(request, context, for: .deploy)
         let queueBehind = request.query("queue") == "true" || request.query("queue") == "1"
+        let pruned = try await store.prunedImages(appID: access.app.id, among: source.imageDigests, on: database)
+        if !pruned.isEmpty {
+            let services = source.services(runningAnyOf: pruned)
+            throw CoreError.notRedeployable(deploymentID: source.id, reason: """
+                cleanup has deleted its image for \(services.isEmpty ? "the app" : services.joined(separator: ", ")) from the registry \
+                (it keeps the images of each app's last versions that served: 'locod worker --keep-images')
+                """)
+        }
         let deployment = try await store.submit(
             try DeploymentRequest.redeploy(of: source, app: access.app, createdBy: principal.user?.id, queueBehind: queueBehind), on: database)
         metrics.deploymentsSubmitted.increment()

@@ -198,6 +198,20 @@ struct DeploymentPipelineTests {
             #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 1, on: db.client) == ["sha256:b", "sha256:c"])
             _ = try await db.client.query("UPDATE loco_deployments SET state = 'cancelled' WHERE app_id = \(app.id) AND state = 'queued'").collect()
             #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client) == ["sha256:a", "sha256:c"])
+            // What cleanup deleted is recorded and not offered again.
+            try await harness.store.markPruned(appID: app.id, digests: ["sha256:c"], on: db.client)
+            try await harness.store.markPruned(appID: app.id, digests: ["sha256:c"], on: db.client)
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client) == ["sha256:a"])
+            #expect(try await harness.store.prunedImages(appID: app.id, among: ["sha256:a", "sha256:c"], on: db.client) == ["sha256:c"])
+            // The same content built and pushed again: the image is back, and so is its record's absence.
+            let pushing = try await db.scalar("""
+                INSERT INTO loco_deployments (app_id, state, config) VALUES (\(app.id), 'pushing', '{}'::jsonb) RETURNING id
+                """, as: Int64.self)
+            _ = try await db.client.transaction { connection in
+                try await harness.store.stageFinished(deploymentID: pushing, stage: .push, service: "web",
+                                                      result: StageResult(imageDigest: "sha256:c", imageRef: "localhost:5000/acme/web@sha256:c"), on: connection)
+            }
+            #expect(try await harness.store.prunedImages(appID: app.id, among: ["sha256:c"], on: db.client).isEmpty)
         }
     }
 
@@ -222,7 +236,10 @@ struct DeploymentPipelineTests {
             #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client) == ["sha256:e1"])
             #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 1, on: db.client) == ["sha256:e1", "sha256:e2"])
             let expired = try await harness.store.expiredImages(olderThan: .seconds(180 * 86400), keep: 2, on: db.client)
-            #expect(expired.map { "\($0.repository)@\($0.digest)" } == ["acme/shop@sha256:e1"])
+            #expect(expired.map { "\($0.repository)@\($0.digest)" } == ["acme/shop@sha256:e1"] && expired.allSatisfy { $0.appID == app.id })
+            try await harness.store.markPruned(appID: app.id, digests: ["sha256:e1"], on: db.client)
+            #expect(try await harness.store.expiredImages(olderThan: .seconds(180 * 86400), keep: 2, on: db.client).isEmpty, "recorded as deleted")
+            #expect(try await harness.store.imagesToPrune(appID: app.id, keep: 2, on: db.client).isEmpty)
             // Deleting the app deletes every service's images.
             #expect(try await harness.store.pushedImages(appID: app.id, on: db.client) == ["sha256:a0", "sha256:e3", "sha256:e2", "sha256:e1"])
         }

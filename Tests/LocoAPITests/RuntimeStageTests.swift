@@ -161,7 +161,17 @@ struct RuntimeStageTests {
                 // Its cleanup is still stopping the third version's container (a 5 s grace period) when the
                 // app is deleted below: that cancels the cleanup job, and the removal must finish anyway.
 
-                // A rollback to the version whose image cleanup deleted: the report says so, and only what is known.
+                // Cleanup recorded what it deleted: the next cleanup does not ask the registry again, and
+                // a rollback to such a version is refused before it starts.
+                let pruned = try await harness.store.prunedImages(appID: first.appID, among: [first, hungry, second, third].flatMap(\.imageDigests), on: db.client)
+                #expect(pruned == Set([first, hungry].flatMap(\.imageDigests)), "\(pruned)")
+                #expect(try await harness.store.imagesToPrune(appID: first.appID, keep: 2, on: db.client).isEmpty)
+                let refused = try await harness.call(.post, "/v1/deployments/\(first.id)/redeploy", token: token)
+                #expect(refused.status == 409 && refused.errorCode == "not_redeployable"
+                        && refused.text.contains("cleanup has deleted its image for web from the registry") && refused.text.contains("--keep-images"), "\(refused.text)")
+                // An image deleted some other way (by hand; no record): the rollback starts, and its report
+                // says the image is gone, and only what is known.
+                _ = try await db.client.query("DELETE FROM loco_pruned_images WHERE app_id = \(first.appID)").collect()
                 let gone = try await redeploy(first)
                 #expect(gone.state == .failed && gone.report?.code == "IMAGE_PULL_FAILED" && gone.report?.message.contains("the registry no longer has the image") == true
                         && gone.report?.hint.contains("--keep-images") == true && gone.report?.evidence["exit_code"] == nil, "\(String(describing: gone.report))")

@@ -173,6 +173,18 @@ public struct Deployment: Sendable, Codable, Equatable {
         guard !missing.isEmpty else { return nil }
         return "it has no pushed image for \(missing.joined(separator: ", ")) (it is \(state.rawValue) and never got that far)"
     }
+
+    /// The services whose image (`HOST/REPOSITORY@DIGEST`) has one of `digests`, by name.
+    public func services(runningAnyOf digests: Set<String>) -> [String] {
+        DeploymentPlan.services(in: config).filter { service in
+            image(of: service).flatMap { $0.split(separator: "@").last.map(String.init) }.map(digests.contains) ?? false
+        }
+    }
+
+    /// Every image digest the deployment names.
+    public var imageDigests: [String] {
+        Array(Set(images.values.compactMap { $0.split(separator: "@").last.map(String.init) } + (imageDigest.map { [$0] } ?? []))).sorted()
+    }
 }
 
 /// One entry of a deployment's append-only event log; `id` increases strictly per deployment.

@@ -56,6 +56,13 @@ extension CoreStore {
                                    coalesce(stages -> \(stage.rawValue), '{}'::jsonb) || jsonb_build_object('finished_at', loco_rfc3339(now())))
             WHERE id = \(deploymentID)
             """, on: connection)
+        if let digest = result.imageDigest {
+            // Pushed again (the same content built again): it is in the registry once more.
+            try await execute("""
+                DELETE FROM loco_pruned_images WHERE digest = \(digest)
+                  AND app_id = (SELECT app_id FROM loco_deployments WHERE id = \(deploymentID))
+                """, on: connection)
+        }
         let what = service.map { "\(stage.rawValue) of \($0)" } ?? stage.rawValue
         try await appendEvent(deploymentID: deploymentID, type: "stage_finished", stage: stage.rawValue,
                               message: result.message ?? "\(what) finished", on: connection)

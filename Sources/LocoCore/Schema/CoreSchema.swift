@@ -133,5 +133,18 @@ public enum CoreSchema {
             // A redeploy (`loco rollback`) runs another deployment's pushed images again: no build, no push.
             "ALTER TABLE loco_deployments ADD COLUMN redeploy_of bigint REFERENCES loco_deployments (id) ON DELETE SET NULL",
         ]),
+        Migration(version: 4, name: "pruned_images", statements: [
+            // Images cleanup deleted from the registry: not asked for again by every later cleanup
+            // (each one sent a DELETE for every image the app ever had), and refused to a redeploy
+            // at once. A push of the same digest again takes it off the list.
+            """
+            CREATE TABLE loco_pruned_images (
+                app_id    bigint NOT NULL REFERENCES loco_apps (id) ON DELETE CASCADE,
+                digest    text NOT NULL,
+                pruned_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (app_id, digest)
+            )
+            """,
+        ]),
     ]
 }

@@ -221,7 +221,10 @@ extension CoreStore {
                 SELECT digest FROM refs
                 WHERE id IN (SELECT id FROM versions) OR state = ANY(\(DeploymentState.inFlight.map(\.rawValue))::text[])
             )
-            SELECT DISTINCT digest FROM refs WHERE digest NOT IN (SELECT digest FROM kept) ORDER BY digest
+            SELECT DISTINCT digest FROM refs
+            WHERE digest NOT IN (SELECT digest FROM kept)
+              AND digest NOT IN (SELECT digest FROM loco_pruned_images WHERE app_id = \(appID))
+            ORDER BY digest
             """, logger: logger).decode(String.self) {
             digests.append(digest)
         }
@@ -231,9 +234,9 @@ extension CoreStore {
     /// Images the registry lifecycle may delete: for every app, those older than `age` (by the
     /// last deployment that used them) except those of its newest `keep` versions (every
     /// service's image of each; a restart is the same version again) and the serving one's.
-    public func expiredImages(olderThan age: Duration, keep: Int, on db: some QueryRunner) async throws -> [(repository: String, digest: String)] {
-        var result: [(String, String)] = []
-        for try await (team, app, digest) in try await db.run("""
+    public func expiredImages(olderThan age: Duration, keep: Int, on db: some QueryRunner) async throws -> [(appID: Int64, repository: String, digest: String)] {
+        var result: [(Int64, String, String)] = []
+        for try await (appID, team, app, digest) in try await db.run("""
             WITH refs AS (
             \(unescaped: Self.deploymentImages)
             WHERE r.digest IS NOT NULL
@@ -245,16 +248,38 @@ extension CoreStore {
                 SELECT r.app_id, r.digest AS image_digest FROM refs r
                 JOIN (SELECT DISTINCT ON (app_id) app_id, id FROM refs WHERE state = 'succeeded' ORDER BY app_id, id DESC) s ON s.id = r.id
             )
-            SELECT t.name, a.name, r.image_digest FROM ranked r
+            SELECT a.id, t.name, a.name, r.image_digest FROM ranked r
             JOIN loco_apps a ON a.id = r.app_id JOIN loco_teams t ON t.id = a.team_id
             LEFT JOIN serving s ON s.app_id = r.app_id AND s.image_digest = r.image_digest
-            WHERE r.rank > \(Int64(keep)) AND s.app_id IS NULL
+            LEFT JOIN loco_pruned_images p ON p.app_id = r.app_id AND p.digest = r.image_digest
+            WHERE r.rank > \(Int64(keep)) AND s.app_id IS NULL AND p.app_id IS NULL
               AND r.last_used < now() - make_interval(secs => \(Double(age.components.seconds))::float8)
             ORDER BY t.name, a.name, r.latest, r.image_digest
-            """, logger: logger).decode((String, String, String).self) {
-            result.append(("\(team)/\(app)", digest))
+            """, logger: logger).decode((Int64, String, String, String).self) {
+            result.append((appID, "\(team)/\(app)", digest))
         }
         return result
+    }
+
+    /// Records images that are no longer in the registry (deleted, or found gone).
+    public func markPruned(appID: Int64, digests: [String], on db: some QueryRunner) async throws {
+        guard !digests.isEmpty else { return }
+        try await execute("""
+            INSERT INTO loco_pruned_images (app_id, digest) SELECT \(appID), unnest(\(digests)::text[])
+            ON CONFLICT DO NOTHING
+            """, on: db)
+    }
+
+    /// Those of `digests` that cleanup has deleted from the app's repository.
+    public func prunedImages(appID: Int64, among digests: [String], on db: some QueryRunner) async throws -> Set<String> {
+        guard !digests.isEmpty else { return [] }
+        var pruned: Set<String> = []
+        for try await digest in try await db.run("""
+            SELECT digest FROM loco_pruned_images WHERE app_id = \(appID) AND digest = ANY(\(digests)::text[])
+            """, logger: logger).decode(String.self) {
+            pruned.insert(digest)
+        }
+        return pruned
     }
 
     /// Deletes the stored files of `digests` that no unfinished deployment names, and returns

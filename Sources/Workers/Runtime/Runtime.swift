@@ -72,7 +72,9 @@ public struct RolloutFailure: CodedError, Equatable {
     public var logTail: [String]
 
     public static func imagePull(_ image: String, reason: String) -> RolloutFailure {
-        // The registry answers "manifest unknown" for an image cleanup deleted: a rollback to an old deployment.
+        // The registry answers "manifest unknown" for an image deleted from it (by hand, or by a
+        // cleanup before Loco kept a record of what cleanup deleted; a redeploy of a recorded one is
+        // refused before it starts).
         let gone = reason.contains("manifest unknown")
         return RolloutFailure(code: "IMAGE_PULL_FAILED",
                               message: gone ? "the registry no longer has the image \(image)" : "the image \(image) could not be pulled: \(reason.prefix(300))",

@@ -40,9 +40,9 @@ public struct CleanupStage: Sendable {
     public func registryLifecycle(olderThan age: Duration = .seconds(180 * 86_400)) async throws -> [String] {
         guard let registry else { return [] }
         var deleted: [String] = []
-        for (repository, digest) in try await store.expiredImages(olderThan: age, keep: keepImages, on: database)
-            where try await registry.deleteManifest(repository: repository, digest: digest) {
-            deleted.append("\(repository)@\(digest)")
+        for (appID, repository, digest) in try await store.expiredImages(olderThan: age, keep: keepImages, on: database) {
+            if try await registry.deleteManifest(repository: repository, digest: digest) { deleted.append("\(repository)@\(digest)") }
+            try await store.markPruned(appID: appID, digests: [digest], on: database)
         }
         logger.info("registry lifecycle", metadata: ["deleted": "\(deleted.count)"])
         return deleted
@@ -114,6 +114,8 @@ public struct CleanupStage: Sendable {
         var deleted: [String] = []
         for digest in try await store.imagesToPrune(appID: deployment.appID, keep: keepImages, on: database) {
             if try await registry.deleteManifest(repository: "\(deployment.team)/\(deployment.app)", digest: digest) { deleted.append(digest) }
+            // Deleted now or found gone: either way not asked for again.
+            try await store.markPruned(appID: deployment.appID, digests: [digest], on: database)
         }
         return deleted
     }
