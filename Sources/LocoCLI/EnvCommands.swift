@@ -13,6 +13,13 @@ struct Env: AsyncParsableCommand {
         try await global.client().call(.PUT, try app.path("/env"), json: .object(["vars": .object(vars.mapValues(JSONValue.string))]))
     }
 
+    /// When changed variables reach the app: an app that serves nothing yet has nothing to restart.
+    static func whenTheyApply(app: AppOptions, global: GlobalOptions) async -> String {
+        let serving = try? await global.client().call(.GET, try app.path("/status"))["current"]?["id"]
+        if let serving, serving != .null { return "They apply from the next deploy; 'loco restart' applies them now." }
+        return "They apply from the app's first deploy ('loco deploy')."
+    }
+
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Names, and values with --reveal if you may see them.")
         @Flag(help: "Show values (the app's owner and the team's owners and admins).") var reveal = false
@@ -46,7 +53,7 @@ struct Env: AsyncParsableCommand {
                 vars[name] = String(pair[pair.index(after: equals)...])
             }
             let list = try await Env.store(vars, app: app, global: global)
-            if global.json { printJSON(list) } else { Out.line("Set \(vars.keys.sorted().joined(separator: ", ")). They apply from the next deploy; 'loco restart' applies them now.") }
+            if global.json { printJSON(list) } else { Out.line("Set \(vars.keys.sorted().joined(separator: ", ")). \(await Env.whenTheyApply(app: app, global: global))") }
         }
     }
 
@@ -73,7 +80,7 @@ struct Env: AsyncParsableCommand {
             let vars = try DotEnv.read(file)
             guard !vars.isEmpty else { throw CLIError("empty_env_file", "\(file) sets no variables", hint: "Write NAME=value lines.") }
             let list = try await Env.store(vars, app: app, global: global)
-            if global.json { printJSON(list) } else { Out.line("Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file). They apply from the next deploy; 'loco restart' applies them now.") }
+            if global.json { printJSON(list) } else { Out.line("Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file). \(await Env.whenTheyApply(app: app, global: global))") }
         }
     }
 }

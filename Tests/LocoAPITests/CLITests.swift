@@ -91,7 +91,8 @@ struct CLITests {
                 #expect(badAppName.status == 2 && badAppName.output.contains("\"Fresh!\" is not a valid app name"), "\(badAppName.output)")
                 let badType = try await cli.run(["apps", "create", "other", "--type", "lambda"])
                 #expect(badType.status != 0 && badType.output.contains("'lambda' is not an app type") && badType.output.contains("service, static"), "\(badType.output)")
-                #expect(try await cli.run(["env", "set", "A=1", "--app", "fresh"]).status == 0)
+                let freshEnv = try await cli.run(["env", "set", "A=1", "--app", "fresh"])
+                #expect(freshEnv.status == 0 && freshEnv.output.contains("They apply from the app's first deploy"), "\(freshEnv.output)")
                 for command in ["restart", "rollback"] {
                     let idle = try await cli.run([command, "--app", "fresh"])
                     #expect(idle.status == 2 && idle.output.contains("fresh serves no deployment yet") && idle.output.contains("loco deploy"), "\(idle.output)")
@@ -173,7 +174,8 @@ struct CLITests {
                 if case .array(let all)? = JSONValue.parse(yank.output) { #expect(!all.isEmpty) } else { Issue.record("yank is not a JSON array: \(yank.output)") }
 
                 // Env: values hidden unless revealed.
-                #expect(try await cli.run(["env", "set", "GREETING=hi", "MODE=test", "--config", config]).status == 0)
+                let setEnv = try await cli.run(["env", "set", "GREETING=hi", "MODE=test", "--config", config])
+                #expect(setEnv.status == 0 && setEnv.output.contains("Set GREETING, MODE. They apply from the next deploy; 'loco restart' applies them now."), "\(setEnv.output)")
                 let hidden = try await cli.json(["env", "list", "--config", config])
                 #expect(hidden.value.items.map { $0["name"]?.stringValue } == ["GREETING", "MODE"] && hidden.value.items.allSatisfy { $0["value"] == nil || $0["value"] == .null })
                 let revealed = try await cli.json(["env", "list", "--reveal", "--config", config])
