@@ -152,7 +152,7 @@ public enum CoreError: CodedError, Equatable {
         case .ambiguousApp: "Add '?team=NAME' to say which team's app you mean."
         case .deploymentInProgress(let app, let id, _): "Wait for it ('loco deployment show \(id)'), cancel it ('loco cancel \(id)'), or deploy again with --queue to run after it (app \(app))."
         case .deploymentFinished: "Nothing to cancel; start a new deployment with 'loco deploy'."
-        case .notRedeployable: "Roll back to a deployment that got past its push ('loco deployments' lists them), or deploy from source with 'loco deploy'."
+        case .notRedeployable: "Roll back to a deployment whose images were pushed and are still kept, such as a recent one that served ('loco deployments' lists them), or deploy from source with 'loco deploy'."
         case .lastOwner: "Make another member an owner first."
         case .unsupportedMediaType: "Set the Content-Type header as the API reference says."
         case .payloadTooLarge: "Make the build context smaller: add a .dockerignore for build outputs, caches and dependencies."
