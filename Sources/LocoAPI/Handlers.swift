@@ -242,9 +242,23 @@ extension API {
             }
             return date
         }
+        let service = request.query("service")
+        if let service {
+            // A misspelt service would otherwise show nothing at all: name the ones it could be.
+            var known: [String]?
+            if let serving = try await store.servingDeploymentID(appID: access.app.id, on: database),
+               let deployment = try await store.deployment(id: serving, on: database) {
+                known = DeploymentPlan.services(in: deployment.config)
+            }
+            if !NameRules.isDNSLabel(service) || (known.map { !$0.contains(service) } ?? false) {
+                throw CoreError.invalidField(field: "service", reason: "'\(service.prefix(40))' is not a service of \(access.app.name)",
+                                             hint: known.map { "Its services: \($0.joined(separator: ", "))." } ?? "Use a service name from loco.toml's [[services]].")
+            }
+        }
         // Parameters first: a bad request says so whether or not a runtime is configured.
         guard let logs else { throw CoreError.runtimeUnavailable }
-        let stream = logs.logStream(team: access.app.team, app: access.app.name, options: LogOptions(follow: follow, since: since, tail: tail))
+        let stream = logs.logStream(team: access.app.team, app: access.app.name,
+                                    options: LogOptions(follow: follow, since: since, tail: tail, service: service))
         let body = ResponseBody { writer in
             for try await line in stream {
                 try await writer.write(ByteBuffer(string: CoreJSON.encode(line) + "\n"))

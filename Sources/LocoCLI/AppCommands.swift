@@ -21,17 +21,21 @@ struct Status: AsyncParsableCommand {
         if let current = status["current"], case .object = current {
             Out.line("  serving:    deployment \(current["id"]?.text ?? "") since \(current["finished_at"]?.text ?? "")")
             if let url = current["url"]?.stringValue { Out.line("  url:        \(url)") }
-            if let image = current["image_ref"]?.stringValue { Out.line("  image:      \(image)") }
-            // What runs: each service, its path prefix and its replica settings.
+            // What runs: each service, its path prefix and its replica settings; with several, each
+            // service's own image (`image_ref` is only the one pushed last).
             let config = current["config"]
             let services: [JSONValue] = if case .array(let list)? = config?["services"] { list } else {
                 [.object(["name": .string("web"), "path": config?["routing"]?["path"] ?? .string("/"), "resources": config?["resources"] ?? .null])]
             }
+            if services.count == 1, let image = current["image_ref"]?.stringValue { Out.line("  image:      \(image)") }
             for service in services {
                 let resources = service["resources"]
                 let low = resources?["min_replicas"]?.int ?? 1, high = resources?["max_replicas"]?.int ?? low
                 let replicas = low == high ? "\(low) replica\(low == 1 ? "" : "s")" : "\(low)-\(high) replicas"
                 Out.line("  service:    \(service["name"]?.text ?? "") at \(service["path"]?.text ?? "/") (\(replicas), \(resources?["memory"]?.text ?? "") memory)")
+                if services.count > 1, let name = service["name"]?.stringValue, let image = current["images"]?[name]?.stringValue {
+                    Out.line("    image:    \(image)")
+                }
             }
         } else {
             Out.line("  serving:    nothing yet — run 'loco deploy'")
@@ -138,6 +142,7 @@ struct Logs: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Keep the stream open and show new lines as they come.") var follow = false
     @Option(help: "Only lines since a time (RFC 3339) or a duration back (30s, 10m, 2h, 1d).") var since: String?
     @Option(help: "The last N lines of each container.") var tail: Int?
+    @Option(name: .shortAndLong, help: "Only this service's lines (an app with several [[services]]).") var service: String?
     @Option(help: "A deployment's build output instead of the app's logs.") var deployment: Int64?
     @OptionGroup var app: AppOptions
     @OptionGroup var global: GlobalOptions
@@ -154,6 +159,7 @@ struct Logs: AsyncParsableCommand {
         if follow { query["follow"] = "true" }
         if let since { query["since"] = since }
         if let tail { query["tail"] = String(tail) }
+        if let service { query["service"] = service }
         let freezer = follow && !global.json && Terminal.stdinIsTTY && Terminal.current.isTTY ? Freezer() : nil
         freezer?.start()
         defer { freezer?.restore() }

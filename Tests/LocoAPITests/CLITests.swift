@@ -363,6 +363,22 @@ struct CLITests {
                 #expect(try await Self.curl(url + "/").contains("Hello from the web service"))
                 #expect(try await Self.curl(url + "/nothing-here").contains("404"), "paths outside /api go to web")
                 #expect(shop.value["images"]?["api"] != shop.value["images"]?["web"], "each service runs its own image")
+                // Status names each service's image; logs narrow to one service, and a service the app
+                // does not have is named as such.
+                let shopToml = two.appending(path: "loco.toml").path
+                let shopStatus = try await cli.run(["status", "--config", shopToml])
+                let apiImage = try #require(shop.value["images"]?["api"]?.stringValue), webImage = try #require(shop.value["images"]?["web"]?.stringValue)
+                #expect(shopStatus.output.contains("service:    api at /api (1 replica, 256Mi memory)\n    image:    \(apiImage)")
+                        && shopStatus.output.contains("    image:    \(webImage)") && !shopStatus.output.contains("  image:      "), "\(shopStatus.output)")
+                let apiLogs = try await cli.run(["logs", "--service", "api", "--config", shopToml, "-o", "json"])
+                let apiLines = apiLogs.output.split(separator: "\n").compactMap { JSONValue.parse(String($0)) }
+                #expect(apiLogs.status == 0 && !apiLines.isEmpty && apiLines.allSatisfy { $0["service"]?.stringValue == "api" }, "\(apiLogs.output)")
+                let allLogs = try await cli.run(["logs", "--config", shopToml, "-o", "json"])
+                let allServices = Set(allLogs.output.split(separator: "\n").compactMap { JSONValue.parse(String($0))?["service"]?.stringValue })
+                #expect(allServices == ["api", "web"], "without --service, every service's lines: \(allLogs.output.suffix(500))")
+                let noService = try await cli.run(["logs", "--service", "nope", "--config", shopToml])
+                #expect(noService.status != 0 && noService.output.contains("'nope' is not a service of shop") && noService.output.contains("Its services: api, web."),
+                        "\(noService.output)")
 
                 let hello = try stack.example("hello", as: "hello")
                 let good = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])

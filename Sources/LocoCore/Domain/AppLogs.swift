@@ -13,11 +13,14 @@ public struct LogOptions: Sendable, Equatable {
     public var since: Date?
     /// The last lines per container; nil for all.
     public var tail: Int?
+    /// Only this service's containers; nil for all.
+    public var service: String?
 
-    public init(follow: Bool = false, since: Date? = nil, tail: Int? = nil) {
+    public init(follow: Bool = false, since: Date? = nil, tail: Int? = nil, service: String? = nil) {
         self.follow = follow
         self.since = since
         self.tail = tail
+        self.service = service
     }
 }
 

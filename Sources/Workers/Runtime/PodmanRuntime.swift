@@ -236,7 +236,9 @@ public struct PodmanRuntime: Runtime {
         AsyncThrowingStream { continuation in
             let task = Task {
                 do {
-                    let found = try await containers(team: team, app: app).sorted { ($0.Config.Labels?["loco.deployment"] ?? "") < ($1.Config.Labels?["loco.deployment"] ?? "") }
+                    let found = try await containers(team: team, app: app)
+                        .filter { options.service == nil || $0.Config.Labels?["loco.service"] == options.service }
+                        .sorted { ($0.Config.Labels?["loco.deployment"] ?? "") < ($1.Config.Labels?["loco.deployment"] ?? "") }
                     // Without follow, lines of all containers are merged by time; with follow,
                     // each container's lines flow as they come.
                     var collected: [LogLine] = []
