@@ -28,6 +28,15 @@ struct CLITests {
         try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output
     }
 
+    /// podman on the storage and settings of the stack's workers.
+    static func podman(_ stack: LocoStack, _ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let state = stack.folder.appending(path: "work/podman")
+        return try await runCommand(URL(fileURLWithPath: "/usr/bin/podman"), arguments,
+                                    environment: ["CONTAINERS_CONF": state.appending(path: "containers.conf").path,
+                                                  "CONTAINERS_STORAGE_CONF": state.appending(path: "storage.conf").path,
+                                                  "CONTAINERS_REGISTRIES_CONF": state.appending(path: "registries.conf").path])
+    }
+
     @Test("every command against a running Loco: login, config, deploy and redeploy, failures with their exit codes, logs, env, tokens, cancel, destroy")
     func endToEnd() async throws {
         try await TestDatabase.with(migrations: []) { db in
@@ -195,12 +204,7 @@ struct CLITests {
                 #expect(restarted.status == 0 && restarted.value["state"]?.stringValue == "succeeded" && restarted.value["redeploy_of"]?.int == servingID
                         && restarted.value["stages"]?["build"] == nil, "\(restarted.value)")
                 #expect(try await Self.curl(url).contains("Version two"))
-                let podmanState = stack.folder.appending(path: "work/podman")
-                let inspected = try await runCommand(URL(fileURLWithPath: "/usr/bin/podman"),
-                                                     ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "loco-acme-hello-d\(restartedID)-web"],
-                                                     environment: ["CONTAINERS_CONF": podmanState.appending(path: "containers.conf").path,
-                                                                   "CONTAINERS_STORAGE_CONF": podmanState.appending(path: "storage.conf").path,
-                                                                   "CONTAINERS_REGISTRIES_CONF": podmanState.appending(path: "registries.conf").path])
+                let inspected = try await Self.podman(stack, ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "loco-acme-hello-d\(restartedID)-web"])
                 #expect(inspected.output.contains("GREETING=hi") && inspected.output.contains("B=two words") && !inspected.output.contains("MODE=test"), "\(inspected.output)")
 
                 // A broken Dockerfile: exit 1, the report with its next step; the previous version serves on.
@@ -399,6 +403,20 @@ struct CLITests {
                 }
                 let status = try await cli.json(["status", "--config", hello.appending(path: "loco.toml").path])
                 #expect(status.value["last_failure"]?["report"]?["code"]?.stringValue == "OOM_KILLED")
+
+                // Replicas: min_replicas = 2 runs two containers of web behind hello's address; with
+                // one of them stopped, the other answers every request.
+                let scaled = try stack.example("hello", as: "hello", toml: "[resources]\nmin_replicas = 2\nmax_replicas = 2")
+                let scaledRun = try await cli.json(["deploy", "--config", scaled.appending(path: "loco.toml").path])
+                #expect(scaledRun.status == 0 && scaledRun.value["state"]?.stringValue == "succeeded", "\(scaledRun.value)")
+                let scaledID = try #require(scaledRun.value["id"]?.int)
+                let replicas = try await Self.podman(stack, ["ps", "--format", "{{.Names}}", "--filter", "label=loco.deployment=\(scaledID)"])
+                #expect(Set(replicas.output.split(separator: "\n").map(String.init)) == ["loco-acme-hello-d\(scaledID)-web", "loco-acme-hello-d\(scaledID)-web.r2"],
+                        "\(replicas.output)")
+                let scaledStatus = try await cli.run(["status", "--config", scaled.appending(path: "loco.toml").path])
+                #expect(scaledStatus.output.contains("service:    web at / (2 replicas, 256Mi memory)"), "\(scaledStatus.output)")
+                #expect(try await Self.podman(stack, ["stop", "-t", "0", "loco-acme-hello-d\(scaledID)-web"]).status == 0)
+                for _ in 0..<6 { #expect(try await Self.curl(helloURL).contains("Hello from Loco"), "the second replica answers") }
             }
         }
     }

@@ -5,6 +5,17 @@ import Testing
 
 @Suite("The local entry point (nginx)")
 struct LocalEntryPointTests {
+    @Test("a service's replicas become one upstream group in the app's server block; a single one is proxied to directly")
+    func replicasShareARoute() {
+        let text = LocalEntryPoint.server(port: 41000, generation: 7, routes: [
+            LocalEntryPoint.Route(prefix: "/", upstreams: ["http://127.0.0.1:5001", "http://127.0.0.1:5002"]),
+            LocalEntryPoint.Route(prefix: "/api", upstream: "http://127.0.0.1:5003"),
+        ])
+        #expect(text.contains("upstream loco_41000_7_0 {\n    server 127.0.0.1:5001 max_fails=1 fail_timeout=10s;\n    server 127.0.0.1:5002 max_fails=1 fail_timeout=10s;\n}"), "\(text)")
+        #expect(text.contains("location / {\n        proxy_pass http://loco_41000_7_0;"), "\(text)")
+        #expect(text.contains("proxy_pass http://127.0.0.1:5003;") && !text.contains("upstream loco_41000_7_1"), "\(text)")
+    }
+
     @Test("an app keeps its address across versions; a reload that cannot take says why, from nginx's own log, and is undone")
     func switchesAndExplains() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {

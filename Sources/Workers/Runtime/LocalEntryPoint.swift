@@ -18,11 +18,13 @@ public struct LocalEntryPoint: Sendable {
 
     public struct Route: Sendable, Equatable {
         public var prefix: String
-        public var upstream: String
-        public init(prefix: String, upstream: String) {
+        /// `http://127.0.0.1:PORT` of each replica; requests go round robin.
+        public var upstreams: [String]
+        public init(prefix: String, upstreams: [String]) {
             self.prefix = prefix
-            self.upstream = upstream
+            self.upstreams = upstreams
         }
+        public init(prefix: String, upstream: String) { self.init(prefix: prefix, upstreams: [upstream]) }
     }
 
     var appsFolder: URL { folder.appending(path: "apps") }
@@ -150,11 +152,23 @@ public struct LocalEntryPoint: Sendable {
     }
 
     static func server(port: Int, generation: Int64, routes: [Route]) -> String {
+        // Several replicas: an upstream group each (named by the app's port, unique on this
+        // machine), round robin; a replica that refuses a connection is skipped for 10 s, so a
+        // crashed one does not fail requests the others can answer.
+        var groups = ""
+        var targets: [String: String] = [:]
+        for (index, route) in routes.enumerated() {
+            guard route.upstreams.count > 1 else { targets[route.prefix] = route.upstreams.first ?? "http://127.0.0.1:9"; continue }
+            let name = "loco_\(port)_\(generation)_\(index)"
+            let servers = route.upstreams.map { "    server \($0.replacingOccurrences(of: "http://", with: "")) max_fails=1 fail_timeout=10s;\n" }.joined()
+            groups += "upstream \(name) {\n\(servers)}\n"
+            targets[route.prefix] = "http://\(name)"
+        }
         // Longest prefix first, as nginx picks it anyway; '/' catches the rest.
         let locations = routes.sorted { $0.prefix.count > $1.prefix.count }.map { route in
             """
                 location \(route.prefix) {
-                    proxy_pass \(route.upstream);
+                    proxy_pass \(targets[route.prefix] ?? "http://127.0.0.1:9");
                     proxy_set_header Host $http_host;
                     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
                     proxy_set_header X-Forwarded-Prefix \(route.prefix);
@@ -162,7 +176,7 @@ public struct LocalEntryPoint: Sendable {
             """
         }
         let fallback = routes.contains { $0.prefix == "/" } ? "" : "    location / { return 404; }\n"
-        return "server {\n    listen 127.0.0.1:\(port);\n    add_header X-Loco-Version \(generation) always;\n\(locations.joined(separator: "\n"))\n\(fallback)}\n"
+        return groups + "server {\n    listen 127.0.0.1:\(port);\n    add_header X-Loco-Version \(generation) always;\n\(locations.joined(separator: "\n"))\n\(fallback)}\n"
     }
 
     func prepare() throws {

@@ -44,8 +44,10 @@ public struct PodmanRuntime: Runtime {
         return (outcome.timedOut ? -1 : outcome.status, output.text)
     }
 
-    static func containerName(team: String, app: String, deploymentID: Int64, service: String) -> String {
-        "loco-\(team)-\(app)-d\(deploymentID)-\(service)"
+    /// Replicas after the first get `.rN`: a dot cannot be part of a service's name, so no
+    /// service's first container can be named like another's second.
+    static func containerName(team: String, app: String, deploymentID: Int64, service: String, replica: Int = 1) -> String {
+        "loco-\(team)-\(app)-d\(deploymentID)-\(service)" + (replica == 1 ? "" : ".r\(replica)")
     }
 
     public func apply(_ desired: DesiredState) async throws -> AppliedVersion {
@@ -55,31 +57,39 @@ public struct PodmanRuntime: Runtime {
         }
         var endpoints: [String: String] = [:]
         for service in desired.services {
-            let name = Self.containerName(team: desired.team, app: desired.app, deploymentID: desired.deploymentID, service: service.name)
-            // Re-applying converges: the same name is replaced.
-            _ = try await run(["rm", "-f", "-t", "0", name])
             try await pull(service.image, credentials: desired.pullCredentials)
-            // slirp4netns, not the default CNI bridge: a user-space process listens on the published
-            // port, where the bridge's iptables forwarding once refused every connection to a running
-            // container for 10 s in a full test run (podman 4.3, CNI).
-            var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns",
-                             "--label", "loco.app=\(desired.team)/\(desired.app)", "--label", "loco.deployment=\(desired.deploymentID)",
-                             "--label", "loco.service=\(service.name)", "-p", "127.0.0.1::\(service.port)"]
-            if let memory = service.memoryBytes { arguments += ["--memory", "\(memory)", "--memory-swap", "\(memory)"] }
-            if let cpus = service.cpus { arguments += ["--cpus", "\(cpus)"] }
-            // Values travel in podman's environment, never on its command line (ps shows that).
-            for key in service.env.keys.sorted() { arguments += ["--env", key] }
-            arguments.append(service.image)
-            let (status, output) = try await run(arguments, extraEnvironment: service.env)
-            guard status == 0 else {
-                throw RolloutFailure(code: "CRASH_LOOP", message: "podman could not start \(service.name): \(output.suffix(300))",
-                                     hint: "Check the image's CMD/ENTRYPOINT and the run settings in loco.toml.", service: service.name, exitCode: status,
-                                     logTail: Array(output.split(separator: "\n").suffix(30).map(String.init)))
+            for replica in 1...service.replicas {
+                let name = Self.containerName(team: desired.team, app: desired.app, deploymentID: desired.deploymentID, service: service.name, replica: replica)
+                let published = try await start(service, named: name, replica: replica, desired)
+                if replica == 1 { endpoints[service.name] = published }
             }
-            let (_, port) = try await run(["port", name, "\(service.port)"])
-            if let published = port.split(separator: "\n").first { endpoints[service.name] = "http://\(published)" }
         }
         return AppliedVersion(deploymentID: desired.deploymentID, endpoints: endpoints)
+    }
+
+    /// Starts one container of a service; returns where it is published.
+    func start(_ service: ServiceSpec, named name: String, replica: Int, _ desired: DesiredState) async throws -> String? {
+        // Re-applying converges: the same name is replaced.
+        _ = try await run(["rm", "-f", "-t", "0", name])
+        // slirp4netns, not the default CNI bridge: a user-space process listens on the published
+        // port, where the bridge's iptables forwarding once refused every connection to a running
+        // container for 10 s in a full test run (podman 4.3, CNI).
+        var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns",
+                         "--label", "loco.app=\(desired.team)/\(desired.app)", "--label", "loco.deployment=\(desired.deploymentID)",
+                         "--label", "loco.service=\(service.name)", "--label", "loco.replica=\(replica)", "-p", "127.0.0.1::\(service.port)"]
+        if let memory = service.memoryBytes { arguments += ["--memory", "\(memory)", "--memory-swap", "\(memory)"] }
+        if let cpus = service.cpus { arguments += ["--cpus", "\(cpus)"] }
+        // Values travel in podman's environment, never on its command line (ps shows that).
+        for key in service.env.keys.sorted() { arguments += ["--env", key] }
+        arguments.append(service.image)
+        let (status, output) = try await run(arguments, extraEnvironment: service.env)
+        guard status == 0 else {
+            throw RolloutFailure(code: "CRASH_LOOP", message: "podman could not start \(service.name): \(output.suffix(300))",
+                                 hint: "Check the image's CMD/ENTRYPOINT and the run settings in loco.toml.", service: service.name, exitCode: status,
+                                 logTail: Array(output.split(separator: "\n").suffix(30).map(String.init)))
+        }
+        let (_, port) = try await run(["port", name, "\(service.port)"])
+        return port.split(separator: "\n").first.map { "http://\($0)" }
     }
 
     /// Pulls with an auth file written for the one call (credentials never on a command line).
@@ -131,26 +141,31 @@ public struct PodmanRuntime: Runtime {
     }
 
     public func endpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: String] {
-        var result: [String: String] = [:]
+        try await replicaEndpoints(deploymentID: deploymentID, team: team, app: app).compactMapValues(\.first)
+    }
+
+    /// Each service's published addresses, one per running container, the first replica first.
+    func replicaEndpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: [String]] {
+        var found: [String: [(replica: Int, address: String)]] = [:]
         for container in try await containers(team: team, app: app, deploymentID: deploymentID) {
             guard let service = container.Config.Labels?["loco.service"] else { continue }
             let (_, ports) = try await run(["port", container.Name])
             if let line = ports.split(separator: "\n").first, let address = line.split(separator: " ").last {
-                result[service] = "http://\(address)"
+                found[service, default: []].append((Int(container.Config.Labels?["loco.replica"] ?? "1") ?? 1, "http://\(address)"))
             }
         }
-        return result
+        return found.mapValues { $0.sorted { $0.replica < $1.replica }.map(\.address) }
     }
 
     public func status(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> RolloutState {
         let running = try await containers(team: team, app: app, deploymentID: deploymentID)
-        let endpoints = try await endpoints(deploymentID: deploymentID, team: team, app: app)
+        let endpoints = try await replicaEndpoints(deploymentID: deploymentID, team: team, app: app)
         var waiting: [String] = []
         for service in services {
-            guard let container = running.first(where: { $0.Config.Labels?["loco.service"] == service.name }) else {
-                return .progressing("\(service.name) has no container yet")
-            }
-            if container.State.Status == "exited" || container.State.Status == "stopped" || container.State.Status == "dead" {
+            // Every replica must run and answer: one that crashes fails the rollout, as on Kubernetes.
+            let containers = running.filter { $0.Config.Labels?["loco.service"] == service.name }
+            guard !containers.isEmpty else { return .progressing("\(service.name) has no container yet") }
+            for container in containers where ["exited", "stopped", "dead"].contains(container.State.Status) {
                 let tail = try await logTail(container.Name, lines: 30)
                 let killedForMemory = container.State.ExitCode == 137 ? try await killedForMemory(container.Id) : false
                 if container.State.OOMKilled || killedForMemory {
@@ -158,10 +173,14 @@ public struct PodmanRuntime: Runtime {
                 }
                 return .failed(.crashLoop(service: service.name, exitCode: container.State.ExitCode, tail: tail))
             }
-            guard let endpoint = endpoints[service.name] else { return .progressing("\(service.name) has no published port yet") }
-            let probe = await Self.probe(endpoint + service.healthPath)
-            if probe.ok { continue }
-            waiting.append("\(service.name): GET \(service.healthPath) \(probe.detail)")
+            guard containers.count >= service.replicas else { return .progressing("\(service.name) has \(containers.count) of \(service.replicas) containers") }
+            let addresses = endpoints[service.name] ?? []
+            guard addresses.count >= service.replicas else { return .progressing("\(service.name) has no published port yet") }
+            for (index, address) in addresses.enumerated() {
+                let probe = await Self.probe(address + service.healthPath)
+                if probe.ok { continue }
+                waiting.append("\(service.name)\(addresses.count > 1 ? " (replica \(index + 1))" : ""): GET \(service.healthPath) \(probe.detail)")
+            }
         }
         return waiting.isEmpty ? .ready : .progressing(waiting.joined(separator: "; "))
     }
@@ -192,8 +211,8 @@ public struct PodmanRuntime: Runtime {
     }
 
     public func promote(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> String {
-        let endpoints = try await endpoints(deploymentID: deploymentID, team: team, app: app)
-        let routes = services.compactMap { service in endpoints[service.name].map { LocalEntryPoint.Route(prefix: service.pathPrefix, upstream: $0) } }
+        let endpoints = try await replicaEndpoints(deploymentID: deploymentID, team: team, app: app)
+        let routes = services.compactMap { service in endpoints[service.name].map { LocalEntryPoint.Route(prefix: service.pathPrefix, upstreams: $0) } }
         let address: String
         do { address = try await entryPoint.publish(team: team, app: app, generation: deploymentID, routes: routes) } catch {
             throw RolloutFailure(code: "ENTRY_POINT_FAILED", message: "the app's local address could not be switched: \(error)",

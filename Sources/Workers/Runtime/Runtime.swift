@@ -16,10 +16,13 @@ public struct ServiceSpec: Sendable, Equatable {
     public var cpus: Double?
     /// The path prefix the app's entry point routes to this service (`/` for one-service apps).
     public var pathPrefix: String
+    /// How many containers run it (loco.toml's `min_replicas`, at least one).
+    public var replicas: Int
 
     public init(name: String, image: String, port: Int, healthPath: String = "/", env: [String: String] = [:], memoryBytes: Int64? = nil, cpus: Double? = nil,
-                pathPrefix: String = "/") {
+                pathPrefix: String = "/", replicas: Int = 1) {
         self.pathPrefix = pathPrefix
+        self.replicas = max(1, replicas)
         self.name = name
         self.image = image
         self.port = port

@@ -54,7 +54,8 @@ public struct RuntimeStages: Sendable {
                                      hint: "Deploy again; the push stage records the image this stage runs.", service: service.name, exitCode: nil, logTail: [])
             }
             return ServiceSpec(name: service.name, image: image, port: service.run.port, healthPath: service.run.health, env: env,
-                               memoryBytes: service.resources.memoryBytes, cpus: service.resources.cpu, pathPrefix: service.path)
+                               memoryBytes: service.resources.memoryBytes, cpus: service.resources.cpu, pathPrefix: service.path,
+                               replicas: service.resources.minReplicas)
         }
     }
 
