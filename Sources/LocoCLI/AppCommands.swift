@@ -74,7 +74,9 @@ struct Deployments: AsyncParsableCommand {
         for deployment in list.items {
             let created = parseDate(deployment["created_at"]), finished = parseDate(deployment["finished_at"])
             let duration = created.flatMap { start in finished.map { Format.seconds($0.timeIntervalSince(start)) } } ?? "-"
-            let result = deployment["report"]?["code"]?.stringValue ?? deployment["url"]?.stringValue ?? ""
+            var result = deployment["report"]?["code"]?.stringValue ?? deployment["url"]?.stringValue ?? ""
+            // A rollback or restart: whose images it ran.
+            if let source = deployment["redeploy_of"]?.int { result += (result.isEmpty ? "" : " ") + "(\(source)'s images)" }
             Out.line("\(deployment["id"]?.text ?? "")\t\(deployment["state"]?.text ?? "")\t\(deployment["created_at"]?.text ?? "")\t\(duration)\t\(result)")
         }
         if list.items.count == limit, let last = list.items.last?["id"]?.int {

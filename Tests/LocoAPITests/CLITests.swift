@@ -169,6 +169,8 @@ struct CLITests {
                 let forwardID = try #require(forward.value["id"]?.int)
                 let shownForward = try await cli.run(["deployment", "show", "\(forwardID)"])
                 #expect(shownForward.output.contains("(deployment \(ids[0])'s, run again: no build)"), "\(shownForward.output)")
+                let listed = try await cli.run(["deployments", "--config", config, "--limit", "1"])
+                #expect(listed.output.contains("\(forwardID)\tsucceeded") && listed.output.contains("\(url) (\(ids[0])'s images)"), "\(listed.output)")
                 let shownDeployment = try await cli.run(["deployment", "show", "\(lastID)"])
                 #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
                 let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])

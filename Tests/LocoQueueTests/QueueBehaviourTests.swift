@@ -637,10 +637,13 @@ struct QueueBehaviourTests {
     func presenceAfterLostSession() async throws {
         try await TestDatabase.with { db in
             var handlers = JobHandlers()
-            handlers.register(kind: "test.long") { _, _ in try await Task.sleep(for: .seconds(5)) }
+            // The job outlasts the orphan grace, so a worker that did not take its lock again and
+            // renew would lose it to the rescuer. The grace is longer than the 5 s the lock may take
+            // to come back below: with 3 s, the lease ran out once in a full CI run.
+            handlers.register(kind: "test.long") { _, _ in try await Task.sleep(for: .seconds(9)) }
             let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
             var configuration = fastConfiguration([("default", 2)], workerID: "w-presence")
-            configuration.orphanGrace = .seconds(3)
+            configuration.orphanGrace = .seconds(6)
             let presence = """
                 SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
                 AND classid = \(JobStore.presenceLockClass)::int4::oid AND objid = hashtext('w-presence')::oid
