@@ -174,16 +174,21 @@ public struct Deployment: Sendable, Codable, Equatable {
         return "it has no pushed image for \(missing.joined(separator: ", ")) (it is \(state.rawValue) and never got that far)"
     }
 
-    /// The services whose image (`HOST/REPOSITORY@DIGEST`) has one of `digests`, by name.
+    /// The digest of an image reference `HOST/REPOSITORY@DIGEST`.
+    public static func digest(of reference: String) -> String? {
+        reference.range(of: "@").map { String(reference[$0.upperBound...]) }
+    }
+
+    /// The services whose image has one of `digests`, by name.
     public func services(runningAnyOf digests: Set<String>) -> [String] {
         DeploymentPlan.services(in: config).filter { service in
-            image(of: service).flatMap { $0.split(separator: "@").last.map(String.init) }.map(digests.contains) ?? false
+            image(of: service).flatMap(Self.digest(of:)).map(digests.contains) ?? false
         }
     }
 
     /// Every image digest the deployment names.
     public var imageDigests: [String] {
-        Array(Set(images.values.compactMap { $0.split(separator: "@").last.map(String.init) } + (imageDigest.map { [$0] } ?? []))).sorted()
+        Array(Set(images.values.compactMap(Self.digest(of:)) + (imageDigest.map { [$0] } ?? []))).sorted()
     }
 }
 

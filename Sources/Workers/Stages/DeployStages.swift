@@ -156,7 +156,7 @@ public struct DeployStages: Sendable {
               let deployment = try await store.deployment(id: id, on: database) else { return }
         let result: StageResult
         let built = args.service.flatMap { deployment.images[$0] } ?? deployment.imageRef
-        if settings.handoff == .pushFromBuilder, let built, let digest = built.split(separator: "@").last.map(String.init), digest.hasPrefix("sha256:") {
+        if settings.handoff == .pushFromBuilder, let built, let digest = Deployment.digest(of: built), digest.hasPrefix("sha256:") {
             // The builder pushed; make sure the registry really has it.
             let found = try await registry.manifestDigest(repository: repository(deployment), reference: digest,
                                                           accept: ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"])
