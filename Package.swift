@@ -153,7 +153,7 @@ let package = Package(
         .testTarget(
             name: "LocoAPITests",
             dependencies: [
-                "LocoAPI", "LocoCore", "LocoQueue", "LocoTestSupport", "Workers", "BuildContext",
+                "LocoAPI", "LocoCore", "LocoConfig", "LocoQueue", "LocoTestSupport", "Workers", "BuildContext",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

@@ -31,6 +31,10 @@ public enum APIRoutes {
         APIRoute(.post, "/v1/deployments/{id}/redeploy", action: .deploy) { api, request, context in try await api.redeployDeployment(request, context) },
         APIRoute(.get, "/v1/deployments/{id}/events", action: .readApp) { api, request, context in try await api.deploymentEvents(request, context) },
 
+        APIRoute(.get, "/v1/apps/{app}/scale", action: .readApp) { api, request, context in try await api.showScale(request, context) },
+        APIRoute(.put, "/v1/apps/{app}/scale", action: .deploy) { api, request, context in try await api.setScale(request, context) },
+        APIRoute(.delete, "/v1/apps/{app}/scale", action: .deploy) { api, request, context in try await api.resetScale(request, context) },
+
         APIRoute(.get, "/v1/apps/{app}/env", action: .listEnv) { api, request, context in try await api.listEnv(request, context) },
         APIRoute(.put, "/v1/apps/{app}/env", action: .writeEnv) { api, request, context in try await api.setEnv(request, context) },
         APIRoute(.delete, "/v1/apps/{app}/env/{name}", action: .writeEnv) { api, request, context in try await api.unsetEnv(request, context) },

@@ -137,21 +137,24 @@ extension API {
     /// deployment's pushed images and config again (a rollback), with the app's env as it is now.
     func redeployDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (principal, source, access) = try await deployment(request, context, for: .deploy)
-        let queueBehind = request.query("queue") == "true" || request.query("queue") == "1"
-        let pruned = try await store.prunedImages(appID: access.app.id, among: source.imageDigests, on: database)
-        if !pruned.isEmpty {
-            let services = source.services(runningAnyOf: pruned)
-            throw CoreError.notRedeployable(deploymentID: source.id, reason: """
-                cleanup has deleted its image for \(services.isEmpty ? "the app" : services.joined(separator: ", ")) from the registry \
-                (it keeps the images of each app's last versions that served: 'locod worker --keep-images')
-                """)
-        }
+        try await refuseIfPruned(source, app: access.app)
         let deployment = try await store.submit(
-            try DeploymentRequest.redeploy(of: source, app: access.app, createdBy: principal.user?.id, queueBehind: queueBehind), on: database)
+            try DeploymentRequest.redeploy(of: source, app: access.app, createdBy: principal.user?.id, queueBehind: Self.queueBehind(request)), on: database)
         metrics.deploymentsSubmitted.increment()
         var response = jsonResponse(deployment, status: .created)
         response.headers[.location] = "/v1/deployments/\(deployment.id)"
         return response
+    }
+
+    /// A redeploy of images cleanup deleted from the registry would only fail at apply: refused now.
+    func refuseIfPruned(_ source: Deployment, app: App) async throws {
+        let pruned = try await store.prunedImages(appID: app.id, among: source.imageDigests, on: database)
+        guard !pruned.isEmpty else { return }
+        let services = source.services(runningAnyOf: pruned)
+        throw CoreError.notRedeployable(deploymentID: source.id, reason: """
+            cleanup has deleted its image for \(services.isEmpty ? "the app" : services.joined(separator: ", ")) from the registry \
+            (it keeps the images of each app's last versions that served: 'locod worker --keep-images')
+            """)
     }
 
     func cancelDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {

@@ -31,7 +31,11 @@ struct Status: AsyncParsableCommand {
             for service in services {
                 let resources = service["resources"]
                 let low = resources?["min_replicas"]?.int ?? 1, high = resources?["max_replicas"]?.int ?? low
-                let replicas = low == high ? "\(low) replica\(low == 1 ? "" : "s")" : "\(low)-\(high) replicas"
+                var replicas = low == high ? Scale.replicas(low) : "\(low)-\(high) replicas"
+                // What the serving version runs, when its apply recorded it ('loco scale' may have set it).
+                if let name = service["name"]?.stringValue, let running = current["replicas"]?[name]?.int {
+                    replicas = Scale.replicas(running) + (status["scale"]?[name]?.int == running ? " by 'loco scale'" : "")
+                }
                 Out.line("  service:    \(service["name"]?.text ?? "") at \(service["path"]?.text ?? "/") (\(replicas), \(resources?["memory"]?.text ?? "") memory)")
                 if services.count > 1, let name = service["name"]?.stringValue, let image = current["images"]?[name]?.stringValue {
                     Out.line("    image:    \(image)")

@@ -17,7 +17,7 @@ struct Loco: AsyncParsableCommand {
             Init.self, Validate.self, ConfigCommand.self,
             Login.self, Logout.self, Whoami.self, TokenCommand.self, TeamCommand.self,
             Deploy.self, Rollback.self, Restart.self, Status.self, Deployments.self, DeploymentCommand.self, Cancel.self,
-            Logs.self, Env.self, Apps.self, Destroy.self, Completion.self,
+            Logs.self, Env.self, Apps.self, Scale.self, Destroy.self, Completion.self,
         ]
     )
 }

@@ -166,6 +166,14 @@ struct AuthorizationMatrixTests {
             RouteCase(method: .get, route: "/v1/deployments/{id}/events", action: .readApp, success: 200, scoped: true, reachesWeb: false, mutates: false) { f, _ in
                 ("/v1/deployments/\(f.ended.id)/events", nil, false)
             },
+            // web serves nothing in the fixture: a scale change is only saved, no deployment.
+            RouteCase(method: .get, route: "/v1/apps/{app}/scale", action: .readApp, success: 200, scoped: true, reachesWeb: true, mutates: false,
+                      request: plain("/v1/apps/web/scale")),
+            RouteCase(method: .put, route: "/v1/apps/{app}/scale", action: .deploy, success: 200, scoped: true, reachesWeb: true, mutates: false) { _, _ in
+                ("/v1/apps/web/scale", #"{"replicas":2}"#, false)
+            },
+            RouteCase(method: .delete, route: "/v1/apps/{app}/scale", action: .deploy, success: 200, scoped: true, reachesWeb: true, mutates: false,
+                      request: plain("/v1/apps/web/scale")),
             RouteCase(method: .get, route: "/v1/apps/{app}/env", action: .listEnv, success: 200, scoped: true, reachesWeb: true, mutates: false, request: plain("/v1/apps/web/env")),
             RouteCase(method: .get, route: "/v1/apps/{app}/env", action: .revealEnv, success: 200, scoped: true, reachesWeb: true, mutates: false,
                       request: plain("/v1/apps/web/env?reveal=true")),

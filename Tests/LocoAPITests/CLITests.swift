@@ -385,6 +385,19 @@ struct CLITests {
                 let noService = try await cli.run(["logs", "--service", "nope", "--config", shopToml])
                 #expect(noService.status != 0 && noService.output.contains("'nope' is not a service of shop") && noService.output.contains("Its services: api, web."),
                         "\(noService.output)")
+                // Scale: with several services one must be named; api alone then runs two.
+                let unnamed = try await cli.run(["scale", "count", "2", "--config", shopToml])
+                #expect(unnamed.status == 2 && unnamed.output.contains("shop has several services") && unnamed.output.contains("Name one: api, web"),
+                        "\(unnamed.output)")
+                let apiScaled = try await cli.run(["scale", "count", "2", "--service", "api", "--config", shopToml])
+                #expect(apiScaled.status == 0 && apiScaled.output.contains("scaling api to 2 replicas") && apiScaled.output.contains("(2 replicas)"),
+                        "\(apiScaled.output)")
+                #expect(try await Self.curl(url + "/api/").contains("hello from the api service"))
+                let shopScale = try await cli.json(["scale", "--config", shopToml])
+                let counts = Dictionary(uniqueKeysWithValues: shopScale.value.items.map {
+                    ($0["service"]?.stringValue ?? "", "\($0["replicas"]?.int ?? 0) \($0["source"]?.stringValue ?? "") \($0["running"]?.int ?? 0)")
+                })
+                #expect(counts == ["api": "2 loco scale 2", "web": "1 loco.toml 1"], "\(shopScale.value)")
 
                 let hello = try stack.example("hello", as: "hello")
                 let good = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])
@@ -419,6 +432,26 @@ struct CLITests {
                 #expect(scaledStatus.output.contains("service:    web at / (2 replicas, 256Mi memory)"), "\(scaledStatus.output)")
                 #expect(try await Self.podman(stack, ["stop", "-t", "0", "loco-acme-hello-d\(scaledID)-web"]).status == 0)
                 for _ in 0..<6 { #expect(try await Self.curl(helloURL).contains("Hello from Loco"), "the second replica answers") }
+
+                // `loco scale`: a count that holds over loco.toml's min_replicas for every later
+                // rollout, rolled out at once without a build, until reset.
+                let scaledToml = scaled.appending(path: "loco.toml").path
+                let three = try await cli.run(["scale", "count", "3", "--config", scaledToml])
+                #expect(three.status == 0 && three.output.contains("(3 replicas)") && !three.output.contains("build started"), "\(three.output)")
+                let threeID = try #require(try await cli.json(["status", "--config", scaledToml]).value["current"]?["id"]?.int)
+                let threeNames = try await Self.podman(stack, ["ps", "--format", "{{.Names}}", "--filter", "label=loco.deployment=\(threeID)"])
+                #expect(threeNames.output.split(separator: "\n").count == 3 && threeNames.output.contains("-web.r3"), "\(threeNames.output)")
+                #expect(try await cli.run(["status", "--config", scaledToml]).output.contains("(3 replicas by 'loco scale', 256Mi memory)"))
+                let again = try await cli.run(["scale", "count", "3", "--config", scaledToml])
+                #expect(again.status == 0 && again.output.contains("nothing to roll out"), "\(again.output)")
+                let redeployed = try await cli.run(["deploy", "--config", scaledToml])
+                #expect(redeployed.status == 0 && redeployed.output.contains("(3 replicas)"), "a deploy keeps the scale: \(redeployed.output)")
+                let reset = try await cli.run(["scale", "reset", "--config", scaledToml])
+                #expect(reset.status == 0 && reset.output.contains("back to loco.toml's min_replicas") && reset.output.contains("(2 replicas)"), "\(reset.output)")
+                #expect(try await cli.run(["status", "--config", scaledToml]).output.contains("(2 replicas, 256Mi memory)"))
+                let zero = try await cli.run(["scale", "count", "0", "--config", scaledToml])
+                #expect(zero.status == 2 && zero.output.contains("out of range") && zero.output.contains("from 1 to 100"), "\(zero.output)")
+                #expect(try await Self.curl(helloURL).contains("Hello from Loco"))
             }
         }
     }

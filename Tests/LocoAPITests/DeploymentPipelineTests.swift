@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import HummingbirdTesting
 import LocoAPI
+import LocoConfig
 import LocoCore
 import LocoQueue
 import LocoTestSupport
@@ -212,6 +213,55 @@ struct DeploymentPipelineTests {
                                                       result: StageResult(imageDigest: "sha256:c", imageRef: "localhost:5000/acme/web@sha256:c"), on: connection)
             }
             #expect(try await harness.store.prunedImages(appID: app.id, among: ["sha256:c"], on: db.client).isEmpty)
+        }
+    }
+
+    @Test("loco scale: counts per service over loco.toml's, written only with the deployment that rolls them out, fixed per deployment at apply")
+    func scaleCounts() async throws {
+        try await Harness.with { harness in
+            let ann = try await harness.user("ann@example.com")
+            let team = try await harness.team("acme", owner: ann)
+            let app = try await harness.app("shop", in: team, owner: ann)
+            let store = harness.store, db = harness.database.client
+            try await store.applyScale(.set(service: "api", replicas: 3), appID: app.id, on: db)
+            #expect(try await store.scale(appID: app.id, on: db) == ["api": 3])
+            await #expect(throws: CoreError.self) { try await store.applyScale(.set(service: "api", replicas: 0), appID: app.id, on: db) }
+
+            // A deployment refused (another is in flight) writes no scale change.
+            let first = try await store.submit(DeploymentRequest(app: app, config: .object([:]), context: nil, createdBy: nil, queueBehind: false), on: db)
+            var second = DeploymentRequest(app: app, config: .object([:]), context: nil, createdBy: nil, queueBehind: false)
+            second.scaleChange = .set(service: "web", replicas: 2)
+            await #expect(throws: CoreError.self) { try await store.submit(second, on: db) }
+            #expect(try await store.scale(appID: app.id, on: db) == ["api": 3], "the refused deployment's change is not written")
+            second.queueBehind = true
+            let queued = try await store.submit(second, on: db)
+            #expect(try await store.scale(appID: app.id, on: db) == ["api": 3, "web": 2])
+            let events = try await store.events(deploymentID: queued.id, after: 0, on: db)
+            #expect(events.contains { $0.message.contains("scaling web to 2 replicas") }, "\(events.map(\.message))")
+
+            // The first apply fixes a deployment's counts; a later change does not move them.
+            #expect(try await store.fixReplicas(deploymentID: first.id, ["web": 2], on: db) == ["web": 2])
+            #expect(try await store.fixReplicas(deploymentID: first.id, ["web": 5], on: db) == ["web": 2])
+            #expect(try await store.deployment(id: first.id, on: db)?.replicas == ["web": 2])
+
+            // What `GET /v1/apps/{app}/scale` lists: the serving config's services, counts set on top.
+            let config = try ConfigLoader.parse(toml: """
+                version = 1
+                name = "shop"
+                [[services]]
+                name = "api"
+                path = "/api"
+                [[services]]
+                name = "web"
+                [services.resources]
+                min_replicas = 2
+                """).json
+            let items = ServiceScale.list(config: config, app: "shop", scaled: ["api": 3, "old": 4], running: ["api": 3])
+            #expect(items.map { "\($0.service) \($0.replicas) \($0.source) \($0.minReplicas ?? 0) \($0.running ?? 0)" }
+                    == ["api 3 loco scale 1 3", "web 2 loco.toml 2 2", "old 4 loco scale 0 0"])
+            #expect(try await store.applyScale(.reset(service: "api"), appID: app.id, on: db) == ["api"])
+            #expect(try await store.applyScale(.reset(service: nil), appID: app.id, on: db) == ["web"])
+            #expect(try await store.scale(appID: app.id, on: db).isEmpty)
         }
     }
 

@@ -155,6 +155,8 @@ public struct Deployment: Sendable, Codable, Equatable {
     public var cancelRequested: Bool
     /// The deployment whose pushed images this one runs again (a rollback), without a build.
     public var redeployOf: Int64?
+    /// Service name → how many replicas its apply stage ran (`nil` until apply starts).
+    public var replicas: [String: Int]?
     public var createdAt: Date
     public var finishedAt: Date?
 
@@ -162,7 +164,7 @@ public struct Deployment: Sendable, Codable, Equatable {
         case id, appID = "app_id", app, team, state, queuedBehind = "queued_behind", createdBy = "created_by", config
         case contextDigest = "context_digest", contextBytes = "context_bytes", imageDigest = "image_digest"
         case imageRef = "image_ref", images, url, stages, report, cancelRequested = "cancel_requested", redeployOf = "redeploy_of"
-        case createdAt = "created_at", finishedAt = "finished_at"
+        case replicas, createdAt = "created_at", finishedAt = "finished_at"
     }
 
     /// Why this deployment's images cannot run again, or nil when they can: an app that builds

@@ -146,5 +146,21 @@ public enum CoreSchema {
             )
             """,
         ]),
+        Migration(version: 5, name: "app_scale", statements: [
+            // `loco scale`: replica counts set for an app's services, over loco.toml's
+            // `min_replicas`, for every later rollout (a deploy, rollback or restart) until reset.
+            """
+            CREATE TABLE loco_app_scale (
+                app_id     bigint NOT NULL REFERENCES loco_apps (id) ON DELETE CASCADE,
+                service    text NOT NULL,
+                replicas   integer NOT NULL CHECK (replicas BETWEEN 1 AND 100),
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (app_id, service)
+            )
+            """,
+            // The counts a deployment's apply stage ran, fixed when it first ran, so its wait stage
+            // (and an apply run again after a crash) expects the same even if the scale changes meanwhile.
+            "ALTER TABLE loco_deployments ADD COLUMN replicas jsonb",
+        ]),
     ]
 }

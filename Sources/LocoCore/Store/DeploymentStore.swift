@@ -14,6 +14,9 @@ public struct DeploymentRequest: Sendable {
     public var queueBehind: Bool
     /// A redeploy: run this deployment's pushed images again with its config (no context, no build).
     public var redeployOf: Deployment?
+    /// A `loco scale` change this deployment rolls out: written in its transaction, so a refused
+    /// deployment changes nothing.
+    public var scaleChange: ScaleChange?
 
     public init(app: App, config: JSONValue, context: StagedContext?, createdBy: Int64?, queueBehind: Bool, redeployOf: Deployment? = nil) {
         self.app = app
@@ -25,9 +28,11 @@ public struct DeploymentRequest: Sendable {
     }
 
     /// Deployment `source` again, as it was built: its config and images, the app's env as it is now.
-    public static func redeploy(of source: Deployment, app: App, createdBy: Int64?, queueBehind: Bool) throws -> DeploymentRequest {
+    public static func redeploy(of source: Deployment, app: App, createdBy: Int64?, queueBehind: Bool, scaleChange: ScaleChange? = nil) throws -> DeploymentRequest {
         if let reason = source.whyNotRedeployable(type: app.type) { throw CoreError.notRedeployable(deploymentID: source.id, reason: reason) }
-        return DeploymentRequest(app: app, config: source.config, context: nil, createdBy: createdBy, queueBehind: queueBehind, redeployOf: source)
+        var request = DeploymentRequest(app: app, config: source.config, context: nil, createdBy: createdBy, queueBehind: queueBehind, redeployOf: source)
+        request.scaleChange = scaleChange
+        return request
     }
 }
 
@@ -42,9 +47,11 @@ public struct AppStatus: Sendable, Codable, Equatable {
     public var waiting: Int
     /// The newest failed deployment since the serving one.
     public var lastFailure: Deployment?
+    /// Replica counts `loco scale` set, by service (over loco.toml's `min_replicas`).
+    public var scale: [String: Int]
 
     enum CodingKeys: String, CodingKey {
-        case app, current, inFlight = "in_flight", waiting, lastFailure = "last_failure"
+        case app, current, inFlight = "in_flight", waiting, lastFailure = "last_failure", scale
     }
 }
 
@@ -80,7 +87,9 @@ extension CoreStore {
                             \(source?.id), \(source?.imageDigest), \(source?.imageRef), \(images)::jsonb)
                     RETURNING id
                     """, as: Int64.self, on: connection)!
-                let redeploying = source.map { " (deployment \($0.id)'s images again, no build)" } ?? ""
+                if let change = request.scaleChange { try await applyScale(change, appID: request.app.id, on: connection) }
+                let redeploying = (source.map { " (deployment \($0.id)'s images again, no build)" } ?? "")
+                    + (request.scaleChange.map { ", \($0.description)" } ?? "")
                 if let behind {
                     try await appendEvent(deploymentID: id, type: "queued", stage: nil, message: "waiting in line behind deployment \(behind)\(redeploying)", on: connection)
                 } else {
@@ -158,6 +167,7 @@ extension CoreStore {
                           WHERE d.app_id = a.id AND NOT d.in_line AND d.state IN ('queued','building','pushing','applying','waiting')
                           ORDER BY d.id LIMIT 1),
             'waiting', (SELECT count(*) FROM loco_deployments d WHERE d.app_id = a.id AND d.in_line AND d.state = 'queued'),
+            'scale', coalesce((SELECT jsonb_object_agg(s.service, s.replicas) FROM loco_app_scale s WHERE s.app_id = a.id), '{}'::jsonb),
             'last_failure', (SELECT \(Projection.deployment.replacingOccurrences(of: "::text", with: "")) FROM loco_deployments d
                              WHERE d.app_id = a.id AND d.state = 'failed'
                                AND d.id > coalesce((SELECT max(s.id) FROM loco_deployments s WHERE s.app_id = a.id AND s.state = 'succeeded'), 0)

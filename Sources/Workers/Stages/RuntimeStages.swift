@@ -39,8 +39,10 @@ public struct RuntimeStages: Sendable {
 
     /// The services to run, from the deployed config (validated at submit, defaults filled in):
     /// each with its own image, port, health path, limits and path prefix; app env vars on top of
-    /// the config's `env`.
-    func services(_ deployment: Deployment) async throws -> [ServiceSpec] {
+    /// the config's `env`; as many replicas as `loco scale` set, else loco.toml's `min_replicas`.
+    /// The apply stage fixes those counts on the deployment (`fixingReplicas`), so a scale change
+    /// made meanwhile does not change what its wait stage expects.
+    func services(_ deployment: Deployment, fixingReplicas: Bool = false) async throws -> [ServiceSpec] {
         let config: AppConfig
         do { config = try ConfigLoader.parse(json: deployment.config, defaultName: deployment.app) } catch {
             throw RolloutFailure(code: "CONFIG_INVALID", message: "the deployed config no longer reads: \(error.issues.first?.description ?? error.message)",
@@ -48,6 +50,12 @@ public struct RuntimeStages: Sendable {
         }
         var env = config.env
         for variable in try await store.env(appID: deployment.appID, on: database) { env[variable.name] = variable.value }
+        var replicas = deployment.replicas ?? [:]
+        if deployment.replicas == nil {
+            let scaled = try await store.scale(appID: deployment.appID, on: database)
+            for service in config.effectiveServices { replicas[service.name] = max(1, scaled[service.name] ?? service.resources.minReplicas) }
+            if fixingReplicas { replicas = try await store.fixReplicas(deploymentID: deployment.id, replicas, on: database) }
+        }
         return try config.effectiveServices.map { service in
             guard let image = deployment.image(of: service.name) else {
                 throw RolloutFailure(code: "IMAGE_PULL_FAILED", message: "the deployment has no pushed image for \(service.name)",
@@ -55,7 +63,7 @@ public struct RuntimeStages: Sendable {
             }
             return ServiceSpec(name: service.name, image: image, port: service.run.port, healthPath: service.run.health, env: env,
                                memoryBytes: service.resources.memoryBytes, cpus: service.resources.cpu, pathPrefix: service.path,
-                               replicas: service.resources.minReplicas)
+                               replicas: replicas[service.name] ?? service.resources.minReplicas)
         }
     }
 
@@ -70,7 +78,7 @@ public struct RuntimeStages: Sendable {
         let pull = try await appPullCredential(deployment)
         let services: [ServiceSpec]
         do {
-            services = try await self.services(deployment)
+            services = try await self.services(deployment, fixingReplicas: true)
             version = try await runtime.apply(DesiredState(team: deployment.team, app: deployment.app, deploymentID: id, services: services,
                                                            pullCredentials: pull?.credentials))
             if let pull { try? await store.revokeToken(id: pull.tokenID, on: database) }
@@ -84,7 +92,9 @@ public struct RuntimeStages: Sendable {
             throw error
         }
         // A container that exited at once has no published port to name; wait reports why.
-        let started = services.map { service in version.endpoints[service.name].map { "\(service.name) at \($0)" } ?? service.name }
+        let started = services.map { service in
+            (version.endpoints[service.name].map { "\(service.name) at \($0)" } ?? service.name) + (service.replicas > 1 ? " (\(service.replicas) replicas)" : "")
+        }
             .sorted().joined(separator: ", ")
         _ = try await database.transaction { connection in
             let released = try await store.stageFinished(deploymentID: id, stage: .apply, result: StageResult(message: "started \(started)"), on: connection)
