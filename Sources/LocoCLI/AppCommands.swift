@@ -177,7 +177,13 @@ struct Logs: AsyncParsableCommand {
 
     static func human(_ line: JSONValue) -> String {
         let terminal = Terminal.current
-        return terminal.dim("\(line["at"]?.text ?? "") ") + terminal.yellow(line["service"]?.text ?? "") + terminal.dim(" │ ") + (line["line"]?.text ?? "")
+        return terminal.dim("\(line["at"]?.text ?? "") ") + terminal.yellow((line["service"]?.text ?? "") + Self.replicaSuffix(line["replica"]?.int)) + terminal.dim(" │ ") + (line["line"]?.text ?? "")
+    }
+
+    /// A second or later replica's lines are marked as its container is named: `web.r2`.
+    static func replicaSuffix(_ replica: Int64?) -> String {
+        guard let replica, replica > 1 else { return "" }
+        return ".r\(replica)"
     }
 
     /// `loco logs yank`: everything available, as one JSON array.

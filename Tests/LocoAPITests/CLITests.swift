@@ -442,6 +442,13 @@ struct CLITests {
                 let threeNames = try await Self.podman(stack, ["ps", "--format", "{{.Names}}", "--filter", "label=loco.deployment=\(threeID)"])
                 #expect(threeNames.output.split(separator: "\n").count == 3 && threeNames.output.contains("-web.r3"), "\(threeNames.output)")
                 #expect(try await cli.run(["status", "--config", scaledToml]).output.contains("(3 replicas by 'loco scale', 256Mi memory)"))
+                // Each replica's lines say which replica printed them (its health probes at least).
+                for _ in 0..<3 { _ = try await Self.curl(helloURL) }
+                let threeLogs = try await cli.run(["logs", "--config", scaledToml, "-o", "json"])
+                let printedBy = Set(threeLogs.output.split(separator: "\n").compactMap { JSONValue.parse(String($0)) }
+                    .filter { $0["deployment_id"]?.int == threeID }.compactMap { $0["replica"]?.int })
+                #expect(printedBy == [1, 2, 3], "\(threeLogs.output.suffix(1500))")
+                #expect(try await cli.run(["logs", "--config", scaledToml]).output.contains("web.r3"))
                 let again = try await cli.run(["scale", "count", "3", "--config", scaledToml])
                 #expect(again.status == 0 && again.output.contains("nothing to roll out"), "\(again.output)")
                 let redeployed = try await cli.run(["deploy", "--config", scaledToml])

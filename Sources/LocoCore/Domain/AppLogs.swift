@@ -29,14 +29,17 @@ public struct LogLine: Sendable, Equatable, Codable {
     public var at: Date?
     public var service: String
     public var deploymentID: Int64?
+    /// Which of the service's replicas printed it (1, 2, …): with several, lines interleave.
+    public var replica: Int
     public var line: String
 
-    public init(at: Date?, service: String, deploymentID: Int64?, line: String) {
+    public init(at: Date?, service: String, deploymentID: Int64?, replica: Int = 1, line: String) {
         self.at = at
         self.service = service
         self.deploymentID = deploymentID
+        self.replica = replica
         self.line = line
     }
 
-    enum CodingKeys: String, CodingKey { case at, service, deploymentID = "deployment_id", line }
+    enum CodingKeys: String, CodingKey { case at, service, deploymentID = "deployment_id", replica, line }
 }

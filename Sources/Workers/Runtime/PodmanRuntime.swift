@@ -265,6 +265,7 @@ public struct PodmanRuntime: Runtime {
                         for container in found {
                             let service = container.Config.Labels?["loco.service"] ?? container.Name
                             let deployment = container.Config.Labels?["loco.deployment"].flatMap { Int64($0) }
+                            let replica = container.Config.Labels?["loco.replica"].flatMap { Int($0) } ?? 1
                             var arguments = ["logs", "--timestamps"]
                             if options.follow { arguments.append("--follow") }
                             if let since = options.since { arguments += ["--since", "\(Int64(since.timeIntervalSince1970))"] }
@@ -274,10 +275,10 @@ public struct PodmanRuntime: Runtime {
                             group.addTask {
                                 let lines = LineBuffer()
                                 _ = try await ProcessRunner.run(podman, arguments, environment: environment, timeout: follow ? .seconds(86_400) : .seconds(60)) { text in
-                                    let line = Self.logLine(text, service: service, deploymentID: deployment)
+                                    let line = Self.logLine(text, service: service, deploymentID: deployment, replica: replica)
                                     if follow { continuation.yield(line) } else { lines.add(text) }
                                 }
-                                return lines.take().map { Self.logLine($0, service: service, deploymentID: deployment) }
+                                return lines.take().map { Self.logLine($0, service: service, deploymentID: deployment, replica: replica) }
                             }
                         }
                         for try await lines in group { collected += lines }
@@ -293,11 +294,12 @@ public struct PodmanRuntime: Runtime {
     }
 
     /// `2026-11-26T23:59:01.123456789+00:00 text` (podman logs --timestamps) → a log line.
-    static func logLine(_ text: String, service: String, deploymentID: Int64?) -> LogLine {
-        guard let space = text.firstIndex(of: " ") else { return LogLine(at: nil, service: service, deploymentID: deploymentID, line: text) }
+    static func logLine(_ text: String, service: String, deploymentID: Int64?, replica: Int = 1) -> LogLine {
+        guard let space = text.firstIndex(of: " ") else { return LogLine(at: nil, service: service, deploymentID: deploymentID, replica: replica, line: text) }
         let stamp = String(text[..<space])
         let date = parseTimestamp(stamp)
-        return LogLine(at: date, service: service, deploymentID: deploymentID, line: date == nil ? text : String(text[text.index(after: space)...]))
+        return LogLine(at: date, service: service, deploymentID: deploymentID, replica: replica,
+                       line: date == nil ? text : String(text[text.index(after: space)...]))
     }
 
     static func parseTimestamp(_ stamp: String) -> Date? {
