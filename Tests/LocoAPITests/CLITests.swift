@@ -403,6 +403,17 @@ struct CLITests {
                 let good = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])
                 let helloURL = try #require(good.value["url"]?.stringValue)
                 #expect(try await Self.curl(helloURL).contains("Hello from Loco"))
+                // A serving container that dies (killed here from outside) is started again by its
+                // restart policy, on the same port: the app answers again without a deploy.
+                let goodID = try #require(good.value["id"]?.int)
+                let webName = "loco-acme-hello-d\(goodID)-web"
+                let pid = try await Self.podman(stack, ["inspect", "--format", "{{.State.Pid}}", webName]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(try await runCommand(URL(fileURLWithPath: "/bin/kill"), ["-KILL", pid]).status == 0, "pid \(pid)")
+                #expect(await eventually(timeout: .seconds(20), every: .milliseconds(250)) {
+                    let restarts = try? await Self.podman(stack, ["inspect", "--format", "{{.RestartCount}}", webName]).output
+                    guard restarts?.trimmingCharacters(in: .whitespacesAndNewlines) == "1" else { return false }
+                    return ((try? await Self.curl(helloURL)) ?? "").contains("Hello from Loco")
+                }, "restarted and answering")
                 // The examples that fail once started, each deployed as hello (`--app`) over its serving version.
                 let failing: [(String, String, [String])] = [
                     ("crash-on-start", "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),

@@ -64,6 +64,7 @@ struct RuntimeStageTests {
             try await runtime.removeApp(team: "acme", app: "web")
             runtime.entryPoint.stop()
             #expect(try await runtime.logs(team: "acme", app: "web", tail: 1).isEmpty)
+            try await runtime.removeEverything()
         }
     }
 

@@ -19,11 +19,12 @@ enum ContainersConfig {
         if engine { environment["CONTAINERS_CONF"] = containers.path }
         guard write else { return environment }
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
+        let runroot = engine ? try podmanRunroot(stateFolder) : "\(stateFolder.path)/run"
         try """
             [storage]
             driver = "vfs"
             graphroot = "\(stateFolder.path)/storage"
-            runroot = "\(stateFolder.path)/run"
+            runroot = "\(runroot)"
             """.write(to: storage, atomically: true, encoding: .utf8)
         // Several worker processes (one per stage, say) share a state folder:
         // a registry one of them marked insecure stays marked, whoever writes last.
@@ -46,5 +47,29 @@ enum ContainersConfig {
                 """.write(to: containers, atomically: true, encoding: .utf8)
         }
         return environment
+    }
+
+    /// When a container exits, conmon runs `podman container cleanup` with the runroot as a flag,
+    /// and podman 4.3 refuses a flag longer than 50 characters: with the runroot in a deep state
+    /// folder, no cleanup ever ran, so exited containers stayed "stopped" and their restart policy
+    /// never acted. A short folder under /run (runtime state, gone at reboot as podman expects),
+    /// named by a hash of the state folder, with a `runroot` link in the state folder so the
+    /// scripts can remove it. A storage made with the old runroot keeps it: podman records the
+    /// runroot in its database and refuses any other.
+    static func podmanRunroot(_ stateFolder: URL) throws -> String {
+        let long = "\(stateFolder.path)/run"
+        let database = stateFolder.appending(path: "storage/libpod/bolt_state.db")
+        if let data = try? Data(contentsOf: database), data.range(of: Data(long.utf8)) != nil { return long }
+        // FNV-1a: stable across processes (Swift's Hasher is seeded per process).
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in stateFolder.standardizedFileURL.path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let short = "/run/loco-podman/" + String(hash, radix: 16)
+        try FileManager.default.createDirectory(atPath: short, withIntermediateDirectories: true)
+        let link = stateFolder.appending(path: "runroot")
+        if (try? FileManager.default.destinationOfSymbolicLink(atPath: link.path)) != short {
+            try? FileManager.default.removeItem(at: link)
+            try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: short)
+        }
+        return short
     }
 }

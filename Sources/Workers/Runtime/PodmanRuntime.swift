@@ -74,7 +74,9 @@ public struct PodmanRuntime: Runtime {
         // slirp4netns, not the default CNI bridge: a user-space process listens on the published
         // port, where the bridge's iptables forwarding once refused every connection to a running
         // container for 10 s in a full test run (podman 4.3, CNI).
-        var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns",
+        // A container that exits with an error is started again, as Fly Machines' default
+        // policy and Kubernetes' pods do, on the same published port. podman 4.3 has no back-off.
+        var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns", "--restart", "on-failure",
                          "--label", "loco.app=\(desired.team)/\(desired.app)", "--label", "loco.deployment=\(desired.deploymentID)",
                          "--label", "loco.service=\(service.name)", "--label", "loco.replica=\(replica)", "-p", "127.0.0.1::\(service.port)"]
         if let memory = service.memoryBytes { arguments += ["--memory", "\(memory)", "--memory-swap", "\(memory)"] }
@@ -117,6 +119,8 @@ public struct PodmanRuntime: Runtime {
         }
         var Id: String
         var Name: String
+        /// How often podman started it again after it exited (its restart policy).
+        var RestartCount: Int?
         var State: State
         var Config: ContainerConfig
         struct ContainerConfig: Decodable { var Labels: [String: String]? }
@@ -165,13 +169,16 @@ public struct PodmanRuntime: Runtime {
             // Every replica must run and answer: one that crashes fails the rollout, as on Kubernetes.
             let containers = running.filter { $0.Config.Labels?["loco.service"] == service.name }
             guard !containers.isEmpty else { return .progressing("\(service.name) has no container yet") }
-            for container in containers where ["exited", "stopped", "dead"].contains(container.State.Status) {
+            // Exited, or started again by its restart policy: either way it crashed.
+            for container in containers where ["exited", "stopped", "dead"].contains(container.State.Status) || (container.RestartCount ?? 0) > 0 {
                 let tail = try await logTail(container.Name, lines: 30)
-                let killedForMemory = container.State.ExitCode == 137 ? try await killedForMemory(container.Id) : false
+                // A restarted container's own exit code is the new run's (0): the last `died` event has the crash's.
+                let exitCode = (container.RestartCount ?? 0) > 0 ? try await lastExitCode(container.Id) ?? container.State.ExitCode : container.State.ExitCode
+                let killedForMemory = exitCode == 137 ? try await killedForMemory(container.Id) : false
                 if container.State.OOMKilled || killedForMemory {
                     return .failed(.oomKilled(service: service.name, limit: service.memoryBytes, tail: tail))
                 }
-                return .failed(.crashLoop(service: service.name, exitCode: container.State.ExitCode, tail: tail))
+                return .failed(.crashLoop(service: service.name, exitCode: exitCode, tail: tail))
             }
             guard containers.count >= service.replicas else { return .progressing("\(service.name) has \(containers.count) of \(service.replicas) containers") }
             let addresses = endpoints[service.name] ?? []
@@ -203,6 +210,14 @@ public struct PodmanRuntime: Runtime {
         let output = LineBuffer()
         _ = try? await ProcessRunner.run("/bin/dmesg", [], environment: environment, timeout: .seconds(10)) { output.add($0) }
         return output.text.split(separator: "\n").contains { $0.contains(containerID.prefix(12)) && $0.lowercased().contains("oom") }
+    }
+
+    /// The exit code of the container's last run that ended, from podman's event log.
+    func lastExitCode(_ containerID: String) async throws -> Int32? {
+        let (status, output) = try await run(["events", "--stream=false", "--filter", "container=\(containerID)", "--filter", "event=died",
+                                              "--format", "{{.ContainerExitCode}}"])
+        guard status == 0 else { return nil }
+        return output.split(separator: "\n").last.flatMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
     }
 
     func logTail(_ name: String, lines: Int) async throws -> [String] {
@@ -238,10 +253,15 @@ public struct PodmanRuntime: Runtime {
         }
     }
 
-    /// Removes every app container this runtime's storage holds (tests and `scripts/demo stop`).
+    /// Removes every app container this runtime's storage holds, then podman's runtime state
+    /// under /run (tests, whose storage goes with them).
     public func removeEverything() async throws {
         let (_, names) = try await run(["ps", "-a", "--format", "{{.Names}}", "--filter", "label=loco.app"])
         for name in names.split(separator: "\n") where !name.isEmpty { _ = try await run(["rm", "-f", "-t", "0", String(name)]) }
+        if let runroot = try? FileManager.default.destinationOfSymbolicLink(atPath: stateFolder.appending(path: "runroot").path),
+           runroot.hasPrefix("/run/loco-podman/") {
+            try? FileManager.default.removeItem(atPath: runroot)
+        }
     }
 
     public func removeApp(team: String, app: String) async throws {
