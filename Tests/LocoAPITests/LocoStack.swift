@@ -69,6 +69,8 @@ struct LocoStack {
             workers.stop()
             api.stop()
             runtime.entryPoint.stop()
+            // Again after the API stopped: a log stream it ran may have used the storage since.
+            PodmanRuntime.removeRunroot(stateFolder: runtime.stateFolder)
             try? FileManager.default.removeItem(at: folder)
         }
         let base = "http://127.0.0.1:\(apiPort)"

@@ -258,6 +258,11 @@ public struct PodmanRuntime: Runtime {
     public func removeEverything() async throws {
         let (_, names) = try await run(["ps", "-a", "--format", "{{.Names}}", "--filter", "label=loco.app"])
         for name in names.split(separator: "\n") where !name.isEmpty { _ = try await run(["rm", "-f", "-t", "0", String(name)]) }
+        Self.removeRunroot(stateFolder: stateFolder)
+    }
+
+    /// podman's runtime state of a storage about to go (see `ContainersConfig.podmanRunroot`).
+    public static func removeRunroot(stateFolder: URL) {
         if let runroot = try? FileManager.default.destinationOfSymbolicLink(atPath: stateFolder.appending(path: "runroot").path),
            runroot.hasPrefix("/run/loco-podman/") {
             try? FileManager.default.removeItem(atPath: runroot)
