@@ -18,12 +18,12 @@ public struct API: Sendable {
     let logger: Logger
     /// How often an SSE stream looks for new events.
     let eventPollInterval: Duration
-    /// The runtime's app output, for `GET /v1/apps/{app}/logs`; nil when none is configured.
-    let logs: (any AppLogSource)?
+    /// The runtime, as far as the API asks it: apps' output (`/logs`) and containers (`/instances`); nil when none is configured.
+    let runtime: (any AppRuntimeView)?
 
     public init(database: ConnectionPool, contexts: ContextStore, registry: RegistryTokenIssuer?, logger: Logger,
-                metrics: APIMetrics = APIMetrics(), eventPollInterval: Duration = .milliseconds(200), logs: (any AppLogSource)? = nil) {
-        self.logs = logs
+                metrics: APIMetrics = APIMetrics(), eventPollInterval: Duration = .milliseconds(200), runtime: (any AppRuntimeView)? = nil) {
+        self.runtime = runtime
         self.database = database
         self.store = CoreStore(logger: logger)
         self.contexts = contexts

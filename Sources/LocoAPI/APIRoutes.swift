@@ -22,6 +22,7 @@ public enum APIRoutes {
         APIRoute(.get, "/v1/apps/{app}", action: .readApp) { api, request, context in try await api.showApp(request, context) },
         APIRoute(.delete, "/v1/apps/{app}", action: .deleteApp) { api, request, context in try await api.deleteApp(request, context) },
         APIRoute(.get, "/v1/apps/{app}/status", action: .readApp) { api, request, context in try await api.appStatus(request, context) },
+        APIRoute(.get, "/v1/apps/{app}/instances", action: .readApp) { api, request, context in try await api.appInstances(request, context) },
         APIRoute(.get, "/v1/apps/{app}/logs", action: .readLogs) { api, request, context in try await api.appLogs(request, context) },
 
         APIRoute(.post, "/v1/apps/{app}/deployments", action: .deploy) { api, request, context in try await api.submitDeployment(request, context) },

@@ -226,6 +226,14 @@ extension API {
     /// `GET /v1/apps/{app}/logs`: NDJSON, one `{at, service, deployment_id, line}` per line, oldest
     /// first; `follow` keeps the stream open, `since` (RFC 3339 or `10m`, `2h`, `1d`), `tail` (lines
     /// per container).
+    /// `GET /v1/apps/{app}/instances`: every container of the app as the runtime sees it (state,
+    /// restarts, last exit code), newest version first.
+    func appInstances(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let (_, access) = try await app(request, context, for: .readApp)
+        guard let runtime else { throw CoreError.runtimeUnavailable }
+        return jsonResponse(ListOf(items: try await runtime.instances(team: access.app.team, app: access.app.name)))
+    }
+
     func appLogs(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, access) = try await app(request, context, for: .readLogs)
         let follow = request.query("follow") == "true" || request.query("follow") == "1"
@@ -256,8 +264,8 @@ extension API {
             }
         }
         // Parameters first: a bad request says so whether or not a runtime is configured.
-        guard let logs else { throw CoreError.runtimeUnavailable }
-        let stream = logs.logStream(team: access.app.team, app: access.app.name,
+        guard let runtime else { throw CoreError.runtimeUnavailable }
+        let stream = runtime.logStream(team: access.app.team, app: access.app.name,
                                     options: LogOptions(follow: follow, since: since, tail: tail, service: service))
         let body = ResponseBody { writer in
             for try await line in stream {

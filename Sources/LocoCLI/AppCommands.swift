@@ -14,8 +14,15 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
-        let status = try await global.client().call(.GET, try app.path("/status"))
-        if global.json { printJSON(status); return }
+        let client = try global.client()
+        var status = try await client.call(.GET, try app.path("/status"))
+        // What runs now, as the runtime sees it; none without a runtime (`locod api --runtime none`).
+        let instances = (try? await client.call(.GET, try app.path("/instances")))?.items
+        if global.json {
+            if case .object(var fields) = status, let instances { fields["instances"] = .array(instances); status = .object(fields) }
+            printJSON(status)
+            return
+        }
         let terminal = Terminal.current
         Out.line(terminal.bold("\(status["app"]?["team"]?.text ?? "")/\(status["app"]?["name"]?.text ?? "")") + " (\(status["app"]?["type"]?.text ?? "service"))")
         if let current = status["current"], case .object = current {
@@ -41,6 +48,10 @@ struct Status: AsyncParsableCommand {
                     Out.line("    image:    \(image)")
                 }
             }
+            let serving = (instances ?? []).filter { $0["deployment_id"] == current["id"] }
+            for (index, instance) in serving.enumerated() {
+                Out.line((index == 0 ? "  instances:  " : "              ") + Self.describe(instance))
+            }
         } else {
             Out.line("  serving:    nothing yet — run 'loco deploy'")
         }
@@ -51,6 +62,19 @@ struct Status: AsyncParsableCommand {
         if let failure = status["last_failure"], case .object = failure {
             Out.line("  last failure: deployment \(failure["id"]?.text ?? "") — \(failure["report"]?["code"]?.text ?? "") at \(failure["report"]?["stage"]?.text ?? ""): \(failure["report"]?["message"]?.text ?? "")")
         }
+    }
+}
+
+extension Status {
+    /// "web.r2  running since 2026-12-03T08:25:27Z, restarted 2 times (last exit code 137)"
+    static func describe(_ instance: JSONValue) -> String {
+        let name = (instance["service"]?.text ?? "") + Logs.replicaSuffix(instance["replica"]?.int)
+        var text = name.padding(toLength: max(10, name.count + 1), withPad: " ", startingAt: 0) + (instance["state"]?.text ?? "")
+        if instance["state"]?.stringValue == "running", let since = instance["started_at"]?.stringValue { text += " since \(since)" }
+        let restarts = instance["restarts"]?.int ?? 0
+        if restarts > 0 { text += ", restarted \(restarts) time\(restarts == 1 ? "" : "s")" }
+        if let code = instance["last_exit_code"]?.int { text += restarts > 0 ? " (last exit code \(code))" : " (exit code \(code))" }
+        return text
     }
 }
 

@@ -32,7 +32,7 @@ struct APICommand: AsyncParsableCommand {
     @Option(help: "The registry's auth.token.issuer name.") var registryIssuer = "loco"
     @Option(help: "Database connections.") var poolSize = 8
     @Option(help: "Seconds between reconcile passes (dead stages, unused build contexts).") var reconcileSeconds = 5
-    @Option(help: "Where apps run, for their logs: local (podman on this machine) or none. Default: $LOCO_RUNTIME or local.")
+    @Option(help: "Where apps run, for their logs and instances: local (podman on this machine) or none. Default: $LOCO_RUNTIME or local.")
     var runtime: String?
     @Option(help: "The workers' --work-dir on this machine (the local runtime's state). Default: $LOCO_WORK_DIR or ./.loco/work.")
     var workDir: String?
@@ -62,16 +62,16 @@ struct APICommand: AsyncParsableCommand {
             }
             let pool = ConnectionPool(url: url, size: poolSize, logger: logger)
             let runtimeName = runtime ?? environment["LOCO_RUNTIME"] ?? "local"
-            var logs: (any AppLogSource)?
+            var runtimeView: (any AppRuntimeView)?
             switch runtimeName {
             case "local":
                 let work = URL(fileURLWithPath: workDir ?? environment["LOCO_WORK_DIR"] ?? ".loco/work")
-                logs = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: logger)
-            case "none": logs = nil
+                runtimeView = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: logger)
+            case "none": runtimeView = nil
             default: throw UsageError(message: "--runtime \(runtimeName) is not available", hint: "Use --runtime local (podman) or none.")
             }
             let api = API(database: pool, contexts: ContextStore(root: URL(fileURLWithPath: contextRoot), limit: Int64(maxContextMib) * 1024 * 1024),
-                          registry: issuer, logger: logger, logs: logs)
+                          registry: issuer, logger: logger, runtime: runtimeView)
             let app = Application(router: api.router(), server: API.server, configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
                                   logger: logger)
             let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)

@@ -148,6 +148,8 @@ struct AuthorizationMatrixTests {
             RouteCase(method: .delete, route: "/v1/apps/{app}", action: .deleteApp, success: 204, scoped: true, reachesWeb: true, mutates: true, request: plain("/v1/apps/web")),
             RouteCase(method: .get, route: "/v1/apps/{app}/status", action: .readApp, success: 200, scoped: true, reachesWeb: true, mutates: false, request: plain("/v1/apps/web/status")),
             // Logs are owner-only; until a runtime exists an allowed caller hears so with 503.
+            RouteCase(method: .get, route: "/v1/apps/{app}/instances", action: .readApp, success: 503, scoped: true, reachesWeb: true, mutates: false,
+                      request: plain("/v1/apps/web/instances")),
             RouteCase(method: .get, route: "/v1/apps/{app}/logs", action: .readLogs, success: 503, scoped: true, reachesWeb: true, mutates: false, request: plain("/v1/apps/web/logs")),
             RouteCase(method: .post, route: "/v1/apps/{app}/deployments", action: .deploy, success: 201, scoped: true, reachesWeb: true, mutates: false) { _, _ in
                 ("/v1/apps/web/deployments?queue=true", nil, true)

@@ -414,6 +414,12 @@ struct CLITests {
                     guard restarts?.trimmingCharacters(in: .whitespacesAndNewlines) == "1" else { return false }
                     return ((try? await Self.curl(helloURL)) ?? "").contains("Hello from Loco")
                 }, "restarted and answering")
+                // `loco status` shows it, from the runtime (GET /v1/apps/{app}/instances).
+                let afterKill = try await cli.run(["status", "--config", hello.appending(path: "loco.toml").path])
+                #expect(afterKill.output.contains("instances:  web       running since ") && afterKill.output.contains("restarted 1 time (last exit code 137)"),
+                        "\(afterKill.output)")
+                let instances = try await cli.json(["status", "--config", hello.appending(path: "loco.toml").path]).value["instances"]?.items ?? []
+                #expect(instances.first?["name"]?.stringValue == webName && instances.first?["restarts"]?.int == 1, "\(instances)")
                 // The examples that fail once started, each deployed as hello (`--app`) over its serving version.
                 let failing: [(String, String, [String])] = [
                     ("crash-on-start", "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),

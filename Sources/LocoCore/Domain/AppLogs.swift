@@ -8,6 +8,44 @@ public protocol AppLogSource: Sendable {
     func logStream(team: String, app: String, options: LogOptions) -> AsyncThrowingStream<LogLine, any Error>
 }
 
+/// What the API may ask the runtime about an app: its output, and what of it runs now.
+public protocol AppRuntimeView: AppLogSource {
+    /// Every container (pod) of the app, of every version still there, as the runtime sees it.
+    func instances(team: String, app: String) async throws -> [AppInstance]
+}
+
+/// One running copy of a service: a container on the local runtime (a pod on Kubernetes).
+public struct AppInstance: Sendable, Equatable, Codable {
+    public var service: String
+    /// 1, 2, … among the service's replicas.
+    public var replica: Int
+    public var deploymentID: Int64?
+    /// The runtime's own name for it (`podman ps`, `kubectl get pods`).
+    public var name: String
+    /// The runtime's word: running, exited, created, …
+    public var state: String
+    /// How often it was started again after it exited (its restart policy).
+    public var restarts: Int
+    /// The exit code of its last run that ended, when it has ended or restarted.
+    public var lastExitCode: Int32?
+    public var startedAt: Date?
+
+    public init(service: String, replica: Int, deploymentID: Int64?, name: String, state: String, restarts: Int, lastExitCode: Int32?, startedAt: Date?) {
+        self.service = service
+        self.replica = replica
+        self.deploymentID = deploymentID
+        self.name = name
+        self.state = state
+        self.restarts = restarts
+        self.lastExitCode = lastExitCode
+        self.startedAt = startedAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case service, replica, deploymentID = "deployment_id", name, state, restarts, lastExitCode = "last_exit_code", startedAt = "started_at"
+    }
+}
+
 public struct LogOptions: Sendable, Equatable {
     public var follow: Bool
     public var since: Date?

@@ -116,6 +116,7 @@ public struct PodmanRuntime: Runtime {
             var Status: String
             var ExitCode: Int32
             var OOMKilled: Bool
+            var StartedAt: String?
         }
         var Id: String
         var Name: String
@@ -210,6 +211,24 @@ public struct PodmanRuntime: Runtime {
         let output = LineBuffer()
         _ = try? await ProcessRunner.run("/bin/dmesg", [], environment: environment, timeout: .seconds(10)) { output.add($0) }
         return output.text.split(separator: "\n").contains { $0.contains(containerID.prefix(12)) && $0.lowercased().contains("oom") }
+    }
+
+    public func instances(team: String, app: String) async throws -> [AppInstance] {
+        var found: [AppInstance] = []
+        for container in try await containers(team: team, app: app) {
+            let labels = container.Config.Labels ?? [:]
+            let restarts = container.RestartCount ?? 0
+            let ended = !["running", "created", "configured", "initialized"].contains(container.State.Status)
+            found.append(AppInstance(service: labels["loco.service"] ?? container.Name, replica: labels["loco.replica"].flatMap { Int($0) } ?? 1,
+                                     deploymentID: labels["loco.deployment"].flatMap { Int64($0) }, name: container.Name, state: container.State.Status,
+                                     restarts: restarts,
+                                     lastExitCode: restarts > 0 ? try await lastExitCode(container.Id) : ended ? container.State.ExitCode : nil,
+                                     startedAt: container.State.StartedAt.flatMap(Self.parseTimestamp)))
+        }
+        // The newest version first; in it, by service and replica.
+        return found.sorted { a, b in
+            a.deploymentID != b.deploymentID ? (a.deploymentID ?? 0) > (b.deploymentID ?? 0) : (a.service, a.replica) < (b.service, b.replica)
+        }
     }
 
     /// The exit code of the container's last run that ended, from podman's event log.

@@ -114,7 +114,7 @@ public struct RolloutFailure: CodedError, Equatable {
 /// Where apps run: apply a version next to the serving one, follow its rollout, switch to it,
 /// remove what is no longer needed. Local (podman) and Kubernetes runtimes share this shape and
 /// the report codes above.
-public protocol Runtime: AppLogSource {
+public protocol Runtime: AppRuntimeView {
     /// Starts `desired` without touching the version that serves now.
     func apply(_ desired: DesiredState) async throws -> AppliedVersion
     /// One look at how a deployment's version is doing.
