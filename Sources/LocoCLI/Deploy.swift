@@ -154,13 +154,15 @@ struct StartOptions: ParsableArguments {
 struct DeploymentWatch {
     let global: GlobalOptions
     let start: StartOptions
+    /// What `-o json` prints instead of the bare deployment (`loco env set`: the variables too).
+    var wrapJSON: @Sendable (JSONValue) -> JSONValue = { $0 }
 
     /// After the API took a deployment: with --detach, says how to follow it; else announces it
     /// ("Deploying shop — deployment 7") and follows it to the end.
     func follow(_ client: APIClient, accepted deployment: JSONValue, saying what: String, started: Date) async throws {
         guard let id = deployment["id"]?.int else { throw CLIError("unexpected_answer", "the API did not return a deployment id", hint: "Run with --debug.") }
         if start.detach {
-            if global.json { printJSON(deployment) } else { Out.line("Deployment \(id) started. Follow it with: loco status (or loco deployment show \(id))") }
+            if global.json { printJSON(wrapJSON(deployment)) } else { Out.line("Deployment \(id) started. Follow it with: loco status (or loco deployment show \(id))") }
             return
         }
         if !global.json {
@@ -200,7 +202,7 @@ struct DeploymentWatch {
         let state = deployment["state"]?.text ?? "unknown"
         let id = deployment["id"]?.int ?? 0
         switch global.output {
-        case .json: printJSON(deployment)
+        case .json: printJSON(wrapJSON(deployment))
         case .ndjson: printJSON(.object(["type": .string("deployment"), "deployment": deployment]), compact: true)
         case .human:
             switch state {

@@ -13,11 +13,33 @@ struct Env: AsyncParsableCommand {
         try await global.client().call(.PUT, try app.path("/env"), json: .object(["vars": .object(vars.mapValues(JSONValue.string))]))
     }
 
-    /// When changed variables reach the app: an app that serves nothing yet has nothing to restart.
-    static func whenTheyApply(app: AppOptions, global: GlobalOptions) async -> String {
-        let serving = try? await global.client().call(.GET, try app.path("/status"))["current"]?["id"]
-        if let serving, serving != .null { return "They apply from the next deploy; 'loco restart' applies them now." }
-        return "They apply from the app's first deploy ('loco deploy')."
+    /// After a change: a serving app runs its version again with them (`loco restart`), as
+    /// `heroku config:set` and `fly secrets set` do, unless `--stage`; an app that serves nothing
+    /// yet gets them at its first deploy. `-o json`: the variables and the restart's deployment.
+    static func rollOut(_ list: JSONValue, saying what: String, _ rollout: RolloutOptions, app: AppOptions, global: GlobalOptions) async throws {
+        let client = try global.client()
+        let name = try app.resolve().app
+        let serving = try await client.call(.GET, try app.path("/status"))["current"]?["id"]?.int
+        let items = JSONValue.array(list.items)
+        guard let serving, !rollout.stage else {
+            if global.json { printJSON(.object(["items": items, "deployment": .null])); return }
+            Out.line("\(what). " + (serving == nil ? "They apply from the app's first deploy ('loco deploy')."
+                                                    : "Staged: they apply from the next deploy or 'loco restart'."))
+            return
+        }
+        if !global.json { Out.line("\(what).") }
+        do {
+            try await Redeploy(start: rollout.start, global: global, wrapJSON: { .object(["items": items, "deployment": $0]) })
+                .run(client, of: serving, saying: "Restarting \(name) so they apply (deployment \(serving)'s images)")
+        } catch let error as CLIError where error.code == "deployment_in_progress" {
+            throw CLIError(error.code, "saved, but \(name) cannot restart now: \(error.message)",
+                           hint: "Run 'loco restart' once it ends, or add --queue to restart after it.", exit: error.exit)
+        }
+    }
+
+    struct RolloutOptions: ParsableArguments {
+        @Flag(help: "Only save them: the running version keeps its env until the next deploy or 'loco restart'.") var stage = false
+        @OptionGroup var start: StartOptions
     }
 
     struct List: AsyncParsableCommand {
@@ -35,8 +57,9 @@ struct Env: AsyncParsableCommand {
     }
 
     struct Set: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set variables: loco env set NAME=value OTHER=value")
+        static let configuration = CommandConfiguration(abstract: "Set variables and run the serving version again with them: loco env set NAME=value OTHER=value (--stage: only save).")
         @Argument(help: "NAME=value pairs.") var pairs: [String]
+        @OptionGroup var rollout: RolloutOptions
         @OptionGroup var app: AppOptions
         @OptionGroup var global: GlobalOptions
 
@@ -53,26 +76,29 @@ struct Env: AsyncParsableCommand {
                 vars[name] = String(pair[pair.index(after: equals)...])
             }
             let list = try await Env.store(vars, app: app, global: global)
-            if global.json { printJSON(list) } else { Out.line("Set \(vars.keys.sorted().joined(separator: ", ")). \(await Env.whenTheyApply(app: app, global: global))") }
+            try await Env.rollOut(list, saying: "Set \(vars.keys.sorted().joined(separator: ", "))", rollout, app: app, global: global)
         }
     }
 
     struct Unset: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove variables.")
+        static let configuration = CommandConfiguration(abstract: "Remove variables and run the serving version again without them (--stage: only save).")
         @Argument(help: "Names.") var names: [String]
+        @OptionGroup var rollout: RolloutOptions
         @OptionGroup var app: AppOptions
         @OptionGroup var global: GlobalOptions
 
         func run() async throws {
             let client = try global.client()
             for name in names { try await client.call(.DELETE, try app.path("/env/\(APIClient.escape(name))")) }
-            if global.json { printJSON(.object(["unset": .array(names.map(JSONValue.string))])) } else { Out.line("Unset \(names.joined(separator: ", ")). The running version keeps them until the next deploy or 'loco restart'.") }
+            let list = try await client.call(.GET, try app.path("/env"))
+            try await Env.rollOut(list, saying: "Unset \(names.joined(separator: ", "))", rollout, app: app, global: global)
         }
     }
 
     struct Import: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set every variable of a .env file.")
+        static let configuration = CommandConfiguration(abstract: "Set every variable of a .env file and run the serving version again with them (--stage: only save).")
         @Argument(help: "The dotenv file.") var file: String
+        @OptionGroup var rollout: RolloutOptions
         @OptionGroup var app: AppOptions
         @OptionGroup var global: GlobalOptions
 
@@ -80,7 +106,7 @@ struct Env: AsyncParsableCommand {
             let vars = try DotEnv.read(file)
             guard !vars.isEmpty else { throw CLIError("empty_env_file", "\(file) sets no variables", hint: "Write NAME=value lines.") }
             let list = try await Env.store(vars, app: app, global: global)
-            if global.json { printJSON(list) } else { Out.line("Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file). \(await Env.whenTheyApply(app: app, global: global))") }
+            try await Env.rollOut(list, saying: "Imported \(vars.count) variable\(vars.count == 1 ? "" : "s") from \(file)", rollout, app: app, global: global)
         }
     }
 }

@@ -62,11 +62,12 @@ struct Restart: AsyncParsableCommand {
 struct Redeploy {
     let start: StartOptions
     let global: GlobalOptions
+    var wrapJSON: @Sendable (JSONValue) -> JSONValue = { $0 }
 
     func run(_ client: APIClient, of target: Int64, saying what: String) async throws {
         let started = Date()
         let deployment = try await client.call(.POST, "/v1/deployments/\(target)/redeploy" + (start.waitInLine ? "?queue=true" : ""))
-        try await DeploymentWatch(global: global, start: start).follow(client, accepted: deployment, saying: what, started: started)
+        try await DeploymentWatch(global: global, start: start, wrapJSON: wrapJSON).follow(client, accepted: deployment, saying: what, started: started)
     }
 
     /// The deployment serving the app now: its id and its document.

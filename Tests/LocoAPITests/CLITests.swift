@@ -185,15 +185,25 @@ struct CLITests {
                 if case .array(let all)? = JSONValue.parse(yank.output) { #expect(!all.isEmpty) } else { Issue.record("yank is not a JSON array: \(yank.output)") }
 
                 // Env: values hidden unless revealed.
+                // Set on a serving app: it runs again with them at once (as heroku config:set does).
+                let beforeSet = try #require(try await cli.json(["status", "--config", config]).value["current"]?["id"]?.int)
                 let setEnv = try await cli.run(["env", "set", "GREETING=hi", "MODE=test", "--config", config])
-                #expect(setEnv.status == 0 && setEnv.output.contains("Set GREETING, MODE. They apply from the next deploy; 'loco restart' applies them now."), "\(setEnv.output)")
+                #expect(setEnv.status == 0 && setEnv.output.contains("Set GREETING, MODE.") && setEnv.output.contains("Restarting hello so they apply (deployment \(beforeSet)'s images)")
+                        && setEnv.output.contains("✔ Deployed hello"), "\(setEnv.output)")
+                let afterSet = try #require(try await cli.json(["status", "--config", config]).value["current"]?["id"]?.int)
+                let withEnv = try await Self.podman(stack, ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "loco-acme-hello-d\(afterSet)-web"])
+                #expect(afterSet > beforeSet && withEnv.output.contains("GREETING=hi"), "\(withEnv.output)")
+                // --stage only saves; -o json gives the variables (and the restart's deployment, here none).
+                let staged = try await cli.json(["env", "set", "LATER=1", "--stage", "--config", config])
+                #expect(staged.status == 0 && staged.value["deployment"] == .null && staged.value.items.count == 3, "\(staged.value)")
+                #expect(try await cli.run(["env", "unset", "LATER", "--stage", "--config", config]).output.contains("Staged: they apply from the next deploy or 'loco restart'."))
                 let hidden = try await cli.json(["env", "list", "--config", config])
                 #expect(hidden.value.items.map { $0["name"]?.stringValue } == ["GREETING", "MODE"] && hidden.value.items.allSatisfy { $0["value"] == nil || $0["value"] == .null })
                 let revealed = try await cli.json(["env", "list", "--reveal", "--config", config])
                 #expect(revealed.value.items.first?["value"]?.stringValue == "hi")
                 try "A=1\nexport B=\"two words\"\n# comment\n".write(to: hello.appending(path: ".env.test"), atomically: true, encoding: .utf8)
-                #expect(try await cli.run(["env", "import", hello.appending(path: ".env.test").path, "--config", config]).status == 0)
-                #expect(try await cli.run(["env", "unset", "MODE", "--config", config]).status == 0)
+                #expect(try await cli.run(["env", "import", hello.appending(path: ".env.test").path, "--stage", "--config", config]).status == 0)
+                #expect(try await cli.run(["env", "unset", "MODE", "--stage", "--config", config]).status == 0)
                 #expect(try await cli.json(["env", "list", "--config", config]).value.items.count == 3)
                 // 'loco env' alone lists, as 'loco env list' does.
                 #expect(try await cli.json(["env", "--config", config]).value.items.count == 3)
