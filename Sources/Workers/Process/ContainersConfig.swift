@@ -52,7 +52,8 @@ enum ContainersConfig {
     /// When a container exits, conmon runs `podman container cleanup` with the runroot as a flag,
     /// and podman 4.3 refuses a flag longer than 50 characters: with the runroot in a deep state
     /// folder, no cleanup ever ran, so exited containers stayed "stopped" and their restart policy
-    /// never acted. A short folder under /run (runtime state, gone at reboot as podman expects),
+    /// never acted. A short folder under /run (runtime state, gone at reboot as podman expects;
+    /// /tmp/loco-podman-UID for a user who may not write /run),
     /// named by a hash of the state folder, with a `runroot` link in the state folder so the
     /// scripts can remove it. A storage made with the old runroot keeps it: podman records the
     /// runroot in its database and refuses any other.
@@ -63,8 +64,12 @@ enum ContainersConfig {
         // FNV-1a: stable across processes (Swift's Hasher is seeded per process).
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in stateFolder.standardizedFileURL.path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        let short = "/run/loco-podman/" + String(hash, radix: 16)
-        try FileManager.default.createDirectory(atPath: short, withIntermediateDirectories: true)
+        // /run is root's; anyone else gets the same under /tmp (still short).
+        var short = "/run/loco-podman/" + String(hash, radix: 16)
+        if (try? FileManager.default.createDirectory(atPath: short, withIntermediateDirectories: true)) == nil {
+            short = "/tmp/loco-podman-\(getuid())/" + String(hash, radix: 16)
+            try FileManager.default.createDirectory(atPath: short, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
         let link = stateFolder.appending(path: "runroot")
         if (try? FileManager.default.destinationOfSymbolicLink(atPath: link.path)) != short {
             try? FileManager.default.removeItem(at: link)

@@ -283,7 +283,7 @@ public struct PodmanRuntime: Runtime {
     /// podman's runtime state of a storage about to go (see `ContainersConfig.podmanRunroot`).
     public static func removeRunroot(stateFolder: URL) {
         if let runroot = try? FileManager.default.destinationOfSymbolicLink(atPath: stateFolder.appending(path: "runroot").path),
-           runroot.hasPrefix("/run/loco-podman/") {
+           runroot.hasPrefix("/run/loco-podman/") || runroot.hasPrefix("/tmp/loco-podman-") {
             try? FileManager.default.removeItem(atPath: runroot)
         }
     }
