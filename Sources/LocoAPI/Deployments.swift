@@ -138,8 +138,16 @@ extension API {
     func redeployDeployment(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (principal, source, access) = try await deployment(request, context, for: .deploy)
         try await refuseIfPruned(source, app: access.app)
+        let reason = try request.query("reason").map { text -> String in
+            guard (1...120).contains(text.count), !text.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) else {
+                throw CoreError.invalidField(field: "reason", reason: "must be 1 to 120 characters, none of them control characters",
+                                             hint: "Say why in a few words, e.g. reason=rollback%20to%2027.")
+            }
+            return text
+        }
         let deployment = try await store.submit(
-            try DeploymentRequest.redeploy(of: source, app: access.app, createdBy: principal.user?.id, queueBehind: Self.queueBehind(request)), on: database)
+            try DeploymentRequest.redeploy(of: source, app: access.app, createdBy: principal.user?.id, queueBehind: Self.queueBehind(request), reason: reason),
+            on: database)
         metrics.deploymentsSubmitted.increment()
         var response = jsonResponse(deployment, status: .created)
         response.headers[.location] = "/v1/deployments/\(deployment.id)"

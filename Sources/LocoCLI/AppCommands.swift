@@ -98,14 +98,16 @@ struct Deployments: AsyncParsableCommand {
         let list = try await global.client().call(.GET, try app.path("/deployments", query: query))
         if global.json { printJSON(list); return }
         if list.items.isEmpty { Out.line(before == nil ? "No deployments yet." : "No deployments before \(before ?? 0)."); return }
-        Out.line("ID\tSTATE\tCREATED\tDURATION\tRESULT")
+        Out.line("ID\tSTATE\tCREATED\tDURATION\tWHAT\tRESULT")
         for deployment in list.items {
             let created = parseDate(deployment["created_at"]), finished = parseDate(deployment["finished_at"])
             let duration = created.flatMap { start in finished.map { Format.seconds($0.timeIntervalSince(start)) } } ?? "-"
             var result = deployment["report"]?["code"]?.stringValue ?? deployment["url"]?.stringValue ?? ""
             // A rollback or restart: whose images it ran.
             if let source = deployment["redeploy_of"]?.int { result += (result.isEmpty ? "" : " ") + "(\(source)'s images)" }
-            Out.line("\(deployment["id"]?.text ?? "")\t\(deployment["state"]?.text ?? "")\t\(deployment["created_at"]?.text ?? "")\t\(duration)\t\(result)")
+            // Why: "deploy", or what made a deployment without a build ("rollback to 27", "env: set A").
+            let what = deployment["reason"]?.stringValue ?? (deployment["redeploy_of"]?.int.map { "redeploy of \($0)" } ?? "deploy")
+            Out.line("\(deployment["id"]?.text ?? "")\t\(deployment["state"]?.text ?? "")\t\(deployment["created_at"]?.text ?? "")\t\(duration)\t\(what)\t\(result)")
         }
         if list.items.count == limit, let last = list.items.last?["id"]?.int {
             Out.line("Older deployments may exist: loco deployments --before \(last)")
@@ -127,6 +129,7 @@ struct DeploymentCommand: AsyncParsableCommand {
             if global.json { printJSON(deployment); return }
             let terminal = Terminal.current
             Out.line(terminal.bold("Deployment \(id)") + " of \(deployment["team"]?.text ?? "")/\(deployment["app"]?.text ?? ""): \(deployment["state"]?.text ?? "")")
+            if let reason = deployment["reason"]?.stringValue { Out.line("  why      \(reason)") }
             if case .object(let stages)? = deployment["stages"] {
                 for stage in ["build", "push", "apply", "wait", "cleanup"] {
                     guard let timing = stages[stage] else { continue }

@@ -30,7 +30,7 @@ struct Env: AsyncParsableCommand {
         if !global.json { Out.line("\(what).") }
         do {
             try await Redeploy(start: rollout.start, global: global, wrapJSON: { .object(["items": items, "deployment": $0]) })
-                .run(client, of: serving, saying: "Restarting \(name) so they apply (deployment \(serving)'s images)")
+                .run(client, of: serving, saying: "Restarting \(name) so they apply (deployment \(serving)'s images)", reason: "env: " + what.prefix(1).lowercased() + what.dropFirst())
         } catch let error as CLIError where error.code == "deployment_in_progress" {
             throw CLIError(error.code, "saved, but \(name) cannot restart now: \(error.message)",
                            hint: "Run 'loco restart' once it ends, or add --queue to restart after it.", exit: error.exit)

@@ -20,7 +20,8 @@ struct Rollback: AsyncParsableCommand {
         let (name, _) = try app.resolve()
         let target: Int64
         if let id { target = id } else { target = try await previousGood(client, name: name) }
-        try await Redeploy(start: start, global: global).run(client, of: target, saying: "Rolling \(name) back to deployment \(target)'s images")
+        try await Redeploy(start: start, global: global).run(client, of: target, saying: "Rolling \(name) back to deployment \(target)'s images",
+                                                             reason: "rollback to \(target)")
     }
 
     /// The newest successful deployment before the one serving now that ran other images: a
@@ -54,7 +55,7 @@ struct Restart: AsyncParsableCommand {
         let client = try global.client()
         let (name, _) = try app.resolve()
         let serving = try await Redeploy.serving(client, app: app, name: name).id
-        try await Redeploy(start: start, global: global).run(client, of: serving, saying: "Restarting \(name) (deployment \(serving)'s images)")
+        try await Redeploy(start: start, global: global).run(client, of: serving, saying: "Restarting \(name) (deployment \(serving)'s images)", reason: "restart")
     }
 }
 
@@ -64,9 +65,12 @@ struct Redeploy {
     let global: GlobalOptions
     var wrapJSON: @Sendable (JSONValue) -> JSONValue = { $0 }
 
-    func run(_ client: APIClient, of target: Int64, saying what: String) async throws {
+    /// `reason` goes into the history (`loco deployments`).
+    func run(_ client: APIClient, of target: Int64, saying what: String, reason: String) async throws {
         let started = Date()
-        let deployment = try await client.call(.POST, "/v1/deployments/\(target)/redeploy" + (start.waitInLine ? "?queue=true" : ""))
+        var query = ["reason": String(reason.prefix(120))]
+        if start.waitInLine { query["queue"] = "true" }
+        let deployment = try await client.call(.POST, "/v1/deployments/\(target)/redeploy" + queryString(query))
         try await DeploymentWatch(global: global, start: start, wrapJSON: wrapJSON).follow(client, accepted: deployment, saying: what, started: started)
     }
 

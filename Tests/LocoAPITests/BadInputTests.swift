@@ -53,6 +53,17 @@ struct BadInputTests {
             #expect(huge.status == 413 && huge.errorCode == "payload_too_large")
             let badEnv = try await harness.call(.put, "/v1/apps/web/env", token: token, json: #"{"vars":{"1BAD":"x"}}"#)
             #expect(badEnv.status == 422 && badEnv.errorCode == "invalid_field", "\(badEnv.text)")
+            let scaleCases: [(String, Int, String)] = [
+                (#"{"replicas":0}"#, 422, "invalid_field"), (#"{"replicas":101}"#, 422, "invalid_field"),
+                (#"{"replicas":"two"}"#, 422, "invalid_field"), (#"{"replicas":2,"service":"Not_A_Name"}"#, 422, "invalid_field"),
+                ("{}", 400, "missing_field"), (#"{"replicas":2,"count":3}"#, 400, "unknown_field"),
+            ]
+            for (body, status, code) in scaleCases {
+                let reply = try await harness.call(.put, "/v1/apps/web/scale", token: token, json: body)
+                #expect(reply.status == status && reply.errorCode == code && reply.json?["error"]?["hint"]?.stringValue?.isEmpty == false,
+                        "\(body): \(reply.status) \(reply.text)")
+            }
+            #expect(try await harness.database.scalar("SELECT count(*) FROM loco_app_scale", as: Int64.self) == 0, "no bad count was written")
             // Log parameters are checked before the runtime is asked (this harness has none: 503).
             for query in ["tail=many", "tail=-1", "since=yesterday", "since=5w"] {
                 let badLogs = try await harness.call(.get, "/v1/apps/web/logs?\(query)", token: token)

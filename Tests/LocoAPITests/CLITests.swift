@@ -168,9 +168,10 @@ struct CLITests {
                 #expect(try await Self.curl(url).contains("Version two"))
                 let forwardID = try #require(forward.value["id"]?.int)
                 let shownForward = try await cli.run(["deployment", "show", "\(forwardID)"])
-                #expect(shownForward.output.contains("(deployment \(ids[0])'s, run again: no build)"), "\(shownForward.output)")
+                #expect(shownForward.output.contains("(deployment \(ids[0])'s, run again: no build)") && shownForward.output.contains("why      rollback to \(ids[0])"),
+                        "\(shownForward.output)")
                 let listed = try await cli.run(["deployments", "--config", config, "--limit", "1"])
-                #expect(listed.output.contains("\(forwardID)\tsucceeded") && listed.output.contains("\(url) (\(ids[0])'s images)"), "\(listed.output)")
+                #expect(listed.output.contains("\(forwardID)\tsucceeded") && listed.output.contains("\trollback to \(ids[0])\t\(url) (\(ids[0])'s images)"), "\(listed.output)")
                 let shownDeployment = try await cli.run(["deployment", "show", "\(lastID)"])
                 #expect(shownDeployment.output.contains("Deployment \(lastID)") && shownDeployment.output.contains("build"), "\(shownDeployment.output)")
                 let buildLog = try await cli.run(["logs", "--deployment", "\(lastID)"])
@@ -191,6 +192,8 @@ struct CLITests {
                 #expect(setEnv.status == 0 && setEnv.output.contains("Set GREETING, MODE.") && setEnv.output.contains("Restarting hello so they apply (deployment \(beforeSet)'s images)")
                         && setEnv.output.contains("✔ Deployed hello"), "\(setEnv.output)")
                 let afterSet = try #require(try await cli.json(["status", "--config", config]).value["current"]?["id"]?.int)
+                let history2 = try await cli.run(["deployments", "--config", config, "--limit", "1"])
+                #expect(history2.output.contains("\(afterSet)\tsucceeded") && history2.output.contains("\tenv: set GREETING, MODE\t"), "\(history2.output)")
                 let withEnv = try await Self.podman(stack, ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "loco-acme-hello-d\(afterSet)-web"])
                 #expect(afterSet > beforeSet && withEnv.output.contains("GREETING=hi"), "\(withEnv.output)")
                 // --stage only saves; -o json gives the variables (and the restart's deployment, here none).
@@ -469,6 +472,8 @@ struct CLITests {
                 let threeNames = try await Self.podman(stack, ["ps", "--format", "{{.Names}}", "--filter", "label=loco.deployment=\(threeID)"])
                 #expect(threeNames.output.split(separator: "\n").count == 3 && threeNames.output.contains("-web.r3"), "\(threeNames.output)")
                 #expect(try await cli.run(["status", "--config", scaledToml]).output.contains("(3 replicas by 'loco scale', 256Mi memory)"))
+                let scaledHistory = try await cli.run(["deployments", "--config", scaledToml, "--limit", "1"])
+                #expect(scaledHistory.output.contains("\(threeID)\tsucceeded") && scaledHistory.output.contains("\tscaling web to 3 replicas\t"), "\(scaledHistory.output)")
                 // Each replica's lines say which replica printed them (its health probes at least).
                 for _ in 0..<3 { _ = try await Self.curl(helloURL) }
                 let threeLogs = try await cli.run(["logs", "--config", scaledToml, "-o", "json"])

@@ -243,6 +243,12 @@ struct DeploymentPipelineTests {
             #expect(try await store.fixReplicas(deploymentID: first.id, ["web": 2], on: db) == ["web": 2])
             #expect(try await store.fixReplicas(deploymentID: first.id, ["web": 5], on: db) == ["web": 2])
             #expect(try await store.deployment(id: first.id, on: db)?.replicas == ["web": 2])
+            // A redeploy's reason goes into the history; one with a control character is refused.
+            let token = try await harness.token(for: ann)
+            for reason in ["%01bell", String(repeating: "a", count: 121)] {
+                let refused = try await harness.call(.post, "/v1/deployments/\(first.id)/redeploy?reason=\(reason)", token: token)
+                #expect(refused.status == 422 && refused.errorCode == "invalid_field", "\(refused.text)")
+            }
 
             // What `GET /v1/apps/{app}/scale` lists: the serving config's services, counts set on top.
             let config = try ConfigLoader.parse(toml: """

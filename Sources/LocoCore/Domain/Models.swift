@@ -157,6 +157,8 @@ public struct Deployment: Sendable, Codable, Equatable {
     public var redeployOf: Int64?
     /// Service name → how many replicas its apply stage ran (`nil` until apply starts).
     public var replicas: [String: Int]?
+    /// Why it was made, when not by `loco deploy`: "rollback to 27", "env: set A", "scaling web to 3 replicas".
+    public var reason: String?
     public var createdAt: Date
     public var finishedAt: Date?
 
@@ -164,7 +166,7 @@ public struct Deployment: Sendable, Codable, Equatable {
         case id, appID = "app_id", app, team, state, queuedBehind = "queued_behind", createdBy = "created_by", config
         case contextDigest = "context_digest", contextBytes = "context_bytes", imageDigest = "image_digest"
         case imageRef = "image_ref", images, url, stages, report, cancelRequested = "cancel_requested", redeployOf = "redeploy_of"
-        case replicas, createdAt = "created_at", finishedAt = "finished_at"
+        case replicas, reason, createdAt = "created_at", finishedAt = "finished_at"
     }
 
     /// Why this deployment's images cannot run again, or nil when they can: an app that builds

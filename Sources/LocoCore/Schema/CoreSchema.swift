@@ -162,5 +162,10 @@ public enum CoreSchema {
             // (and an apply run again after a crash) expects the same even if the scale changes meanwhile.
             "ALTER TABLE loco_deployments ADD COLUMN replicas jsonb",
         ]),
+        Migration(version: 6, name: "deployment_reason", statements: [
+            // Why a deployment without a build was made ("rollback to 27", "env: set A, B",
+            // "scaling web to 3 replicas"), for the history, as `heroku releases` says.
+            "ALTER TABLE loco_deployments ADD COLUMN reason text",
+        ]),
     ]
 }

@@ -64,7 +64,7 @@ enum Projection {
                            'context_digest', d.context_digest, 'context_bytes', d.context_bytes,
                            'image_digest', d.image_digest, 'image_ref', d.image_ref, 'images', d.images, 'url', d.url, 'stages', d.stages,
                            'report', d.report, 'cancel_requested', d.cancel_requested, 'redeploy_of', d.redeploy_of,
-                           'replicas', d.replicas,
+                           'replicas', d.replicas, 'reason', d.reason,
                            'created_at', loco_rfc3339(d.created_at), 'finished_at', loco_rfc3339(d.finished_at))::text
         """
     static let event = """

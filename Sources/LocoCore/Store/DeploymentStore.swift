@@ -17,6 +17,8 @@ public struct DeploymentRequest: Sendable {
     /// A `loco scale` change this deployment rolls out: written in its transaction, so a refused
     /// deployment changes nothing.
     public var scaleChange: ScaleChange?
+    /// Why, for the history (a deploy has none).
+    public var reason: String?
 
     public init(app: App, config: JSONValue, context: StagedContext?, createdBy: Int64?, queueBehind: Bool, redeployOf: Deployment? = nil) {
         self.app = app
@@ -28,10 +30,12 @@ public struct DeploymentRequest: Sendable {
     }
 
     /// Deployment `source` again, as it was built: its config and images, the app's env as it is now.
-    public static func redeploy(of source: Deployment, app: App, createdBy: Int64?, queueBehind: Bool, scaleChange: ScaleChange? = nil) throws -> DeploymentRequest {
-        if let reason = source.whyNotRedeployable(type: app.type) { throw CoreError.notRedeployable(deploymentID: source.id, reason: reason) }
+    public static func redeploy(of source: Deployment, app: App, createdBy: Int64?, queueBehind: Bool, scaleChange: ScaleChange? = nil,
+                                reason: String? = nil) throws -> DeploymentRequest {
+        if let why = source.whyNotRedeployable(type: app.type) { throw CoreError.notRedeployable(deploymentID: source.id, reason: why) }
         var request = DeploymentRequest(app: app, config: source.config, context: nil, createdBy: createdBy, queueBehind: queueBehind, redeployOf: source)
         request.scaleChange = scaleChange
+        request.reason = reason ?? scaleChange?.description
         return request
     }
 }
@@ -81,10 +85,10 @@ extension CoreStore {
                 let images = JSONValue.object((source?.images ?? [:]).mapValues(JSONValue.string)).jsonText
                 let id = try await scalar("""
                     INSERT INTO loco_deployments (app_id, state, in_line, queued_behind, created_by, config, context_digest, context_bytes,
-                                                  redeploy_of, image_digest, image_ref, images)
+                                                  redeploy_of, image_digest, image_ref, images, reason)
                     VALUES (\(request.app.id), 'queued', \(behind != nil), \(behind), \(request.createdBy), \(request.config.jsonText)::jsonb,
                             \(request.context?.digest), \(request.context?.bytes),
-                            \(source?.id), \(source?.imageDigest), \(source?.imageRef), \(images)::jsonb)
+                            \(source?.id), \(source?.imageDigest), \(source?.imageRef), \(images)::jsonb, \(request.reason))
                     RETURNING id
                     """, as: Int64.self, on: connection)!
                 if let change = request.scaleChange { try await applyScale(change, appID: request.app.id, on: connection) }
