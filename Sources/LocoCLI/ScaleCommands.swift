@@ -69,11 +69,12 @@ struct Scale: AsyncParsableCommand {
     static func report(_ answer: JSONValue, start: StartOptions, global: GlobalOptions, app: String, started: Date) async throws {
         if let deployment = answer["deployment"], case .object = deployment {
             let what = answer.items.map { "\($0["service"]?.text ?? "") \(replicas($0["replicas"]?.int ?? 1))" }.joined(separator: ", ")
-            try await DeploymentWatch(global: global, start: start)
+            let items = JSONValue.array(answer.items)
+            try await DeploymentWatch(global: global, start: start, wrapJSON: { .object(["items": items, "deployment": $0]) })
                 .follow(try global.client(), accepted: deployment, saying: "Scaling \(app): \(what) (deployment \(deployment["redeploy_of"]?.text ?? "")'s images)", started: started)
             return
         }
-        if global.json { printJSON(answer); return }
+        if global.json { printJSON(.object(["items": .array(answer.items), "deployment": .null])); return }
         printCounts(answer.items, app: app)
         let serves = answer.items.contains { $0["running"].map { $0 != .null } ?? false }
         Out.line(serves ? "The serving version already runs these; nothing to roll out." : "\(app) serves nothing yet: its first deploy ('loco deploy') runs these.")

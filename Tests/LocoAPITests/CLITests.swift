@@ -483,6 +483,8 @@ struct CLITests {
                 #expect(try await cli.run(["logs", "--config", scaledToml]).output.contains("web.r3"))
                 let again = try await cli.run(["scale", "count", "3", "--config", scaledToml])
                 #expect(again.status == 0 && again.output.contains("nothing to roll out"), "\(again.output)")
+                let againJSON = try await cli.json(["scale", "count", "3", "--config", scaledToml])
+                #expect(againJSON.value["deployment"] == .null && againJSON.value.items.first?["replicas"]?.int == 3, "\(againJSON.value)")
                 let redeployed = try await cli.run(["deploy", "--config", scaledToml])
                 #expect(redeployed.status == 0 && redeployed.output.contains("(3 replicas)"), "a deploy keeps the scale: \(redeployed.output)")
                 let reset = try await cli.run(["scale", "reset", "--config", scaledToml])
