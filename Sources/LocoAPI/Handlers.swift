@@ -223,15 +223,24 @@ extension API {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: json)))
     }
 
-    /// `GET /v1/apps/{app}/logs`: NDJSON, one `{at, service, deployment_id, line}` per line, oldest
-    /// first; `follow` keeps the stream open, `since` (RFC 3339 or `10m`, `2h`, `1d`), `tail` (lines
-    /// per container).
     /// `GET /v1/apps/{app}/instances`: every container of the app as the runtime sees it (state,
     /// restarts, last exit code), newest version first.
     func appInstances(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, access) = try await app(request, context, for: .readApp)
         guard let runtime else { throw CoreError.runtimeUnavailable }
         return jsonResponse(ListOf(items: try await runtime.instances(team: access.app.team, app: access.app.name)))
+    }
+
+    /// `GET /v1/apps/{app}/logs`: NDJSON, one `{at, service, deployment_id, replica, line}` per line,
+    /// oldest first; `follow` keeps the stream open, `since` (RFC 3339 or `10m`, `2h`, `1d`), `tail`
+    /// (lines per container), `service` (one service's lines).
+    /// A service named in a request: a DNS label, and one of `known` (the serving version's
+    /// services) when something serves.
+    static func checkService(_ name: String, of app: String, known: [String]) throws {
+        guard NameRules.isDNSLabel(name), known.isEmpty || known.contains(name) else {
+            throw CoreError.invalidField(field: "service", reason: "'\(name.prefix(40))' is not a service of \(app)",
+                                         hint: known.isEmpty ? "Use a service name from loco.toml's [[services]]." : "Its services: \(known.joined(separator: ", ")).")
+        }
     }
 
     func appLogs(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
@@ -253,15 +262,12 @@ extension API {
         let service = request.query("service")
         if let service {
             // A misspelt service would otherwise show nothing at all: name the ones it could be.
-            var known: [String]?
+            var known: [String] = []
             if let serving = try await store.servingDeploymentID(appID: access.app.id, on: database),
                let deployment = try await store.deployment(id: serving, on: database) {
                 known = DeploymentPlan.services(in: deployment.config)
             }
-            if !NameRules.isDNSLabel(service) || (known.map { !$0.contains(service) } ?? false) {
-                throw CoreError.invalidField(field: "service", reason: "'\(service.prefix(40))' is not a service of \(access.app.name)",
-                                             hint: known.map { "Its services: \($0.joined(separator: ", "))." } ?? "Use a service name from loco.toml's [[services]].")
-            }
+            try Self.checkService(service, of: access.app.name, known: known)
         }
         // Parameters first: a bad request says so whether or not a runtime is configured.
         guard let runtime else { throw CoreError.runtimeUnavailable }

@@ -33,10 +33,7 @@ extension API {
     func setScale(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (principal, access) = try await app(request, context, for: .deploy)
         let body = try await RequestReader.json(ScaleBody.self, from: request)
-        guard ScaleChange.replicaRange.contains(body.replicas) else {
-            throw CoreError.invalidField(field: "replicas", reason: "\(body.replicas) is out of range",
-                                         hint: "Use a whole number from \(ScaleChange.replicaRange.lowerBound) to \(ScaleChange.replicaRange.upperBound); 'loco destroy' removes an app.")
-        }
+        try ScaleChange.checkReplicas(body.replicas)
         let status = try await store.status(app: access.app, on: database)
         let service = try Self.scaledService(body.service, status: status)
         let change = ScaleChange.set(service: service, replicas: body.replicas)
@@ -89,13 +86,7 @@ extension API {
             }
             return services.first ?? "web"
         }
-        guard NameRules.isDNSLabel(name) else {
-            throw CoreError.invalidField(field: "service", reason: "'\(name.prefix(80))' is not a service name", hint: "Use the name of one of loco.toml's [[services]].")
-        }
-        if !services.isEmpty, !services.contains(name) {
-            throw CoreError.invalidField(field: "service", reason: "'\(name)' is not a service of \(status.app.name)",
-                                         hint: "Its services: \(services.joined(separator: ", ")).")
-        }
+        try checkService(name, of: status.app.name, known: services)
         return name
     }
 

@@ -14,6 +14,13 @@ public enum ScaleChange: Sendable, Equatable {
 
     public static let replicaRange = 1...100
 
+    public static func checkReplicas(_ replicas: Int) throws {
+        guard replicaRange.contains(replicas) else {
+            throw CoreError.invalidField(field: "replicas", reason: "\(replicas) is out of range",
+                                         hint: "Use a whole number from \(replicaRange.lowerBound) to \(replicaRange.upperBound); 'loco destroy' removes an app.")
+        }
+    }
+
     /// For the deployment's first event: "scaling web to 3 replicas".
     public var description: String {
         switch self {
@@ -73,10 +80,7 @@ extension CoreStore {
     public func applyScale(_ change: ScaleChange, appID: Int64, on db: some QueryRunner) async throws -> [String] {
         switch change {
         case .set(let service, let replicas):
-            guard ScaleChange.replicaRange.contains(replicas) else {
-                throw CoreError.invalidField(field: "replicas", reason: "\(replicas) is out of range",
-                                             hint: "Use a whole number from \(ScaleChange.replicaRange.lowerBound) to \(ScaleChange.replicaRange.upperBound).")
-            }
+            try ScaleChange.checkReplicas(replicas)
             try await execute("""
                 INSERT INTO loco_app_scale (app_id, service, replicas) VALUES (\(appID), \(service), \(Int32(replicas)))
                 ON CONFLICT (app_id, service) DO UPDATE SET replicas = EXCLUDED.replicas, updated_at = now()

@@ -57,6 +57,8 @@ enum ContainersConfig {
     /// named by a hash of the state folder, with a `runroot` link in the state folder so the
     /// scripts can remove it. A storage made with the old runroot keeps it: podman records the
     /// runroot in its database and refuses any other.
+    static let runrootParents = ["/run/loco-podman/", "/tmp/loco-podman-"]
+
     static func podmanRunroot(_ stateFolder: URL) throws -> String {
         let long = "\(stateFolder.path)/run"
         let database = stateFolder.appending(path: "storage/libpod/bolt_state.db")
@@ -65,9 +67,9 @@ enum ContainersConfig {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in stateFolder.standardizedFileURL.path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         // /run is root's; anyone else gets the same under /tmp (still short).
-        var short = "/run/loco-podman/" + String(hash, radix: 16)
+        var short = runrootParents[0] + String(hash, radix: 16)
         if (try? FileManager.default.createDirectory(atPath: short, withIntermediateDirectories: true)) == nil {
-            short = "/tmp/loco-podman-\(getuid())/" + String(hash, radix: 16)
+            short = runrootParents[1] + "\(getuid())/" + String(hash, radix: 16)
             try FileManager.default.createDirectory(atPath: short, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
         let link = stateFolder.appending(path: "runroot")
@@ -76,5 +78,12 @@ enum ContainersConfig {
             try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: short)
         }
         return short
+    }
+
+    /// The runtime state of a storage about to go, when it is one `podmanRunroot` made.
+    static func removePodmanRunroot(_ stateFolder: URL) {
+        guard let runroot = try? FileManager.default.destinationOfSymbolicLink(atPath: stateFolder.appending(path: "runroot").path),
+              runrootParents.contains(where: runroot.hasPrefix) else { return }
+        try? FileManager.default.removeItem(atPath: runroot)
     }
 }

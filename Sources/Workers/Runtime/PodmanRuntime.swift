@@ -151,8 +151,12 @@ public struct PodmanRuntime: Runtime {
 
     /// Each service's published addresses, one per running container, the first replica first.
     func replicaEndpoints(deploymentID: Int64, team: String, app: String) async throws -> [String: [String]] {
+        try await replicaEndpoints(of: containers(team: team, app: app, deploymentID: deploymentID))
+    }
+
+    func replicaEndpoints(of containers: [Container]) async throws -> [String: [String]] {
         var found: [String: [(replica: Int, address: String)]] = [:]
-        for container in try await containers(team: team, app: app, deploymentID: deploymentID) {
+        for container in containers {
             guard let service = container.Config.Labels?["loco.service"] else { continue }
             let (_, ports) = try await run(["port", container.Name])
             if let line = ports.split(separator: "\n").first, let address = line.split(separator: " ").last {
@@ -164,7 +168,7 @@ public struct PodmanRuntime: Runtime {
 
     public func status(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> RolloutState {
         let running = try await containers(team: team, app: app, deploymentID: deploymentID)
-        let endpoints = try await replicaEndpoints(deploymentID: deploymentID, team: team, app: app)
+        let endpoints = try await replicaEndpoints(of: running)
         var waiting: [String] = []
         for service in services {
             // Every replica must run and answer: one that crashes fails the rollout, as on Kubernetes.
@@ -281,12 +285,7 @@ public struct PodmanRuntime: Runtime {
     }
 
     /// podman's runtime state of a storage about to go (see `ContainersConfig.podmanRunroot`).
-    public static func removeRunroot(stateFolder: URL) {
-        if let runroot = try? FileManager.default.destinationOfSymbolicLink(atPath: stateFolder.appending(path: "runroot").path),
-           runroot.hasPrefix("/run/loco-podman/") || runroot.hasPrefix("/tmp/loco-podman-") {
-            try? FileManager.default.removeItem(atPath: runroot)
-        }
-    }
+    public static func removeRunroot(stateFolder: URL) { ContainersConfig.removePodmanRunroot(stateFolder) }
 
     public func removeApp(team: String, app: String) async throws {
         for container in try await containers(team: team, app: app) {

@@ -16,7 +16,7 @@ public struct ServiceSpec: Sendable, Equatable {
     public var cpus: Double?
     /// The path prefix the app's entry point routes to this service (`/` for one-service apps).
     public var pathPrefix: String
-    /// How many containers run it (loco.toml's `min_replicas`, at least one).
+    /// How many containers run it (`loco scale`'s count, else loco.toml's `min_replicas`; at least one).
     public var replicas: Int
 
     public init(name: String, image: String, port: Int, healthPath: String = "/", env: [String: String] = [:], memoryBytes: Int64? = nil, cpus: Double? = nil,
