@@ -290,7 +290,10 @@ struct CLITests {
                     return buildahs.isEmpty && jobs == 0
                 }
                 #expect(quiet, "the build stopped and no job is left")
-                #expect(try await Self.curl(url).contains("Version two"), "the serving version is untouched")
+                let untouched = try await Self.curl(url)
+                // What served instead, if anything (seen once in a full CI run, not reproduced).
+                let statusThen = untouched.contains("Version two") ? "" : try await cli.run(["status", "--config", config]).output
+                #expect(untouched.contains("Version two"), "the serving version is untouched: \(untouched.prefix(300)) — \(statusThen)")
                 // A deployment cancelled before its push has no image to run again.
                 let noImage = try await cli.run(["rollback", "\(slowID)", "--config", config])
                 #expect(noImage.status != 0 && noImage.output.contains("deployment \(slowID) cannot run again: it has no pushed image for web")
