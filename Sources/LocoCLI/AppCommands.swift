@@ -66,14 +66,21 @@ struct Status: AsyncParsableCommand {
 }
 
 extension Status {
-    /// "web.r2  running since 2026-12-03T08:25:27Z, restarted 2 times (last exit code 137)"
-    static func describe(_ instance: JSONValue) -> String {
+    /// "web.r2    running since 2026-12-03T08:25:27Z, restarted 2 times (last exit code 137)",
+    /// "web       exited (exit code 1), restarted 4 times; starts again in 40 s (crash-loop back-off)"
+    static func describe(_ instance: JSONValue, now: Date = Date()) -> String {
         let name = (instance["service"]?.text ?? "") + Logs.replicaSuffix(instance["replica"]?.int)
         var text = name.padding(toLength: max(10, name.count + 1), withPad: " ", startingAt: 0) + (instance["state"]?.text ?? "")
-        if instance["state"]?.stringValue == "running", let since = instance["started_at"]?.stringValue { text += " since \(since)" }
+        let running = instance["state"]?.stringValue == "running"
+        if running, let since = instance["started_at"]?.stringValue { text += " since \(since)" }
+        let code = instance["last_exit_code"]?.int
+        if !running, let code { text += " (exit code \(code))" }
         let restarts = instance["restarts"]?.int ?? 0
         if restarts > 0 { text += ", restarted \(restarts) time\(restarts == 1 ? "" : "s")" }
-        if let code = instance["last_exit_code"]?.int { text += restarts > 0 ? " (last exit code \(code))" : " (exit code \(code))" }
+        if running, restarts > 0, let code { text += " (last exit code \(code))" }
+        if !running, let at = parseDate(instance["next_start_at"]) {
+            text += "; starts again in \(max(0, Int(at.timeIntervalSince(now).rounded(.up)))) s (crash-loop back-off)"
+        }
         return text
     }
 }

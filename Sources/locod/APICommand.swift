@@ -63,10 +63,13 @@ struct APICommand: AsyncParsableCommand {
             let pool = ConnectionPool(url: url, size: poolSize, logger: logger)
             let runtimeName = runtime ?? environment["LOCO_RUNTIME"] ?? "local"
             var runtimeView: (any AppRuntimeView)?
+            var services: [any Service] = []
             switch runtimeName {
             case "local":
                 let work = URL(fileURLWithPath: workDir ?? environment["LOCO_WORK_DIR"] ?? ".loco/work")
-                runtimeView = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: logger)
+                let podman = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: logger)
+                runtimeView = podman
+                services.append(Supervision(supervisor: ContainerSupervisor(runtime: podman, logger: logger), interval: .seconds(1)))
             case "none": runtimeView = nil
             default: throw UsageError(message: "--runtime \(runtimeName) is not available", hint: "Use --runtime local (podman) or none.")
             }
@@ -77,7 +80,7 @@ struct APICommand: AsyncParsableCommand {
             let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)
             logger.info("API listening", metadata: ["address": "\(host):\(port)", "contexts": "\(contextRoot)",
                                                     "registry_tokens": "\(issuer == nil ? "off" : "on")"])
-            let group = ServiceGroup(configuration: .init(services: [reconciler, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            let group = ServiceGroup(configuration: .init(services: [reconciler, app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
             await pool.close()
         }
@@ -109,5 +112,15 @@ struct Reconciler: Service {
                 try? await Task.sleep(for: interval)
             }
         }
+    }
+}
+
+/// Starts the serving containers that exited again, once a second (the local runtime).
+struct Supervision: Service {
+    let supervisor: ContainerSupervisor
+    let interval: Duration
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await supervisor.run(every: interval) }
     }
 }

@@ -419,15 +419,15 @@ struct CLITests {
                 let good = try await cli.json(["deploy", "--config", hello.appending(path: "loco.toml").path])
                 let helloURL = try #require(good.value["url"]?.stringValue)
                 #expect(try await Self.curl(helloURL).contains("Hello from Loco"))
-                // A serving container that dies (killed here from outside) is started again by its
-                // restart policy, on the same port: the app answers again without a deploy.
+                // A serving container that dies (killed here from outside) is started again by the
+                // API's supervisor, on the same port: the app answers again without a deploy.
                 let goodID = try #require(good.value["id"]?.int)
                 let webName = "loco-acme-hello-d\(goodID)-web"
                 let pid = try await Self.podman(stack, ["inspect", "--format", "{{.State.Pid}}", webName]).output.trimmingCharacters(in: .whitespacesAndNewlines)
                 #expect(try await runCommand(URL(fileURLWithPath: "/bin/kill"), ["-KILL", pid]).status == 0, "pid \(pid)")
                 #expect(await eventually(timeout: .seconds(20), every: .milliseconds(250)) {
-                    let restarts = try? await Self.podman(stack, ["inspect", "--format", "{{.RestartCount}}", webName]).output
-                    guard restarts?.trimmingCharacters(in: .whitespacesAndNewlines) == "1" else { return false }
+                    let listed = try? await cli.json(["status", "--config", hello.appending(path: "loco.toml").path]).value["instances"]?.items
+                    guard listed?.first?["restarts"]?.int == 1, listed?.first?["state"]?.stringValue == "running" else { return false }
                     return ((try? await Self.curl(helloURL)) ?? "").contains("Hello from Loco")
                 }, "restarted and answering")
                 // `loco status` shows it, from the runtime (GET /v1/apps/{app}/instances).
@@ -436,6 +436,22 @@ struct CLITests {
                         "\(afterKill.output)")
                 let instances = try await cli.json(["status", "--config", hello.appending(path: "loco.toml").path]).value["instances"]?.items ?? []
                 #expect(instances.first?["name"]?.stringValue == webName && instances.first?["restarts"]?.int == 1, "\(instances)")
+                // A second exit in a row waits out the back-off (10 s), and `loco status` says so.
+                let pidAgain = try await Self.podman(stack, ["inspect", "--format", "{{.State.Pid}}", webName]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(try await runCommand(URL(fileURLWithPath: "/bin/kill"), ["-KILL", pidAgain]).status == 0, "pid \(pidAgain)")
+                var backingOff = ""
+                #expect(await eventually(timeout: .seconds(8), every: .milliseconds(250)) {
+                    backingOff = (try? await cli.run(["status", "--config", hello.appending(path: "loco.toml").path]).output) ?? ""
+                    return backingOff.contains("(crash-loop back-off)")
+                }, "\(backingOff)")
+                #expect(backingOff.contains("instances:  web       exited (exit code 137), restarted 1 time; starts again in "), "\(backingOff)")
+                #expect(await eventually(timeout: .seconds(30), every: .milliseconds(500)) {
+                    let listed = try? await cli.json(["status", "--config", hello.appending(path: "loco.toml").path]).value["instances"]?.items
+                    return listed?.first?["restarts"]?.int == 2 && listed?.first?["state"]?.stringValue == "running"
+                }, "started again after its back-off")
+                #expect(await eventually(timeout: .seconds(10), every: .milliseconds(250)) {
+                    ((try? await Self.curl(helloURL)) ?? "").contains("Hello from Loco")
+                }, "answering again")
                 // The examples that fail once started, each deployed as hello (`--app`) over its serving version.
                 let failing: [(String, String, [String])] = [
                     ("crash-on-start", "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),

@@ -5,10 +5,11 @@ import LocoAPI
 import LocoCore
 import LocoQueue
 import LocoTestSupport
+import Logging
 import NIOCore
 import PostgresNIO
 import Testing
-import Workers
+@testable import Workers
 
 @Suite("Local runtime (podman) end to end", .serialized)
 struct RuntimeStageTests {
@@ -118,6 +119,8 @@ struct RuntimeStageTests {
                 #expect(try await get(firstContainer).isEmpty, "the old version's container is gone")
                 #expect(try await runtime.endpoints(deploymentID: first.id, team: "acme", app: "web").isEmpty)
 
+                try await Self.supervision(runtime: runtime, serving: second, url: secondURL, logger: db.logger)
+
                 let crash = try await deploy(try await Self.deployBody(from: hello, config: config(), edit: [
                     "Dockerfile": "ARG BASE\nFROM ${BASE}\nCMD [\"sh\", \"-c\", \"echo starting; echo 'fatal: DATABASE_URL is not set' >&2; exit 1\"]\n"], in: folder))
                 #expect(crash.state == .failed && crash.report?.code == "CRASH_LOOP", "\(String(describing: crash.report))")
@@ -196,4 +199,65 @@ struct RuntimeStageTests {
                 #expect(noMonitor, "a conmon of this test's containers is still running")
             }
         }
+    
+    /// The supervisor starts a serving container that exited again at once, then after its
+    /// back-off (2 s here, 10 s by default); a container of a version that does not serve stays down.
+    static func supervision(runtime: PodmanRuntime, serving: Deployment, url: String, logger: Logger) async throws {
+        let supervisor = ContainerSupervisor(runtime: runtime, backoff: RestartBackoff(base: 2, cap: 4), logger: logger)
+        let name = "loco-acme-web-d\(serving.id)-web"
+        func kill(_ container: String) async throws {
+            #expect(try await runtime.run(["kill", container]).0 == 0)
+            let ended = try await eventually(timeout: .seconds(10), every: .milliseconds(100)) {
+                try await runtime.listed().first { $0.name == container }?.hasEnded == true
+            }
+            #expect(ended, "\(container) exited")
+        }
+        func instance(_ container: String) async throws -> AppInstance? {
+            try await runtime.instances(team: "acme", app: "web").first { $0.name == container }
+        }
+        #expect(try await supervisor.pass().isEmpty, "nothing to do while it runs")
+
+        try await kill(name)
+        let first = try await supervisor.pass()
+        #expect(first == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 1)], "the first exit restarts at once: \(first)")
+        let answers = try await eventually(timeout: .seconds(10), every: .milliseconds(200)) {
+            try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output.contains("Version two")
+        }
+        #expect(answers, "the app answers again at its address")
+        let running = try await instance(name)
+        #expect(running?.state == "running" && running?.restarts == 1 && running?.lastExitCode == 137 && running?.nextStartAt == nil, "\(String(describing: running))")
+
+        // The second exit in a row waits out the back-off.
+        try await kill(name)
+        let killedAt = Date()
+        #expect(try await supervisor.pass().isEmpty, "the second exit waits")
+        let waiting = try await instance(name)
+        #expect(waiting?.state == "exited" && waiting?.restarts == 1 && waiting?.lastExitCode == 137, "\(String(describing: waiting))")
+        let next = try #require(waiting?.nextStartAt, "\(String(describing: waiting))")
+        #expect(next > killedAt.addingTimeInterval(-1.5) && next < killedAt.addingTimeInterval(2.5), "about 2 s after the exit: \(next) vs \(killedAt)")
+        var second: [ContainerSupervisor.Restart] = []
+        let restarted = try await eventually(timeout: .seconds(15), every: .milliseconds(250)) {
+            second = try await supervisor.pass()
+            return !second.isEmpty
+        }
+        #expect(restarted && second == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 2)], "\(second)")
+        let again = try await instance(name)
+        #expect(again?.state == "running" && again?.restarts == 2 && again?.nextStartAt == nil, "\(String(describing: again))")
+
+        // A version that does not serve (one rolling out, an old one) is not started again.
+        let image = try await runtime.run(["inspect", "--format", "{{.ImageName}}", name]).1.trimmingCharacters(in: .whitespacesAndNewlines)
+        let spare: Int64 = 900_000 + serving.id
+        let spareName = "loco-acme-web-d\(spare)-web"
+        let spec = ServiceSpec(name: "web", image: image, port: 8080)
+        // The image is in podman's storage already: start the container without a pull.
+        _ = try await runtime.start(spec, named: spareName, replica: 1,
+                                    DesiredState(team: "acme", app: "web", deploymentID: spare, services: [spec], pullCredentials: nil))
+        try await kill(spareName)
+        #expect(try await supervisor.pass().isEmpty)
+        let down = try await instance(spareName)
+        #expect(down?.state == "exited" && down?.restarts == 0 && down?.nextStartAt == nil, "\(String(describing: down))")
+        try await runtime.remove(deploymentID: spare, team: "acme", app: "web")
+        let kept = try await instance(name)
+        #expect(kept?.state == "running" && kept?.restarts == 2, "\(String(describing: kept))")
     }
+}

@@ -24,13 +24,16 @@ public struct AppInstance: Sendable, Equatable, Codable {
     public var name: String
     /// The runtime's word: running, exited, created, …
     public var state: String
-    /// How often it was started again after it exited (its restart policy).
+    /// How often it was started again after it exited.
     public var restarts: Int
     /// The exit code of its last run that ended, when it has ended or restarted.
     public var lastExitCode: Int32?
     public var startedAt: Date?
+    /// When one that exited starts again (it waits out a crash-loop back-off).
+    public var nextStartAt: Date?
 
-    public init(service: String, replica: Int, deploymentID: Int64?, name: String, state: String, restarts: Int, lastExitCode: Int32?, startedAt: Date?) {
+    public init(service: String, replica: Int, deploymentID: Int64?, name: String, state: String, restarts: Int, lastExitCode: Int32?, startedAt: Date?,
+                nextStartAt: Date? = nil) {
         self.service = service
         self.replica = replica
         self.deploymentID = deploymentID
@@ -39,10 +42,11 @@ public struct AppInstance: Sendable, Equatable, Codable {
         self.restarts = restarts
         self.lastExitCode = lastExitCode
         self.startedAt = startedAt
+        self.nextStartAt = nextStartAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case service, replica, deploymentID = "deployment_id", name, state, restarts, lastExitCode = "last_exit_code", startedAt = "started_at"
+        case service, replica, deploymentID = "deployment_id", name, state, restarts, lastExitCode = "last_exit_code", startedAt = "started_at", nextStartAt = "next_start_at"
     }
 }
 

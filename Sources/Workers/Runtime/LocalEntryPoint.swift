@@ -129,6 +129,14 @@ public struct LocalEntryPoint: Sendable {
         return "http://127.0.0.1:\(port)"
     }
 
+    /// The version (deployment) the app's address routes to, from its configuration; nil when
+    /// the app has no address.
+    public func servingGeneration(team: String, app: String) -> Int64? {
+        guard let text = try? String(contentsOf: appsFolder.appending(path: "\(team)--\(app).conf"), encoding: .utf8),
+              let header = text.range(of: "add_header X-Loco-Version ") else { return nil }
+        return Int64(text[header.upperBound...].prefix { $0.isNumber })
+    }
+
     /// Removes the app's address (the app was deleted).
     public func unpublish(team: String, app: String) async throws {
         try await locked {
@@ -307,13 +315,11 @@ public struct LocalEntryPoint: Sendable {
 
     /// Worker processes on one machine share the folder; one of them changes it at a time.
     func locked<T>(_ body: () async throws -> T) async throws -> T {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        let fd = open(folder.appending(path: "lock").path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw EntryPointError(message: "cannot open the entry point's lock file: errno \(errno)") }
-        defer { close(fd) }
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 { try await Task.sleep(for: .milliseconds(20)) }
-        defer { flock(fd, LOCK_UN) }
-        return try await body()
+        do {
+            return try await FileLock(file: folder.appending(path: "lock")).withLock(body)
+        } catch let error as FileLockError {
+            throw EntryPointError(message: "cannot lock the entry point's folder: \(error)")
+        }
     }
 }
 

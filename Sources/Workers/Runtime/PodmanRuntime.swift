@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import LocoCore
+import LocoShared
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -74,9 +75,9 @@ public struct PodmanRuntime: Runtime {
         // slirp4netns, not the default CNI bridge: a user-space process listens on the published
         // port, where the bridge's iptables forwarding once refused every connection to a running
         // container for 10 s in a full test run (podman 4.3, CNI).
-        // A container that exits with an error is started again, as Fly Machines' default
-        // policy and Kubernetes' pods do, on the same published port. podman 4.3 has no back-off.
-        var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns", "--restart", "on-failure",
+        // No podman restart policy: `ContainerSupervisor` starts the serving version's containers
+        // again, with a back-off (podman 4.3 has none), on the same published port.
+        var arguments = ["run", "-d", "--name", name, "--network", "slirp4netns",
                          "--label", "loco.app=\(desired.team)/\(desired.app)", "--label", "loco.deployment=\(desired.deploymentID)",
                          "--label", "loco.service=\(service.name)", "--label", "loco.replica=\(replica)", "-p", "127.0.0.1::\(service.port)"]
         if let memory = service.memoryBytes { arguments += ["--memory", "\(memory)", "--memory-swap", "\(memory)"] }
@@ -127,6 +128,32 @@ public struct PodmanRuntime: Runtime {
         struct ContainerConfig: Decodable { var Labels: [String: String]? }
     }
 
+    /// One line of `podman ps --format json`: enough to decide about restarts in one call.
+    struct Listed: Decodable {
+        var Id: String
+        var Names: [String]
+        var State: String
+        var ExitCode: Int32
+        /// Unix seconds.
+        var ExitedAt: Int64
+        var StartedAt: Int64
+        var Labels: [String: String]?
+
+        var name: String { Names.first ?? Id }
+        var hasEnded: Bool { ["exited", "stopped"].contains(State) }
+    }
+
+    /// Every app container on this storage.
+    func listed() async throws -> [Listed] {
+        let (status, json) = try await run(["ps", "-a", "--filter", "label=loco.app", "--format", "json"])
+        guard status == 0 else { throw PodmanListError(output: String(json.suffix(300))) }
+        guard let data = json.data(using: .utf8), !json.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return [] }
+        return try JSONDecoder().decode([Listed].self, from: data)
+    }
+
+    /// What `ContainerSupervisor` recorded of the containers it started again.
+    var restartBook: RestartBook { RestartBook(file: stateFolder.appending(path: "restarts.json")) }
+
     func containers(team: String, app: String, deploymentID: Int64? = nil) async throws -> [Container] {
         var filters = ["--filter", "label=loco.app=\(team)/\(app)"]
         if let deploymentID { filters += ["--filter", "label=loco.deployment=\(deploymentID)"] }
@@ -174,11 +201,10 @@ public struct PodmanRuntime: Runtime {
             // Every replica must run and answer: one that crashes fails the rollout, as on Kubernetes.
             let containers = running.filter { $0.Config.Labels?["loco.service"] == service.name }
             guard !containers.isEmpty else { return .progressing("\(service.name) has no container yet") }
-            // Exited, or started again by its restart policy: either way it crashed.
-            for container in containers where ["exited", "stopped", "dead"].contains(container.State.Status) || (container.RestartCount ?? 0) > 0 {
+            // Nothing starts a version that does not serve yet again: an exit is a crash.
+            for container in containers where ["exited", "stopped", "dead"].contains(container.State.Status) {
                 let tail = try await logTail(container.Name, lines: 30)
-                // A restarted container's own exit code is the new run's (0): the last `died` event has the crash's.
-                let exitCode = (container.RestartCount ?? 0) > 0 ? try await lastExitCode(container.Id) ?? container.State.ExitCode : container.State.ExitCode
+                let exitCode = container.State.ExitCode
                 let killedForMemory = exitCode == 137 ? try await killedForMemory(container.Id) : false
                 if container.State.OOMKilled || killedForMemory {
                     return .failed(.oomKilled(service: service.name, limit: service.memoryBytes, tail: tail))
@@ -218,29 +244,24 @@ public struct PodmanRuntime: Runtime {
     }
 
     public func instances(team: String, app: String) async throws -> [AppInstance] {
+        let records = restartBook.read()
         var found: [AppInstance] = []
         for container in try await containers(team: team, app: app) {
             let labels = container.Config.Labels ?? [:]
-            let restarts = container.RestartCount ?? 0
+            let record = records[container.Id]
             let ended = !["running", "created", "configured", "initialized"].contains(container.State.Status)
             found.append(AppInstance(service: labels["loco.service"] ?? container.Name, replica: labels["loco.replica"].flatMap { Int($0) } ?? 1,
                                      deploymentID: labels["loco.deployment"].flatMap { Int64($0) }, name: container.Name, state: container.State.Status,
-                                     restarts: restarts,
-                                     lastExitCode: restarts > 0 ? try await lastExitCode(container.Id) : ended ? container.State.ExitCode : nil,
-                                     startedAt: container.State.StartedAt.flatMap(Self.parseTimestamp)))
+                                     // Containers made before the supervisor had podman's own policy.
+                                     restarts: (record?.restarts ?? 0) + (container.RestartCount ?? 0),
+                                     lastExitCode: ended ? container.State.ExitCode : record?.lastExitCode,
+                                     startedAt: container.State.StartedAt.flatMap(Self.parseTimestamp),
+                                     nextStartAt: ended ? record?.nextStartAt : nil))
         }
         // The newest version first; in it, by service and replica.
         return found.sorted { a, b in
             a.deploymentID != b.deploymentID ? (a.deploymentID ?? 0) > (b.deploymentID ?? 0) : (a.service, a.replica) < (b.service, b.replica)
         }
-    }
-
-    /// The exit code of the container's last run that ended, from podman's event log.
-    func lastExitCode(_ containerID: String) async throws -> Int32? {
-        let (status, output) = try await run(["events", "--stream=false", "--filter", "container=\(containerID)", "--filter", "event=died",
-                                              "--format", "{{.ContainerExitCode}}"])
-        guard status == 0 else { return nil }
-        return output.split(separator: "\n").last.flatMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
     }
 
     func logTail(_ name: String, lines: Int) async throws -> [String] {
@@ -354,4 +375,12 @@ public struct PodmanRuntime: Runtime {
         let trimmed = String(stamp[..<dot]) + "." + fraction.padding(toLength: 3, withPad: "0", startingAt: 0) + String(stamp[zone...])
         return try? Date(trimmed, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
+}
+
+/// `podman ps` failed: the storage cannot be read (its settings or runroot are gone).
+struct PodmanListError: CodedError {
+    var output: String
+    var code: String { "runtime_unavailable" }
+    var message: String { "podman could not list the app containers: \(output)" }
+    var hint: String { "Check the workers' podman storage (LOCO_WORK_DIR/podman) and run 'podman ps' with its settings." }
 }

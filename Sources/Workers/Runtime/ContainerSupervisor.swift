@@ -1,0 +1,88 @@
+import Foundation
+import Logging
+
+/// Starts the serving version's containers again after they exit, as the kubelet does for a
+/// pod's: at once the first time, then with `RestartBackoff`'s growing waits. podman 4.3's own
+/// restart policy has no back-off (a container that exited right after start was restarted 32
+/// times in 10 s). Only the version the app's address routes to is started again: one still
+/// rolling out must fail its rollout (`CRASH_LOOP`), and an older one is on its way out.
+/// `locod api` runs it on the local runtime; several running at once take turns (a file lock).
+public struct ContainerSupervisor: Sendable {
+    public let runtime: PodmanRuntime
+    public let backoff: RestartBackoff
+    let logger: Logger
+
+    public init(runtime: PodmanRuntime, backoff: RestartBackoff = RestartBackoff(), logger: Logger) {
+        self.runtime = runtime
+        self.backoff = backoff
+        self.logger = logger
+    }
+
+    /// A container started again.
+    public struct Restart: Sendable, Equatable {
+        public var name: String
+        public var exitCode: Int32
+        public var restarts: Int
+    }
+
+    /// One look at every app container: starts those due, records when the others are.
+    @discardableResult
+    public func pass(now: Date = Date()) async throws -> [Restart] {
+        // Nothing was ever run on this storage (an API started before any worker).
+        guard FileManager.default.fileExists(atPath: runtime.stateFolder.appending(path: "containers.conf").path) else { return [] }
+        let book = runtime.restartBook
+        return try await book.lock.withLock {
+            let listed = try await runtime.listed()
+            var records = book.read().filter { id, _ in listed.contains { $0.Id == id } }
+            var serving: [String: Int64?] = [:]
+            var restarted: [Restart] = []
+            for container in listed where container.hasEnded {
+                guard let app = container.Labels?["loco.app"], let deployment = container.Labels?["loco.deployment"].flatMap(Int64.init) else { continue }
+                if serving[app] == nil {
+                    let parts = app.split(separator: "/", maxSplits: 1).map(String.init)
+                    serving[app] = parts.count == 2 ? runtime.entryPoint.servingGeneration(team: parts[0], app: parts[1]) : nil
+                }
+                guard serving[app] == .some(deployment) else { continue }
+                var record = records[container.Id] ?? RestartRecord()
+                let exitedAt = Date(timeIntervalSince1970: TimeInterval(container.ExitedAt))
+                let streak = backoff.streak(record.streak, afterRunOf: TimeInterval(container.ExitedAt - container.StartedAt))
+                // A start that failed counts as a try: the next waits from it, not from the exit.
+                let since = max(exitedAt, record.lastAttemptAt ?? exitedAt)
+                let due = since.addingTimeInterval(backoff.delay(afterRestarts: streak))
+                guard now >= due else {
+                    record.nextStartAt = due
+                    records[container.Id] = record
+                    continue
+                }
+                let (status, output) = try await runtime.run(["start", container.Id])
+                record.streak = streak + 1
+                record.lastAttemptAt = now
+                record.nextStartAt = nil
+                if status == 0 {
+                    record.restarts += 1
+                    record.lastExitCode = container.ExitCode
+                    record.lastError = nil
+                    restarted.append(Restart(name: container.name, exitCode: container.ExitCode, restarts: record.restarts))
+                    logger.info("started a serving container again", metadata: ["container": "\(container.name)", "exit_code": "\(container.ExitCode)",
+                                                                                "restarts": "\(record.restarts)"])
+                } else {
+                    record.lastError = String(output.suffix(300))
+                    logger.warning("could not start a serving container again", metadata: ["container": "\(container.name)", "podman": "\(output.suffix(300))"])
+                }
+                records[container.Id] = record
+            }
+            try book.write(records)
+            return restarted
+        }
+    }
+
+    /// Passes every `interval` until the task is cancelled.
+    public func run(every interval: Duration) async {
+        while !Task.isCancelled {
+            do { try await pass() } catch is CancellationError { return } catch {
+                logger.warning("container supervision failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+}
