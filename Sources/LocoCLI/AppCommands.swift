@@ -79,7 +79,8 @@ extension Status {
         if restarts > 0 { text += ", restarted \(restarts) time\(restarts == 1 ? "" : "s")" }
         if running, restarts > 0, let code { text += " (last exit code \(code))" }
         if !running, let at = parseDate(instance["next_start_at"]) {
-            text += "; starts again in \(max(0, Int(at.timeIntervalSince(now).rounded(.up)))) s (crash-loop back-off)"
+            let seconds = Int(at.timeIntervalSince(now).rounded(.up))
+            text += "; starts again \(seconds > 0 ? "in \(seconds) s" : "now") (crash-loop back-off)"
         }
         return text
     }
