@@ -52,6 +52,11 @@ struct Status: AsyncParsableCommand {
             for (index, instance) in serving.enumerated() {
                 Out.line((index == 0 ? "  instances:  " : "              ") + Self.describe(instance))
             }
+            // Down and waiting to start again: say where to look and what fixes it.
+            let looping = serving.filter { $0["next_start_at"]?.stringValue != nil }.compactMap { $0["service"]?.stringValue }
+            if let first = looping.first {
+                Out.line("  Next:       'loco logs' shows why \(first) keeps exiting; deploy a fix, or 'loco rollback' to the version before")
+            }
         } else {
             Out.line("  serving:    nothing yet — run 'loco deploy'")
         }
@@ -212,7 +217,12 @@ struct Logs: AsyncParsableCommand {
 
     static func human(_ line: JSONValue) -> String {
         let terminal = Terminal.current
-        return terminal.dim("\(line["at"]?.text ?? "") ") + terminal.yellow((line["service"]?.text ?? "") + Self.replicaSuffix(line["replica"]?.int)) + terminal.dim(" │ ") + (line["line"]?.text ?? "")
+        let name = (line["service"]?.text ?? "") + Self.replicaSuffix(line["replica"]?.int)
+        // Loco's own lines (a restart, a back-off) as Heroku marks its own: `loco[web]`.
+        if line["source"]?.stringValue == "loco" {
+            return terminal.dim("\(line["at"]?.text ?? "") ") + terminal.cyan("loco[\(name)]") + terminal.dim(" │ ") + (line["line"]?.text ?? "")
+        }
+        return terminal.dim("\(line["at"]?.text ?? "") ") + terminal.yellow(name) + terminal.dim(" │ ") + (line["line"]?.text ?? "")
     }
 
     /// A second or later replica's lines are marked as its container is named: `web.r2`.

@@ -444,7 +444,8 @@ struct CLITests {
                     backingOff = (try? await cli.run(["status", "--config", hello.appending(path: "loco.toml").path]).output) ?? ""
                     return backingOff.contains("(crash-loop back-off)")
                 }, "\(backingOff)")
-                #expect(backingOff.contains("instances:  web       exited (exit code 137), restarted 1 time; starts again in "), "\(backingOff)")
+                #expect(backingOff.contains("instances:  web       exited (exit code 137), restarted 1 time; starts again in ")
+                        && backingOff.contains("Next:       'loco logs' shows why web keeps exiting"), "\(backingOff)")
                 #expect(await eventually(timeout: .seconds(30), every: .milliseconds(500)) {
                     let listed = try? await cli.json(["status", "--config", hello.appending(path: "loco.toml").path]).value["instances"]?.items
                     return listed?.first?["restarts"]?.int == 2 && listed?.first?["state"]?.stringValue == "running"
@@ -452,6 +453,14 @@ struct CLITests {
                 #expect(await eventually(timeout: .seconds(10), every: .milliseconds(250)) {
                     ((try? await Self.curl(helloURL)) ?? "").contains("Hello from Loco")
                 }, "answering again")
+                // `loco logs` says what Loco did, marked as its own.
+                let platform = try await cli.run(["logs", "--config", hello.appending(path: "loco.toml").path])
+                #expect(platform.output.contains("loco[web] │ exited with code 137; started again (restart 1)")
+                        && platform.output.contains("loco[web] │ exited with code 137; starts again in ")
+                        && platform.output.contains("loco[web] │ started again after its back-off (restart 2)"), "\(platform.output)")
+                let platformJSON = try await cli.run(["logs", "--config", hello.appending(path: "loco.toml").path, "-o", "json"])
+                #expect(platformJSON.output.contains(#""line":"started again after its back-off (restart 2)""#) && platformJSON.output.contains(#""source":"loco""#),
+                        "\(platformJSON.output)")
                 // The examples that fail once started, each deployed as hello (`--app`) over its serving version.
                 let failing: [(String, String, [String])] = [
                     ("crash-on-start", "CRASH_LOOP", ["exit code 3", "DATABASE_URL is not set"]),

@@ -244,6 +244,17 @@ struct RuntimeStageTests {
         let again = try await instance(name)
         #expect(again?.state == "running" && again?.restarts == 2 && again?.nextStartAt == nil, "\(String(describing: again))")
 
+        // `loco logs` shows what Loco did, among the app's own lines.
+        var said: [String] = []
+        for try await line in runtime.logStream(team: "acme", app: "web", options: LogOptions()) where line.source == "loco" {
+            #expect(line.service == "web" && line.deploymentID == serving.id, "\(line)")
+            said.append(line.line)
+        }
+        #expect(said.count == 3 && said.first == "exited with code 137; started again (restart 1)"
+                && said.dropFirst().first?.hasPrefix("exited with code 137; starts again in ") == true
+                && said.dropFirst().first?.hasSuffix(" s (crash-loop back-off)") == true
+                && said.last == "started again after its back-off (restart 2)", "\(said)")
+
         // A version that does not serve (one rolling out, an old one) is not started again.
         let image = try await runtime.run(["inspect", "--format", "{{.ImageName}}", name]).1.trimmingCharacters(in: .whitespacesAndNewlines)
         let spare: Int64 = 900_000 + serving.id

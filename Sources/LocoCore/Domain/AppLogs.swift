@@ -74,14 +74,18 @@ public struct LogLine: Sendable, Equatable, Codable {
     /// Which of the service's replicas printed it (1, 2, …): with several, lines interleave.
     public var replica: Int
     public var line: String
+    /// `loco` for what Loco says about the container (a restart, a crash-loop back-off); nil
+    /// for the app's own output.
+    public var source: String?
 
-    public init(at: Date?, service: String, deploymentID: Int64?, replica: Int = 1, line: String) {
+    public init(at: Date?, service: String, deploymentID: Int64?, replica: Int = 1, line: String, source: String? = nil) {
         self.at = at
         self.service = service
         self.deploymentID = deploymentID
         self.replica = replica
         self.line = line
+        self.source = source
     }
 
-    enum CodingKeys: String, CodingKey { case at, service, deploymentID = "deployment_id", replica, line }
+    enum CodingKeys: String, CodingKey { case at, service, deploymentID = "deployment_id", replica, line, source }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LocoCore
 import Logging
 
 /// Starts the serving version's containers again after they exit, as the kubelet does for a
@@ -50,6 +51,10 @@ public struct ContainerSupervisor: Sendable {
                 let since = max(exitedAt, record.lastAttemptAt ?? exitedAt)
                 let due = since.addingTimeInterval(backoff.delay(afterRestarts: streak))
                 guard now >= due else {
+                    if record.nextStartAt == nil {
+                        let wait = Int(due.timeIntervalSince(now).rounded(.up))
+                        say("\(try await exitDescription(container)); starts again in \(wait) s (crash-loop back-off)", about: container, at: now)
+                    }
                     record.nextStartAt = due
                     records[container.Id] = record
                     continue
@@ -57,22 +62,44 @@ public struct ContainerSupervisor: Sendable {
                 let (status, output) = try await runtime.run(["start", container.Id])
                 record.streak = streak + 1
                 record.lastAttemptAt = now
-                record.nextStartAt = nil
                 if status == 0 {
                     record.restarts += 1
                     record.lastExitCode = container.ExitCode
                     record.lastError = nil
                     restarted.append(Restart(name: container.name, exitCode: container.ExitCode, restarts: record.restarts))
+                    // A wait was announced with its exit code; an immediate restart says it now.
+                    say(record.nextStartAt == nil ? "\(try await exitDescription(container)); started again (restart \(record.restarts))"
+                                                  : "started again after its back-off (restart \(record.restarts))", about: container, at: now)
                     logger.info("started a serving container again", metadata: ["container": "\(container.name)", "exit_code": "\(container.ExitCode)",
                                                                                 "restarts": "\(record.restarts)"])
                 } else {
                     record.lastError = String(output.suffix(300))
+                    say("could not be started again: \(output.suffix(300).trimmingCharacters(in: .whitespacesAndNewlines))", about: container, at: now)
                     logger.warning("could not start a serving container again", metadata: ["container": "\(container.name)", "podman": "\(output.suffix(300))"])
                 }
+                record.nextStartAt = nil
                 records[container.Id] = record
             }
             try book.write(records)
             return restarted
+        }
+    }
+
+    /// "exited with code 1", or for a kill the kernel logged as out of memory, says so.
+    private func exitDescription(_ container: PodmanRuntime.Listed) async throws -> String {
+        let killedForMemory = container.ExitCode == 137 ? try await runtime.killedForMemory(container.Id) : false
+        return "exited with code \(container.ExitCode)" + (killedForMemory ? " (killed for using more than its memory limit)" : "")
+    }
+
+    /// One line of the app's platform log (`loco logs` shows it as `loco[web]`).
+    private func say(_ text: String, about container: PodmanRuntime.Listed, at: Date) {
+        let labels = container.Labels ?? [:]
+        let parts = (labels["loco.app"] ?? "").split(separator: "/", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return }
+        let line = LogLine(at: at, service: labels["loco.service"] ?? container.name, deploymentID: labels["loco.deployment"].flatMap(Int64.init),
+                           replica: labels["loco.replica"].flatMap(Int.init) ?? 1, line: text, source: "loco")
+        do { try runtime.platformLog.append(line, team: parts[0], app: parts[1]) } catch {
+            logger.warning("could not write the platform log", metadata: ["error": "\(error)"])
         }
     }
 

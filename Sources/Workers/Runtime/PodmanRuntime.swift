@@ -153,6 +153,8 @@ public struct PodmanRuntime: Runtime {
 
     /// What `ContainerSupervisor` recorded of the containers it started again.
     var restartBook: RestartBook { RestartBook(file: stateFolder.appending(path: "restarts.json")) }
+    /// What `ContainerSupervisor` said about each app's containers.
+    var platformLog: PlatformLog { PlatformLog(folder: stateFolder.appending(path: "platform-logs")) }
 
     func containers(team: String, app: String, deploymentID: Int64? = nil) async throws -> [Container] {
         var filters = ["--filter", "label=loco.app=\(team)/\(app)"]
@@ -312,6 +314,7 @@ public struct PodmanRuntime: Runtime {
         for container in try await containers(team: team, app: app) {
             _ = try await run(["rm", "-f", "-t", "0", container.Name])
         }
+        platformLog.remove(team: team, app: app)
         try await entryPoint.unpublish(team: team, app: app)
     }
 
@@ -324,8 +327,32 @@ public struct PodmanRuntime: Runtime {
                         .sorted { ($0.Config.Labels?["loco.deployment"] ?? "") < ($1.Config.Labels?["loco.deployment"] ?? "") }
                     // Without follow, lines of all containers are merged by time; with follow,
                     // each container's lines flow as they come.
-                    var collected: [LogLine] = []
-                    try await withThrowingTaskGroup(of: [LogLine].self) { group in
+                    // Loco's own lines about these containers, by the same filters.
+                    let deployments = Set(found.compactMap { $0.Config.Labels?["loco.deployment"].flatMap { Int64($0) } })
+                    func platformLines(_ lines: [LogLine]) -> [LogLine] {
+                        lines.filter { line in
+                            (line.deploymentID.map(deployments.contains) ?? false) && (options.service == nil || line.service == options.service)
+                                && (options.since.map { since in (line.at ?? .distantPast) >= since } ?? true)
+                        }
+                    }
+                    let (written, end) = platformLog.lines(team: team, app: app)
+                    let platform = platformLines(written).suffix(options.tail ?? Int.max)
+                    var collected: [LogLine] = options.follow ? [] : Array(platform)
+                    if options.follow { for line in platform { continuation.yield(line) } }
+                    // nil from the platform log's follower, which ends once every container's has.
+                    try await withThrowingTaskGroup(of: [LogLine]?.self) { group in
+                        if options.follow, !found.isEmpty {
+                            // New entries as the supervisor writes them.
+                            group.addTask {
+                                var offset = end
+                                while true {
+                                    do { try await Task.sleep(for: .milliseconds(500)) } catch { return nil }
+                                    let (more, next) = platformLog.lines(team: team, app: app, from: offset)
+                                    offset = next
+                                    for line in platformLines(more) { continuation.yield(line) }
+                                }
+                            }
+                        }
                         for container in found {
                             let service = container.Config.Labels?["loco.service"] ?? container.Name
                             let deployment = container.Config.Labels?["loco.deployment"].flatMap { Int64($0) }
@@ -345,7 +372,13 @@ public struct PodmanRuntime: Runtime {
                                 return lines.take().map { Self.logLine($0, service: service, deploymentID: deployment, replica: replica) }
                             }
                         }
-                        for try await lines in group { collected += lines }
+                        var following = found.count
+                        for try await lines in group {
+                            guard let lines else { continue }
+                            collected += lines
+                            following -= 1
+                            if following == 0 { group.cancelAll() }
+                        }
                     }
                     for line in collected.sorted(by: { ($0.at ?? .distantPast) < ($1.at ?? .distantPast) }) { continuation.yield(line) }
                     continuation.finish()
