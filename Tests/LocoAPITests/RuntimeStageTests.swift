@@ -190,6 +190,7 @@ struct RuntimeStageTests {
                 }
                 #expect(removed)
                 #expect(try await eventually(timeout: .seconds(10)) { try await get(thirdURL).isEmpty }, "nothing serves the deleted app")
+                #expect(!FileManager.default.fileExists(atPath: runtime.platformLog.file(team: "acme", app: "web").path), "its platform log went with it")
                 #expect(try await runtime.endpoints(deploymentID: third.id, team: "acme", app: "web").isEmpty)
                 #expect(try await registry.manifestDigest(repository: "acme/web", reference: try #require(third.imageDigest), accept: types) == nil)
                 // Nor is a container monitor left: the retire that the deletion cancelled ran to its end.
@@ -254,6 +255,8 @@ struct RuntimeStageTests {
                 && said.dropFirst().first?.hasPrefix("exited with code 137; starts again in ") == true
                 && said.dropFirst().first?.hasSuffix(" s (crash-loop back-off)") == true
                 && said.last == "started again after its back-off (restart 2)", "\(said)")
+
+        #expect(FileManager.default.fileExists(atPath: runtime.platformLog.file(team: "acme", app: "web").path))
 
         // A version that does not serve (one rolling out, an old one) is not started again.
         let image = try await runtime.run(["inspect", "--format", "{{.ImageName}}", name]).1.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -314,7 +314,8 @@ public struct PodmanRuntime: Runtime {
         for container in try await containers(team: team, app: app) {
             _ = try await run(["rm", "-f", "-t", "0", container.Name])
         }
-        platformLog.remove(team: team, app: app)
+        // Under the supervisor's lock: a pass that saw a container before it went writes first.
+        try await restartBook.lock.withLock { platformLog.remove(team: team, app: app) }
         try await entryPoint.unpublish(team: team, app: app)
     }
 
