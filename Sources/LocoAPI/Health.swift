@@ -31,6 +31,13 @@ public final class APIMetrics: Sendable {
                                        labels: [("route", route)], buckets: Self.buckets).record(duration)
     }
 
+    /// A serving container the local runtime's supervisor started again (`app` is team/app).
+    public func recordRestart(app: String, service: String) {
+        registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "loco", subsystem: "api", metricName: "container_restarts", unitName: "total",
+                                                              helpText: "Serving containers started again after they exited (local runtime)."),
+                             labels: [("app", app), ("service", service)]).increment()
+    }
+
     func middleware() -> some RouterMiddleware<BasicRequestContext> { RequestMetricsMiddleware(metrics: self) }
 
     public func render() -> String {

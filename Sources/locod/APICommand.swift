@@ -63,13 +63,13 @@ struct APICommand: AsyncParsableCommand {
             let pool = ConnectionPool(url: url, size: poolSize, logger: logger)
             let runtimeName = runtime ?? environment["LOCO_RUNTIME"] ?? "local"
             var runtimeView: (any AppRuntimeView)?
-            var services: [any Service] = []
+            var supervisor: ContainerSupervisor?
             switch runtimeName {
             case "local":
                 let work = URL(fileURLWithPath: workDir ?? environment["LOCO_WORK_DIR"] ?? ".loco/work")
                 let podman = try PodmanRuntime(stateFolder: work.appending(path: "podman"), configure: false, logger: logger)
                 runtimeView = podman
-                services.append(Supervision(supervisor: ContainerSupervisor(runtime: podman, logger: logger), interval: .seconds(1)))
+                supervisor = ContainerSupervisor(runtime: podman, logger: logger)
             case "none": runtimeView = nil
             default: throw UsageError(message: "--runtime \(runtimeName) is not available", hint: "Use --runtime local (podman) or none.")
             }
@@ -78,6 +78,7 @@ struct APICommand: AsyncParsableCommand {
             let app = Application(router: api.router(), server: API.server, configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
                                   logger: logger)
             let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)
+            let services: [any Service] = supervisor.map { [Supervision(supervisor: $0, metrics: api.metrics, interval: .seconds(1))] } ?? []
             logger.info("API listening", metadata: ["address": "\(host):\(port)", "contexts": "\(contextRoot)",
                                                     "registry_tokens": "\(issuer == nil ? "off" : "on")"])
             let group = ServiceGroup(configuration: .init(services: [reconciler, app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -118,9 +119,12 @@ struct Reconciler: Service {
 /// Starts the serving containers that exited again, once a second (the local runtime).
 struct Supervision: Service {
     let supervisor: ContainerSupervisor
+    let metrics: APIMetrics
     let interval: Duration
 
     func run() async throws {
-        await cancelWhenGracefulShutdown { await supervisor.run(every: interval) }
+        await cancelWhenGracefulShutdown {
+            await supervisor.run(every: interval) { [metrics] restart in metrics.recordRestart(app: restart.app, service: restart.service) }
+        }
     }
 }

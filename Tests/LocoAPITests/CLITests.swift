@@ -453,6 +453,9 @@ struct CLITests {
                 #expect(await eventually(timeout: .seconds(10), every: .milliseconds(250)) {
                     ((try? await Self.curl(helloURL)) ?? "").contains("Hello from Loco")
                 }, "answering again")
+                // Operators see the restarts on the API's /metrics.
+                let scraped = try await Self.curl(stack.base + "/metrics")
+                #expect(scraped.contains(#"loco_api_container_restarts_total{app="acme/hello",service="web"} 2"#), "\(scraped.prefix(2000))")
                 // `loco logs` says what Loco did, marked as its own.
                 let platform = try await cli.run(["logs", "--config", hello.appending(path: "loco.toml").path])
                 #expect(platform.output.contains("loco[web] │ exited with code 137; started again (restart 1)")

@@ -220,7 +220,7 @@ struct RuntimeStageTests {
 
         try await kill(name)
         let first = try await supervisor.pass()
-        #expect(first == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 1)], "the first exit restarts at once: \(first)")
+        #expect(first == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 1, app: "acme/web", service: "web")], "the first exit restarts at once: \(first)")
         let answers = try await eventually(timeout: .seconds(10), every: .milliseconds(200)) {
             try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output.contains("Version two")
         }
@@ -241,7 +241,7 @@ struct RuntimeStageTests {
             second = try await supervisor.pass()
             return !second.isEmpty
         }
-        #expect(restarted && second == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 2)], "\(second)")
+        #expect(restarted && second == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 2, app: "acme/web", service: "web")], "\(second)")
         let again = try await instance(name)
         #expect(again?.state == "running" && again?.restarts == 2 && again?.nextStartAt == nil, "\(String(describing: again))")
 

@@ -24,6 +24,9 @@ public struct ContainerSupervisor: Sendable {
         public var name: String
         public var exitCode: Int32
         public var restarts: Int
+        /// team/app, and the service, from the container's labels.
+        public var app: String
+        public var service: String
     }
 
     /// One look at every app container: starts those due, records when the others are.
@@ -66,7 +69,8 @@ public struct ContainerSupervisor: Sendable {
                     record.restarts += 1
                     record.lastExitCode = container.ExitCode
                     record.lastError = nil
-                    restarted.append(Restart(name: container.name, exitCode: container.ExitCode, restarts: record.restarts))
+                    restarted.append(Restart(name: container.name, exitCode: container.ExitCode, restarts: record.restarts, app: app,
+                                             service: container.Labels?["loco.service"] ?? container.name))
                     // A wait was announced with its exit code; an immediate restart says it now.
                     say(record.nextStartAt == nil ? "\(try await exitDescription(container)); started again (restart \(record.restarts))"
                                                   : "started again after its back-off (restart \(record.restarts))", about: container, at: now)
@@ -103,10 +107,10 @@ public struct ContainerSupervisor: Sendable {
         }
     }
 
-    /// Passes every `interval` until the task is cancelled.
-    public func run(every interval: Duration) async {
+    /// Passes every `interval` until the task is cancelled; `restarted` hears of each restart.
+    public func run(every interval: Duration, restarted: @Sendable (Restart) -> Void = { _ in }) async {
         while !Task.isCancelled {
-            do { try await pass() } catch is CancellationError { return } catch {
+            do { try await pass().forEach(restarted) } catch is CancellationError { return } catch {
                 logger.warning("container supervision failed", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: interval)
