@@ -254,7 +254,7 @@ public struct PodmanRuntime: Runtime {
             let ended = !["running", "created", "configured", "initialized"].contains(container.State.Status)
             found.append(AppInstance(service: labels["loco.service"] ?? container.Name, replica: labels["loco.replica"].flatMap { Int($0) } ?? 1,
                                      deploymentID: labels["loco.deployment"].flatMap { Int64($0) }, name: container.Name, state: container.State.Status,
-                                     // Containers made before the supervisor had podman's own policy.
+                                     // One made before the supervisor existed may have restarts by podman's own policy.
                                      restarts: (record?.restarts ?? 0) + (container.RestartCount ?? 0),
                                      lastExitCode: ended ? container.State.ExitCode : record?.lastExitCode,
                                      startedAt: container.State.StartedAt.flatMap(Self.parseTimestamp),
@@ -326,8 +326,6 @@ public struct PodmanRuntime: Runtime {
                     let found = try await containers(team: team, app: app)
                         .filter { options.service == nil || $0.Config.Labels?["loco.service"] == options.service }
                         .sorted { ($0.Config.Labels?["loco.deployment"] ?? "") < ($1.Config.Labels?["loco.deployment"] ?? "") }
-                    // Without follow, lines of all containers are merged by time; with follow,
-                    // each container's lines flow as they come.
                     // Loco's own lines about these containers, by the same filters.
                     let deployments = Set(found.compactMap { $0.Config.Labels?["loco.deployment"].flatMap { Int64($0) } })
                     func platformLines(_ lines: [LogLine]) -> [LogLine] {
@@ -338,6 +336,8 @@ public struct PodmanRuntime: Runtime {
                     }
                     let (written, end) = platformLog.lines(team: team, app: app)
                     let platform = platformLines(written).suffix(options.tail ?? Int.max)
+                    // Without follow, lines of all containers are merged by time; with follow,
+                    // each container's lines flow as they come.
                     var collected: [LogLine] = options.follow ? [] : Array(platform)
                     if options.follow { for line in platform { continuation.yield(line) } }
                     // nil from the platform log's follower, which ends once every container's has.
