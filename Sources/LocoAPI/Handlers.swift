@@ -274,14 +274,34 @@ extension API {
         let stream = runtime.logStream(team: access.app.team, app: access.app.name,
                                     options: LogOptions(follow: follow, since: since, tail: tail, service: service))
         let body = ResponseBody { writer in
-            for try await line in stream {
-                try await writer.write(ByteBuffer(string: CoreJSON.encode(line) + "\n"))
+            // A follow runs until the client goes, which only a write notices: a quiet app's
+            // stream gets an empty line every 15 s (clients skip it), so a gone client's follow
+            // (and its podman processes) ends within that.
+            let (texts, sink) = AsyncThrowingStream.makeStream(of: String.self)
+            let pump = Task {
+                do {
+                    for try await line in stream { sink.yield(CoreJSON.encode(line) + "\n") }
+                    sink.finish()
+                } catch {
+                    sink.finish(throwing: error)
+                }
             }
+            let keepAlive = follow ? Task {
+                while (try? await Task.sleep(for: API.logKeepAlive)) != nil { sink.yield("\n") }
+            } : nil
+            defer {
+                pump.cancel()
+                keepAlive?.cancel()
+            }
+            for try await text in texts { try await writer.write(ByteBuffer(string: text)) }
             try await writer.finish(nil)
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
                         body: body)
     }
+
+    /// How often a followed log stream with nothing to say sends an empty line.
+    static let logKeepAlive: Duration = .seconds(15)
 
     /// `since`: an RFC 3339 time, or a duration back from now (`90s`, `10m`, `2h`, `1d`).
     static func since(_ text: String, now: Date) -> Date? {

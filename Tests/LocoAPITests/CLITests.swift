@@ -456,6 +456,17 @@ struct CLITests {
                 // Operators see the restarts on the API's /metrics.
                 let scraped = try await Self.curl(stack.base + "/metrics")
                 #expect(scraped.contains(#"loco_api_container_restarts_total{app="acme/hello",service="web"} 2"#), "\(scraped.prefix(2000))")
+                // A follow runs until its client goes; then its podman processes go too (within
+                // the API's 15 s keep-alive).
+                let follow = try ChildProcess(cli.binary, ["logs", "--follow", "--config", hello.appending(path: "loco.toml").path], environment: cli.environment)
+                let podmanFollows = { try await runCommand(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "logs --timestamps --follow.* \(webName)$"]).output }
+                let attached = try await eventually(timeout: .seconds(20), every: .milliseconds(250)) { try await !podmanFollows().isEmpty }
+                #expect(attached, "loco logs --follow runs podman logs --follow: \(follow.output)")
+                _ = try await Self.curl(helloURL + "/while-followed")
+                #expect(try await eventually(timeout: .seconds(10), every: .milliseconds(250)) { follow.output.contains("/while-followed") }, "\(follow.output)")
+                follow.stop()
+                let released = try await eventually(timeout: .seconds(40), every: .milliseconds(500)) { try await podmanFollows().isEmpty }
+                #expect(released, "the follow's podman processes end after the client goes")
                 // `loco logs` says what Loco did, marked as its own.
                 let platform = try await cli.run(["logs", "--config", hello.appending(path: "loco.toml").path])
                 #expect(platform.output.contains("loco[web] │ exited with code 137; started again (restart 1)")

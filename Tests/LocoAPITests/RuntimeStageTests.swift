@@ -217,6 +217,12 @@ struct RuntimeStageTests {
             try await runtime.instances(team: "acme", app: "web").first { $0.name == container }
         }
         #expect(try await supervisor.pass().isEmpty, "nothing to do while it runs")
+        // `loco logs --follow` from here on: it keeps following across the restarts below.
+        let followed = FollowedLines()
+        let follower = Task {
+            for try await line in runtime.logStream(team: "acme", app: "web", options: LogOptions(follow: true, tail: 0)) { await followed.add(line) }
+            await followed.end()
+        }
 
         try await kill(name)
         let first = try await supervisor.pass()
@@ -244,6 +250,18 @@ struct RuntimeStageTests {
         #expect(restarted && second == [ContainerSupervisor.Restart(name: name, exitCode: 137, restarts: 2, app: "acme/web", service: "web")], "\(second)")
         let again = try await instance(name)
         #expect(again?.state == "running" && again?.restarts == 2 && again?.nextStartAt == nil, "\(String(describing: again))")
+
+        // The follow saw both restarts, and what the app printed after the second.
+        _ = try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url + "/after-the-second-restart"])
+        let followedAll = try await eventually(timeout: .seconds(15), every: .milliseconds(250)) {
+            let lines = await followed.lines
+            return lines.filter { $0.source == "loco" }.count == 3 && lines.contains { $0.line.contains("/after-the-second-restart") }
+        }
+        let followedLines = await followed.lines.map(\.line)
+        #expect(followedAll, "\(followedLines)")
+        follower.cancel()
+        let ended = try await eventually(timeout: .seconds(10), every: .milliseconds(100)) { await followed.ended }
+        #expect(ended, "a cancelled follow ends")
 
         // `loco logs` shows what Loco did, among the app's own lines.
         var said: [String] = []
@@ -274,4 +292,12 @@ struct RuntimeStageTests {
         let kept = try await instance(name)
         #expect(kept?.state == "running" && kept?.restarts == 2, "\(String(describing: kept))")
     }
+}
+
+/// What a followed log stream delivered.
+actor FollowedLines {
+    private(set) var lines: [LogLine] = []
+    private(set) var ended = false
+    func add(_ line: LogLine) { lines.append(line) }
+    func end() { ended = true }
 }
