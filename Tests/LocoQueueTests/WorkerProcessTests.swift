@@ -150,12 +150,23 @@ struct WorkerProcessTests {
                 // it happens again.
                 var sessions = ""
                 let activity = try? await db.client.query("""
-                    SELECT concat_ws(' | ', application_name, state, wait_event_type, wait_event, now() - query_start, left(query, 100))
-                    FROM pg_stat_activity WHERE datname = current_database()
+                    SELECT concat_ws(' | ', datname = current_database(), pid, application_name, state, wait_event_type, wait_event,
+                                     now() - backend_start, now() - query_start, left(query, 100))
+                    FROM pg_stat_activity WHERE backend_type = 'client backend'
                     """)
                 if let activity { for try await line in activity.decode(String.self) { sessions += line + "\n" } }
                 let due = try? await db.scalar("SELECT (run_at - now())::text FROM loco_jobs WHERE id = \(slow.id)", as: String.self)
-                Issue.record("\(error)\nrun_at - now(): \(due ?? "?")\nsessions:\n\(sessions)worker output:\n\(process.output.suffix(6000))")
+                // Whether the maintenance loops kept failing (they log only their first and every
+                // 50th failure) or stopped trying: their database errors by operation.
+                let metrics = try? await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", "http://127.0.0.1:\(port)/metrics"]).output
+                let errors = (metrics ?? "").split(separator: "\n").filter { $0.contains("database_errors") && !$0.hasPrefix("#") }.joined(separator: "\n")
+                // Where each of the worker's threads is (gdb, which scripts/test installs).
+                let threads = try? await runCommand(URL(fileURLWithPath: "/usr/bin/gdb"), ["-p", "\(process.pid)", "-batch", "-ex", "thread apply all bt 12"],
+                                                    timeout: .seconds(60)).output
+                    .split(separator: "\n").filter { $0.hasPrefix("Thread") || $0.hasPrefix("#") }.map { $0.prefix(200) }.joined(separator: "\n")
+                let report = "\(error)\nrun_at - now(): \(due ?? "?")\nsessions (this database, pid, app, state, wait, age, since query, query):\n\(sessions)"
+                    + "database errors:\n\(errors)\nworker output:\n\(process.output.suffix(6000))\nworker threads:\n\((threads ?? "gdb failed").suffix(16000))"
+                Issue.record("\(report)")
                 return
             }
             #expect(failed.errors.map(\.code) == ["job_timeout", "job_timeout"], "worker output:\n\(process.output)")
