@@ -53,9 +53,8 @@ struct Status: AsyncParsableCommand {
                 Out.line((index == 0 ? "  instances:  " : "              ") + Self.describe(instance))
             }
             // Down and waiting to start again: say where to look and what fixes it.
-            let looping = serving.filter { $0["next_start_at"]?.stringValue != nil }.compactMap { $0["service"]?.stringValue }
-            if let first = looping.first {
-                Out.line("  Next:       'loco logs' shows why \(first) keeps exiting; deploy a fix, or 'loco rollback' to the version before")
+            if let looping = serving.first(where: { $0["next_start_at"]?.stringValue != nil })?["service"]?.stringValue {
+                Out.line("  Next:       'loco logs' shows why \(looping) keeps exiting; deploy a fix, or 'loco rollback' to the version before")
             }
         } else {
             Out.line("  serving:    nothing yet — run 'loco deploy'")
