@@ -84,11 +84,14 @@ struct LocoStack {
         guard made.status == 0 else { throw TestSetupError("scripts/base-image failed: \(made.output)") }
         let stack = LocoStack(db: db, folder: folder, api: api, workers: workers, base: base, token: token, workerToken: workerToken,
                               baseImage: baseImage, registryURL: registryURL, environment: env)
-        // Workers first (a graceful stop lets a cleanup job finish removing a container), then
-        // every container of the test.
+        // Workers first (a graceful stop lets a cleanup job finish removing a container), then the
+        // API (its supervisor starts serving containers that exit again), then every container of
+        // the test.
         func teardown() async throws {
             workers.signal(SIGTERM)
             #expect(await workers.waitForExit(timeout: .seconds(30)) == 0, "workers exit 0 on SIGTERM")
+            api.signal(SIGTERM)
+            #expect(await api.waitForExit(timeout: .seconds(30)) == 0, "locod api exits 0 on SIGTERM: \(api.output.suffix(2000))")
             try await stack.removeApps(runtime)
         }
         do {

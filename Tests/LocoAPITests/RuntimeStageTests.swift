@@ -118,6 +118,10 @@ struct RuntimeStageTests {
                 #expect(try await eventually(timeout: .seconds(30)) { try await db.state(ofDeploymentJob: second.id, stage: "cleanup") == "completed" })
                 #expect(try await get(firstContainer).isEmpty, "the old version's container is gone")
                 #expect(try await runtime.endpoints(deploymentID: first.id, team: "acme", app: "web").isEmpty)
+                // The first version's cleanup once more, late (a retried or held-up job): the newer,
+                // serving version stays (it once stopped it, and the app answered 502).
+                #expect(try await runtime.retire(keeping: first.id, team: "acme", app: "web") == 0)
+                #expect(try await get(secondURL).contains("Version two"), "a late cleanup of an older version leaves the serving one")
 
                 try await Self.supervision(runtime: runtime, serving: second, url: secondURL, logger: db.logger)
 

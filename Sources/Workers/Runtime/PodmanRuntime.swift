@@ -286,7 +286,10 @@ public struct PodmanRuntime: Runtime {
     public func retire(keeping deploymentID: Int64, team: String, app: String) async throws -> Int {
         var removed = 0
         // A graceful stop: SIGTERM, then SIGKILL after 5 s, as Kubernetes' grace period does.
-        for container in try await containers(team: team, app: app) where container.Config.Labels?["loco.deployment"] != "\(deploymentID)" {
+        // Only older versions: a cleanup that runs late (retried, or held up) must not stop a
+        // newer version that serves or rolls out meanwhile.
+        for container in try await containers(team: team, app: app)
+            where (container.Config.Labels?["loco.deployment"].flatMap { Int64($0) } ?? 0) < deploymentID {
             _ = try await run(["rm", "-f", "-t", "5", container.Name])
             removed += 1
         }
@@ -311,12 +314,14 @@ public struct PodmanRuntime: Runtime {
     public static func removeRunroot(stateFolder: URL) { ContainersConfig.removePodmanRunroot(stateFolder) }
 
     public func removeApp(team: String, app: String) async throws {
+        // The address goes first, under the supervisor's lock: from then on the app serves
+        // nothing, so no supervisor pass starts a container again while it is being removed
+        // (a start racing a removal left a container monitor running once).
+        try await restartBook.lock.withLock { try await entryPoint.unpublish(team: team, app: app) }
         for container in try await containers(team: team, app: app) {
             _ = try await run(["rm", "-f", "-t", "0", container.Name])
         }
-        // Under the supervisor's lock: a pass that saw a container before it went writes first.
         try await restartBook.lock.withLock { platformLog.remove(team: team, app: app) }
-        try await entryPoint.unpublish(team: team, app: app)
     }
 
     /// `2026-11-26T23:59:01.123456789+00:00 text` (podman logs --timestamps) → a log line.

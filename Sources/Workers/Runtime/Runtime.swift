@@ -124,8 +124,8 @@ public protocol Runtime: AppRuntimeView {
     /// Makes the deployment's version the one that serves: the app's address routes to its
     /// services by path prefix. Returns the address. Older versions keep running until `retire`.
     func promote(deploymentID: Int64, team: String, app: String, services: [ServiceSpec]) async throws -> String
-    /// Stops every version of the app but the serving one (the cleanup after a success). Returns
-    /// how many containers went.
+    /// Stops every version of the app older than `deploymentID` (the cleanup after its success);
+    /// a newer one stays, as a cleanup may run late. Returns how many containers went.
     func retire(keeping deploymentID: Int64, team: String, app: String) async throws -> Int
     /// Removes one version (a failed or cancelled deployment's), leaving the others alone.
     func remove(deploymentID: Int64, team: String, app: String) async throws
