@@ -231,9 +231,6 @@ extension API {
         return jsonResponse(ListOf(items: try await runtime.instances(team: access.app.team, app: access.app.name)))
     }
 
-    /// `GET /v1/apps/{app}/logs`: NDJSON, one `{at, service, deployment_id, replica, line}` per line,
-    /// oldest first; `follow` keeps the stream open, `since` (RFC 3339 or `10m`, `2h`, `1d`), `tail`
-    /// (lines per container), `service` (one service's lines).
     /// A service named in a request: a DNS label, and one of `known` (the serving version's
     /// services) when something serves.
     static func checkService(_ name: String, of app: String, known: [String]) throws {
@@ -243,6 +240,9 @@ extension API {
         }
     }
 
+    /// `GET /v1/apps/{app}/logs`: NDJSON, one `{at, service, deployment_id, replica, line}` per line
+    /// (`source: "loco"` on Loco's own), oldest first; `follow` keeps the stream open, `since` (RFC
+    /// 3339 or `10m`, `2h`, `1d`), `tail` (lines per container), `service` (one service's lines).
     func appLogs(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let (_, access) = try await app(request, context, for: .readLogs)
         let follow = request.query("follow") == "true" || request.query("follow") == "1"

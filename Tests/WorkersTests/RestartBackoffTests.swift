@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import Workers
 
@@ -35,5 +36,36 @@ struct RestartBackoffTests {
         #expect(book.read() == ["abc": record])
         try Data("{not json".utf8).write(to: book.file)
         #expect(book.read().isEmpty)
+    }
+}
+
+@Suite("The supervisor's failures")
+struct SupervisorFailureTests {
+    @Test("a lock file that cannot be opened is a coded error naming the file and what to do")
+    func lockFileRefused() async throws {
+        let lock = FileLock(file: URL(fileURLWithPath: "/proc/self/loco-restarts.lock"))
+        do {
+            _ = try await lock.withLock { 1 }
+            Issue.record("the lock was taken")
+        } catch let error as FileLockError {
+            #expect(error.code == "runtime_unavailable" && error.message.contains("/proc/self/loco-restarts.lock") && error.hint.contains("LOCO_WORK_DIR"),
+                    "\(error)")
+        }
+    }
+
+    @Test("podman that cannot list the containers fails the pass with a coded error, and the pass records nothing")
+    func podmanListFails() async throws {
+        let folder = FileManager.default.temporaryDirectory.appending(path: "loco-supervisor-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let runtime = try PodmanRuntime(stateFolder: folder, podman: "/bin/false", logger: Logger(label: "test"))
+        defer { PodmanRuntime.removeRunroot(stateFolder: folder) }
+        do {
+            _ = try await ContainerSupervisor(runtime: runtime, logger: Logger(label: "test")).pass()
+            Issue.record("the pass succeeded")
+        } catch let error as PodmanListError {
+            #expect(error.code == "runtime_unavailable" && error.message.hasPrefix("podman could not list the app containers") && error.hint.contains("podman ps"),
+                    "\(error)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: folder.appending(path: "restarts.json").path))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LocoShared
 
 /// An exclusive lock on a file, shared by the processes of one machine (worker processes, the
 /// API): `flock`, polled so that a waiting task stays cancellable and blocks no thread.
@@ -16,8 +17,10 @@ struct FileLock: Sendable {
     }
 }
 
-struct FileLockError: Error, CustomStringConvertible, Sendable {
+struct FileLockError: CodedError {
     var path: String
     var errno: Int32
-    var description: String { "cannot open the lock file \(path): errno \(errno)" }
+    var code: String { "runtime_unavailable" }
+    var message: String { "cannot open the lock file \(path): \(String(cString: strerror(errno)))" }
+    var hint: String { "Make the folder writable for this process (the workers' and the API's --work-dir, LOCO_WORK_DIR)." }
 }

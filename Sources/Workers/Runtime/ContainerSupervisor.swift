@@ -37,15 +37,14 @@ public struct ContainerSupervisor: Sendable {
         let book = runtime.restartBook
         return try await book.lock.withLock {
             let listed = try await runtime.listed()
-            var records = book.read().filter { id, _ in listed.contains { $0.Id == id } }
+            let recorded = book.read()
+            var records = recorded.filter { id, _ in listed.contains { $0.Id == id } }
             var serving: [String: Int64?] = [:]
             var restarted: [Restart] = []
             for container in listed where container.hasEnded {
-                guard let app = container.Labels?["loco.app"], let deployment = container.Labels?["loco.deployment"].flatMap(Int64.init) else { continue }
-                if serving[app] == nil {
-                    let parts = app.split(separator: "/", maxSplits: 1).map(String.init)
-                    serving[app] = parts.count == 2 ? runtime.entryPoint.servingGeneration(team: parts[0], app: parts[1]) : nil
-                }
+                guard let owner = container.owner, let deployment = container.Labels?["loco.deployment"].flatMap(Int64.init) else { continue }
+                let app = "\(owner.team)/\(owner.app)"
+                if serving[app] == nil { serving[app] = runtime.entryPoint.servingGeneration(team: owner.team, app: owner.app) }
                 guard serving[app] == .some(deployment) else { continue }
                 var record = records[container.Id] ?? RestartRecord()
                 let exitedAt = Date(timeIntervalSince1970: TimeInterval(container.ExitedAt))
@@ -84,7 +83,8 @@ public struct ContainerSupervisor: Sendable {
                 record.nextStartAt = nil
                 records[container.Id] = record
             }
-            try book.write(records)
+            // Most passes find every container running: nothing to write.
+            if records != recorded { try book.write(records) }
             return restarted
         }
     }
@@ -97,12 +97,11 @@ public struct ContainerSupervisor: Sendable {
 
     /// One line of the app's platform log (`loco logs` shows it as `loco[web]`).
     private func say(_ text: String, about container: PodmanRuntime.Listed, at: Date) {
+        guard let owner = container.owner else { return }
         let labels = container.Labels ?? [:]
-        let parts = (labels["loco.app"] ?? "").split(separator: "/", maxSplits: 1).map(String.init)
-        guard parts.count == 2 else { return }
         let line = LogLine(at: at, service: labels["loco.service"] ?? container.name, deploymentID: labels["loco.deployment"].flatMap(Int64.init),
                            replica: labels["loco.replica"].flatMap(Int.init) ?? 1, line: text, source: "loco")
-        do { try runtime.platformLog.append(line, team: parts[0], app: parts[1]) } catch {
+        do { try runtime.platformLog.append(line, team: owner.team, app: owner.app) } catch {
             logger.warning("could not write the platform log", metadata: ["error": "\(error)"])
         }
     }

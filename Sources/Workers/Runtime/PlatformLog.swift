@@ -8,8 +8,9 @@ import LocoCore
 struct PlatformLog: Sendable {
     let folder: URL
     /// An app whose containers crash for days writes at most one entry per back-off (5 minutes);
-    /// past this size the older half goes.
+    /// past this size only the last `kept` entries stay.
     static let limit = 1 << 20
+    static let kept = 1000
 
     func file(team: String, app: String) -> URL { folder.appending(path: "\(team)--\(app).jsonl") }
 
@@ -17,7 +18,7 @@ struct PlatformLog: Sendable {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let url = file(team: team, app: app)
         if let size = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? Int, size > Self.limit {
-            let kept = read(url).suffix(1000)
+            let kept = read(url).suffix(Self.kept)
             try Data(kept.map { CoreJSON.encode($0) + "\n" }.joined().utf8).write(to: url, options: .atomic)
         }
         let handle = try FileHandle(forWritingTo: url, creatingIfMissing: true)
@@ -51,7 +52,8 @@ struct PlatformLog: Sendable {
     }
 
     private static func parse(_ data: Data) -> [LogLine] {
-        data.split(separator: UInt8(ascii: "\n")).compactMap { try? CoreJSON.decoder.decode(LogLine.self, from: Data($0)) }
+        let decoder = CoreJSON.decoder
+        return data.split(separator: UInt8(ascii: "\n")).compactMap { try? decoder.decode(LogLine.self, from: Data($0)) }
     }
 }
 

@@ -59,9 +59,7 @@ extension PodmanRuntime {
         var first = true
         try await withThrowingDiscardingTaskGroup { group in
             while !Task.isCancelled {
-                let containers = try await listed().filter {
-                    $0.Labels?["loco.app"] == "\(team)/\(app)" && (options.service == nil || $0.Labels?["loco.service"] == options.service)
-                }
+                let containers = try await listed(team: team, app: app).filter { options.service == nil || $0.Labels?["loco.service"] == options.service }
                 let deployments = Set(containers.compactMap { $0.Labels?["loco.deployment"].flatMap { Int64($0) } })
                 let (written, end) = platformLog.lines(team: team, app: app, from: platformOffset)
                 platformOffset = end

@@ -141,11 +141,17 @@ public struct PodmanRuntime: Runtime {
 
         var name: String { Names.first ?? Id }
         var hasEnded: Bool { ["exited", "stopped"].contains(State) }
+        /// Its `loco.app` label, `team/app`, split.
+        var owner: (team: String, app: String)? {
+            let parts = (Labels?["loco.app"] ?? "").split(separator: "/", maxSplits: 1).map(String.init)
+            return parts.count == 2 ? (parts[0], parts[1]) : nil
+        }
     }
 
-    /// Every app container on this storage.
-    func listed() async throws -> [Listed] {
-        let (status, json) = try await run(["ps", "-a", "--filter", "label=loco.app", "--format", "json"])
+    /// Every app container on this storage, or one app's.
+    func listed(team: String? = nil, app: String? = nil) async throws -> [Listed] {
+        let label = team.flatMap { team in app.map { "label=loco.app=\(team)/\($0)" } } ?? "label=loco.app"
+        let (status, json) = try await run(["ps", "-a", "--filter", label, "--format", "json"])
         guard status == 0 else { throw PodmanListError(output: String(json.suffix(300))) }
         guard let data = json.data(using: .utf8), !json.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return [] }
         return try JSONDecoder().decode([Listed].self, from: data)
