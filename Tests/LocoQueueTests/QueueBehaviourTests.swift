@@ -1535,6 +1535,38 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a transaction past its time limit has its connection closed: a coded error, nothing committed, the next one reconnects; no limit lets one run")
+    func transactionTimeLimit() async throws {
+        try await TestDatabase.with { db in
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger, queryTimeout: .milliseconds(800))
+            _ = try await connection.run("CREATE TABLE tx_limit (n int)", logger: db.logger)
+            let began = ContinuousClock.now
+            let error = await #expect(throws: QueueError.self) {
+                try await connection.transaction(timeLimit: .seconds(1)) { tx in
+                    _ = try await tx.run("INSERT INTO tx_limit VALUES (1)", logger: db.logger)
+                    // A server that stops answering, as far as the client can tell.
+                    _ = try await tx.run("SELECT pg_sleep(4)", logger: db.logger)
+                }
+            }
+            #expect(error?.code == "database_unreachable")
+            #expect(error?.message == "cannot reach PostgreSQL at \(db.url.endpoint): no answer to a transaction within 1 s; reconnecting",
+                    "\(String(describing: error?.message))")
+            #expect(ContinuousClock.now - began < .seconds(3.5), "let go before the statement ended on its own")
+            let rows = try await db.scalar("SELECT count(*) FROM tx_limit", as: Int.self)
+            #expect(rows == 0)
+            // The next transaction gets a new connection. With no limit, one that runs longer than
+            // the query deadline (a migration waiting on another process's) is left alone.
+            let value = try await connection.transaction(timeLimit: nil) { tx in
+                _ = try await tx.run("SELECT pg_sleep(1.5)", logger: db.logger)
+                _ = try await tx.run("INSERT INTO tx_limit VALUES (2)", logger: db.logger)
+                return 2
+            }
+            #expect(value == 2)
+            #expect(try await db.scalar("SELECT count(*) FROM tx_limit", as: Int.self) == 1)
+            await connection.close()
+        }
+    }
+
     @Test("close() is for good: a call made afterwards fails instead of opening a connection nobody closes")
     func closedForGood() async throws {
         try await TestDatabase.with { db in

@@ -44,11 +44,11 @@ public final class ConnectionPool: QueryRunner, TransactionRunner, Sendable {
         try await run(query, logger: logger)
     }
 
-    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    public func transaction<T: Sendable>(timeLimit: Duration?, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         let index = await acquireExclusive()
         defer { release(index, exclusive: true) }
         let connection = slots.withLock { $0.slots[index].connection }
-        return try await connection.transaction(body)
+        return try await connection.transaction(timeLimit: timeLimit, body)
     }
 
     public func close() async {

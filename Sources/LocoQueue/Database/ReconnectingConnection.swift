@@ -5,8 +5,24 @@ import Synchronization
 
 /// Something that runs a closure inside one transaction.
 public protocol TransactionRunner: Sendable {
-    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T
+    /// Runs `body` in one transaction. If it is still running after `timeLimit`, its connection
+    /// is closed: the statement under way fails, the server rolls the transaction back, and the
+    /// caller gets `database_unreachable`. nil sets no limit (migrations, which may wait for
+    /// another process's).
+    func transaction<T: Sendable>(timeLimit: Duration?, _ body: (PostgresConnection) async throws -> T) async throws -> T
 }
+
+extension TransactionRunner {
+    /// Runs `body` in one transaction of at most `transactionTimeLimit`.
+    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await transaction(timeLimit: transactionTimeLimit, body)
+    }
+}
+
+/// How long a transaction may run before its connection is closed. Loco's transactions are a few
+/// short statements; one that runs this long waits on a server that stopped answering (a
+/// network partition, with no TCP keep-alive to notice it) and would otherwise wait forever.
+public let transactionTimeLimit: Duration = .seconds(120)
 
 /// One Postgres connection owned by one part of a worker (a producer, the completer, the
 /// heartbeat, maintenance), reconnected on demand after any failure.
@@ -46,7 +62,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     private struct InFlightQuery {
         let started: ContinuousClock.Instant
+        let limit: Duration
         let connection: PostgresConnection
+        /// What the watchdog says as it gives up: "a query", "a transaction".
+        let what: String
         let abandon: @Sendable (any Error) -> Void
     }
 
@@ -209,11 +228,14 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
     }
 
-    /// Lists a query for the watchdog, which calls `abandon` if it runs past `queryTimeout`.
-    private func track(_ connection: PostgresConnection, abandon: @escaping @Sendable (any Error) -> Void) -> UInt64 {
+    /// Lists a query for the watchdog, which calls `abandon` if it runs past `limit` (by default
+    /// `queryTimeout`).
+    private func track(_ connection: PostgresConnection, limit: Duration? = nil, what: String = "a query",
+                       abandon: @escaping @Sendable (any Error) -> Void) -> UInt64 {
         inFlight.withLock { state in
             state.next &+= 1
-            state.queries[state.next] = InFlightQuery(started: .now, connection: connection, abandon: abandon)
+            state.queries[state.next] = InFlightQuery(started: .now, limit: limit ?? queryTimeout, connection: connection,
+                                                      what: what, abandon: abandon)
             if state.watchdog == nil { state.watchdog = startWatchdog() }
             return state.next
         }
@@ -255,19 +277,19 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                 try? await Task.sleep(for: min(queryTimeout / 4, .seconds(1)))
                 guard let self else { return }
                 let stuck = self.inFlight.withLock { state -> [InFlightQuery] in
-                    let late = state.queries.filter { ContinuousClock.now - $0.value.started > queryTimeout }
+                    let late = state.queries.filter { ContinuousClock.now - $0.value.started > $0.value.limit }
                     for token in late.keys { state.queries.removeValue(forKey: token) }
                     return Array(late.values)
                 }
                 for query in stuck {
-                    self.logger.warning("a query ran past \(queryTimeout); giving up on it and reconnecting")
+                    self.logger.warning("\(query.what) ran past \(query.limit.spoken); giving up on it and reconnecting")
                     // The connection is retired before the caller is let go, or the caller's
                     // next call could be sent on it and fail as the close lands (a raw
                     // PSQLError in one full test run); it is closed after, so that the caller
                     // hears of the deadline, not of the close.
                     self.drop(query.connection) {
                         query.abandon(QueueError.databaseUnreachable(
-                            endpoint: self.url.endpoint, reason: "no answer to a query within \(queryTimeout); reconnecting"))
+                            endpoint: self.url.endpoint, reason: "no answer to \(query.what) within \(query.limit.spoken); reconnecting"))
                     }
                 }
             }
@@ -277,9 +299,16 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// Runs `body` in a transaction on this connection; nothing else may use it meanwhile.
     ///
     /// The transaction runs on the connection's thread, so that no statement of it can be sent
-    /// after the connection closed (see `PostgresConnection.run`): it fails instead.
-    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    /// after the connection closed (see `PostgresConnection.run`): it fails instead. Past
+    /// `timeLimit` the watchdog closes the connection, which fails the statement under way (the
+    /// caller cannot be let go as `watched` lets it go: `body` borrows its stack).
+    public func transaction<T: Sendable>(timeLimit: Duration?, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connection()
+        let overdue = Mutex<(any Error)?>(nil)
+        let token = timeLimit.map { limit in
+            track(connection, limit: limit, what: "a transaction") { error in overdue.withLock { $0 = error } }
+        }
+        defer { if let token { untrack(token) } }
         return try await withTaskExecutorPreference(executor(for: connection)) {
             do {
                 _ = try await connection.run("BEGIN", logger: logger)
@@ -289,7 +318,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             } catch {
                 _ = try? await connection.run("ROLLBACK", logger: logger)
                 if connection.isClosed { drop(connection) }
-                throw error
+                // The watchdog's reason, not the close it caused.
+                throw overdue.withLock { $0 } ?? error
             }
         }
     }

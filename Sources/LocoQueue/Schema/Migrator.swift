@@ -34,7 +34,9 @@ public struct Migrator: Sendable {
     /// Applies what is missing of each `(component, migrations)` and returns the names applied.
     @discardableResult
     public func migrate(_ sets: [(component: String, migrations: [Migration])]) async throws -> [String] {
-        try await database.transaction { connection in
+        // No time limit: it may wait for another process's migrations, and an index built on a
+        // big table takes as long as it takes.
+        try await database.transaction(timeLimit: nil) { connection in
             _ = try await connection.run("SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey))", logger: logger)
             _ = try await connection.run("""
                 CREATE TABLE IF NOT EXISTS loco_schema_migrations (

@@ -281,8 +281,11 @@ final class NotificationListener: Sendable {
         var failures = 0
         while !Task.isCancelled && !current.withLock({ $0.closed }) {
             do {
-                let connection = try await PostgresConnection.connect(
-                    configuration: shared.databaseURL.connectionConfiguration, id: 0, logger: shared.logger)
+                // Under the same deadline as every other part's connect (PostgresNIO's connect was
+                // seen to ignore cancellation while the server restarted).
+                let connection = try await ReconnectingConnection.deadline(.seconds(5), late: { try? await $0.close() }) { [shared] in
+                    try await PostgresConnection.connect(configuration: shared.databaseURL.connectionConfiguration, id: 0, logger: shared.logger)
+                }
                 let open = current.withLock { state -> Bool in
                     if !state.closed { state.connection = connection }
                     return !state.closed
