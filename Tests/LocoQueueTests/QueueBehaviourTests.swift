@@ -1567,6 +1567,37 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("sessions ended by the server again and again: each call after reconnects once, and no session is left open beside the one in use")
+    func repeatedlyDropped() async throws {
+        try await TestDatabase.with { db in
+            // Named, so that its sessions can be told from the test pool's.
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger, sessionSettings: [("application_name", "dropped-again")])
+            func backend() async throws -> Int32 {
+                for try await pid in try await connection.run("SELECT pg_backend_pid()", logger: db.logger).decode(Int32.self) { return pid }
+                throw TestSetupError("no row")
+            }
+            var pids: Set<Int32> = []
+            for _ in 0..<20 {
+                let pid = try await backend()
+                pids.insert(pid)
+                _ = try await db.scalar("SELECT pg_terminate_backend(\(pid))", as: Bool.self)
+                // The FATAL arrives with (or before) the close: this call fails and drops the connection.
+                _ = try? await connection.run("SELECT 1", logger: db.logger)
+            }
+            #expect(pids.count == 20, "a new session after every termination")
+            let last = try await backend()
+            var sessions: [Int32] = []
+            let one = try await eventually(timeout: .seconds(10), every: .milliseconds(200)) {
+                sessions = []
+                let rows = try? await db.client.query("SELECT pid FROM pg_stat_activity WHERE application_name = 'dropped-again'")
+                if let rows { for try await pid in rows.decode(Int32.self) { sessions.append(pid) } }
+                return sessions == [last]
+            }
+            #expect(one, "sessions left open: \(sessions), in use: \(last)")
+            await connection.close()
+        }
+    }
+
     @Test("close() is for good: a call made afterwards fails instead of opening a connection nobody closes")
     func closedForGood() async throws {
         try await TestDatabase.with { db in

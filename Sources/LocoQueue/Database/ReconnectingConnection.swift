@@ -47,8 +47,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     private let connectionIDs = Atomic<Int>(0)
     /// Queries under way, for the watchdog; cheaper than a timer task per query on the hot path.
     private let inFlight = Mutex<(next: UInt64, queries: [UInt64: InFlightQuery], watchdog: Task<Void, Never>?)>((0, [:], nil))
-    /// Connections given up on lately, so a caller never gets one that is still closing.
-    private let dropped = Mutex<[ObjectIdentifier]>([])
+    /// Connections given up on lately, so a caller never gets one that is still closing. Held,
+    /// not named by `ObjectIdentifier`: a freed connection's address is soon a new one's, which
+    /// would then pass for dropped and be thrown away unclosed.
+    private let dropped = Mutex<[PostgresConnection]>([])
     /// The executor of the connection's event loop, made once per connection.
     private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
     /// Statements prepared through PostgresNIO's future-based API, for the connection they were
@@ -360,14 +362,14 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     /// Whether `connection` was given up on; it may not be closed yet (closing takes a moment).
     private func wasDropped(_ connection: PostgresConnection) -> Bool {
-        dropped.withLock { $0.contains(ObjectIdentifier(connection)) }
+        dropped.withLock { $0.contains { $0 === connection } }
     }
 
     /// Retires `connection`: no later call is sent on it. `beforeClosing` runs once that holds and
     /// before the close starts.
     private func drop(_ connection: PostgresConnection, beforeClosing: () -> Void = {}) {
         dropped.withLock { list in
-            list.append(ObjectIdentifier(connection))
+            list.append(connection)
             if list.count > 8 { list.removeFirst() }
         }
         ready.withLock { if $0 === connection { $0 = nil } }
