@@ -203,7 +203,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("a job timeout that is not positive, a claim gather time or an orphan grace out of range, a queue named twice, is refused with invalid_worker_configuration")
+    @Test("a job timeout that is not positive, a claim gather time, an orphan grace or a listener check interval out of range, a queue named twice, is refused with invalid_worker_configuration")
     func badJobTimeout() async throws {
         var configuration = fastConfiguration([("default", 1)])
         configuration.jobTimeout = .zero
@@ -237,6 +237,14 @@ struct QueueBehaviourTests {
         } throws: { error in
             guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
             return reason.contains("orphan grace must be at least 1 second")
+        }
+        var fussy = fastConfiguration([("default", 1)])
+        fussy.listenerCheckInterval = .milliseconds(10)
+        #expect {
+            try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: fussy, logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason == "the listener check interval must be at least 100 ms (got 10 ms)"
         }
         #expect {
             try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: fastConfiguration([("default", 1), ("other", 2), ("default", 3)]), logger: Logger(label: "t"))
@@ -1671,6 +1679,57 @@ struct QueueBehaviourTests {
             try await group.waitForAll()
             reporter.cancel()
             #expect(parts.names.isEmpty)
+        }
+    }
+
+    @Test("a listening connection that goes silent is noticed by its check and replaced: wake-ups do not wait for the poll")
+    func silentListener() async throws {
+        try await TestDatabase.with { db in
+            // Through a proxy that can make the LISTEN connection go silent without closing it.
+            let script = Repo.root.appending(path: "Tests/LocoQueueTests/Fixtures/silent_proxy.py").path
+            var proxy: ChildProcess?
+            var proxyPort = 0
+            for _ in 0..<5 where proxy == nil {
+                proxyPort = Int.random(in: 40_000...49_999)
+                let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(proxyPort)", "\(db.url.port)"])
+                if try await eventually(timeout: .seconds(10), { started.output.contains("listening") || started.exitStatusIfExited() != nil }),
+                   started.output.contains("listening") {
+                    proxy = started
+                } else {
+                    started.stop()
+                }
+            }
+            let silent = try #require(proxy, "the proxy did not start")
+            defer { silent.stop() }
+            var viaProxy = db.url
+            viaProxy.port = proxyPort
+
+            let log = CapturedLog()
+            let logger = Logger(label: "test") { _ in log }
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.woken") { _, _ in }
+            var configuration = fastConfiguration([("default", 1)])
+            // A poll this slow would show: every wake-up must come by notification.
+            configuration.pollInterval = .seconds(60)
+            configuration.listenerCheckInterval = .milliseconds(500)
+            let worker = try QueueWorker(databaseURL: viaProxy, handlers: handlers, configuration: configuration, logger: logger)
+            let running = Task { try await worker.run() }
+            defer { worker.stop() }
+            await worker.waitUntilListening()
+            let first = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
+            _ = try await db.wait(for: first.id, toBe: .completed, timeout: .seconds(10))
+
+            silent.signal(SIGUSR1)
+            #expect(try await eventually(timeout: .seconds(5)) { silent.output.contains("silenced 1") }, "\(silent.output)")
+            // The check (every 0.5 s, answered within 0.5 s) replaces the connection and the new
+            // listener wakes the pool: seconds, where the first poll comes 48 s or more after start.
+            let second = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
+            _ = try await db.wait(for: second.id, toBe: .completed, timeout: .seconds(20))
+            #expect(log.messages.contains("the connection for job notifications did not answer a check within 500 ms; replacing it"),
+                    "\(log.messages)")
+            #expect(log.messages.contains("listening for job notifications again"), "\(log.messages)")
+            worker.stop()
+            try await running.value
         }
     }
 

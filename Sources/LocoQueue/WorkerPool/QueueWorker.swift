@@ -301,6 +301,8 @@ final class NotificationListener: Sendable {
                         shared.listening.set()
                         // Anything enqueued while we were not listening must not wait for the poll.
                         for pool in pools.values { pool.wake.signal() }
+                        let check = Task { await self.closeIfSilent(connection) }
+                        defer { check.cancel() }
                         for try await notification in notifications {
                             // Notifications keep coming after a cancel; they must not keep this alive.
                             if Task.isCancelled || current.withLock({ $0.closed }) { break }
@@ -320,6 +322,28 @@ final class NotificationListener: Sendable {
                                           metadata: ["error": "\(shared.databaseURL.describe(error))"])
                 }
                 try? await Task.sleep(for: .milliseconds(min(100 * failures, 2000)))
+            }
+        }
+    }
+
+    /// Until cancelled, asks `connection` a `SELECT 1` every `listenerCheckInterval`; closes it
+    /// (which ends its notification stream with an error, so `run` reconnects) if no answer
+    /// comes in time.
+    private func closeIfSilent(_ connection: PostgresConnection) async {
+        let interval = shared.configuration.listenerCheckInterval
+        let limit = min(interval, .seconds(10))
+        while (try? await Task.sleep(for: interval)) != nil {
+            do {
+                try await ReconnectingConnection.deadline(limit) {
+                    for try await _ in try await connection.run("SELECT 1", logger: self.shared.logger) {}
+                }
+            } catch {
+                if Task.isCancelled || connection.isClosed { return }
+                shared.metrics.databaseError(operation: "listener_check")
+                shared.logger.warning("the connection for job notifications did not answer a check within \(limit.spoken); replacing it",
+                                      metadata: ["error": "\(shared.databaseURL.describe(error))"])
+                try? await connection.close()
+                return
             }
         }
     }

@@ -23,6 +23,11 @@ public struct WorkerConfiguration: Sendable {
     public var pollInterval: Duration = .seconds(1)
     /// No LISTEN/NOTIFY and no prepared statements: for connection poolers in transaction mode (PgBouncer).
     public var pollOnly = false
+    /// How often the listening connection is asked a `SELECT 1`; with no answer within this
+    /// long (at most 10 s) it is closed and replaced. A link that died without a word (a host
+    /// gone, a firewall or NAT that forgot the flow) ends no notification stream, and every
+    /// wake-up would otherwise wait for the poll for as long as the process runs.
+    public var listenerCheckInterval: Duration = .seconds(30)
     public var maxClaimBatch = 100
     /// How long a pool more than half busy, on a queue with more jobs waiting, lets slots free
     /// up before its next claim, so one claim takes several jobs; zero claims at once.
@@ -83,6 +88,9 @@ public struct WorkerConfiguration: Sendable {
         }
         guard orphanGrace >= .seconds(1) else {
             throw .invalidWorkerConfiguration(reason: "the orphan grace must be at least 1 second (got \(orphanGrace)): a worker that reconnects after a database restart needs that long to renew its leases")
+        }
+        guard listenerCheckInterval >= .milliseconds(100) else {
+            throw .invalidWorkerConfiguration(reason: "the listener check interval must be at least 100 ms (got \(listenerCheckInterval.spoken))")
         }
         guard leaseDuration >= .seconds(1) else { throw .invalidWorkerConfiguration(reason: "the lease must be at least 1 second") }
         if let jobTimeout, jobTimeout <= .zero {

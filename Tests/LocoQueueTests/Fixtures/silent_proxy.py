@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""A TCP proxy in front of PostgreSQL whose LISTEN connections can go silent, the way a link
+does when a host vanishes or a NAT forgets the flow: nothing is closed, nothing gets through.
+
+    silent_proxy.py LISTEN_PORT UPSTREAM_PORT
+
+Prints "listening" once it accepts connections. On SIGUSR1, every connection that has sent a
+LISTEN so far stops forwarding in both directions (connections made later are not touched)
+and it prints "silenced N".
+"""
+import asyncio, signal, sys
+
+listen_port, upstream_port = int(sys.argv[1]), int(sys.argv[2])
+connections = []  # [{"listens": bool, "silent": bool}]
+
+
+async def pipe(reader, writer, state, watch_listen):
+    try:
+        while data := await reader.read(65536):
+            if watch_listen and b"LISTEN" in data:
+                state["listens"] = True
+            if state["silent"]:
+                continue
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        if not state["silent"]:
+            writer.close()
+
+
+async def handle(client_reader, client_writer):
+    try:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+    except OSError:
+        client_writer.close()
+        return
+    state = {"listens": False, "silent": False}
+    connections.append(state)
+    await asyncio.gather(pipe(client_reader, upstream_writer, state, True),
+                         pipe(upstream_reader, client_writer, state, False))
+
+
+def silence():
+    count = 0
+    for state in connections:
+        if state["listens"] and not state["silent"]:
+            state["silent"] = True
+            count += 1
+    print(f"silenced {count}", flush=True)
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, silence)
+    print("listening", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
