@@ -53,7 +53,9 @@ struct Status: AsyncParsableCommand {
                 Out.line((index == 0 ? "  instances:  " : "              ") + Self.describe(instance))
             }
             // Down and waiting to start again: say where to look and what fixes it.
-            if let looping = serving.first(where: { $0["next_start_at"]?.stringValue != nil })?["service"]?.stringValue {
+            if let refused = serving.first(where: { $0["start_error"]?.stringValue != nil && $0["state"]?.stringValue != "running" })?["service"]?.stringValue {
+                Out.line("  Next:       \(refused) could not be started again for the reason above; once that is fixed it starts at its next try, or 'loco restart' starts it now")
+            } else if let looping = serving.first(where: { $0["next_start_at"]?.stringValue != nil })?["service"]?.stringValue {
                 Out.line("  Next:       'loco logs' shows why \(looping) keeps exiting; deploy a fix, or 'loco rollback' to the version before")
             }
         } else {
@@ -71,7 +73,8 @@ struct Status: AsyncParsableCommand {
 
 extension Status {
     /// "web.r2    running since 2026-12-03T08:25:27Z, restarted 2 times (last exit code 137)",
-    /// "web       exited (exit code 1), restarted 4 times; starts again in 40 s (crash-loop back-off)"
+    /// "web       exited (exit code 1), restarted 4 times; starts again in 40 s (crash-loop back-off)",
+    /// "web       exited (exit code 137), restarted 2 times; could not be started again (…address already in use); tries again in 20 s"
     static func describe(_ instance: JSONValue, now: Date = Date()) -> String {
         let name = (instance["service"]?.text ?? "") + Logs.replicaSuffix(instance["replica"]?.int)
         var text = name.padding(toLength: max(10, name.count + 1), withPad: " ", startingAt: 0) + (instance["state"]?.text ?? "")
@@ -82,9 +85,12 @@ extension Status {
         let restarts = instance["restarts"]?.int ?? 0
         if restarts > 0 { text += ", restarted \(restarts) time\(restarts == 1 ? "" : "s")" }
         if running, restarts > 0, let code { text += " (last exit code \(code))" }
+        let startError = running ? nil : instance["start_error"]?.stringValue
+        if let startError { text += "; could not be started again (\(startError))" }
         if !running, let at = parseDate(instance["next_start_at"]) {
             let seconds = Int(at.timeIntervalSince(now).rounded(.up))
-            text += "; starts again \(seconds > 0 ? "in \(seconds) s" : "now") (crash-loop back-off)"
+            let when = seconds > 0 ? "in \(seconds) s" : "now"
+            text += startError == nil ? "; starts again \(when) (crash-loop back-off)" : "; tries again \(when)"
         }
         return text
     }

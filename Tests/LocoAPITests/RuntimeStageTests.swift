@@ -295,6 +295,51 @@ struct RuntimeStageTests {
         try await runtime.remove(deploymentID: spare, team: "acme", app: "web")
         let kept = try await instance(name)
         #expect(kept?.state == "running" && kept?.restarts == 2, "\(String(describing: kept))")
+
+        // A start that fails — its port taken while it was down — is said in its log and on the
+        // instance, counts as a try, and is tried again after the back-off.
+        let published = try await runtime.run(["port", name]).1.trimmingCharacters(in: .whitespacesAndNewlines)
+        let address = try #require(published.components(separatedBy: " -> ").last?.split(separator: ":").map(String.init), "\(published)")
+        let (hostIP, hostPort) = (try #require(address.first), try #require(address.last.flatMap { Int($0) }))
+        try await kill(name)
+        let squatter = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), ["-c", """
+            import socket, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("\(hostIP)", \(hostPort))); s.listen(); print("bound", flush=True); time.sleep(120)
+            """] as [String])
+        defer { squatter.stop() }
+        #expect(try await eventually(timeout: .seconds(10)) { squatter.output.contains("bound") }, "\(squatter.output)")
+        var refused: AppInstance?
+        var lastPassAt = Date()
+        let triedAndFailed = try await eventually(timeout: .seconds(15), every: .milliseconds(250)) {
+            lastPassAt = Date()
+            #expect(try await supervisor.pass().isEmpty, "nothing starts while the port is taken")
+            refused = try await instance(name)
+            return refused?.startError != nil
+        }
+        #expect(triedAndFailed && refused?.state == "exited" && refused?.restarts == 2, "\(String(describing: refused))")
+        #expect(refused?.startError?.contains("address already in use") == true, "\(String(describing: refused?.startError))")
+        let retryAt = try #require(refused?.nextStartAt, "the next try is announced: \(String(describing: refused))")
+        let afterFailedTry = retryAt.timeIntervalSince(lastPassAt)
+        #expect(afterFailedTry > 3.5 && afterFailedTry < 5, "the 4 s back-off from the failed try: \(afterFailedTry) s")
+        #expect(try await supervisor.pass().isEmpty, "the next try waits")
+        var lastSaid: LogLine?
+        for try await line in runtime.logStream(team: "acme", app: "web", options: LogOptions()) where line.source == "loco" { lastSaid = line }
+        #expect(lastSaid?.line.hasPrefix("could not be started again (") == true && lastSaid?.line.contains("address already in use") == true
+                && lastSaid?.line.hasSuffix("; tries again in 4 s") == true, "\(String(describing: lastSaid))")
+        squatter.stop()
+        var third: [ContainerSupervisor.Restart] = []
+        let startedOnceFree = try await eventually(timeout: .seconds(15), every: .milliseconds(250)) {
+            third = try await supervisor.pass()
+            return !third.isEmpty
+        }
+        #expect(startedOnceFree && third.first?.restarts == 3, "\(third)")
+        let back = try await instance(name)
+        #expect(back?.state == "running" && back?.restarts == 3 && back?.startError == nil && back?.nextStartAt == nil, "\(String(describing: back))")
+        let answersAgain = try await eventually(timeout: .seconds(10), every: .milliseconds(200)) {
+            try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", url]).output.contains("Version two")
+        }
+        #expect(answersAgain, "the app answers again at its address")
     }
 }
 

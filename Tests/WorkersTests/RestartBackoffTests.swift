@@ -20,6 +20,26 @@ struct RestartBackoffTests {
         #expect(backoff.delay(afterRestarts: backoff.streak(6, afterRunOf: 3_600)) == 0)
     }
 
+    @Test("a start that failed counts as a try: the next waits from it, and the long run before the exit no longer starts the count over")
+    func failedStartWaits() {
+        let backoff = RestartBackoff()
+        let exitedAt = Date(timeIntervalSince1970: 1_796_000_000)
+        var record = RestartRecord()
+        record.streak = 3
+        // An hour's run, then an exit: the count starts over and it starts at once.
+        let first = backoff.nextStart(exitedAt: exitedAt, ranFor: 3_600, record: record)
+        #expect(first.streak == 0 && first.at == exitedAt)
+        // That start failed (its port taken): the next waits 10 s from the try, not 0 s at every pass.
+        record.streak = 1
+        record.lastAttemptAt = exitedAt.addingTimeInterval(1)
+        let second = backoff.nextStart(exitedAt: exitedAt, ranFor: 3_600, record: record)
+        #expect(second.streak == 1 && second.at == exitedAt.addingTimeInterval(11))
+        // A start that worked, then a short run and an exit after it: the streak goes on from the exit.
+        let later = exitedAt.addingTimeInterval(30)
+        let third = backoff.nextStart(exitedAt: later, ranFor: 20, record: record)
+        #expect(third.streak == 1 && third.at == later.addingTimeInterval(10))
+    }
+
     @Test("the record survives a round trip through restarts.json; a missing or unreadable file reads as empty")
     func bookRoundTrip() throws {
         let folder = FileManager.default.temporaryDirectory.appending(path: "loco-book-\(UUID().uuidString)")

@@ -31,9 +31,11 @@ public struct AppInstance: Sendable, Equatable, Codable {
     public var startedAt: Date?
     /// When one that exited starts again (it waits out a crash-loop back-off).
     public var nextStartAt: Date?
+    /// Why the last try to start it again failed (the runtime's words), while it stays down.
+    public var startError: String?
 
     public init(service: String, replica: Int, deploymentID: Int64?, name: String, state: String, restarts: Int, lastExitCode: Int32?, startedAt: Date?,
-                nextStartAt: Date? = nil) {
+                nextStartAt: Date? = nil, startError: String? = nil) {
         self.service = service
         self.replica = replica
         self.deploymentID = deploymentID
@@ -43,10 +45,12 @@ public struct AppInstance: Sendable, Equatable, Codable {
         self.lastExitCode = lastExitCode
         self.startedAt = startedAt
         self.nextStartAt = nextStartAt
+        self.startError = startError
     }
 
     enum CodingKeys: String, CodingKey {
-        case service, replica, deploymentID = "deployment_id", name, state, restarts, lastExitCode = "last_exit_code", startedAt = "started_at", nextStartAt = "next_start_at"
+        case service, replica, deploymentID = "deployment_id", name, state, restarts, lastExitCode = "last_exit_code", startedAt = "started_at", nextStartAt = "next_start_at",
+             startError = "start_error"
     }
 }
 

@@ -48,10 +48,7 @@ public struct ContainerSupervisor: Sendable {
                 guard serving[app] == .some(deployment) else { continue }
                 var record = records[container.Id] ?? RestartRecord()
                 let exitedAt = Date(timeIntervalSince1970: TimeInterval(container.ExitedAt))
-                let streak = backoff.streak(record.streak, afterRunOf: TimeInterval(container.ExitedAt - container.StartedAt))
-                // A start that failed counts as a try: the next waits from it, not from the exit.
-                let since = max(exitedAt, record.lastAttemptAt ?? exitedAt)
-                let due = since.addingTimeInterval(backoff.delay(afterRestarts: streak))
+                let (streak, due) = backoff.nextStart(exitedAt: exitedAt, ranFor: TimeInterval(container.ExitedAt - container.StartedAt), record: record)
                 guard now >= due else {
                     if record.nextStartAt == nil {
                         let wait = Int(due.timeIntervalSince(now).rounded(.up))
@@ -75,18 +72,30 @@ public struct ContainerSupervisor: Sendable {
                                                   : "started again after its back-off (restart \(record.restarts))", about: container, at: now)
                     logger.info("started a serving container again", metadata: ["container": "\(container.name)", "exit_code": "\(container.ExitCode)",
                                                                                 "restarts": "\(record.restarts)"])
+                    record.nextStartAt = nil
                 } else {
-                    record.lastError = String(output.suffix(300))
-                    say("could not be started again: \(output.suffix(300).trimmingCharacters(in: .whitespacesAndNewlines))", about: container, at: now)
-                    logger.warning("could not start a serving container again", metadata: ["container": "\(container.name)", "podman": "\(output.suffix(300))"])
+                    let reason = Self.startFailure(output)
+                    record.lastError = reason
+                    // The failed start counts as a try: the next waits out the back-off from now.
+                    let retry = now.addingTimeInterval(backoff.delay(afterRestarts: record.streak))
+                    record.nextStartAt = retry
+                    say("could not be started again (\(reason)); tries again in \(Int(retry.timeIntervalSince(now).rounded(.up))) s", about: container, at: now)
+                    logger.warning("could not start a serving container again", metadata: ["container": "\(container.name)", "podman": "\(reason)"])
                 }
-                record.nextStartAt = nil
                 records[container.Id] = record
             }
             // Most passes find every container running: nothing to write.
             if records != recorded { try book.write(records) }
             return restarted
         }
+    }
+
+    /// podman's reason, without its "Error: " and to the point: its last line, at most 300 characters.
+    static func startFailure(_ output: String) -> String {
+        let last = output.split(separator: "\n").last { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+            .map { $0.trimmingCharacters(in: .whitespaces) } ?? "podman start failed without a message"
+        let reason = last.hasPrefix("Error: ") ? String(last.dropFirst("Error: ".count)) : last
+        return String(reason.prefix(300))
     }
 
     /// "exited with code 1", or for a kill the kernel logged as out of memory, says so.

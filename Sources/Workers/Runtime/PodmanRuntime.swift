@@ -264,7 +264,7 @@ public struct PodmanRuntime: Runtime {
                                      restarts: (record?.restarts ?? 0) + (container.RestartCount ?? 0),
                                      lastExitCode: ended ? container.State.ExitCode : record?.lastExitCode,
                                      startedAt: container.State.StartedAt.flatMap(Self.parseTimestamp),
-                                     nextStartAt: ended ? record?.nextStartAt : nil))
+                                     nextStartAt: ended ? record?.nextStartAt : nil, startError: ended ? record?.lastError : nil))
         }
         // The newest version first; in it, by service and replica.
         return found.sorted { a, b in

@@ -28,6 +28,17 @@ public struct RestartBackoff: Sendable, Equatable {
     public func streak(_ streak: Int, afterRunOf seconds: TimeInterval) -> Int {
         seconds >= resetAfter ? 0 : streak
     }
+
+    /// When a container that exited at `exitedAt`, after a run of `ranFor` seconds, is next
+    /// started, and the streak that start continues. A start that failed since the exit counts
+    /// as a try: the next waits from it, and the run before the exit no longer starts the count
+    /// over (or every pass would try again at once).
+    public func nextStart(exitedAt: Date, ranFor: TimeInterval, record: RestartRecord) -> (streak: Int, at: Date) {
+        let triedSinceExit = record.lastAttemptAt.map { $0 > exitedAt } ?? false
+        let streak = triedSinceExit ? record.streak : streak(record.streak, afterRunOf: ranFor)
+        let since = max(exitedAt, record.lastAttemptAt ?? exitedAt)
+        return (streak, since.addingTimeInterval(delay(afterRestarts: streak)))
+    }
 }
 
 /// What the supervisor knows of one container it looks after. podman 4.3 counts only its own
