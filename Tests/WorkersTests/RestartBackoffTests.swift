@@ -40,6 +40,20 @@ struct RestartBackoffTests {
         #expect(third.streak == 1 && third.at == later.addingTimeInterval(10))
     }
 
+    @Test("podman's reason for a failed start is cut to the point")
+    func startFailureReason() {
+        let output = """
+            time="2026-12-03T14:51:28Z" level=warning msg="something first"
+            Error: unable to start container "cc2eebd2383bb9b8364ff210523292b0fa6fee575379349726685e89aa42f98f": rootlessport listen tcp 127.0.0.1:41053: bind: address already in use
+
+            """
+        #expect(ContainerSupervisor.startFailure(output) == "rootlessport listen tcp 127.0.0.1:41053: bind: address already in use")
+        #expect(ContainerSupervisor.startFailure("Error: no container with name or ID \"x\" found: no such container")
+                == "no container with name or ID \"x\" found: no such container")
+        #expect(ContainerSupervisor.startFailure("") == "podman start failed without a message")
+        #expect(ContainerSupervisor.startFailure(String(repeating: "x", count: 1_000)).count == 300)
+    }
+
     @Test("the record survives a round trip through restarts.json; a missing or unreadable file reads as empty")
     func bookRoundTrip() throws {
         let folder = FileManager.default.temporaryDirectory.appending(path: "loco-book-\(UUID().uuidString)")

@@ -90,11 +90,14 @@ public struct ContainerSupervisor: Sendable {
         }
     }
 
-    /// podman's reason, without its "Error: " and to the point: its last line, at most 300 characters.
+    /// podman's reason, to the point: its last line, without `Error: ` and `unable to start
+    /// container "<64 hex digits>": ` (the instance already says which), at most 300 characters.
     static func startFailure(_ output: String) -> String {
         let last = output.split(separator: "\n").last { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
             .map { $0.trimmingCharacters(in: .whitespaces) } ?? "podman start failed without a message"
-        let reason = last.hasPrefix("Error: ") ? String(last.dropFirst("Error: ".count)) : last
+        var reason = Substring(last)
+        if reason.hasPrefix("Error: ") { reason = reason.dropFirst("Error: ".count) }
+        if reason.hasPrefix("unable to start container \""), let end = reason.range(of: "\": ") { reason = reason[end.upperBound...] }
         return String(reason.prefix(300))
     }
 
