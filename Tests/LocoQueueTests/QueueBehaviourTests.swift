@@ -1687,11 +1687,12 @@ struct QueueBehaviourTests {
         try await TestDatabase.with { db in
             // Through a proxy that can make the LISTEN connection go silent without closing it.
             let script = Repo.root.appending(path: "Tests/LocoQueueTests/Fixtures/silent_proxy.py").path
+            let trigger = FileManager.default.temporaryDirectory.appending(path: "loco-silence-\(UUID().uuidString)").path
             var proxy: ChildProcess?
             var proxyPort = 0
             for _ in 0..<5 where proxy == nil {
                 proxyPort = Int.random(in: 40_000...49_999)
-                let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(proxyPort)", "\(db.url.port)"])
+                let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(proxyPort)", "\(db.url.port)", trigger])
                 if try await eventually(timeout: .seconds(10), { started.output.contains("listening") || started.exitStatusIfExited() != nil }),
                    started.output.contains("listening") {
                     proxy = started
@@ -1719,8 +1720,9 @@ struct QueueBehaviourTests {
             let first = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
             _ = try await db.wait(for: first.id, toBe: .completed, timeout: .seconds(10))
 
-            silent.signal(SIGUSR1)
-            #expect(try await eventually(timeout: .seconds(5)) { silent.output.contains("silenced 1") }, "\(silent.output)")
+            FileManager.default.createFile(atPath: trigger, contents: nil)
+            #expect(try await eventually(timeout: .seconds(10)) { silent.output.contains("silenced 1") },
+                    "\(silent.output) (proxy exit status: \(String(describing: silent.exitStatusIfExited())))")
             // The check (every 0.5 s, answered within 0.5 s) replaces the connection and the new
             // listener wakes the pool: seconds, where the first poll comes 48 s or more after start.
             let second = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)

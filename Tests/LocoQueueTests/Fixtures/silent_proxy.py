@@ -2,15 +2,16 @@
 """A TCP proxy in front of PostgreSQL whose LISTEN connections can go silent, the way a link
 does when a host vanishes or a NAT forgets the flow: nothing is closed, nothing gets through.
 
-    silent_proxy.py LISTEN_PORT UPSTREAM_PORT
+    silent_proxy.py LISTEN_PORT UPSTREAM_PORT TRIGGER_FILE
 
-Prints "listening" once it accepts connections. On SIGUSR1, every connection that has sent a
-LISTEN so far stops forwarding in both directions (connections made later are not touched)
-and it prints "silenced N".
+Prints "listening" once it accepts connections. When TRIGGER_FILE appears, every connection
+that has sent a LISTEN so far stops forwarding in both directions (connections made later are
+not touched); it prints "silenced N" and removes the file. (A file, not a signal: under a full
+test run's load a SIGUSR1 once ended the proxy instead.)
 """
-import asyncio, signal, sys
+import asyncio, os, sys
 
-listen_port, upstream_port = int(sys.argv[1]), int(sys.argv[2])
+listen_port, upstream_port, trigger = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 connections = []  # [{"listens": bool, "silent": bool}]
 
 
@@ -51,12 +52,19 @@ def silence():
     print(f"silenced {count}", flush=True)
 
 
+async def watch_trigger():
+    while True:
+        if os.path.exists(trigger):
+            silence()
+            os.remove(trigger)
+        await asyncio.sleep(0.05)
+
+
 async def main():
     server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, silence)
     print("listening", flush=True)
     async with server:
-        await server.serve_forever()
+        await asyncio.gather(server.serve_forever(), watch_trigger())
 
 
 asyncio.run(main())
