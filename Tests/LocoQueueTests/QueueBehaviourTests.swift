@@ -1686,24 +1686,8 @@ struct QueueBehaviourTests {
     func silentListener() async throws {
         try await TestDatabase.with { db in
             // Through a proxy that can make the LISTEN connection go silent without closing it.
-            let script = Repo.root.appending(path: "Tests/LocoQueueTests/Fixtures/silent_proxy.py").path
-            let trigger = FileManager.default.temporaryDirectory.appending(path: "loco-silence-\(UUID().uuidString)").path
-            var proxy: ChildProcess?
-            var proxyPort = 0
-            for _ in 0..<5 where proxy == nil {
-                proxyPort = Int.random(in: 40_000...49_999)
-                let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(proxyPort)", "\(db.url.port)", trigger])
-                if try await eventually(timeout: .seconds(10), { started.output.contains("listening") || started.exitStatusIfExited() != nil }),
-                   started.output.contains("listening") {
-                    proxy = started
-                } else {
-                    started.stop()
-                }
-            }
-            let silent = try #require(proxy, "the proxy did not start")
-            defer { silent.stop() }
-            var viaProxy = db.url
-            viaProxy.port = proxyPort
+            let silent = try await SilentProxy.start(before: db.url)
+            defer { silent.process.stop() }
 
             let log = CapturedLog()
             let logger = Logger(label: "test") { _ in log }
@@ -1713,16 +1697,14 @@ struct QueueBehaviourTests {
             // A poll this slow would show: every wake-up must come by notification.
             configuration.pollInterval = .seconds(60)
             configuration.listenerCheckInterval = .milliseconds(500)
-            let worker = try QueueWorker(databaseURL: viaProxy, handlers: handlers, configuration: configuration, logger: logger)
+            let worker = try QueueWorker(databaseURL: silent.url, handlers: handlers, configuration: configuration, logger: logger)
             let running = Task { try await worker.run() }
             defer { worker.stop() }
             await worker.waitUntilListening()
             let first = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
             _ = try await db.wait(for: first.id, toBe: .completed, timeout: .seconds(10))
 
-            FileManager.default.createFile(atPath: trigger, contents: nil)
-            #expect(try await eventually(timeout: .seconds(10)) { silent.output.contains("silenced 1") },
-                    "\(silent.output) (proxy exit status: \(String(describing: silent.exitStatusIfExited())))")
+            #expect(try await silent.silence() == 1)
             // The check (every 0.5 s, answered within 0.5 s) replaces the connection and the new
             // listener wakes the pool: seconds, where the first poll comes 48 s or more after start.
             let second = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
@@ -1732,6 +1714,42 @@ struct QueueBehaviourTests {
             #expect(log.messages.contains("listening for job notifications again"), "\(log.messages)")
             worker.stop()
             try await running.value
+        }
+    }
+
+    @Test("a heartbeat connection that goes silent is given up within one heartbeat interval: the leases are renewed on a new one before they run out")
+    func silentHeartbeat() async throws {
+        try await TestDatabase.with { db in
+            // The presence lock is the heartbeat connection's first statement, and only its.
+            let silent = try await SilentProxy.start(before: db.url, marker: "pg_try_advisory_lock")
+            defer { silent.process.stop() }
+            let log = CapturedLog()
+            let logger = Logger(label: "test") { _ in log }
+            let started = OneShotEvent()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.long") { _, _ in
+                started.set()
+                try await Task.sleep(for: .seconds(12))
+            }
+            var configuration = fastConfiguration([("default", 1)])
+            configuration.leaseDuration = .seconds(10)
+            configuration.heartbeatInterval = .milliseconds(2500)
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
+            try await db.withWorker(configuration, handlers: handlers, url: silent.url, logger: logger) { worker in
+                await started.wait()
+                // Once the worker is listed, its heartbeat connection has sent the marker.
+                let listed = try await eventually(timeout: .seconds(10)) {
+                    try await db.scalar("SELECT count(*)::int FROM loco_workers WHERE id = \(worker.workerID)", as: Int32.self) == 1
+                }
+                #expect(listed)
+                let silenced = try await silent.silence()
+                #expect(silenced == 1, "\(silent.process.output)")
+                // A renewal waiting 30 s for an answer would let the 10 s lease run out: the job
+                // would be rescued (lease_expired) and run a second time.
+                let done = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(40))
+                #expect(done.attempt == 1 && done.errors.isEmpty, "\(done.errors)")
+                #expect(log.messages.contains("heartbeat failed; leases run out unless the next one succeeds"), "\(log.messages)")
+            }
         }
     }
 
@@ -1789,4 +1807,43 @@ final class CapturedLog: LogHandler, Sendable {
         set {}
     }
     func log(event: LogEvent) { lines.withLock { $0.append("\(event.message)") } }
+}
+
+/// `Fixtures/silent_proxy.py` in front of the test database: its connections that sent a marker
+/// can be made to go silent (nothing closed, nothing through), as a link that died does.
+struct SilentProxy {
+    let process: ChildProcess
+    let url: DatabaseURL
+    let trigger: String
+
+    static func start(before database: DatabaseURL, marker: String = "LISTEN") async throws -> SilentProxy {
+        let script = Repo.root.appending(path: "Tests/LocoQueueTests/Fixtures/silent_proxy.py").path
+        let trigger = FileManager.default.temporaryDirectory.appending(path: "loco-silence-\(UUID().uuidString)").path
+        for _ in 0..<5 {
+            let port = Int.random(in: 40_000...49_999)
+            let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(port)", "\(database.port)", trigger, marker])
+            if try await eventually(timeout: .seconds(10), { started.output.contains("listening") || started.exitStatusIfExited() != nil }),
+               started.output.contains("listening") {
+                var url = database
+                url.port = port
+                return SilentProxy(process: started, url: url, trigger: trigger)
+            }
+            started.stop()
+        }
+        throw TestSetupError("the silent proxy did not start (python3 Tests/LocoQueueTests/Fixtures/silent_proxy.py)")
+    }
+
+    /// Silences the marked connections; returns how many.
+    func silence() async throws -> Int {
+        FileManager.default.createFile(atPath: trigger, contents: nil)
+        var count: Int?
+        _ = try await eventually(timeout: .seconds(10)) {
+            count = process.output.split(separator: "\n").last { $0.hasPrefix("silenced ") }.flatMap { Int($0.dropFirst("silenced ".count)) }
+            return count != nil
+        }
+        guard let count else {
+            throw TestSetupError("the silent proxy did not answer (exit status \(String(describing: process.exitStatusIfExited()))): \(process.output)")
+        }
+        return count
+    }
 }

@@ -17,14 +17,17 @@ public func fastConfiguration(_ queues: [(String, Int)], workerID: String? = nil
 }
 
 extension TestDatabase {
-    /// Runs a worker against this database while `body` runs, then shuts it down gracefully.
+    /// Runs a worker against this database (or `url`, a way to it) while `body` runs, then shuts
+    /// it down gracefully.
     @discardableResult
     public func withWorker<T: Sendable>(
         _ configuration: WorkerConfiguration,
         handlers: JobHandlers,
+        url: DatabaseURL? = nil,
+        logger: Logger? = nil,
         _ body: (QueueWorker) async throws -> T
     ) async throws -> T {
-        let worker = try QueueWorker(databaseURL: url, handlers: handlers, configuration: configuration, logger: logger)
+        let worker = try QueueWorker(databaseURL: url ?? self.url, handlers: handlers, configuration: configuration, logger: logger ?? self.logger)
         let running = Task { try await worker.run() }
         do {
             let result = try await body(worker)

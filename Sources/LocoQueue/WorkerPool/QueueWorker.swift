@@ -20,8 +20,8 @@ struct WorkerShared: Sendable {
     /// A dedicated connection for one part of the worker, with `sessionSettings` for it. Behind a
     /// transaction-mode pooler (poll-only mode) statements are not prepared and session settings
     /// would reach the pooler's other clients, so it gets none.
-    func connect(sessionSettings: [(name: String, value: String)] = []) -> ReconnectingConnection {
-        ReconnectingConnection(url: databaseURL, logger: logger, usePreparedStatements: !configuration.pollOnly,
+    func connect(sessionSettings: [(name: String, value: String)] = [], queryTimeout: Duration = .seconds(30)) -> ReconnectingConnection {
+        ReconnectingConnection(url: databaseURL, logger: logger, queryTimeout: queryTimeout, usePreparedStatements: !configuration.pollOnly,
                                sessionSettings: configuration.pollOnly ? [] : sessionSettings)
     }
 }
@@ -170,7 +170,10 @@ struct Heartbeat: Sendable {
 
     init(shared: WorkerShared) {
         self.shared = shared
-        database = shared.connect()
+        // A renewal that gets no answer is given up after one heartbeat interval, not the usual
+        // 30 s: on a link that died without a word, the leases (30 s by default) would run out
+        // while it waited, and the jobs would be rescued and run again though this worker lives.
+        database = shared.connect(queryTimeout: min(.seconds(30), shared.configuration.effectiveHeartbeat))
     }
 
     func run() async {

@@ -1,25 +1,27 @@
 #!/usr/bin/env python3
-"""A TCP proxy in front of PostgreSQL whose LISTEN connections can go silent, the way a link
-does when a host vanishes or a NAT forgets the flow: nothing is closed, nothing gets through.
+"""A TCP proxy in front of PostgreSQL whose connections can go silent, the way a link does
+when a host vanishes or a NAT forgets the flow: nothing is closed, nothing gets through.
 
-    silent_proxy.py LISTEN_PORT UPSTREAM_PORT TRIGGER_FILE
+    silent_proxy.py LISTEN_PORT UPSTREAM_PORT TRIGGER_FILE [MARKER]
 
 Prints "listening" once it accepts connections. When TRIGGER_FILE appears, every connection
-that has sent a LISTEN so far stops forwarding in both directions (connections made later are
-not touched); it prints "silenced N" and removes the file. (A file, not a signal: under a full
-test run's load a SIGUSR1 once ended the proxy instead.)
+whose client has sent MARKER so far (default LISTEN: the worker's notification connection)
+stops forwarding in both directions (connections made later are not touched); it prints
+"silenced N" and removes the file. (A file, not a signal: under a full test run's load a
+SIGUSR1 once ended the proxy instead.)
 """
 import asyncio, os, sys
 
 listen_port, upstream_port, trigger = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-connections = []  # [{"listens": bool, "silent": bool}]
+marker = (sys.argv[4] if len(sys.argv) > 4 else "LISTEN").encode()
+connections = []  # [{"marked": bool, "silent": bool}]
 
 
-async def pipe(reader, writer, state, watch_listen):
+async def pipe(reader, writer, state, watch_marker):
     try:
         while data := await reader.read(65536):
-            if watch_listen and b"LISTEN" in data:
-                state["listens"] = True
+            if watch_marker and marker in data:
+                state["marked"] = True
             if state["silent"]:
                 continue
             writer.write(data)
@@ -37,7 +39,7 @@ async def handle(client_reader, client_writer):
     except OSError:
         client_writer.close()
         return
-    state = {"listens": False, "silent": False}
+    state = {"marked": False, "silent": False}
     connections.append(state)
     await asyncio.gather(pipe(client_reader, upstream_writer, state, True),
                          pipe(upstream_reader, client_writer, state, False))
@@ -46,7 +48,7 @@ async def handle(client_reader, client_writer):
 def silence():
     count = 0
     for state in connections:
-        if state["listens"] and not state["silent"]:
+        if state["marked"] and not state["silent"]:
             state["silent"] = True
             count += 1
     print(f"silenced {count}", flush=True)
