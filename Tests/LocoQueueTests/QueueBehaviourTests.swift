@@ -1606,6 +1606,22 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a connection let go without close() closes what it held, instead of tripping PostgresNIO's assertion (which ended a debug test run)")
+    func releasedWithoutClose() async throws {
+        try await TestDatabase.with { db in
+            do {
+                let connection = ReconnectingConnection(url: db.url, logger: db.logger, sessionSettings: [("application_name", "let-go")])
+                // The single-enqueue path caches its prepared statement; a query pins the loop's executor.
+                _ = try await db.store.enqueue(NewJob(queue: "let-go", kind: "k"), on: connection)
+                for try await _ in try await connection.run("SELECT 1", logger: db.logger) {}
+            }
+            let gone = try await eventually(timeout: .seconds(10), every: .milliseconds(100)) {
+                try await db.scalar("SELECT count(*)::int FROM pg_stat_activity WHERE application_name = 'let-go'", as: Int32.self) == 0
+            }
+            #expect(gone, "its session ended")
+        }
+    }
+
     @Test("close() is for good: a call made afterwards fails instead of opening a connection nobody closes")
     func closedForGood() async throws {
         try await TestDatabase.with { db in

@@ -54,9 +54,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// The executor of the connection's event loop, made once per connection.
     private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
     /// Statements prepared through PostgresNIO's future-based API, for the connection they were
-    /// prepared on (the cached statements keep that connection object alive, so its identifier
-    /// cannot be reused by a newer one while cached).
-    private let futurePrepared = Mutex<(connection: ObjectIdentifier, statements: [String: PreparedQuery])?>(nil)
+    /// prepared on.
+    private let futurePrepared = Mutex<(connection: PostgresConnection, statements: [String: PreparedQuery])?>(nil)
     /// Set by `close()`, for good: a part still running as its worker stops (a maintenance loop
     /// mid-statement) must not open a new connection that nobody then closes. One did, and
     /// PostgresNIO's check that a connection is closed before it is freed crashed a debug build.
@@ -79,6 +78,19 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         self.logger = logger
         self.connectTimeout = connectTimeout
         self.queryTimeout = queryTimeout
+    }
+
+    /// Closes what is still open when the owner let go without `close()` (a test that failed
+    /// half-way did): PostgresNIO asserts that a connection is closed before it is freed, and
+    /// that assertion ended a whole debug test run. The close keeps the connection alive until
+    /// it is done.
+    deinit {
+        let held = [ready.withLock { $0 }, loopExecutor.withLock { $0?.connection }, futurePrepared.withLock { $0?.connection }]
+        var seen: [PostgresConnection] = []
+        for case let connection? in held where !connection.isClosed && !seen.contains(where: { $0 === connection }) {
+            seen.append(connection)
+            connection.close().whenComplete { _ in _ = connection }
+        }
     }
 
     /// The current connection, connecting first if there is none (concurrent callers share one attempt).
@@ -181,14 +193,13 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// `PostgresError` (turned back into `ConnectionClosed` and `DatabaseServerError` here).
     func rows(ofPrepared sql: String, binds: [PostgresData]) async throws -> [PostgresRow] {
         let connection = try await connection()
-        let id = ObjectIdentifier(connection)
         let statement: PreparedQuery
-        if let cached = futurePrepared.withLock({ $0?.connection == id ? $0?.statements[sql] : nil }) {
+        if let cached = futurePrepared.withLock({ $0?.connection === connection ? $0?.statements[sql] : nil }) {
             statement = cached
         } else {
             statement = try await watched(connection) { connection.prepare(query: sql) }
             futurePrepared.withLock { cache in
-                if cache?.connection != id { cache = (id, [:]) }
+                if cache?.connection !== connection { cache = (connection, [:]) }
                 cache?.statements[sql] = statement
             }
         }
