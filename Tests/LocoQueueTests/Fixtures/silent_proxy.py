@@ -5,7 +5,7 @@ when a host vanishes or a NAT forgets the flow: nothing is closed, nothing gets 
     silent_proxy.py LISTEN_PORT UPSTREAM_PORT TRIGGER_FILE [MARKER]
 
 Prints "listening" once it accepts connections. When TRIGGER_FILE appears, every connection
-whose client has sent MARKER so far (default LISTEN: the worker's notification connection)
+still open whose client has sent MARKER (default LISTEN: the worker's notification connection)
 stops forwarding in both directions (connections made later are not touched); it prints
 "silenced N" and removes the file. (A file, not a signal: under a full test run's load a
 SIGUSR1 once ended the proxy instead.)
@@ -14,7 +14,7 @@ import asyncio, os, sys
 
 listen_port, upstream_port, trigger = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 marker = (sys.argv[4] if len(sys.argv) > 4 else "LISTEN").encode()
-connections = []  # [{"marked": bool, "silent": bool}]
+connections = []  # [{"marked": bool, "silent": bool, "closed": bool}]
 
 
 async def pipe(reader, writer, state, watch_marker):
@@ -29,6 +29,7 @@ async def pipe(reader, writer, state, watch_marker):
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
+        state["closed"] = True
         if not state["silent"]:
             writer.close()
 
@@ -39,7 +40,7 @@ async def handle(client_reader, client_writer):
     except OSError:
         client_writer.close()
         return
-    state = {"marked": False, "silent": False}
+    state = {"marked": False, "silent": False, "closed": False}
     connections.append(state)
     await asyncio.gather(pipe(client_reader, upstream_writer, state, True),
                          pipe(upstream_reader, client_writer, state, False))
@@ -48,7 +49,7 @@ async def handle(client_reader, client_writer):
 def silence():
     count = 0
     for state in connections:
-        if state["marked"] and not state["silent"]:
+        if state["marked"] and not state["silent"] and not state["closed"]:
             state["silent"] = True
             count += 1
     print(f"silenced {count}", flush=True)
