@@ -199,6 +199,23 @@ public struct JobStore: Sendable {
         return updated
     }
 
+    /// Of `outcomes` that `record` did not write, the final ones this worker had already written:
+    /// an earlier try committed, but its answer was lost with its connection, so the retry found
+    /// the job no longer running. Their ids and states.
+    func alreadyRecorded(_ outcomes: [JobOutcome], worker: String, on db: some QueryRunner) async throws -> [Int64: JobState] {
+        let final = outcomes.filter { [.completed, .failed, .cancelled].contains($0.state) }
+        guard !final.isEmpty else { return [:] }
+        let rows = try await db.run("""
+            SELECT j.id, j.state FROM loco_jobs j
+            JOIN unnest(\(final.map(\.id))::int8[], \(final.map { Int64($0.attempt) })::int8[], \(final.map(\.state.rawValue))::text[])
+                AS t(id, attempt, state) ON j.id = t.id AND j.attempt = t.attempt AND j.state = t.state
+            WHERE j.locked_by = \(worker) AND j.finalized_at IS NOT NULL
+            """, logger: logger)
+        var found: [Int64: JobState] = [:]
+        for try await (id, state) in rows.decode((Int64, String).self) { found[id] = JobState(rawValue: state) }
+        return found
+    }
+
     /// Extends the leases of jobs this worker holds. Returns, for each job still held, whether its
     /// lease was renewed (and whether cancellation was requested) or the job was busy (locked by
     /// someone else at that moment); jobs missing from the result were lost.

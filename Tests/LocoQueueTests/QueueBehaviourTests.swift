@@ -747,6 +747,30 @@ struct QueueBehaviourTests {
             #expect(done.lockedBy == "fresh")
             #expect(done.errors.map(\.code) == ["lease_expired"])
             #expect(done.errors.first?.worker == "stale")
+
+            // Written again (its first answer lost with the connection): known as written by the
+            // fresh worker, never by the stale one.
+            let again = JobOutcome(id: job.id, attempt: 2, queue: "default", state: .completed)
+            #expect(try await store.record([again], worker: "fresh", on: db.client).isEmpty)
+            #expect(try await store.alreadyRecorded([again], worker: "fresh", on: db.client) == [job.id: .completed])
+            #expect(try await store.alreadyRecorded([again], worker: "stale", on: db.client).isEmpty)
+            #expect(try await store.alreadyRecorded([JobOutcome(id: job.id, attempt: staleAttempt, state: .completed)], worker: "fresh", on: db.client).isEmpty)
+            // The completer retrying it does not report a lost lease.
+            let log = CapturedLog()
+            let ledger = JobLedger()
+            let connection = ReconnectingConnection(url: db.url, logger: db.logger)
+            let completer = Completer(database: connection, store: store, ledger: ledger, metrics: QueueMetrics(), worker: "fresh",
+                                      logger: Logger(label: "test") { _ in log })
+            var outcome = again
+            outcome.run = ledger.add(id: job.id, attempt: 2, queue: "default")
+            completer.submit(outcome)
+            let stopping = OneShotEvent()
+            let running = Task { await completer.run(stopping: stopping) }
+            #expect(await eventually { ledger.count == 0 })
+            stopping.set()
+            await running.value
+            #expect(!log.messages.contains { $0.hasPrefix("dropped the result") }, "\(log.messages)")
+            #expect(log.messages.contains("the result of job \(job.id) was written before; its answer was lost with the connection"), "\(log.messages)")
         }
     }
 

@@ -57,8 +57,16 @@ final class Completer: Sendable {
                 continue
             }
             do {
-                let updated = try await store.record(batch, worker: worker, on: database)
+                var updated = try await store.record(batch, worker: worker, on: database)
                 failures = 0
+                let unwritten = batch.filter { updated[$0.id] == nil }
+                // Not lost, if an earlier try wrote them and only its answer was lost.
+                if !unwritten.isEmpty, let earlier = try? await store.alreadyRecorded(unwritten, worker: worker, on: database) {
+                    for (id, state) in earlier {
+                        updated[id] = state
+                        logger.debug("the result of job \(id) was written before; its answer was lost with the connection")
+                    }
+                }
                 account(batch, updated: updated)
             } catch {
                 failures += 1
