@@ -48,7 +48,8 @@ public struct ContainerSupervisor: Sendable {
                 guard serving[app] == .some(deployment) else { continue }
                 var record = records[container.Id] ?? RestartRecord()
                 let exitedAt = Date(timeIntervalSince1970: TimeInterval(container.ExitedAt))
-                let (streak, due) = backoff.nextStart(exitedAt: exitedAt, ranFor: TimeInterval(container.ExitedAt - container.StartedAt), record: record)
+                let ranFor = TimeInterval(container.ExitedAt - container.StartedAt)
+                let (streak, due) = backoff.nextStart(exitedAt: exitedAt, ranFor: ranFor, record: record)
                 guard now >= due else {
                     if record.nextStartAt == nil {
                         let wait = Int(due.timeIntervalSince(now).rounded(.up))
@@ -76,8 +77,8 @@ public struct ContainerSupervisor: Sendable {
                 } else {
                     let reason = Self.startFailure(output)
                     record.lastError = reason
-                    // The failed start counts as a try: the next waits out the back-off from now.
-                    let retry = now.addingTimeInterval(backoff.delay(afterRestarts: record.streak))
+                    // The failed start counts as a try (`nextStart` waits from it).
+                    let retry = backoff.nextStart(exitedAt: exitedAt, ranFor: ranFor, record: record).at
                     record.nextStartAt = retry
                     say("could not be started again (\(reason)); tries again in \(Int(retry.timeIntervalSince(now).rounded(.up))) s", about: container, at: now)
                     logger.warning("could not start a serving container again", metadata: ["container": "\(container.name)", "podman": "\(reason)"])
