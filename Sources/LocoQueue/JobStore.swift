@@ -401,6 +401,78 @@ public struct JobStore: Sendable {
         return nil
     }
 
+    // MARK: Periodic jobs' settings
+
+    /// What operators changed of the periodic jobs, by name.
+    public func cronSettings(on db: some QueryRunner) async throws -> [String: CronSetting] {
+        let settings = try await cronSettingRows("SELECT name, schedule, paused_at, changed_by, updated_at FROM loco_cron_settings", on: db)
+        return Dictionary(settings.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Runs a statement that returns `name, schedule, paused_at, changed_by, updated_at` rows.
+    private func cronSettingRows(_ statement: PostgresQuery, on db: some QueryRunner) async throws -> [CronSetting] {
+        let rows = try await db.run(statement, logger: logger)
+        var settings: [CronSetting] = []
+        for try await (name, schedule, pausedAt, changedBy, updatedAt) in rows.decode((String, String?, Date?, String?, Date).self) {
+            settings.append(CronSetting(name: name, schedule: schedule, pausedAt: pausedAt, changedBy: changedBy, updatedAt: updatedAt))
+        }
+        return settings
+    }
+
+    /// Runs `periodic` on `schedule` from now on (nil: the schedule declared in code again), from
+    /// the current slot: slots the new schedule had before it are not caught up.
+    public func setCronSchedule(_ periodic: PeriodicJob, to schedule: CronSchedule?, by who: String?, on db: some TransactionRunner) async throws -> CronSetting {
+        try await db.transaction { connection in
+            let setting = try await writeCronSetting(periodic.name, """
+                INSERT INTO loco_cron_settings (name, schedule, changed_by) VALUES (\(periodic.name), \(schedule?.expression), \(who))
+                ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, changed_by = EXCLUDED.changed_by, updated_at = now()
+                RETURNING name, schedule, paused_at, changed_by, updated_at
+                """, on: connection)
+            try await skipPastSlots(of: periodic.with(schedule: schedule ?? periodic.schedule), on: connection)
+            return setting
+        }
+    }
+
+    /// Pauses or resumes `periodic` on every scheduler and for `locod cron NAME`. Pausing a paused
+    /// job (or resuming a running one) changes nothing; resuming starts from the current slot,
+    /// without catching up on the slots that passed while paused.
+    /// Returns the setting as it now is (nil: nothing was ever changed) and whether this call changed it.
+    public func setCronPaused(_ periodic: PeriodicJob, _ paused: Bool, by who: String?, on db: some TransactionRunner) async throws -> (setting: CronSetting?, changed: Bool) {
+        try await db.transaction { connection in
+            let before = try await cronSettingRows("""
+                SELECT name, schedule, paused_at, changed_by, updated_at FROM loco_cron_settings WHERE name = \(periodic.name) FOR UPDATE
+                """, on: connection).first
+            if (before?.pausedAt != nil) == paused { return (before, false) }
+            let setting = try await writeCronSetting(periodic.name, """
+                INSERT INTO loco_cron_settings (name, paused_at, changed_by) VALUES (\(periodic.name), CASE WHEN \(paused) THEN now() END, \(who))
+                ON CONFLICT (name) DO UPDATE SET paused_at = EXCLUDED.paused_at, changed_by = EXCLUDED.changed_by, updated_at = now()
+                RETURNING name, schedule, paused_at, changed_by, updated_at
+                """, on: connection)
+            if !paused { try await skipPastSlots(of: (try? periodic.applying(setting)) ?? periodic, on: connection) }
+            return (setting, true)
+        }
+    }
+
+    private func writeCronSetting(_ name: String, _ statement: PostgresQuery, on connection: some QueryRunner) async throws -> CronSetting {
+        guard let setting = try await cronSettingRows(statement, on: connection).first else { throw QueueError.periodicJobNotChanged(name: name) }
+        return setting
+    }
+
+    /// Marks every slot before the current one taken, so no scheduler catches up on them; the
+    /// current slot itself stays free (system cron may be running it this very minute).
+    private func skipPastSlots(of periodic: PeriodicJob, on connection: some QueryRunner) async throws {
+        let current = periodic.schedule.slot(containing: Date())
+        _ = try await advanceCronSlot(name: periodic.name, to: current.addingTimeInterval(-periodic.schedule.resolution), on: connection)
+    }
+
+    /// The newest slot some scheduler enqueued for each periodic job.
+    public func cronSlots(on db: some QueryRunner) async throws -> [String: Date] {
+        let rows = try await db.run("SELECT name, last_slot FROM loco_cron_slots", logger: logger)
+        var slots: [String: Date] = [:]
+        for try await (name, slot) in rows.decode((String, Date).self) { slots[name] = slot }
+        return slots
+    }
+
     // MARK: Operators
 
     /// Cancels a job: a queued one at once (its dependents too); a running one is asked to stop

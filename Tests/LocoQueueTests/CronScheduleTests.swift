@@ -55,6 +55,53 @@ struct CronScheduleTests {
         #expect(schedule.latestDue(after: date("2026-11-26T05:00:00Z"), now: date("2026-11-26T05:30:00Z")) == nil)
     }
 
+    @Test("CRON_TZ reads the fields in a zone, with its summer time")
+    func timeZone() throws {
+        let berlin = try CronSchedule("CRON_TZ=Europe/Berlin 0 3 * * *")
+        #expect(berlin.timeZone.identifier == "Europe/Berlin")
+        #expect(berlin.expression == "CRON_TZ=Europe/Berlin 0 3 * * *")
+        #expect(berlin.next(after: date("2026-12-03T12:00:00Z")) == date("2026-12-04T02:00:00Z"))
+        #expect(berlin.next(after: date("2026-07-01T12:00:00Z")) == date("2026-07-02T01:00:00Z"))
+        let weekdays = try CronSchedule("TZ=America/New_York 0 9 * * mon-fri")
+        // Friday 2026-11-27, 10:00 in New York: the next run is Monday at 09:00 EST.
+        #expect(weekdays.next(after: date("2026-11-27T15:00:00Z")) == date("2026-11-30T14:00:00Z"))
+        #expect(try CronSchedule("CRON_TZ=Asia/Tokyo @daily").next(after: date("2026-12-03T16:00:00Z")) == date("2026-12-04T15:00:00Z"))
+        #expect(try CronSchedule("CRON_TZ=Asia/Kathmandu 0 6 * * *").next(after: date("2026-12-03T00:00:00Z")) == date("2026-12-03T00:15:00Z"))
+        #expect(try CronSchedule("CRON_TZ=UTC 0 3 * * *") == CronSchedule("CRON_TZ=UTC 0 3 * * *"))
+        let hourly = try CronSchedule("CRON_TZ=Europe/Berlin 0 * * * *")
+        let due = hourly.latestDue(after: date("2026-11-26T01:00:00Z"), now: date("2026-11-26T05:30:00Z"))
+        #expect(due == date("2026-11-26T05:00:00Z"))
+    }
+
+    @Test("a time the clocks skip runs once, at the change; a fixed time they pass twice runs the first time")
+    func daylightSaving() throws {
+        // Berlin, 2026: 02:00 CET becomes 03:00 CEST on 29 March (01:00 UTC); 03:00 CEST
+        // becomes 02:00 CET on 25 October (01:00 UTC).
+        let halfPastTwo = try CronSchedule("CRON_TZ=Europe/Berlin 30 2 * * *")
+        #expect(halfPastTwo.next(after: date("2026-03-28T01:30:00Z")) == date("2026-03-29T01:00:00Z"))
+        #expect(halfPastTwo.next(after: date("2026-03-29T01:00:00Z")) == date("2026-03-30T00:30:00Z"))
+        #expect(halfPastTwo.next(after: date("2026-10-24T12:00:00Z")) == date("2026-10-25T00:30:00Z"))
+        #expect(halfPastTwo.next(after: date("2026-10-25T00:30:00Z")) == date("2026-10-26T01:30:00Z"))
+        // Asked during the second 02:xx, a fixed 02:30 has had its run.
+        #expect(halfPastTwo.next(after: date("2026-10-25T01:10:00Z")) == date("2026-10-26T01:30:00Z"))
+
+        // Every half hour: the skipped 02:00 and 02:30 collapse into the change (03:00 CEST)...
+        let everyHalfHour = try CronSchedule("CRON_TZ=Europe/Berlin */30 * * * *")
+        var runs: [Date] = []
+        var cursor = date("2026-03-29T00:00:00Z")
+        while let next = everyHalfHour.next(after: cursor), next <= date("2026-03-29T02:00:00Z") { runs.append(next); cursor = next }
+        #expect(runs == ["00:30", "01:00", "01:30", "02:00"].map { date("2026-03-29T\($0):00Z") })
+        // ...and the hour passed twice in October runs twice, as its hour field is '*'.
+        runs = []
+        cursor = date("2026-10-24T23:45:00Z")
+        while let next = everyHalfHour.next(after: cursor), next <= date("2026-10-25T02:30:00Z") { runs.append(next); cursor = next }
+        #expect(runs == ["00:00", "00:30", "01:00", "01:30", "02:00", "02:30"].map { date("2026-10-25T\($0):00Z") })
+
+        // Every 20 seconds, asked just before the clocks go back: the second 02:00:00 is next.
+        let seconds = try CronSchedule("CRON_TZ=Europe/Berlin */20 * * * * *")
+        #expect(seconds.next(after: date("2026-10-25T00:59:50Z")) == date("2026-10-25T01:00:00Z"))
+    }
+
     @Test("invalid expressions say what is wrong", arguments: [
         ("* * * *", "4 fields"),
         ("61 * * * *", "minute 61 is outside 0-59"),
@@ -62,6 +109,9 @@ struct CronScheduleTests {
         ("5-1 * * * *", "backwards"),
         ("* * * foo *", "'foo'"),
         ("@sometimes", "unknown macro"),
+        ("CRON_TZ=Mars/Olympus 0 3 * * *", "time zone 'Mars/Olympus' is not known"),
+        ("CRON_TZ= 0 3 * * *", "time zone '' is not known"),
+        ("TZ=Europe/Berlin 0 3 * *", "4 fields"),
     ])
     func invalid(expression: String, mentions: String) {
         #expect {

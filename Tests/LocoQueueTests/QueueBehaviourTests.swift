@@ -1065,6 +1065,57 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a schedule set, a pause and a resume at run time reach a running scheduler without a restart")
+    func cronSettingsAtRunTime() async throws {
+        try await TestDatabase.with { db in
+            // Declared yearly: nothing of it runs during the test unless its schedule is changed.
+            let declared = PeriodicJob(name: "settable", schedule: try CronSchedule("0 0 1 1 *"), queue: "cron", kind: "test.settable")
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.settable") { _, _ in }
+            var configuration = fastConfiguration([("unused", 1)], workerID: "scheduler-settings")
+            configuration.periodicJobs = [declared]
+            let count = "SELECT count(*) FROM loco_jobs WHERE kind = 'test.settable'"
+            func enqueued() async throws -> Int64 { try await db.scalar(PostgresQuery(unsafeSQL: count), as: Int64.self) }
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                try await Task.sleep(for: .milliseconds(1500))
+                #expect(try await enqueued() == 0)
+
+                let everySecond = try CronSchedule("CRON_TZ=Europe/Berlin * * * * * *")
+                let set = try await db.store.setCronSchedule(declared, to: everySecond, by: "test", on: db.client)
+                #expect(set.schedule == everySecond.expression && set.changedBy == "test" && set.pausedAt == nil)
+                #expect(try await eventually(timeout: .seconds(30), every: .milliseconds(100)) { try await enqueued() >= 2 })
+
+                let paused = try await db.store.setCronPaused(declared, true, by: "test", on: db.client)
+                #expect(paused.changed && paused.setting?.pausedAt != nil)
+                #expect(try await db.store.setCronPaused(declared, true, by: nil, on: db.client).changed == false)
+                let never = PeriodicJob(name: "never-changed", schedule: declared.schedule, queue: "cron", kind: "test.settable")
+                let notPaused = try await db.store.setCronPaused(never, false, by: nil, on: db.client)
+                #expect(!notPaused.changed && notPaused.setting == nil, "resuming what was never paused writes nothing")
+                // A tick that read the settings just before the pause may still enqueue its slot.
+                try await Task.sleep(for: .milliseconds(1000))
+                let whilePaused = try await enqueued()
+                try await Task.sleep(for: .milliseconds(2500))
+                #expect(try await enqueued() == whilePaused)
+
+                let resumed = try await db.store.setCronPaused(declared, false, by: nil, on: db.client)
+                #expect(resumed.changed && resumed.setting?.pausedAt == nil)
+                #expect(try await eventually(timeout: .seconds(30), every: .milliseconds(100)) { try await enqueued() >= whilePaused + 2 })
+
+                // Back to the declared yearly schedule: nothing more is enqueued.
+                _ = try await db.store.setCronSchedule(declared, to: nil, by: nil, on: db.client)
+                try await Task.sleep(for: .milliseconds(1000))
+                let afterReset = try await enqueued()
+                try await Task.sleep(for: .milliseconds(2500))
+                #expect(try await enqueued() == afterReset)
+            }
+            // Every slot once: the unique keys name distinct seconds.
+            let keys = try await db.client.query("SELECT unique_key FROM loco_jobs WHERE kind = 'test.settable'")
+            var slots: [String] = []
+            for try await key in keys.decode(String.self) { slots.append(key) }
+            #expect(Set(slots).count == slots.count && slots.allSatisfy { $0.hasPrefix("cron:settable:") })
+        }
+    }
+
     @Test("finished jobs are pruned in batches after their state's retention period; others stay")
     func prune() async throws {
         try await TestDatabase.with { db in

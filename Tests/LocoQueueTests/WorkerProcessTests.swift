@@ -439,6 +439,63 @@ struct WorkerProcessTests {
             #expect(text.output.contains("registry-cleanup  '0 3 * * *'  -> queue cleanup, kind registry.cleanup; next "), "\(text.output)")
         }
     }
+    @Test("locod cron set, pause, resume and reset change a periodic job for every scheduler and for system cron")
+    func cronSettingsCommands() async throws {
+        try await TestDatabase.with { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            func listed() async throws -> [String: String] {
+                let list = try await runCommand(locod, ["cron", "list", "--output", "json"], environment: env)
+                let all = try JSONDecoder().decode([[String: String]].self, from: Data(list.output.utf8))
+                return try #require(all.first { $0["name"] == "registry-cleanup" }, "\(list.output)")
+            }
+
+            let set = try await runCommand(locod, ["cron", "set", "registry-cleanup", "CRON_TZ=Europe/Berlin 30 4 * * sun", "--by", "ann: quieter hour"], environment: env)
+            #expect(set.status == 0 && set.output.contains("registry-cleanup now runs on 'CRON_TZ=Europe/Berlin 30 4 * * sun'"), "\(set.output)")
+            var cleanup = try await listed()
+            #expect(cleanup["schedule"] == "CRON_TZ=Europe/Berlin 30 4 * * sun" && cleanup["declared_schedule"] == "0 3 * * *")
+            #expect(cleanup["time_zone"] == "Europe/Berlin" && cleanup["changed_by"] == "ann: quieter hour")
+            // Sunday 04:30 in Berlin is 03:30 UTC in winter and 02:30 UTC in summer.
+            let next = try #require(cleanup["next"].flatMap { try? Date($0, strategy: .iso8601) }, "\(cleanup)")
+            #expect(next > Date() && next.timeIntervalSinceNow <= 7 * 86_400)
+            let secondOfDay = Int(next.timeIntervalSince1970) % 86_400
+            let halfPastThreeOrTwo: [Int] = [12_600, 9_000]
+            #expect(halfPastThreeOrTwo.contains(secondOfDay), "\(next)")
+            #expect(cleanup["next_local"]?.contains("T04:30:00+0") == true, "\(cleanup)")
+            let text = try await runCommand(locod, ["cron"], environment: env)
+            #expect(text.output.contains("registry-cleanup  'CRON_TZ=Europe/Berlin 30 4 * * sun'  -> queue cleanup, kind registry.cleanup; next "), "\(text.output)")
+            #expect(text.output.contains("Europe/Berlin); declared '0 3 * * *'; last changed ") && text.output.contains(" by ann: quieter hour"), "\(text.output)")
+
+            let badZone = try await runCommand(locod, ["cron", "set", "registry-cleanup", "CRON_TZ=Europe/Berln 0 3 * * *"], environment: env)
+            #expect(badZone.status == 1 && badZone.output.contains("time zone 'Europe/Berln' is not known") && badZone.output.contains("[invalid_cron_expression]"), "\(badZone.output)")
+            let unknown = try await runCommand(locod, ["cron", "pause", "nope"], environment: env)
+            #expect(unknown.status == 1 && unknown.output.contains("[unknown_periodic_job]") && unknown.output.contains("registry-cleanup"), "\(unknown.output)")
+            #expect(try await listed()["schedule"] == "CRON_TZ=Europe/Berlin 30 4 * * sun", "a refused change changes nothing")
+
+            // Paused: system cron's 'locod cron NAME' enqueues nothing, and says so.
+            let pause = try await runCommand(locod, ["cron", "pause", "registry-cleanup", "--by", "bob"], environment: env)
+            #expect(pause.status == 0 && pause.output.contains("registry-cleanup paused"), "\(pause.output)")
+            #expect(try await runCommand(locod, ["cron", "pause", "registry-cleanup"], environment: env).output.contains("was already paused"))
+            let whilePaused = try await runCommand(locod, ["cron", "registry-cleanup"], environment: env)
+            #expect(whilePaused.status == 0 && whilePaused.output.contains("registry-cleanup is paused") && whilePaused.output.contains("nothing enqueued"), "\(whilePaused.output)")
+            #expect(try await db.store.list(kind: "registry.cleanup", on: db.client).isEmpty)
+            cleanup = try await listed()
+            #expect(cleanup["paused_at"]?.isEmpty == false && cleanup["next"] == "" && cleanup["changed_by"] == "bob")
+
+            let resume = try await runCommand(locod, ["cron", "resume", "registry-cleanup", "--output", "json"], environment: env)
+            #expect(resume.status == 0 && resume.output.contains(#""paused_at" : """#), "\(resume.output)")
+            let run = try await runCommand(locod, ["cron", "registry-cleanup", "--output", "json"], environment: env)
+            let ran = try JSONDecoder().decode([String: String].self, from: Data(run.output.utf8))
+            #expect(ran["job_id"]?.isEmpty == false, "\(run.output)")
+            #expect(try await db.store.list(kind: "registry.cleanup", on: db.client).count == 1)
+
+            let reset = try await runCommand(locod, ["cron", "reset", "registry-cleanup"], environment: env)
+            #expect(reset.status == 0 && reset.output.contains("runs on its declared '0 3 * * *' again"), "\(reset.output)")
+            cleanup = try await listed()
+            #expect(cleanup["schedule"] == "0 3 * * *" && cleanup["time_zone"] == "UTC" && cleanup["next_local"] == "" && cleanup["changed_by"] == "")
+        }
+    }
+
 }
 
 extension JSONDecoder {

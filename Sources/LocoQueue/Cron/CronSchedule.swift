@@ -1,11 +1,22 @@
 import Foundation
 
-/// A cron expression in UTC: five fields (minute hour day-of-month month day-of-week), or six
-/// with a leading seconds field, or a macro (@yearly, @monthly, @weekly, @daily, @hourly).
-/// Fields take `*`, numbers, ranges `a-b`, steps `*/n` or `a-b/n`, lists `a,b`, and month and
-/// weekday names. As in Vixie cron, when both day fields are restricted either may match.
+/// A cron expression: five fields (minute hour day-of-month month day-of-week), or six with a
+/// leading seconds field, or a macro (@yearly, @monthly, @weekly, @daily, @hourly). Fields take
+/// `*`, numbers, ranges `a-b`, steps `*/n` or `a-b/n`, lists `a,b`, and month and weekday
+/// names. As in Vixie cron, when both day fields are restricted either may match.
+///
+/// Times are UTC unless the expression starts with `CRON_TZ=ZONE` (or `TZ=ZONE`), an IANA
+/// name, as cronie and River's cron take it. Across daylight-saving changes it does what
+/// cronie does: a time the clocks skip runs once, at the change; a time the clocks pass twice
+/// runs once, the first time, unless the hour field is `*` (or `*/n`), whose jobs run in both.
 public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
     public let expression: String
+    /// The zone the fields are read in (UTC unless `CRON_TZ=`).
+    public let timeZone: TimeZone
+    /// Whether the fields are read in UTC (Foundation may call that zone GMT).
+    public var isUTC: Bool { timeZone.identifier == "UTC" || timeZone.identifier == "GMT" }
+    /// The zone's IANA name, "UTC" for UTC.
+    public var timeZoneName: String { isUTC ? "UTC" : timeZone.identifier }
     let seconds: Set<Int>
     let minutes: Set<Int>
     let hours: Set<Int>
@@ -14,6 +25,7 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
     let daysOfWeek: Set<Int>
     let dayOfMonthRestricted: Bool
     let dayOfWeekRestricted: Bool
+    let hourRestricted: Bool
     /// Whether the expression has a seconds field (its slots are seconds, not minutes).
     public let hasSeconds: Bool
 
@@ -23,7 +35,17 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         self.expression = expression
         let macros = ["@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
                       "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"]
-        let trimmed = expression.trimmingCharacters(in: .whitespaces)
+        var trimmed = expression.trimmingCharacters(in: .whitespaces)
+        var zone = Self.utcZone
+        if let prefix = ["CRON_TZ=", "TZ="].first(where: { trimmed.hasPrefix($0) }) {
+            let name = String(trimmed.dropFirst(prefix.count).prefix { !$0.isWhitespace })
+            guard !name.isEmpty, let named = TimeZone(identifier: name) else {
+                throw .invalidCronExpression(expression: expression, reason: "time zone '\(name)' is not known (an IANA name such as Europe/Berlin, America/New_York or UTC)")
+            }
+            zone = named
+            trimmed = trimmed.dropFirst(prefix.count + name.count).trimmingCharacters(in: .whitespaces)
+        }
+        timeZone = zone
         let text = macros[trimmed.lowercased()] ?? trimmed
         if text.hasPrefix("@") {
             throw .invalidCronExpression(expression: expression, reason: "unknown macro \(text)")
@@ -46,6 +68,7 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         daysOfWeek = dow
         dayOfMonthRestricted = !fields[3].hasPrefix("*")
         dayOfWeekRestricted = !fields[5].hasPrefix("*")
+        hourRestricted = !fields[2].hasPrefix("*")
     }
 
     private static func parse(_ field: String, name: String, range: ClosedRange<Int>, names: [String] = [], namesStart: Int = 0, expression: String) throws(QueueError) -> Set<Int> {
@@ -90,9 +113,10 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         return result
     }
 
+    private static let utcZone = TimeZone(identifier: "UTC")!
     private static let utc: Calendar = {
         var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
+        calendar.timeZone = utcZone
         return calendar
     }()
 
@@ -106,6 +130,53 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
 
     /// The first matching time strictly after `date`, or nil if none within about eight years.
     public func next(after date: Date) -> Date? {
+        if isUTC { return nextWall(after: date) }
+        // Wall-clock times are walked as if they were UTC ("floating"), then placed in the zone.
+        func offset(_ instant: Date) -> TimeInterval { TimeInterval(timeZone.secondsFromGMT(for: instant)) }
+        // A time of day before `date`'s may still come after it, if the clocks go back within
+        // the next hours: start the walk that much earlier.
+        let back = max(0, offset(date) - offset(date.addingTimeInterval(3 * 3_600)))
+        var cursor = date.addingTimeInterval(offset(date) - back)
+        var best: Date?
+        for _ in 0..<10_000 {
+            guard let wall = nextWall(after: cursor) else { break }
+            if let found = best {
+                // No later wall time can be placed before `found`.
+                let latestOffset = [-86_400.0, 0, 86_400].map { offset(found.addingTimeInterval($0)) }.max()!
+                if wall.addingTimeInterval(-latestOffset) > found { break }
+            }
+            for instant in instants(ofWall: wall) where instant > date && instant < (best ?? .distantFuture) {
+                best = instant
+            }
+            cursor = wall
+        }
+        return best
+    }
+
+    /// Where a wall-clock time (floating) falls in the zone: once as a rule; not at all when the
+    /// clocks skip it, which runs it at the change instead; twice when they pass it twice, of which
+    /// a fixed hour keeps the first.
+    private func instants(ofWall wall: Date) -> [Date] {
+        let offsets = Set([-86_400.0, 0, 86_400].map { timeZone.secondsFromGMT(for: wall.addingTimeInterval($0)) })
+        let placed = offsets.map { wall.addingTimeInterval(-TimeInterval($0)) }
+            .filter { timeZone.secondsFromGMT(for: $0) == Int(wall.timeIntervalSince($0)) }
+            .sorted()
+        if placed.isEmpty, let lowest = offsets.min(), let highest = offsets.max() {
+            // In the gap: find the change, which lies between the two readings of this wall time.
+            var before = wall.addingTimeInterval(-TimeInterval(highest))
+            var after = wall.addingTimeInterval(-TimeInterval(lowest))
+            let offsetAfter = timeZone.secondsFromGMT(for: after)
+            while after.timeIntervalSince(before) > 1 {
+                let middle = Date(timeIntervalSince1970: ((before.timeIntervalSince1970 + after.timeIntervalSince1970) / 2).rounded(.down))
+                if timeZone.secondsFromGMT(for: middle) == offsetAfter { after = middle } else { before = middle }
+            }
+            return [after]
+        }
+        return hourRestricted ? Array(placed.prefix(1)) : placed
+    }
+
+    /// The first matching wall-clock time strictly after `date`, both read as UTC.
+    private func nextWall(after date: Date) -> Date? {
         let calendar = Self.utc
         var t = slot(containing: date).addingTimeInterval(resolution)
         for _ in 0..<100_000 {

@@ -16,6 +16,7 @@ public enum QueueError: CodedError, Equatable {
     case leaseLost(id: Int64)
     case migrationFailed(version: Int, name: String, reason: String)
     case pauseNotRecorded(queue: String)
+    case periodicJobNotChanged(name: String)
     case sessionSettingsRefused(settings: [String], reason: String)
 
     public var code: String {
@@ -35,6 +36,7 @@ public enum QueueError: CodedError, Equatable {
         case .leaseLost: "lease_lost"
         case .migrationFailed: "migration_failed"
         case .pauseNotRecorded: "pause_not_recorded"
+        case .periodicJobNotChanged: "periodic_job_not_changed"
         case .sessionSettingsRefused: "session_settings_refused"
         }
     }
@@ -71,6 +73,8 @@ public enum QueueError: CodedError, Equatable {
             "migration \(version) (\(name)) failed: \(reason)"
         case let .pauseNotRecorded(queue):
             "the pause of queue '\(queue)' was not recorded"
+        case let .periodicJobNotChanged(name):
+            "the change to periodic job '\(name)' was not recorded"
         case let .sessionSettingsRefused(settings, reason):
             "PostgreSQL refused the connection's session settings (\(settings.joined(separator: ", "))): \(reason)"
         }
@@ -99,7 +103,7 @@ public enum QueueError: CodedError, Equatable {
         case .jobNotInState:
             "Look at the job with 'locod queue show ID' first."
         case .invalidCronExpression:
-            "Use five fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *', or @hourly, @daily, @weekly, @monthly."
+            "Use five fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *', or @hourly, @daily, @weekly, @monthly; times are UTC unless it starts with CRON_TZ=ZONE, e.g. 'CRON_TZ=Europe/Berlin 0 3 * * *'."
         case let .unknownPeriodicJob(_, known):
             known.isEmpty ? "No periodic jobs are declared." : "Known periodic jobs: \(known.joined(separator: ", "))."
         case .leaseLost:
@@ -108,6 +112,8 @@ public enum QueueError: CodedError, Equatable {
             "Fix the database as the message says, then run 'locod migrate' again; applied migrations are not repeated."
         case .pauseNotRecorded:
             "Pause it again; 'locod queue stats' shows which queues are paused."
+        case .periodicJobNotChanged:
+            "Run the command again; 'locod cron' lists each periodic job as the schedulers see it."
         case .sessionSettingsRefused:
             "They need PostgreSQL 12 or newer (Loco is tested on 15; 'SELECT version()' tells). Behind a transaction-mode pooler such as PgBouncer, run the worker with --poll-only."
         }

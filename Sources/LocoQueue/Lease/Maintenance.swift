@@ -117,12 +117,41 @@ struct Maintenance: Sendable {
         }
     }
 
-    /// Enqueues each periodic job's due slot once across all schedulers.
+    /// Enqueues each periodic job's due slot once across all schedulers, on the schedule an
+    /// operator set for it (`locod cron set`), unless paused; settings are read at every tick.
     func periodicLoop() async {
         let scheduler = PeriodicScheduler(store: store, logger: shared.logger)
         var lastSlots: [String: Date] = [:]
+        var settings: [String: CronSetting] = [:]
+        var unreadable: Set<String> = []
+        var paused: Set<String> = []
         while !Task.isCancelled {
-            for periodic in configuration.periodicJobs {
+            do {
+                settings = try await store.cronSettings(on: periodicConnection)
+            } catch {
+                // Keep the last settings read: the ticks below say whether the database is reachable.
+                shared.metrics.databaseError(operation: "cron_settings")
+            }
+            var effective: [PeriodicJob] = []
+            for declared in configuration.periodicJobs {
+                let setting = settings[declared.name]
+                if setting?.pausedAt != nil {
+                    if paused.insert(declared.name).inserted {
+                        shared.logger.notice("periodic job \(declared.name) is paused; none of its slots are enqueued until 'locod cron resume \(declared.name)'")
+                    }
+                    continue
+                }
+                if paused.remove(declared.name) != nil { shared.logger.notice("periodic job \(declared.name) runs again") }
+                do {
+                    effective.append(try declared.applying(setting))
+                } catch {
+                    if unreadable.insert("\(declared.name) \(setting?.schedule ?? "")").inserted {
+                        shared.logger.warning("the schedule set for periodic job \(declared.name) does not read (\(error.message)); it runs on its declared '\(declared.schedule)'. Fix: locod cron set \(declared.name) 'EXPRESSION'")
+                    }
+                    effective.append(declared)
+                }
+            }
+            for periodic in effective {
                 do {
                     lastSlots[periodic.name] = try await scheduler.tick(periodic, lastSlot: lastSlots[periodic.name], now: Date(), database: periodicConnection)
                 } catch {
@@ -130,7 +159,7 @@ struct Maintenance: Sendable {
                     shared.logger.warning("cannot schedule periodic job \(periodic.name)", metadata: ["error": "\(shared.databaseURL.describe(error))"])
                 }
             }
-            let resolution: Duration = configuration.periodicJobs.contains { $0.schedule.hasSeconds } ? .milliseconds(200) : .seconds(1)
+            let resolution: Duration = effective.contains { $0.schedule.hasSeconds } ? .milliseconds(200) : .seconds(1)
             try? await Task.sleep(for: resolution)
         }
     }

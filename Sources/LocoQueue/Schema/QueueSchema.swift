@@ -169,6 +169,19 @@ public enum QueueSchema {
         Migration(version: 6, name: "worker_queues", statements: [
             "ALTER TABLE loco_workers ADD COLUMN queues text[] NOT NULL DEFAULT '{}'",
         ]),
+        // What an operator changed of a periodic job at run time ('locod cron set|pause'): read by
+        // every scheduler at each tick, so a change needs no redeploy and no restart.
+        Migration(version: 7, name: "cron_settings", statements: [
+            """
+            CREATE TABLE loco_cron_settings (
+                name text PRIMARY KEY,
+                schedule text,
+                paused_at timestamptz,
+                changed_by text,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""
