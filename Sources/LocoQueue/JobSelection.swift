@@ -1,22 +1,41 @@
+import Foundation
 import PostgresNIO
 
 /// Which jobs an operator's bulk action applies to: every job of the given states, narrowed by
-/// queue and kind (as Oban's `retry_all_jobs` and `cancel_all_jobs` take a query).
+/// queue, kind and args (as Oban's `retry_all_jobs` and `cancel_all_jobs` take a query).
 public struct JobSelection: Sendable, Equatable {
     public var queue: String?
     public var kind: String?
+    /// A JSON object the jobs' args contain (`args @> filter`), e.g. `{"deployment_id": 42}`.
+    public var args: String?
     public var states: [JobState]
 
-    public init(queue: String? = nil, kind: String? = nil, states: [JobState]) {
+    public init(queue: String? = nil, kind: String? = nil, args: String? = nil, states: [JobState]) {
         self.queue = queue
         self.kind = kind
+        self.args = args
         self.states = states
+    }
+
+    /// Checks that `filter` is a JSON object, which is what `@>` on args can match.
+    public static func checkArgsFilter(_ filter: String) throws(QueueError) {
+        let shown = filter.count > 100 ? filter.prefix(100) + "…" : filter
+        let parsed: Any
+        do {
+            parsed = try JSONSerialization.jsonObject(with: Data(filter.utf8), options: [.fragmentsAllowed])
+        } catch {
+            throw .invalidArgsFilter(filter: String(shown), reason: "it is not JSON")
+        }
+        guard parsed is [String: Any] else {
+            throw .invalidArgsFilter(filter: String(shown), reason: "it is JSON but not an object")
+        }
     }
 
     /// The filter as SQL over `loco_jobs`, its states limited to `allowed`.
     func condition(allowed: [JobState]) throws(QueueError) -> PostgresQuery {
         if let queue { try Names.checkQueue(queue) }
         if let kind { try Names.checkKind(kind) }
+        if let args { try Self.checkArgsFilter(args) }
         let states = states.filter(allowed.contains)
         var binds = PostgresBindings()
         binds.append(states.map(\.rawValue))
@@ -28,6 +47,10 @@ public struct JobSelection: Sendable, Equatable {
         if let kind {
             binds.append(kind)
             sql += " AND kind = $\(binds.count)"
+        }
+        if let args {
+            binds.append(args)
+            sql += " AND args @> $\(binds.count)::text::jsonb"
         }
         return PostgresQuery(unsafeSQL: sql, binds: binds)
     }

@@ -581,7 +581,7 @@ public struct JobStore: Sendable {
 
     /// Jobs, newest first, optionally filtered; `before` pages on: only jobs with a smaller id
     /// (the last one of the page before).
-    public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, before: Int64? = nil, limit: Int = 50,
+    public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, args: String? = nil, before: Int64? = nil, limit: Int = 50,
                      on db: some QueryRunner) async throws -> [JobRecord] {
         var sql = "WHERE true"
         var binds = PostgresBindings()
@@ -600,6 +600,11 @@ public struct JobStore: Sendable {
         if let kind {
             binds.append(kind)
             sql += " AND kind = $\(binds.count)"
+        }
+        if let args {
+            try JobSelection.checkArgsFilter(args)
+            binds.append(args)
+            sql += " AND args @> $\(binds.count)::text::jsonb"
         }
         return try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
     }

@@ -64,6 +64,7 @@ struct QueueCommand: AsyncParsableCommand {
         @Option(help: "Only jobs of this queue.") var queue: String?
         @Option(help: "Only jobs in this state (blocked, scheduled, available, running, completed, failed, cancelled).") var state: String?
         @Option(help: "Only jobs of this kind.") var kind: String?
+        @Option(help: #"Only jobs whose args contain this JSON object, e.g. '{"deployment_id": 42}'."#) var args: String?
         @Option(help: "Only jobs older than this id: the next page starts below the last id shown.") var before: Int64?
         @Option(help: "How many jobs to show.") var limit: Int = 50
         @Option(help: "text or json.") var output: OutputFormat = .text
@@ -82,7 +83,7 @@ struct QueueCommand: AsyncParsableCommand {
                     jobState = parsed
                 }
                 try await database.withClient { client, _, logger in
-                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, before: before, limit: limit, on: client)
+                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, args: args, before: before, limit: limit, on: client)
                     if output == .json { return try printJSON(jobs) }
                     var rows = [["id", "queue", "kind", "state", "attempt", "created", "last error"]]
                     for job in jobs {
@@ -307,6 +308,7 @@ private func bulk(_ database: DatabaseOptions, output: OutputFormat, selection: 
         var scope = ["state \(selection.states.map(\.rawValue).joined(separator: "|"))"]
         if let queue = selection.queue { scope.insert("queue \(queue)", at: 0) }
         if let kind = selection.kind { scope.insert("kind \(kind)", at: scope.count - 1) }
+        if let args = selection.args { scope.insert("args containing \(args)", at: scope.count - 1) }
         let noun = count == 1 ? "job" : "jobs"
         print("\(verb) \(count) \(noun) (\(scope.joined(separator: ", ")))" + (count > 0 ? note.map { ": \($0)" } ?? "" : ""))
     }
@@ -316,14 +318,15 @@ private func bulk(_ database: DatabaseOptions, output: OutputFormat, selection: 
 struct SelectionOptions: ParsableArguments {
     @Option(help: "Every selected job of this queue (instead of one ID).") var queue: String?
     @Option(help: "Every selected job of this kind (instead of one ID).") var kind: String?
+    @Option(help: #"Every selected job whose args contain this JSON object, e.g. '{"deployment_id": 42}' (instead of one ID)."#) var args: String?
     @Option(help: "Only jobs in this state (repeatable; instead of one ID).") var state: [String] = []
 
-    var selecting: Bool { queue != nil || kind != nil || !state.isEmpty }
+    var selecting: Bool { queue != nil || kind != nil || args != nil || !state.isEmpty }
 
     /// With a job id, the selection options must be left out.
     func checkUnused(verb: String) throws {
         if selecting {
-            throw UsageError(message: "give a job id or --queue/--kind/--state, not both", hint: "locod queue \(verb) 42, or locod queue \(verb) --queue build")
+            throw UsageError(message: "give a job id or --queue/--kind/--args/--state, not both", hint: "locod queue \(verb) 42, or locod queue \(verb) --queue build")
         }
     }
 
@@ -338,7 +341,7 @@ struct SelectionOptions: ParsableArguments {
             }
             return parsed
         }
-        return JobSelection(queue: queue, kind: kind, states: states.isEmpty ? defaults : states)
+        return JobSelection(queue: queue, kind: kind, args: args, states: states.isEmpty ? defaults : states)
     }
 }
 

@@ -308,7 +308,7 @@ struct RuntimeStageTests {
             s.bind(("\(hostIP)", \(hostPort))); s.listen(); print("bound", flush=True); time.sleep(120)
             """] as [String])
         defer { squatter.stop() }
-        #expect(try await eventually(timeout: .seconds(10)) { squatter.output.contains("bound") }, "\(squatter.output)")
+        #expect(await eventually(timeout: .seconds(10)) { squatter.output.contains("bound") }, "\(squatter.output)")
         var refused: AppInstance?
         let triedAndFailed = try await eventually(timeout: .seconds(15), every: .milliseconds(250)) {
             #expect(try await supervisor.pass().isEmpty, "nothing starts while the port is taken")

@@ -384,11 +384,35 @@ struct WorkerProcessTests {
             #expect(try await db.state(of: failedToo.id) == .cancelled)
             #expect(try await db.state(of: failed.id) == .available)
             for (arguments, says) in [(["queue", "retry"], "no job given"),
-                                      (["queue", "cancel", "\(failed.id)", "--queue", "ops"], "give a job id or --queue/--kind/--state, not both"),
+                                      (["queue", "cancel", "\(failed.id)", "--queue", "ops"], "give a job id or --queue/--kind/--args/--state, not both"),
                                       (["queue", "discard", "--state", "running"], "cannot discard jobs in state 'running'")] {
                 let bad = try await runCommand(locod, arguments, environment: env)
                 #expect(bad.status == 2 && bad.output.contains(says), "\(arguments): \(bad.output)")
             }
+
+            // By args: the jobs of one deployment, as Loco's stage jobs carry it; listed, then cancelled.
+            let stages = try await db.store.enqueueMany([
+                NewJob(queue: "ops-stages", kind: "stage.build", args: #"{"deployment_id": 7, "service": "web"}"#),
+                NewJob(queue: "ops-stages", kind: "stage.push", args: #"{"deployment_id": 7, "service": "web"}"#),
+                NewJob(queue: "ops-stages", kind: "stage.build", args: #"{"deployment_id": 8, "service": "web"}"#),
+                NewJob(queue: "ops-stages", kind: "stage.build", args: #"{"deployment_id": 70}"#),
+            ], on: db.client)
+            let ofSeven = try await runCommand(locod, ["queue", "list", "--args", #"{"deployment_id": 7}"#, "--output", "json"], environment: env)
+            #expect(try JSONDecoder.iso.decode([JobRecord].self, from: Data(ofSeven.output.utf8)).map(\.id) == [stages[1].id, stages[0].id], "\(ofSeven.output)")
+            let pushOfSeven = try await runCommand(locod, ["queue", "list", "--args", #"{"deployment_id": 7}"#, "--kind", "stage.push", "--output", "json"], environment: env)
+            #expect(try JSONDecoder.iso.decode([JobRecord].self, from: Data(pushOfSeven.output.utf8)).map(\.id) == [stages[1].id])
+            let cancelSeven = try await runCommand(locod, ["queue", "cancel", "--args", #"{"deployment_id": 7}"#], environment: env)
+            #expect(cancelSeven.status == 0 && cancelSeven.output.contains(#"cancelled 2 jobs (args containing {"deployment_id": 7}, state "#), "\(cancelSeven.output)")
+            for (job, state) in zip(stages, [JobState.cancelled, .cancelled, .available, .available]) {
+                #expect(try await db.state(of: job.id) == state, "job \(job.id)")
+            }
+            for filter in ["[7]", "deployment_id=7", "{\"deployment_id\": 7"] {
+                let bad = try await runCommand(locod, ["queue", "list", "--args", filter], environment: env)
+                #expect(bad.status == 1 && bad.output.contains("[invalid_args_filter]") && bad.output.contains("the args filter '\(filter)' cannot select jobs"), "\(filter): \(bad.output)")
+                let badBulk = try await runCommand(locod, ["queue", "discard", "--args", filter], environment: env)
+                #expect(badBulk.status == 1 && badBulk.output.contains("[invalid_args_filter]"), "\(filter): \(badBulk.output)")
+            }
+            #expect(try await db.state(of: stages[2].id) == .available, "a refused filter changes nothing")
 
             let pause = try await runCommand(locod, ["queue", "pause", "ops", "--by", "ann: registry down"], environment: env)
             #expect(pause.status == 0 && pause.output.contains("queue ops paused") && !pause.output.contains("Note:"), "\(pause.output)")

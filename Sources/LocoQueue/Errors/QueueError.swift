@@ -17,6 +17,7 @@ public enum QueueError: CodedError, Equatable {
     case migrationFailed(version: Int, name: String, reason: String)
     case pauseNotRecorded(queue: String)
     case periodicJobNotChanged(name: String)
+    case invalidArgsFilter(filter: String, reason: String)
     case sessionSettingsRefused(settings: [String], reason: String)
 
     public var code: String {
@@ -37,6 +38,7 @@ public enum QueueError: CodedError, Equatable {
         case .migrationFailed: "migration_failed"
         case .pauseNotRecorded: "pause_not_recorded"
         case .periodicJobNotChanged: "periodic_job_not_changed"
+        case .invalidArgsFilter: "invalid_args_filter"
         case .sessionSettingsRefused: "session_settings_refused"
         }
     }
@@ -75,6 +77,8 @@ public enum QueueError: CodedError, Equatable {
             "the pause of queue '\(queue)' was not recorded"
         case let .periodicJobNotChanged(name):
             "the change to periodic job '\(name)' was not recorded"
+        case let .invalidArgsFilter(filter, reason):
+            "the args filter '\(filter)' cannot select jobs: \(reason)"
         case let .sessionSettingsRefused(settings, reason):
             "PostgreSQL refused the connection's session settings (\(settings.joined(separator: ", "))): \(reason)"
         }
@@ -114,6 +118,8 @@ public enum QueueError: CodedError, Equatable {
             "Pause it again; 'locod queue stats' shows which queues are paused."
         case .periodicJobNotChanged:
             "Run the command again; 'locod cron' lists each periodic job as the schedulers see it."
+        case .invalidArgsFilter:
+            #"Pass a JSON object the jobs' args contain, e.g. --args '{"deployment_id": 42}': it selects the jobs whose args hold those keys with those values."#
         case .sessionSettingsRefused:
             "They need PostgreSQL 12 or newer (Loco is tested on 15; 'SELECT version()' tells). Behind a transaction-mode pooler such as PgBouncer, run the worker with --poll-only."
         }
