@@ -203,6 +203,51 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a kind's own retry policy beats the worker's; other kinds keep the worker's")
+    func kindRetryPolicy() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.quick-retry", retry: RetryPolicy(base: .milliseconds(20), cap: .milliseconds(40))) { _, _ in
+                throw JobFailure.retryable("flaky", "the service answered 503")
+            }
+            handlers.register(kind: "test.worker-retry") { _, _ in
+                throw JobFailure.retryable("flaky", "the service answered 503")
+            }
+            let quick = try await db.store.enqueue(NewJob(queue: "default", kind: "test.quick-retry", maxAttempts: 4), on: db.client)
+            let slow = try await db.store.enqueue(NewJob(queue: "default", kind: "test.worker-retry", maxAttempts: 4), on: db.client)
+            var configuration = fastConfiguration([("default", 2)], workerID: "w-kind-retry")
+            // The worker's own backoff: an hour at most after the first attempt.
+            configuration.retry = RetryPolicy(base: .seconds(3600), cap: .seconds(3600))
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                // Four attempts, each waiting at most 40 ms: all done long before the worker's hour.
+                let failed = try await db.wait(for: quick.id, toBe: .failed)
+                #expect(failed.attempt == 4 && failed.errors.map(\.code) == ["flaky", "flaky", "flaky", "flaky"])
+                // The other kind waits out the worker's policy: its retry is due within the hour.
+                let waiting = try await db.wait(for: slow.id, toBe: .scheduled)
+                let wait = waiting.runAt.timeIntervalSince(try #require(waiting.errors.last).at)
+                #expect(wait >= 0 && wait <= 3600, "\(wait)")
+            }
+            let gaps = try await db.scalar("""
+                SELECT max(EXTRACT(EPOCH FROM (e2.at - e1.at)))::float8 FROM (
+                    SELECT (x->>'attempt')::int AS attempt, (x->>'at')::timestamptz AS at
+                    FROM loco_jobs, jsonb_array_elements(errors) x WHERE id = \(quick.id)) e1
+                JOIN (SELECT (x->>'attempt')::int AS attempt, (x->>'at')::timestamptz AS at
+                      FROM loco_jobs, jsonb_array_elements(errors) x WHERE id = \(quick.id)) e2 ON e2.attempt = e1.attempt + 1
+                """, as: Double.self)
+            // The kind's cap is 40 ms; promotion and claiming add their own fraction of a second.
+            #expect(gaps < 30, "longest gap between attempts: \(gaps) s")
+        }
+        var handlers = JobHandlers()
+        handlers.register(kind: "test.k", retry: RetryPolicy(base: .seconds(-1), cap: .seconds(1))) { _, _ in }
+        #expect {
+            try QueueWorker(databaseURL: try DatabaseURL("postgres://postgres@127.0.0.1:1/none"), handlers: handlers,
+                            configuration: fastConfiguration([("default", 1)]), logger: Logger(label: "t"))
+        } throws: { error in
+            guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+            return reason.contains("the retry backoff of job kind 'test.k' must not be negative")
+        }
+    }
+
     @Test("a job timeout that is not positive, a claim gather time, an orphan grace or a listener check interval out of range, a queue named twice, is refused with invalid_worker_configuration")
     func badJobTimeout() async throws {
         var configuration = fastConfiguration([("default", 1)])

@@ -38,9 +38,13 @@ public typealias JobHandler = @Sendable (_ args: String, _ context: JobContext) 
 ///
 /// A kind may have a timeout of its own (else the worker's `jobTimeout` applies): a handler
 /// still running when it ends is cancelled, and its attempt fails as retryable `job_timeout`.
+/// It may have a retry policy of its own too (else the worker's `retry` applies), as River's
+/// `NextRetry` and Oban's `backoff/1` give one per worker: a call to a flaky service retries
+/// within seconds, a build that ran out of disk waits minutes.
 public struct JobHandlers: Sendable {
     var byKind: [String: JobHandler] = [:]
     var timeouts: [String: Duration] = [:]
+    var retries: [String: RetryPolicy] = [:]
 
     public init() {}
 
@@ -49,14 +53,19 @@ public struct JobHandlers: Sendable {
     /// The timeout of `kind`'s own registration, if it has one.
     public func timeout(of kind: String) -> Duration? { timeouts[kind] }
 
-    public mutating func register(kind: String, timeout: Duration? = nil, _ handler: @escaping JobHandler) {
+    /// The retry policy of `kind`'s own registration, if it has one.
+    public func retryPolicy(of kind: String) -> RetryPolicy? { retries[kind] }
+
+    public mutating func register(kind: String, timeout: Duration? = nil, retry: RetryPolicy? = nil, _ handler: @escaping JobHandler) {
         byKind[kind] = handler
         timeouts[kind] = timeout
+        retries[kind] = retry
     }
 
-    public mutating func register<Args: JobArgs>(_ type: Args.Type, timeout: Duration? = nil,
+    public mutating func register<Args: JobArgs>(_ type: Args.Type, timeout: Duration? = nil, retry: RetryPolicy? = nil,
                                                  _ handler: @escaping @Sendable (Args, JobContext) async throws -> Void) {
         timeouts[Args.kind] = timeout
+        retries[Args.kind] = retry
         byKind[Args.kind] = { json, context in
             let args: Args
             do {

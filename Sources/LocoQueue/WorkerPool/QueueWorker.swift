@@ -46,6 +46,9 @@ public final class QueueWorker: Service, Sendable {
         for (kind, timeout) in handlers.timeouts.sorted(by: { $0.key < $1.key }) where timeout <= .zero {
             throw QueueError.invalidWorkerConfiguration(reason: "the timeout of job kind '\(kind)' must be positive (got \(timeout))")
         }
+        for (kind, retry) in handlers.retries.sorted(by: { $0.key < $1.key }) where retry.base < .zero || retry.cap < .zero {
+            throw QueueError.invalidWorkerConfiguration(reason: "the retry backoff of job kind '\(kind)' must not be negative (got base \(retry.base), cap \(retry.cap))")
+        }
         var logger = logger
         logger[metadataKey: "worker"] = "\(configuration.workerID)"
         let store = JobStore(logger: logger)

@@ -236,7 +236,8 @@ final class WorkerPool: Sendable {
             if job.attempt >= job.maxAttempts {
                 return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .failed, errorJSON: errorJSON)
             }
-            let wait = classified.retryAfter ?? shared.configuration.retry.delay(afterAttempt: job.attempt)
+            let policy = shared.handlers.retryPolicy(of: job.kind) ?? shared.configuration.retry
+            let wait = classified.retryAfter ?? policy.delay(afterAttempt: job.attempt)
             return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
         }
     }
