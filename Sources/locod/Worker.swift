@@ -224,6 +224,9 @@ enum MetricsServer {
         let store = JobStore(logger: logger)
         router.get("/metrics") { _, _ -> Response in
             if let stats = try? await store.stats(on: database, includingFinished: false) { metrics.update(from: stats) }
+            if let slots = try? await store.cronSlots(on: database), let settings = try? await store.cronSettings(on: database) {
+                metrics.updatePeriodic(lastSlots: slots, settings: settings)
+            }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }

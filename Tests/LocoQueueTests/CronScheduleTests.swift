@@ -102,6 +102,24 @@ struct CronScheduleTests {
         #expect(seconds.next(after: date("2026-10-25T00:59:50Z")) == date("2026-10-25T01:00:00Z"))
     }
 
+    @Test("@every runs at fixed intervals counted from 1970 UTC")
+    func every() throws {
+        let quarter = try CronSchedule("@every 15m")
+        #expect(quarter.interval == 900 && !quarter.hasSeconds)
+        #expect(quarter.next(after: date("2026-11-26T10:07:30Z")) == date("2026-11-26T10:15:00Z"))
+        #expect(quarter.next(after: date("2026-11-26T10:15:00Z")) == date("2026-11-26T10:30:00Z"))
+        #expect(quarter.slot(containing: date("2026-11-26T10:29:59Z")) == date("2026-11-26T10:15:00Z"))
+        let odd = try CronSchedule("@every 1h30m")
+        #expect(odd.interval == 5_400)
+        #expect(odd.next(after: date("2026-11-26T00:00:00Z")) == date("2026-11-26T01:30:00Z"))
+        let seconds = try CronSchedule("@EVERY 90s")
+        #expect(seconds.hasSeconds && seconds.resolution == 90)
+        #expect(seconds.slot(containing: Date(timeIntervalSince1970: 100)) == Date(timeIntervalSince1970: 90))
+        #expect(seconds.next(after: Date(timeIntervalSince1970: 100)) == Date(timeIntervalSince1970: 180))
+        // 2026-11-26 is day 20,783 since 1970 (odd): two-day slots fall on the 25th and the 27th.
+        #expect(try CronSchedule("@every 2d").latestDue(after: date("2026-11-20T00:00:00Z"), now: date("2026-11-26T12:00:00Z")) == date("2026-11-25T00:00:00Z"))
+    }
+
     @Test("invalid expressions say what is wrong", arguments: [
         ("* * * *", "4 fields"),
         ("61 * * * *", "minute 61 is outside 0-59"),
@@ -112,6 +130,12 @@ struct CronScheduleTests {
         ("CRON_TZ=Mars/Olympus 0 3 * * *", "time zone 'Mars/Olympus' is not known"),
         ("CRON_TZ= 0 3 * * *", "time zone '' is not known"),
         ("TZ=Europe/Berlin 0 3 * *", "4 fields"),
+        ("@every", "'' is not one"),
+        ("@every 15", "'15' is not one"),
+        ("@every 5x", "'5x' is not one"),
+        ("@every 0s", "outside 1 second to 366 days"),
+        ("@every 400d", "outside 1 second to 366 days"),
+        ("CRON_TZ=Europe/Berlin @every 1h", "CRON_TZ does not apply to @every"),
     ])
     func invalid(expression: String, mentions: String) {
         #expect {

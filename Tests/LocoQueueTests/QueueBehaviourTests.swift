@@ -1153,6 +1153,15 @@ struct QueueBehaviourTests {
                 try await Task.sleep(for: .milliseconds(2500))
                 #expect(try await enqueued() == afterReset)
             }
+            // What /metrics shows of it: the newest slot enqueued, and no pause.
+            let metrics = QueueMetrics()
+            metrics.updatePeriodic(lastSlots: try await db.store.cronSlots(on: db.client), settings: try await db.store.cronSettings(on: db.client))
+            let lastSlot = try #require(try await db.store.cronSlots(on: db.client)["settable"])
+            #expect(metrics.render().contains(#"loco_queue_cron_last_slot_timestamp_seconds{name="settable"} \#(lastSlot.timeIntervalSince1970)"#), "\(metrics.render())")
+            #expect(metrics.render().contains(#"loco_queue_cron_paused{name="settable"} 0"#))
+            _ = try await db.store.setCronPaused(declared, true, by: nil, on: db.client)
+            metrics.updatePeriodic(lastSlots: [:], settings: try await db.store.cronSettings(on: db.client))
+            #expect(metrics.render().contains(#"loco_queue_cron_paused{name="settable"} 1"#), "\(metrics.render())")
             // Every slot once: the unique keys name distinct seconds.
             let keys = try await db.client.query("SELECT unique_key FROM loco_jobs WHERE kind = 'test.settable'")
             var slots: [String] = []

@@ -110,6 +110,9 @@ struct WorkerProcessTests {
             #expect(!text.contains(#"state="completed""#), "finished states are not counted at scrape time")
             #expect(text.contains("loco_queue_start_lag_seconds_bucket"))
             #expect(text.contains("loco_queue_run_seconds_bucket"))
+            // The worker's scheduler took registry-cleanup's current slot at its first tick.
+            #expect(text.contains(#"loco_queue_cron_last_slot_timestamp_seconds{name="registry-cleanup"} "#), "\(text)")
+            #expect(text.contains(#"loco_queue_cron_paused{name="registry-cleanup"} 0"#), "\(text)")
             #expect(text.contains("# HELP loco_queue_jobs_rescued_total") || !text.contains("loco_queue_jobs_rescued_total{"))
         }
     }
@@ -512,6 +515,12 @@ struct WorkerProcessTests {
             let ran = try JSONDecoder().decode([String: String].self, from: Data(run.output.utf8))
             #expect(ran["job_id"]?.isEmpty == false, "\(run.output)")
             #expect(try await db.store.list(kind: "registry.cleanup", on: db.client).count == 1)
+
+            // An interval, as River's PeriodicInterval: every 6 hours from 1970 UTC.
+            let every = try await runCommand(locod, ["cron", "set", "registry-cleanup", "@every 6h", "--output", "json"], environment: env)
+            let interval = try JSONDecoder().decode([String: String].self, from: Data(every.output.utf8))
+            let nextInterval = try #require(interval["next"].flatMap { try? Date($0, strategy: .iso8601) }, "\(every.output)")
+            #expect(Int(nextInterval.timeIntervalSince1970) % 21_600 == 0 && nextInterval.timeIntervalSinceNow <= 21_600, "\(every.output)")
 
             let reset = try await runCommand(locod, ["cron", "reset", "registry-cleanup"], environment: env)
             #expect(reset.status == 0 && reset.output.contains("runs on its declared '0 3 * * *' again"), "\(reset.output)")

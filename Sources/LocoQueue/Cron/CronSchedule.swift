@@ -5,6 +5,9 @@ import Foundation
 /// `*`, numbers, ranges `a-b`, steps `*/n` or `a-b/n`, lists `a,b`, and month and weekday
 /// names. As in Vixie cron, when both day fields are restricted either may match.
 ///
+/// `@every 15m` (units d, h, m, s, combined as in `1h30m`) runs every so long instead, its slots
+/// counted from 1970-01-01 UTC, as River's `PeriodicInterval` and robfig's `@every` do.
+///
 /// Times are UTC unless the expression starts with `CRON_TZ=ZONE` (or `TZ=ZONE`), an IANA
 /// name, as cronie and River's cron take it. Across daylight-saving changes it does what
 /// cronie does: a time the clocks skip runs once, at the change; a time the clocks pass twice
@@ -26,8 +29,11 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
     let dayOfMonthRestricted: Bool
     let dayOfWeekRestricted: Bool
     let hourRestricted: Bool
-    /// Whether the expression has a seconds field (its slots are seconds, not minutes).
+    /// Whether the expression has a seconds field (its slots are seconds, not minutes), or is an
+    /// interval that is not whole minutes.
     public let hasSeconds: Bool
+    /// The interval of `@every`, in seconds; nil for field expressions.
+    public let interval: Int?
 
     public var description: String { expression }
 
@@ -46,7 +52,16 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
             trimmed = trimmed.dropFirst(prefix.count + name.count).trimmingCharacters(in: .whitespaces)
         }
         timeZone = zone
-        let text = macros[trimmed.lowercased()] ?? trimmed
+        var text = macros[trimmed.lowercased()] ?? trimmed
+        var every: Int?
+        if text.lowercased().hasPrefix("@every") {
+            guard zone == Self.utcZone else {
+                throw .invalidCronExpression(expression: expression, reason: "CRON_TZ does not apply to @every: its slots count from 1970-01-01 UTC")
+            }
+            every = try Self.parseInterval(text.dropFirst("@every".count).trimmingCharacters(in: .whitespaces), expression: expression)
+            text = "* * * * * *"
+        }
+        interval = every
         if text.hasPrefix("@") {
             throw .invalidCronExpression(expression: expression, reason: "unknown macro \(text)")
         }
@@ -54,8 +69,9 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         guard fields.count == 5 || fields.count == 6 else {
             throw .invalidCronExpression(expression: expression, reason: "it has \(fields.count) fields; it needs 5 (or 6 with seconds first)")
         }
-        hasSeconds = fields.count == 6
-        if !hasSeconds { fields.insert("0", at: 0) }
+        let secondsField = fields.count == 6
+        hasSeconds = every.map { $0 % 60 != 0 } ?? secondsField
+        if !secondsField { fields.insert("0", at: 0) }
         let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
         let weekdays = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
         seconds = try Self.parse(fields[0], name: "second", range: 0...59, expression: expression)
@@ -69,6 +85,30 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         dayOfMonthRestricted = !fields[3].hasPrefix("*")
         dayOfWeekRestricted = !fields[5].hasPrefix("*")
         hourRestricted = !fields[2].hasPrefix("*")
+    }
+
+    /// `1h30m`, `90s`, `2d`: whole seconds, from 1 second to 366 days.
+    private static func parseInterval(_ text: String, expression: String) throws(QueueError) -> Int {
+        let units = ["d": 86_400, "h": 3_600, "m": 60, "s": 1]
+        var total = 0
+        var digits = ""
+        for character in text.lowercased() {
+            if character.isASCII, character.isNumber {
+                digits.append(character)
+            } else if let unit = units[String(character)], let number = Int(digits), number <= 1_000_000 {
+                total += number * unit
+                digits = ""
+            } else {
+                throw .invalidCronExpression(expression: expression, reason: "@every needs an interval such as 15m, 1h30m or 90s (units d, h, m, s); '\(text)' is not one")
+            }
+        }
+        guard digits.isEmpty, !text.isEmpty else {
+            throw .invalidCronExpression(expression: expression, reason: "@every needs an interval such as 15m, 1h30m or 90s (units d, h, m, s); '\(text)' is not one")
+        }
+        guard (1...366 * 86_400).contains(total) else {
+            throw .invalidCronExpression(expression: expression, reason: "@every \(text) is outside 1 second to 366 days")
+        }
+        return total
     }
 
     private static func parse(_ field: String, name: String, range: ClosedRange<Int>, names: [String] = [], namesStart: Int = 0, expression: String) throws(QueueError) -> Set<Int> {
@@ -121,7 +161,7 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
     }()
 
     /// The length of one slot: a second with a seconds field, else a minute.
-    public var resolution: TimeInterval { hasSeconds ? 1 : 60 }
+    public var resolution: TimeInterval { interval.map(TimeInterval.init) ?? (hasSeconds ? 1 : 60) }
 
     /// `date` rounded down to the schedule's resolution.
     public func slot(containing date: Date) -> Date {
@@ -130,6 +170,7 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
 
     /// The first matching time strictly after `date`, or nil if none within about eight years.
     public func next(after date: Date) -> Date? {
+        if interval != nil { return slot(containing: date).addingTimeInterval(resolution) }
         if isUTC { return nextWall(after: date) }
         // Wall-clock times are walked as if they were UTC ("floating"), then placed in the zone.
         func offset(_ instant: Date) -> TimeInterval { TimeInterval(timeZone.secondsFromGMT(for: instant)) }

@@ -1,3 +1,4 @@
+import Foundation
 import Prometheus
 import Synchronization
 
@@ -26,6 +27,8 @@ public final class QueueMetrics: Sendable {
     static var depth: MetricNameDescriptor { name("depth", "", "Live jobs (blocked, scheduled, available, running) by queue and state, read from the database at scrape time.") }
     static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
     static var paused: MetricNameDescriptor { name("paused", "", "1 while the queue is paused (locod queue pause), else 0.") }
+    static var cronLastSlot: MetricNameDescriptor { name("cron_last_slot", "timestamp_seconds", "Unix time of the newest slot of each periodic job that a scheduler or locod cron enqueued.") }
+    static var cronPaused: MetricNameDescriptor { name("cron_paused", "", "1 while the periodic job is paused (locod cron pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
         .completed: name("jobs_completed", "total", "Jobs completed."),
         .failed: name("jobs_failed", "total", "Jobs that failed for good."),
@@ -117,6 +120,17 @@ public final class QueueMetrics: Sendable {
             registry.makeGauge(descriptor: Self.oldest, labels: [("queue", queue.name)])
                 .set(queue.oldestAvailableSeconds ?? 0)
             registry.makeGauge(descriptor: Self.paused, labels: [("queue", queue.name)]).set(queue.pausedAt == nil ? 0.0 : 1.0)
+        }
+    }
+
+    /// Sets the periodic jobs' gauges, read from the database at scrape time: the newest slot
+    /// enqueued (so an alert can say "registry-cleanup has not run for 25 hours") and the pause.
+    public func updatePeriodic(lastSlots: [String: Date], settings: [String: CronSetting]) {
+        for name in Set(lastSlots.keys).union(settings.keys).sorted() {
+            if let slot = lastSlots[name] {
+                registry.makeGauge(descriptor: Self.cronLastSlot, labels: [("name", name)]).set(slot.timeIntervalSince1970)
+            }
+            registry.makeGauge(descriptor: Self.cronPaused, labels: [("name", name)]).set(settings[name]?.pausedAt == nil ? 0.0 : 1.0)
         }
     }
 
