@@ -1121,6 +1121,14 @@ struct QueueBehaviourTests {
             configuration.periodicJobs = [declared]
             let count = "SELECT count(*) FROM loco_jobs WHERE kind = 'test.settable'"
             func enqueued() async throws -> Int64 { try await db.scalar(PostgresQuery(unsafeSQL: count), as: Int64.self) }
+            /// The slots enqueued, from the jobs' unique keys (`cron:settable:<unix seconds>`).
+            func slots() async throws -> [Date] {
+                var found: [Date] = []
+                for try await key in try await db.client.query("SELECT unique_key FROM loco_jobs WHERE kind = 'test.settable'").decode(String.self) {
+                    if let seconds = key.split(separator: ":").last.flatMap({ Double($0) }) { found.append(Date(timeIntervalSince1970: seconds)) }
+                }
+                return found
+            }
             try await db.withWorker(configuration, handlers: handlers) { _ in
                 try await Task.sleep(for: .milliseconds(1500))
                 #expect(try await enqueued() == 0)
@@ -1136,22 +1144,21 @@ struct QueueBehaviourTests {
                 let never = PeriodicJob(name: "never-changed", schedule: declared.schedule, queue: "cron", kind: "test.settable")
                 let notPaused = try await db.store.setCronPaused(never, false, by: nil, on: db.client)
                 #expect(!notPaused.changed && notPaused.setting == nil, "resuming what was never paused writes nothing")
-                // A tick that read the settings just before the pause may still enqueue its slot.
-                try await Task.sleep(for: .milliseconds(1000))
+                // A tick that read the settings just before the pause may still enqueue the slot it
+                // was in, even late under load; no slot after the pause (and a margin) may appear.
+                let pausedAt = try #require(paused.setting?.pausedAt)
+                try await Task.sleep(for: .milliseconds(4500))
+                #expect(try await slots().filter { $0 > pausedAt.addingTimeInterval(3) }.isEmpty, "enqueued while paused")
                 let whilePaused = try await enqueued()
-                try await Task.sleep(for: .milliseconds(2500))
-                #expect(try await enqueued() == whilePaused)
 
                 let resumed = try await db.store.setCronPaused(declared, false, by: nil, on: db.client)
                 #expect(resumed.changed && resumed.setting?.pausedAt == nil)
                 #expect(try await eventually(timeout: .seconds(30), every: .milliseconds(100)) { try await enqueued() >= whilePaused + 2 })
 
                 // Back to the declared yearly schedule: nothing more is enqueued.
-                _ = try await db.store.setCronSchedule(declared, to: nil, by: nil, on: db.client)
-                try await Task.sleep(for: .milliseconds(1000))
-                let afterReset = try await enqueued()
-                try await Task.sleep(for: .milliseconds(2500))
-                #expect(try await enqueued() == afterReset)
+                let reset = try await db.store.setCronSchedule(declared, to: nil, by: nil, on: db.client)
+                try await Task.sleep(for: .milliseconds(4500))
+                #expect(try await slots().filter { $0 > reset.updatedAt.addingTimeInterval(3) }.isEmpty, "enqueued after the reset")
             }
             // What /metrics shows of it: the newest slot enqueued, and no pause.
             let metrics = QueueMetrics()

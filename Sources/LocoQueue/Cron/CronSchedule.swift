@@ -160,7 +160,7 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         return calendar
     }()
 
-    /// The length of one slot: a second with a seconds field, else a minute.
+    /// The length of one slot: the interval of `@every`, a second with a seconds field, else a minute.
     public var resolution: TimeInterval { interval.map(TimeInterval.init) ?? (hasSeconds ? 1 : 60) }
 
     /// `date` rounded down to the schedule's resolution.
