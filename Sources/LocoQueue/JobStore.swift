@@ -405,11 +405,15 @@ public struct JobStore: Sendable {
 
     /// What operators changed of the periodic jobs, by name.
     public func cronSettings(on db: some QueryRunner) async throws -> [String: CronSetting] {
-        let settings = try await cronSettingRows("SELECT name, schedule, paused_at, changed_by, updated_at FROM loco_cron_settings", on: db)
-        return Dictionary(settings.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let settings = try await cronSettingRows("SELECT \(unescaped: Self.cronSettingColumns) FROM loco_cron_settings", on: db)
+        // The name is the table's primary key.
+        return Dictionary(uniqueKeysWithValues: settings.map { ($0.name, $0) })
     }
 
-    /// Runs a statement that returns `name, schedule, paused_at, changed_by, updated_at` rows.
+    /// What `cronSettingRows` decodes, in its order.
+    private static let cronSettingColumns = "name, schedule, paused_at, changed_by, updated_at"
+
+    /// Runs a statement that returns `cronSettingColumns` rows.
     private func cronSettingRows(_ statement: PostgresQuery, on db: some QueryRunner) async throws -> [CronSetting] {
         let rows = try await db.run(statement, logger: logger)
         var settings: [CronSetting] = []
@@ -426,7 +430,7 @@ public struct JobStore: Sendable {
             let setting = try await writeCronSetting(periodic.name, """
                 INSERT INTO loco_cron_settings (name, schedule, changed_by) VALUES (\(periodic.name), \(schedule?.expression), \(who))
                 ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, changed_by = EXCLUDED.changed_by, updated_at = now()
-                RETURNING name, schedule, paused_at, changed_by, updated_at
+                RETURNING \(unescaped: Self.cronSettingColumns)
                 """, on: connection)
             try await skipPastSlots(of: periodic.with(schedule: schedule ?? periodic.schedule), on: connection)
             return setting
@@ -440,13 +444,13 @@ public struct JobStore: Sendable {
     public func setCronPaused(_ periodic: PeriodicJob, _ paused: Bool, by who: String?, on db: some TransactionRunner) async throws -> (setting: CronSetting?, changed: Bool) {
         try await db.transaction { connection in
             let before = try await cronSettingRows("""
-                SELECT name, schedule, paused_at, changed_by, updated_at FROM loco_cron_settings WHERE name = \(periodic.name) FOR UPDATE
+                SELECT \(unescaped: Self.cronSettingColumns) FROM loco_cron_settings WHERE name = \(periodic.name) FOR UPDATE
                 """, on: connection).first
             if (before?.pausedAt != nil) == paused { return (before, false) }
             let setting = try await writeCronSetting(periodic.name, """
                 INSERT INTO loco_cron_settings (name, paused_at, changed_by) VALUES (\(periodic.name), CASE WHEN \(paused) THEN now() END, \(who))
                 ON CONFLICT (name) DO UPDATE SET paused_at = EXCLUDED.paused_at, changed_by = EXCLUDED.changed_by, updated_at = now()
-                RETURNING name, schedule, paused_at, changed_by, updated_at
+                RETURNING \(unescaped: Self.cronSettingColumns)
                 """, on: connection)
             if !paused { try await skipPastSlots(of: (try? periodic.applying(setting)) ?? periodic, on: connection) }
             return (setting, true)

@@ -65,42 +65,25 @@ struct Cron: AsyncParsableCommand {
                     let store = JobStore(logger: logger)
                     let settings = try await store.cronSettings(on: client)
                     let slots = try await store.cronSlots(on: client)
-                    let listed = PeriodicJobs.all.map { describe($0, setting: settings[$0.name], lastSlot: slots[$0.name]) }
+                    let listed = PeriodicJobs.all.map { PeriodicJobView($0, setting: settings[$0.name], lastSlot: slots[$0.name]) }
                     if output == .json { return try printJSON(listed) }
                     for job in listed {
-                        var line = "\(job["name"]!)  '\(job["schedule"]!)'  -> queue \(job["queue"]!), kind \(job["kind"]!); "
-                        if let paused = job["paused_at"], !paused.isEmpty {
-                            line += "paused since \(paused); resume: locod cron resume \(job["name"]!)"
-                        } else if let next = job["next"], !next.isEmpty {
-                            line += "next \(next)" + (job["next_local"]!.isEmpty ? "" : " (\(job["next_local"]!) \(job["time_zone"]!))")
+                        var line = "\(job.name)  '\(job.schedule)'  -> queue \(job.queue), kind \(job.kind); "
+                        if !job.pausedAt.isEmpty {
+                            line += "paused since \(job.pausedAt); resume: locod cron resume \(job.name)"
                         } else {
-                            line += "next never"
+                            line += "next \(job.nextSpoken ?? "never")"
                         }
-                        if job["schedule"] != job["declared_schedule"] {
-                            line += "; declared '\(job["declared_schedule"]!)'"
+                        if job.schedule != job.declaredSchedule {
+                            line += "; declared '\(job.declaredSchedule)'"
                         }
-                        if !job["changed_at"]!.isEmpty {
-                            line += "; last changed \(job["changed_at"]!)" + (job["changed_by"]!.isEmpty ? "" : " by \(job["changed_by"]!)")
+                        if !job.changedAt.isEmpty {
+                            line += "; last changed \(job.changedAt)" + (job.changedBy.isEmpty ? "" : " by \(job.changedBy)")
                         }
                         print(line)
                     }
                 }
             }
-        }
-
-        /// One periodic job as the schedulers see it; every value a string, empty when none.
-        static func describe(_ declared: PeriodicJob, setting: CronSetting?, lastSlot: Date?) -> [String: String] {
-            let periodic = (try? declared.applying(setting)) ?? declared
-            let schedule = periodic.schedule
-            let next = schedule.next(after: Date())
-            let local = schedule.isUTC ? "" : next.map { $0.formatted(Date.ISO8601FormatStyle(timeZone: schedule.timeZone)) } ?? ""
-            return ["name": declared.name, "schedule": periodic.schedule.expression, "declared_schedule": declared.schedule.expression,
-                    "time_zone": schedule.timeZoneName, "queue": declared.queue, "kind": declared.kind,
-                    "next": setting?.pausedAt == nil ? next?.formatted(.iso8601) ?? "" : "",
-                    "next_local": setting?.pausedAt == nil ? local : "",
-                    "paused_at": setting?.pausedAt?.formatted(.iso8601) ?? "",
-                    "changed_at": setting?.updatedAt.formatted(.iso8601) ?? "",
-                    "changed_by": setting?.changedBy ?? "", "last_slot": lastSlot?.formatted(.iso8601) ?? ""]
         }
     }
 
@@ -190,14 +173,48 @@ struct Cron: AsyncParsableCommand {
         try await database.withClient { client, _, logger in
             let store = JobStore(logger: logger)
             let said = try await body(store, client)
-            let now = List.describe(declared, setting: try await store.cronSettings(on: client)[declared.name],
-                                    lastSlot: try await store.cronSlots(on: client)[declared.name])
+            let now = PeriodicJobView(declared, setting: try await store.cronSettings(on: client)[declared.name],
+                                      lastSlot: try await store.cronSlots(on: client)[declared.name])
             if output == .json { return try printJSON(now) }
             print(said)
-            if let next = now["next"], !next.isEmpty {
-                print("next slot: \(next)" + (now["next_local"]!.isEmpty ? "" : " (\(now["next_local"]!) \(now["time_zone"]!))"))
-            }
+            if let next = now.nextSpoken { print("next slot: \(next)") }
         }
+    }
+}
+
+/// One periodic job as the schedulers see it: every value a string, empty when none (the JSON
+/// of `locod cron list` and of each change).
+struct PeriodicJobView: Encodable {
+    let name, schedule, declaredSchedule, timeZone, queue, kind: String
+    let next, nextLocal, pausedAt, changedAt, changedBy, lastSlot: String
+
+    init(_ declared: PeriodicJob, setting: CronSetting?, lastSlot: Date?) {
+        let periodic = (try? declared.applying(setting)) ?? declared
+        let schedule = periodic.schedule
+        let upcoming = setting?.pausedAt == nil ? schedule.next(after: Date()) : nil
+        name = declared.name
+        self.schedule = schedule.expression
+        declaredSchedule = declared.schedule.expression
+        timeZone = schedule.timeZoneName
+        queue = declared.queue
+        kind = declared.kind
+        next = upcoming?.formatted(.iso8601) ?? ""
+        nextLocal = schedule.isUTC ? "" : upcoming?.formatted(Date.ISO8601FormatStyle(timeZone: schedule.timeZone)) ?? ""
+        pausedAt = setting?.pausedAt?.formatted(.iso8601) ?? ""
+        changedAt = setting?.updatedAt.formatted(.iso8601) ?? ""
+        changedBy = setting?.changedBy ?? ""
+        self.lastSlot = lastSlot?.formatted(.iso8601) ?? ""
+    }
+
+    /// The next slot in UTC, and in the schedule's zone when that is not UTC; nil when none.
+    var nextSpoken: String? {
+        next.isEmpty ? nil : next + (nextLocal.isEmpty ? "" : " (\(nextLocal) \(timeZone))")
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, schedule, queue, kind, next
+        case declaredSchedule = "declared_schedule", timeZone = "time_zone", nextLocal = "next_local", pausedAt = "paused_at"
+        case changedAt = "changed_at", changedBy = "changed_by", lastSlot = "last_slot"
     }
 }
 
