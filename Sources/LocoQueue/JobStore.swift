@@ -228,6 +228,36 @@ public struct JobStore: Sendable {
         return result
     }
 
+    /// Finds the jobs the database has `running` under this worker that the worker does not hold
+    /// (`held`): claims that committed but whose answer never reached it, because the connection
+    /// dropped or the watchdog gave up on the statement. Those already suspected at the last look
+    /// (`suspects`, with their attempts), at least a heartbeat interval ago, have their leases cut
+    /// to now, so the next rescue pass retries them (recording `lease_expired`) instead of their
+    /// sitting out the whole lease. A claim's answer arrives in milliseconds, so a job suspected
+    /// twice is no longer on its way. Returns the strays seen now, and which of them were cut.
+    func releaseStrayClaims(worker: String, held: [Int64], suspects: [Int64: Int], on db: some QueryRunner) async throws -> (strays: [Int64: Int], cut: [Int64]) {
+        let suspected = Array(suspects)
+        let rows = try await db.run("""
+            WITH stray AS MATERIALIZED (
+                SELECT j.id, j.attempt FROM loco_jobs j
+                WHERE j.state = 'running' AND j.locked_by = \(worker) AND j.id <> ALL(\(held)::int8[])
+            ), cut AS (
+                UPDATE loco_jobs j SET lease_expires_at = now()
+                FROM stray s JOIN unnest(\(suspected.map(\.key))::int8[], \(suspected.map { Int64($0.value) })::int8[]) AS p(id, attempt)
+                  ON p.id = s.id AND p.attempt = s.attempt
+                WHERE j.id = s.id AND j.attempt = s.attempt AND j.state = 'running' AND j.locked_by = \(worker)
+                RETURNING j.id
+            )
+            SELECT s.id, s.attempt, s.id IN (SELECT id FROM cut) FROM stray s
+            """, logger: logger)
+        var strays: [Int64: Int] = [:]
+        var cut: [Int64] = []
+        for try await (id, attempt, wasCut) in rows.decode((Int64, Int, Bool).self) {
+            if wasCut { cut.append(id) } else { strays[id] = attempt }
+        }
+        return (strays, cut)
+    }
+
     /// What a heartbeat found for one job it still holds.
     enum LeaseRenewal: Equatable {
         case renewed(cancelRequested: Bool)
@@ -311,25 +341,33 @@ public struct JobStore: Sendable {
     // MARK: Maintenance
 
     /// Returns jobs whose lease expired to `scheduled` (with backoff) or finishes them when out
-    /// of attempts; records `lease_expired` in their errors.
-    func rescueExpired(limit: Int, retry: RetryPolicy, on db: some QueryRunner) async throws -> [(id: Int64, queue: String, state: JobState)] {
+    /// of attempts; records `lease_expired` in their errors. A job waits by its kind's policy in
+    /// `kindRetries` (the rescuing process's own registrations), else by `retry`.
+    func rescueExpired(limit: Int, retry: RetryPolicy, kindRetries: [String: RetryPolicy] = [:],
+                       on db: some QueryRunner) async throws -> [(id: Int64, queue: String, state: JobState)] {
+        let kinds = kindRetries.sorted { $0.key < $1.key }
         let rows = try await db.run("""
             WITH expired AS MATERIALIZED (
                 SELECT id FROM loco_jobs
                 WHERE state = 'running' AND lease_expires_at < now()
                 ORDER BY lease_expires_at LIMIT \(limit)
                 FOR UPDATE SKIP LOCKED
+            ), kind_retry AS (
+                SELECT * FROM unnest(\(kinds.map(\.key))::text[], \(kinds.map(\.value.base.seconds))::float8[],
+                                     \(kinds.map(\.value.cap.seconds))::float8[]) AS t(kind, base, cap)
             )
             UPDATE loco_jobs j
             SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
                              WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'scheduled' END,
-                run_at = now() + make_interval(secs => random() * least(\(retry.cap.seconds),
-                                               \(retry.base.seconds) * power(2, least(greatest(j.attempt - 1, 0), 60)))),
+                run_at = now() + make_interval(secs => random() * least(
+                    coalesce((SELECT k.cap FROM kind_retry k WHERE k.kind = j.kind), \(retry.cap.seconds)),
+                    coalesce((SELECT k.base FROM kind_retry k WHERE k.kind = j.kind), \(retry.base.seconds))
+                        * power(2, least(greatest(j.attempt - 1, 0), 60)))),
                 finalized_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
                 errors = j.errors || jsonb_build_array(jsonb_build_object(
                     'attempt', j.attempt, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
                     'worker', j.locked_by, 'class', 'retryable', 'code', 'lease_expired',
-                    'message', 'the worker running this job stopped renewing its lease (it crashed, was killed or lost the database)',
+                    'message', 'the worker holding this job stopped renewing its lease (it crashed, was killed, lost the database, or never got its claim''s answer)',
                     'detail', 'lease expired at ' || to_char(j.lease_expires_at AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)))),
                 locked_by = NULL, lease_expires_at = NULL
             FROM expired WHERE j.id = expired.id

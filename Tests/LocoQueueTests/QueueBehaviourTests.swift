@@ -686,6 +686,59 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a job rescued from an expired lease waits by its kind's retry policy when the rescuer knows the kind, else by the worker's")
+    func rescueByKindPolicy() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.quick-rescue", retry: RetryPolicy(base: .zero, cap: .zero)) { _, _ in }
+            handlers.register(kind: "test.worker-rescue") { _, _ in }
+            let quick = try await db.store.enqueue(NewJob(queue: "default", kind: "test.quick-rescue"), on: db.client)
+            let slow = try await db.store.enqueue(NewJob(queue: "default", kind: "test.worker-rescue"), on: db.client)
+            // A worker that died holding both.
+            _ = try await db.store.claim(queue: "default", limit: 2, worker: "ghost", lease: .seconds(1), on: db.client)
+            var configuration = fastConfiguration([("default", 2)], workerID: "w-rescue-kind")
+            // The worker's own backoff: up to an hour after a lost lease.
+            configuration.retry = RetryPolicy(base: .seconds(3600), cap: .seconds(3600))
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                // Its kind waits nothing: rescued and run again at once, not within the hour.
+                let done = try await db.wait(for: quick.id, toBe: .completed)
+                #expect(done.errors.map(\.code) == ["lease_expired"])
+                let waiting = try await db.wait(for: slow.id, toBe: .scheduled)
+                #expect(waiting.errors.map(\.code) == ["lease_expired"])
+                let wait = waiting.runAt.timeIntervalSince(try #require(waiting.errors.last).at)
+                #expect(wait >= 0 && wait <= 3601, "\(wait)")
+            }
+        }
+    }
+
+    @Test("a job held under a worker's name that it never started (a claim whose answer was lost) runs again within two heartbeats of a failed claim, not when its lease ends")
+    func strayClaimReleased() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.ok") { _, _ in }
+            // What a claim that committed without its answer reaching the worker leaves: the job
+            // running under the worker's name, for a whole lease, and not in the worker's hands.
+            let stray = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ok"), on: db.client)
+            _ = try await db.store.claim(queue: "default", limit: 1, worker: "w-stray", lease: .seconds(3600), on: db.client)
+            var configuration = fastConfiguration([("default", 2)], workerID: "w-stray")
+            configuration.heartbeatInterval = .milliseconds(500)
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                // While its claims answer, the worker leaves the job alone: nothing says its claim
+                // was lost (a second process with the same id could hold it).
+                try await Task.sleep(for: .seconds(2))
+                let untouched = try await db.store.job(id: stray.id, on: db.client)
+                #expect(untouched?.state == .running && untouched?.lockedBy == "w-stray")
+                // A claim fails: the producer's statement cannot find the pause table for a moment.
+                _ = try await db.client.query("ALTER TABLE loco_queue_pauses RENAME TO loco_queue_pauses_away")
+                try await Task.sleep(for: .milliseconds(600))
+                _ = try await db.client.query("ALTER TABLE loco_queue_pauses_away RENAME TO loco_queue_pauses")
+                let done = try await db.wait(for: stray.id, toBe: .completed, timeout: .seconds(15))
+                #expect(done.errors.map(\.code) == ["lease_expired"])
+                #expect(done.attempt == 2)
+            }
+        }
+    }
+
     @Test("presence: a worker whose database session is killed takes its presence lock again and keeps its job")
     func presenceAfterLostSession() async throws {
         try await TestDatabase.with { db in

@@ -52,6 +52,8 @@ final class JobLedger: Sendable {
     static let unmatchedCancelMemory: Duration = .seconds(30)
     static let unmatchedCancelLimit = 4096
     let drained = WakeSignal()
+    /// When a claim last failed without an answer (it may have committed all the same).
+    private let lastUnansweredClaim = Mutex<ContinuousClock.Instant?>(nil)
 
     /// Holds a claimed job; returns the number of this run of it.
     @discardableResult
@@ -155,6 +157,17 @@ final class JobLedger: Sendable {
 
     func stopReason(of id: Int64) -> StopReason? {
         entries.withLock { $0[id]?.stopReason }
+    }
+
+    /// A claim failed (an error, a dropped connection, the watchdog): whether it committed is
+    /// unknown, and if it did, its jobs are held under this worker's name but not by this ledger.
+    func noteUnansweredClaim() {
+        lastUnansweredClaim.withLock { $0 = .now }
+    }
+
+    /// Whether a claim failed within `window`: only then can the database hold strays of ours.
+    func hadUnansweredClaim(within window: Duration) -> Bool {
+        lastUnansweredClaim.withLock { at in at.map { $0.duration(to: .now) < window } ?? false }
     }
 
     /// Jobs to renew: everything held, including outcomes not yet written.

@@ -43,7 +43,8 @@ struct Maintenance: Sendable {
             }
             do {
                 while true {
-                    let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry, on: client)
+                    let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry,
+                                                                  kindRetries: shared.handlers.retries, on: client)
                     for job in rescued {
                         shared.metrics.rescued(queue: job.queue)
                         shared.logger.warning("rescued job \(job.id) from an expired lease; it is now \(job.state.rawValue)",

@@ -185,16 +185,22 @@ struct Heartbeat: Sendable {
         var nextBeat = ContinuousClock.now + interval
         var presentOn: PostgresConnection?
         var presenceFailing = false
+        // Another process with this worker id would hold its own jobs under the same name: the
+        // strays are looked for only while this session holds the id's presence lock.
+        var holdsPresence = false
         var renewUntil = ContinuousClock.now
+        var suspects: [Int64: Int] = [:]
+        var nextStrayLook = ContinuousClock.now + interval
         while !Task.isCancelled {
             await shared.ledger.recheckRequested.wait(timeout: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
             if !shared.configuration.pollOnly, let connection = try? await database.connection(), connection !== presentOn {
                 // A new session (the first, or after the database came back): it takes the
                 // presence lock, and leases a rescuer cut meanwhile are renewed at once.
-                let announced = await announcePresence(sayFailure: !presenceFailing)
-                presenceFailing = !announced
-                if announced {
+                let held = await announcePresence(sayFailure: !presenceFailing)
+                presenceFailing = held == nil
+                holdsPresence = held ?? false
+                if held != nil {
                     presentOn = connection
                     nextBeat = .now
                     // A rescuer whose statement began before the lock was taken still sees this
@@ -209,23 +215,53 @@ struct Heartbeat: Sendable {
                 await beat()
                 nextBeat = ContinuousClock.now + interval
             }
+            if ContinuousClock.now >= nextStrayLook {
+                nextStrayLook = ContinuousClock.now + interval
+                let window = shared.configuration.leaseDuration + interval * 2
+                if holdsPresence, shared.ledger.hadUnansweredClaim(within: window) {
+                    suspects = await releaseStrays(suspects)
+                } else {
+                    suspects = [:]
+                }
+            }
+        }
+    }
+
+    /// One look for jobs claimed under this worker's name whose claim's answer never came (see
+    /// `JobStore.releaseStrayClaims`): the ones seen at the last look too have their leases cut,
+    /// so they run again within moments rather than when their leases run out. Returns the
+    /// jobs suspected now.
+    func releaseStrays(_ suspects: [Int64: Int]) async -> [Int64: Int] {
+        do {
+            let found = try await shared.store.releaseStrayClaims(
+                worker: shared.configuration.workerID, held: shared.ledger.held().map(\.id), suspects: suspects, on: database)
+            for id in found.cut {
+                shared.logger.warning("job \(id) was claimed under this worker's name but its claim's answer never came; its lease is cut so that it runs again",
+                                      metadata: ["job_id": "\(id)"])
+            }
+            return found.strays
+        } catch {
+            shared.metrics.databaseError(operation: "heartbeat")
+            return suspects
         }
     }
 
     /// How often the heartbeat looks whether its session is still the one holding the presence lock.
     static let presenceCheck: Duration = .milliseconds(500)
 
-    /// False if the statement failed; the next check tries again.
-    func announcePresence(sayFailure: Bool) async -> Bool {
+    /// Whether this session holds the presence lock; nil if the statement failed, and the next
+    /// check tries again.
+    func announcePresence(sayFailure: Bool) async -> Bool? {
         let worker = shared.configuration.workerID
         do {
-            if try await !shared.store.announcePresence(worker: worker, queues: shared.configuration.queues.map(\.name), on: database) {
+            let held = try await shared.store.announcePresence(worker: worker, queues: shared.configuration.queues.map(\.name), on: database)
+            if !held {
                 shared.logger.warning("""
                     another database session holds the presence lock of worker id \(worker) (two processes with one --worker-id?); \
                     this worker's jobs are rescued only when their leases run out
                     """)
             }
-            return true
+            return held
         } catch {
             // Every 0.5 s while it fails (a database without the presence table, not migrated
             // yet): said once, then counted.
@@ -234,7 +270,7 @@ struct Heartbeat: Sendable {
                                       metadata: ["error": "\(shared.databaseURL.describe(error))"])
             }
             shared.metrics.databaseError(operation: "presence")
-            return false
+            return nil
         }
     }
 

@@ -73,6 +73,9 @@ final class WorkerPool: Sendable {
                 if failures > 0 { shared.logger.info("claiming works again", metadata: ["queue": "\(queue)"]) }
                 failures = 0
             } catch {
+                // The claim may have committed without its answer reaching us: the heartbeat
+                // then looks for jobs held under this worker's name that it never started.
+                shared.ledger.noteUnansweredClaim()
                 shared.completer.submit(contentsOf: outcomes)
                 carry(false)
                 failures += 1
