@@ -46,6 +46,7 @@ struct APICommand: AsyncParsableCommand {
             try checkedOption(poolSize, "--pool-size", in: 1...1000, example: "8")
             try checkedOption(reconcileSeconds, "--reconcile-seconds", in: 1...86_400, example: "5")
             try await preflight(url, logger: logger)
+            await warnAboutPendingMigrations(url: url, logger: logger)
             let environment = ProcessInfo.processInfo.environment
             let contextRoot = contextDir ?? environment["LOCO_CONTEXT_DIR"] ?? ".loco/contexts"
             let keyPath = registryKey ?? environment["LOCO_REGISTRY_KEY"]

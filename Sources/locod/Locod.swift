@@ -160,25 +160,6 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
-struct Migrate: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Apply database migrations (safe to run from several processes at once).")
-
-    @OptionGroup var database: DatabaseOptions
-
-    func run() async throws {
-        try await reportingErrors {
-            try await database.withClient { client, url, logger in
-                let applied = try await Migrator(database: client, logger: logger).migrate(LocodSchema.all)
-                if applied.isEmpty {
-                    print("database \(url.database) is up to date")
-                } else {
-                    for name in applied { print("applied \(name)") }
-                }
-            }
-        }
-    }
-}
-
 /// Every component's migrations, in the order they must apply.
 enum LocodSchema {
     static var all: [(component: String, migrations: [Migration])] {

@@ -160,6 +160,7 @@ struct Worker: AsyncParsableCommand {
             }
 
             try await preflight(url, logger: logger)
+            await warnAboutPendingMigrations(url: url, logger: logger)
             await noticePausedQueues(configuration.queues.map(\.name), url: url, logger: logger)
             // The deploy stages this process works, by queue name.
             let stageQueues = Set(configuration.queues.compactMap { Stage(rawValue: $0.name) })
@@ -201,6 +202,19 @@ struct Worker: AsyncParsableCommand {
             try outcome.get()
         }
     }
+}
+
+/// Says at start which migrations of this locod the database lacks: a worker or an API started
+/// before 'locod migrate' ran fails whatever needs them, and the first error it logs names a
+/// table, not the step that was missed. Started all the same: a deploy may migrate just after.
+func warnAboutPendingMigrations(url: DatabaseURL, logger: Logger) async {
+    let pool = ConnectionPool(url: url, size: 1, logger: logger)
+    let statuses = try? await Migrator(database: pool, logger: logger).status(LocodSchema.all)
+    await pool.close()
+    let pending = (statuses ?? []).filter(\.isPending).map(\.label)
+    guard !pending.isEmpty else { return }
+    let error = QueueError.migrationsPending(database: url.database, pending: pending)
+    logger.warning("\(error.message); run 'locod migrate' (what needs them fails until then)", metadata: ["code": "\(error.code)"])
 }
 
 /// Says at start which of this worker's queues are paused, so an operator who starts a worker

@@ -288,6 +288,81 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("locod migrate status, check and sql: where a database stands; the printed script, applied by psql, leaves nothing for migrate to do; a worker on an older schema warns")
+    func migrateStatusCheckSQL() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let behind = try await runCommand(locod, ["migrate", "check"], environment: env)
+            #expect(behind.status == 1, "\(behind.output)")
+            #expect(behind.output.contains("lacks") && behind.output.contains("queue/1_jobs") && behind.output.contains("[migrations_pending]"), "\(behind.output)")
+            #expect(behind.output.contains("Hint: Run 'locod migrate'"), "\(behind.output)")
+            let before = try await migrationStatuses(locod, env)
+            #expect(!before.isEmpty && before.allSatisfy { $0.pending && $0.known && $0.applied_at == nil })
+            #expect(before.contains { $0.component == "queue" && $0.version == 1 } && before.contains { $0.component == "core" && $0.version == 1 })
+
+            // The script for the pending migrations, applied by psql as a team's own tool would.
+            let script = try await runCommand(locod, ["migrate", "sql"], environment: env)
+            #expect(script.status == 0 && script.output.hasPrefix("-- Loco schema migrations: queue/1_jobs") && script.output.hasSuffix("COMMIT;\n"))
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("loco-migrations-\(UUID().uuidString).sql")
+            try script.output.write(to: file, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(at: file) }
+            let psql = try await runCommand(try psqlBinary(), [db.url.urlString, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file.path])
+            #expect(psql.status == 0, "\(psql.output)")
+            let after = try await migrationStatuses(locod, env)
+            #expect(after.count == before.count && after.allSatisfy { !$0.pending && $0.applied_at != nil }, "\(after)")
+            let again = try await runCommand(locod, ["migrate"], environment: env)
+            #expect(again.status == 0 && again.output.contains("is up to date"), "\(again.output)")
+            let current = try await runCommand(locod, ["migrate", "check"], environment: env)
+            #expect(current.status == 0 && current.output.contains("is up to date"), "\(current.output)")
+            let enqueued = try await runCommand(locod, ["queue", "enqueue", "--queue", "default", "--kind", "demo.noop"], environment: env)
+            #expect(enqueued.status == 0, "\(enqueued.output)")
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 1)
+
+            // One a newer locod applied: listed as unknown here, and no reason to fail the check.
+            _ = try await db.client.query("INSERT INTO loco_schema_migrations (component, version, name) VALUES ('queue', 999, 'from_the_future')")
+            let newer = try await runCommand(locod, ["migrate", "status"], environment: env)
+            #expect(newer.status == 0 && newer.output.contains("queue/999_from_the_future") && newer.output.contains("by a newer locod"), "\(newer.output)")
+            #expect(try await runCommand(locod, ["migrate", "check"], environment: env).status == 0)
+
+            // A worker started on a database one migration behind says which, and runs.
+            _ = try await db.client.query("DELETE FROM loco_schema_migrations WHERE component = 'queue' AND version = 7")
+            let process = try worker(db.url, id: "behind")
+            defer { process.stop() }
+            #expect(await eventually(timeout: .seconds(20)) { process.output.contains("worker started") }, "worker output:\n\(process.output)")
+            #expect(process.output.contains("lacks 1 migration of this program: queue/7_cron_settings; run 'locod migrate'"), "worker output:\n\(process.output)")
+            process.signal(SIGTERM)
+            #expect(await process.waitForExit(timeout: .seconds(20)) == 0, "worker output:\n\(process.output)")
+            let partial = try await runCommand(locod, ["migrate", "sql"], environment: env)
+            #expect(partial.output.hasPrefix("-- Loco schema migrations: queue/7_cron_settings\n"), "\(partial.output)")
+        }
+        // Every migration, with no database at all.
+        let all = try await runCommand(try Repo.binary("locod"), ["migrate", "sql", "--all"], environment: ["LOCO_DATABASE_URL": ""])
+        #expect(all.status == 0 && all.output.contains("-- queue/1_jobs") && all.output.contains("-- core/1_domain") && all.output.hasSuffix("COMMIT;\n"), "\(all.output.prefix(300))")
+    }
+
+    struct MigrationRow: Decodable, CustomStringConvertible {
+        var component: String
+        var version: Int
+        var applied_at: String?
+        var pending: Bool
+        var known: Bool
+        var description: String { "\(component)/\(version) pending=\(pending)" }
+    }
+
+    func migrationStatuses(_ locod: URL, _ env: [String: String]) async throws -> [MigrationRow] {
+        let run = try await runCommand(locod, ["migrate", "status", "--output", "json"], environment: env)
+        guard run.status == 0 else { throw TestSetupError("locod migrate status failed: \(run.output)") }
+        return try JSONDecoder().decode([MigrationRow].self, from: Data(run.output.utf8))
+    }
+
+    func psqlBinary() throws -> URL {
+        for path in ["/usr/bin/psql", "/usr/lib/postgresql/15/bin/psql"] where FileManager.default.isExecutableFile(atPath: path) {
+            return URL(fileURLWithPath: path)
+        }
+        throw TestSetupError("psql is missing: apt-get install -y postgresql-client-15 (it comes with postgresql-15)")
+    }
+
     @Test("operator commands: bad usage and unknown ids get coded errors with hints")
     func operatorErrors() async throws {
         try await TestDatabase.with { db in

@@ -19,6 +19,8 @@ public enum QueueError: CodedError, Equatable {
     case periodicJobNotChanged(name: String)
     case invalidArgsFilter(filter: String, reason: String)
     case sessionSettingsRefused(settings: [String], reason: String)
+    /// Migrations this program has and the database lacks, as `component/version_name`.
+    case migrationsPending(database: String, pending: [String])
 
     public var code: String {
         switch self {
@@ -40,6 +42,7 @@ public enum QueueError: CodedError, Equatable {
         case .periodicJobNotChanged: "periodic_job_not_changed"
         case .invalidArgsFilter: "invalid_args_filter"
         case .sessionSettingsRefused: "session_settings_refused"
+        case .migrationsPending: "migrations_pending"
         }
     }
 
@@ -81,6 +84,8 @@ public enum QueueError: CodedError, Equatable {
             "the args filter '\(filter)' cannot select jobs: \(reason)"
         case let .sessionSettingsRefused(settings, reason):
             "PostgreSQL refused the connection's session settings (\(settings.joined(separator: ", "))): \(reason)"
+        case let .migrationsPending(database, pending):
+            "database \(database) lacks \(pending.count) migration\(pending.count == 1 ? "" : "s") of this program: \(pending.joined(separator: ", "))"
         }
     }
 
@@ -122,6 +127,8 @@ public enum QueueError: CodedError, Equatable {
             #"Pass a JSON object the jobs' args contain, e.g. --args '{"deployment_id": 42}': it selects the jobs whose args hold those keys with those values."#
         case .sessionSettingsRefused:
             "They need PostgreSQL 12 or newer (Loco is tested on 15; 'SELECT version()' tells). Behind a transaction-mode pooler such as PgBouncer, run the worker with --poll-only."
+        case .migrationsPending:
+            "Run 'locod migrate' (or apply the script 'locod migrate sql' prints with your own migration tool)."
         }
     }
 }
