@@ -8,7 +8,7 @@ struct QueueCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
         abstract: "Inspect and operate the job queue.",
-        subcommands: [Stats.self, Workers.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Enqueue.self]
+        subcommands: [Stats.self, Workers.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Scale.self, Enqueue.self]
     )
 
     struct Stats: AsyncParsableCommand {
@@ -233,6 +233,79 @@ struct QueueCommand: AsyncParsableCommand {
                     if output == .json { return try printJSON(Outcome(queue: queue, resumed: resumed)) }
                     print(resumed ? "queue \(queue) resumed" : "queue \(queue) was not paused; nothing to do")
                 }
+            }
+        }
+    }
+
+    struct Scale: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change how many jobs of a queue each worker runs at once, without a restart; without arguments, list the scales set.",
+            discussion: """
+                'locod queue scale build 2' makes every worker that works build run at most 2 of its jobs at once (running ones \
+                over it finish; none starts until a worker is under it); --worker ID scales one worker only, and beats the scale \
+                for every worker there. Workers apply it at once (within 5 s without notifications). \
+                'locod queue scale build --reset' returns them to their own --concurrency.
+                """)
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The queue; omit to list the scales set.") var queue: String?
+        @Argument(help: "How many of its jobs each worker runs at once (1 to 10000).") var concurrency: Int?
+        @Option(help: "Scale this worker only (its id, as 'locod queue workers' lists it).") var worker: String?
+        @Option(help: "Who scaled it and why: shown in workers' logs, the listing and this command's JSON.") var by: String?
+        @Flag(help: "Remove the scale: workers go back to their own --concurrency.") var reset = false
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                guard let queue else {
+                    guard concurrency == nil, worker == nil, by == nil, !reset else {
+                        throw UsageError(message: "no queue given", hint: "Pass the queue first, e.g. 'locod queue scale build 2'.")
+                    }
+                    return try await list()
+                }
+                if reset, concurrency != nil {
+                    throw UsageError(message: "--reset takes no concurrency", hint: "Pass either a concurrency ('locod queue scale \(queue) 2') or --reset.")
+                }
+                if !reset {
+                    guard let concurrency else {
+                        throw UsageError(message: "no concurrency given for queue \(queue)", hint: "Pass one, e.g. 'locod queue scale \(queue) 2', or --reset.")
+                    }
+                    guard QueueScale.range.contains(concurrency) else {
+                        throw UsageError(message: "the concurrency of queue \(queue) must be from \(QueueScale.range.lowerBound) to \(QueueScale.range.upperBound) (got \(concurrency))",
+                                         hint: "Pass e.g. 'locod queue scale \(queue) 2'; to stop a queue, 'locod queue pause \(queue)'.")
+                    }
+                }
+                try await database.withClient { client, _, logger in
+                    let store = JobStore(logger: logger)
+                    let target = worker.map { "worker \($0)" } ?? "every worker"
+                    if reset {
+                        let removed = try await store.resetScale(queue: queue, worker: worker, on: client)
+                        struct Outcome: Encodable { let queue: String; let worker: String?; let reset: Bool }
+                        if output == .json { return try printJSON(Outcome(queue: queue, worker: worker, reset: removed)) }
+                        let back = worker == nil ? "every worker is back to its own --concurrency (or its own scale)"
+                            : "it is back to the scale for every worker, if any, else its own --concurrency"
+                        return print(removed ? "queue \(queue) on \(target): \(back)" : "queue \(queue) had no scale on \(target); nothing to do")
+                    }
+                    let scale = try await store.scale(queue: queue, to: concurrency ?? 1, worker: worker, by: by, on: client)
+                    if try await !store.isKnown(queue: queue, on: client) {
+                        StandardStreams.write("""
+                            Note: no worker listed here works queue '\(queue)' and no job waits in it; \
+                            if the name is misspelt, undo with 'locod queue scale \(queue) --reset' ('locod queue workers' lists the queues worked).\n
+                            """, to: STDERR_FILENO)
+                    }
+                    if output == .json { return try printJSON(scale) }
+                    print("queue \(queue) scaled to \(scale.concurrency) on \(target): applied at once, running jobs over it finish. Undo: locod queue scale \(queue) --reset\(worker.map { " --worker \($0)" } ?? "")")
+                }
+            }
+        }
+
+        func list() async throws {
+            try await database.withClient { client, _, logger in
+                let scales = try await JobStore(logger: logger).queueScales(on: client)
+                if output == .json { return try printJSON(scales) }
+                guard !scales.isEmpty else { return print("no queue is scaled: every worker runs its own --concurrency") }
+                printTable([["queue", "worker", "concurrency", "by", "since"]] + scales.map {
+                    [$0.queue, $0.worker ?? "(every worker)", String($0.concurrency), $0.changedBy ?? "-", $0.updatedAt.formatted(.iso8601)]
+                })
             }
         }
     }

@@ -1378,6 +1378,71 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a queue scaled at run time: a running worker applies it at once, a worker's own scale beats the one for every worker, reset returns to --concurrency")
+    func queueScale() async throws {
+        try await TestDatabase.with { db in
+            // How many handlers run at once, at most, since the last reset.
+            let running = Mutex((now: 0, most: 0))
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.busy") { _, _ in
+                running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+                defer { running.withLock { $0.now -= 1 } }
+                try await Task.sleep(for: .milliseconds(150))
+            }
+            func phase(_ jobs: Int = 12) async throws -> Int {
+                running.withLock { $0.most = 0 }
+                let ids = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "default", kind: "test.busy"), count: jobs), on: db.client).map(\.id)
+                for id in ids { _ = try await db.wait(for: id, toBe: .completed) }
+                return running.withLock { $0.most }
+            }
+            // Set before the worker starts: its first claims keep to it.
+            _ = try await db.store.scale(queue: "default", to: 2, by: "ann: registry slow", on: db.client)
+            var configuration = fastConfiguration([("default", 5)], workerID: "w-scale")
+            // Only the notification can bring a change within the test: the periodic read is a minute away.
+            configuration.scaleCheckInterval = .seconds(60)
+            try await db.withWorker(configuration, handlers: handlers) { worker in
+                await worker.waitUntilListening()
+                #expect(try await phase() == 2)
+                #expect(worker.shared.metrics.render().contains(#"loco_queue_concurrency{queue="default"} 2"#))
+                // Its own scale beats the one for every worker; another worker's does nothing here.
+                _ = try await db.store.scale(queue: "default", to: 3, worker: "w-scale", on: db.client)
+                _ = try await db.store.scale(queue: "default", to: 1, worker: "w-other", on: db.client)
+                #expect(await eventually { worker.pools["default"]?.concurrency == 3 })
+                #expect(try await phase() == 3)
+                // Without its own, the one for every worker again; without either, --concurrency.
+                #expect(try await db.store.resetScale(queue: "default", worker: "w-scale", on: db.client))
+                #expect(await eventually { worker.pools["default"]?.concurrency == 2 })
+                #expect(try await db.store.resetScale(queue: "default", on: db.client))
+                #expect(await eventually { worker.pools["default"]?.concurrency == 5 })
+                #expect(try await phase(15) == 5)
+                #expect(try await !db.store.resetScale(queue: "default", on: db.client))
+            }
+            #expect(try await db.store.queueScales(on: db.client).map { "\($0.queue) \($0.worker ?? "*") \($0.concurrency)" } == ["default w-other 1"])
+            // Out of range or unnamed: refused, nothing stored.
+            for (concurrency, worker) in [(0, nil), (10_001, nil), (2, "")] as [(Int, String?)] {
+                await #expect(throws: QueueError.self) { try await db.store.scale(queue: "default", to: concurrency, worker: worker, on: db.client) }
+            }
+            await #expect(throws: QueueError.self) { try await db.store.scale(queue: "no such queue!", to: 2, on: db.client) }
+            #expect(try await db.store.queueScales(on: db.client).count == 1)
+        }
+    }
+
+    @Test("a worker that missed the notification applies a scale at its next periodic read")
+    func queueScalePolled() async throws {
+        try await TestDatabase.with { db in
+            var configuration = fastConfiguration([("default", 4)], workerID: "w-scale-poll")
+            configuration.pollOnly = true
+            configuration.scaleCheckInterval = .milliseconds(300)
+            try await db.withWorker(configuration, handlers: JobHandlers()) { worker in
+                // Read at start or at a periodic read: either way, the next change needs a periodic read.
+                _ = try await db.store.scale(queue: "default", to: 3, on: db.client)
+                #expect(await eventually(timeout: .seconds(5)) { worker.pools["default"]?.concurrency == 3 })
+                _ = try await db.store.scale(queue: "default", to: 7, on: db.client)
+                #expect(await eventually(timeout: .seconds(5)) { worker.pools["default"]?.concurrency == 7 })
+            }
+        }
+    }
+
     @Test("poll-only mode (for PgBouncer) runs jobs without LISTEN")
     func pollOnly() async throws {
         try await TestDatabase.with { db in

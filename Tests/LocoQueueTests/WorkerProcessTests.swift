@@ -414,6 +414,49 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("locod queue scale changes a running worker's concurrency, lists and resets scales, and refuses bad input")
+    func scaleCommands() async throws {
+        try await TestDatabase.with { db in
+            let locod = try Repo.binary("locod")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            let process = try worker(db.url, id: "scaled", concurrency: 2)
+            defer { process.stop() }
+            #expect(await eventually(timeout: .seconds(20)) { process.output.contains("worker started") }, "worker output:\n\(process.output)")
+            let set = try await runCommand(locod, ["queue", "scale", "default", "1", "--by", "ann: registry slow"], environment: env)
+            #expect(set.status == 0 && set.output.contains("queue default scaled to 1 on every worker"), "\(set.output)")
+            #expect(await eventually(timeout: .seconds(10)) { process.output.contains("queue default scaled to 1 (was 2) on every worker") }, "worker output:\n\(process.output)")
+            #expect(process.output.contains("ann: registry slow"))
+            let own = try await runCommand(locod, ["queue", "scale", "default", "3", "--worker", "scaled", "--output", "json"], environment: env)
+            #expect(own.status == 0 && own.output.contains(#""worker" : "scaled""#) && own.output.contains(#""concurrency" : 3"#), "\(own.output)")
+            #expect(await eventually(timeout: .seconds(10)) { process.output.contains("queue default scaled to 3 (was 1) on this worker") }, "worker output:\n\(process.output)")
+            let listed = try await runCommand(locod, ["queue", "scale"], environment: env)
+            #expect(listed.status == 0 && listed.output.contains("(every worker)") && listed.output.contains("ann: registry slow")
+                    && listed.output.contains("scaled"), "\(listed.output)")
+            for reset in [["--worker", "scaled"], []] {
+                let run = try await runCommand(locod, ["queue", "scale", "default", "--reset"] + reset, environment: env)
+                #expect(run.status == 0 && run.output.contains("back to"), "\(run.output)")
+            }
+            #expect(await eventually(timeout: .seconds(10)) { process.output.contains("queue default is back to its --concurrency 2 (was 1)") }, "worker output:\n\(process.output)")
+            let again = try await runCommand(locod, ["queue", "scale", "default", "--reset"], environment: env)
+            #expect(again.status == 0 && again.output.contains("had no scale on every worker; nothing to do"), "\(again.output)")
+            let none = try await runCommand(locod, ["queue", "scale", "--output", "json"], environment: env)
+            #expect(none.status == 0, "\(none.output)")
+            #expect((try? JSONSerialization.jsonObject(with: Data(none.output.utf8)) as? [Any])?.isEmpty == true, "\(none.output)")
+            for (arguments, says) in [(["default", "0"], "the concurrency of queue default must be from 1 to 10000 (got 0)"),
+                                      (["default"], "no concurrency given for queue default"),
+                                      (["default", "2", "--reset"], "--reset takes no concurrency"),
+                                      (["--worker", "scaled"], "no queue given")] {
+                let bad = try await runCommand(locod, ["queue", "scale"] + arguments, environment: env)
+                #expect(bad.status == 2 && bad.output.contains(says) && bad.output.contains("Hint:"), "\(bad.output)")
+            }
+            let badName = try await runCommand(locod, ["queue", "scale", "no such queue", "2"], environment: env)
+            #expect(badName.status == 1 && badName.output.contains("[invalid_queue_name]"), "\(badName.output)")
+            #expect(try await db.scalar("SELECT count(*) FROM loco_queue_scales", as: Int64.self) == 0)
+            process.signal(SIGTERM)
+            #expect(await process.waitForExit(timeout: .seconds(20)) == 0, "worker output:\n\(process.output)")
+        }
+    }
+
     @Test("locod queue commands show, retry, cancel and discard jobs, in text and JSON")
     func operatorCommands() async throws {
         try await TestDatabase.with { db in

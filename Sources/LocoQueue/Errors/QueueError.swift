@@ -21,6 +21,7 @@ public enum QueueError: CodedError, Equatable {
     case sessionSettingsRefused(settings: [String], reason: String)
     /// Migrations this program has and the database lacks, as `component/version_name`.
     case migrationsPending(database: String, pending: [String])
+    case invalidScale(reason: String)
 
     public var code: String {
         switch self {
@@ -43,6 +44,7 @@ public enum QueueError: CodedError, Equatable {
         case .invalidArgsFilter: "invalid_args_filter"
         case .sessionSettingsRefused: "session_settings_refused"
         case .migrationsPending: "migrations_pending"
+        case .invalidScale: "invalid_scale"
         }
     }
 
@@ -86,6 +88,8 @@ public enum QueueError: CodedError, Equatable {
             "PostgreSQL refused the connection's session settings (\(settings.joined(separator: ", "))): \(reason)"
         case let .migrationsPending(database, pending):
             "database \(database) lacks \(pending.count) migration\(pending.count == 1 ? "" : "s") of this program: \(pending.joined(separator: ", "))"
+        case let .invalidScale(reason):
+            "the queue cannot be scaled: \(reason)"
         }
     }
 
@@ -129,6 +133,8 @@ public enum QueueError: CodedError, Equatable {
             "They need PostgreSQL 12 or newer (Loco is tested on 15; 'SELECT version()' tells). Behind a transaction-mode pooler such as PgBouncer, run the worker with --poll-only."
         case .migrationsPending:
             "Run 'locod migrate' (or apply the script 'locod migrate sql' prints with your own migration tool)."
+        case .invalidScale:
+            "Pass a queue and a concurrency from 1 to 10000, e.g. 'locod queue scale build 2' (add --worker ID for one worker; --reset undoes it)."
         }
     }
 }

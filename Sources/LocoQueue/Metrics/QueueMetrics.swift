@@ -28,6 +28,7 @@ public final class QueueMetrics: Sendable {
     static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
     static var paused: MetricNameDescriptor { name("paused", "", "1 while the queue is paused (locod queue pause), else 0.") }
     static var cronLastSlot: MetricNameDescriptor { name("cron_last_slot", "timestamp_seconds", "Unix time of the newest slot of each periodic job that a scheduler or locod cron enqueued.") }
+    static var concurrency: MetricNameDescriptor { name("concurrency", "", "How many jobs of the queue this process runs at once: its --concurrency, or the scale an operator set (locod queue scale).") }
     static var cronPaused: MetricNameDescriptor { name("cron_paused", "", "1 while the periodic job is paused (locod cron pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
         .completed: name("jobs_completed", "total", "Jobs completed."),
@@ -96,6 +97,10 @@ public final class QueueMetrics: Sendable {
 
     func timedOut(queue: String, kind: String) {
         counter("timed_out", [("queue", queue), ("kind", kind)]) { Self.timedOut }?.increment()
+    }
+
+    func concurrency(queue: String, limit: Int) {
+        registry.makeGauge(descriptor: Self.concurrency, labels: [("queue", queue)]).set(Double(limit))
     }
 
     func databaseError(operation: String) {

@@ -182,6 +182,20 @@ public enum QueueSchema {
             )
             """,
         ]),
+        // Concurrency an operator set at run time ('locod queue scale'), for every worker of a
+        // queue (worker '') or for one: read by each worker when notified and every few seconds.
+        Migration(version: 8, name: "queue_scales", statements: [
+            """
+            CREATE TABLE loco_queue_scales (
+                queue text NOT NULL,
+                worker text NOT NULL DEFAULT '',
+                concurrency integer NOT NULL CONSTRAINT loco_queue_scales_concurrency CHECK (concurrency BETWEEN 1 AND 10000),
+                changed_by text,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (queue, worker)
+            )
+            """,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""

@@ -16,6 +16,8 @@ struct WorkerShared: Sendable {
     let logger: Logger
     /// Set once LISTEN is in place (notifications sent earlier were not seen).
     let listening = OneShotEvent()
+    /// Signalled by a `scale:<queue>` notification: an operator changed a queue's concurrency.
+    let scalesChanged = WakeSignal()
 
     /// A dedicated connection for one part of the worker, with `sessionSettings` for it. Behind a
     /// transaction-mode pooler (poll-only mode) statements are not prepared and session settings
@@ -88,8 +90,12 @@ public final class QueueWorker: Service, Sendable {
             "mode": "\(configuration.pollOnly ? "poll-only" : "listen+poll")",
         ])
         let parts = WorkerParts()
+        // Scales set before this worker started apply to its first claims too.
+        let scales = ScaleWatcher(shared: shared, pools: pools)
+        await scales.apply()
         await withGracefulShutdownHandler {
             let stragglers = await withTaskGroup(of: Void.self) { background in
+                background.addTask { await parts.run("scales") { await scales.run() } }
                 background.addTask { await parts.run("completer") { await shared.completer.run(stopping: self.drained) } }
                 background.addTask { await parts.run("heartbeat") { await Heartbeat(shared: shared).run() } }
                 let listener = NotificationListener(shared: shared, pools: self.pools)
@@ -122,6 +128,7 @@ public final class QueueWorker: Service, Sendable {
                 // Cancelling a task that waits for notifications does not always end the wait;
                 // closing its connection does.
                 await listener.shutdown()
+                await scales.close()
                 return Task { await parts.reportStragglers(every: .seconds(10), logger: shared.logger) }
             }
             stragglers.cancel()
@@ -395,6 +402,8 @@ final class NotificationListener: Sendable {
             if let id = Int64(payload.dropFirst("cancel:".count)), shared.ledger.requestCancel(id) {
                 shared.logger.info("job \(id) cancelled while running")
             }
+        } else if payload.hasPrefix("scale:") {
+            shared.scalesChanged.signal()
         } else {
             pools[payload]?.wake.signal()
         }

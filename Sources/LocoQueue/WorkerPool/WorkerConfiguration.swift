@@ -47,6 +47,8 @@ public struct WorkerConfiguration: Sendable {
     /// comes back within it renews its leases as it does. Not in poll-only mode, where a
     /// pooler's sessions say nothing about a worker's.
     public var orphanGrace: Duration = .seconds(5)
+    /// How often the worker reads the queue scales without being notified of a change.
+    public var scaleCheckInterval: Duration = .seconds(5)
     public var promoteInterval: Duration = .milliseconds(500)
     public var pruneInterval: Duration = .seconds(60)
     /// How long finished jobs are kept, by how they ended.
@@ -88,6 +90,9 @@ public struct WorkerConfiguration: Sendable {
         }
         guard orphanGrace >= .seconds(1) else {
             throw .invalidWorkerConfiguration(reason: "the orphan grace must be at least 1 second (got \(orphanGrace)): a worker that reconnects after a database restart needs that long to renew its leases")
+        }
+        guard scaleCheckInterval >= .milliseconds(100) else {
+            throw .invalidWorkerConfiguration(reason: "the scale check interval must be at least 100 ms (got \(scaleCheckInterval))")
         }
         guard listenerCheckInterval >= .milliseconds(100) else {
             throw .invalidWorkerConfiguration(reason: "the listener check interval must be at least 100 ms (got \(listenerCheckInterval.spoken))")

@@ -8,7 +8,11 @@ import Synchronization
 /// task and hands the outcome to the process's `Completer`.
 final class WorkerPool: Sendable {
     let queue: String
-    let concurrency: Int
+    /// The concurrency this process was started with for the queue (`--concurrency`).
+    let declaredConcurrency: Int
+    /// How many of its jobs run at once now: the declared concurrency, or an operator's scale.
+    private let limit: Atomic<Int>
+    var concurrency: Int { limit.load(ordering: .relaxed) }
     let wake = WakeSignal()
     private let running = Mutex<(count: Int, waitingForSlot: Bool)>((0, false))
     /// While the queue is busy (the last claim came back full), outcomes of this pool's jobs
@@ -21,8 +25,10 @@ final class WorkerPool: Sendable {
 
     init(queue: String, concurrency: Int, shared: WorkerShared) {
         self.queue = queue
-        self.concurrency = concurrency
+        declaredConcurrency = concurrency
+        limit = Atomic(concurrency)
         self.shared = shared
+        shared.metrics.concurrency(queue: queue, limit: concurrency)
         // It only claims: it keeps one plan for the claim (see `Claim.sessionSettings`).
         database = shared.connect(sessionSettings: JobStatements.Claim.sessionSettings)
     }
@@ -95,6 +101,16 @@ final class WorkerPool: Sendable {
                 await wake.wait(timeout: configuration.pollInterval.jittered())
             }
         }
+    }
+
+    /// Runs at most `newLimit` jobs at once from now on; returns the limit before. Running jobs
+    /// over a lower limit finish; no new one starts until the pool is under it.
+    @discardableResult
+    func rescale(to newLimit: Int) -> Int {
+        let old = limit.exchange(newLimit, ordering: .relaxed)
+        shared.metrics.concurrency(queue: queue, limit: newLimit)
+        if newLimit > old { wake.signal() }
+        return old
     }
 
     /// Whether outcomes wait for the next claim; when not, those waiting go to the completer.
