@@ -235,12 +235,16 @@ public struct JobStore: Sendable {
     /// to now, so the next rescue pass retries them (recording `lease_expired`) instead of their
     /// sitting out the whole lease. A claim's answer arrives in milliseconds, so a job suspected
     /// twice is no longer on its way. Returns the strays seen now, and which of them were cut.
-    func releaseStrayClaims(worker: String, held: [Int64], suspects: [Int64: Int], on db: some QueryRunner) async throws -> (strays: [Int64: Int], cut: [Int64]) {
+    /// Only jobs claimed more than `minimumAge` ago (by the database's clock) are looked at: a
+    /// claim answered but not yet in the worker's hands under heavy load is younger.
+    func releaseStrayClaims(worker: String, held: [Int64], suspects: [Int64: Int], minimumAge: Duration,
+                            on db: some QueryRunner) async throws -> (strays: [Int64: Int], cut: [Int64]) {
         let suspected = Array(suspects)
         let rows = try await db.run("""
             WITH stray AS MATERIALIZED (
                 SELECT j.id, j.attempt FROM loco_jobs j
                 WHERE j.state = 'running' AND j.locked_by = \(worker) AND j.id <> ALL(\(held)::int8[])
+                  AND j.attempted_at < now() - make_interval(secs => \(minimumAge.seconds))
             ), cut AS (
                 UPDATE loco_jobs j SET lease_expires_at = now()
                 FROM stray s JOIN unnest(\(suspected.map(\.key))::int8[], \(suspected.map { Int64($0.value) })::int8[]) AS p(id, attempt)

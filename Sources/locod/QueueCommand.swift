@@ -8,7 +8,7 @@ struct QueueCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
         abstract: "Inspect and operate the job queue.",
-        subcommands: [Stats.self, Workers.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Scale.self, Enqueue.self]
+        subcommands: [Stats.self, Workers.self, List.self, Show.self, Retry.self, Cancel.self, Discard.self, Pause.self, Resume.self, Scale.self, Limit.self, Enqueue.self]
     )
 
     struct Stats: AsyncParsableCommand {
@@ -201,13 +201,7 @@ struct QueueCommand: AsyncParsableCommand {
                 try await database.withClient { client, _, logger in
                     let store = JobStore(logger: logger)
                     let pause = try await store.pause(queue: queue, by: by, on: client)
-                    // Queues need no declaring, so a misspelt name pauses a queue nobody uses.
-                    if try await !store.isKnown(queue: queue, on: client) {
-                        StandardStreams.write("""
-                            Note: no worker listed here works queue '\(queue)' and no job waits in it; \
-                            if the name is misspelt, undo with 'locod queue resume \(queue)' ('locod queue workers' lists the queues worked).\n
-                            """, to: STDERR_FILENO)
-                    }
+                    try await noteIfUnused(queue, store: store, client: client, undo: "locod queue resume \(queue)")
                     if output == .json { return try printJSON(pause) }
                     if pause.wasPaused {
                         print("queue \(queue) was already paused (since \(pause.pausedAt.formatted(.iso8601)))")
@@ -286,12 +280,7 @@ struct QueueCommand: AsyncParsableCommand {
                         return print(removed ? "queue \(queue) on \(target): \(back)" : "queue \(queue) had no scale on \(target); nothing to do")
                     }
                     let scale = try await store.scale(queue: queue, to: concurrency ?? 1, worker: worker, by: by, on: client)
-                    if try await !store.isKnown(queue: queue, on: client) {
-                        StandardStreams.write("""
-                            Note: no worker listed here works queue '\(queue)' and no job waits in it; \
-                            if the name is misspelt, undo with 'locod queue scale \(queue) --reset' ('locod queue workers' lists the queues worked).\n
-                            """, to: STDERR_FILENO)
-                    }
+                    try await noteIfUnused(queue, store: store, client: client, undo: "locod queue scale \(queue) --reset")
                     if output == .json { return try printJSON(scale) }
                     print("queue \(queue) scaled to \(scale.concurrency) on \(target): applied at once, running jobs over it finish. Undo: locod queue scale \(queue) --reset\(worker.map { " --worker \($0)" } ?? "")")
                 }
@@ -305,6 +294,69 @@ struct QueueCommand: AsyncParsableCommand {
                 guard !scales.isEmpty else { return print("no queue is scaled: every worker runs its own --concurrency") }
                 printTable([["queue", "worker", "concurrency", "by", "since"]] + scales.map {
                     [$0.queue, $0.worker ?? "(every worker)", String($0.concurrency), $0.changedBy ?? "-", $0.updatedAt.formatted(.iso8601)]
+                })
+            }
+        }
+    }
+
+    struct Limit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Limit how many jobs of a queue run at once across all workers; without arguments, list the limits.",
+            discussion: """
+                'locod queue limit build 2' lets at most 2 build jobs run at once, however many workers work the queue and \
+                whatever their --concurrency (for work that shares one resource: a disk, a registry). Workers apply it at once \
+                (within 5 s without notifications); running jobs over it finish. 'locod queue limit build --remove' lifts it.
+                """)
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The queue; omit to list the limits.") var queue: String?
+        @Argument(help: "How many of its jobs may run at once across all workers (1 to 100000).") var limit: Int?
+        @Option(help: "Who set it and why: shown in workers' logs, the listing and this command's JSON.") var by: String?
+        @Flag(help: "Lift the limit.") var remove = false
+        @Option var output: OutputFormat = .text
+
+        func run() async throws {
+            try await reportingErrors {
+                guard let queue else {
+                    guard limit == nil, by == nil, !remove else {
+                        throw UsageError(message: "no queue given", hint: "Pass the queue first, e.g. 'locod queue limit build 2'.")
+                    }
+                    return try await list()
+                }
+                if remove, limit != nil {
+                    throw UsageError(message: "--remove takes no limit", hint: "Pass either a limit ('locod queue limit \(queue) 2') or --remove.")
+                }
+                if !remove {
+                    guard let limit else {
+                        throw UsageError(message: "no limit given for queue \(queue)", hint: "Pass one, e.g. 'locod queue limit \(queue) 2', or --remove.")
+                    }
+                    guard QueueLimit.range.contains(limit) else {
+                        throw UsageError(message: "the limit of queue \(queue) must be from \(QueueLimit.range.lowerBound) to \(QueueLimit.range.upperBound) (got \(limit))",
+                                         hint: "Pass e.g. 'locod queue limit \(queue) 2'; to stop a queue, 'locod queue pause \(queue)'.")
+                    }
+                }
+                try await database.withClient { client, _, logger in
+                    let store = JobStore(logger: logger)
+                    if remove {
+                        let removed = try await store.removeLimit(queue: queue, on: client)
+                        struct Outcome: Encodable { let queue: String; let removed: Bool }
+                        if output == .json { return try printJSON(Outcome(queue: queue, removed: removed)) }
+                        return print(removed ? "queue \(queue): no limit across workers any more" : "queue \(queue) had no limit; nothing to do")
+                    }
+                    let set = try await store.limit(queue: queue, to: limit ?? 1, by: by, on: client)
+                    try await noteIfUnused(queue, store: store, client: client, undo: "locod queue limit \(queue) --remove")
+                    if output == .json { return try printJSON(set) }
+                    print("queue \(queue): at most \(set.limit) of its jobs run at once across all workers, from now on. Lift: locod queue limit \(queue) --remove")
+                }
+            }
+        }
+
+        func list() async throws {
+            try await database.withClient { client, _, logger in
+                let limits = try await JobStore(logger: logger).queueLimits(on: client)
+                if output == .json { return try printJSON(limits) }
+                guard !limits.isEmpty else { return print("no queue is limited across workers") }
+                printTable([["queue", "limit", "by", "since"]] + limits.map {
+                    [$0.queue, String($0.limit), $0.changedBy ?? "-", $0.updatedAt.formatted(.iso8601)]
                 })
             }
         }
@@ -388,6 +440,16 @@ private func bulk(_ database: DatabaseOptions, output: OutputFormat, selection: 
 }
 
 /// `--queue`, `--kind` and `--state`: the jobs a bulk retry, cancel or discard applies to.
+/// Queues need no declaring, so a misspelt name pauses, scales or limits a queue nobody uses:
+/// says so, with the command that undoes it.
+func noteIfUnused(_ queue: String, store: JobStore, client: some QueryRunner, undo: String) async throws {
+    guard try await !store.isKnown(queue: queue, on: client) else { return }
+    StandardStreams.write("""
+        Note: no worker listed here works queue '\(queue)' and no job waits in it; \
+        if the name is misspelt, undo with '\(undo)' ('locod queue workers' lists the queues worked).\n
+        """, to: STDERR_FILENO)
+}
+
 struct SelectionOptions: ParsableArguments {
     @Option(help: "Every selected job of this queue (instead of one ID).") var queue: String?
     @Option(help: "Every selected job of this kind (instead of one ID).") var kind: String?

@@ -1381,20 +1381,9 @@ struct QueueBehaviourTests {
     @Test("a queue scaled at run time: a running worker applies it at once, a worker's own scale beats the one for every worker, reset returns to --concurrency")
     func queueScale() async throws {
         try await TestDatabase.with { db in
-            // How many handlers run at once, at most, since the last reset.
-            let running = Mutex((now: 0, most: 0))
-            var handlers = JobHandlers()
-            handlers.register(kind: "test.busy") { _, _ in
-                running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
-                defer { running.withLock { $0.now -= 1 } }
-                try await Task.sleep(for: .milliseconds(150))
-            }
-            func phase(_ jobs: Int = 12) async throws -> Int {
-                running.withLock { $0.most = 0 }
-                let ids = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "default", kind: "test.busy"), count: jobs), on: db.client).map(\.id)
-                for id in ids { _ = try await db.wait(for: id, toBe: .completed) }
-                return running.withLock { $0.most }
-            }
+            let probe = ConcurrencyProbe()
+            let handlers = probe.handlers
+            func phase(_ jobs: Int = 12) async throws -> Int { try await probe.most(running: jobs, on: db) }
             // Set before the worker starts: its first claims keep to it.
             _ = try await db.store.scale(queue: "default", to: 2, by: "ann: registry slow", on: db.client)
             var configuration = fastConfiguration([("default", 5)], workerID: "w-scale")
@@ -1424,6 +1413,32 @@ struct QueueBehaviourTests {
             }
             await #expect(throws: QueueError.self) { try await db.store.scale(queue: "no such queue!", to: 2, on: db.client) }
             #expect(try await db.store.queueScales(on: db.client).count == 1)
+        }
+    }
+
+    @Test("a queue's limit across workers: two workers of concurrency 4 run at most 3 of its jobs at once between them, all of them run, and removing the limit frees them")
+    func queueGlobalLimit() async throws {
+        try await TestDatabase.with { db in
+            let probe = ConcurrencyProbe()
+            let handlers = probe.handlers
+            func phase(_ jobs: Int) async throws -> Int { try await probe.most(running: jobs, on: db) }
+            _ = try await db.store.limit(queue: "default", to: 3, by: "ann: one registry", on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 4)], workerID: "w-limit-a"), handlers: handlers) { (a: QueueWorker) async throws -> Void in
+                try await db.withWorker(fastConfiguration([("default", 4)], workerID: "w-limit-b"), handlers: handlers) { (b: QueueWorker) async throws -> Void in
+                    await a.waitUntilListening()
+                    await b.waitUntilListening()
+                    #expect(a.pools["default"]?.globalLimit == 3 && b.pools["default"]?.globalLimit == 3)
+                    #expect(try await phase(24) == 3)
+                    // Both took part: the limit is shared, not one worker's.
+                    #expect(try await db.scalar("SELECT count(DISTINCT locked_by) FROM loco_jobs WHERE state = 'completed'", as: Int64.self) == 2)
+                    #expect(try await db.store.removeLimit(queue: "default", on: db.client))
+                    #expect(await eventually { a.pools["default"]?.globalLimit == nil && b.pools["default"]?.globalLimit == nil })
+                    #expect(try await phase(24) > 4)
+                    #expect(try await !db.store.removeLimit(queue: "default", on: db.client))
+                }
+            }
+            await #expect(throws: QueueError.self) { try await db.store.limit(queue: "default", to: 0, on: db.client) }
+            #expect(try await db.store.queueLimits(on: db.client).isEmpty)
         }
     }
 
@@ -2075,6 +2090,30 @@ struct QueueBehaviourTests {
 }
 
 /// Keeps what is logged, for tests that check what a component says.
+/// Counts how many `test.busy` handlers (150 ms each) run at once, at most.
+final class ConcurrencyProbe: Sendable {
+    private let running = Mutex((now: 0, most: 0))
+
+    var handlers: JobHandlers {
+        var handlers = JobHandlers()
+        handlers.register(kind: "test.busy") { [self] _, _ in
+            running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+            defer { running.withLock { $0.now -= 1 } }
+            try await Task.sleep(for: .milliseconds(150))
+        }
+        return handlers
+    }
+
+    /// Enqueues `jobs` busy jobs in queue default, waits until all completed, and returns how
+    /// many ran at once at most meanwhile.
+    func most(running jobs: Int, on db: TestDatabase) async throws -> Int {
+        running.withLock { $0.most = 0 }
+        let ids = try await db.store.enqueueMany(Array(repeating: NewJob(queue: "default", kind: "test.busy"), count: jobs), on: db.client).map(\.id)
+        for id in ids { _ = try await db.wait(for: id, toBe: .completed) }
+        return running.withLock { $0.most }
+    }
+}
+
 final class CapturedLog: LogHandler, Sendable {
     private let lines = Mutex<[String]>([])
     var messages: [String] { lines.withLock { $0 } }

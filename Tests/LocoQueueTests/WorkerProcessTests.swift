@@ -414,7 +414,7 @@ struct WorkerProcessTests {
         }
     }
 
-    @Test("locod queue scale changes a running worker's concurrency, lists and resets scales, and refuses bad input")
+    @Test("locod queue scale and limit change a running worker's concurrency and its queue's limit across workers, list and undo them, and refuse bad input")
     func scaleCommands() async throws {
         try await TestDatabase.with { db in
             let locod = try Repo.binary("locod")
@@ -452,6 +452,31 @@ struct WorkerProcessTests {
             let badName = try await runCommand(locod, ["queue", "scale", "no such queue", "2"], environment: env)
             #expect(badName.status == 1 && badName.output.contains("[invalid_queue_name]"), "\(badName.output)")
             #expect(try await db.scalar("SELECT count(*) FROM loco_queue_scales", as: Int64.self) == 0)
+
+            let limit = try await runCommand(locod, ["queue", "limit", "default", "2", "--by", "ann: one registry"], environment: env)
+            #expect(limit.status == 0 && limit.output.contains("queue default: at most 2 of its jobs run at once across all workers"), "\(limit.output)")
+            #expect(await eventually(timeout: .seconds(10)) { process.output.contains("queue default: at most 2 of its jobs run at once across all workers") }, "worker output:\n\(process.output)")
+            let limits = try await runCommand(locod, ["queue", "limit", "--output", "json"], environment: env)
+            #expect(limits.status == 0 && limits.output.contains(#""limit" : 2"#) && limits.output.contains("ann: one registry"), "\(limits.output)")
+            // The worker still runs its jobs, under the limit.
+            let enqueued = try await runCommand(locod, ["queue", "enqueue", "--queue", "default", "--kind", "demo.noop", "--count", "5"], environment: env)
+            #expect(enqueued.status == 0, "\(enqueued.output)")
+            #expect(await eventually(timeout: .seconds(20)) {
+                (try? await db.scalar("SELECT count(*) FROM loco_jobs WHERE state = 'completed'", as: Int64.self)) == 5
+            })
+            let lifted = try await runCommand(locod, ["queue", "limit", "default", "--remove"], environment: env)
+            #expect(lifted.status == 0 && lifted.output.contains("no limit across workers any more"), "\(lifted.output)")
+            #expect(await eventually(timeout: .seconds(10)) { process.output.contains("queue default: no limit across workers any more") }, "worker output:\n\(process.output)")
+            let liftedAgain = try await runCommand(locod, ["queue", "limit", "default", "--remove"], environment: env)
+            #expect(liftedAgain.status == 0 && liftedAgain.output.contains("had no limit; nothing to do"), "\(liftedAgain.output)")
+            for (arguments, says) in [(["default", "0"], "the limit of queue default must be from 1 to 100000 (got 0)"),
+                                      (["default"], "no limit given for queue default"),
+                                      (["default", "2", "--remove"], "--remove takes no limit"),
+                                      (["--remove"], "no queue given")] {
+                let bad = try await runCommand(locod, ["queue", "limit"] + arguments, environment: env)
+                #expect(bad.status == 2 && bad.output.contains(says) && bad.output.contains("Hint:"), "\(bad.output)")
+            }
+            #expect(try await db.scalar("SELECT count(*) FROM loco_queue_limits", as: Int64.self) == 0)
             process.signal(SIGTERM)
             #expect(await process.waitForExit(timeout: .seconds(20)) == 0, "worker output:\n\(process.output)")
         }

@@ -1,6 +1,7 @@
 import Logging
 
-/// Applies the scales operators set ('locod queue scale') to this process's pools: once before
+/// Applies the scales and limits operators set ('locod queue scale', 'locod queue limit') to
+/// this process's pools: once before
 /// the pools start, then whenever a `scale:<queue>` notification arrives, and every
 /// `scaleCheckInterval` for a worker that missed one (or polls only).
 struct ScaleWatcher: Sendable {
@@ -25,13 +26,15 @@ struct ScaleWatcher: Sendable {
         }
     }
 
-    /// Reads the scales and sets each pool's limit; false if they could not be read (the
-    /// pools keep their limits).
+    /// Reads the scales and limits and sets each pool's; false if they could not be read (the
+    /// pools keep what they had).
     @discardableResult
     func apply(sayFailure: Bool = true) async -> Bool {
         let scales: [String: QueueScale]
+        let limits: [String: QueueLimit]
         do {
             scales = try await shared.store.scales(of: shared.configuration.workerID, on: database)
+            limits = Dictionary(uniqueKeysWithValues: try await shared.store.queueLimits(on: database).map { ($0.queue, $0) })
         } catch {
             shared.metrics.databaseError(operation: "scales")
             if sayFailure {
@@ -41,6 +44,16 @@ struct ScaleWatcher: Sendable {
             return false
         }
         for pool in pools.values.sorted(by: { $0.queue < $1.queue }) {
+            let limit = limits[pool.queue]
+            if limit?.limit != pool.globalLimit {
+                pool.setGlobalLimit(limit?.limit)
+                if let limit {
+                    shared.logger.notice("queue \(pool.queue): at most \(limit.limit) of its jobs run at once across all workers",
+                                         metadata: ["queue": "\(pool.queue)", "changed_by": "\(limit.changedBy ?? "-")"])
+                } else {
+                    shared.logger.notice("queue \(pool.queue): no limit across workers any more", metadata: ["queue": "\(pool.queue)"])
+                }
+            }
             let scale = scales[pool.queue]
             let target = scale?.concurrency ?? pool.declaredConcurrency
             guard target != pool.concurrency else { continue }

@@ -183,7 +183,8 @@ public enum QueueSchema {
             """,
         ]),
         // Concurrency an operator set at run time ('locod queue scale'), for every worker of a
-        // queue (worker '') or for one: read by each worker when notified and every few seconds.
+        // queue (worker '') or for one, and a queue's limit across all workers ('locod queue
+        // limit'): read by each worker when notified and every few seconds.
         Migration(version: 8, name: "queue_scales", statements: [
             """
             CREATE TABLE loco_queue_scales (
@@ -193,6 +194,14 @@ public enum QueueSchema {
                 changed_by text,
                 updated_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (queue, worker)
+            )
+            """,
+            """
+            CREATE TABLE loco_queue_limits (
+                queue text PRIMARY KEY,
+                global_limit integer NOT NULL CONSTRAINT loco_queue_limits_range CHECK (global_limit BETWEEN 1 AND 100000),
+                changed_by text,
+                updated_at timestamptz NOT NULL DEFAULT now()
             )
             """,
         ]),

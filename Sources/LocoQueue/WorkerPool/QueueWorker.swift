@@ -241,7 +241,8 @@ struct Heartbeat: Sendable {
     func releaseStrays(_ suspects: [Int64: Int]) async -> [Int64: Int] {
         do {
             let found = try await shared.store.releaseStrayClaims(
-                worker: shared.configuration.workerID, held: shared.ledger.held().map(\.id), suspects: suspects, on: database)
+                worker: shared.configuration.workerID, held: shared.ledger.held().map(\.id), suspects: suspects,
+                minimumAge: max(shared.configuration.effectiveHeartbeat, .seconds(5)), on: database)
             for id in found.cut {
                 shared.logger.warning("job \(id) was claimed under this worker's name but its claim's answer never came; its lease is cut so that it runs again",
                                       metadata: ["job_id": "\(id)"])

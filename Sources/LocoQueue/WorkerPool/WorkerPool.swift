@@ -13,6 +13,13 @@ final class WorkerPool: Sendable {
     /// How many of its jobs run at once now: the declared concurrency, or an operator's scale.
     private let limit: Atomic<Int>
     var concurrency: Int { limit.load(ordering: .relaxed) }
+    /// The queue's limit across all workers ('locod queue limit'), as this worker last read it;
+    /// 0 for none. With one, claims take the limited path (`claimUnderLimit`).
+    private let sharedLimit = Atomic<Int>(0)
+    var globalLimit: Int? {
+        let value = sharedLimit.load(ordering: .relaxed)
+        return value > 0 ? value : nil
+    }
     let wake = WakeSignal()
     private let running = Mutex<(count: Int, waitingForSlot: Bool)>((0, false))
     /// While the queue is busy (the last claim came back full), outcomes of this pool's jobs
@@ -65,17 +72,26 @@ final class WorkerPool: Sendable {
                 continue
             }
             let limit = min(free, configuration.maxClaimBatch)
+            let limited = globalLimit != nil
+            // Limited claims write no outcomes: those carried go to the completer.
+            if limited { carry(false) }
             let outcomes = carried.withLock { state in
                 defer { state.outcomes.removeAll(keepingCapacity: true) }
                 return state.outcomes
             }
             let jobs: [ClaimedJob]
+            var atLimit = false
             do {
-                let recorded: [Int64: JobState]
-                (jobs, recorded) = try await shared.store.claim(
-                    queue: queue, limit: limit, worker: configuration.workerID, lease: configuration.leaseDuration,
-                    recording: outcomes, on: database)
-                if !outcomes.isEmpty { shared.completer.account(outcomes, updated: recorded) }
+                if limited {
+                    (jobs, atLimit) = try await shared.store.claimUnderLimit(
+                        queue: queue, limit: limit, worker: configuration.workerID, lease: configuration.leaseDuration, on: database)
+                } else {
+                    let recorded: [Int64: JobState]
+                    (jobs, recorded) = try await shared.store.claim(
+                        queue: queue, limit: limit, worker: configuration.workerID, lease: configuration.leaseDuration,
+                        recording: outcomes, on: database)
+                    if !outcomes.isEmpty { shared.completer.account(outcomes, updated: recorded) }
+                }
                 if failures > 0 { shared.logger.info("claiming works again", metadata: ["queue": "\(queue)"]) }
                 failures = 0
             } catch {
@@ -94,13 +110,26 @@ final class WorkerPool: Sendable {
                 continue
             }
             for job in jobs { start(job) }
-            busy = jobs.count == limit
+            busy = !limited && jobs.count == limit
             gathered = false
             carry(busy && !stopping.isSet)
             if jobs.count < limit {
-                await wake.wait(timeout: configuration.pollInterval.jittered())
+                // Jobs left waiting for the limit: a slot freed on another worker sends no notification.
+                await wake.wait(timeout: (atLimit ? min(configuration.pollInterval, Self.limitedRecheck) : configuration.pollInterval).jittered())
             }
         }
+    }
+
+    /// How soon a producer whose queue's jobs wait for its limit looks again: a slot freed on
+    /// another worker sends no notification.
+    static let limitedRecheck: Duration = .milliseconds(250)
+
+    /// Sets the queue's limit across all workers as read (nil: none); returns the one before.
+    @discardableResult
+    func setGlobalLimit(_ newLimit: Int?) -> Int? {
+        let old = sharedLimit.exchange(newLimit ?? 0, ordering: .relaxed)
+        wake.signal()
+        return old > 0 ? old : nil
     }
 
     /// Runs at most `newLimit` jobs at once from now on; returns the limit before. Running jobs
