@@ -1,9 +1,9 @@
 import Logging
 
 /// Applies the scales and limits operators set ('locod queue scale', 'locod queue limit') to
-/// this process's pools: once before
-/// the pools start, then whenever a `scale:<queue>` notification arrives, and every
-/// `scaleCheckInterval` for a worker that missed one (or polls only).
+/// this process's pools: once before the pools start, then whenever a `scale:<queue>`
+/// notification arrives, and every `scaleCheckInterval` for a worker that missed one (or
+/// polls only).
 struct ScaleWatcher: Sendable {
     let shared: WorkerShared
     let pools: [String: WorkerPool]
