@@ -713,6 +713,10 @@ public struct JobStore: Sendable {
         for pause in try await pausedQueues(on: db) {
             queues[pause.queue, default: .init(name: pause.queue)].pausedAt = pause.pausedAt
         }
+        // A database before queue migration 8 has no limits; its stats are whole without them.
+        for limit in (try? await queueLimits(on: db)) ?? [] {
+            queues[limit.queue, default: .init(name: limit.queue)].globalLimit = limit.limit
+        }
         return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
     }
 
@@ -851,6 +855,8 @@ public struct QueueStats: Sendable, Codable, Equatable {
         public var failedLastHour: Int = 0
         /// Set while the queue is paused (`locod queue pause`).
         public var pausedAt: Date?
+        /// How many of its jobs may run at once across all workers (`locod queue limit`).
+        public var globalLimit: Int?
     }
     public var queues: [Queue]
 }

@@ -27,7 +27,8 @@ struct QueueCommand: AsyncParsableCommand {
                     let header = ["queue"] + states + ["oldest_available", "failed_1h"]
                     var rows = [header]
                     for queue in stats.queues {
-                        rows.append([queue.name + (queue.pausedAt == nil ? "" : " (paused)")] + states.map { String(queue.depth[$0] ?? 0) }
+                        let notes = (queue.pausedAt == nil ? "" : " (paused)") + (queue.globalLimit.map { " (limit \($0))" } ?? "")
+                        rows.append([queue.name + notes] + states.map { String(queue.depth[$0] ?? 0) }
                             + [queue.oldestAvailableSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(queue.failedLastHour)])
                     }
                     if stats.queues.isEmpty { print("no jobs") } else { printTable(rows) }

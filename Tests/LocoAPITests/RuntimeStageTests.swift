@@ -264,7 +264,7 @@ struct RuntimeStageTests {
         let followedLines = await followed.lines.map(\.line)
         #expect(followedAll, "\(followedLines)")
         follower.cancel()
-        let ended = try await eventually(timeout: .seconds(10), every: .milliseconds(100)) { await followed.ended }
+        let ended = await eventually(timeout: .seconds(10), every: .milliseconds(100)) { await followed.ended }
         #expect(ended, "a cancelled follow ends")
 
         // `loco logs` shows what Loco did, among the app's own lines.

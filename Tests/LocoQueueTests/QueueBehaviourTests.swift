@@ -1428,11 +1428,18 @@ struct QueueBehaviourTests {
                     await a.waitUntilListening()
                     await b.waitUntilListening()
                     #expect(a.pools["default"]?.globalLimit == 3 && b.pools["default"]?.globalLimit == 3)
+                    // Stats and /metrics show it.
+                    let stats = try await db.store.stats(on: db.client, includingFinished: false)
+                    #expect(stats.queues.first { $0.name == "default" }?.globalLimit == 3)
+                    let metrics = QueueMetrics()
+                    metrics.update(from: stats)
+                    #expect(metrics.render().contains(#"loco_queue_global_limit{queue="default"} 3"#))
                     #expect(try await phase(24) == 3)
                     // Both took part: the limit is shared, not one worker's.
                     #expect(try await db.scalar("SELECT count(DISTINCT locked_by) FROM loco_jobs WHERE state = 'completed'", as: Int64.self) == 2)
                     #expect(try await db.store.removeLimit(queue: "default", on: db.client))
                     #expect(await eventually { a.pools["default"]?.globalLimit == nil && b.pools["default"]?.globalLimit == nil })
+                    #expect(try await db.store.stats(on: db.client, includingFinished: false).queues.first { $0.name == "default" }?.globalLimit == nil)
                     #expect(try await phase(24) > 4)
                     #expect(try await !db.store.removeLimit(queue: "default", on: db.client))
                 }

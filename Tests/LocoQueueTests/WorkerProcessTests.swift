@@ -456,6 +456,8 @@ struct WorkerProcessTests {
             let limit = try await runCommand(locod, ["queue", "limit", "default", "2", "--by", "ann: one registry"], environment: env)
             #expect(limit.status == 0 && limit.output.contains("queue default: at most 2 of its jobs run at once across all workers"), "\(limit.output)")
             #expect(await eventually(timeout: .seconds(10)) { process.output.contains("queue default: at most 2 of its jobs run at once across all workers") }, "worker output:\n\(process.output)")
+            let stats = try await runCommand(locod, ["queue", "stats", "--live"], environment: env)
+            #expect(stats.status == 0 && stats.output.contains("default (limit 2)"), "\(stats.output)")
             let limits = try await runCommand(locod, ["queue", "limit", "--output", "json"], environment: env)
             #expect(limits.status == 0 && limits.output.contains(#""limit" : 2"#) && limits.output.contains("ann: one registry"), "\(limits.output)")
             // The worker still runs its jobs, under the limit.

@@ -28,6 +28,7 @@ public final class QueueMetrics: Sendable {
     static var oldest: MetricNameDescriptor { name("oldest_available_age", "seconds", "Age of the oldest available job per queue.") }
     static var paused: MetricNameDescriptor { name("paused", "", "1 while the queue is paused (locod queue pause), else 0.") }
     static var cronLastSlot: MetricNameDescriptor { name("cron_last_slot", "timestamp_seconds", "Unix time of the newest slot of each periodic job that a scheduler or locod cron enqueued.") }
+    static var globalLimit: MetricNameDescriptor { name("global_limit", "", "How many of the queue's jobs may run at once across all workers (locod queue limit); 0 for no limit.") }
     static var concurrency: MetricNameDescriptor { name("concurrency", "", "How many jobs of the queue this process runs at once: its --concurrency, or the scale an operator set (locod queue scale).") }
     static var cronPaused: MetricNameDescriptor { name("cron_paused", "", "1 while the periodic job is paused (locod cron pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
@@ -125,6 +126,7 @@ public final class QueueMetrics: Sendable {
             registry.makeGauge(descriptor: Self.oldest, labels: [("queue", queue.name)])
                 .set(queue.oldestAvailableSeconds ?? 0)
             registry.makeGauge(descriptor: Self.paused, labels: [("queue", queue.name)]).set(queue.pausedAt == nil ? 0.0 : 1.0)
+            registry.makeGauge(descriptor: Self.globalLimit, labels: [("queue", queue.name)]).set(Double(queue.globalLimit ?? 0))
         }
     }
 
