@@ -185,6 +185,10 @@ struct BuilderTests {
              #"time="2026-11-27T09:11:23Z" level=error msg="Error deleting incomplete image \"54acdb86f60c\": identifier is not an image""#,
              #"Error: creating build container: committing the finished image: saving metadata for image "54acdb86f60c": identifier is not a layer, image, or container"#],
             [from, "STEP 2/4: RUN echo hi", #"Error: checking if cached image exists from a previous build: getting top layer info: layer not known"#],
+            // Seen in a CI run of 20 apps deployed at once with 2 build workers (2026-12-03).
+            [from, "Getting image source signatures", "Copying blob sha256:8252…", "Copying config sha256:54acdb86…",
+             "Writing manifest to image destination", "Storing signatures",
+             #"Error: creating build container: locating pulled image "sha256:54acdb86f60cd00f09d9d47dfe5be634bf7d0735e443a84266cf6f4fbf82ed47" name in containers storage: parsing named reference "54acdb86f60cd00f09d9d47dfe5be634bf7d0735e443a84266cf6f4fbf82ed47": invalid repository name (54acdb86f60cd00f09d9d47dfe5be634bf7d0735e443a84266cf6f4fbf82ed47), cannot specify 64-byte hexadecimal strings"#],
         ]
         for tail in raced {
             let failure = Builder.diagnose(tail: tail, exitStatus: 125)

@@ -168,8 +168,11 @@ public struct Builder: Sendable {
         let lower = text.lowercased()
         // Concurrent builds share the worker's image storage; two pulling the same base at once can
         // race ("layer not known", "image not known", or containers/storage's "identifier is not a
-        // layer, image, or container" when both store the same image). A retry finds the base stored.
-        let storageRace = ["layer not known", "image not known", "identifier is not a", "locating item named"].contains { lower.contains($0) }
+        // layer, image, or container" when both store the same image, or "locating pulled image …
+        // name in containers storage" when the other renamed it under this one). A retry finds the
+        // base stored.
+        let storageRace = ["layer not known", "image not known", "identifier is not a", "locating item named",
+                           "locating pulled image"].contains { lower.contains($0) }
         if lower.contains("no space left on device") {
             return BuildFailure(code: "BUILDER_UNAVAILABLE", message: "the builder's storage failed (disk full)",
                                 hint: "Retried automatically; if it keeps failing, the operator should free disk space on the build workers.",
