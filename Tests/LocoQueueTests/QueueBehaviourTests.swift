@@ -722,17 +722,19 @@ struct QueueBehaviourTests {
             _ = try await db.store.claim(queue: "default", limit: 1, worker: "w-stray", lease: .seconds(3600), on: db.client)
             var configuration = fastConfiguration([("default", 2)], workerID: "w-stray")
             configuration.heartbeatInterval = .milliseconds(500)
-            try await db.withWorker(configuration, handlers: handlers) { _ in
+            try await db.withWorker(configuration, handlers: handlers) { worker in
                 // While its claims answer, the worker leaves the job alone: nothing says its claim
                 // was lost (a second process with the same id could hold it).
                 try await Task.sleep(for: .seconds(2))
                 let untouched = try await db.store.job(id: stray.id, on: db.client)
                 #expect(untouched?.state == .running && untouched?.lockedBy == "w-stray")
-                // A claim fails: the producer's statement cannot find the pause table for a moment.
+                // A claim fails: the producer's statement cannot find the pause table until one has
+                // (a fixed pause once saw no claim at all under the whole suite's load).
                 _ = try await db.client.query("ALTER TABLE loco_queue_pauses RENAME TO loco_queue_pauses_away")
-                try await Task.sleep(for: .milliseconds(600))
+                let failed = await eventually(timeout: .seconds(20)) { worker.shared.ledger.hadUnansweredClaim(within: .seconds(60)) }
                 _ = try await db.client.query("ALTER TABLE loco_queue_pauses_away RENAME TO loco_queue_pauses")
-                let done = try await db.wait(for: stray.id, toBe: .completed, timeout: .seconds(15))
+                #expect(failed, "no claim failed while the pause table was away")
+                let done = try await db.wait(for: stray.id, toBe: .completed, timeout: .seconds(30))
                 #expect(done.errors.map(\.code) == ["lease_expired"])
                 #expect(done.attempt == 2)
             }
