@@ -1386,13 +1386,14 @@ struct QueueBehaviourTests {
             let probe = ConcurrencyProbe()
             let handlers = probe.handlers
             func phase(_ jobs: Int = 12) async throws -> Int { try await probe.most(running: jobs, on: db) }
-            // Set before the worker starts: its first claims keep to it.
+            // Set before the worker starts: read as it starts.
             _ = try await db.store.scale(queue: "default", to: 2, by: "ann: registry slow", on: db.client)
             var configuration = fastConfiguration([("default", 5)], workerID: "w-scale")
             // Only the notification can bring a change within the test: the periodic read is a minute away.
             configuration.scaleCheckInterval = .seconds(60)
             try await db.withWorker(configuration, handlers: handlers) { worker in
                 await worker.waitUntilListening()
+                #expect(await eventually { worker.pools["default"]?.concurrency == 2 })
                 #expect(try await phase() == 2)
                 #expect(worker.shared.metrics.render().contains(#"loco_queue_concurrency{queue="default"} 2"#))
                 // Its own scale beats the one for every worker; another worker's does nothing here.
@@ -1429,7 +1430,7 @@ struct QueueBehaviourTests {
                 try await db.withWorker(fastConfiguration([("default", 4)], workerID: "w-limit-b"), handlers: handlers) { (b: QueueWorker) async throws -> Void in
                     await a.waitUntilListening()
                     await b.waitUntilListening()
-                    #expect(a.pools["default"]?.globalLimit == 3 && b.pools["default"]?.globalLimit == 3)
+                    #expect(await eventually { a.pools["default"]?.globalLimit == 3 && b.pools["default"]?.globalLimit == 3 })
                     // Stats and /metrics show it.
                     let stats = try await db.store.stats(on: db.client, includingFinished: false)
                     #expect(stats.queues.first { $0.name == "default" }?.globalLimit == 3)
@@ -2099,7 +2100,8 @@ struct QueueBehaviourTests {
 }
 
 /// Keeps what is logged, for tests that check what a component says.
-/// Counts how many `test.busy` handlers (150 ms each) run at once, at most.
+/// Counts how many `test.busy` handlers (400 ms each, long enough to overlap under a loaded
+/// machine) run at once, at most.
 final class ConcurrencyProbe: Sendable {
     private let running = Mutex((now: 0, most: 0))
 
@@ -2108,7 +2110,7 @@ final class ConcurrencyProbe: Sendable {
         handlers.register(kind: "test.busy") { [self] _, _ in
             running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
             defer { running.withLock { $0.now -= 1 } }
-            try await Task.sleep(for: .milliseconds(150))
+            try await Task.sleep(for: .milliseconds(400))
         }
         return handlers
     }

@@ -1,7 +1,7 @@
 import Logging
 
 /// Applies the scales and limits operators set ('locod queue scale', 'locod queue limit') to
-/// this process's pools: once before the pools start, then whenever a `scale:<queue>`
+/// this process's pools: once as the worker starts, then whenever a `scale:<queue>`
 /// notification arrives, and every `scaleCheckInterval` for a worker that missed one (or
 /// polls only).
 struct ScaleWatcher: Sendable {
@@ -18,7 +18,7 @@ struct ScaleWatcher: Sendable {
     func close() async { await database.close() }
 
     func run() async {
-        var failing = false
+        var failing = !(await apply())
         while !Task.isCancelled {
             await shared.scalesChanged.wait(timeout: shared.configuration.scaleCheckInterval.jittered())
             if Task.isCancelled { return }

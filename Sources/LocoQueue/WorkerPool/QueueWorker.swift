@@ -90,9 +90,9 @@ public final class QueueWorker: Service, Sendable {
             "mode": "\(configuration.pollOnly ? "poll-only" : "listen+poll")",
         ])
         let parts = WorkerParts()
-        // Scales set before this worker started apply to its first claims too.
+        // Read at once, beside the other parts' start: waiting for it before the first claim held
+        // every part up on one more connection, seconds under a loaded database (a CI run).
         let scales = ScaleWatcher(shared: shared, pools: pools)
-        await scales.apply()
         await withGracefulShutdownHandler {
             let stragglers = await withTaskGroup(of: Void.self) { background in
                 background.addTask { await parts.run("scales") { await scales.run() } }
