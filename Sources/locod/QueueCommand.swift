@@ -257,18 +257,7 @@ struct QueueCommand: AsyncParsableCommand {
                     }
                     return try await list()
                 }
-                if reset, concurrency != nil {
-                    throw UsageError(message: "--reset takes no concurrency", hint: "Pass either a concurrency ('locod queue scale \(queue) 2') or --reset.")
-                }
-                if !reset {
-                    guard let concurrency else {
-                        throw UsageError(message: "no concurrency given for queue \(queue)", hint: "Pass one, e.g. 'locod queue scale \(queue) 2', or --reset.")
-                    }
-                    guard QueueScale.range.contains(concurrency) else {
-                        throw UsageError(message: "the concurrency of queue \(queue) must be from \(QueueScale.range.lowerBound) to \(QueueScale.range.upperBound) (got \(concurrency))",
-                                         hint: "Pass e.g. 'locod queue scale \(queue) 2'; to stop a queue, 'locod queue pause \(queue)'.")
-                    }
-                }
+                let concurrency = try checkedSetting(concurrency, named: "concurrency", of: queue, in: QueueScale.range, command: "scale", undoFlag: "--reset", undoing: reset)
                 try await database.withClient { client, _, logger in
                     let store = JobStore(logger: logger)
                     let target = worker.map { "worker \($0)" } ?? "every worker"
@@ -280,7 +269,7 @@ struct QueueCommand: AsyncParsableCommand {
                             : "it is back to the scale for every worker, if any, else its own --concurrency"
                         return print(removed ? "queue \(queue) on \(target): \(back)" : "queue \(queue) had no scale on \(target); nothing to do")
                     }
-                    let scale = try await store.scale(queue: queue, to: concurrency ?? 1, worker: worker, by: by, on: client)
+                    let scale = try await store.scale(queue: queue, to: concurrency, worker: worker, by: by, on: client)
                     try await noteIfUnused(queue, store: store, client: client, undo: "locod queue scale \(queue) --reset")
                     if output == .json { return try printJSON(scale) }
                     print("queue \(queue) scaled to \(scale.concurrency) on \(target): applied at once, running jobs over it finish. Undo: locod queue scale \(queue) --reset\(worker.map { " --worker \($0)" } ?? "")")
@@ -323,18 +312,7 @@ struct QueueCommand: AsyncParsableCommand {
                     }
                     return try await list()
                 }
-                if remove, limit != nil {
-                    throw UsageError(message: "--remove takes no limit", hint: "Pass either a limit ('locod queue limit \(queue) 2') or --remove.")
-                }
-                if !remove {
-                    guard let limit else {
-                        throw UsageError(message: "no limit given for queue \(queue)", hint: "Pass one, e.g. 'locod queue limit \(queue) 2', or --remove.")
-                    }
-                    guard QueueLimit.range.contains(limit) else {
-                        throw UsageError(message: "the limit of queue \(queue) must be from \(QueueLimit.range.lowerBound) to \(QueueLimit.range.upperBound) (got \(limit))",
-                                         hint: "Pass e.g. 'locod queue limit \(queue) 2'; to stop a queue, 'locod queue pause \(queue)'.")
-                    }
-                }
+                let limit = try checkedSetting(limit, named: "limit", of: queue, in: QueueLimit.range, command: "limit", undoFlag: "--remove", undoing: remove)
                 try await database.withClient { client, _, logger in
                     let store = JobStore(logger: logger)
                     if remove {
@@ -343,7 +321,7 @@ struct QueueCommand: AsyncParsableCommand {
                         if output == .json { return try printJSON(Outcome(queue: queue, removed: removed)) }
                         return print(removed ? "queue \(queue): no limit across workers any more" : "queue \(queue) had no limit; nothing to do")
                     }
-                    let set = try await store.limit(queue: queue, to: limit ?? 1, by: by, on: client)
+                    let set = try await store.limit(queue: queue, to: limit, by: by, on: client)
                     try await noteIfUnused(queue, store: store, client: client, undo: "locod queue limit \(queue) --remove")
                     if output == .json { return try printJSON(set) }
                     print("queue \(queue): at most \(set.limit) of its jobs run at once across all workers, from now on. Lift: locod queue limit \(queue) --remove")
@@ -441,6 +419,26 @@ private func bulk(_ database: DatabaseOptions, output: OutputFormat, selection: 
 }
 
 /// `--queue`, `--kind` and `--state`: the jobs a bulk retry, cancel or discard applies to.
+/// The number `locod queue scale|limit QUEUE N` sets, checked against `range`; 0 when the
+/// command's undo flag is given (`undoing`), which takes none.
+func checkedSetting(_ value: Int?, named name: String, of queue: String, in range: ClosedRange<Int>,
+                    command: String, undoFlag: String, undoing: Bool) throws -> Int {
+    if undoing {
+        guard value == nil else {
+            throw UsageError(message: "\(undoFlag) takes no \(name)", hint: "Pass either a \(name) ('locod queue \(command) \(queue) 2') or \(undoFlag).")
+        }
+        return 0
+    }
+    guard let value else {
+        throw UsageError(message: "no \(name) given for queue \(queue)", hint: "Pass one, e.g. 'locod queue \(command) \(queue) 2', or \(undoFlag).")
+    }
+    guard range.contains(value) else {
+        throw UsageError(message: "the \(name) of queue \(queue) must be from \(range.lowerBound) to \(range.upperBound) (got \(value))",
+                         hint: "Pass e.g. 'locod queue \(command) \(queue) 2'; to stop a queue, 'locod queue pause \(queue)'.")
+    }
+    return value
+}
+
 /// Queues need no declaring, so a misspelt name pauses, scales or limits a queue nobody uses:
 /// says so, with the command that undoes it.
 func noteIfUnused(_ queue: String, store: JobStore, client: some QueryRunner, undo: String) async throws {

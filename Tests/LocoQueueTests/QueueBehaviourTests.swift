@@ -724,8 +724,9 @@ struct QueueBehaviourTests {
             configuration.heartbeatInterval = .milliseconds(500)
             try await db.withWorker(configuration, handlers: handlers) { worker in
                 // While its claims answer, the worker leaves the job alone: nothing says its claim
-                // was lost (a second process with the same id could hold it).
-                try await Task.sleep(for: .seconds(2))
+                // was lost (a second process with the same id could hold it). Watched until the job
+                // is past the 5 s age a stray needs, and two looks more.
+                try await Task.sleep(for: .seconds(7))
                 let untouched = try await db.store.job(id: stray.id, on: db.client)
                 #expect(untouched?.state == .running && untouched?.lockedBy == "w-stray")
                 // A claim fails: the producer's statement cannot find the pause table until one has

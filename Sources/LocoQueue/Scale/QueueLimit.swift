@@ -86,11 +86,12 @@ extension JobStore {
                                           runAt: runAt, createdAt: createdAt, attemptedAt: attemptedAt, hasDependents: hasDependents))
             }
             claimed.sort { $0.id < $1.id }
-            let waiting = try await connection.run("""
-                SELECT coalesce((SELECT global_limit FROM loco_queue_limits WHERE queue = \(queue))
-                                <= (SELECT count(*) FROM loco_jobs WHERE state = 'running' AND queue = \(queue)), false)
-                   AND EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'available' AND queue = \(queue))
-                """, logger: logger)
+            var queueOnly = PostgresBindings(capacity: 1)
+            queueOnly.append(queue)
+            let waiting = try await connection.run(PostgresQuery(unsafeSQL: """
+                SELECT coalesce(\(cap) <= \(running), false)
+                   AND EXISTS (SELECT 1 FROM loco_jobs WHERE state = 'available' AND queue = $1::text)
+                """, binds: queueOnly), logger: logger)
             var atLimit = false
             for try await value in waiting.decode(Bool.self) { atLimit = value }
             return (claimed, atLimit)

@@ -11,8 +11,8 @@ final class WorkerPool: Sendable {
     /// The concurrency this process was started with for the queue (`--concurrency`).
     let declaredConcurrency: Int
     /// How many of its jobs run at once now: the declared concurrency, or an operator's scale.
-    private let limit: Atomic<Int>
-    var concurrency: Int { limit.load(ordering: .relaxed) }
+    private let currentConcurrency: Atomic<Int>
+    var concurrency: Int { currentConcurrency.load(ordering: .relaxed) }
     /// The queue's limit across all workers ('locod queue limit'), as this worker last read it;
     /// 0 for none. With one, claims take the limited path (`claimUnderLimit`).
     private let sharedLimit = Atomic<Int>(0)
@@ -33,7 +33,7 @@ final class WorkerPool: Sendable {
     init(queue: String, concurrency: Int, shared: WorkerShared) {
         self.queue = queue
         declaredConcurrency = concurrency
-        limit = Atomic(concurrency)
+        currentConcurrency = Atomic(concurrency)
         self.shared = shared
         shared.metrics.concurrency(queue: queue, limit: concurrency)
         // It only claims: it keeps one plan for the claim (see `Claim.sessionSettings`).
@@ -124,19 +124,17 @@ final class WorkerPool: Sendable {
     /// another worker sends no notification.
     static let limitedRecheck: Duration = .milliseconds(250)
 
-    /// Sets the queue's limit across all workers as read (nil: none); returns the one before.
-    @discardableResult
-    func setGlobalLimit(_ newLimit: Int?) -> Int? {
-        let old = sharedLimit.exchange(newLimit ?? 0, ordering: .relaxed)
+    /// Sets the queue's limit across all workers as read (nil: none).
+    func setGlobalLimit(_ newLimit: Int?) {
+        sharedLimit.store(newLimit ?? 0, ordering: .relaxed)
         wake.signal()
-        return old > 0 ? old : nil
     }
 
     /// Runs at most `newLimit` jobs at once from now on; returns the limit before. Running jobs
     /// over a lower limit finish; no new one starts until the pool is under it.
     @discardableResult
     func rescale(to newLimit: Int) -> Int {
-        let old = limit.exchange(newLimit, ordering: .relaxed)
+        let old = currentConcurrency.exchange(newLimit, ordering: .relaxed)
         shared.metrics.concurrency(queue: queue, limit: newLimit)
         if newLimit > old { wake.signal() }
         return old
