@@ -19,6 +19,7 @@ struct ScaleWatcher: Sendable {
 
     func run() async {
         var failing = !(await apply())
+        shared.scalesRead.set()
         while !Task.isCancelled {
             await shared.scalesChanged.wait(timeout: shared.configuration.scaleCheckInterval.jittered())
             if Task.isCancelled { return }

@@ -18,6 +18,9 @@ struct WorkerShared: Sendable {
     let listening = OneShotEvent()
     /// Signalled by a `scale:<queue>` notification: an operator changed a queue's concurrency.
     let scalesChanged = WakeSignal()
+    /// Set once the scales and limits were first read (or could not be): producers wait for it,
+    /// briefly, before their first claim.
+    let scalesRead = OneShotEvent()
 
     /// A dedicated connection for one part of the worker, with `sessionSettings` for it. Behind a
     /// transaction-mode pooler (poll-only mode) statements are not prepared and session settings
@@ -90,8 +93,9 @@ public final class QueueWorker: Service, Sendable {
             "mode": "\(configuration.pollOnly ? "poll-only" : "listen+poll")",
         ])
         let parts = WorkerParts()
-        // Read at once, beside the other parts' start: waiting for it before the first claim held
-        // every part up on one more connection, seconds under a loaded database (a CI run).
+        // Read at once, beside the other parts' start: waiting for it before starting them held
+        // every part up on one more connection, seconds under a loaded database (a CI run). Only
+        // the producers wait for it (see `WorkerPool.produce`).
         let scales = ScaleWatcher(shared: shared, pools: pools)
         await withGracefulShutdownHandler {
             let stragglers = await withTaskGroup(of: Void.self) { background in

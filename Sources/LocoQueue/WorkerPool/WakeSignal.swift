@@ -89,6 +89,16 @@ final class OneShotEvent: Sendable {
         }
     }
 
+    /// Waits until the event is set or `timeout` passes; whether it was set. It looks every 5 ms:
+    /// for a wait that happens once, as a worker starts.
+    func wait(upTo timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while !isSet, ContinuousClock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return isSet
+    }
+
     func wait() async {
         await withCheckedContinuation { continuation in
             let done = state.withLock { state -> Bool in

@@ -47,6 +47,14 @@ final class WorkerPool: Sendable {
         var failures = 0
         var busy = false, gathered = false
         let configuration = shared.configuration
+        // A claim counts its free slots before it is sent. The first one, sent while the worker
+        // connects, could otherwise count them by --concurrency after an operator's scale (or a
+        // limit across workers) had been read, and take more jobs than it allows: wait for the
+        // first read, connecting meanwhile, for at most `firstScaleReadWait`.
+        _ = try? await database.connection()
+        if !(await shared.scalesRead.wait(upTo: Self.firstScaleReadWait)) {
+            shared.logger.debug("starting to claim before the queue scales were read", metadata: ["queue": "\(queue)"])
+        }
         while !stopping.isSet {
             let free = running.withLock { state -> Int in
                 let free = concurrency - state.count
@@ -119,6 +127,10 @@ final class WorkerPool: Sendable {
             }
         }
     }
+
+    /// How long a producer waits for the scales' first read before it claims anyway: a database
+    /// slow to answer should not keep a worker idle (the scales apply once read).
+    static let firstScaleReadWait: Duration = .seconds(2)
 
     /// How soon a producer whose queue's jobs wait for its limit looks again: a slot freed on
     /// another worker sends no notification.
