@@ -47,10 +47,11 @@ final class WorkerPool: Sendable {
         var failures = 0
         var busy = false, gathered = false
         let configuration = shared.configuration
-        // A claim counts its free slots before it is sent. The first one, sent while the worker
-        // connects, could otherwise count them by --concurrency after an operator's scale (or a
-        // limit across workers) had been read, and take more jobs than it allows: wait for the
-        // first read, connecting meanwhile, for at most `firstScaleReadWait`.
+        // A claim counts its free slots, then is sent. The first claim would wait for the
+        // connection to be made, long enough for the scales (and limits across workers) to be
+        // read and jobs enqueued meanwhile; counted by --concurrency, it could take more jobs
+        // than a scale allows. So: connect, then wait for the scales' first read (at most
+        // `firstScaleReadWait`), then count.
         _ = try? await database.connection()
         if !(await shared.scalesRead.wait(upTo: Self.firstScaleReadWait)) {
             shared.logger.debug("starting to claim before the queue scales were read", metadata: ["queue": "\(queue)"])
