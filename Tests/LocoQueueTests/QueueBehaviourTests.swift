@@ -2048,13 +2048,16 @@ struct QueueBehaviourTests {
             let log = CapturedLog()
             let logger = Logger(label: "test") { _ in log }
             let started = OneShotEvent()
+            let release = Mutex(false)
             var handlers = JobHandlers()
             handlers.register(kind: "test.long") { _, _ in
                 started.set()
-                try await Task.sleep(for: .seconds(12))
+                while !release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(50)) }
             }
             var configuration = fastConfiguration([("default", 1)])
-            configuration.leaseDuration = .seconds(10)
+            // The job runs until 25 s after the silence: past the lease, however late the silence
+            // came (a job of a fixed 12 s and a 10 s lease failed once in CI, the test taking 55 s).
+            configuration.leaseDuration = .seconds(20)
             configuration.heartbeatInterval = .milliseconds(2500)
             let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
             try await db.withWorker(configuration, handlers: handlers, url: silent.url, logger: logger) { worker in
@@ -2069,8 +2072,10 @@ struct QueueBehaviourTests {
                     silenced = try await silent.silence()
                     return silenced == 1
                 }, "silenced \(silenced): \(silent.process.output)")
-                // A renewal waiting 30 s for an answer would let the 10 s lease run out: the job
+                // A renewal waiting 30 s for an answer would let the 20 s lease run out: the job
                 // would be rescued (lease_expired) and run a second time.
+                try await Task.sleep(for: .seconds(25))
+                release.withLock { $0 = true }
                 let done = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(40))
                 #expect(done.attempt == 1 && done.errors.isEmpty, "\(done.errors)")
                 #expect(log.messages.contains("heartbeat failed; leases run out unless the next one succeeds"), "\(log.messages)")

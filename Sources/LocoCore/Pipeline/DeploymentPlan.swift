@@ -30,7 +30,10 @@ public enum DeploymentPlan {
     /// How many attempts each stage gets before its failure is final.
     public static func maxAttempts(_ stage: Stage) -> Int {
         switch stage {
-        case .build: 3
+        // Five: a build that fails for the Dockerfile fails at once (permanent), so the attempts
+        // are for the builder's own trouble; with 20 apps deployed at once on 2 build slots,
+        // one app's build met the shared image storage busy three times running (a CI run).
+        case .build: 5
         case .push: 5
         case .apply: 5
         case .wait: 2
