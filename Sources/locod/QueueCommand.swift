@@ -418,7 +418,6 @@ private func bulk(_ database: DatabaseOptions, output: OutputFormat, selection: 
     }
 }
 
-/// `--queue`, `--kind` and `--state`: the jobs a bulk retry, cancel or discard applies to.
 /// The number `locod queue scale|limit QUEUE N` sets, checked against `range`; 0 when the
 /// command's undo flag is given (`undoing`), which takes none.
 func checkedSetting(_ value: Int?, named name: String, of queue: String, in range: ClosedRange<Int>,
@@ -449,6 +448,7 @@ func noteIfUnused(_ queue: String, store: JobStore, client: some QueryRunner, un
         """, to: STDERR_FILENO)
 }
 
+/// `--queue`, `--kind`, `--args` and `--state`: the jobs a bulk retry, cancel or discard applies to.
 struct SelectionOptions: ParsableArguments {
     @Option(help: "Every selected job of this queue (instead of one ID).") var queue: String?
     @Option(help: "Every selected job of this kind (instead of one ID).") var kind: String?
