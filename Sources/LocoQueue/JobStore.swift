@@ -24,11 +24,19 @@ public struct JobStore: Sendable {
         try job.validate()
         let dependsOn = job.dependsOn.isEmpty ? [] : Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
-            let inserted = dependsOn.isEmpty
-                ? try await db.insertJob(job, logger: logger)
-                : try await insert(job, dependingOn: dependsOn, on: db)
+            let inserted = if let uniqueFor = job.uniqueFor, let uniqueKey = job.uniqueKey {
+                try await insert(job, holding: uniqueKey, for: uniqueFor, on: db)
+            } else if dependsOn.isEmpty {
+                try await db.insertJob(job, logger: logger)
+            } else {
+                try await insert(job, dependingOn: dependsOn, on: db)
+            }
             if let (id, state) = inserted {
                 return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
+            }
+            if job.uniqueFor != nil, let uniqueKey = job.uniqueKey {
+                if let holder = try await periodHolder(of: uniqueKey, on: db) { return holder }
+                continue
             }
             if !dependsOn.isEmpty {
                 var found = Set<Int64>()
@@ -51,6 +59,53 @@ public struct JobStore: Sendable {
             throw QueueError.invalidEnqueue(reason: "the database inserted no row")
         }
         throw QueueError.invalidEnqueue(reason: "the unique key '\(job.uniqueKey ?? "")' kept changing hands; try again")
+    }
+
+    /// Inserts a job that holds `key` for `period` (or while it is live, if longer): the key's
+    /// row in loco_unique_periods is taken first, and the job inserted under the id it names.
+    /// The row decides between concurrent enqueuers (the second waits for the first to commit,
+    /// then sees the key held); nil when the key is held.
+    private func insert(_ job: NewJob, holding key: String, for period: Duration, on db: some QueryRunner) async throws -> (Int64, String)? {
+        let rows = try await db.run("""
+            WITH slot AS (
+                INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
+                VALUES (\(key), nextval(pg_get_serial_sequence('loco_jobs', 'id')), now() + make_interval(secs => \(period.seconds)))
+                ON CONFLICT (unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, held_until = EXCLUDED.held_until
+                WHERE EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN ('failed', 'cancelled'))
+                   OR (u.held_until <= now()
+                       AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN \(unescaped: Self.live)))
+                RETURNING job_id
+            ), ins AS (
+                INSERT INTO loco_jobs (id, queue, kind, args, state, priority, max_attempts, run_at)
+                OVERRIDING SYSTEM VALUE
+                SELECT slot.job_id, \(job.queue), \(job.kind), \(job.args)::jsonb,
+                       CASE WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+                       \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now())
+                FROM slot
+                RETURNING id, state, queue
+            ), woke AS (
+                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
+            )
+            SELECT id, state, (SELECT count(*) FROM woke) FROM ins
+            """, logger: logger)
+        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) { return (id, state) }
+        return nil
+    }
+
+    /// The job holding `key` for its period, as a duplicate; nil when the key is free again
+    /// (its holder failed or was cancelled meanwhile). A holder pruned within its period had completed.
+    private func periodHolder(of key: String, on db: some QueryRunner) async throws -> EnqueuedJob? {
+        let rows = try await db.run("""
+            SELECT u.job_id, coalesce(j.state, 'completed')
+            FROM loco_unique_periods u LEFT JOIN loco_jobs j ON j.id = u.job_id
+            WHERE u.unique_key = \(key)
+              AND NOT coalesce(j.state IN ('failed', 'cancelled'), false)
+              AND (u.held_until > now() OR j.state IN \(unescaped: Self.live))
+            """, logger: logger)
+        for try await (id, state) in rows.decode((Int64, String).self) {
+            return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .completed, duplicate: true)
+        }
+        return nil
     }
 
     /// Inserts a job with parents, locking them so a parent finishing concurrently either sees
@@ -417,6 +472,27 @@ public struct JobStore: Sendable {
                 FOR UPDATE SKIP LOCKED
             ), deleted AS (
                 DELETE FROM loco_jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id
+            )
+            SELECT count(*) FROM deleted
+            """, logger: logger)
+        for try await count in rows.decode(Int64.self) { return Int(count) }
+        return 0
+    }
+
+    /// Deletes up to `limit` unique keys whose period ended and whose holder is no longer live
+    /// (those are free anyway); returns how many.
+    func pruneUniquePeriods(limit: Int, on db: some QueryRunner) async throws -> Int {
+        let rows = try await db.run("""
+            WITH ended AS MATERIALIZED (
+                SELECT u.unique_key FROM loco_unique_periods u
+                WHERE u.held_until < now()
+                  AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN \(unescaped: Self.live))
+                ORDER BY u.held_until LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), deleted AS (
+                DELETE FROM loco_unique_periods u USING ended
+                WHERE u.unique_key = ended.unique_key AND u.held_until < now()
+                RETURNING u.unique_key
             )
             SELECT count(*) FROM deleted
             """, logger: logger)

@@ -351,6 +351,8 @@ struct QueueCommand: AsyncParsableCommand {
         @Option(help: "Attempts before the job fails for good (1-1000).") var maxAttempts: Int = 10
         @Option(help: "Delay before the job may run, in seconds.") var delay: Double = 0
         @Option(help: "At most one live job (not completed, failed or cancelled) has this key.") var uniqueKey: String?
+        @Option(help: "With --unique-key: hold the key this many seconds after enqueue, even once the job completed (at most once per period).")
+        var uniqueFor: Double?
         @Option(name: .customLong("depends-on"), help: "A job id this job waits for (repeatable).") var dependsOn: [Int64] = []
         @Option(help: "How many identical jobs (enqueued in one round trip).") var count: Int = 1
         @Option var output: OutputFormat = .text
@@ -358,11 +360,12 @@ struct QueueCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 let wait = try durationOption(seconds: delay, option: "--delay", atLeast: 0, example: "60")
+                let period = try uniqueFor.map { try durationOption(seconds: $0, option: "--unique-for", atLeast: 1, example: "3600") }
                 try checkedOption(count, "--count", in: 1...100_000, example: "100")
                 try await database.withClient { client, _, logger in
                     let runAt = wait > .zero ? Date().addingTimeInterval(wait.seconds) : nil
                     let job = NewJob(queue: queue, kind: kind, args: args, priority: priority, runAt: runAt, maxAttempts: maxAttempts,
-                                     uniqueKey: uniqueKey, dependsOn: dependsOn)
+                                     uniqueKey: uniqueKey, uniqueFor: period, dependsOn: dependsOn)
                     let results = try await JobStore(logger: logger).enqueueMany(Array(repeating: job, count: count), on: client)
                     if output == .json {
                         return try printJSON(results.map { ["id": "\($0.id)", "state": $0.state.rawValue, "duplicate": "\($0.duplicate)"] })

@@ -416,6 +416,76 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a unique key held for a period: once per period even after the job completed, and while it is live; failing for good or a cancel frees it; racing enqueuers get one job")
+    func uniquePeriods() async throws {
+        try await TestDatabase.with { db in
+            let store = db.store
+            func enqueue(_ key: String, for period: Duration, kind: String = "test.period") async throws -> EnqueuedJob {
+                try await store.enqueue(NewJob(queue: "period", kind: kind, maxAttempts: 1, uniqueKey: key, uniqueFor: period), on: db.client)
+            }
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.period") { _, _ in }
+            handlers.register(kind: "test.doomed") { _, _ in throw JobFailure.permanent("upstream_gone", "the report's source is gone") }
+
+            let first = try await enqueue("digest:team-1", for: .seconds(3600))
+            let again = try await enqueue("digest:team-1", for: .seconds(3600))
+            #expect(!first.duplicate && again.duplicate && again.id == first.id, "\(first) \(again)")
+            // Keys held only while live are apart from keys held for a period.
+            let live = try await store.enqueue(NewJob(queue: "period", kind: "test.period", uniqueKey: "digest:team-1"), on: db.client)
+            #expect(!live.duplicate && live.id != first.id, "\(live)")
+            let doomed = try await enqueue("sync:team-2", for: .seconds(3600), kind: "test.doomed")
+            let cancelled = try await enqueue("report:team-3", for: .seconds(3600))
+            #expect(try await store.cancel(id: cancelled.id, on: db.client) == .cancelled)
+            let short = try await enqueue("ping:team-4", for: .seconds(1))
+            try await db.withWorker(fastConfiguration([("period", 2)]), handlers: handlers) { _ in
+                for id in [first.id, live.id, short.id] { _ = try await db.wait(for: id, toBe: .completed) }
+                _ = try await db.wait(for: doomed.id, toBe: .failed)
+            }
+            let afterDone = try await enqueue("digest:team-1", for: .seconds(3600))
+            #expect(afterDone.duplicate && afterDone.id == first.id && afterDone.state == .completed, "\(afterDone)")
+            let afterFailure = try await enqueue("sync:team-2", for: .seconds(3600), kind: "test.doomed")
+            #expect(!afterFailure.duplicate && afterFailure.id != doomed.id, "\(afterFailure)")
+            let afterCancel = try await enqueue("report:team-3", for: .seconds(3600))
+            #expect(!afterCancel.duplicate && afterCancel.id != cancelled.id, "\(afterCancel)")
+
+            // A period over: the key is free once its holder is no longer live, not before.
+            let waiting = try await enqueue("ping:team-5", for: .seconds(1))
+            try await Task.sleep(for: .milliseconds(1500))
+            let pastPeriod = try await enqueue("ping:team-4", for: .seconds(1))
+            #expect(!pastPeriod.duplicate && pastPeriod.id != short.id, "\(pastPeriod)")
+            let stillLive = try await enqueue("ping:team-5", for: .seconds(1))
+            #expect(stillLive.duplicate && stillLive.id == waiting.id && stillLive.state == .available, "\(stillLive)")
+
+            // Twenty enqueuers at once: one job, and every one of them is told its id.
+            let racing = try await withThrowingTaskGroup(of: EnqueuedJob.self) { group in
+                for _ in 0..<20 { group.addTask { try await enqueue("race:team-6", for: .seconds(3600)) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(racing.filter { !$0.duplicate }.count == 1 && Set(racing.map(\.id)).count == 1, "\(racing)")
+
+            // Pruning forgets keys whose period ended and whose holder is not live.
+            _ = try await store.cancel(ids: [waiting.id, pastPeriod.id], on: db.client)
+            try await Task.sleep(for: .milliseconds(1100))
+            let pruned = try await store.pruneUniquePeriods(limit: 1000, on: db.client)
+            let keys = try await db.client.query("SELECT unique_key FROM loco_unique_periods ORDER BY unique_key").collect().map { try $0.decode(String.self) }
+            #expect(pruned == 2 && keys == ["digest:team-1", "race:team-6", "report:team-3", "sync:team-2"], "\(pruned) \(keys)")
+
+            // Bad input says what is wrong.
+            for (job, expected) in [
+                (NewJob(queue: "period", kind: "test.period", uniqueFor: .seconds(60)), "needs a unique key"),
+                (NewJob(queue: "period", kind: "test.period", uniqueKey: "k", uniqueFor: .milliseconds(500)), "between 1 second and 366 days"),
+                (NewJob(queue: "period", kind: "test.period", uniqueKey: "k", uniqueFor: .seconds(60), dependsOn: [first.id]), "dependencies"),
+            ] {
+                await #expect {
+                    try await store.enqueue(job, on: db.client)
+                } throws: { error in
+                    guard case QueueError.invalidEnqueue(let reason)? = error as? QueueError else { return false }
+                    return reason.contains(expected)
+                }
+            }
+        }
+    }
+
     @Test("a fan-out then fan-in DAG runs in dependency order")
     func dagOrder() async throws {
         try await TestDatabase.with { db in

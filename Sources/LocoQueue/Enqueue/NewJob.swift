@@ -18,11 +18,15 @@ public struct NewJob: Sendable {
     public var maxAttempts: Int
     /// At most one live job holds a unique key at a time.
     public var uniqueKey: String?
+    /// With a unique key: the key also stays held for this long after the job is enqueued,
+    /// even once it completed (Oban's `period`, River's `ByPeriod`), so the same work runs at
+    /// most once per period. A job that fails for good or is cancelled frees it early.
+    public var uniqueFor: Duration?
     /// Jobs that must complete first; the job waits `blocked` until they do.
     public var dependsOn: [Int64]
 
     public init(queue: String, kind: String, args: String = "{}", priority: Int = 0, runAt: Date? = nil,
-                maxAttempts: Int = 10, uniqueKey: String? = nil, dependsOn: [Int64] = []) {
+                maxAttempts: Int = 10, uniqueKey: String? = nil, uniqueFor: Duration? = nil, dependsOn: [Int64] = []) {
         self.queue = queue
         self.kind = kind
         self.args = args
@@ -30,18 +34,22 @@ public struct NewJob: Sendable {
         self.runAt = runAt
         self.maxAttempts = maxAttempts
         self.uniqueKey = uniqueKey
+        self.uniqueFor = uniqueFor
         self.dependsOn = dependsOn
     }
 
     public init<Args: JobArgs>(_ args: Args, queue: String, priority: Int = 0, runAt: Date? = nil,
-                               maxAttempts: Int = 10, uniqueKey: String? = nil, dependsOn: [Int64] = []) throws {
+                               maxAttempts: Int = 10, uniqueKey: String? = nil, uniqueFor: Duration? = nil,
+                               dependsOn: [Int64] = []) throws {
         let data: Data
         do { data = try JSONCoding.encoder.encode(args) } catch {
             throw QueueError.invalidArgs(kind: Args.kind, reason: "\(error)")
         }
         self.init(queue: queue, kind: Args.kind, args: String(decoding: data, as: UTF8.self), priority: priority,
-                  runAt: runAt, maxAttempts: maxAttempts, uniqueKey: uniqueKey, dependsOn: dependsOn)
+                  runAt: runAt, maxAttempts: maxAttempts, uniqueKey: uniqueKey, uniqueFor: uniqueFor, dependsOn: dependsOn)
     }
+
+    static let longestUniquePeriod: Duration = .seconds(366 * 86_400)
 
     /// 10000-01-01T00:00:00Z, in seconds since 1970.
     static let latestRunAt = 253_402_300_800.0
@@ -69,6 +77,17 @@ public struct NewJob: Sendable {
         }
         if let uniqueKey, uniqueKey.isEmpty || uniqueKey.utf8.count > 512 {
             throw .invalidEnqueue(reason: "a unique key must be 1 to 512 bytes long")
+        }
+        if let uniqueFor {
+            guard uniqueKey != nil else {
+                throw .invalidEnqueue(reason: "a unique period needs a unique key: give the job one (uniqueKey, --unique-key)")
+            }
+            guard uniqueFor >= .seconds(1), uniqueFor <= Self.longestUniquePeriod else {
+                throw .invalidEnqueue(reason: "a unique period must be between 1 second and 366 days (got \(uniqueFor.seconds) s)")
+            }
+            guard dependsOn.isEmpty else {
+                throw .invalidEnqueue(reason: "a job with dependencies cannot hold its unique key for a period; its key holds while it is live")
+            }
         }
         if dependsOn.count > 1000 {
             throw .invalidEnqueue(reason: "a job may depend on at most 1000 jobs (got \(dependsOn.count))")

@@ -115,6 +115,14 @@ struct Maintenance: Sendable {
             if !configuration.pollOnly, (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
                 shared.metrics.databaseError(operation: "forget_workers")
             }
+            // Apart from the jobs' pruning: a database without migration 9 has no such keys.
+            while !Task.isCancelled {
+                guard let forgotten = try? await store.pruneUniquePeriods(limit: 1000, on: client) else {
+                    shared.metrics.databaseError(operation: "prune_unique_periods")
+                    break
+                }
+                if forgotten < 1000 { break }
+            }
         }
     }
 

@@ -205,6 +205,19 @@ public enum QueueSchema {
             )
             """,
         ]),
+        // Unique keys held for a period after enqueue ('uniqueFor', '--unique-for'): which job
+        // holds each key, and until when. Kept apart from loco_jobs.unique_key (keys held only
+        // while live). No foreign key: a holder pruned before its period ended still holds it.
+        Migration(version: 9, name: "unique_periods", statements: [
+            """
+            CREATE TABLE loco_unique_periods (
+                unique_key text PRIMARY KEY,
+                job_id bigint NOT NULL,
+                held_until timestamptz NOT NULL
+            )
+            """,
+            "CREATE INDEX loco_unique_periods_held_until ON loco_unique_periods (held_until)",
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""
