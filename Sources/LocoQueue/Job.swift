@@ -60,6 +60,8 @@ public struct JobRecord: Sendable, Codable, Equatable {
     public var leaseExpiresAt: Date?
     public var cancelRequested: Bool
     public var uniqueKey: String?
+    /// For a key held for a period (`uniqueFor`): until when, or while the job is live if later.
+    public var uniqueHeldUntil: Date? = nil
     public var pendingDependencies: Int
     public var dependsOn: [Int64]
     public var errors: [AttemptError]

@@ -698,7 +698,22 @@ public struct JobStore: Sendable {
     }
 
     public func job(id: Int64, on db: some QueryRunner) async throws -> JobRecord? {
-        try await jobs(where: "WHERE id = \(id)", limit: 1, on: db).first
+        guard var record = try await jobs(where: "WHERE id = \(id)", limit: 1, on: db).first else { return nil }
+        if record.uniqueKey == nil, let (key, until) = try await periodKey(heldBy: id, on: db) {
+            record.uniqueKey = key
+            record.uniqueHeldUntil = until
+        }
+        return record
+    }
+
+    /// The key `id` holds for a period, if any. Asks first whether the table exists, so that a
+    /// database without migration 9 can still be read (and a caller's transaction not aborted).
+    private func periodKey(heldBy id: Int64, on db: some QueryRunner) async throws -> (String, Date)? {
+        let table = try await db.run("SELECT to_regclass('loco_unique_periods') IS NOT NULL", logger: logger)
+        for try await exists in table.decode(Bool.self) where !exists { return nil }
+        let rows = try await db.run("SELECT unique_key, held_until FROM loco_unique_periods WHERE job_id = \(id)", logger: logger)
+        for try await row in rows.decode((String, Date).self) { return row }
+        return nil
     }
 
     /// Jobs, newest first, optionally filtered; `before` pages on: only jobs with a smaller id

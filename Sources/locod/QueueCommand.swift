@@ -120,7 +120,9 @@ struct QueueCommand: AsyncParsableCommand {
                     if let at = job.attemptedAt { print("  attempted   \(at.formatted(.iso8601))") }
                     if let at = job.finalizedAt { print("  finished    \(at.formatted(.iso8601))") }
                     if let by = job.lockedBy { print("  worker      \(by)") }
-                    if let key = job.uniqueKey { print("  unique key  \(key)") }
+                    if let key = job.uniqueKey {
+                        print("  unique key  \(key)\(job.uniqueHeldUntil.map { " (held until \($0.formatted(.iso8601)), or while the job is live)" } ?? "")")
+                    }
                     if !job.dependsOn.isEmpty { print("  depends on  \(job.dependsOn.map(String.init).joined(separator: ", ")) (\(job.pendingDependencies) pending)") }
                     print("  args        \(job.args)")
                     if !job.errors.isEmpty {

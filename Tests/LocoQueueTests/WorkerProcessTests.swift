@@ -409,6 +409,10 @@ struct WorkerProcessTests {
             let duplicate = try await runCommand(locod, held, environment: env)
             #expect(first.status == 0 && first.output.contains("enqueued job"), "\(first.output)")
             #expect(duplicate.status == 0 && duplicate.output.contains("already holds that unique key (available)"), "\(duplicate.output)")
+            let heldID = first.output.firstMatch(of: /enqueued job (\d+)/).map { String($0.1) } ?? "?"
+            let shown = try await runCommand(locod, ["queue", "show", heldID], environment: env)
+            #expect(shown.status == 0 && shown.output.contains("unique key  digest:team-1 (held until ")
+                    && shown.output.contains("or while the job is live)"), "\(shown.output)")
             let missing = try await runCommand(locod, ["queue", "show", "987654"], environment: env)
             #expect(missing.status == 1)
             #expect(missing.output.contains("job 987654 does not exist [job_not_found]"))
