@@ -11,6 +11,13 @@ public struct JobStore: Sendable {
     /// benchmark can run the very same statement from another client as a baseline.
     public static let singleEnqueueStatement = JobStatements.EnqueueOne.sql
     static let live = "('blocked','scheduled','available','running')"
+    /// Whether the key of loco_unique_periods row `u` is still held: its period has not ended or
+    /// its holder is live, and the holder neither failed for good nor was cancelled. A holder
+    /// that is gone (pruned) had completed, so its key is held until the period ends.
+    static let periodKeyHeld = """
+        (NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN ('failed', 'cancelled'))
+         AND (u.held_until > now() OR EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN \(live))))
+        """
 
     public let logger: Logger
 
@@ -71,9 +78,7 @@ public struct JobStore: Sendable {
                 INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
                 VALUES (\(key), nextval(pg_get_serial_sequence('loco_jobs', 'id')), now() + make_interval(secs => \(period.seconds)))
                 ON CONFLICT (unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, held_until = EXCLUDED.held_until
-                WHERE EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN ('failed', 'cancelled'))
-                   OR (u.held_until <= now()
-                       AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN \(unescaped: Self.live)))
+                WHERE NOT \(unescaped: Self.periodKeyHeld)
                 RETURNING job_id
             ), ins AS (
                 INSERT INTO loco_jobs (id, queue, kind, args, state, priority, max_attempts, run_at)
@@ -98,9 +103,7 @@ public struct JobStore: Sendable {
         let rows = try await db.run("""
             SELECT u.job_id, coalesce(j.state, 'completed')
             FROM loco_unique_periods u LEFT JOIN loco_jobs j ON j.id = u.job_id
-            WHERE u.unique_key = \(key)
-              AND NOT coalesce(j.state IN ('failed', 'cancelled'), false)
-              AND (u.held_until > now() OR j.state IN \(unescaped: Self.live))
+            WHERE u.unique_key = \(key) AND \(unescaped: Self.periodKeyHeld)
             """, logger: logger)
         for try await (id, state) in rows.decode((Int64, String).self) {
             return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .completed, duplicate: true)
@@ -485,13 +488,11 @@ public struct JobStore: Sendable {
         let rows = try await db.run("""
             WITH ended AS MATERIALIZED (
                 SELECT u.unique_key FROM loco_unique_periods u
-                WHERE u.held_until < now()
-                  AND NOT EXISTS (SELECT FROM loco_jobs j WHERE j.id = u.job_id AND j.state IN \(unescaped: Self.live))
+                WHERE u.held_until < now() AND NOT \(unescaped: Self.periodKeyHeld)
                 ORDER BY u.held_until LIMIT \(limit)
                 FOR UPDATE SKIP LOCKED
             ), deleted AS (
-                DELETE FROM loco_unique_periods u USING ended
-                WHERE u.unique_key = ended.unique_key AND u.held_until < now()
+                DELETE FROM loco_unique_periods u USING ended WHERE u.unique_key = ended.unique_key
                 RETURNING u.unique_key
             )
             SELECT count(*) FROM deleted
@@ -697,9 +698,11 @@ public struct JobStore: Sendable {
         return job
     }
 
-    public func job(id: Int64, on db: some QueryRunner) async throws -> JobRecord? {
+    /// One job; with `withPeriodKey`, also the key it holds for a period (two more round trips,
+    /// so only for showing a job, not for polling one).
+    public func job(id: Int64, withPeriodKey: Bool = false, on db: some QueryRunner) async throws -> JobRecord? {
         guard var record = try await jobs(where: "WHERE id = \(id)", limit: 1, on: db).first else { return nil }
-        if record.uniqueKey == nil, let (key, until) = try await periodKey(heldBy: id, on: db) {
+        if withPeriodKey, record.uniqueKey == nil, let (key, until) = try await periodKey(heldBy: id, on: db) {
             record.uniqueKey = key
             record.uniqueHeldUntil = until
         }

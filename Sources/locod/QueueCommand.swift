@@ -109,7 +109,7 @@ struct QueueCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 try await database.withClient { client, _, logger in
-                    guard let job = try await JobStore(logger: logger).job(id: id, on: client) else { throw QueueError.jobNotFound(id) }
+                    guard let job = try await JobStore(logger: logger).job(id: id, withPeriodKey: true, on: client) else { throw QueueError.jobNotFound(id) }
                     if output == .json { return try printJSON(job) }
                     print("job \(job.id)  \(job.kind)  on queue \(job.queue)")
                     print("  state       \(job.state.rawValue)\(job.cancelRequested && job.state == .running ? " (cancel requested)" : "")")

@@ -443,10 +443,10 @@ struct QueueBehaviourTests {
             }
             let afterDone = try await enqueue("digest:team-1", for: .seconds(3600))
             #expect(afterDone.duplicate && afterDone.id == first.id && afterDone.state == .completed, "\(afterDone)")
-            let shown = try await store.job(id: first.id, on: db.client)
+            let shown = try await store.job(id: first.id, withPeriodKey: true, on: db.client)
             let heldFor = shown?.uniqueHeldUntil.map { $0.timeIntervalSince(shown!.createdAt) } ?? 0
             #expect(shown?.uniqueKey == "digest:team-1" && abs(heldFor - 3600) < 5, "\(String(describing: shown))")
-            #expect(try await store.job(id: live.id, on: db.client)?.uniqueHeldUntil == nil)
+            #expect(try await store.job(id: live.id, withPeriodKey: true, on: db.client)?.uniqueHeldUntil == nil)
             let afterFailure = try await enqueue("sync:team-2", for: .seconds(3600), kind: "test.doomed")
             #expect(!afterFailure.duplicate && afterFailure.id != doomed.id, "\(afterFailure)")
             let afterCancel = try await enqueue("report:team-3", for: .seconds(3600))
