@@ -31,19 +31,15 @@ public struct JobStore: Sendable {
         try job.validate()
         let dependsOn = job.dependsOn.isEmpty ? [] : Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
-            let inserted = if let uniqueFor = job.uniqueFor, let uniqueKey = job.uniqueKey {
-                try await insert(job, holding: uniqueKey, for: uniqueFor, on: db)
-            } else if dependsOn.isEmpty {
-                try await db.insertJob(job, logger: logger)
-            } else {
+            let inserted = if !dependsOn.isEmpty {
                 try await insert(job, dependingOn: dependsOn, on: db)
+            } else if let uniqueFor = job.uniqueFor, let uniqueKey = job.uniqueKey {
+                try await insert(job, holding: uniqueKey, for: uniqueFor, on: db)
+            } else {
+                try await db.insertJob(job, logger: logger)
             }
             if let (id, state) = inserted {
                 return EnqueuedJob(id: id, state: JobState(rawValue: state) ?? .available, duplicate: false)
-            }
-            if job.uniqueFor != nil, let uniqueKey = job.uniqueKey {
-                if let holder = try await periodHolder(of: uniqueKey, on: db) { return holder }
-                continue
             }
             if !dependsOn.isEmpty {
                 var found = Set<Int64>()
@@ -52,6 +48,11 @@ public struct JobStore: Sendable {
                 }
                 let missing = dependsOn.filter { !found.contains($0) }
                 if !missing.isEmpty { throw QueueError.unknownDependencies(missing) }
+            }
+            if job.uniqueFor != nil, let uniqueKey = job.uniqueKey {
+                if let holder = try await periodHolder(of: uniqueKey, on: db) { return holder }
+                // Its holder failed or was cancelled between our insert and our look-up: try again.
+                continue
             }
             if let uniqueKey = job.uniqueKey {
                 let existing = try await db.run("""
@@ -113,24 +114,43 @@ public struct JobStore: Sendable {
 
     /// Inserts a job with parents, locking them so a parent finishing concurrently either sees
     /// the new edge or is counted as finished; nil when a parent is missing or the key is held.
+    /// A key held for a period is taken as `insert(_:holding:for:on:)` takes it, once every
+    /// parent was found (a missing one leaves the key alone); only then does the statement
+    /// name loco_unique_periods, so a database without migration 9 still takes other jobs.
     private func insert(_ job: NewJob, dependingOn dependsOn: [Int64], on db: some QueryRunner) async throws -> (Int64, String)? {
+        let period = job.uniqueFor != nil && job.uniqueKey != nil
+        let slot = period ? """
+            slot AS (
+                INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
+                SELECT p.key, nextval(pg_get_serial_sequence('loco_jobs', 'id')), now() + make_interval(secs => p.secs)
+                FROM period p, summary s WHERE s.found = \(dependsOn.count)
+                ON CONFLICT (unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, held_until = EXCLUDED.held_until
+                WHERE NOT \(Self.periodKeyHeld)
+                RETURNING job_id
+            ),
+            """ : ""
         let rows = try await db.run("""
-            WITH parents AS (
+            WITH period AS (
+                SELECT \(job.uniqueKey)::text AS key, \(job.uniqueFor?.seconds)::float8 AS secs
+            ), parents AS (
                 UPDATE loco_jobs SET has_dependents = true WHERE id = ANY(\(dependsOn)) RETURNING id, state
             ), summary AS (
                 SELECT count(*) AS found,
                        count(*) FILTER (WHERE state <> 'completed') AS pending,
                        coalesce(bool_or(state IN ('failed', 'cancelled')), false) AS doomed
                 FROM parents
-            ), ins AS (
-                INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key,
+            ), \(unescaped: slot) ins AS (
+                INSERT INTO loco_jobs (id, queue, kind, args, state, priority, max_attempts, run_at, unique_key,
                                        pending_deps, finalized_at, errors)
-                SELECT \(job.queue), \(job.kind), \(job.args)::jsonb,
+                OVERRIDING SYSTEM VALUE
+                SELECT \(unescaped: period ? "(SELECT job_id FROM slot)" : "nextval(pg_get_serial_sequence('loco_jobs', 'id'))"),
+                       \(job.queue), \(job.kind), \(job.args)::jsonb,
                        CASE WHEN s.doomed THEN 'cancelled'
                             WHEN s.pending > 0 THEN 'blocked'
                             WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled'
                             ELSE 'available' END,
-                       \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()), \(job.uniqueKey),
+                       \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now()),
+                       \(unescaped: period ? "NULL" : "(SELECT key FROM period)"),
                        s.pending, CASE WHEN s.doomed THEN now() END,
                        CASE WHEN s.doomed THEN jsonb_build_array(jsonb_build_object(
                            'attempt', 0, 'at', to_char(now() AT TIME ZONE 'UTC', \(JSONCoding.sqlTimestampFormat)),
@@ -139,7 +159,7 @@ public struct JobStore: Sendable {
                            'detail', NULL))
                             ELSE '[]'::jsonb END
                 FROM summary s
-                WHERE s.found = \(dependsOn.count)
+                WHERE s.found = \(dependsOn.count) \(unescaped: period ? "AND EXISTS (SELECT FROM slot)" : "")
                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN \(unescaped: Self.live) DO NOTHING
                 RETURNING id, state, queue
             ), edges AS (

@@ -416,7 +416,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("a unique key held for a period: once per period even after the job completed, and while it is live; failing for good or a cancel frees it; racing enqueuers get one job")
+    @Test("a unique key held for a period: once per period even after the job completed, and while it is live; failing for good or a cancel frees it; racing enqueuers get one job; with dependencies too")
     func uniquePeriods() async throws {
         try await TestDatabase.with { db in
             let store = db.store
@@ -474,11 +474,32 @@ struct QueueBehaviourTests {
             let keys = try await db.client.query("SELECT unique_key FROM loco_unique_periods ORDER BY unique_key").collect().map { try $0.decode(String.self) }
             #expect(pruned == 2 && keys == ["digest:team-1", "race:team-6", "report:team-3", "sync:team-2"], "\(pruned) \(keys)")
 
+            // With dependencies: the key is taken with the job, blocked or not; a missing parent
+            // takes nothing; a job cancelled at once (its parent was) frees its key.
+            func enqueue(_ key: String, after parents: [Int64]) async throws -> EnqueuedJob {
+                try await store.enqueue(NewJob(queue: "period", kind: "test.period", uniqueKey: key, uniqueFor: .seconds(3600),
+                                               dependsOn: parents), on: db.client)
+            }
+            let parent = try await store.enqueue(NewJob(queue: "period-parents", kind: "test.period"), on: db.client)
+            let blocked = try await enqueue("nightly:team-7", after: [parent.id])
+            let blockedAgain = try await enqueue("nightly:team-7", after: [parent.id])
+            #expect(!blocked.duplicate && blocked.state == .blocked, "\(blocked)")
+            #expect(blockedAgain.duplicate && blockedAgain.id == blocked.id && blockedAgain.state == .blocked, "\(blockedAgain)")
+            #expect(try await store.job(id: blocked.id, withPeriodKey: true, on: db.client)?.uniqueHeldUntil != nil)
+            await #expect(throws: QueueError.unknownDependencies([987_654_321])) {
+                try await enqueue("nightly:team-8", after: [parent.id, 987_654_321])
+            }
+            let notTaken = try await enqueue("nightly:team-8", after: [])
+            #expect(!notTaken.duplicate, "a missing parent took the key: \(notTaken)")
+            let orphan = try await enqueue("nightly:team-9", after: [cancelled.id])
+            let orphanAgain = try await enqueue("nightly:team-9", after: [cancelled.id])
+            #expect(orphan.state == .cancelled && orphanAgain.state == .cancelled && !orphanAgain.duplicate && orphanAgain.id != orphan.id,
+                    "\(orphan) \(orphanAgain)")
+
             // Bad input says what is wrong.
             for (job, expected) in [
                 (NewJob(queue: "period", kind: "test.period", uniqueFor: .seconds(60)), "needs a unique key"),
                 (NewJob(queue: "period", kind: "test.period", uniqueKey: "k", uniqueFor: .milliseconds(500)), "between 1 second and 366 days"),
-                (NewJob(queue: "period", kind: "test.period", uniqueKey: "k", uniqueFor: .seconds(60), dependsOn: [first.id]), "dependencies"),
             ] {
                 await #expect {
                     try await store.enqueue(job, on: db.client)

@@ -85,9 +85,6 @@ public struct NewJob: Sendable {
             guard uniqueFor >= .seconds(1), uniqueFor <= Self.longestUniquePeriod else {
                 throw .invalidEnqueue(reason: "a unique period must be between 1 second and 366 days (got \(uniqueFor.seconds) s)")
             }
-            guard dependsOn.isEmpty else {
-                throw .invalidEnqueue(reason: "a job with dependencies cannot hold its unique key for a period; its key holds while it is live")
-            }
         }
         if dependsOn.count > 1000 {
             throw .invalidEnqueue(reason: "a job may depend on at most 1000 jobs (got \(dependsOn.count))")
