@@ -721,28 +721,35 @@ public struct JobStore: Sendable {
     /// One job; with `withPeriodKey`, also the key it holds for a period (two more round trips,
     /// so only for showing a job, not for polling one).
     public func job(id: Int64, withPeriodKey: Bool = false, on db: some QueryRunner) async throws -> JobRecord? {
-        guard var record = try await jobs(where: "WHERE id = \(id)", limit: 1, on: db).first else { return nil }
-        if withPeriodKey, record.uniqueKey == nil, let (key, until) = try await periodKey(heldBy: id, on: db) {
-            record.uniqueKey = key
-            record.uniqueHeldUntil = until
-        }
-        return record
+        let found = try await jobs(where: "WHERE id = \(id)", limit: 1, on: db)
+        return try await (withPeriodKey ? addingPeriodKeys(to: found, on: db) : found).first
     }
 
-    /// The key `id` holds for a period, if any. Asks first whether the table exists, so that a
-    /// database without migration 9 can still be read (and a caller's transaction not aborted).
-    private func periodKey(heldBy id: Int64, on db: some QueryRunner) async throws -> (String, Date)? {
+    /// `records` with the keys they hold for a period, if any (two more round trips). Asks first
+    /// whether the table exists, so that a database without migration 9 can still be read (and a
+    /// caller's transaction not aborted).
+    private func addingPeriodKeys(to records: [JobRecord], on db: some QueryRunner) async throws -> [JobRecord] {
+        let ids = records.filter { $0.uniqueKey == nil }.map(\.id)
+        guard !ids.isEmpty else { return records }
         let table = try await db.run("SELECT to_regclass('loco_unique_periods') IS NOT NULL", logger: logger)
-        for try await exists in table.decode(Bool.self) where !exists { return nil }
-        let rows = try await db.run("SELECT unique_key, held_until FROM loco_unique_periods WHERE job_id = \(id)", logger: logger)
-        for try await row in rows.decode((String, Date).self) { return row }
-        return nil
+        for try await exists in table.decode(Bool.self) where !exists { return records }
+        var held: [Int64: (key: String, until: Date)] = [:]
+        let rows = try await db.run("SELECT job_id, unique_key, held_until FROM loco_unique_periods WHERE job_id = ANY(\(ids))", logger: logger)
+        for try await (id, key, until) in rows.decode((Int64, String, Date).self) { held[id] = (key, until) }
+        return records.map { record in
+            guard let period = held[record.id] else { return record }
+            var shown = record
+            shown.uniqueKey = period.key
+            shown.uniqueHeldUntil = period.until
+            return shown
+        }
     }
 
     /// Jobs, newest first, optionally filtered; `before` pages on: only jobs with a smaller id
-    /// (the last one of the page before).
+    /// (the last one of the page before). With `withPeriodKeys`, also the keys they hold for a
+    /// period (as `job(id:withPeriodKey:on:)`).
     public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, args: String? = nil, before: Int64? = nil, limit: Int = 50,
-                     on db: some QueryRunner) async throws -> [JobRecord] {
+                     withPeriodKeys: Bool = false, on db: some QueryRunner) async throws -> [JobRecord] {
         var sql = "WHERE true"
         var binds = PostgresBindings()
         if let before {
@@ -766,7 +773,8 @@ public struct JobStore: Sendable {
             binds.append(args)
             sql += " AND args @> $\(binds.count)::text::jsonb"
         }
-        return try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
+        let found = try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
+        return withPeriodKeys ? try await addingPeriodKeys(to: found, on: db) : found
     }
 
     private func jobs(where filter: PostgresQuery, limit: Int, on db: some QueryRunner) async throws -> [JobRecord] {

@@ -84,12 +84,20 @@ struct QueueCommand: AsyncParsableCommand {
                     jobState = parsed
                 }
                 try await database.withClient { client, _, logger in
-                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, args: args, before: before, limit: limit, on: client)
+                    let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, args: args, before: before, limit: limit,
+                                                                        withPeriodKeys: true, on: client)
                     if output == .json { return try printJSON(jobs) }
-                    var rows = [["id", "queue", "kind", "state", "attempt", "created", "last error"]]
+                    // The unique key only when a job on the page has one: most have none.
+                    let keyed = jobs.contains { $0.uniqueKey != nil }
+                    var header = ["id", "queue", "kind", "state", "attempt", "created"]
+                    if keyed { header.append("unique key") }
+                    var rows = [header + ["last error"]]
                     for job in jobs {
-                        rows.append([String(job.id), job.queue, job.kind, job.state.rawValue, "\(job.attempt)/\(job.maxAttempts)",
-                                     job.createdAt.formatted(.iso8601), job.errors.last.map { "\($0.code): \($0.message)".prefix(60) }.map(String.init) ?? ""])
+                        var row: [String] = [String(job.id), job.queue, job.kind, job.state.rawValue, "\(job.attempt)/\(job.maxAttempts)",
+                                             job.createdAt.formatted(.iso8601)]
+                        if keyed { row.append(job.uniqueKey.map { String($0.prefix(40)) } ?? "") }
+                        let lastError: String = job.errors.last.map { String("\($0.code): \($0.message)".prefix(60)) } ?? ""
+                        rows.append(row + [lastError])
                     }
                     if jobs.isEmpty { print("no jobs match") } else { printTable(rows) }
                     if jobs.count == limit, let last = jobs.last {
