@@ -31,10 +31,8 @@ public struct JobStore: Sendable {
         try job.validate()
         let dependsOn = job.dependsOn.isEmpty ? [] : Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
-            let inserted = if !dependsOn.isEmpty {
+            let inserted = if !dependsOn.isEmpty || job.uniqueFor != nil {
                 try await insert(job, dependingOn: dependsOn, on: db)
-            } else if let uniqueFor = job.uniqueFor, let uniqueKey = job.uniqueKey {
-                try await insert(job, holding: uniqueKey, for: uniqueFor, on: db)
             } else {
                 try await db.insertJob(job, logger: logger)
             }
@@ -69,35 +67,6 @@ public struct JobStore: Sendable {
         throw QueueError.invalidEnqueue(reason: "the unique key '\(job.uniqueKey ?? "")' kept changing hands; try again")
     }
 
-    /// Inserts a job that holds `key` for `period` (or while it is live, if longer): the key's
-    /// row in loco_unique_periods is taken first, and the job inserted under the id it names.
-    /// The row decides between concurrent enqueuers (the second waits for the first to commit,
-    /// then sees the key held); nil when the key is held.
-    private func insert(_ job: NewJob, holding key: String, for period: Duration, on db: some QueryRunner) async throws -> (Int64, String)? {
-        let rows = try await db.run("""
-            WITH slot AS (
-                INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
-                VALUES (\(key), nextval(pg_get_serial_sequence('loco_jobs', 'id')), now() + make_interval(secs => \(period.seconds)))
-                ON CONFLICT (unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, held_until = EXCLUDED.held_until
-                WHERE NOT \(unescaped: Self.periodKeyHeld)
-                RETURNING job_id
-            ), ins AS (
-                INSERT INTO loco_jobs (id, queue, kind, args, state, priority, max_attempts, run_at)
-                OVERRIDING SYSTEM VALUE
-                SELECT slot.job_id, \(job.queue), \(job.kind), \(job.args)::jsonb,
-                       CASE WHEN \(job.runAt)::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
-                       \(job.priority), \(job.maxAttempts), COALESCE(\(job.runAt)::timestamptz, now())
-                FROM slot
-                RETURNING id, state, queue
-            ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
-            )
-            SELECT id, state, (SELECT count(*) FROM woke) FROM ins
-            """, logger: logger)
-        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) { return (id, state) }
-        return nil
-    }
-
     /// The job holding `key` for its period, as a duplicate; nil when the key is free again
     /// (its holder failed or was cancelled meanwhile). A holder pruned within its period had completed.
     private func periodHolder(of key: String, on db: some QueryRunner) async throws -> EnqueuedJob? {
@@ -112,11 +81,13 @@ public struct JobStore: Sendable {
         return nil
     }
 
-    /// Inserts a job with parents, locking them so a parent finishing concurrently either sees
-    /// the new edge or is counted as finished; nil when a parent is missing or the key is held.
-    /// A key held for a period is taken as `insert(_:holding:for:on:)` takes it, once every
-    /// parent was found (a missing one leaves the key alone); only then does the statement
-    /// name loco_unique_periods, so a database without migration 9 still takes other jobs.
+    /// Inserts a job with parents (none is fine), locking them so a parent finishing concurrently
+    /// either sees the new edge or is counted as finished; nil when a parent is missing or the key
+    /// is held. A key held for a period is taken first, once every parent was found (a missing one
+    /// leaves it alone): its row in loco_unique_periods names the job's id, and decides between
+    /// concurrent enqueuers (the second waits for the first to commit, then sees the key held).
+    /// Only such jobs' statement names that table, so a database without migration 9 still takes
+    /// other jobs.
     private func insert(_ job: NewJob, dependingOn dependsOn: [Int64], on db: some QueryRunner) async throws -> (Int64, String)? {
         let period = job.uniqueFor != nil && job.uniqueKey != nil
         let slot = period ? """
