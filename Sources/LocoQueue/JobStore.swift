@@ -27,7 +27,14 @@ public struct JobStore: Sendable {
 
     // MARK: Enqueue
 
+    /// Enqueues `job`. An error PostgreSQL reports (a schema not migrated, a constraint) comes
+    /// back as a `DatabaseServerError` on every connection and path, as it does from the
+    /// prepared single enqueue.
     public func enqueue(_ job: NewJob, on db: some QueryRunner) async throws -> EnqueuedJob {
+        try await DatabaseServerError.coding { try await insertOne(job, on: db) }
+    }
+
+    private func insertOne(_ job: NewJob, on db: some QueryRunner) async throws -> EnqueuedJob {
         try job.validate()
         let dependsOn = job.dependsOn.isEmpty ? [] : Array(Set(job.dependsOn)).sorted()
         for _ in 0..<3 {
@@ -156,6 +163,11 @@ public struct JobStore: Sendable {
             for job in jobs { results.append(try await enqueue(job, on: db)) }
             return results
         }
+        return try await DatabaseServerError.coding { try await insertBatch(jobs, on: db) }
+    }
+
+    /// Jobs without unique keys or dependencies, in one statement.
+    private func insertBatch(_ jobs: [NewJob], on db: some QueryRunner) async throws -> [EnqueuedJob] {
         let epochNone = -1.0
         let rows = try await db.run("""
             WITH input AS (

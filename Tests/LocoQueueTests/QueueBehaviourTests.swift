@@ -781,6 +781,42 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("on a database without the unique-periods table (migration 9 not applied), a period key is a coded error naming the table and 'locod migrate'; everything else still enqueues and reads")
+    func uniquePeriodsWithoutTheirTable() async throws {
+        try await TestDatabase.with(migrations: [(QueueSchema.component, Array(QueueSchema.migrations.prefix(8)))]) { db in
+            let store = db.store
+            #expect(try await db.scalar("SELECT to_regclass('loco_unique_periods') IS NULL", as: Bool.self) == true)
+            let parent = try await store.enqueue(NewJob(queue: "old", kind: "test.k"), on: db.client)
+            for dependsOn in [[], [parent.id]] {
+                let error = await #expect(throws: (any Error).self) {
+                    try await store.enqueue(NewJob(queue: "old", kind: "test.k", uniqueKey: "digest", uniqueFor: .seconds(60), dependsOn: dependsOn), on: db.client)
+                }
+                let coded = try #require(error as? any CodedError, "\(String(describing: error))")
+                #expect(coded.code == "database_error", "\(coded)")
+                #expect(coded.message.contains("loco_unique_periods"), "\(coded.message)")
+                #expect(coded.hint.contains("locod migrate"), "\(coded.hint)")
+            }
+            // The failed enqueues left nothing behind; the rest of the queue works as before.
+            #expect(try await db.scalar("SELECT count(*) FROM loco_jobs", as: Int64.self) == 1)
+            let child = try await store.enqueue(NewJob(queue: "old", kind: "test.k", dependsOn: [parent.id]), on: db.client)
+            #expect(child.state == .blocked, "\(child)")
+            let live = try await store.enqueue(NewJob(queue: "old", kind: "test.k", uniqueKey: "digest"), on: db.client)
+            let again = try await store.enqueue(NewJob(queue: "old", kind: "test.k", uniqueKey: "digest"), on: db.client)
+            #expect(!live.duplicate && again.duplicate && again.id == live.id, "\(live) \(again)")
+            #expect(try await store.job(id: live.id, withPeriodKey: true, on: db.client)?.uniqueKey == "digest")
+            let listed = try await store.list(queue: "old", withPeriodKeys: true, on: db.client)
+            #expect(listed.map(\.id) == [live.id, child.id, parent.id], "\(listed.map(\.id))")
+
+            // A batch in one statement is coded the same way (here with no jobs table at all).
+            _ = try await db.client.query("ALTER TABLE loco_jobs RENAME TO loco_jobs_elsewhere")
+            let batchError = await #expect(throws: (any Error).self) {
+                try await store.enqueueMany(Array(repeating: NewJob(queue: "old", kind: "test.k"), count: 3), on: db.client)
+            }
+            let server = try #require(batchError as? DatabaseServerError, "\(String(describing: batchError))")
+            #expect(server.sqlState == "42P01" && server.message.contains("loco_jobs"), "\(server.message)")
+        }
+    }
+
     @Test("a job rescued from an expired lease waits by its kind's retry policy when the rescuer knows the kind, else by the worker's")
     func rescueByKindPolicy() async throws {
         try await TestDatabase.with { db in

@@ -107,6 +107,17 @@ public struct DatabaseServerError: CodedError {
         DatabaseServerError(error)?.message ?? "PostgreSQL client error: \(error.code)"
     }
 
+    /// `body`'s result; an error PostgreSQL reported in it is thrown as a `DatabaseServerError`
+    /// instead of PostgresNIO's `PSQLError`, whose description hides even the server's message.
+    static func coding<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as PSQLError {
+            guard let server = DatabaseServerError(error) else { throw error }
+            throw server
+        }
+    }
+
     public var code: String { "database_error" }
     public var message: String { "PostgreSQL said: \(serverMessage) (SQLSTATE \(sqlState))" }
     public var hint: String { Self.nextStep }
