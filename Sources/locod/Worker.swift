@@ -37,7 +37,7 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Fallback poll interval in milliseconds.")
     var pollIntervalMs: Int = 1000
 
-    @Flag(help: "Poll only: no LISTEN and no prepared statements (for PgBouncer in transaction mode).")
+    @Flag(help: "Poll only: no LISTEN, prepared statements or session settings (PgBouncer in transaction mode; a URL with ?pgbouncer=true implies it).")
     var pollOnly = false
 
     @Option(help: "Seconds running jobs get to finish on shutdown.")

@@ -197,6 +197,25 @@ struct DatabaseURLTests {
         #expect(try DatabaseURL(DatabaseURL("postgres://a:b@db:6000/x").urlString) == DatabaseURL("postgres://a:b@db:6000/x"))
     }
 
+    @Test("?pgbouncer=true marks a pooler in transaction mode, survives a round trip and shows in the description; other values are refused")
+    func transactionPooler() throws {
+        #expect(try !DatabaseURL("postgres://a:b@db:6432/x").transactionPooler)
+        let url = try DatabaseURL("postgres://a:b@db:6432/x?pgbouncer=true&sslmode=require")
+        #expect(url.transactionPooler && url.requireTLS)
+        #expect(url.description == "postgres://a:***@db:6432/x?pgbouncer=true")
+        #expect(try DatabaseURL(url.urlString) == url)
+        let socket = try DatabaseURL("postgres://a@/x?host=/run/pgbouncer&port=6432&pgbouncer=1")
+        #expect(socket.transactionPooler && socket.description == "postgres://a@/x?host=/run/pgbouncer&port=6432&pgbouncer=true")
+        #expect(try DatabaseURL(socket.urlString) == socket)
+        #expect(try !DatabaseURL("postgres://a@db/x?pgbouncer=false").transactionPooler)
+        #expect {
+            _ = try DatabaseURL("postgres://a:hunter2@db/x?pgbouncer=yes")
+        } throws: { error in
+            let error = error as? QueueError
+            return error?.code == "invalid_database_url" && error?.message.contains("pgbouncer 'yes'") == true && error?.message.contains("hunter2") == false
+        }
+    }
+
     @Test("a malformed URL is refused without echoing its password")
     func malformed() {
         #expect {

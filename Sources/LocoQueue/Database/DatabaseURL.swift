@@ -14,6 +14,11 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     public var password: String?
     public var database: String
     public var requireTLS: Bool
+    /// The server is reached through a pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`), said with `?pgbouncer=true` as Prisma does. Each transaction
+    /// may then run in another server session, so nothing may live in a session: Loco prepares
+    /// no statement by name, makes no session settings, and its workers poll instead of LISTEN.
+    public var transactionPooler: Bool = false
 
     public init(host: String, port: Int = 5432, username: String = "postgres", password: String? = nil, database: String = "postgres", requireTLS: Bool = false) {
         self.host = host
@@ -57,6 +62,11 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         case "require", "verify-ca", "verify-full": self.requireTLS = true
         default: throw .invalidDatabaseURL(reason: "sslmode '\(sslmode)' is not one of disable, prefer, require")
         }
+        switch query.first(where: { $0.name == "pgbouncer" })?.value {
+        case nil, "false", "0": transactionPooler = false
+        case "true", "1": transactionPooler = true
+        case let other?: throw .invalidDatabaseURL(reason: "pgbouncer '\(other)' is not true or false (true: the URL leads to a pooler in transaction mode)")
+        }
     }
 
     /// Where the server is: `host:port`, or the socket file.
@@ -68,8 +78,11 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     /// The URL with the password replaced by `***`.
     public var description: String {
         let credentials = password == nil ? username : "\(username):***"
-        if let socketDirectory { return "postgres://\(credentials)@/\(database)?host=\(socketDirectory)&port=\(port)" }
-        return "postgres://\(credentials)@\(host):\(port)/\(database)"
+        let pooler = transactionPooler ? "pgbouncer=true" : nil
+        if let socketDirectory {
+            return "postgres://\(credentials)@/\(database)?host=\(socketDirectory)&port=\(port)" + (pooler.map { "&\($0)" } ?? "")
+        }
+        return "postgres://\(credentials)@\(host):\(port)/\(database)" + (pooler.map { "?\($0)" } ?? "")
     }
 
     /// The full URL, password included: only for handing to child processes.
@@ -88,6 +101,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
             components.port = port
         }
         if requireTLS { query.append(URLQueryItem(name: "sslmode", value: "require")) }
+        if transactionPooler { query.append(URLQueryItem(name: "pgbouncer", value: "true")) }
         if !query.isEmpty { components.queryItems = query }
         return components.string ?? description
     }

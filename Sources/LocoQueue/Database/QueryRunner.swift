@@ -34,15 +34,32 @@ extension PostgresConnection: QueryRunner {
 
     public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
         where Statement.Row: Sendable {
+        guard StatementPreparation.byName else { return try await unprepared(statement, logger: logger) }
         try ensureOpen()
         var rows: [Statement.Row] = []
         for try await row in try await execute(statement, logger: logger) { rows.append(row) }
         return rows
     }
 
+    /// `statement`'s SQL and bindings sent as an ordinary query: nothing is left in the session.
+    func unprepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row] {
+        var rows: [Statement.Row] = []
+        let query = PostgresQuery(unsafeSQL: Statement.sql, binds: try statement.makeBindings())
+        for try await row in try await run(query, logger: logger) { rows.append(try statement.decodeRow(row)) }
+        return rows
+    }
+
     func ensureOpen() throws {
         if isClosed { throw ConnectionClosed() }
     }
+}
+
+/// Whether statements may be prepared by name on the bare connection at hand. False in the body
+/// of a transaction whose `ReconnectingConnection` prepares nothing (behind a pooler in
+/// transaction mode): that body gets the `PostgresConnection` itself, and a statement the
+/// connection remembers preparing may not exist in the server session of this transaction.
+enum StatementPreparation {
+    @TaskLocal static var byName = true
 }
 
 /// A query was about to be sent on a connection that had closed.

@@ -37,7 +37,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     let connectTimeout: Duration
     let queryTimeout: Duration
     /// False behind a transaction-mode pooler (PgBouncer), where a statement prepared on one
-    /// server connection is unknown on the next: the same SQL is then sent unprepared.
+    /// server connection is unknown on the next: the same SQL is then sent unprepared, in
+    /// transactions' bodies too.
     let usePreparedStatements: Bool
     /// Settings for every session this opens, made as it connects, so a reconnect gets them too.
     let sessionSettings: [(name: String, value: String)]
@@ -72,8 +73,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30),
                 usePreparedStatements: Bool = true, sessionSettings: [(name: String, value: String)] = []) {
-        self.usePreparedStatements = usePreparedStatements
-        self.sessionSettings = sessionSettings
+        // Behind a pooler in transaction mode, a session's statements and settings would stay
+        // with whichever server session made them.
+        self.usePreparedStatements = usePreparedStatements && !url.transactionPooler
+        self.sessionSettings = url.transactionPooler ? [] : sessionSettings
         self.url = url
         self.logger = logger
         self.connectTimeout = connectTimeout
@@ -141,14 +144,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     public func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
         where Statement.Row: Sendable {
-        guard usePreparedStatements else {
-            let query = PostgresQuery(unsafeSQL: Statement.sql, binds: try statement.makeBindings())
-            return try await watched { connection in
-                var rows: [Statement.Row] = []
-                for try await row in try await connection.run(query, logger: logger) { rows.append(try statement.decodeRow(row)) }
-                return rows
-            }
-        }
+        guard usePreparedStatements else { return try await watched { try await $0.unprepared(statement, logger: logger) } }
         return try await watched { try await $0.prepared(statement, logger: logger) }
     }
 
@@ -325,7 +321,11 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         return try await withTaskExecutorPreference(executor(for: connection)) {
             do {
                 _ = try await connection.run("BEGIN", logger: logger)
-                let result = try await body(connection)
+                let result = if usePreparedStatements {
+                    try await body(connection)
+                } else {
+                    try await StatementPreparation.$byName.withValue(false) { try await body(connection) }
+                }
                 _ = try await connection.run("COMMIT", logger: logger)
                 return result
             } catch {

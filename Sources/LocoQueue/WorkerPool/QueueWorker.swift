@@ -48,6 +48,9 @@ public final class QueueWorker: Service, Sendable {
     public init(databaseURL: DatabaseURL, handlers: JobHandlers,
                 configuration: WorkerConfiguration, metrics: QueueMetrics = QueueMetrics(), logger: Logger) throws {
         try configuration.validate()
+        // LISTEN lives in a session, which a pooler in transaction mode does not keep.
+        var configuration = configuration
+        if databaseURL.transactionPooler { configuration.pollOnly = true }
         for (kind, timeout) in handlers.timeouts.sorted(by: { $0.key < $1.key }) where timeout <= .zero {
             throw QueueError.invalidWorkerConfiguration(reason: "the timeout of job kind '\(kind)' must be positive (got \(timeout))")
         }
@@ -72,6 +75,9 @@ public final class QueueWorker: Service, Sendable {
 
     public var workerID: String { shared.configuration.workerID }
 
+    /// Whether it polls for jobs without LISTEN: `pollOnly`, or a URL marked `pgbouncer=true`.
+    public var pollsOnly: Bool { shared.configuration.pollOnly }
+
     /// Asks the worker to shut down gracefully (what SIGTERM does under a `ServiceGroup`).
     public func stop() {
         stopping.set()
@@ -90,7 +96,7 @@ public final class QueueWorker: Service, Sendable {
         let shared = self.shared
         shared.logger.info("worker started", metadata: [
             "queues": "\(configuration.queues.map { "\($0.name)=\($0.concurrency)" }.joined(separator: ","))",
-            "mode": "\(configuration.pollOnly ? "poll-only" : "listen+poll")",
+            "mode": "\(configuration.pollOnly ? (shared.databaseURL.transactionPooler ? "poll-only (pgbouncer=true)" : "poll-only") : "listen+poll")",
         ])
         let parts = WorkerParts()
         // Read at once, beside the other parts' start: waiting for it before starting them held
