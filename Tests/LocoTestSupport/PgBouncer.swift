@@ -7,6 +7,7 @@ import LocoQueue
 /// session settings and locks).
 public struct PgBouncer: Sendable {
     public let process: ChildProcess
+    let folder: URL
     /// The way to `database` through the pooler (same user and database, the pooler's port).
     public let url: DatabaseURL
     static let installHint = "apt-get install -y pgbouncer (scripts/test installs it)"
@@ -17,10 +18,10 @@ public struct PgBouncer: Sendable {
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw TestSetupError("pgbouncer is not installed: \(installHint)")
         }
-        // Readable by the postgres user, whom it switches to (it refuses to run as root).
-        let folder = URL(fileURLWithPath: "/tmp").appending(path: "loco-pgbouncer-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o755])
+        // In the run's temporary folder, so that scripts/test stops it if a test cannot. It reads
+        // its files as root, before it becomes the postgres user (it refuses to run as root).
+        let folder = FileManager.default.temporaryDirectory.appending(path: "loco-pgbouncer-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let users = folder.appending(path: "users.txt")
         try "\"\(database.username)\" \"\"\n".write(to: users, atomically: true, encoding: .utf8)
         for _ in 0..<5 {
@@ -41,19 +42,21 @@ public struct PgBouncer: Sendable {
                 max_client_conn = 100
                 server_lifetime = 3600
                 """.write(to: config, atomically: true, encoding: .utf8)
-            try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: config.path)
-            try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: users.path)
             let started = try ChildProcess(URL(fileURLWithPath: binary), ["-u", "postgres", config.path])
             if try await eventually(timeout: .seconds(10), { started.output.contains("process up") || started.exitStatusIfExited() != nil }),
                started.output.contains("process up") {
                 var url = database
                 url.port = port
-                return PgBouncer(process: started, url: url)
+                return PgBouncer(process: started, folder: folder, url: url)
             }
             started.stop()
         }
+        try? FileManager.default.removeItem(at: folder)
         throw TestSetupError("pgbouncer did not start (\(binary) -u postgres CONFIG)")
     }
 
-    public func stop() { process.stop() }
+    public func stop() {
+        process.stop()
+        try? FileManager.default.removeItem(at: folder)
+    }
 }
