@@ -21,7 +21,8 @@ public struct WorkerConfiguration: Sendable {
     public var heartbeatInterval: Duration?
     /// Fallback poll when no notification arrives (jittered ±20%).
     public var pollInterval: Duration = .seconds(1)
-    /// No LISTEN/NOTIFY and no prepared statements: for connection poolers in transaction mode (PgBouncer).
+    /// No LISTEN/NOTIFY, prepared statements or session settings: for connection poolers in
+    /// transaction mode (PgBouncer). A database URL marked `pgbouncer=true` implies it.
     public var pollOnly = false
     /// How often the listening connection is asked a `SELECT 1`; with no answer within this
     /// long (at most 10 s) it is closed and replaced. A link that died without a word (a host
