@@ -21,8 +21,10 @@ struct LocoStack {
     let registryURL: String
     let environment: [String: String]
 
+    /// With `throughPgBouncer`, every locod process reaches the database through a real PgBouncer
+    /// in transaction mode (4 server connections), by a URL marked `?pgbouncer=true`.
     static func with(db: TestDatabase, workerQueues: [String] = ["build=2", "push=2", "apply=2", "wait=2", "cleanup=2"],
-                     _ body: (LocoStack) async throws -> Void) async throws {
+                     throughPgBouncer: Bool = false, _ body: (LocoStack) async throws -> Void) async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah"), FileManager.default.isExecutableFile(atPath: "/usr/bin/podman"),
               FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
             throw TestSetupError("buildah, podman or nginx is missing: apt-get install -y buildah podman runc nginx-light (scripts/test installs them)")
@@ -45,7 +47,11 @@ struct LocoStack {
         let registryURL = try #require(settings["LOCO_REGISTRY_URL"])
         let registryKey = try #require(settings["LOCO_REGISTRY_KEY"])
         let work = folder.appending(path: "work")
-        var env = ["LOCO_DATABASE_URL": db.url.urlString, "LOCO_CONTEXT_DIR": folder.appending(path: "contexts").path, "LOCO_WORK_DIR": work.path]
+        let bouncer = throughPgBouncer ? try await PgBouncer.start(before: db.url, serverConnections: 4) : nil
+        defer { bouncer?.stop() }
+        var databaseURL = bouncer?.url ?? db.url
+        databaseURL.transactionPooler = throughPgBouncer
+        var env = ["LOCO_DATABASE_URL": databaseURL.urlString, "LOCO_CONTEXT_DIR": folder.appending(path: "contexts").path, "LOCO_WORK_DIR": work.path]
         let migrated = try await runCommand(locod, ["migrate"], environment: env)
         guard migrated.status == 0 else { throw TestSetupError("migrate failed: \(migrated.output)") }
         _ = try await runCommand(locod, ["admin", "create-user", "--email", "ann@example.com", "--name", "Ann"], environment: env)

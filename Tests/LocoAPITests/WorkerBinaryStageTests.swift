@@ -9,13 +9,14 @@ import Workers
 
 @Suite("locod worker --queue build --queue push, as processes", .serialized)
 struct WorkerBinaryStageTests {
-    @Test("the real binaries with services from scripts/services: locod api + docker-registry (token auth) + locod worker take examples/hello from upload to serving")
+    @Test("the real binaries with services from scripts/services, through a real PgBouncer in transaction mode (?pgbouncer=true): locod api + docker-registry (token auth) + locod worker take examples/hello from upload to serving")
     func binaries() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah") else {
             throw TestSetupError("buildah is not installed: apt-get install -y buildah (scripts/test installs it)")
         }
         try await TestDatabase.with(migrations: []) { db in
-            try await LocoStack.with(db: db, workerQueues: ["build=1", "push=1", "apply=1", "wait=1", "cleanup=1"]) { stack in
+            try await LocoStack.with(db: db, workerQueues: ["build=1", "push=1", "apply=1", "wait=1", "cleanup=1"],
+                                 throughPgBouncer: true) { stack in
                 let curl = URL(fileURLWithPath: "/usr/bin/curl")
                 let (base, token, folder, workers, api) = (stack.base, stack.token, stack.folder, stack.workers, stack.api)
                 let (registryURL, workerToken, baseImage) = (stack.registryURL, stack.workerToken, stack.baseImage)
@@ -50,6 +51,9 @@ struct WorkerBinaryStageTests {
                 let page = try await runCommand(curl, ["-s", "-m", "5", try #require(serving)])
                 #expect(page.output.contains("Hello from Loco"))
                 #expect(!workers.output.contains(workerToken) && !api.output.contains(workerToken), "the worker token stays out of the logs")
+                // Behind the pooler the worker polls; nothing was prepared by name on the way.
+                #expect(workers.output.contains("mode=poll-only (pgbouncer=true)"), "\(workers.output.prefix(2000))")
+                #expect(!workers.output.contains("SQLSTATE 26000") && !api.output.contains("SQLSTATE 26000"))
                 // The runtime pulled with a credential of this app only, revoked after the pull.
                 let pulls = try await stack.db.scalar("SELECT count(*) FROM loco_tokens WHERE kind = 'pull' AND app_id IS NOT NULL AND revoked_at IS NOT NULL",
                                                       as: Int64.self)
