@@ -527,9 +527,11 @@ public struct JobStore: Sendable {
 
     /// What operators changed of the periodic jobs, by name.
     public func cronSettings(on db: some QueryRunner) async throws -> [String: CronSetting] {
-        let settings = try await cronSettingRows("SELECT \(unescaped: Self.cronSettingColumns) FROM loco_cron_settings", on: db)
-        // The name is the table's primary key.
-        return Dictionary(uniqueKeysWithValues: settings.map { ($0.name, $0) })
+        try await DatabaseServerError.coding {
+            let settings = try await cronSettingRows("SELECT \(unescaped: Self.cronSettingColumns) FROM loco_cron_settings", on: db)
+            // The name is the table's primary key.
+            return Dictionary(uniqueKeysWithValues: settings.map { ($0.name, $0) })
+        }
     }
 
     /// What `cronSettingRows` decodes, in its order.
@@ -548,14 +550,16 @@ public struct JobStore: Sendable {
     /// Runs `periodic` on `schedule` from now on (nil: the schedule declared in code again), from
     /// the current slot: slots the new schedule had before it are not caught up.
     public func setCronSchedule(_ periodic: PeriodicJob, to schedule: CronSchedule?, by who: String?, on db: some TransactionRunner) async throws -> CronSetting {
-        try await db.transaction { connection in
-            let setting = try await writeCronSetting(periodic.name, """
-                INSERT INTO loco_cron_settings (name, schedule, changed_by) VALUES (\(periodic.name), \(schedule?.expression), \(who))
-                ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, changed_by = EXCLUDED.changed_by, updated_at = now()
-                RETURNING \(unescaped: Self.cronSettingColumns)
-                """, on: connection)
-            try await skipPastSlots(of: periodic.with(schedule: schedule ?? periodic.schedule), on: connection)
-            return setting
+        try await DatabaseServerError.coding {
+            try await db.transaction { connection in
+                let setting = try await writeCronSetting(periodic.name, """
+                    INSERT INTO loco_cron_settings (name, schedule, changed_by) VALUES (\(periodic.name), \(schedule?.expression), \(who))
+                    ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, changed_by = EXCLUDED.changed_by, updated_at = now()
+                    RETURNING \(unescaped: Self.cronSettingColumns)
+                    """, on: connection)
+                try await skipPastSlots(of: periodic.with(schedule: schedule ?? periodic.schedule), on: connection)
+                return setting
+            }
         }
     }
 
@@ -564,18 +568,20 @@ public struct JobStore: Sendable {
     /// without catching up on the slots that passed while paused.
     /// Returns the setting as it now is (nil: nothing was ever changed) and whether this call changed it.
     public func setCronPaused(_ periodic: PeriodicJob, _ paused: Bool, by who: String?, on db: some TransactionRunner) async throws -> (setting: CronSetting?, changed: Bool) {
-        try await db.transaction { connection in
-            let before = try await cronSettingRows("""
-                SELECT \(unescaped: Self.cronSettingColumns) FROM loco_cron_settings WHERE name = \(periodic.name) FOR UPDATE
-                """, on: connection).first
-            if (before?.pausedAt != nil) == paused { return (before, false) }
-            let setting = try await writeCronSetting(periodic.name, """
-                INSERT INTO loco_cron_settings (name, paused_at, changed_by) VALUES (\(periodic.name), CASE WHEN \(paused) THEN now() END, \(who))
-                ON CONFLICT (name) DO UPDATE SET paused_at = EXCLUDED.paused_at, changed_by = EXCLUDED.changed_by, updated_at = now()
-                RETURNING \(unescaped: Self.cronSettingColumns)
-                """, on: connection)
-            if !paused { try await skipPastSlots(of: (try? periodic.applying(setting)) ?? periodic, on: connection) }
-            return (setting, true)
+        try await DatabaseServerError.coding {
+            try await db.transaction { connection in
+                let before = try await cronSettingRows("""
+                    SELECT \(unescaped: Self.cronSettingColumns) FROM loco_cron_settings WHERE name = \(periodic.name) FOR UPDATE
+                    """, on: connection).first
+                if (before?.pausedAt != nil) == paused { return (before, false) }
+                let setting = try await writeCronSetting(periodic.name, """
+                    INSERT INTO loco_cron_settings (name, paused_at, changed_by) VALUES (\(periodic.name), CASE WHEN \(paused) THEN now() END, \(who))
+                    ON CONFLICT (name) DO UPDATE SET paused_at = EXCLUDED.paused_at, changed_by = EXCLUDED.changed_by, updated_at = now()
+                    RETURNING \(unescaped: Self.cronSettingColumns)
+                    """, on: connection)
+                if !paused { try await skipPastSlots(of: (try? periodic.applying(setting)) ?? periodic, on: connection) }
+                return (setting, true)
+            }
         }
     }
 
@@ -593,10 +599,12 @@ public struct JobStore: Sendable {
 
     /// The newest slot some scheduler enqueued for each periodic job.
     public func cronSlots(on db: some QueryRunner) async throws -> [String: Date] {
-        let rows = try await db.run("SELECT name, last_slot FROM loco_cron_slots", logger: logger)
-        var slots: [String: Date] = [:]
-        for try await (name, slot) in rows.decode((String, Date).self) { slots[name] = slot }
-        return slots
+        try await DatabaseServerError.coding {
+            let rows = try await db.run("SELECT name, last_slot FROM loco_cron_slots", logger: logger)
+            var slots: [String: Date] = [:]
+            for try await (name, slot) in rows.decode((String, Date).self) { slots[name] = slot }
+            return slots
+        }
     }
 
     // MARK: Operators
@@ -604,18 +612,22 @@ public struct JobStore: Sendable {
     /// Cancels a job: a queued one at once (its dependents too); a running one is asked to stop
     /// and its worker cancels the handler at the next heartbeat or notification.
     public func cancel(id: Int64, on db: some QueryRunner) async throws -> JobState {
-        // The state the cancel itself left, not a later read: a running handler may already
-        // have stopped and finished the job as cancelled by the time a second query looks.
-        if let state = try await cancelReturningStates(ids: [id], on: db)[id] { return state }
-        let job = try await require(id: id, on: db)
-        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
+        try await DatabaseServerError.coding {
+            // The state the cancel itself left, not a later read: a running handler may already
+            // have stopped and finished the job as cancelled by the time a second query looks.
+            if let state = try await cancelReturningStates(ids: [id], on: db)[id] { return state }
+            let job = try await require(id: id, on: db)
+            throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued or running to be cancelled")
+        }
     }
 
     /// Cancels many jobs in one statement, like `cancel(id:)`; jobs already finished are left alone.
     /// Returns how many were still live.
     @discardableResult
     public func cancel(ids: [Int64], on db: some QueryRunner) async throws -> Int {
-        try await cancelReturningStates(ids: ids, on: db).count
+        try await DatabaseServerError.coding {
+            try await cancelReturningStates(ids: ids, on: db).count
+        }
     }
 
     /// Queued jobs become `cancelled`; running ones stay `running` with the request flagged, and
@@ -645,9 +657,11 @@ public struct JobStore: Sendable {
 
     /// Runs a finished (or waiting) job again now, keeping its error history.
     public func retry(id: Int64, on db: some QueryRunner) async throws {
-        if try await !retried(ids: [id], on: db).isEmpty { return }
-        let job = try await require(id: id, on: db)
-        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "scheduled, completed, failed or cancelled to be retried")
+        try await DatabaseServerError.coding {
+            if try await !retried(ids: [id], on: db).isEmpty { return }
+            let job = try await require(id: id, on: db)
+            throw QueueError.jobNotInState(id: id, state: job.state, wanted: "scheduled, completed, failed or cancelled to be retried")
+        }
     }
 
     /// Makes those of `ids` that are scheduled or finished available now; returns which.
@@ -673,9 +687,11 @@ public struct JobStore: Sendable {
 
     /// Fails a queued job for good without running it (its dependents are cancelled).
     public func discard(id: Int64, on db: some QueryRunner) async throws {
-        if try await !discarded(ids: [id], on: db).isEmpty { return }
-        let job = try await require(id: id, on: db)
-        throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued (blocked, scheduled or available) to be discarded; cancel a running job instead")
+        try await DatabaseServerError.coding {
+            if try await !discarded(ids: [id], on: db).isEmpty { return }
+            let job = try await require(id: id, on: db)
+            throw QueueError.jobNotInState(id: id, state: job.state, wanted: "queued (blocked, scheduled or available) to be discarded; cancel a running job instead")
+        }
     }
 
     /// Fails those of `ids` that are queued, recording `discarded`; returns which.
@@ -704,8 +720,10 @@ public struct JobStore: Sendable {
     /// One job; with `withPeriodKey`, also the key it holds for a period (two more round trips,
     /// so only for showing a job, not for polling one).
     public func job(id: Int64, withPeriodKey: Bool = false, on db: some QueryRunner) async throws -> JobRecord? {
-        let found = try await jobs(where: "WHERE id = \(id)", limit: 1, on: db)
-        return try await (withPeriodKey ? addingPeriodKeys(to: found, on: db) : found).first
+        try await DatabaseServerError.coding {
+            let found = try await jobs(where: "WHERE id = \(id)", limit: 1, on: db)
+            return try await (withPeriodKey ? addingPeriodKeys(to: found, on: db) : found).first
+        }
     }
 
     /// `records` with the keys they hold for a period, if any (two more round trips). Asks first
@@ -733,31 +751,33 @@ public struct JobStore: Sendable {
     /// period (as `job(id:withPeriodKey:on:)`).
     public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, args: String? = nil, before: Int64? = nil, limit: Int = 50,
                      withPeriodKeys: Bool = false, on db: some QueryRunner) async throws -> [JobRecord] {
-        var sql = "WHERE true"
-        var binds = PostgresBindings()
-        if let before {
-            binds.append(before)
-            sql += " AND id < $\(binds.count)"
+        try await DatabaseServerError.coding {
+            var sql = "WHERE true"
+            var binds = PostgresBindings()
+            if let before {
+                binds.append(before)
+                sql += " AND id < $\(binds.count)"
+            }
+            if let queue {
+                binds.append(queue)
+                sql += " AND queue = $\(binds.count)"
+            }
+            if let state {
+                binds.append(state.rawValue)
+                sql += " AND state = $\(binds.count)"
+            }
+            if let kind {
+                binds.append(kind)
+                sql += " AND kind = $\(binds.count)"
+            }
+            if let args {
+                try JobSelection.checkArgsFilter(args)
+                binds.append(args)
+                sql += " AND args @> $\(binds.count)::text::jsonb"
+            }
+            let found = try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
+            return withPeriodKeys ? try await addingPeriodKeys(to: found, on: db) : found
         }
-        if let queue {
-            binds.append(queue)
-            sql += " AND queue = $\(binds.count)"
-        }
-        if let state {
-            binds.append(state.rawValue)
-            sql += " AND state = $\(binds.count)"
-        }
-        if let kind {
-            binds.append(kind)
-            sql += " AND kind = $\(binds.count)"
-        }
-        if let args {
-            try JobSelection.checkArgsFilter(args)
-            binds.append(args)
-            sql += " AND args @> $\(binds.count)::text::jsonb"
-        }
-        let found = try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
-        return withPeriodKeys ? try await addingPeriodKeys(to: found, on: db) : found
     }
 
     private func jobs(where filter: PostgresQuery, limit: Int, on db: some QueryRunner) async throws -> [JobRecord] {
@@ -797,32 +817,34 @@ public struct JobStore: Sendable {
     /// ones: millions of rows on a busy queue); `/metrics` and `locod queue stats --live` leave
     /// them out.
     public func stats(on db: some QueryRunner, includingFinished: Bool = true) async throws -> QueueStats {
-        var queues: [String: QueueStats.Queue] = [:]
-        let live = try await db.run(PostgresQuery(unsafeSQL: Self.liveDepthSQL), logger: logger)
-        for try await (queue, state, count, oldest) in live.decode((String, String, Int64, Double?).self) {
-            queues[queue, default: .init(name: queue)].depth[state] = Int(count)
-            if let oldest { queues[queue, default: .init(name: queue)].oldestAvailableSeconds = max(0, oldest) }
-        }
-        if includingFinished {
-            let finished = try await db.run("""
-                SELECT queue, state, count(*) FROM loco_jobs WHERE state IN ('completed', 'failed', 'cancelled') GROUP BY queue, state
-                """, logger: logger)
-            for try await (queue, state, count) in finished.decode((String, String, Int64).self) {
+        try await DatabaseServerError.coding {
+            var queues: [String: QueueStats.Queue] = [:]
+            let live = try await db.run(PostgresQuery(unsafeSQL: Self.liveDepthSQL), logger: logger)
+            for try await (queue, state, count, oldest) in live.decode((String, String, Int64, Double?).self) {
                 queues[queue, default: .init(name: queue)].depth[state] = Int(count)
+                if let oldest { queues[queue, default: .init(name: queue)].oldestAvailableSeconds = max(0, oldest) }
             }
+            if includingFinished {
+                let finished = try await db.run("""
+                    SELECT queue, state, count(*) FROM loco_jobs WHERE state IN ('completed', 'failed', 'cancelled') GROUP BY queue, state
+                    """, logger: logger)
+                for try await (queue, state, count) in finished.decode((String, String, Int64).self) {
+                    queues[queue, default: .init(name: queue)].depth[state] = Int(count)
+                }
+            }
+            let failures = try await db.run(PostgresQuery(unsafeSQL: Self.failedLastHourSQL), logger: logger)
+            for try await (queue, count) in failures.decode((String, Int64).self) {
+                queues[queue, default: .init(name: queue)].failedLastHour = Int(count)
+            }
+            for pause in try await pausedQueues(on: db) {
+                queues[pause.queue, default: .init(name: pause.queue)].pausedAt = pause.pausedAt
+            }
+            // A database before queue migration 8 has no limits; its stats are whole without them.
+            for limit in (try? await queueLimits(on: db)) ?? [] {
+                queues[limit.queue, default: .init(name: limit.queue)].globalLimit = limit.limit
+            }
+            return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
         }
-        let failures = try await db.run(PostgresQuery(unsafeSQL: Self.failedLastHourSQL), logger: logger)
-        for try await (queue, count) in failures.decode((String, Int64).self) {
-            queues[queue, default: .init(name: queue)].failedLastHour = Int(count)
-        }
-        for pause in try await pausedQueues(on: db) {
-            queues[pause.queue, default: .init(name: pause.queue)].pausedAt = pause.pausedAt
-        }
-        // A database before queue migration 8 has no limits; its stats are whole without them.
-        for limit in (try? await queueLimits(on: db)) ?? [] {
-            queues[limit.queue, default: .init(name: limit.queue)].globalLimit = limit.limit
-        }
-        return QueueStats(queues: queues.values.sorted { $0.name < $1.name })
     }
 
     /// Each live state on its own branch, so each reads its own partial index: `loco_jobs_claim`
@@ -844,28 +866,32 @@ public struct JobStore: Sendable {
     /// The workers that listed themselves, newest first: whether their session still holds the
     /// presence lock (the process lives) and how many jobs each is running.
     public func workers(on db: some QueryRunner) async throws -> [WorkerPresence] {
-        let rows = try await db.run("""
-            SELECT w.id, w.started_at, w.seen_at, \(unescaped: Self.presenceHeld(by: "w.id")),
-                   (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id), w.queues
-            FROM loco_workers w ORDER BY w.started_at DESC, w.id
-            """, logger: logger)
-        var workers: [WorkerPresence] = []
-        for try await (id, started, seen, present, running, queues) in rows.decode((String, Date, Date, Bool, Int64, [String]).self) {
-            workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: seen, present: present, runningJobs: Int(running), queues: queues))
+        try await DatabaseServerError.coding {
+            let rows = try await db.run("""
+                SELECT w.id, w.started_at, w.seen_at, \(unescaped: Self.presenceHeld(by: "w.id")),
+                       (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id), w.queues
+                FROM loco_workers w ORDER BY w.started_at DESC, w.id
+                """, logger: logger)
+            var workers: [WorkerPresence] = []
+            for try await (id, started, seen, present, running, queues) in rows.decode((String, Date, Date, Bool, Int64, [String]).self) {
+                workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: seen, present: present, runningJobs: Int(running), queues: queues))
+            }
+            return workers
         }
-        return workers
     }
 
     /// Whether anything uses `queue`: a listed worker works it, or a job waits in it (read
     /// through the claim and blocked indexes, never the whole table).
     public func isKnown(queue: String, on db: some QueryRunner) async throws -> Bool {
-        let rows = try await db.run("""
-            SELECT EXISTS (SELECT 1 FROM loco_workers WHERE \(queue) = ANY(queues))
-                OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'available')
-                OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'blocked')
-            """, logger: logger)
-        for try await known in rows.decode(Bool.self) { return known }
-        return false
+        try await DatabaseServerError.coding {
+            let rows = try await db.run("""
+                SELECT EXISTS (SELECT 1 FROM loco_workers WHERE \(queue) = ANY(queues))
+                    OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'available')
+                    OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'blocked')
+                """, logger: logger)
+            for try await known in rows.decode(Bool.self) { return known }
+            return false
+        }
     }
 
     // MARK: Pause
@@ -873,38 +899,44 @@ public struct JobStore: Sendable {
     /// Stops workers everywhere from claiming jobs of `queue` (running ones finish; enqueues
     /// still land). Pausing a paused queue keeps its first pause.
     public func pause(queue: String, by who: String?, on db: some QueryRunner) async throws -> QueuePause {
-        try Names.checkQueue(queue)
-        // The no-op update returns the existing pause unchanged; xmax = 0 only on a fresh insert.
-        let rows = try await db.run("""
-            INSERT INTO loco_queue_pauses (queue, paused_by) VALUES (\(queue), \(who))
-            ON CONFLICT (queue) DO UPDATE SET queue = EXCLUDED.queue
-            RETURNING queue, paused_at, paused_by, xmax = 0
-            """, logger: logger)
-        for try await (name, at, by, inserted) in rows.decode((String, Date, String?, Bool).self) {
-            return QueuePause(queue: name, pausedAt: at, pausedBy: by, wasPaused: !inserted)
+        try await DatabaseServerError.coding {
+            try Names.checkQueue(queue)
+            // The no-op update returns the existing pause unchanged; xmax = 0 only on a fresh insert.
+            let rows = try await db.run("""
+                INSERT INTO loco_queue_pauses (queue, paused_by) VALUES (\(queue), \(who))
+                ON CONFLICT (queue) DO UPDATE SET queue = EXCLUDED.queue
+                RETURNING queue, paused_at, paused_by, xmax = 0
+                """, logger: logger)
+            for try await (name, at, by, inserted) in rows.decode((String, Date, String?, Bool).self) {
+                return QueuePause(queue: name, pausedAt: at, pausedBy: by, wasPaused: !inserted)
+            }
+            throw QueueError.pauseNotRecorded(queue: queue)
         }
-        throw QueueError.pauseNotRecorded(queue: queue)
     }
 
     /// Lets workers claim from `queue` again and wakes the idle ones; false if it was not paused.
     public func resume(queue: String, on db: some QueryRunner) async throws -> Bool {
-        try Names.checkQueue(queue)
-        let rows = try await db.run("""
-            WITH removed AS (DELETE FROM loco_queue_pauses WHERE queue = \(queue) RETURNING queue)
-            SELECT pg_notify(\(Self.channel), queue) IS NULL FROM removed
-            """, logger: logger)
-        var resumed = false
-        for try await _ in rows.decode(Bool.self) { resumed = true }
-        return resumed
+        try await DatabaseServerError.coding {
+            try Names.checkQueue(queue)
+            let rows = try await db.run("""
+                WITH removed AS (DELETE FROM loco_queue_pauses WHERE queue = \(queue) RETURNING queue)
+                SELECT pg_notify(\(Self.channel), queue) IS NULL FROM removed
+                """, logger: logger)
+            var resumed = false
+            for try await _ in rows.decode(Bool.self) { resumed = true }
+            return resumed
+        }
     }
 
     public func pausedQueues(on db: some QueryRunner) async throws -> [QueuePause] {
-        let rows = try await db.run("SELECT queue, paused_at, paused_by FROM loco_queue_pauses ORDER BY queue", logger: logger)
-        var pauses: [QueuePause] = []
-        for try await (queue, at, by) in rows.decode((String, Date, String?).self) {
-            pauses.append(QueuePause(queue: queue, pausedAt: at, pausedBy: by, wasPaused: true))
+        try await DatabaseServerError.coding {
+            let rows = try await db.run("SELECT queue, paused_at, paused_by FROM loco_queue_pauses ORDER BY queue", logger: logger)
+            var pauses: [QueuePause] = []
+            for try await (queue, at, by) in rows.decode((String, Date, String?).self) {
+                pauses.append(QueuePause(queue: queue, pausedAt: at, pausedBy: by, wasPaused: true))
+            }
+            return pauses
         }
-        return pauses
     }
 }
 

@@ -781,7 +781,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("on a database without the unique-periods table (migration 9 not applied), a period key is a coded error naming the table and 'locod migrate'; everything else still enqueues and reads")
+    @Test("on a database without the unique-periods table (migration 9 not applied), a period key is a coded error naming the table and 'locod migrate'; everything else still enqueues and reads; the store's operations report PostgreSQL's errors as DatabaseServerError")
     func uniquePeriodsWithoutTheirTable() async throws {
         try await TestDatabase.with(migrations: [(QueueSchema.component, Array(QueueSchema.migrations.prefix(8)))]) { db in
             let store = db.store
@@ -814,6 +814,15 @@ struct QueueBehaviourTests {
             }
             let server = try #require(batchError as? DatabaseServerError, "\(String(describing: batchError))")
             #expect(server.sqlState == "42P01" && server.message.contains("loco_jobs"), "\(server.message)")
+            // So is every other operation of the store (here: cancel, list, stats, retry).
+            func expectCoded(_ what: String, _ operation: () async throws -> Void) async {
+                let error = await #expect(throws: (any Error).self, "\(what)") { try await operation() }
+                #expect((error as? DatabaseServerError)?.code == "database_error", "\(what): \(String(describing: error))")
+            }
+            await expectCoded("cancel") { _ = try await store.cancel(id: live.id, on: db.client) }
+            await expectCoded("list") { _ = try await store.list(on: db.client) }
+            await expectCoded("stats") { _ = try await store.stats(on: db.client) }
+            await expectCoded("retry") { try await store.retry(id: live.id, on: db.client) }
         }
     }
 

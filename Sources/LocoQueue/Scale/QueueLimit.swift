@@ -21,43 +21,49 @@ extension JobStore {
 
     /// Sets `queue`'s limit across all workers and notifies them.
     public func limit(queue: String, to limit: Int, by who: String? = nil, on db: some QueryRunner) async throws -> QueueLimit {
-        try Names.checkQueue(queue)
-        guard QueueLimit.range.contains(limit) else {
-            throw QueueError.invalidScale(reason: "the limit must be from \(QueueLimit.range.lowerBound) to \(QueueLimit.range.upperBound) (got \(limit))")
+        try await DatabaseServerError.coding {
+            try Names.checkQueue(queue)
+            guard QueueLimit.range.contains(limit) else {
+                throw QueueError.invalidScale(reason: "the limit must be from \(QueueLimit.range.lowerBound) to \(QueueLimit.range.upperBound) (got \(limit))")
+            }
+            let rows = try await db.run("""
+                WITH set AS (
+                    INSERT INTO loco_queue_limits (queue, global_limit, changed_by) VALUES (\(queue), \(limit), \(who))
+                    ON CONFLICT (queue) DO UPDATE SET global_limit = EXCLUDED.global_limit, changed_by = EXCLUDED.changed_by, updated_at = now()
+                    RETURNING queue, global_limit, changed_by, updated_at
+                )
+                SELECT queue, global_limit, changed_by, updated_at, pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM set
+                """, logger: logger)
+            for try await (queue, limit, by, at, _) in rows.decode((String, Int, String?, Date, Bool).self) {
+                return QueueLimit(queue: queue, limit: limit, changedBy: by, updatedAt: at)
+            }
+            throw QueueError.invalidScale(reason: "the limit of queue '\(queue)' was not recorded")
         }
-        let rows = try await db.run("""
-            WITH set AS (
-                INSERT INTO loco_queue_limits (queue, global_limit, changed_by) VALUES (\(queue), \(limit), \(who))
-                ON CONFLICT (queue) DO UPDATE SET global_limit = EXCLUDED.global_limit, changed_by = EXCLUDED.changed_by, updated_at = now()
-                RETURNING queue, global_limit, changed_by, updated_at
-            )
-            SELECT queue, global_limit, changed_by, updated_at, pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM set
-            """, logger: logger)
-        for try await (queue, limit, by, at, _) in rows.decode((String, Int, String?, Date, Bool).self) {
-            return QueueLimit(queue: queue, limit: limit, changedBy: by, updatedAt: at)
-        }
-        throw QueueError.invalidScale(reason: "the limit of queue '\(queue)' was not recorded")
     }
 
     /// Removes `queue`'s limit and notifies the workers; false if it had none.
     public func removeLimit(queue: String, on db: some QueryRunner) async throws -> Bool {
-        try Names.checkQueue(queue)
-        let rows = try await db.run("""
-            WITH removed AS (DELETE FROM loco_queue_limits WHERE queue = \(queue) RETURNING queue)
-            SELECT pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM removed
-            """, logger: logger)
-        var removed = false
-        for try await _ in rows.decode(Bool.self) { removed = true }
-        return removed
+        try await DatabaseServerError.coding {
+            try Names.checkQueue(queue)
+            let rows = try await db.run("""
+                WITH removed AS (DELETE FROM loco_queue_limits WHERE queue = \(queue) RETURNING queue)
+                SELECT pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM removed
+                """, logger: logger)
+            var removed = false
+            for try await _ in rows.decode(Bool.self) { removed = true }
+            return removed
+        }
     }
 
     public func queueLimits(on db: some QueryRunner) async throws -> [QueueLimit] {
-        let rows = try await db.run("SELECT queue, global_limit, changed_by, updated_at FROM loco_queue_limits ORDER BY queue", logger: logger)
-        var limits: [QueueLimit] = []
-        for try await (queue, limit, by, at) in rows.decode((String, Int, String?, Date).self) {
-            limits.append(QueueLimit(queue: queue, limit: limit, changedBy: by, updatedAt: at))
+        try await DatabaseServerError.coding {
+            let rows = try await db.run("SELECT queue, global_limit, changed_by, updated_at FROM loco_queue_limits ORDER BY queue", logger: logger)
+            var limits: [QueueLimit] = []
+            for try await (queue, limit, by, at) in rows.decode((String, Int, String?, Date).self) {
+                limits.append(QueueLimit(queue: queue, limit: limit, changedBy: by, updatedAt: at))
+            }
+            return limits
         }
-        return limits
     }
 
     /// Claims as `claim` does, but no more than the queue's limit leaves free across all

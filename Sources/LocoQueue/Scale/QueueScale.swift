@@ -21,49 +21,55 @@ extension JobStore {
     /// workers, which apply it at once (and within a few seconds without notifications).
     public func scale(queue: String, to concurrency: Int, worker: String? = nil, by who: String? = nil,
                       on db: some QueryRunner) async throws -> QueueScale {
-        try Names.checkQueue(queue)
-        guard QueueScale.range.contains(concurrency) else {
-            throw QueueError.invalidScale(reason: "the concurrency must be from \(QueueScale.range.lowerBound) to \(QueueScale.range.upperBound) (got \(concurrency))")
+        try await DatabaseServerError.coding {
+            try Names.checkQueue(queue)
+            guard QueueScale.range.contains(concurrency) else {
+                throw QueueError.invalidScale(reason: "the concurrency must be from \(QueueScale.range.lowerBound) to \(QueueScale.range.upperBound) (got \(concurrency))")
+            }
+            if let worker, worker.isEmpty { throw QueueError.invalidScale(reason: "the worker id is empty") }
+            let rows = try await db.run("""
+                WITH set AS (
+                    INSERT INTO loco_queue_scales (queue, worker, concurrency, changed_by)
+                    VALUES (\(queue), \(worker ?? ""), \(concurrency), \(who))
+                    ON CONFLICT (queue, worker) DO UPDATE
+                        SET concurrency = EXCLUDED.concurrency, changed_by = EXCLUDED.changed_by, updated_at = now()
+                    RETURNING queue, worker, concurrency, changed_by, updated_at
+                )
+                SELECT queue, worker, concurrency, changed_by, updated_at, pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM set
+                """, logger: logger)
+            for try await (queue, worker, concurrency, by, at, _) in rows.decode((String, String, Int, String?, Date, Bool).self) {
+                return QueueScale(queue: queue, worker: worker.isEmpty ? nil : worker, concurrency: concurrency, changedBy: by, updatedAt: at)
+            }
+            throw QueueError.invalidScale(reason: "the scale of queue '\(queue)' was not recorded")
         }
-        if let worker, worker.isEmpty { throw QueueError.invalidScale(reason: "the worker id is empty") }
-        let rows = try await db.run("""
-            WITH set AS (
-                INSERT INTO loco_queue_scales (queue, worker, concurrency, changed_by)
-                VALUES (\(queue), \(worker ?? ""), \(concurrency), \(who))
-                ON CONFLICT (queue, worker) DO UPDATE
-                    SET concurrency = EXCLUDED.concurrency, changed_by = EXCLUDED.changed_by, updated_at = now()
-                RETURNING queue, worker, concurrency, changed_by, updated_at
-            )
-            SELECT queue, worker, concurrency, changed_by, updated_at, pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM set
-            """, logger: logger)
-        for try await (queue, worker, concurrency, by, at, _) in rows.decode((String, String, Int, String?, Date, Bool).self) {
-            return QueueScale(queue: queue, worker: worker.isEmpty ? nil : worker, concurrency: concurrency, changedBy: by, updatedAt: at)
-        }
-        throw QueueError.invalidScale(reason: "the scale of queue '\(queue)' was not recorded")
     }
 
     /// Removes the scale of `queue` for every worker (`worker` nil) or for one, and notifies the
     /// workers; false if there was none.
     public func resetScale(queue: String, worker: String? = nil, on db: some QueryRunner) async throws -> Bool {
-        try Names.checkQueue(queue)
-        let rows = try await db.run("""
-            WITH removed AS (DELETE FROM loco_queue_scales WHERE queue = \(queue) AND worker = \(worker ?? "") RETURNING queue)
-            SELECT pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM removed
-            """, logger: logger)
-        var removed = false
-        for try await _ in rows.decode(Bool.self) { removed = true }
-        return removed
+        try await DatabaseServerError.coding {
+            try Names.checkQueue(queue)
+            let rows = try await db.run("""
+                WITH removed AS (DELETE FROM loco_queue_scales WHERE queue = \(queue) AND worker = \(worker ?? "") RETURNING queue)
+                SELECT pg_notify(\(Self.channel), 'scale:' || queue) IS NULL FROM removed
+                """, logger: logger)
+            var removed = false
+            for try await _ in rows.decode(Bool.self) { removed = true }
+            return removed
+        }
     }
 
     /// Every scale set, by queue, the one for every worker first.
     public func queueScales(on db: some QueryRunner) async throws -> [QueueScale] {
-        let rows = try await db.run(
-            "SELECT queue, worker, concurrency, changed_by, updated_at FROM loco_queue_scales ORDER BY queue, worker", logger: logger)
-        var scales: [QueueScale] = []
-        for try await (queue, worker, concurrency, by, at) in rows.decode((String, String, Int, String?, Date).self) {
-            scales.append(QueueScale(queue: queue, worker: worker.isEmpty ? nil : worker, concurrency: concurrency, changedBy: by, updatedAt: at))
+        try await DatabaseServerError.coding {
+            let rows = try await db.run(
+                "SELECT queue, worker, concurrency, changed_by, updated_at FROM loco_queue_scales ORDER BY queue, worker", logger: logger)
+            var scales: [QueueScale] = []
+            for try await (queue, worker, concurrency, by, at) in rows.decode((String, String, Int, String?, Date).self) {
+                scales.append(QueueScale(queue: queue, worker: worker.isEmpty ? nil : worker, concurrency: concurrency, changedBy: by, updatedAt: at))
+            }
+            return scales
         }
-        return scales
     }
 
     /// The scales that apply to `worker`, by queue: its own where it has one, else the one for
