@@ -43,7 +43,7 @@ public struct PgBouncer: Sendable {
                 server_lifetime = 3600
                 """.write(to: config, atomically: true, encoding: .utf8)
             let started = try ChildProcess(URL(fileURLWithPath: binary), ["-u", "postgres", config.path])
-            if try await eventually(timeout: .seconds(10), { started.output.contains("process up") || started.exitStatusIfExited() != nil }),
+            if await eventually(timeout: .seconds(10), { started.output.contains("process up") || started.exitStatusIfExited() != nil }),
                started.output.contains("process up") {
                 var url = database
                 url.port = port
