@@ -1,5 +1,6 @@
 import Foundation
-import LocoQueue
+@testable import LocoQueue
+import PostgresNIO
 import Testing
 
 @Suite("Cron schedules")
@@ -214,6 +215,18 @@ struct DatabaseURLTests {
             let error = error as? QueueError
             return error?.code == "invalid_database_url" && error?.message.contains("pgbouncer 'yes'") == true && error?.message.contains("hunter2") == false
         }
+    }
+
+    @Test("a server that is stopping, reported as a DatabaseServerError, is database_unreachable with PostgreSQL's own words and the SQLSTATE once")
+    func stoppingServerExplained() throws {
+        let url = try DatabaseURL("postgres://a:b@db:5432/x")
+        let stopping = DatabaseServerError(fields: [.sqlState: "57P01", .message: "terminating connection due to administrator command", .severity: "FATAL"])
+        let explained = try #require(url.explain(stopping) as? QueueError)
+        #expect(explained.code == "database_unreachable")
+        #expect(explained.message.hasSuffix("db:5432: terminating connection due to administrator command (SQLSTATE 57P01)"), "\(explained.message)")
+        let refused = DatabaseServerError(fields: [.sqlState: "28P01", .message: "password authentication failed for user \"a\""])
+        #expect((url.explain(refused) as? QueueError)?.message.hasSuffix("db:5432: password authentication failed for user \"a\"") == true,
+                "\(url.explain(refused))")
     }
 
     @Test("a malformed URL is refused without echoing its password")

@@ -25,7 +25,7 @@ extension DatabaseURL {
             }
         }
         if let server = error as? DatabaseServerError {
-            return unreachable(sqlState: server.sqlState, message: server.message) ?? error
+            return unreachable(sqlState: server.sqlState, message: server.serverMessage) ?? error
         }
         if error is ChannelError || error is IOError {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
