@@ -864,17 +864,27 @@ public struct JobStore: Sendable {
         """
 
     /// The workers that listed themselves, newest first: whether their session still holds the
-    /// presence lock (the process lives) and how many jobs each is running.
+    /// presence lock, or (poll-only workers) their presence row was seen within their grace and
+    /// they did not stop, and how many jobs each is running.
     public func workers(on db: some QueryRunner) async throws -> [WorkerPresence] {
         try await DatabaseServerError.coding {
             let rows = try await db.run("""
                 SELECT w.id, w.started_at, w.seen_at, \(unescaped: Self.presenceHeld(by: "w.id")),
-                       (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id), w.queues
-                FROM loco_workers w ORDER BY w.started_at DESC, w.id
+                       (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = w.id), w.queues,
+                       false, NULL::timestamptz
+                FROM loco_workers w
+                UNION ALL
+                SELECT b.id, b.started_at, b.started_at, b.stopped_at IS NULL AND b.seen_at + b.gone_after >= now(),
+                       (SELECT count(*) FROM loco_jobs j WHERE j.state = 'running' AND j.locked_by = b.id), b.queues,
+                       true, b.seen_at
+                FROM loco_worker_beats b
+                ORDER BY 2 DESC, 1
                 """, logger: logger)
             var workers: [WorkerPresence] = []
-            for try await (id, started, seen, present, running, queues) in rows.decode((String, Date, Date, Bool, Int64, [String]).self) {
-                workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: seen, present: present, runningJobs: Int(running), queues: queues))
+            for try await (id, started, connected, present, running, queues, pooled, seen)
+                in rows.decode((String, Date, Date, Bool, Int64, [String], Bool, Date?).self) {
+                workers.append(WorkerPresence(id: id, startedAt: started, connectedAt: connected, present: present, runningJobs: Int(running),
+                                              queues: queues, pollOnly: pooled, lastSeenAt: seen))
             }
             return workers
         }
@@ -886,6 +896,7 @@ public struct JobStore: Sendable {
         try await DatabaseServerError.coding {
             let rows = try await db.run("""
                 SELECT EXISTS (SELECT 1 FROM loco_workers WHERE \(queue) = ANY(queues))
+                    OR EXISTS (SELECT 1 FROM loco_worker_beats WHERE \(queue) = ANY(queues))
                     OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'available')
                     OR EXISTS (SELECT 1 FROM loco_jobs WHERE queue = \(queue) AND state = 'blocked')
                 """, logger: logger)
@@ -998,20 +1009,39 @@ public struct QueueStats: Sendable, Codable, Equatable {
     public var queues: [Queue]
 }
 
-/// `locod queue workers`: a worker process as the presence table knows it.
+/// `locod queue workers`: a worker process as the presence tables know it.
 public struct WorkerPresence: Sendable, Codable, Equatable {
     public var id: String
     public var startedAt: Date
-    /// When its current database session took the presence lock.
+    /// When its current database session took the presence lock (a poll-only worker: when it
+    /// started).
     public var connectedAt: Date
-    /// Whether a session holds its presence lock: false once the process is gone.
+    /// Whether a session holds its presence lock (a poll-only worker: it touched its presence
+    /// row within its grace and did not stop): false once the process is gone.
     public var present: Bool
     public var runningJobs: Int
     /// The queues its pools work (empty for workers from before the column).
     public var queues: [String]
+    /// A poll-only worker (behind a pooler): present by touching its row, not by a lock.
+    public var pollOnly: Bool
+    /// When a poll-only worker last touched its presence row.
+    public var lastSeenAt: Date?
+
+    public init(id: String, startedAt: Date, connectedAt: Date, present: Bool, runningJobs: Int, queues: [String],
+                pollOnly: Bool = false, lastSeenAt: Date? = nil) {
+        self.id = id
+        self.startedAt = startedAt
+        self.connectedAt = connectedAt
+        self.present = present
+        self.runningJobs = runningJobs
+        self.queues = queues
+        self.pollOnly = pollOnly
+        self.lastSeenAt = lastSeenAt
+    }
 
     enum CodingKeys: String, CodingKey {
         case id, startedAt = "started_at", connectedAt = "connected_at", present, runningJobs = "running_jobs", queues
+        case pollOnly = "poll_only", lastSeenAt = "last_seen_at"
     }
 }
 

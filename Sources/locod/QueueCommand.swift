@@ -39,7 +39,7 @@ struct QueueCommand: AsyncParsableCommand {
 
     struct Workers: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Worker processes: which are alive (their session holds the presence lock) and how many jobs each runs.")
+            abstract: "Worker processes: which are alive (their session holds the presence lock, or a poll-only one touched its row within its grace) and how many jobs each runs.")
         @OptionGroup var database: DatabaseOptions
         @Option var output: OutputFormat = .text
 
@@ -52,7 +52,8 @@ struct QueueCommand: AsyncParsableCommand {
                     let time = ISO8601DateFormatter()
                     printTable([["worker", "state", "queues", "running", "started", "connected"]] + workers.map {
                         [$0.id, $0.present ? "alive" : "gone", $0.queues.isEmpty ? "-" : $0.queues.joined(separator: ","),
-                         String($0.runningJobs), time.string(from: $0.startedAt), time.string(from: $0.connectedAt)]
+                         String($0.runningJobs), time.string(from: $0.startedAt),
+                         $0.lastSeenAt.map { "poll-only, seen \(time.string(from: $0))" } ?? time.string(from: $0.connectedAt)]
                     })
                 }
             }

@@ -57,6 +57,47 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("behind a real PgBouncer (poll-only, no session of its own), a worker process killed with SIGKILL: its presence row goes unseen, so its job is rescued long before its 30 s lease runs out; a stopped one is listed gone at once")
+    func pooledSigkillBeforeLease() async throws {
+        try await TestDatabase.with { db in
+            let bouncer = try await PgBouncer.start(before: db.url, serverConnections: 4)
+            defer { bouncer.stop() }
+            let url = try DatabaseURL(bouncer.url.urlString + "?pgbouncer=true")
+            let environment = ["LOCO_DATABASE_URL": url.urlString]
+            func listed() async throws -> [WorkerPresence] {
+                let listed = try await runCommand(try Repo.binary("locod"), ["queue", "workers", "--output", "json"], environment: environment)
+                return try JSONDecoder.iso.decode([WorkerPresence].self, from: Data(listed.output.utf8))
+            }
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.sleep", args: #"{"ms": 6000}"#), on: db.client)
+            let victim = try worker(url, id: "pooled-victim", lease: 30, ["--orphan-grace-seconds", "2"])
+            defer { victim.stop() }
+            _ = try await db.wait(for: job.id, toBe: .running)
+            #expect(await eventually { (try? await listed().first { $0.id == "pooled-victim" }).map { $0.present && $0.pollOnly && $0.runningJobs == 1 } == true },
+                    "a poll-only worker lists itself by its presence row")
+            try #require(try await db.state(of: job.id) == .running, "the victim finished the job before the kill: the premise of this test did not hold")
+            victim.signal(SIGKILL)
+            #expect(await victim.waitForExit(timeout: .seconds(5)) != nil)
+
+            let survivor = try worker(url, id: "pooled-survivor", lease: 30, ["--orphan-grace-seconds", "2"])
+            defer { survivor.stop() }
+            // Claimed less than a few seconds ago, the victim's lease has more than 20 s to run.
+            let done = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(20))
+            #expect(done.lockedBy == "pooled-survivor" && done.attempt == 2)
+            #expect(done.errors.first?.code == "lease_expired" && done.errors.first?.worker == "pooled-victim", "\(done.errors)")
+            #expect(survivor.output.contains("worker pooled-victim is gone (its presence row went unseen"), "\(survivor.output.suffix(2000))")
+            #expect(survivor.output.contains("poll-only (pgbouncer=true)"))
+            let workers = try await listed()
+            #expect(workers.first { $0.id == "pooled-victim" }.map { !$0.present && $0.runningJobs == 0 } == true, "\(workers)")
+            #expect(workers.first { $0.id == "pooled-survivor" }.map { $0.present && $0.queues == ["default"] } == true, "\(workers)")
+            let text = try await runCommand(try Repo.binary("locod"), ["queue", "workers"], environment: environment)
+            #expect(text.output.contains("pooled-victim") && text.output.contains("gone") && text.output.contains("poll-only, seen"), "\(text.output)")
+
+            survivor.signal(SIGTERM)
+            #expect(await survivor.waitForExit(timeout: .seconds(15)) == 0)
+            #expect(try await listed().first { $0.id == "pooled-survivor" }?.present == false, "a worker that stopped is gone at once, not a grace later")
+        }
+    }
+
     @Test("a worker process killed with SIGKILL mid-job: another process rescues and completes its job")
     func sigkill() async throws {
         try await TestDatabase.with { db in

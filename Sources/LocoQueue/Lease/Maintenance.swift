@@ -25,7 +25,8 @@ struct Maintenance: Sendable {
     private var configuration: WorkerConfiguration { shared.configuration }
 
     /// Jobs whose worker died go back to the queue: when its lease runs out (no heartbeat for a
-    /// whole lease), or `orphanGrace` after its database session ended.
+    /// whole lease), or `orphanGrace` after its database session ended (a poll-only worker:
+    /// after its presence row went unseen for its grace).
     func rescueLoop() async {
         var wait = configuration.rescueInterval.jittered()
         var lastOrphanCheck = ContinuousClock.now - .seconds(1)
@@ -36,7 +37,7 @@ struct Maintenance: Sendable {
             wait = configuration.rescueInterval.jittered()
             // Reading pg_locks takes every lock-table partition's lock for a moment: at most
             // once a second, however short the rescue interval.
-            if !configuration.pollOnly, ContinuousClock.now - lastOrphanCheck >= .seconds(1) {
+            if ContinuousClock.now - lastOrphanCheck >= .seconds(1) {
                 lastOrphanCheck = .now
                 // Come back as the cut leases end, not a whole interval later.
                 if await cutOrphanedLeases() { wait = min(wait, configuration.orphanGrace + .milliseconds(100)) }
@@ -63,17 +64,29 @@ struct Maintenance: Sendable {
     /// itself: a database without the presence table (not migrated yet) must not stop expired
     /// leases from being rescued.
     private func cutOrphanedLeases() async -> Bool {
+        var cutAny = false
         do {
             let cut = try await store.cutOrphanedLeases(grace: configuration.orphanGrace, on: client)
             for (worker, jobs) in Dictionary(grouping: cut, by: \.worker) {
                 shared.logger.warning("worker \(worker) is gone (its database session ended); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
                                       metadata: ["jobs": "\(jobs.map(\.id))"])
             }
-            return !cut.isEmpty
+            cutAny = !cut.isEmpty
         } catch {
             shared.metrics.databaseError(operation: "orphan_check")
-            return false
         }
+        // Apart, so a database without migration 10 still has its lock-holding workers watched.
+        do {
+            let cut = try await store.cutSilentWorkersLeases(grace: configuration.orphanGrace, on: client)
+            for (worker, jobs) in Dictionary(grouping: cut, by: \.worker) {
+                shared.logger.warning("worker \(worker) is gone (its presence row went unseen, or it stopped holding jobs); its jobs' leases now end in \(configuration.orphanGrace.spoken)",
+                                      metadata: ["jobs": "\(jobs.map(\.id))"])
+            }
+            cutAny = cutAny || !cut.isEmpty
+        } catch {
+            shared.metrics.databaseError(operation: "orphan_check")
+        }
+        return cutAny
     }
 
     /// Scheduled jobs (retries, run-at) become available when due.
@@ -112,7 +125,10 @@ struct Maintenance: Sendable {
             } catch {
                 failures.failed(error, shared)
             }
-            if !configuration.pollOnly, (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
+            if (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
+                shared.metrics.databaseError(operation: "forget_workers")
+            }
+            if (try? await store.forgetSilentWorkers(olderThan: .seconds(3600), on: client)) == nil {
                 shared.metrics.databaseError(operation: "forget_workers")
             }
             // Apart from the jobs' pruning: a database without migration 9 has no such keys.

@@ -218,6 +218,26 @@ public enum QueueSchema {
             """,
             "CREATE INDEX loco_unique_periods_held_until ON loco_unique_periods (held_until)",
         ]),
+        // Workers behind a transaction-mode pooler (poll-only) hold no session, so no presence
+        // lock: they touch a row every second instead, and one unseen for its grace is gone.
+        // Apart from loco_workers, so a rescuer of an older version (which takes a listed worker
+        // without a lock for dead) never cuts their leases. Unlogged: the rows say only who is
+        // alive now, they are rewritten every second, and a crash that empties the table is
+        // repaired by the next touch.
+        Migration(version: 10, name: "worker_beats", statements: [
+            """
+            CREATE UNLOGGED TABLE loco_worker_beats (
+                id         text        PRIMARY KEY,
+                instance   text        NOT NULL,
+                queues     text[]      NOT NULL DEFAULT '{}',
+                started_at timestamptz NOT NULL DEFAULT now(),
+                seen_at    timestamptz NOT NULL DEFAULT now(),
+                gone_after interval    NOT NULL,
+                stopped_at timestamptz,
+                cuts       bigint      NOT NULL DEFAULT 0
+            )
+            """,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""

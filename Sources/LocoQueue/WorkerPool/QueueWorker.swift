@@ -21,6 +21,9 @@ struct WorkerShared: Sendable {
     /// Set once the scales and limits were first read (or could not be): producers wait for it,
     /// briefly, before their first claim.
     let scalesRead = OneShotEvent()
+    /// This process, in its presence row when it has no session of its own (poll-only): tells
+    /// it apart from another process given the same worker id.
+    let instance = UUID().uuidString
 
     /// A dedicated connection for one part of the worker, with `sessionSettings` for it. Behind a
     /// transaction-mode pooler (poll-only mode) statements are not prepared and session settings
@@ -134,6 +137,7 @@ public final class QueueWorker: Service, Sendable {
                     }
                 }
                 await self.finishRunningJobs()
+                await self.leavePresence()
                 background.cancelAll()
                 // Cancelling a task that waits for notifications does not always end the wait;
                 // closing its connection does.
@@ -182,8 +186,24 @@ public final class QueueWorker: Service, Sendable {
     }
 }
 
+extension QueueWorker {
+    /// A poll-only worker says it stopped, so it is listed as gone at once; with a session of its
+    /// own, the session's end says so.
+    fileprivate func leavePresence() async {
+        guard shared.configuration.pollOnly else { return }
+        let connection = shared.connect(queryTimeout: .seconds(5))
+        do {
+            try await shared.store.leavePresence(worker: shared.configuration.workerID, instance: shared.instance, on: connection)
+        } catch {
+            shared.metrics.databaseError(operation: "presence")
+        }
+        await connection.close()
+    }
+}
+
 /// One UPDATE per interval renews the leases of every job this process holds, and tells which
-/// jobs were lost or asked to cancel.
+/// jobs were lost or asked to cancel. It also keeps the worker present: a presence lock on its
+/// session, or in poll-only mode a touch of its presence row every second.
 struct Heartbeat: Sendable {
     let shared: WorkerShared
     let database: ReconnectingConnection
@@ -208,9 +228,33 @@ struct Heartbeat: Sendable {
         var renewUntil = ContinuousClock.now
         var suspects: [Int64: Int] = [:]
         var nextStrayLook = ContinuousClock.now + interval
+        var nextTouch = ContinuousClock.now
+        var cutsSeen: Int64?
         while !Task.isCancelled {
             await shared.ledger.recheckRequested.wait(timeout: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
+            if shared.configuration.pollOnly, ContinuousClock.now >= nextTouch {
+                nextTouch = .now + Self.touchInterval
+                switch await touchPresence(sayFailure: !presenceFailing, sayTaken: holdsPresence || cutsSeen == nil) {
+                case .failed:
+                    presenceFailing = true
+                case .taken:
+                    presenceFailing = false
+                    holdsPresence = false
+                    cutsSeen = -1
+                case .held(let cuts):
+                    presenceFailing = false
+                    holdsPresence = true
+                    // A rescuer took this worker for gone (it could not touch its row for a
+                    // while) and cut its leases: renewed now, and at every check for one grace,
+                    // as after a new session below.
+                    if let seen = cutsSeen, cuts > seen {
+                        nextBeat = .now
+                        renewUntil = .now + shared.configuration.orphanGrace
+                    }
+                    cutsSeen = cuts
+                }
+            }
             if !shared.configuration.pollOnly, let connection = try? await database.connection(), connection !== presentOn {
                 // A new session (the first, or after the database came back): it takes the
                 // presence lock, and leases a rescuer cut meanwhile are renewed at once.
@@ -266,6 +310,44 @@ struct Heartbeat: Sendable {
 
     /// How often the heartbeat looks whether its session is still the one holding the presence lock.
     static let presenceCheck: Duration = .milliseconds(500)
+
+    /// How often a poll-only worker touches its presence row.
+    static let touchInterval: Duration = .seconds(1)
+
+    /// How long a poll-only worker may go unseen before rescuers take it for gone: its orphan
+    /// grace, but at least three touches, so one slow touch is not a death.
+    static func goneAfter(_ configuration: WorkerConfiguration) -> Duration {
+        max(configuration.orphanGrace, touchInterval * 3)
+    }
+
+    enum PresenceTouch { case held(cuts: Int64), taken, failed }
+
+    /// Touches a poll-only worker's presence row (see `JobStore.touchPresence`).
+    func touchPresence(sayFailure: Bool, sayTaken: Bool) async -> PresenceTouch {
+        let worker = shared.configuration.workerID
+        do {
+            guard let cuts = try await shared.store.touchPresence(
+                worker: worker, instance: shared.instance, queues: shared.configuration.queues.map(\.name),
+                goneAfter: Self.goneAfter(shared.configuration), on: database)
+            else {
+                if sayTaken {
+                    shared.logger.warning("""
+                        another live process has the worker id \(worker) (two processes with one --worker-id?); \
+                        this worker's jobs are rescued only when their leases run out
+                        """)
+                }
+                return .taken
+            }
+            return .held(cuts: cuts)
+        } catch {
+            if sayFailure {
+                shared.logger.warning("cannot touch this worker's presence row; if it dies, its jobs wait out their leases (run 'locod migrate' if the database is older than this worker)",
+                                      metadata: ["error": "\(shared.databaseURL.describe(error))"])
+            }
+            shared.metrics.databaseError(operation: "presence")
+            return .failed
+        }
+    }
 
     /// Whether this session holds the presence lock; nil if the statement failed, and the next
     /// check tries again.
