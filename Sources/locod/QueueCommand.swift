@@ -213,7 +213,7 @@ struct QueueCommand: AsyncParsableCommand {
                 try await database.withClient { client, _, logger in
                     let store = JobStore(logger: logger)
                     let pause = try await store.pause(queue: queue, by: by, on: client)
-                    try await noteIfUnused(queue, store: store, client: client, undo: "locod queue resume \(queue)")
+                    await noteIfUnused(queue, store: store, client: client, undo: "locod queue resume \(queue)")
                     if output == .json { return try printJSON(pause) }
                     if pause.wasPaused {
                         print("queue \(queue) was already paused (since \(pause.pausedAt.formatted(.iso8601)))")
@@ -281,7 +281,7 @@ struct QueueCommand: AsyncParsableCommand {
                         return print(removed ? "queue \(queue) on \(target): \(back)" : "queue \(queue) had no scale on \(target); nothing to do")
                     }
                     let scale = try await store.scale(queue: queue, to: concurrency, worker: worker, by: by, on: client)
-                    try await noteIfUnused(queue, store: store, client: client, undo: "locod queue scale \(queue) --reset")
+                    await noteIfUnused(queue, store: store, client: client, undo: "locod queue scale \(queue) --reset")
                     if output == .json { return try printJSON(scale) }
                     print("queue \(queue) scaled to \(scale.concurrency) on \(target): applied at once, running jobs over it finish. Undo: locod queue scale \(queue) --reset\(worker.map { " --worker \($0)" } ?? "")")
                 }
@@ -333,7 +333,7 @@ struct QueueCommand: AsyncParsableCommand {
                         return print(removed ? "queue \(queue): no limit across workers any more" : "queue \(queue) had no limit; nothing to do")
                     }
                     let set = try await store.limit(queue: queue, to: limit, by: by, on: client)
-                    try await noteIfUnused(queue, store: store, client: client, undo: "locod queue limit \(queue) --remove")
+                    await noteIfUnused(queue, store: store, client: client, undo: "locod queue limit \(queue) --remove")
                     if output == .json { return try printJSON(set) }
                     print("queue \(queue): at most \(set.limit) of its jobs run at once across all workers, from now on. Lift: locod queue limit \(queue) --remove")
                 }
@@ -453,9 +453,10 @@ func checkedSetting(_ value: Int?, named name: String, of queue: String, in rang
 }
 
 /// Queues need no declaring, so a misspelt name pauses, scales or limits a queue nobody uses:
-/// says so, with the command that undoes it.
-func noteIfUnused(_ queue: String, store: JobStore, client: some QueryRunner, undo: String) async throws {
-    guard try await !store.isKnown(queue: queue, on: client) else { return }
+/// says so, with the command that undoes it. Only a note: the change is made by then, so a
+/// failed look (a database not yet migrated to the presence tables) says nothing.
+func noteIfUnused(_ queue: String, store: JobStore, client: some QueryRunner, undo: String) async {
+    guard let known = try? await store.isKnown(queue: queue, on: client), !known else { return }
     StandardStreams.write("""
         Note: no worker listed here works queue '\(queue)' and no job waits in it; \
         if the name is misspelt, undo with '\(undo)' ('locod queue workers' lists the queues worked).\n

@@ -71,6 +71,25 @@ struct PooledPresenceTests {
         }
     }
 
+    @Test("on a database without migration 10 (no presence rows), a poll-only worker still runs its jobs (rescued by lease alone) and 'locod queue pause' still pauses, only without its typo note")
+    func withoutThePresenceRows() async throws {
+        try await TestDatabase.with(migrations: [(QueueSchema.component, Array(QueueSchema.migrations.prefix(9)))]) { db in
+            #expect(try await db.scalar("SELECT to_regclass('loco_worker_beats') IS NULL", as: Bool.self) == true)
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.ok") { _, _ in }
+            var configuration = fastConfiguration([("old", 1)])
+            configuration.pollOnly = true
+            try await db.withWorker(configuration, handlers: handlers) { _ in
+                let job = try await db.store.enqueue(NewJob(queue: "old", kind: "test.ok"), on: db.client)
+                try await db.wait(for: job.id, toBe: .completed)
+            }
+            let paused = try await runCommand(try Repo.binary("locod"), ["queue", "pause", "nobody-works-this"],
+                                              environment: ["LOCO_DATABASE_URL": db.url.urlString])
+            #expect(paused.status == 0 && paused.output.contains("queue nobody-works-this paused"), "\(paused.output)")
+            #expect(try await db.store.pausedQueues(on: db.client).map(\.queue) == ["nobody-works-this"])
+        }
+    }
+
     @Test("behind a real PgBouncer, a poll-only worker that a rescuer took for gone (its row unseen) renews its cut lease at its next touch: its job runs once")
     func stalledWorkerKeepsItsJob() async throws {
         try await TestDatabase.with { db in
