@@ -83,9 +83,9 @@ struct Maintenance: Sendable {
                                       metadata: ["jobs": "\(jobs.map(\.id))"])
             }
             cutAny = cutAny || !cut.isEmpty
-        } catch {
+        } catch where !JobStore.lacksPresenceRows(error) {
             shared.metrics.databaseError(operation: "orphan_check")
-        }
+        } catch {}
         return cutAny
     }
 
@@ -128,9 +128,11 @@ struct Maintenance: Sendable {
             if (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
                 shared.metrics.databaseError(operation: "forget_workers")
             }
-            if (try? await store.forgetSilentWorkers(olderThan: .seconds(3600), on: client)) == nil {
+            do {
+                _ = try await store.forgetSilentWorkers(olderThan: .seconds(3600), on: client)
+            } catch where !JobStore.lacksPresenceRows(error) {
                 shared.metrics.databaseError(operation: "forget_workers")
-            }
+            } catch {}
             // Apart from the jobs' pruning: a database without migration 9 has no such keys.
             while !Task.isCancelled {
                 guard let forgotten = try? await store.pruneUniquePeriods(limit: 1000, on: client) else {

@@ -9,6 +9,14 @@ import PostgresNIO
 /// the worker's own orphan grace means the process is gone. What a rescuer then does is what it
 /// does for a lost presence lock: it cuts the worker's leases to its orphan grace.
 extension JobStore {
+    /// Whether `error` says the presence rows' table does not exist (a database not yet migrated
+    /// to queue migration 10): nothing to watch there yet, and no database error worth counting
+    /// every second; the worker said at its start that migrations are pending.
+    static func lacksPresenceRows(_ error: any Error) -> Bool {
+        let server = (error as? DatabaseServerError) ?? (error as? PSQLError).flatMap(DatabaseServerError.init)
+        return server?.sqlState == "42P01"
+    }
+
     /// Touches this process's row. Returns how many times rescuers have cut its leases so far
     /// (a rise means they took it for gone while it lived: its leases need renewing now), or nil
     /// if another live process (`instance`) holds the worker id. Also unlists the id from the
