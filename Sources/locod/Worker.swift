@@ -49,7 +49,7 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "How often to look for expired leases and dead workers, in milliseconds.")
     var rescueIntervalMs: Int = 2000
 
-    @Option(help: "Seconds a dead worker's jobs keep their leases once its database session has ended (not with --poll-only).")
+    @Option(help: "Seconds a dead worker's jobs keep their leases once its database session has ended (a poll-only worker: once its presence row went unseen this long, at least 3 s).")
     var orphanGraceSeconds: Double = 5
 
     @Option(help: "Retry backoff base in milliseconds (full jitter, doubling per attempt).")

@@ -45,8 +45,9 @@ public struct WorkerConfiguration: Sendable {
     public var rescueInterval: Duration = .seconds(2)
     /// A job whose worker's database session has ended (the process died) keeps its lease only
     /// this much longer, rather than all of it; a worker that merely lost the database and
-    /// comes back within it renews its leases as it does. Not in poll-only mode, where a
-    /// pooler's sessions say nothing about a worker's.
+    /// comes back within it renews its leases as it does. A poll-only worker, whose pooled
+    /// sessions say nothing about it, is taken for gone once its presence row went unseen this
+    /// long (at least 3 s); its leases are then cut to this.
     public var orphanGrace: Duration = .seconds(5)
     /// How often the worker reads the queue scales without being notified of a change.
     public var scaleCheckInterval: Duration = .seconds(5)
