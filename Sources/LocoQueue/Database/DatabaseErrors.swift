@@ -95,6 +95,12 @@ public struct DatabaseServerError: CodedError {
                   severity: info[.severity] ?? info[.localizedSeverity])
     }
 
+    /// The server's part of any `error`: a `DatabaseServerError` as it is, or a `PSQLError`'s
+    /// (which the store's operations code, and the connection's own paths may not have).
+    static func server(of error: any Error) -> DatabaseServerError? {
+        (error as? DatabaseServerError) ?? (error as? PSQLError).flatMap(DatabaseServerError.init)
+    }
+
     private init(sqlState: String?, message: String?, detail: String?, severity: String?) {
         self.sqlState = sqlState ?? "XX000"
         serverMessage = message ?? "unknown error"

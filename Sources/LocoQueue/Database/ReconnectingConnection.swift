@@ -257,8 +257,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// Whether `error` is one the server ends the session with (FATAL, PANIC): it arrives before
     /// the connection is seen to close, and the next call must not be sent on that connection.
     private static func endsSession(_ error: any Error) -> Bool {
-        if let server = error as? DatabaseServerError { return server.endsSession }
-        return (error as? PSQLError).flatMap(DatabaseServerError.init)?.endsSession ?? false
+        DatabaseServerError.server(of: error)?.endsSession ?? false
     }
 
     /// PostgresNIO's older error type, as the rest of Loco expects errors.

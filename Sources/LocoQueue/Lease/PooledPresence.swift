@@ -13,8 +13,7 @@ extension JobStore {
     /// to queue migration 10): nothing to watch there yet, and no database error worth counting
     /// every second; the worker said at its start that migrations are pending.
     static func lacksPresenceRows(_ error: any Error) -> Bool {
-        let server = (error as? DatabaseServerError) ?? (error as? PSQLError).flatMap(DatabaseServerError.init)
-        return server?.sqlState == "42P01"
+        DatabaseServerError.server(of: error)?.sqlState == "42P01"
     }
 
     /// Touches this process's row. Returns how many times rescuers have cut its leases so far
