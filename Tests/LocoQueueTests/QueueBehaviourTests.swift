@@ -1006,7 +1006,7 @@ struct QueueBehaviourTests {
             outcome.run = ledger.add(id: job.id, attempt: 2, queue: "default")
             completer.submit(outcome)
             let stopping = OneShotEvent()
-            let running = Task { await completer.run(stopping: stopping) }
+            let running = Task { await completer.run(stopping: stopping, activity: PartActivity(part: "completer")) }
             #expect(await eventually { ledger.count == 0 })
             stopping.set()
             await running.value
@@ -2128,8 +2128,8 @@ struct QueueBehaviourTests {
         let parts = WorkerParts()
         let release = OneShotEvent()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await parts.run("heartbeat") {} }
-            group.addTask { await parts.run("periodic jobs") { await release.wait() } }
+            group.addTask { await parts.run("heartbeat") { _ in } }
+            group.addTask { await parts.run("periodic jobs") { _ in await release.wait() } }
             let reporter = Task { await parts.reportStragglers(every: .milliseconds(50), logger: logger) }
             let said = try await eventually { log.messages.contains { $0.contains("waiting for periodic jobs") } }
             #expect(said)
@@ -2178,6 +2178,34 @@ struct QueueBehaviourTests {
             #expect(log.messages.contains("listening for job notifications again"), "\(log.messages)")
             worker.stop()
             try await running.value
+        }
+    }
+
+    @Test("a LISTEN that gets no answer is given up within 5 s and tried again; jobs still start by poll meanwhile")
+    func unansweredListen() async throws {
+        try await TestDatabase.with { db in
+            // Every connection goes silent as it sends LISTEN: PostgresNIO's LISTEN has no
+            // deadline of its own, and without one the listener waited for good.
+            let silent = try await SilentProxy.start(before: db.url, atOnce: true)
+            defer { silent.process.stop() }
+            let log = CapturedLog()
+            let logger = Logger(label: "test") { _ in log }
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.polled") { _, _ in }
+            var configuration = fastConfiguration([("default", 1)])
+            configuration.pollInterval = .milliseconds(200)
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.polled"), on: db.client)
+            try await db.withWorker(configuration, handlers: handlers, url: silent.url, logger: logger) { _ in
+                _ = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(20))
+                let gaveUp = try await eventually(timeout: .seconds(30)) {
+                    log.detailed.contains { $0.hasPrefix("job notifications unavailable; polling meanwhile") && $0.contains("LISTEN got no answer within 5 s; reconnecting") }
+                }
+                #expect(gaveUp, "\(log.detailed)")
+                // And it tries again, on a new connection.
+                #expect(try await eventually(timeout: .seconds(20)) { silent.process.output.contains("silent at once 2") },
+                        "\(silent.process.output)")
+                #expect(!log.messages.contains { $0.hasPrefix("worker part listener") }, "\(log.messages)")
+            }
         }
     }
 
@@ -2305,8 +2333,14 @@ final class ConcurrencyProbe: Sendable {
 }
 
 final class CapturedLog: LogHandler, Sendable {
-    private let lines = Mutex<[String]>([])
-    var messages: [String] { lines.withLock { $0 } }
+    private let lines = Mutex<[(message: String, metadata: Logger.Metadata)]>([])
+    var messages: [String] { lines.withLock { $0.map(\.message) } }
+    /// Each message with its metadata, `message key=value …`.
+    var detailed: [String] {
+        lines.withLock { $0.map { line in
+            ([line.message] + line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }).joined(separator: " ")
+        } }
+    }
     var metadata: Logger.Metadata {
         get { [:] }
         set {}
@@ -2319,7 +2353,7 @@ final class CapturedLog: LogHandler, Sendable {
         get { nil }
         set {}
     }
-    func log(event: LogEvent) { lines.withLock { $0.append("\(event.message)") } }
+    func log(event: LogEvent) { lines.withLock { $0.append(("\(event.message)", event.metadata ?? [:])) } }
 }
 
 /// `Fixtures/silent_proxy.py` in front of the test database: its connections that sent a marker
@@ -2329,12 +2363,13 @@ struct SilentProxy {
     let url: DatabaseURL
     let trigger: String
 
-    static func start(before database: DatabaseURL, marker: String = "LISTEN") async throws -> SilentProxy {
+    /// `atOnce`: a connection goes silent as its client sends `marker`, unanswered.
+    static func start(before database: DatabaseURL, marker: String = "LISTEN", atOnce: Bool = false) async throws -> SilentProxy {
         let script = Repo.root.appending(path: "Tests/LocoQueueTests/Fixtures/silent_proxy.py").path
         let trigger = FileManager.default.temporaryDirectory.appending(path: "loco-silence-\(UUID().uuidString)").path
         for _ in 0..<5 {
             let port = Int.random(in: 40_000...49_999)
-            let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(port)", "\(database.port)", trigger, marker])
+            let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(port)", "\(database.port)", trigger, marker] + (atOnce ? ["at-once"] : []))
             if try await eventually(timeout: .seconds(10), { started.output.contains("listening") || started.exitStatusIfExited() != nil }),
                started.output.contains("listening") {
                 var url = database

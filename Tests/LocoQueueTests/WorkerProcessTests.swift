@@ -151,6 +151,7 @@ struct WorkerProcessTests {
             #expect(!text.contains(#"state="completed""#), "finished states are not counted at scrape time")
             #expect(text.contains("loco_queue_start_lag_seconds_bucket"))
             #expect(text.contains("loco_queue_run_seconds_bucket"))
+            #expect(text.contains("loco_queue_stalled_parts 0"), "\(text)")
             // The worker's scheduler took registry-cleanup's current slot at its first tick.
             #expect(text.contains(#"loco_queue_cron_last_slot_timestamp_seconds{name="registry-cleanup"} "#), "\(text)")
             #expect(text.contains(#"loco_queue_cron_paused{name="registry-cleanup"} 0"#), "\(text)")
@@ -190,6 +191,9 @@ struct WorkerProcessTests {
                 // connections had waited 5 s for the server: the wait is a minute now.
                 failed = try await db.wait(for: slow.id, toBe: .failed, timeout: .seconds(60))
             } catch {
+                // A part stuck past its deadlines is named by the worker's watchdog within its
+                // step's bound and 5 s (at most 125 s for a transaction; 40 s for most steps).
+                _ = await eventually(timeout: .seconds(45)) { process.output.contains("worker part ") }
                 // Keep what the worker said and what its sessions were doing, to learn why if
                 // it happens again.
                 var sessions = ""

@@ -22,16 +22,20 @@ struct Maintenance: Sendable {
         await client.close()
         await periodicConnection.close()
     }
+
+    /// The longest `close()` takes: each connection waits at most for a connect under way.
+    var longestClose: Duration { client.longestCall + periodicConnection.longestCall }
     private var configuration: WorkerConfiguration { shared.configuration }
 
     /// Jobs whose worker died go back to the queue: when its lease runs out (no heartbeat for a
     /// whole lease), or `orphanGrace` after its database session ended (a poll-only worker:
     /// after its presence row went unseen for its grace).
-    func rescueLoop() async {
+    func rescueLoop(_ activity: PartActivity) async {
         var wait = configuration.rescueInterval.jittered()
         var lastOrphanCheck = ContinuousClock.now - .seconds(1)
         var failures = FailureStreak(operation: "rescue", doing: "rescue expired leases")
         while !Task.isCancelled {
+            activity.at("sleeping", bound: wait)
             try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
             wait = configuration.rescueInterval.jittered()
@@ -39,11 +43,13 @@ struct Maintenance: Sendable {
             // once a second, however short the rescue interval.
             if ContinuousClock.now - lastOrphanCheck >= .seconds(1) {
                 lastOrphanCheck = .now
+                activity.at("looking for dead workers' jobs", bound: client.longestCall * 2)
                 // Come back as the cut leases end, not a whole interval later.
                 if await cutOrphanedLeases() { wait = min(wait, configuration.orphanGrace + .milliseconds(100)) }
             }
             do {
                 while true {
+                    activity.at("rescuing jobs whose leases expired", bound: client.longestCall)
                     let rescued = try await store.rescueExpired(limit: 500, retry: configuration.retry,
                                                                   kindRetries: shared.handlers.retries, on: client)
                     for job in rescued {
@@ -90,13 +96,18 @@ struct Maintenance: Sendable {
     }
 
     /// Scheduled jobs (retries, run-at) become available when due.
-    func promoteLoop() async {
+    func promoteLoop(_ activity: PartActivity) async {
         var failures = FailureStreak(operation: "promote", doing: "make due scheduled jobs available")
         while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.promoteInterval.jittered())
+            let wait = configuration.promoteInterval.jittered()
+            activity.at("sleeping", bound: wait)
+            try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
             do {
-                while try await store.promoteDue(limit: 1000, on: client) == 1000 {}
+                while true {
+                    activity.at("making due scheduled jobs available", bound: client.longestCall)
+                    if try await store.promoteDue(limit: 1000, on: client) < 1000 { break }
+                }
                 failures.succeeded(shared)
             } catch {
                 failures.failed(error, shared)
@@ -106,15 +117,20 @@ struct Maintenance: Sendable {
 
     /// Finished jobs are deleted after their state's retention period, in batches so no
     /// statement holds many row locks or runs long.
-    func pruneLoop() async {
+    func pruneLoop(_ activity: PartActivity) async {
         var failures = FailureStreak(operation: "prune", doing: "prune finished jobs")
         while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.pruneInterval.jittered())
+            let wait = configuration.pruneInterval.jittered()
+            activity.at("sleeping", bound: wait)
+            try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
+            // Each statement below is within the connection's deadlines.
+            activity.at("pruning finished jobs", bound: client.longestCall)
             do {
                 var total = 0
                 for (state, period) in configuration.retention.byState {
                     while !Task.isCancelled {
+                        activity.at("pruning finished jobs", bound: client.longestCall)
                         let deleted = try await store.pruneFinished(state, olderThan: period, limit: 1000, on: client)
                         total += deleted
                         if deleted < 1000 { break }
@@ -125,6 +141,7 @@ struct Maintenance: Sendable {
             } catch {
                 failures.failed(error, shared)
             }
+            activity.at("forgetting workers gone an hour", bound: client.longestCall * 2)
             if (try? await store.forgetGoneWorkers(olderThan: .seconds(3600), on: client)) == nil {
                 shared.metrics.databaseError(operation: "forget_workers")
             }
@@ -135,6 +152,7 @@ struct Maintenance: Sendable {
             } catch {}
             // Apart from the jobs' pruning: a database without migration 9 has no such keys.
             while !Task.isCancelled {
+                activity.at("pruning unique keys past their periods", bound: client.longestCall)
                 guard let forgotten = try? await store.pruneUniquePeriods(limit: 1000, on: client) else {
                     shared.metrics.databaseError(operation: "prune_unique_periods")
                     break
@@ -146,13 +164,14 @@ struct Maintenance: Sendable {
 
     /// Enqueues each periodic job's due slot once across all schedulers, on the schedule an
     /// operator set for it (`locod cron set`), unless paused; settings are read at every tick.
-    func periodicLoop() async {
+    func periodicLoop(_ activity: PartActivity) async {
         let scheduler = PeriodicScheduler(store: store, logger: shared.logger)
         var lastSlots: [String: Date] = [:]
         var settings: [String: CronSetting] = [:]
         var unreadable: Set<String> = []
         var paused: Set<String> = []
         while !Task.isCancelled {
+            activity.at("reading the periodic jobs' settings", bound: periodicConnection.longestCall)
             do {
                 settings = try await store.cronSettings(on: periodicConnection)
             } catch {
@@ -179,6 +198,8 @@ struct Maintenance: Sendable {
                 }
             }
             for periodic in effective {
+                // A few statements, then an enqueue in a transaction.
+                activity.at("scheduling periodic job \(periodic.name)", bound: periodicConnection.longestCall * 3 + transactionTimeLimit)
                 do {
                     lastSlots[periodic.name] = try await scheduler.tick(periodic, lastSlot: lastSlots[periodic.name], now: Date(), database: periodicConnection)
                 } catch {
@@ -187,6 +208,7 @@ struct Maintenance: Sendable {
                 }
             }
             let resolution: Duration = effective.contains { $0.schedule.hasSeconds } ? .milliseconds(200) : .seconds(1)
+            activity.at("sleeping", bound: resolution)
             try? await Task.sleep(for: resolution)
         }
     }

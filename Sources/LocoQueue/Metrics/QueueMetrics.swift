@@ -30,6 +30,7 @@ public final class QueueMetrics: Sendable {
     static var cronLastSlot: MetricNameDescriptor { name("cron_last_slot", "timestamp_seconds", "Unix time of the newest slot of each periodic job that a scheduler or locod cron enqueued.") }
     static var globalLimit: MetricNameDescriptor { name("global_limit", "", "How many of the queue's jobs may run at once across all workers (locod queue limit); 0 for no limit.") }
     static var concurrency: MetricNameDescriptor { name("concurrency", "", "How many jobs of the queue this process runs at once: its --concurrency, or the scale an operator set (locod queue scale).") }
+    static var stalledParts: MetricNameDescriptor { name("stalled_parts", "", "Parts of this worker (producers, completer, heartbeat, listener, maintenance loops) waiting past the longest their step can take; the worker's log names them. 0 when healthy.") }
     static var cronPaused: MetricNameDescriptor { name("cron_paused", "", "1 while the periodic job is paused (locod cron pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
         .completed: name("jobs_completed", "total", "Jobs completed."),
@@ -102,6 +103,10 @@ public final class QueueMetrics: Sendable {
 
     func concurrency(queue: String, limit: Int) {
         registry.makeGauge(descriptor: Self.concurrency, labels: [("queue", queue)]).set(Double(limit))
+    }
+
+    func stalledParts(_ count: Int) {
+        registry.makeGauge(descriptor: Self.stalledParts).set(Double(count))
     }
 
     func databaseError(operation: String) {

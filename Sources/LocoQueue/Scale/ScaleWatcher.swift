@@ -17,12 +17,17 @@ struct ScaleWatcher: Sendable {
 
     func close() async { await database.close() }
 
-    func run() async {
+    func run(_ activity: PartActivity) async {
+        // Two statements, each within the connection's deadlines.
+        activity.at("reading the queue scales", bound: database.longestCall * 2)
         var failing = !(await apply())
         shared.scalesRead.set()
         while !Task.isCancelled {
-            await shared.scalesChanged.wait(timeout: shared.configuration.scaleCheckInterval.jittered())
+            let wait = shared.configuration.scaleCheckInterval.jittered()
+            activity.at("waiting for a scale change", bound: wait)
+            await shared.scalesChanged.wait(timeout: wait)
             if Task.isCancelled { return }
+            activity.at("reading the queue scales", bound: database.longestCall * 2)
             failing = !(await apply(sayFailure: !failing))
         }
     }

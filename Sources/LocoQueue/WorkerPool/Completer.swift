@@ -41,7 +41,7 @@ final class Completer: Sendable {
     var backlog: Int { pending.withLock { $0.count } }
 
     /// Writes outcomes until `stopping` is set and nothing is left to write.
-    func run(stopping: OneShotEvent) async {
+    func run(stopping: OneShotEvent, activity: PartActivity) async {
         var failures = 0
         while true {
             let batch = pending.withLock { batch in
@@ -50,17 +50,21 @@ final class Completer: Sendable {
             }
             if batch.isEmpty {
                 if stopping.isSet {
+                    activity.at("closing its connection", bound: database.longestCall)
                     await database.close()
                     return
                 }
+                activity.at("waiting for job outcomes", bound: .milliseconds(200))
                 await wake.wait(timeout: .milliseconds(200))
                 continue
             }
+            activity.at("recording job outcomes", bound: database.longestCall)
             do {
                 var updated = try await store.record(batch, worker: worker, on: database)
                 failures = 0
                 let unwritten = batch.filter { updated[$0.id] == nil }
                 // Not lost, if an earlier try wrote them and only its answer was lost.
+                activity.at("looking for job outcomes written before", bound: database.longestCall)
                 if !unwritten.isEmpty, let earlier = try? await store.alreadyRecorded(unwritten, worker: worker, on: database) {
                     for (id, state) in earlier {
                         updated[id] = state
@@ -80,6 +84,7 @@ final class Completer: Sendable {
                     return
                 }
                 pending.withLock { $0.insert(contentsOf: batch, at: 0) }
+                activity.at("pausing after a failed write", bound: .seconds(1))
                 try? await Task.sleep(for: .milliseconds(min(50 * failures, 1000)))
             }
         }

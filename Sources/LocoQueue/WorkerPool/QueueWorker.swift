@@ -106,34 +106,38 @@ public final class QueueWorker: Service, Sendable {
         // every part up on one more connection, seconds under a loaded database (a CI run). Only
         // the producers wait for it (see `WorkerPool.produce`).
         let scales = ScaleWatcher(shared: shared, pools: pools)
+        let watchdog = parts.startWatchdog(logger: shared.logger) { shared.metrics.stalledParts($0) }
+        defer { watchdog.stop() }
         await withGracefulShutdownHandler {
             let stragglers = await withTaskGroup(of: Void.self) { background in
-                background.addTask { await parts.run("scales") { await scales.run() } }
-                background.addTask { await parts.run("completer") { await shared.completer.run(stopping: self.drained) } }
-                background.addTask { await parts.run("heartbeat") { await Heartbeat(shared: shared).run() } }
+                background.addTask { await parts.run("scales") { await scales.run($0) } }
+                background.addTask { await parts.run("completer") { await shared.completer.run(stopping: self.drained, activity: $0) } }
+                background.addTask { await parts.run("heartbeat") { await Heartbeat(shared: shared).run($0) } }
                 let listener = NotificationListener(shared: shared, pools: self.pools)
                 if !configuration.pollOnly {
-                    background.addTask { await parts.run("listener") { await listener.run() } }
+                    background.addTask { await parts.run("listener") { await listener.run($0) } }
                 }
                 if configuration.runMaintenance {
                     let maintenance = Maintenance(shared: shared)
                     background.addTask {
-                        await parts.run("maintenance connections") {
+                        await parts.run("maintenance connections") { activity in
                             // Closes the maintenance connections when the worker stops.
+                            activity.at("waiting for the worker to stop", bound: nil)
                             await OneShotEvent().waitForever()
+                            activity.at("closing", bound: maintenance.longestClose)
                             await maintenance.close()
                         }
                     }
-                    background.addTask { await parts.run("rescuer") { await maintenance.rescueLoop() } }
-                    background.addTask { await parts.run("scheduler") { await maintenance.promoteLoop() } }
-                    background.addTask { await parts.run("pruner") { await maintenance.pruneLoop() } }
+                    background.addTask { await parts.run("rescuer") { await maintenance.rescueLoop($0) } }
+                    background.addTask { await parts.run("scheduler") { await maintenance.promoteLoop($0) } }
+                    background.addTask { await parts.run("pruner") { await maintenance.pruneLoop($0) } }
                     if !configuration.periodicJobs.isEmpty {
-                        background.addTask { await parts.run("periodic jobs") { await maintenance.periodicLoop() } }
+                        background.addTask { await parts.run("periodic jobs") { await maintenance.periodicLoop($0) } }
                     }
                 }
                 await withTaskGroup(of: Void.self) { producers in
                     for pool in self.pools.values {
-                        producers.addTask { await pool.produce(stopping: self.stopping) }
+                        producers.addTask { await parts.run("producer \(pool.queue)") { await pool.produce(stopping: self.stopping, activity: $0) } }
                     }
                 }
                 await self.finishRunningJobs()
@@ -216,7 +220,7 @@ struct Heartbeat: Sendable {
         database = shared.connect(queryTimeout: min(.seconds(30), shared.configuration.effectiveHeartbeat))
     }
 
-    func run() async {
+    func run(_ activity: PartActivity) async {
         defer { Task { [database] in await database.close() } }
         let interval = shared.configuration.effectiveHeartbeat
         var nextBeat = ContinuousClock.now + interval
@@ -231,10 +235,12 @@ struct Heartbeat: Sendable {
         var nextTouch = ContinuousClock.now
         var cutsSeen: Int64?
         while !Task.isCancelled {
+            activity.at("waiting for the next check", bound: min(interval, Self.presenceCheck))
             await shared.ledger.recheckRequested.wait(timeout: min(interval, Self.presenceCheck))
             if Task.isCancelled { return }
             if shared.configuration.pollOnly, ContinuousClock.now >= nextTouch {
                 nextTouch = .now + Self.touchInterval
+                activity.at("touching its presence row", bound: database.longestCall)
                 switch await touchPresence(sayFailure: !presenceFailing, sayTaken: holdsPresence || cutsSeen == nil) {
                 case .failed:
                     presenceFailing = true
@@ -255,9 +261,11 @@ struct Heartbeat: Sendable {
                     cutsSeen = cuts
                 }
             }
+            if !shared.configuration.pollOnly { activity.at("connecting", bound: database.longestCall) }
             if !shared.configuration.pollOnly, let connection = try? await database.connection(), connection !== presentOn {
                 // A new session (the first, or after the database came back): it takes the
                 // presence lock, and leases a rescuer cut meanwhile are renewed at once.
+                activity.at("taking its presence lock", bound: database.longestCall)
                 let held = await announcePresence(sayFailure: !presenceFailing)
                 presenceFailing = held == nil
                 holdsPresence = held ?? false
@@ -273,6 +281,7 @@ struct Heartbeat: Sendable {
             }
             if shared.ledger.takeRecheck() || ContinuousClock.now < renewUntil { nextBeat = .now }
             if ContinuousClock.now >= nextBeat {
+                activity.at("renewing leases", bound: database.longestCall)
                 await beat()
                 nextBeat = ContinuousClock.now + interval
             }
@@ -280,6 +289,7 @@ struct Heartbeat: Sendable {
                 nextStrayLook = ContinuousClock.now + interval
                 let window = shared.configuration.leaseDuration + interval * 2
                 if holdsPresence, shared.ledger.hadUnansweredClaim(within: window) {
+                    activity.at("looking for claims whose answer never came", bound: database.longestCall)
                     suspects = await releaseStrays(suspects)
                 } else {
                     suspects = [:]
@@ -419,13 +429,14 @@ final class NotificationListener: Sendable {
         try? await connection?.close()
     }
 
-    func run() async {
+    func run(_ activity: PartActivity) async {
         var failures = 0
         while !Task.isCancelled && !current.withLock({ $0.closed }) {
+            activity.at("connecting", bound: Self.connectDeadline)
             do {
                 // Under the same deadline as every other part's connect (PostgresNIO's connect was
                 // seen to ignore cancellation while the server restarted).
-                let connection = try await ReconnectingConnection.deadline(.seconds(5), late: { try? await $0.close() }) { [shared] in
+                let connection = try await ReconnectingConnection.deadline(Self.connectDeadline, late: { try? await $0.close() }) { [shared] in
                     try await PostgresConnection.connect(configuration: shared.databaseURL.connectionConfiguration, id: 0, logger: shared.logger)
                 }
                 let open = current.withLock { state -> Bool in
@@ -436,8 +447,20 @@ final class NotificationListener: Sendable {
                     try? await connection.close()
                     return
                 }
+                activity.at("starting to listen", bound: Self.connectDeadline)
+                // PostgresNIO gives LISTEN no deadline: one that got no answer kept the worker
+                // without wake-ups for good, polling only. Unanswered in time, its connection is closed.
+                let answered = OneShotEvent()
+                let unanswered = Task { () -> Bool in
+                    guard !(await answered.wait(upTo: Self.connectDeadline)), !Task.isCancelled else { return false }
+                    try? await connection.close()
+                    return true
+                }
+                defer { unanswered.cancel() }
                 do {
                     try await connection.listen(on: JobStore.channel) { notifications in
+                        answered.set()
+                        activity.at("listening for notifications", bound: nil)
                         if failures > 0 { shared.logger.info("listening for job notifications again") }
                         failures = 0
                         shared.listening.set()
@@ -453,6 +476,11 @@ final class NotificationListener: Sendable {
                     }
                 } catch {
                     try? await connection.close()
+                    unanswered.cancel()
+                    if await unanswered.value {
+                        throw QueueError.databaseUnreachable(endpoint: shared.databaseURL.endpoint,
+                                                             reason: "LISTEN got no answer within \(Self.connectDeadline.spoken); reconnecting")
+                    }
                     throw error
                 }
                 try? await connection.close()
@@ -463,10 +491,14 @@ final class NotificationListener: Sendable {
                     shared.logger.warning("job notifications unavailable; polling meanwhile",
                                           metadata: ["error": "\(shared.databaseURL.describe(error))"])
                 }
+                activity.at("pausing before reconnecting", bound: .milliseconds(min(100 * failures, 2000)))
                 try? await Task.sleep(for: .milliseconds(min(100 * failures, 2000)))
             }
         }
     }
+
+    /// How long the listener waits for a connection, as every other part does.
+    static let connectDeadline: Duration = .seconds(5)
 
     /// Until cancelled, asks `connection` a `SELECT 1` every `listenerCheckInterval`; closes it
     /// (which ends its notification stream with an error, so `run` reconnects) if no answer

@@ -41,7 +41,7 @@ final class WorkerPool: Sendable {
     }
 
     /// Claims and starts jobs until `stopping` is set.
-    func produce(stopping: OneShotEvent) async {
+    func produce(stopping: OneShotEvent, activity: PartActivity) async {
         defer { Task { [database] in await database.close() } }
         defer { carry(false) }
         var failures = 0
@@ -52,7 +52,9 @@ final class WorkerPool: Sendable {
         // read and jobs enqueued meanwhile; counted by --concurrency, it could take more jobs
         // than a scale allows. So: connect, then wait for the scales' first read (at most
         // `firstScaleReadWait`), then count.
+        activity.at("connecting", bound: database.longestCall)
         _ = try? await database.connection()
+        activity.at("waiting for the queue scales' first read", bound: Self.firstScaleReadWait)
         if !(await shared.scalesRead.wait(upTo: Self.firstScaleReadWait)) {
             shared.logger.debug("starting to claim before the queue scales were read", metadata: ["queue": "\(queue)"])
         }
@@ -64,10 +66,12 @@ final class WorkerPool: Sendable {
             }
             if shared.completer.backlog > concurrency * 8 {
                 carry(false)
+                activity.at("waiting for the completer's backlog to shrink", bound: configuration.pollInterval)
                 await wake.wait(timeout: configuration.pollInterval)
                 continue
             }
             if free <= 0 {
+                activity.at("waiting for a free slot", bound: configuration.pollInterval)
                 await wake.wait(timeout: configuration.pollInterval)
                 continue
             }
@@ -77,6 +81,7 @@ final class WorkerPool: Sendable {
             // cost PostgreSQL more per job than a few larger ones.
             if busy, !gathered, free < concurrency / 2, configuration.claimGather > .zero {
                 gathered = true
+                activity.at("letting slots free up before claiming", bound: configuration.claimGather)
                 try? await Task.sleep(for: configuration.claimGather)
                 continue
             }
@@ -90,6 +95,7 @@ final class WorkerPool: Sendable {
             }
             let jobs: [ClaimedJob]
             var atLimit = false
+            activity.at("claiming jobs", bound: database.longestCall)
             do {
                 if limited {
                     (jobs, atLimit) = try await shared.store.claimUnderLimit(
@@ -115,6 +121,7 @@ final class WorkerPool: Sendable {
                     shared.logger.warning("cannot claim jobs; retrying",
                                           metadata: ["queue": "\(queue)", "error": "\(shared.databaseURL.describe(error))"])
                 }
+                activity.at("pausing after a failed claim", bound: .milliseconds(min(100 * failures, 2000)))
                 await wake.wait(timeout: .milliseconds(min(100 * failures, 2000)))
                 continue
             }
@@ -123,6 +130,7 @@ final class WorkerPool: Sendable {
             gathered = false
             carry(busy && !stopping.isSet)
             if jobs.count < limit {
+                activity.at("waiting for jobs", bound: configuration.pollInterval * 1.2)
                 // Jobs left waiting for the limit: a slot freed on another worker sends no notification.
                 await wake.wait(timeout: (atLimit ? min(configuration.pollInterval, Self.limitedRecheck) : configuration.pollInterval).jittered())
             }

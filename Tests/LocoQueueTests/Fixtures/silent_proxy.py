@@ -2,19 +2,22 @@
 """A TCP proxy in front of PostgreSQL whose connections can go silent, the way a link does
 when a host vanishes or a NAT forgets the flow: nothing is closed, nothing gets through.
 
-    silent_proxy.py LISTEN_PORT UPSTREAM_PORT TRIGGER_FILE [MARKER]
+    silent_proxy.py LISTEN_PORT UPSTREAM_PORT TRIGGER_FILE [MARKER [at-once]]
 
 Prints "listening" once it accepts connections. When TRIGGER_FILE appears, every connection
 still open whose client has sent MARKER (default LISTEN: the worker's notification connection)
 stops forwarding in both directions (connections made later are not touched); it prints
 "silenced N" and removes the file. (A file, not a signal: under a full test run's load a
-SIGUSR1 once ended the proxy instead.)
+SIGUSR1 once ended the proxy instead.) With at-once, a connection goes silent as its client
+sends MARKER, which is not forwarded: that statement never gets an answer ("silent at once N").
 """
 import asyncio, os, sys
 
 listen_port, upstream_port, trigger = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 marker = (sys.argv[4] if len(sys.argv) > 4 else "LISTEN").encode()
+at_once = len(sys.argv) > 5 and sys.argv[5] == "at-once"
 connections = []  # [{"marked": bool, "silent": bool, "closed": bool}]
+silenced_at_once = []
 
 
 async def pipe(reader, writer, state, watch_marker):
@@ -22,6 +25,10 @@ async def pipe(reader, writer, state, watch_marker):
         while data := await reader.read(65536):
             if watch_marker and marker in data:
                 state["marked"] = True
+                if at_once and not state["silent"]:
+                    state["silent"] = True
+                    silenced_at_once.append(state)
+                    print(f"silent at once {len(silenced_at_once)}", flush=True)
             if state["silent"]:
                 continue
             writer.write(data)
