@@ -206,14 +206,28 @@ struct WorkerProcessTests {
                 let due = try? await db.scalar("SELECT (run_at - now())::text FROM loco_jobs WHERE id = \(slow.id)", as: String.self)
                 // Whether the maintenance loops kept failing (they log only their first and every
                 // 50th failure) or stopped trying: their database errors by operation.
-                let metrics = try? await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "5", "http://127.0.0.1:\(port)/metrics"]).output
-                let errors = (metrics ?? "").split(separator: "\n").filter { $0.contains("database_errors") && !$0.hasPrefix("#") }.joined(separator: "\n")
+                // Longer than the scrape's own connect deadline (5 s), so a scrape that waits on it
+                // still answers; once, it did not answer within 5 s.
+                let scrape = try? await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-m", "15", "-w", "\\nHTTP %{http_code} in %{time_total} s\\n",
+                                                                                        "http://127.0.0.1:\(port)/metrics"], timeout: .seconds(20)).output
+                let errors = (scrape ?? "curl failed").split(separator: "\n")
+                    .filter { ($0.contains("database_errors") || $0.contains("stalled_parts") || $0.hasPrefix("HTTP ")) && !$0.hasPrefix("#") }
+                    .joined(separator: "\n")
+                // Whether the process spins or idles: its CPU time (user, system; clock ticks) 2 s apart.
+                func cpu() -> String {
+                    let stat = (try? String(contentsOfFile: "/proc/\(process.pid)/stat", encoding: .utf8)) ?? ""
+                    let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+                    return fields.count > 13 ? "\(fields[11]) \(fields[12])" : "?"
+                }
+                let cpuBefore = cpu()
+                try? await Task.sleep(for: .seconds(2))
+                let cpuAfter = cpu()
                 // Where each of the worker's threads is (gdb, which scripts/test installs).
                 let threads = try? await runCommand(URL(fileURLWithPath: "/usr/bin/gdb"), ["-p", "\(process.pid)", "-batch", "-ex", "thread apply all bt 12"],
                                                     timeout: .seconds(60)).output
                     .split(separator: "\n").filter { $0.hasPrefix("Thread") || $0.hasPrefix("#") }.map { $0.prefix(200) }.joined(separator: "\n")
                 let report = "\(error)\nrun_at - now(): \(due ?? "?")\nsessions (this database, pid, app, state, wait, age, since query, query):\n\(sessions)"
-                    + "database errors:\n\(errors)\nworker output:\n\(process.output.suffix(6000))\nworker threads:\n\((threads ?? "gdb failed").suffix(16000))"
+                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker threads:\n\((threads ?? "gdb failed").suffix(16000))"
                 Issue.record("\(report)")
                 return
             }
