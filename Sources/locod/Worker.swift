@@ -73,7 +73,7 @@ struct Worker: AsyncParsableCommand {
     @Flag(help: "Do not run the rescuer, scheduler, pruner and periodic jobs in this process.")
     var noMaintenance = false
 
-    @Option(help: "Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: off).")
+    @Option(help: "Serve Prometheus metrics on 127.0.0.1:PORT/metrics, and /healthz (503 while a part of the worker is stuck) (0: off).")
     var metricsPort: Int = 0
 
     @Flag(help: "Also handle the demo job kinds (demo.noop, demo.sleep, demo.flaky, demo.fail).")
@@ -190,7 +190,7 @@ struct Worker: AsyncParsableCommand {
             if metricsPort > 0 {
                 let database = ReconnectingConnection(url: url, logger: logger)
                 metricsDatabase = database
-                services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, logger: logger)))
+                services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, worker: worker, logger: logger)))
             }
             // Shutdown runs in reverse order: the metrics server first, then the worker.
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -233,7 +233,7 @@ func noticePausedQueues(_ queues: [String], url: DatabaseURL, logger: Logger) as
 
 /// `/metrics` (Prometheus text) and `/healthz` for a worker process.
 enum MetricsServer {
-    static func make(port: Int, database: ReconnectingConnection, metrics: QueueMetrics, logger: Logger) -> some Service {
+    static func make(port: Int, database: ReconnectingConnection, metrics: QueueMetrics, worker: QueueWorker, logger: Logger) -> some Service {
         let router = Router()
         let store = JobStore(logger: logger)
         router.get("/metrics") { _, _ -> Response in
@@ -244,7 +244,14 @@ enum MetricsServer {
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }
-        router.get("/healthz") { _, _ in "ok\n" }
+        // 503 while a part of the worker is stuck past its deadlines (its watchdog says which):
+        // a liveness probe then restarts the worker, which is what the log line advises.
+        router.get("/healthz") { _, _ -> Response in
+            let stalled = worker.stalledParts
+            let body = stalled.isEmpty ? "ok\n" : "stalled: " + stalled.joined(separator: "; ") + "\n"
+            return Response(status: stalled.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "text/plain; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
         return Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: logger)
     }
 }

@@ -27,12 +27,14 @@ struct WorkerPartsTests {
         #expect(log.messages.isEmpty, "\(log.messages)")
         #expect(parts.check(slack: .seconds(5), now: start + .seconds(7), logger: logger) == 1)
         #expect(log.messages.count == 1 && log.messages[0].hasPrefix("worker part rescuer has been at 'sleeping' for "), "\(log.messages)")
+        #expect(parts.stalled.count == 1 && parts.stalled[0].hasPrefix("rescuer at 'sleeping' for "), "\(parts.stalled)")
         rescuer.at("sleeping", bound: .seconds(1))
         #expect(parts.check(slack: .seconds(5), logger: logger) == 0)
         #expect(log.messages.last?.hasPrefix("worker part rescuer moved on after") == true, "\(log.messages)")
 
         let stalled = parts.check(slack: .seconds(5), now: start + .seconds(45), logger: logger)
         #expect(stalled == 2, "the scheduler and the rescuer (its new step is 45 s old by this clock)")
+        #expect(parts.stalled.contains("scheduler at 'making due scheduled jobs available' for 45 s"), "\(parts.stalled)")
         let warning = log.detailed.first { $0.hasPrefix("worker part scheduler") }
         #expect(warning?.contains("has been at 'making due scheduled jobs available' for 45") == true, "\(log.detailed)")
         #expect(warning?.contains("past the 35 s that can take; it looks stuck") == true, "\(log.detailed)")
@@ -48,8 +50,24 @@ struct WorkerPartsTests {
         scheduler.at("sleeping", bound: .seconds(1))
         rescuer.at("stopped", bound: nil)
         #expect(parts.check(slack: .seconds(5), logger: logger) == 0)
+        #expect(parts.stalled.isEmpty)
         #expect(log.messages.contains { $0.hasPrefix("worker part scheduler moved on after") && $0.hasSuffix("at 'making due scheduled jobs available'") },
                 "\(log.messages)")
+    }
+
+    @Test("a worker's stalled parts are what its watchdog last found (what locod worker's /healthz answers 503 with)")
+    func workerStalledParts() throws {
+        let configuration = WorkerConfiguration(queues: [.init(name: "default", concurrency: 1)], workerID: "stalled-parts")
+        let worker = try QueueWorker(databaseURL: try DatabaseURL("postgres://postgres@127.0.0.1:1/none"), handlers: JobHandlers(),
+                                     configuration: configuration, logger: Logger(label: "test"))
+        #expect(worker.stalledParts.isEmpty)
+        let completer = worker.parts.activity("completer")
+        completer.at("recording job outcomes", bound: .seconds(35))
+        _ = worker.parts.check(slack: .seconds(5), now: .now + .seconds(60), logger: Logger(label: "test"))
+        #expect(worker.stalledParts.count == 1 && worker.stalledParts[0].hasPrefix("completer at 'recording job outcomes' for 60"), "\(worker.stalledParts)")
+        completer.at("waiting for job outcomes", bound: .milliseconds(200))
+        _ = worker.parts.check(slack: .seconds(5), logger: Logger(label: "test"))
+        #expect(worker.stalledParts.isEmpty)
     }
 
     @Test("the watchdog runs on a thread of its own: it reports a part stuck in a wait that never ends, and stops when told")

@@ -152,6 +152,9 @@ struct WorkerProcessTests {
             #expect(text.contains("loco_queue_start_lag_seconds_bucket"))
             #expect(text.contains("loco_queue_run_seconds_bucket"))
             #expect(text.contains("loco_queue_stalled_parts 0"), "\(text)")
+            // No part stuck: /healthz answers 200 (503, naming the parts, while one is).
+            let health = try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-s", "-w", " %{http_code}", "http://127.0.0.1:\(port)/healthz"])
+            #expect(health.output == "ok\n 200", "\(health.output)")
             // The worker's scheduler took registry-cleanup's current slot at its first tick.
             #expect(text.contains(#"loco_queue_cron_last_slot_timestamp_seconds{name="registry-cleanup"} "#), "\(text)")
             #expect(text.contains(#"loco_queue_cron_paused{name="registry-cleanup"} 0"#), "\(text)")

@@ -45,6 +45,7 @@ public final class QueueWorker: Service, Sendable {
     /// Set once running jobs are done: the completer writes what is left, then stops.
     private let drained = OneShotEvent()
     private let stopped = OneShotEvent()
+    let parts = WorkerParts()
 
     /// Each part of the worker (a producer per queue, the completer, the heartbeat, maintenance,
     /// the listener) gets its own connection to `databaseURL`.
@@ -78,6 +79,11 @@ public final class QueueWorker: Service, Sendable {
 
     public var workerID: String { shared.configuration.workerID }
 
+    /// Its parts stuck past their deadlines now, as `part at 'step' for N s` (empty when
+    /// healthy): what `locod worker`'s `/healthz` answers 503 with, so that a liveness probe
+    /// restarts a worker the watchdog found stuck.
+    public var stalledParts: [String] { parts.stalled }
+
     /// Whether it polls for jobs without LISTEN: `pollOnly`, or a URL marked `pgbouncer=true`.
     public var pollsOnly: Bool { shared.configuration.pollOnly }
 
@@ -101,7 +107,7 @@ public final class QueueWorker: Service, Sendable {
             "queues": "\(configuration.queues.map { "\($0.name)=\($0.concurrency)" }.joined(separator: ","))",
             "mode": "\(configuration.pollOnly ? (shared.databaseURL.transactionPooler ? "poll-only (pgbouncer=true)" : "poll-only") : "listen+poll")",
         ])
-        let parts = WorkerParts()
+        let parts = self.parts
         // Read at once, beside the other parts' start: waiting for it before starting them held
         // every part up on one more connection, seconds under a loaded database (a CI run). Only
         // the producers wait for it (see `WorkerPool.produce`).

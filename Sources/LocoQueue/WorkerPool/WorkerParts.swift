@@ -9,6 +9,11 @@ import Synchronization
 final class WorkerParts: Sendable {
     private let running = Mutex<[String: Int]>([:])
     private let activities = Mutex<[PartActivity]>([])
+    /// The parts stalled at the watchdog's last look, as `part at 'step' for N s`.
+    private let stalledNow = Mutex<[String]>([])
+
+    /// The parts stalled at the watchdog's last look (none when healthy), as `part at 'step' for N s`.
+    var stalled: [String] { stalledNow.withLock { $0 } }
 
     /// Runs `body` as the part called `name`, with its activity.
     func run(_ name: String, _ body: (PartActivity) async -> Void) async {
@@ -68,14 +73,14 @@ final class WorkerParts: Sendable {
     func check(slack: Duration, now: ContinuousClock.Instant = .now, logger: Logger) -> Int {
         let all = activities.withLock { $0 }
         let steps = all.map { ($0, $0.current) }
-        var count = 0
+        var stalled: [String] = []
         for (activity, step) in steps {
             if let moved = activity.takeRecovery() {
                 logger.notice("worker part \(activity.part) moved on after \(moved.waited.spoken) at '\(moved.what)'")
             }
             let waited = now - step.since
             guard let bound = step.bound, waited > bound + slack else { continue }
-            count += 1
+            stalled.append("\(activity.part) at '\(step.what)' for \(waited.spoken)")
             guard activity.markReported() else { continue }
             let everyPart = steps.map { "\($0.0.part): \($0.1.what) for \((now - $0.1.since).spoken)" }.joined(separator: "; ")
             logger.warning("""
@@ -84,7 +89,8 @@ final class WorkerParts: Sendable {
                 if it does not move on, and report this line with the worker's log
                 """, metadata: ["parts": "\(everyPart)"])
         }
-        return count
+        stalledNow.withLock { $0 = stalled }
+        return stalled.count
     }
 
     /// Stops the watchdog's thread (within one interval).
