@@ -98,7 +98,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     /// The longest one call (`run`, `prepared`, `connection`) can take by its deadlines: a connect,
     /// then the statement. A wait longer than this is a bug, which `WorkerParts` reports.
-    public var longestCall: Duration { connectTimeout + queryTimeout }
+    var longestCall: Duration { connectTimeout + queryTimeout }
 
     /// The current connection, connecting first if there is none (concurrent callers share one attempt).
     public func connection() async throws -> PostgresConnection {

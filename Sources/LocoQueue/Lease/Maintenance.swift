@@ -124,8 +124,6 @@ struct Maintenance: Sendable {
             activity.at("sleeping", bound: wait)
             try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
-            // Each statement below is within the connection's deadlines.
-            activity.at("pruning finished jobs", bound: client.longestCall)
             do {
                 var total = 0
                 for (state, period) in configuration.retention.byState {

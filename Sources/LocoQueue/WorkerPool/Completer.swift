@@ -64,9 +64,9 @@ final class Completer: Sendable {
                 failures = 0
                 let unwritten = batch.filter { updated[$0.id] == nil }
                 // Not lost, if an earlier try wrote them and only its answer was lost.
-                activity.at("looking for job outcomes written before", bound: database.longestCall)
-                if !unwritten.isEmpty, let earlier = try? await store.alreadyRecorded(unwritten, worker: worker, on: database) {
-                    for (id, state) in earlier {
+                if !unwritten.isEmpty {
+                    activity.at("looking for job outcomes written before", bound: database.longestCall)
+                    for (id, state) in (try? await store.alreadyRecorded(unwritten, worker: worker, on: database)) ?? [:] {
                         updated[id] = state
                         logger.debug("the result of job \(id) was written before; its answer was lost with the connection")
                     }

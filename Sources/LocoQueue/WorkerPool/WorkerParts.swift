@@ -7,7 +7,6 @@ import Synchronization
 /// stuck past every deadline it has is named in the log, with what it waits for, instead of
 /// going quiet; a shutdown that takes too long says which part it waits for.
 final class WorkerParts: Sendable {
-    private let running = Mutex<[String: Int]>([:])
     private let activities = Mutex<[PartActivity]>([])
     /// The parts stalled at the watchdog's last look, as `part at 'step' for N s`.
     private let stalledNow = Mutex<[String]>([])
@@ -17,14 +16,9 @@ final class WorkerParts: Sendable {
 
     /// Runs `body` as the part called `name`, with its activity.
     func run(_ name: String, _ body: (PartActivity) async -> Void) async {
-        running.withLock { $0[name, default: 0] += 1 }
         let activity = activity(name)
         await body(activity)
-        activity.at("stopped", bound: nil)
-        running.withLock { parts in
-            parts[name, default: 1] -= 1
-            if parts[name] == 0 { parts[name] = nil }
-        }
+        activity.end()
     }
 
     /// The activity of the part called `name`, made and watched from now on.
@@ -34,7 +28,8 @@ final class WorkerParts: Sendable {
         return activity
     }
 
-    var names: [String] { running.withLock { $0.keys.sorted() } }
+    /// The parts still running.
+    var names: [String] { Set(activities.withLock { $0 }.filter { !$0.hasEnded }.map(\.part)).sorted() }
 
     /// Until cancelled, logs every `interval` which parts have not stopped yet.
     func reportStragglers(every interval: Duration, logger: Logger) async {
@@ -133,6 +128,7 @@ final class PartActivity: Sendable {
         var reported = false
         /// A step reported stalled that the part has since left, and how long it was at it.
         var movedOn: (what: String, waited: Duration)?
+        var ended = false
     }
 
     private let state: Mutex<State>
@@ -144,6 +140,8 @@ final class PartActivity: Sendable {
 
     var current: Step { state.withLock { $0.step } }
 
+    var hasEnded: Bool { state.withLock { $0.ended } }
+
     /// From now on the part is at `what`, which takes at most `bound` (nil: no bound).
     func at(_ what: String, bound: Duration?) {
         state.withLock { state in
@@ -152,6 +150,12 @@ final class PartActivity: Sendable {
             state.step = Step(what: what, since: now, bound: bound)
             state.reported = false
         }
+    }
+
+    /// The part has stopped: it waits for nothing any more.
+    func end() {
+        at("stopped", bound: nil)
+        state.withLock { $0.ended = true }
     }
 
     /// Whether this is the first report of the current step (which is then marked reported).
