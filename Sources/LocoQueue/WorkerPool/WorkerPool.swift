@@ -137,9 +137,12 @@ final class WorkerPool: Sendable {
         }
     }
 
-    /// How long a producer waits for the scales' first read before it claims anyway: a database
-    /// slow to answer should not keep a worker idle (the scales apply once read).
-    static let firstScaleReadWait: Duration = .seconds(2)
+    /// How long a producer waits for the scales' first read before it claims anyway: as long as
+    /// that read may take by its own deadlines (two statements, each a 5 s connect and a 5 s
+    /// query), so a scale set before the worker started holds for its first claim. A read that
+    /// fails (a database older than the scales) ends the wait at once. 2 s was too short for a
+    /// loaded CI machine: the first claim took 5 jobs under a scale of 2.
+    static let firstScaleReadWait: Duration = .seconds(20)
 
     /// How soon a producer whose queue's jobs wait for its limit looks again: a slot freed on
     /// another worker sends no notification.
