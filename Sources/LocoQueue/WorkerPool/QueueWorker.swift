@@ -118,7 +118,9 @@ public final class QueueWorker: Service, Sendable {
             let stragglers = await withTaskGroup(of: Void.self) { background in
                 background.addTask { await parts.run("scales") { await scales.run($0) } }
                 background.addTask { await parts.run("completer") { await shared.completer.run(stopping: self.drained, activity: $0) } }
-                background.addTask { await parts.run("heartbeat") { await Heartbeat(shared: shared).run($0) } }
+                // Its own task, to be ended before the worker says it left: a touch landing after
+                // the stop mark would list a stopped poll-only worker as present again.
+                let heartbeat = Task { await parts.run("heartbeat") { await Heartbeat(shared: shared).run($0) } }
                 let listener = NotificationListener(shared: shared, pools: self.pools)
                 if !configuration.pollOnly {
                     background.addTask { await parts.run("listener") { await listener.run($0) } }
@@ -147,6 +149,8 @@ public final class QueueWorker: Service, Sendable {
                     }
                 }
                 await self.finishRunningJobs()
+                heartbeat.cancel()
+                await heartbeat.value
                 await self.leavePresence()
                 background.cancelAll()
                 // Cancelling a task that waits for notifications does not always end the wait;
