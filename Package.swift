@@ -158,6 +158,7 @@ let package = Package(
             dependencies: [
                 "LocoAPI", "LocoCore", "LocoConfig", "LocoQueue", "LocoTestSupport", "Workers", "BuildContext",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),

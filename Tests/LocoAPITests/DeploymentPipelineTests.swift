@@ -5,6 +5,7 @@ import LocoAPI
 import LocoConfig
 import LocoCore
 import LocoQueue
+import Logging
 import LocoTestSupport
 import NIOCore
 import PostgresNIO
@@ -345,9 +346,22 @@ struct DeploymentPipelineTests {
             let deployment = try await harness.deployment(of: app)
             var configuration = fastConfiguration(pipelineQueues)
             configuration.jobTimeout = .milliseconds(300)
-            try await db.withWorker(configuration, handlers: scriptedStages(harness.store, db.client, blocking: .build)) { _ in
-                let reached = try await eventually(timeout: .seconds(20)) { try await db.state(ofDeploymentJob: deployment.id, stage: "build") == "failed" }
-                #expect(reached)
+            let log = CapturedLog(level: .debug)
+            try await db.withWorker(configuration, handlers: scriptedStages(harness.store, db.client, blocking: .build),
+                                    logger: Logger(label: "loco.test.worker") { _ in log }) { worker in
+                // Five attempts of 300 ms take about two seconds; a loaded CI run once took more than 20.
+                let reached = try await eventually(timeout: .seconds(60)) { try await db.state(ofDeploymentJob: deployment.id, stage: "build") == "failed" }
+                if !reached {
+                    // A part stuck past its deadlines is named within its step's bound and 5 s.
+                    _ = await eventually(timeout: .seconds(45)) { log.messages.contains { $0.hasPrefix("worker part ") } }
+                    let jobs = await db.snapshot(jobsWhere: "id IN (SELECT job_id FROM loco_deployment_jobs WHERE deployment_id = \(deployment.id))")
+                    Issue.record("""
+                        the build job did not fail within 60 s. Stalled parts: \(worker.stalledParts)
+                        \(jobs)
+                        the worker's log:
+                        \(log.timeline.suffix(200).joined(separator: "\n"))
+                        """)
+                }
             }
             try await harness.api.reconcile()
             let failed = try #require(try await harness.store.deployment(id: deployment.id, on: db.client))

@@ -2332,30 +2332,6 @@ final class ConcurrencyProbe: Sendable {
     }
 }
 
-final class CapturedLog: LogHandler, Sendable {
-    private let lines = Mutex<[(message: String, metadata: Logger.Metadata)]>([])
-    var messages: [String] { lines.withLock { $0.map(\.message) } }
-    /// Each message with its metadata, `message key=value …`.
-    var detailed: [String] {
-        lines.withLock { $0.map { line in
-            ([line.message] + line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }).joined(separator: " ")
-        } }
-    }
-    var metadata: Logger.Metadata {
-        get { [:] }
-        set {}
-    }
-    var logLevel: Logger.Level {
-        get { .trace }
-        set {}
-    }
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { nil }
-        set {}
-    }
-    func log(event: LogEvent) { lines.withLock { $0.append(("\(event.message)", event.metadata ?? [:])) } }
-}
-
 /// `Fixtures/silent_proxy.py` in front of the test database: its connections that sent a marker
 /// can be made to go silent (nothing closed, nothing through), as a link that died does.
 struct SilentProxy {

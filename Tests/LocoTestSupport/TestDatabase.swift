@@ -77,6 +77,32 @@ public struct TestDatabase: Sendable {
         for try await value in try await client.query(query).decode(T.self) { return value }
         throw TestSetupError("query returned no row: \(query.sql)")
     }
+
+    /// The jobs matching `condition` (SQL over `loco_jobs`) and this database's sessions, one
+    /// line each: what a test prints when jobs did not get where it waited for them to.
+    public func snapshot(jobsWhere condition: String) async -> String {
+        var lines: [String] = []
+        func collect(_ sql: String) async {
+            do {
+                for try await line in try await client.query(PostgresQuery(unsafeSQL: sql)).decode(String.self) { lines.append(line) }
+            } catch {
+                lines.append("(could not read: \(String(reflecting: error)))")
+            }
+        }
+        lines.append("jobs (id, queue, kind, state, attempt/max, run_at - now, locked_by, lease left, last error):")
+        await collect("""
+            SELECT concat_ws(' | ', id, queue, kind, state, attempt || '/' || max_attempts, run_at - now(), locked_by,
+                             lease_expires_at - now(), left(errors->-1->>'code' || ': ' || (errors->-1->>'message'), 160))
+            FROM loco_jobs WHERE \(condition) ORDER BY id
+            """)
+        lines.append("sessions (pid, application, state, wait, since start, since query, query):")
+        await collect("""
+            SELECT concat_ws(' | ', pid, application_name, state, wait_event_type || '/' || wait_event,
+                             now() - backend_start, now() - query_start, left(query, 100))
+            FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+            """)
+        return lines.joined(separator: "\n")
+    }
 }
 
 public struct TestSetupError: Error, CustomStringConvertible {
