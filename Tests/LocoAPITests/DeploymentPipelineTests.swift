@@ -100,7 +100,7 @@ struct DeploymentPipelineTests {
             let deployment = try await harness.deployment(of: app)
             let db = harness.database
             try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
-                let done = try await eventually(timeout: .seconds(20)) {
+                let done = try await eventually(timeout: .seconds(60)) {
                     try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .succeeded
                 }
                 #expect(done)
@@ -144,7 +144,7 @@ struct DeploymentPipelineTests {
             }
             let first = try await harness.deployment(of: app)
             try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
-                let done = try await eventually(timeout: .seconds(20)) { try await harness.store.deployment(id: first.id, on: db.client)?.state == .succeeded }
+                let done = try await eventually(timeout: .seconds(60)) { try await harness.store.deployment(id: first.id, on: db.client)?.state == .succeeded }
                 #expect(done)
             }
             let built = try #require(try await harness.store.deployment(id: first.id, on: db.client))
@@ -160,7 +160,7 @@ struct DeploymentPipelineTests {
             let queuedEvent = try await harness.store.events(deploymentID: again.id, after: 0, on: db.client).first
             #expect(queuedEvent?.message.contains("deployment \(first.id)'s images again, no build") == true, "\(String(describing: queuedEvent))")
             try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
-                let done = try await eventually(timeout: .seconds(20)) {
+                let done = try await eventually(timeout: .seconds(60)) {
                     try await harness.store.deployment(id: inLine.id, on: db.client)?.state == .succeeded
                 }
                 #expect(done)
@@ -323,7 +323,7 @@ struct DeploymentPipelineTests {
                 try await Task.sleep(for: .milliseconds(500))
                 #expect(try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .queued, "nothing builds while paused")
                 #expect(try await db.store.resume(queue: "build", on: db.client))
-                let done = try await eventually(timeout: .seconds(20)) {
+                let done = try await eventually(timeout: .seconds(60)) {
                     try await harness.store.deployment(id: deployment.id, on: db.client)?.state == .succeeded
                 }
                 #expect(done)
@@ -463,7 +463,7 @@ struct DeploymentPipelineTests {
             let cleanupKey = "deployment:\(first.id):cleanup:failed"
             #expect(try await db.scalar("SELECT count(*) FROM loco_jobs WHERE unique_key = \(cleanupKey)", as: Int64.self) == 1)
             try await db.withWorker(fastConfiguration(pipelineQueues), handlers: scriptedStages(harness.store, db.client)) { _ in
-                let reached3 = try await eventually(timeout: .seconds(20)) { try await harness.store.deployment(id: second.id, on: db.client)?.state == .succeeded }
+                let reached3 = try await eventually(timeout: .seconds(60)) { try await harness.store.deployment(id: second.id, on: db.client)?.state == .succeeded }
                 #expect(reached3)
             }
             let events = try await harness.store.events(deploymentID: second.id, after: 0, on: db.client)
@@ -500,7 +500,7 @@ struct DeploymentPipelineTests {
                 let reply = try await harness.call(.post, "/v1/deployments/\(deployment.id)/cancel", token: token)
                 #expect(reply.status == 200 && reply.json?["state"]?.stringValue == "cancelled", "\(reply.text)")
                 // The running build's handler is cancelled at its next heartbeat.
-                let reached5 = try await eventually(timeout: .seconds(15)) { try await db.state(ofDeploymentJob: deployment.id, stage: "build") == "cancelled" }
+                let reached5 = try await eventually(timeout: .seconds(60)) { try await db.state(ofDeploymentJob: deployment.id, stage: "build") == "cancelled" }
                 #expect(reached5)
                 let again = try await harness.call(.post, "/v1/deployments/\(deployment.id)/cancel", token: token)
                 #expect(again.status == 409 && again.errorCode == "deployment_finished")

@@ -591,7 +591,7 @@ struct QueueBehaviourTests {
                 #expect(await eventually { started.count(running.id) == 1 })
                 let began = ContinuousClock.now
                 #expect(try await db.store.cancel(id: running.id, on: db.client) == .running)
-                let done = try await db.wait(for: running.id, toBe: .cancelled, timeout: .seconds(20))
+                let done = try await db.wait(for: running.id, toBe: .cancelled, timeout: .seconds(60))
                 // The notification reaches the worker long before the 10 s heartbeat would.
                 #expect(ContinuousClock.now - began < .seconds(5))
                 #expect(done.errors.last?.code == "cancelled")
@@ -601,7 +601,7 @@ struct QueueBehaviourTests {
                     let next = try await db.store.enqueue(NewJob(queue: "default", kind: "test.long"), on: db.client)
                     try await db.wait(for: next.id, toBe: .running)
                     #expect(try await db.store.cancel(id: next.id, on: db.client) == .running)
-                    _ = try await db.wait(for: next.id, toBe: .cancelled, timeout: .seconds(20))
+                    _ = try await db.wait(for: next.id, toBe: .cancelled, timeout: .seconds(60))
                 }
             }
         }
@@ -640,10 +640,10 @@ struct QueueBehaviourTests {
                 #expect(await eventually { ledger.remembersCancel(of: wanted.id) && ledger.remembersCancel(of: stale.id) })
                 #expect(try await db.state(of: wanted.id) == .available)
                 #expect(try await db.store.resume(queue: "default", on: db.client))
-                let cancelled = try await db.wait(for: wanted.id, toBe: .cancelled, timeout: .seconds(15))
+                let cancelled = try await db.wait(for: wanted.id, toBe: .cancelled, timeout: .seconds(60))
                 #expect(cancelled.attempt == 1)
                 #expect(cancelled.errors.last?.code == "cancelled")
-                let completed = try await db.wait(for: stale.id, toBe: .completed, timeout: .seconds(15))
+                let completed = try await db.wait(for: stale.id, toBe: .completed, timeout: .seconds(60))
                 #expect(completed.attempt == 1)
                 #expect(completed.errors.isEmpty)
                 #expect(started.count(wanted.id) == 1)
@@ -693,12 +693,12 @@ struct QueueBehaviourTests {
             try await db.withWorker(configuration, handlers: handlers) { _ in
                 try await db.wait(for: parent.id, toBe: .running)
                 #expect(try await db.store.cancel(id: parent.id, on: db.client) == .running)
-                let done = try await db.wait(for: parent.id, toBe: .cancelled, timeout: .seconds(20))
+                let done = try await db.wait(for: parent.id, toBe: .cancelled, timeout: .seconds(60))
                 #expect(done.attempt == 1)
                 #expect(done.finalizedAt != nil)
                 #expect(done.lockedBy != nil)
                 #expect(done.errors.map(\.code) == ["upstream_503"])
-                _ = try await db.wait(for: child.id, toBe: .cancelled, timeout: .seconds(20))
+                _ = try await db.wait(for: child.id, toBe: .cancelled, timeout: .seconds(60))
                 try await Task.sleep(for: .milliseconds(300))
                 #expect(started.count(parent.id) == 1)
                 #expect(started.count(child.id) == 0)
@@ -1516,7 +1516,7 @@ struct QueueBehaviourTests {
 
                 #expect(try await db.store.resume(queue: "default", on: db.client))
                 #expect(try await !db.store.resume(queue: "default", on: db.client), "resuming twice is a no-op")
-                for id in pings { _ = try await db.wait(for: id, toBe: .completed, timeout: .seconds(15)) }
+                for id in pings { _ = try await db.wait(for: id, toBe: .completed, timeout: .seconds(60)) }
                 #expect(try await db.store.pausedQueues(on: db.client).isEmpty)
             }
         }
@@ -1612,9 +1612,9 @@ struct QueueBehaviourTests {
             try await db.withWorker(configuration, handlers: JobHandlers()) { worker in
                 // Read at start or at a periodic read: either way, the next change needs a periodic read.
                 _ = try await db.store.scale(queue: "default", to: 3, on: db.client)
-                #expect(await eventually(timeout: .seconds(15)) { worker.pools["default"]?.concurrency == 3 })
+                #expect(await eventually(timeout: .seconds(60)) { worker.pools["default"]?.concurrency == 3 })
                 _ = try await db.store.scale(queue: "default", to: 7, on: db.client)
-                #expect(await eventually(timeout: .seconds(15)) { worker.pools["default"]?.concurrency == 7 })
+                #expect(await eventually(timeout: .seconds(60)) { worker.pools["default"]?.concurrency == 7 })
             }
         }
     }
@@ -1629,7 +1629,7 @@ struct QueueBehaviourTests {
             configuration.pollInterval = .milliseconds(100)
             try await db.withWorker(configuration, handlers: handlers) { _ in
                 let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping"), on: db.client)
-                try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(15))
+                try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(60))
             }
         }
     }
@@ -2161,7 +2161,7 @@ struct QueueBehaviourTests {
             defer { worker.stop() }
             await worker.waitUntilListening()
             let first = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
-            _ = try await db.wait(for: first.id, toBe: .completed, timeout: .seconds(20))
+            _ = try await db.wait(for: first.id, toBe: .completed, timeout: .seconds(60))
 
             // Under load a check can replace the connection on its own; then the new one is silenced.
             var silenced = 0
@@ -2172,7 +2172,7 @@ struct QueueBehaviourTests {
             // The check (every second, answered within a second) replaces the connection and the new
             // listener wakes the pool: seconds, where the first poll comes 48 s or more after start.
             let second = try await db.store.enqueue(NewJob(queue: "default", kind: "test.woken"), on: db.client)
-            _ = try await db.wait(for: second.id, toBe: .completed, timeout: .seconds(20))
+            _ = try await db.wait(for: second.id, toBe: .completed, timeout: .seconds(60))
             #expect(log.messages.contains("the connection for job notifications did not answer a check within 1 s; replacing it"),
                     "\(log.messages)")
             #expect(log.messages.contains("listening for job notifications again"), "\(log.messages)")
@@ -2196,7 +2196,7 @@ struct QueueBehaviourTests {
             configuration.pollInterval = .milliseconds(200)
             let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.polled"), on: db.client)
             try await db.withWorker(configuration, handlers: handlers, url: silent.url, logger: logger) { _ in
-                _ = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(20))
+                _ = try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(60))
                 let gaveUp = try await eventually(timeout: .seconds(30)) {
                     log.detailed.contains { $0.hasPrefix("job notifications unavailable; polling meanwhile") && $0.contains("LISTEN got no answer within 5 s; reconnecting") }
                 }

@@ -110,8 +110,10 @@ public struct TestSetupError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-public func eventually(timeout: Duration = .seconds(10), every interval: Duration = .milliseconds(20),
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held. The default is
+/// generous because a wait that holds costs only the time it takes, and a CI machine under the
+/// full suite's load once took 28 s for what takes under one second alone.
+public func eventually(timeout: Duration = .seconds(30), every interval: Duration = .milliseconds(20),
                        _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {

@@ -49,7 +49,7 @@ extension TestDatabase {
 
     /// Waits until job `id` reaches `state`; returns the job as it then is.
     @discardableResult
-    public func wait(for id: Int64, toBe state: JobState, timeout: Duration = .seconds(20)) async throws -> JobRecord {
+    public func wait(for id: Int64, toBe state: JobState, timeout: Duration = .seconds(60)) async throws -> JobRecord {
         var last: JobRecord?
         let reached = try await eventually(timeout: timeout) {
             last = try await store.job(id: id, on: client)
