@@ -752,28 +752,15 @@ public struct JobStore: Sendable {
     public func list(queue: String? = nil, state: JobState? = nil, kind: String? = nil, args: String? = nil, before: Int64? = nil, limit: Int = 50,
                      withPeriodKeys: Bool = false, on db: some QueryRunner) async throws -> [JobRecord] {
         try await DatabaseServerError.coding {
-            var sql = "WHERE true"
-            var binds = PostgresBindings()
+            // The bulk actions' filter, so both read a queue, kind and args filter alike (and
+            // refuse a name no queue or kind can have, rather than match nothing).
+            let selection = JobSelection(queue: queue, kind: kind, args: args, states: state.map { [$0] } ?? JobState.allCases)
+            let condition = try selection.condition(allowed: JobState.allCases)
+            var binds = condition.binds
+            var sql = "WHERE " + condition.sql
             if let before {
                 binds.append(before)
                 sql += " AND id < $\(binds.count)"
-            }
-            if let queue {
-                binds.append(queue)
-                sql += " AND queue = $\(binds.count)"
-            }
-            if let state {
-                binds.append(state.rawValue)
-                sql += " AND state = $\(binds.count)"
-            }
-            if let kind {
-                binds.append(kind)
-                sql += " AND kind = $\(binds.count)"
-            }
-            if let args {
-                try JobSelection.checkArgsFilter(args)
-                binds.append(args)
-                sql += " AND args @> $\(binds.count)::text::jsonb"
             }
             let found = try await jobs(where: PostgresQuery(unsafeSQL: sql, binds: binds), limit: limit, on: db)
             return withPeriodKeys ? try await addingPeriodKeys(to: found, on: db) : found

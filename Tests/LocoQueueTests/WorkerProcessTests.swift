@@ -490,6 +490,11 @@ struct WorkerProcessTests {
             let badState = try await runCommand(locod, ["queue", "list", "--state", "done"], environment: env)
             #expect(badState.status == 2)
             #expect(badState.output.contains("completed"))
+            // A name no queue or kind can have is refused, as the bulk actions refuse it, not listed as no jobs.
+            let badQueue = try await runCommand(locod, ["queue", "list", "--queue", "Build"], environment: env)
+            #expect(badQueue.status == 1 && badQueue.output.contains("queue name 'Build' is not valid [invalid_queue_name]"), "\(badQueue.output)")
+            let badKind = try await runCommand(locod, ["queue", "list", "--kind", "deploy build"], environment: env)
+            #expect(badKind.status == 1 && badKind.output.contains("job kind 'deploy build' is not valid [invalid_kind]"), "\(badKind.output)")
         }
     }
 
