@@ -199,14 +199,7 @@ struct WorkerProcessTests {
                 _ = await eventually(timeout: .seconds(45)) { process.output.contains("worker part ") }
                 // Keep what the worker said and what its sessions were doing, to learn why if
                 // it happens again.
-                var sessions = ""
-                let activity = try? await db.client.query("""
-                    SELECT concat_ws(' | ', datname = current_database(), pid, application_name, state, wait_event_type, wait_event,
-                                     now() - backend_start, now() - query_start, left(query, 100))
-                    FROM pg_stat_activity WHERE backend_type = 'client backend'
-                    """)
-                if let activity { for try await line in activity.decode(String.self) { sessions += line + "\n" } }
-                let due = try? await db.scalar("SELECT (run_at - now())::text FROM loco_jobs WHERE id = \(slow.id)", as: String.self)
+                let jobAndSessions = await db.snapshot(jobsWhere: "id = \(slow.id)", everyDatabase: true)
                 // Whether the maintenance loops kept failing (they log only their first and every
                 // 50th failure) or stopped trying: their database errors by operation.
                 // Longer than the scrape's own connect deadline (5 s), so a scrape that waits on it
@@ -229,7 +222,7 @@ struct WorkerProcessTests {
                 let threads = try? await runCommand(URL(fileURLWithPath: "/usr/bin/gdb"), ["-p", "\(process.pid)", "-batch", "-ex", "thread apply all bt 12"],
                                                     timeout: .seconds(60)).output
                     .split(separator: "\n").filter { $0.hasPrefix("Thread") || $0.hasPrefix("#") }.map { $0.prefix(200) }.joined(separator: "\n")
-                let report = "\(error)\nrun_at - now(): \(due ?? "?")\nsessions (this database, pid, app, state, wait, age, since query, query):\n\(sessions)"
+                let report = "\(error)\n\(jobAndSessions)\n"
                     + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker threads:\n\((threads ?? "gdb failed").suffix(16000))"
                 Issue.record("\(report)")
                 return

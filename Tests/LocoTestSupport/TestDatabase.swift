@@ -78,9 +78,10 @@ public struct TestDatabase: Sendable {
         throw TestSetupError("query returned no row: \(query.sql)")
     }
 
-    /// The jobs matching `condition` (SQL over `loco_jobs`) and this database's sessions, one
-    /// line each: what a test prints when jobs did not get where it waited for them to.
-    public func snapshot(jobsWhere condition: String) async -> String {
+    /// The jobs matching `condition` (SQL over `loco_jobs`) and this database's sessions (with
+    /// `everyDatabase`, the whole server's, to see what else loads it), one line each: what a test
+    /// prints when jobs did not get where it waited for them to.
+    public func snapshot(jobsWhere condition: String, everyDatabase: Bool = false) async -> String {
         var lines: [String] = []
         func collect(_ sql: String) async {
             do {
@@ -95,11 +96,12 @@ public struct TestDatabase: Sendable {
                              lease_expires_at - now(), left(errors->-1->>'code' || ': ' || (errors->-1->>'message'), 160))
             FROM loco_jobs WHERE \(condition) ORDER BY id
             """)
-        lines.append("sessions (pid, application, state, wait, since start, since query, query):")
+        lines.append("sessions (this database, pid, application, state, wait, since start, since query, query):")
         await collect("""
-            SELECT concat_ws(' | ', pid, application_name, state, wait_event_type || '/' || wait_event,
+            SELECT concat_ws(' | ', datname = current_database(), pid, application_name, state, wait_event_type || '/' || wait_event,
                              now() - backend_start, now() - query_start, left(query, 100))
-            FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+            FROM pg_stat_activity
+            WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()\(everyDatabase ? "" : " AND datname = current_database()")
             """)
         return lines.joined(separator: "\n")
     }
