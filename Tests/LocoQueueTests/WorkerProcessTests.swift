@@ -218,12 +218,25 @@ struct WorkerProcessTests {
                 let cpuBefore = cpu()
                 try? await Task.sleep(for: .seconds(2))
                 let cpuAfter = cpu()
-                // Where each of the worker's threads is (gdb, which scripts/test installs).
-                let threads = try? await runCommand(URL(fileURLWithPath: "/usr/bin/gdb"), ["-p", "\(process.pid)", "-batch", "-ex", "thread apply all bt 12"],
-                                                    timeout: .seconds(60)).output
-                    .split(separator: "\n").filter { $0.hasPrefix("Thread") || $0.hasPrefix("#") }.map { $0.prefix(200) }.joined(separator: "\n")
+                // Where the worker's event-loop threads are (gdb, which scripts/test installs), in
+                // four samples: in a CI run at 98ba905 one of them spun at 100% CPU
+                // between tasks, its connections starved; one sample caught it only between jobs,
+                // so which task ran could not be told.
+                var samples: [String] = []
+                for sample in 1...4 {
+                    let threads = try? await runCommand(URL(fileURLWithPath: "/usr/bin/gdb"), ["-p", "\(process.pid)", "-batch", "-ex", "thread apply all bt 40"],
+                                                        timeout: .seconds(60)).output
+                    var keep = false
+                    let lines = (threads ?? "gdb failed").split(separator: "\n").filter { line in
+                        if line.hasPrefix("Thread") { keep = line.contains("NIO-") }
+                        return keep && (line.hasPrefix("Thread") || line.hasPrefix("#"))
+                    }
+                    samples.append("sample \(sample):\n" + lines.map { String($0.prefix(240)) }.joined(separator: "\n"))
+                    try? await Task.sleep(for: .milliseconds(300))
+                }
+                let threads: String? = samples.joined(separator: "\n")
                 let report = "\(error)\n\(jobAndSessions)\n"
-                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker threads:\n\((threads ?? "gdb failed").suffix(16000))"
+                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker event-loop threads:\n\((threads ?? "gdb failed").suffix(40000))"
                 Issue.record("\(report)")
                 return
             }
