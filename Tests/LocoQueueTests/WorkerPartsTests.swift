@@ -55,6 +55,25 @@ struct WorkerPartsTests {
                 "\(log.messages)")
     }
 
+    @Test("a part whose task never gets to run is named too: it is watched from before its task is made")
+    func namesAPartThatNeverStarted() async {
+        let log = CapturedLog()
+        let logger = Logger(label: "test") { _ in log }
+        let parts = WorkerParts()
+        let start = ContinuousClock.now
+        let starved = parts.starting("listener")
+        let started = parts.starting("scheduler")
+        await parts.run(started) { $0.at("sleeping", bound: nil) }
+        #expect(parts.names == ["listener"], "a part that ended is not running; one that never started is")
+        #expect(parts.check(slack: .seconds(5), now: start + WorkerParts.startBound + .seconds(4), logger: logger) == 0)
+        #expect(parts.check(slack: .seconds(5), now: start + WorkerParts.startBound + .seconds(6), logger: logger) == 1)
+        #expect(log.messages.count == 1 && log.messages[0].hasPrefix("worker part listener has been at 'waiting to start' for 16 s, past the 10 s"),
+                "\(log.messages)")
+        await parts.run(starved) { $0.at("listening for notifications", bound: nil) }
+        #expect(parts.check(slack: .seconds(5), logger: logger) == 0)
+        #expect(log.messages.last?.hasPrefix("worker part listener moved on after") == true, "\(log.messages)")
+    }
+
     @Test("a worker's stalled parts are what its watchdog last found (what locod worker's /healthz answers 503 with)")
     func workerStalledParts() throws {
         let configuration = WorkerConfiguration(queues: [.init(name: "default", concurrency: 1)], workerID: "stalled-parts")

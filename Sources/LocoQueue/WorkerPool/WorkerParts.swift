@@ -16,10 +16,28 @@ final class WorkerParts: Sendable {
 
     /// Runs `body` as the part called `name`, with its activity.
     func run(_ name: String, _ body: (PartActivity) async -> Void) async {
-        let activity = activity(name)
+        await run(activity(name), body)
+    }
+
+    /// Runs `body` as the part `activity` is for (one from `starting(_:)`), and ends it.
+    func run(_ activity: PartActivity, _ body: (PartActivity) async -> Void) async {
         await body(activity)
         activity.end()
     }
+
+    /// The activity of a part whose task is about to be made: watched from now on, so a part
+    /// whose task never gets to run is named too. One CI run's worker spun on one of its event
+    /// loops from its start; the parts whose tasks were queued there never ran, and since an
+    /// activity used to be made by the task itself, none of them was listed, and none named.
+    func starting(_ name: String) -> PartActivity {
+        let activity = activity(name)
+        activity.at("waiting to start", bound: Self.startBound)
+        return activity
+    }
+
+    /// The longest a part's task may take to get its first turn: on a healthy process,
+    /// milliseconds; under a heavily loaded CI machine, a few seconds.
+    static let startBound: Duration = .seconds(10)
 
     /// The activity of the part called `name`, made and watched from now on.
     func activity(_ name: String) -> PartActivity {
