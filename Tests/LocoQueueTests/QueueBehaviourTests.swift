@@ -2128,8 +2128,8 @@ struct QueueBehaviourTests {
         let parts = WorkerParts()
         let release = OneShotEvent()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await parts.run("heartbeat") { _ in } }
-            group.addTask { await parts.run("periodic jobs") { _ in await release.wait() } }
+            group.addTask { await parts.run(parts.activity("heartbeat")) { _ in } }
+            group.addTask { await parts.run(parts.activity("periodic jobs")) { _ in await release.wait() } }
             let reporter = Task { await parts.reportStragglers(every: .milliseconds(50), logger: logger) }
             let said = try await eventually { log.messages.contains { $0.contains("waiting for periodic jobs") } }
             #expect(said)

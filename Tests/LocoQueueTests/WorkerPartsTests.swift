@@ -99,7 +99,7 @@ struct WorkerPartsTests {
             counts.withLock { $0.append(count) }
         }
         let stuck = Task {
-            await parts.run("heartbeat") { activity in
+            await parts.run(parts.activity("heartbeat")) { activity in
                 activity.at("renewing leases", bound: .milliseconds(100))
                 // A continuation nobody resumes until the test lets it go.
                 await OneShotEvent().waitForever()

@@ -234,9 +234,8 @@ struct WorkerProcessTests {
                     samples.append("sample \(sample):\n" + lines.map { String($0.prefix(240)) }.joined(separator: "\n"))
                     try? await Task.sleep(for: .milliseconds(300))
                 }
-                let threads: String? = samples.joined(separator: "\n")
                 let report = "\(error)\n\(jobAndSessions)\n"
-                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker event-loop threads:\n\((threads ?? "gdb failed").suffix(40000))"
+                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker event-loop threads:\n\(samples.joined(separator: "\n").suffix(40000))"
                 Issue.record("\(report)")
                 return
             }

@@ -116,46 +116,34 @@ public final class QueueWorker: Service, Sendable {
         defer { watchdog.stop() }
         await withGracefulShutdownHandler {
             let stragglers = await withTaskGroup(of: Void.self) { background in
-                let scalesPart = parts.starting("scales")
-                background.addTask { await parts.run(scalesPart) { await scales.run($0) } }
-                let completerPart = parts.starting("completer")
-                background.addTask { await parts.run(completerPart) { await shared.completer.run(stopping: self.drained, activity: $0) } }
+                background.addTask(operation: parts.task("scales") { await scales.run($0) })
+                background.addTask(operation: parts.task("completer") { await shared.completer.run(stopping: self.drained, activity: $0) })
                 // Its own task, to be ended before the worker says it left: a touch landing after
                 // the stop mark would list a stopped poll-only worker as present again.
-                let heartbeatPart = parts.starting("heartbeat")
-                let heartbeat = Task { await parts.run(heartbeatPart) { await Heartbeat(shared: shared).run($0) } }
+                let heartbeat = Task(operation: parts.task("heartbeat") { await Heartbeat(shared: shared).run($0) })
                 let listener = NotificationListener(shared: shared, pools: self.pools)
                 if !configuration.pollOnly {
-                    let listenerPart = parts.starting("listener")
-                    background.addTask { await parts.run(listenerPart) { await listener.run($0) } }
+                    background.addTask(operation: parts.task("listener") { await listener.run($0) })
                 }
                 if configuration.runMaintenance {
                     let maintenance = Maintenance(shared: shared)
-                    let connectionsPart = parts.starting("maintenance connections")
-                    background.addTask {
-                        await parts.run(connectionsPart) { activity in
-                            // Closes the maintenance connections when the worker stops.
-                            activity.at("waiting for the worker to stop", bound: nil)
-                            await OneShotEvent().waitForever()
-                            activity.at("closing", bound: maintenance.longestClose)
-                            await maintenance.close()
-                        }
-                    }
-                    let rescuerPart = parts.starting("rescuer")
-                    background.addTask { await parts.run(rescuerPart) { await maintenance.rescueLoop($0) } }
-                    let schedulerPart = parts.starting("scheduler")
-                    background.addTask { await parts.run(schedulerPart) { await maintenance.promoteLoop($0) } }
-                    let prunerPart = parts.starting("pruner")
-                    background.addTask { await parts.run(prunerPart) { await maintenance.pruneLoop($0) } }
+                    background.addTask(operation: parts.task("maintenance connections") { activity in
+                        // Closes the maintenance connections when the worker stops.
+                        activity.at("waiting for the worker to stop", bound: nil)
+                        await OneShotEvent().waitForever()
+                        activity.at("closing", bound: maintenance.longestClose)
+                        await maintenance.close()
+                    })
+                    background.addTask(operation: parts.task("rescuer") { await maintenance.rescueLoop($0) })
+                    background.addTask(operation: parts.task("scheduler") { await maintenance.promoteLoop($0) })
+                    background.addTask(operation: parts.task("pruner") { await maintenance.pruneLoop($0) })
                     if !configuration.periodicJobs.isEmpty {
-                        let periodicPart = parts.starting("periodic jobs")
-                        background.addTask { await parts.run(periodicPart) { await maintenance.periodicLoop($0) } }
+                        background.addTask(operation: parts.task("periodic jobs") { await maintenance.periodicLoop($0) })
                     }
                 }
                 await withTaskGroup(of: Void.self) { producers in
                     for pool in self.pools.values {
-                        let producerPart = parts.starting("producer \(pool.queue)")
-                        producers.addTask { await parts.run(producerPart) { await pool.produce(stopping: self.stopping, activity: $0) } }
+                        producers.addTask(operation: parts.task("producer \(pool.queue)") { await pool.produce(stopping: self.stopping, activity: $0) })
                     }
                 }
                 await self.finishRunningJobs()

@@ -14,12 +14,14 @@ final class WorkerParts: Sendable {
     /// The parts stalled at the watchdog's last look (none when healthy), as `part at 'step' for N s`.
     var stalled: [String] { stalledNow.withLock { $0 } }
 
-    /// Runs `body` as the part called `name`, with its activity.
-    func run(_ name: String, _ body: (PartActivity) async -> Void) async {
-        await run(activity(name), body)
+    /// The operation of a task that runs `body` as the part called `name`: the part is watched
+    /// from now on (see `starting(_:)`), before the task is made.
+    func task(_ name: String, _ body: @escaping @Sendable (PartActivity) async -> Void) -> @Sendable () async -> Void {
+        let activity = starting(name)
+        return { await self.run(activity, body) }
     }
 
-    /// Runs `body` as the part `activity` is for (one from `starting(_:)`), and ends it.
+    /// Runs `body` as the part `activity` is for, and ends it.
     func run(_ activity: PartActivity, _ body: (PartActivity) async -> Void) async {
         await body(activity)
         activity.end()
