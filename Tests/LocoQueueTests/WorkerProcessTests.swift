@@ -209,33 +209,12 @@ struct WorkerProcessTests {
                 let errors = (scrape ?? "curl failed").split(separator: "\n")
                     .filter { ($0.contains("database_errors") || $0.contains("stalled_parts") || $0.hasPrefix("HTTP ")) && !$0.hasPrefix("#") }
                     .joined(separator: "\n")
-                // Whether the process spins or idles: its CPU time (user, system; clock ticks) 2 s apart.
-                func cpu() -> String {
-                    let stat = (try? String(contentsOfFile: "/proc/\(process.pid)/stat", encoding: .utf8)) ?? ""
-                    let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
-                    return fields.count > 13 ? "\(fields[11]) \(fields[12])" : "?"
-                }
-                let cpuBefore = cpu()
-                try? await Task.sleep(for: .seconds(2))
-                let cpuAfter = cpu()
-                // Where the worker's event-loop threads are (gdb, which scripts/test installs), in
-                // four samples: in a CI run at 98ba905 one of them spun at 100% CPU
-                // between tasks, its connections starved; one sample caught it only between jobs,
-                // so which task ran could not be told.
-                var samples: [String] = []
-                for sample in 1...4 {
-                    let threads = try? await runCommand(URL(fileURLWithPath: "/usr/bin/gdb"), ["-p", "\(process.pid)", "-batch", "-ex", "thread apply all bt 40"],
-                                                        timeout: .seconds(60)).output
-                    var keep = false
-                    let lines = (threads ?? "gdb failed").split(separator: "\n").filter { line in
-                        if line.hasPrefix("Thread") { keep = line.contains("NIO-") }
-                        return keep && (line.hasPrefix("Thread") || line.hasPrefix("#"))
-                    }
-                    samples.append("sample \(sample):\n" + lines.map { String($0.prefix(240)) }.joined(separator: "\n"))
-                    try? await Task.sleep(for: .milliseconds(300))
-                }
+                // Whether the worker spins or idles, where its event loops are, and what a spin
+                // keeps enqueuing: in a CI run at 98ba905 one loop spun between tasks from the
+                // start, its connections starved.
+                let diagnosis = await ProcessDiagnosis.report(pid: process.pid)
                 let report = "\(error)\n\(jobAndSessions)\n"
-                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\ncpu ticks (user system): \(cpuBefore), 2 s later \(cpuAfter)\nworker output:\n\(process.output.suffix(6000))\nworker event-loop threads:\n\(samples.joined(separator: "\n").suffix(40000))"
+                    + "metrics (database errors, stalled parts, the scrape's status):\n\(errors)\nworker output:\n\(process.output.suffix(6000))\n\(diagnosis)"
                 Issue.record("\(report)")
                 return
             }
