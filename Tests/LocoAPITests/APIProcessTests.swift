@@ -33,7 +33,7 @@ struct APIProcessTests {
             let worker = try await runCommand(locod, ["admin", "create-token", "--worker", "builder-1", "--output", "json"], environment: env)
             #expect(JSONValue.parse(worker.output)?["secret"]?.stringValue?.hasPrefix("loco_wkr_") == true)
 
-            let port = try await TokenAuthRegistry.freePort()
+            let port = try freePort()
             let contexts = FileManager.default.temporaryDirectory.appending(path: "loco-api-\(UUID().uuidString)")
             defer { try? FileManager.default.removeItem(at: contexts) }
             let api = try ChildProcess(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path, "--log-level", "debug"], environment: env)
@@ -67,7 +67,7 @@ struct APIProcessTests {
         _ = try await runCommand(locod, ["admin", "create-user", "--email", "ann@example.com"], environment: env)
         let created = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--output", "json"], environment: env)
         let secret = try #require(JSONValue.parse(created.output)?["secret"]?.stringValue)
-        let port = try await TokenAuthRegistry.freePort()
+        let port = try freePort()
         let contexts = FileManager.default.temporaryDirectory.appending(path: "loco-api-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: contexts) }
         let api = try ChildProcess(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path], environment: env)

@@ -548,7 +548,7 @@ struct CLITests {
                 let apiPort = try #require(stack.base.split(separator: ":").last.map(String.init))
                 let script = Repo.root.appending(path: "Tests/LocoAPITests/Fixtures/flaky_proxy.py").path
                 for mode in ["drop", "buffer"] {
-                    let port = try await TokenAuthRegistry.freePort()
+                    let port = try freePort()
                     let state = stack.folder.appending(path: "proxy-\(mode).log")
                     let proxy = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(port)", apiPort, mode, state.path])
                     defer { proxy.stop() }

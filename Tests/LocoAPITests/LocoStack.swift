@@ -34,7 +34,7 @@ struct LocoStack {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let services = Repo.root.appending(path: "scripts/services").path
         let name = "stack-reg-\(UInt32.random(in: 0...UInt32.max))"
-        let apiPort = try await TokenAuthRegistry.freePort()
+        let apiPort = try freePort()
         let started = try await runCommand(URL(fileURLWithPath: "/bin/bash"), [services, "start", "registry", "--name", name,
                                                                                 "--token-realm", "http://127.0.0.1:\(apiPort)/v1/registry/token"])
         defer { Task { _ = try? await runCommand(URL(fileURLWithPath: "/bin/bash"), [services, "destroy", "--name", name]) } }

@@ -22,7 +22,7 @@ struct TokenAuthRegistry {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/docker-registry") else {
             throw TestSetupError("docker-registry is not installed: \(installHint)")
         }
-        let port = try await freePort()
+        let port = try freePort()
         let config = """
             version: 0.1
             log: {level: warn}
@@ -49,12 +49,6 @@ struct TokenAuthRegistry {
             throw TestSetupError("docker-registry did not start: \(process.output)")
         }
         return registry
-    }
-
-    static func freePort() async throws -> Int {
-        let result = try await runCommand(URL(fileURLWithPath: "/usr/bin/python3"),
-                                          ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
-        return try #require(Int(result.output.trimmingCharacters(in: .whitespacesAndNewlines)))
     }
 
     /// Runs skopeo (no TLS, no signature policy: this is a local test registry).

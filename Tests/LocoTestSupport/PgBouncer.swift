@@ -25,7 +25,7 @@ public struct PgBouncer: Sendable {
         let users = folder.appending(path: "users.txt")
         try "\"\(database.username)\" \"\"\n".write(to: users, atomically: true, encoding: .utf8)
         for _ in 0..<5 {
-            let port = Int.random(in: 40_000...49_999)
+            let port = try freePort()
             let config = folder.appending(path: "pgbouncer-\(port).ini")
             try """
                 [databases]

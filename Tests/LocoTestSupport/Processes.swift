@@ -107,6 +107,13 @@ public func runCommand(_ executable: URL, _ arguments: [String], environment: [S
     return (status, child.output)
 }
 
+/// A port on 127.0.0.1 for a server a test starts: free now and outside the kernel's ephemeral
+/// range, so that no outgoing connection takes it before the server binds (`LocalPorts`).
+public func freePort() throws -> Int {
+    guard let port = LocalPorts.free() else { throw TestSetupError("no free port on 127.0.0.1 outside the ephemeral range \(LocalPorts.ephemeral())") }
+    return port
+}
+
 /// A PostgreSQL cluster of the test's own (via scripts/services), for tests that stop or
 /// restart the server and so must not disturb the shared one.
 public struct PrivatePostgres: Sendable {

@@ -1,4 +1,5 @@
 import Foundation
+import LocoShared
 import LocoTestSupport
 import Testing
 @testable import Workers
@@ -32,7 +33,7 @@ struct LocalEntryPointTests {
             let seen = await LocalEntryPoint.answer(at: first)
             #expect(seen.version == 2, "\(seen.description)")
             let port = try #require(Int(first.split(separator: ":").last ?? ""))
-            #expect(!LocalEntryPoint.ephemeralPorts().contains(port))
+            #expect(!LocalPorts.ephemeral().contains(port))
 
             // Another app's address is taken by someone else: nginx keeps its old configuration.
             let squatter = try Squatter()

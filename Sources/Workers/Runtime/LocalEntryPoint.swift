@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import LocoShared
 import NIOCore
 import NIOHTTP1
 
@@ -222,38 +223,13 @@ public struct LocalEntryPoint: Sendable {
         return port
     }
 
-    /// A port free now and outside the kernel's ephemeral range: nginx binds it later (at a
-    /// reload), and a port from that range can meanwhile become the local end of some outgoing
-    /// connection, which makes the reload fail while nginx keeps the old configuration.
+    /// A port free now and outside the kernel's ephemeral range (see `LocalPorts`): nginx binds
+    /// it later, at a reload, which fails if the port was taken meanwhile.
     static func freePort() throws -> Int {
-        let ephemeral = ephemeralPorts()
-        let candidates = (10_000..<65_000).filter { !ephemeral.contains($0) }
-        for _ in 0..<200 {
-            guard let port = candidates.randomElement() else { break }
-            if canBind(port) { return port }
+        guard let port = LocalPorts.free() else {
+            throw EntryPointError(message: "no free port on 127.0.0.1 outside the ephemeral range \(LocalPorts.ephemeral())")
         }
-        throw EntryPointError(message: "no free port on 127.0.0.1 outside the ephemeral range \(ephemeral)")
-    }
-
-    /// The ports the kernel hands to outgoing connections (`net.ipv4.ip_local_port_range`).
-    static func ephemeralPorts() -> ClosedRange<Int> {
-        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
-        let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
-        guard bounds.count == 2, bounds[0] <= bounds[1] else { return 32768...60999 }
-        return bounds[0]...bounds[1]
-    }
-
-    static func canBind(_ port: Int) -> Bool {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard socket >= 0 else { return false }
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        return withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
+        return port
     }
 
     /// Checks the configuration, then starts nginx or reloads it.
