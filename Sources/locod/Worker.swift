@@ -3,8 +3,10 @@ import BuildContext
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import LocoCore
 import LocoQueue
+import LocoShared
 import PostgresNIO
 import ServiceLifecycle
 import UnixSignals
@@ -190,7 +192,10 @@ struct Worker: AsyncParsableCommand {
             if metricsPort > 0 {
                 let database = ReconnectingConnection(url: url, logger: logger)
                 metricsDatabase = database
-                services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, worker: worker, logger: logger)))
+                // Its failure stops the worker gracefully (claims stop, running jobs finish) and
+                // locod exits with its error, where by default the group would cancel the worker.
+                services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, worker: worker, logger: logger),
+                                      failureTerminationBehavior: .gracefullyShutdownGroup))
             }
             // Shutdown runs in reverse order: the metrics server first, then the worker.
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -199,7 +204,7 @@ struct Worker: AsyncParsableCommand {
             // connection is deallocated, which crashed a worker stopped after a /metrics scrape.
             await metricsDatabase?.close()
             await stagePool?.close()
-            try outcome.get()
+            try outcome.mapError { metricsPort > 0 ? MetricsServer.explain($0, port: metricsPort) : $0 }.get()
         }
     }
 }
@@ -233,6 +238,31 @@ func noticePausedQueues(_ queues: [String], url: DatabaseURL, logger: Logger) as
 
 /// `/metrics` (Prometheus text) and `/healthz` for a worker process.
 enum MetricsServer {
+    /// A failed bind says which port and what to do, with a code.
+    static func explain(_ error: any Error, port: Int) -> any Error {
+        guard let failure = error as? IOError, [EADDRINUSE, EADDRNOTAVAIL, EACCES].contains(failure.errnoCode) else { return error }
+        return PortError(port: port, errno: failure.errnoCode)
+    }
+
+    /// The port cannot be served: not a usage error (exit status 1), the machine's state.
+    struct PortError: CodedError {
+        let code: String
+        let message: String
+        let hint: String
+
+        init(port: Int, errno: Int32) {
+            if errno == EADDRINUSE {
+                code = "metrics_port_in_use"
+                message = "cannot serve metrics on 127.0.0.1:\(port): something else listens there"
+                hint = "Pass another --metrics-port (0 serves none), or stop what listens there: ss -ltnp 'sport = :\(port)'"
+            } else {
+                code = "metrics_port_unavailable"
+                message = "cannot serve metrics on 127.0.0.1:\(port): \(String(cString: strerror(errno)))"
+                hint = "Pass another --metrics-port (0 serves none)."
+            }
+        }
+    }
+
     static func make(port: Int, database: ReconnectingConnection, metrics: QueueMetrics, worker: QueueWorker, logger: Logger) -> some Service {
         let router = Router()
         let store = JobStore(logger: logger)

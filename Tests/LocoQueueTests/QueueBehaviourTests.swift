@@ -1662,6 +1662,38 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("a worker whose task is cancelled (as a ServiceGroup does when another service fails) stops without the grace period: run() returns and its running job goes back to the queue")
+    func cancelledWorker() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.endless") { _, _ in try await Task.sleep(for: .seconds(120)) }
+            let endless = try await db.store.enqueue(NewJob(queue: "default", kind: "test.endless"), on: db.client)
+            var configuration = fastConfiguration([("default", 2)], workerID: "w-cancelled")
+            configuration.gracePeriod = .seconds(120)
+            let worker = try QueueWorker(databaseURL: db.url, handlers: handlers, configuration: configuration, logger: db.logger)
+            let running = Task { try await worker.run() }
+            let returned = Mutex(false)
+            let waiter = Task {
+                _ = try? await running.value
+                returned.withLock { $0 = true }
+            }
+            try await db.wait(for: endless.id, toBe: .running)
+            running.cancel()
+            // Cancelled along with the worker, its parts' waits returned at once and the producers
+            // and the completer spun: run() never returned (a locod worker whose metrics port was
+            // taken sat at 100% of a core). The 120 s grace period does not apply.
+            let ended = await eventually(timeout: .seconds(60)) { returned.withLock { $0 } }
+            #expect(ended, "run() did not return within 60 s of its task's cancellation")
+            if !ended { worker.stop() }
+            await waiter.value
+            let released = try #require(try await db.store.job(id: endless.id, on: db.client))
+            #expect(released.state == .available)
+            #expect(released.attempt == 0)
+            #expect(released.lockedBy == nil)
+            #expect(released.errors.last?.code == "worker_shutdown")
+        }
+    }
+
     @Test("hot statements are prepared once per connection, and sent unprepared for poolers")
     func preparedOrNot() async throws {
         try await TestDatabase.with { db in
@@ -2344,7 +2376,7 @@ struct SilentProxy {
         let script = Repo.root.appending(path: "Tests/LocoQueueTests/Fixtures/silent_proxy.py").path
         let trigger = FileManager.default.temporaryDirectory.appending(path: "loco-silence-\(UUID().uuidString)").path
         for _ in 0..<5 {
-            let port = Int.random(in: 40_000...49_999)
+            let port = try freePort()
             let started = try ChildProcess(URL(fileURLWithPath: "/usr/bin/python3"), [script, "\(port)", "\(database.port)", trigger, marker] + (atOnce ? ["at-once"] : []))
             if try await eventually(timeout: .seconds(10), { started.output.contains("listening") || started.exitStatusIfExited() != nil }),
                started.output.contains("listening") {

@@ -126,7 +126,7 @@ struct WorkerProcessTests {
     @Test("a worker serves Prometheus metrics: depth, start lag, run time, retries, failures")
     func metrics() async throws {
         try await TestDatabase.with { db in
-            let port = Int.random(in: 20_000...29_999)
+            let port = try freePort()
             let process = try ChildProcess(try Repo.binary("locod"), [
                 "worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds",
                 "--retry-base-ms", "10", "--metrics-port", "\(port)",
@@ -179,7 +179,7 @@ struct WorkerProcessTests {
     @Test("--job-timeout-seconds stops a handler that runs too long: job_timeout on the job, a warning, a metric")
     func jobTimeout() async throws {
         try await TestDatabase.with { db in
-            let port = Int.random(in: 30_000...39_999)
+            let port = try freePort()
             let process = try ChildProcess(try Repo.binary("locod"), [
                 "worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds",
                 "--retry-base-ms", "10", "--metrics-port", "\(port)", "--job-timeout-seconds", "0.5",
@@ -229,6 +229,24 @@ struct WorkerProcessTests {
             #expect(scrape.output.contains(#"loco_queue_jobs_timed_out_total{queue="default",kind="demo.sleep"} 2"#), "\(scrape.output)")
             process.signal(SIGTERM)
             #expect(await process.waitForExit(timeout: .seconds(20)) == 0, "worker output:\n\(process.output)")
+        }
+    }
+
+    @Test("a worker whose --metrics-port is taken stops and exits 1 with metrics_port_in_use, its jobs intact")
+    func metricsPortTaken() async throws {
+        try await TestDatabase.with { db in
+            let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.noop"), on: db.client)
+            // PostgreSQL listens on its port. Before, the server's failed bind cancelled the worker,
+            // which then spun at 100% of a core and never exited (runCommand gives up after 30 s);
+            // now it stops as on SIGTERM, so a job it claimed meanwhile completes.
+            let taken = try await runCommand(try Repo.binary("locod"), [
+                "worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds", "--metrics-port", "\(db.url.port)",
+            ], timeout: .seconds(30))
+            #expect(taken.status == 1, "\(taken.output)")
+            #expect(taken.output.contains("cannot serve metrics on 127.0.0.1:\(db.url.port): something else listens there [metrics_port_in_use]"), "\(taken.output)")
+            #expect(taken.output.contains("Hint: Pass another --metrics-port (0 serves none)"), "\(taken.output)")
+            let state = try await db.state(of: job.id)
+            #expect(state == .available || state == .completed, "\(String(describing: state))")
         }
     }
 

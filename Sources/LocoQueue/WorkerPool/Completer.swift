@@ -49,7 +49,8 @@ final class Completer: Sendable {
                 return batch
             }
             if batch.isEmpty {
-                if stopping.isSet {
+                // Cancelled, its waits return at once: it would spin.
+                if stopping.isSet || Task.isCancelled {
                     activity.at("closing its connection", bound: database.longestCall)
                     await database.close()
                     return
@@ -77,7 +78,7 @@ final class Completer: Sendable {
                 if failures == 1 || failures % 50 == 0 {
                     logger.warning("cannot record job outcomes; retrying", metadata: ["jobs": "\(batch.count)", "error": "\(database.url.describe(error))"])
                 }
-                if stopping.isSet && failures > 20 {
+                if (stopping.isSet || Task.isCancelled) && failures > 20 {
                     // The database is gone; leases will expire and the rescuer re-runs these jobs.
                     logger.error("giving up on \(batch.count) job outcomes at shutdown; their leases will expire and they will run again")
                     ledger.remove(batch.map { ($0.id, $0.run) })

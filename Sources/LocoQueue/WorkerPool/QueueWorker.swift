@@ -37,7 +37,8 @@ struct WorkerShared: Sendable {
 /// A worker process's queue machinery as one `Service`: a pool per queue, the notification
 /// listener, one batched heartbeat, and the maintenance loops (rescuer, scheduler, pruner,
 /// periodic jobs). Graceful shutdown stops claiming, lets running jobs finish within the grace
-/// period, then stops and releases the rest.
+/// period, then stops and releases the rest. Cancelling the task that runs it stops it the same
+/// way without the grace period.
 public final class QueueWorker: Service, Sendable {
     let shared: WorkerShared
     let pools: [String: WorkerPool]
@@ -45,6 +46,8 @@ public final class QueueWorker: Service, Sendable {
     /// Set once running jobs are done: the completer writes what is left, then stops.
     private let drained = OneShotEvent()
     private let stopped = OneShotEvent()
+    /// Set when the worker's task is cancelled: running jobs get no grace period.
+    private let hurried = OneShotEvent()
     let parts = WorkerParts()
 
     /// Each part of the worker (a producer per queue, the completer, the heartbeat, maintenance,
@@ -93,6 +96,15 @@ public final class QueueWorker: Service, Sendable {
         for pool in pools.values { pool.wake.signal() }
     }
 
+    /// Stops claiming and stops the running jobs at once, giving them back to the queue.
+    private func stopWithoutGrace() {
+        if !hurried.isSet {
+            shared.logger.notice("the worker's task was cancelled: stopping without the grace period; running jobs go back to the queue")
+        }
+        hurried.set()
+        stop()
+    }
+
     /// Returns once the worker receives notifications (at once in poll-only mode).
     public func waitUntilListening() async { await shared.listening.wait() }
 
@@ -100,6 +112,23 @@ public final class QueueWorker: Service, Sendable {
     public func waitUntilStopped() async { await stopped.wait() }
 
     public func run() async throws {
+        // Cancelled (a ServiceGroup cancels its services when one of them fails), the worker
+        // stops as on SIGTERM, without the grace period: running handlers are cancelled and
+        // their jobs go back to the queue. Its parts run in a task of their own, so that this
+        // stop (writing outcomes, giving jobs back, closing connections) is not cancelled too.
+        // Cancelled along with it, the parts' waits returned at once and the producers and the
+        // completer, which loop until the worker stops, spun: a `locod worker` whose metrics
+        // port was taken ran at 100% of a core, never exited, and the connections on its busy
+        // event loop never connected.
+        let work = Task { await self.runParts() }
+        await withTaskCancellationHandler {
+            await work.value
+        } onCancel: {
+            self.stopWithoutGrace()
+        }
+    }
+
+    private func runParts() async {
         defer { stopped.set() }
         let configuration = shared.configuration
         let shared = self.shared
@@ -170,11 +199,11 @@ public final class QueueWorker: Service, Sendable {
         if ledger.count > 0 {
             shared.logger.info("waiting for running jobs to finish", metadata: ["jobs": "\(ledger.count)", "grace": "\(shared.configuration.gracePeriod)"])
         }
-        while ledger.runningCount > 0 && ContinuousClock.now < grace {
+        while ledger.runningCount > 0 && ContinuousClock.now < grace && !hurried.isSet {
             await ledger.drained.wait(timeout: .milliseconds(50))
         }
         if ledger.runningCount > 0 {
-            shared.logger.warning("grace period over: stopping \(ledger.runningCount) jobs and returning them to the queue")
+            shared.logger.warning("\(hurried.isSet ? "no grace period" : "grace period over"): stopping \(ledger.runningCount) jobs and returning them to the queue")
             ledger.stopAll(reason: .shutdown)
             let deadline = ContinuousClock.now + .seconds(5)
             while ledger.runningCount > 0 && ContinuousClock.now < deadline {

@@ -58,7 +58,8 @@ final class WorkerPool: Sendable {
         if !(await shared.scalesRead.wait(upTo: Self.firstScaleReadWait)) {
             shared.logger.debug("starting to claim before the queue scales were read", metadata: ["queue": "\(queue)"])
         }
-        while !stopping.isSet {
+        // Cancellation ends it too: cancelled, every wait below returns at once.
+        while !stopping.isSet && !Task.isCancelled {
             let free = running.withLock { state -> Int in
                 let free = concurrency - state.count
                 state.waitingForSlot = free <= 0
