@@ -76,15 +76,16 @@ struct APICommand: AsyncParsableCommand {
             }
             let api = API(database: pool, contexts: ContextStore(root: URL(fileURLWithPath: contextRoot), limit: Int64(maxContextMib) * 1024 * 1024),
                           registry: issuer, logger: logger, runtime: runtimeView)
+            let listening: Logger.Metadata = ["address": "\(host):\(port)", "contexts": "\(contextRoot)", "registry_tokens": "\(issuer == nil ? "off" : "on")"]
+            // Said once the port is bound, not before: a port taken ends locod with port_in_use.
             let app = Application(router: api.router(), server: API.server, configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
-                                  logger: logger)
+                                  onServerRunning: { _ in logger.info("API listening", metadata: listening) }, logger: logger)
             let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)
             let services: [any Service] = supervisor.map { [Supervision(supervisor: $0, metrics: api.metrics, interval: .seconds(1))] } ?? []
-            logger.info("API listening", metadata: ["address": "\(host):\(port)", "contexts": "\(contextRoot)",
-                                                    "registry_tokens": "\(issuer == nil ? "off" : "on")"])
             let group = ServiceGroup(configuration: .init(services: [reconciler, app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            let outcome = await Result { try await group.run() }
             await pool.close()
+            try outcome.mapError { PortError(explaining: $0, serving: "the API", host: host, port: port, instead: "another --port") ?? $0 }.get()
         }
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import LocoCore
 import LocoQueue
+import NIOCore
 import NIOPosix
 import PostgresNIO
 
@@ -93,6 +94,29 @@ struct UsageError: CodedError {
     var code = "usage"
     var message: String
     var hint: String
+}
+
+/// A server of locod cannot listen on its port: the machine's state, not a usage error (exit
+/// status 1). NIO says only `bind(descriptor:ptr:bytes:): Address already in use (errno: 98)`.
+struct PortError: CodedError {
+    let code: String
+    let message: String
+    let hint: String
+
+    /// `error` told as this if it is a failed bind of the server of `what` on 127.0.0.1:`port`
+    /// (nil otherwise); `instead` is what to pass instead ("another --port").
+    init?(explaining error: any Error, serving what: String, host: String = "127.0.0.1", port: Int, instead: String) {
+        guard let failure = error as? IOError, [EADDRINUSE, EADDRNOTAVAIL, EACCES].contains(failure.errnoCode) else { return nil }
+        if failure.errnoCode == EADDRINUSE {
+            code = "port_in_use"
+            message = "cannot serve \(what) on \(host):\(port): something else listens there"
+            hint = "Pass \(instead), or stop what listens there (ss -ltnp 'sport = :\(port)' names it)."
+        } else {
+            code = "port_unavailable"
+            message = "cannot serve \(what) on \(host):\(port): \(String(cString: strerror(failure.errnoCode)))"
+            hint = "Pass \(instead)."
+        }
+    }
 }
 
 /// A timing option as a `Duration`. Refuses NaN, infinities, values below `atLeast` and

@@ -204,7 +204,9 @@ struct Worker: AsyncParsableCommand {
             // connection is deallocated, which crashed a worker stopped after a /metrics scrape.
             await metricsDatabase?.close()
             await stagePool?.close()
-            try outcome.mapError { metricsPort > 0 ? MetricsServer.explain($0, port: metricsPort) : $0 }.get()
+            try outcome.mapError { error in
+                metricsPort > 0 ? PortError(explaining: error, serving: "metrics", port: metricsPort, instead: "another --metrics-port (0 serves none)") ?? error : error
+            }.get()
         }
     }
 }
@@ -238,31 +240,6 @@ func noticePausedQueues(_ queues: [String], url: DatabaseURL, logger: Logger) as
 
 /// `/metrics` (Prometheus text) and `/healthz` for a worker process.
 enum MetricsServer {
-    /// A failed bind says which port and what to do, with a code.
-    static func explain(_ error: any Error, port: Int) -> any Error {
-        guard let failure = error as? IOError, [EADDRINUSE, EADDRNOTAVAIL, EACCES].contains(failure.errnoCode) else { return error }
-        return PortError(port: port, errno: failure.errnoCode)
-    }
-
-    /// The port cannot be served: not a usage error (exit status 1), the machine's state.
-    struct PortError: CodedError {
-        let code: String
-        let message: String
-        let hint: String
-
-        init(port: Int, errno: Int32) {
-            if errno == EADDRINUSE {
-                code = "metrics_port_in_use"
-                message = "cannot serve metrics on 127.0.0.1:\(port): something else listens there"
-                hint = "Pass another --metrics-port (0 serves none), or stop what listens there: ss -ltnp 'sport = :\(port)'"
-            } else {
-                code = "metrics_port_unavailable"
-                message = "cannot serve metrics on 127.0.0.1:\(port): \(String(cString: strerror(errno)))"
-                hint = "Pass another --metrics-port (0 serves none)."
-            }
-        }
-    }
-
     static func make(port: Int, database: ReconnectingConnection, metrics: QueueMetrics, worker: QueueWorker, logger: Logger) -> some Service {
         let router = Router()
         let store = JobStore(logger: logger)

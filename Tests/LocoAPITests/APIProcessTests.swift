@@ -6,7 +6,7 @@ import Testing
 
 @Suite("locod api and admin processes", .serialized)
 struct APIProcessTests {
-    @Test("bootstrap with locod admin, serve with locod api, stop with SIGTERM; secrets stay out of the log")
+    @Test("bootstrap with locod admin, serve with locod api (a second one on its port ends with port_in_use), stop with SIGTERM; secrets stay out of the log")
     func bootstrapAndServe() async throws {
         try await TestDatabase.with(migrations: []) { db in
             let locod = try Repo.binary("locod")
@@ -43,6 +43,12 @@ struct APIProcessTests {
                 (try? await runCommand(curl, ["-s", "http://127.0.0.1:\(port)/readyz"]))?.output == "ready\n"
             }
             #expect(ready, "locod api did not become ready: \(api.output)")
+            #expect(api.output.contains("API listening"), "\(api.output)")
+            // A second API on the taken port ends at once and says why (NIO says only "bind(…):
+            // Address already in use"); it no longer says it listens before binding.
+            let second = try await runCommand(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path], environment: env, timeout: .seconds(30))
+            #expect(second.status == 1 && second.output.contains("cannot serve the API on 127.0.0.1:\(port): something else listens there [port_in_use]"), "\(second.output)")
+            #expect(!second.output.contains("API listening"), "\(second.output)")
             let whoami = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(secret)", "http://127.0.0.1:\(port)/v1/whoami"])
             #expect(JSONValue.parse(whoami.output)?["user"]?["email"]?.stringValue == "ann@example.com", "\(whoami.output)")
             let denied = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(secret)x", "http://127.0.0.1:\(port)/v1/whoami"])

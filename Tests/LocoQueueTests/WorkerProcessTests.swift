@@ -232,7 +232,7 @@ struct WorkerProcessTests {
         }
     }
 
-    @Test("a worker whose --metrics-port is taken stops and exits 1 with metrics_port_in_use, its jobs intact")
+    @Test("a worker whose --metrics-port is taken stops and exits 1 with port_in_use, its jobs intact")
     func metricsPortTaken() async throws {
         try await TestDatabase.with { db in
             let job = try await db.store.enqueue(NewJob(queue: "default", kind: "demo.noop"), on: db.client)
@@ -243,8 +243,8 @@ struct WorkerProcessTests {
                 "worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds", "--metrics-port", "\(db.url.port)",
             ], timeout: .seconds(30))
             #expect(taken.status == 1, "\(taken.output)")
-            #expect(taken.output.contains("cannot serve metrics on 127.0.0.1:\(db.url.port): something else listens there [metrics_port_in_use]"), "\(taken.output)")
-            #expect(taken.output.contains("Hint: Pass another --metrics-port (0 serves none)"), "\(taken.output)")
+            #expect(taken.output.contains("cannot serve metrics on 127.0.0.1:\(db.url.port): something else listens there [port_in_use]"), "\(taken.output)")
+            #expect(taken.output.contains("Hint: Pass another --metrics-port (0 serves none), or stop what listens there"), "\(taken.output)")
             let state = try await db.state(of: job.id)
             #expect(state == .available || state == .completed, "\(String(describing: state))")
         }
