@@ -31,11 +31,17 @@ public struct JobSelection: Sendable, Equatable {
         }
     }
 
-    /// The filter as SQL over `loco_jobs`, its states limited to `allowed`.
-    func condition(allowed: [JobState]) throws(QueueError) -> PostgresQuery {
+    /// Refuses a queue or kind name that no job can have and args that are not a JSON object;
+    /// callers check before connecting, so the error names the input, not an unreachable database.
+    public func check() throws(QueueError) {
         if let queue { try Names.checkQueue(queue) }
         if let kind { try Names.checkKind(kind) }
         if let args { try Self.checkArgsFilter(args) }
+    }
+
+    /// The filter as SQL over `loco_jobs`, its states limited to `allowed`.
+    func condition(allowed: [JobState]) throws(QueueError) -> PostgresQuery {
+        try check()
         let states = states.filter(allowed.contains)
         var binds = PostgresBindings()
         binds.append(states.map(\.rawValue))

@@ -84,6 +84,7 @@ struct QueueCommand: AsyncParsableCommand {
                     }
                     jobState = parsed
                 }
+                try JobSelection(queue: queue, kind: kind, args: args, states: []).check()
                 try await database.withClient { client, _, logger in
                     let jobs = try await JobStore(logger: logger).list(queue: queue, state: jobState, kind: kind, args: args, before: before, limit: limit,
                                                                         withPeriodKeys: true, on: client)
@@ -399,6 +400,7 @@ private func oneOrMany(_ database: DatabaseOptions, output: OutputFormat, id: In
     try await reportingErrors {
         guard let id else {
             let selection = try select.selection(verb: verb, allowed: allowed, defaults: defaults)
+            try selection.check()
             return try await bulk(database, output: output, selection: selection, verb: done, note: note) { try await many($0, $1, selection) }
         }
         try select.checkUnused(verb: verb)

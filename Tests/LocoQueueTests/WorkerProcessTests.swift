@@ -497,6 +497,12 @@ struct WorkerProcessTests {
             #expect(badQueue.status == 1 && badQueue.output.contains("queue name 'Build' is not valid [invalid_queue_name]"), "\(badQueue.output)")
             let badKind = try await runCommand(locod, ["queue", "list", "--kind", "deploy build"], environment: env)
             #expect(badKind.status == 1 && badKind.output.contains("job kind 'deploy build' is not valid [invalid_kind]"), "\(badKind.output)")
+            // Checked before connecting: with no database to reach, the error still names the input.
+            let nowhere = ["LOCO_DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres"]
+            for verb in ["list", "retry", "cancel", "discard"] {
+                let early = try await runCommand(locod, ["queue", verb, "--queue", "Build"], environment: nowhere)
+                #expect(early.status == 1 && early.output.contains("queue name 'Build' is not valid [invalid_queue_name]"), "\(verb): \(early.output)")
+            }
         }
     }
 
