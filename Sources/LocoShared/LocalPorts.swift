@@ -1,7 +1,5 @@
 import Foundation
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// TCP ports on 127.0.0.1 for a server Loco (or a test) starts.
 ///

@@ -3,10 +3,8 @@ import BuildContext
 import Foundation
 import Hummingbird
 import Logging
-import NIOCore
 import LocoCore
 import LocoQueue
-import LocoShared
 import PostgresNIO
 import ServiceLifecycle
 import UnixSignals

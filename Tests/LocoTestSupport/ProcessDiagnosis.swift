@@ -50,7 +50,6 @@ public enum ProcessDiagnosis {
         // reserved 16, then the task's resume function (56) and its async context (64). Each
         // async context starts with its parent context and the parent's resume function.
         let script = """
-            set pagination off
             break swift_task_enqueue
             define asyncbt
               info symbol *(void**)((char*)$rdi+56)
