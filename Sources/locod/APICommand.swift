@@ -22,7 +22,7 @@ struct APICommand: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Address to listen on (0.0.0.0: every interface).") var host = "127.0.0.1"
     @Option(help: "Port to listen on.") var port = 8080
     @Option(help: "Where build contexts are stored (default: $LOCO_CONTEXT_DIR or ./.loco/contexts).") var contextDir: String?
     @Option(help: "Largest build context accepted, in MiB.") var maxContextMib = 200
@@ -42,6 +42,7 @@ struct APICommand: AsyncParsableCommand {
             let url = try database.url()
             let logger = database.logger("locod.api")
             try checkedOption(port, "--port", in: 1...65_535, example: "8080")
+            try checkedHost(host, "--host")
             try checkedOption(maxContextMib, "--max-context-mib", in: 1...1_048_576, example: "200")
             try checkedOption(poolSize, "--pool-size", in: 1...1000, example: "8")
             try checkedOption(reconcileSeconds, "--reconcile-seconds", in: 1...86_400, example: "5")
@@ -85,7 +86,9 @@ struct APICommand: AsyncParsableCommand {
             let group = ServiceGroup(configuration: .init(services: [reconciler, app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             let outcome = await Result { try await group.run() }
             await pool.close()
-            try outcome.mapError { PortError(explaining: $0, serving: "the API", host: host, port: port, instead: "another --port") ?? $0 }.get()
+            try outcome.mapError {
+                ListenError(explaining: $0, serving: "the API", host: host, port: port, hostOption: "--host", portOption: "--port") ?? $0
+            }.get()
         }
     }
 }

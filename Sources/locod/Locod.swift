@@ -96,25 +96,47 @@ struct UsageError: CodedError {
     var hint: String
 }
 
-/// A server of locod cannot listen on its port: the machine's state, not a usage error (exit
-/// status 1). NIO says only `bind(descriptor:ptr:bytes:): Address already in use (errno: 98)`.
-struct PortError: CodedError {
+/// A server of locod cannot listen where it was told: the machine's state or a wrong address,
+/// not a usage error (exit status 1). NIO says only `bind(descriptor:ptr:bytes:): Address
+/// already in use (errno: 98)` or `SocketAddressError.UnknownHost: …`.
+struct ListenError: CodedError {
     let code: String
     let message: String
     let hint: String
 
-    /// `error` told as this if it is a failed bind of the server of `what` on 127.0.0.1:`port`
-    /// (nil otherwise); `instead` is what to pass instead ("another --port").
-    init?(explaining error: any Error, serving what: String, host: String = "127.0.0.1", port: Int, instead: String) {
-        guard let failure = error as? IOError, [EADDRINUSE, EADDRNOTAVAIL, EACCES].contains(failure.errnoCode) else { return nil }
-        if failure.errnoCode == EADDRINUSE {
+    /// `error` told as this if the server of `what` failed to listen on `host`:`port` (nil for
+    /// any other error). `hostOption` and `portOption` name the options that set them
+    /// (`--host`, `--port`); `portOff` says how to serve none, if that is allowed.
+    init?(explaining error: any Error, serving what: String, host: String, port: Int,
+          hostOption: String, portOption: String, portOff: String? = nil) {
+        let place = "cannot serve \(what) on \(host.contains(":") ? "[\(host)]" : host):\(port)"
+        let otherHost = "Pass an address of this machine as \(hostOption): 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
+        if error is SocketAddressError.UnknownHost {
+            code = "unknown_host"
+            message = "\(place): the host name '\(host)' is not known"
+            hint = otherHost
+            return
+        }
+        guard let failure = error as? IOError else { return nil }
+        switch failure.errnoCode {
+        case EADDRINUSE:
             code = "port_in_use"
-            message = "cannot serve \(what) on \(host):\(port): something else listens there"
-            hint = "Pass \(instead), or stop what listens there (ss -ltnp 'sport = :\(port)' names it)."
-        } else {
-            code = "port_unavailable"
-            message = "cannot serve \(what) on \(host):\(port): \(String(cString: strerror(failure.errnoCode)))"
-            hint = "Pass \(instead)."
+            message = "\(place): something else listens there"
+            hint = "Pass another \(portOption)\(portOff.map { " (\($0))" } ?? ""), or stop what listens there (ss -ltnp 'sport = :\(port)' names it)."
+        case EADDRNOTAVAIL:
+            code = "address_unavailable"
+            message = "\(place): \(host) is not an address of this machine"
+            hint = otherHost
+        case EACCES where port < 1024:
+            code = "port_not_permitted"
+            message = "\(place): ports below 1024 need privileges this process lacks"
+            hint = "Pass a \(portOption) from 1024 up, or grant locod CAP_NET_BIND_SERVICE."
+        case EACCES:
+            code = "port_not_permitted"
+            message = "\(place): \(String(cString: strerror(failure.errnoCode)))"
+            hint = "Pass another \(portOption)\(portOff.map { " (\($0))" } ?? "")."
+        default:
+            return nil
         }
     }
 }
@@ -134,6 +156,24 @@ func durationOption(seconds value: Double, option: String, atLeast minimum: Doub
                          hint: "Pass e.g. \(option) \(example).")
     }
     return .nanoseconds(Int64((value * 1e9).rounded()))
+}
+
+/// A listening address option (`--host`, `--metrics-host`) checked for the shapes that are
+/// surely wrong (empty, a URL, a port written into it) before anything starts; whether the
+/// name resolves or the address is this machine's is found when the server binds.
+func checkedHost(_ value: String, _ option: String) throws {
+    let example = "Pass e.g. \(option) 127.0.0.1 (this machine only) or \(option) 0.0.0.0 (every interface)."
+    if value.isEmpty {
+        throw UsageError(message: "\(option) must not be empty", hint: example)
+    }
+    if value.contains("/") || value.contains(where: \.isWhitespace) {
+        throw UsageError(message: "\(option) '\(value)' is not a host name or IP address", hint: example)
+    }
+    let parts = value.split(separator: ":", omittingEmptySubsequences: false)
+    if parts.count == 2, let port = parts.last, !port.isEmpty, port.allSatisfy(\.isNumber) {
+        let portOption = option == "--host" ? "--port" : option.replacingOccurrences(of: "-host", with: "-port")
+        throw UsageError(message: "\(option) '\(value)' has a port in it", hint: "Pass the address alone, and the port as \(portOption) \(port).")
+    }
 }
 
 /// A whole-number option checked against the range that makes sense for it, so that a typo

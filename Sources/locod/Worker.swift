@@ -73,8 +73,11 @@ struct Worker: AsyncParsableCommand {
     @Flag(help: "Do not run the rescuer, scheduler, pruner and periodic jobs in this process.")
     var noMaintenance = false
 
-    @Option(help: "Serve Prometheus metrics on 127.0.0.1:PORT/metrics, and /healthz (503 while a part of the worker is stuck) (0: off).")
+    @Option(help: "Serve Prometheus metrics on --metrics-host:PORT/metrics, and /healthz (503 while a part of the worker is stuck) (0: off).")
     var metricsPort: Int = 0
+
+    @Option(help: "Address the metrics server listens on (0.0.0.0: every interface, for a Prometheus elsewhere).")
+    var metricsHost = "127.0.0.1"
 
     @Flag(help: "Also handle the demo job kinds (demo.noop, demo.sleep, demo.flaky, demo.fail).")
     var demoKinds = false
@@ -146,6 +149,7 @@ struct Worker: AsyncParsableCommand {
             configuration.retention = try retention()
             configuration.runMaintenance = !noMaintenance
             try checkedOption(metricsPort, "--metrics-port", in: 0...65_535, example: "9464")
+            try checkedHost(metricsHost, "--metrics-host")
             try stages.checkRanges()
             configuration.periodicJobs = PeriodicJobs.all
 
@@ -192,7 +196,7 @@ struct Worker: AsyncParsableCommand {
                 metricsDatabase = database
                 // Its failure stops the worker gracefully (claims stop, running jobs finish) and
                 // locod exits with its error, where by default the group would cancel the worker.
-                services.append(.init(service: MetricsServer.make(port: metricsPort, database: database, metrics: metrics, worker: worker, logger: logger),
+                services.append(.init(service: MetricsServer.make(host: metricsHost, port: metricsPort, database: database, metrics: metrics, worker: worker, logger: logger),
                                       failureTerminationBehavior: .gracefullyShutdownGroup))
             }
             // Shutdown runs in reverse order: the metrics server first, then the worker.
@@ -203,7 +207,9 @@ struct Worker: AsyncParsableCommand {
             await metricsDatabase?.close()
             await stagePool?.close()
             try outcome.mapError { error in
-                metricsPort > 0 ? PortError(explaining: error, serving: "metrics", port: metricsPort, instead: "another --metrics-port (0 serves none)") ?? error : error
+                guard metricsPort > 0 else { return error }
+                return ListenError(explaining: error, serving: "metrics", host: metricsHost, port: metricsPort,
+                                   hostOption: "--metrics-host", portOption: "--metrics-port", portOff: "0 serves none") ?? error
             }.get()
         }
     }
@@ -238,7 +244,7 @@ func noticePausedQueues(_ queues: [String], url: DatabaseURL, logger: Logger) as
 
 /// `/metrics` (Prometheus text) and `/healthz` for a worker process.
 enum MetricsServer {
-    static func make(port: Int, database: ReconnectingConnection, metrics: QueueMetrics, worker: QueueWorker, logger: Logger) -> some Service {
+    static func make(host: String, port: Int, database: ReconnectingConnection, metrics: QueueMetrics, worker: QueueWorker, logger: Logger) -> some Service {
         let router = Router()
         let store = JobStore(logger: logger)
         router.get("/metrics") { _, _ -> Response in
@@ -257,7 +263,7 @@ enum MetricsServer {
             return Response(status: stalled.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "text/plain; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: body)))
         }
-        return Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: logger)
+        return Application(router: router, configuration: .init(address: .hostname(host, port: port)), logger: logger)
     }
 }
 

@@ -6,7 +6,7 @@ import Testing
 
 @Suite("locod api and admin processes", .serialized)
 struct APIProcessTests {
-    @Test("bootstrap with locod admin, serve with locod api (a second one on its port ends with port_in_use), stop with SIGTERM; secrets stay out of the log")
+    @Test("bootstrap with locod admin, serve with locod api (a second one on its port ends with port_in_use, one on an address not this machine's with address_unavailable), stop with SIGTERM; secrets stay out of the log")
     func bootstrapAndServe() async throws {
         try await TestDatabase.with(migrations: []) { db in
             let locod = try Repo.binary("locod")
@@ -49,6 +49,13 @@ struct APIProcessTests {
             let second = try await runCommand(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path], environment: env, timeout: .seconds(30))
             #expect(second.status == 1 && second.output.contains("cannot serve the API on 127.0.0.1:\(port): something else listens there [port_in_use]"), "\(second.output)")
             #expect(!second.output.contains("API listening"), "\(second.output)")
+            // An address that is not this machine's (203.0.113.0/24 is for documentation) gets a
+            // hint about --host, not about the port; a port written into --host is a usage error.
+            let foreign = try await runCommand(locod, ["api", "--host", "203.0.113.5", "--port", "\(try freePort())", "--context-dir", contexts.path], environment: env, timeout: .seconds(30))
+            #expect(foreign.status == 1 && foreign.output.contains("203.0.113.5 is not an address of this machine [address_unavailable]"), "\(foreign.output)")
+            #expect(foreign.output.contains("Hint: Pass an address of this machine as --host: 127.0.0.1 (this machine only) or 0.0.0.0"), "\(foreign.output)")
+            let hostWithPort = try await runCommand(locod, ["api", "--host", "127.0.0.1:\(port)", "--context-dir", contexts.path], environment: env, timeout: .seconds(30))
+            #expect(hostWithPort.status == 2 && hostWithPort.output.contains("--host '127.0.0.1:\(port)' has a port in it"), "\(hostWithPort.output)")
             let whoami = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(secret)", "http://127.0.0.1:\(port)/v1/whoami"])
             #expect(JSONValue.parse(whoami.output)?["user"]?["email"]?.stringValue == "ann@example.com", "\(whoami.output)")
             let denied = try await runCommand(curl, ["-s", "-H", "Authorization: Bearer \(secret)x", "http://127.0.0.1:\(port)/v1/whoami"])

@@ -250,6 +250,41 @@ struct WorkerProcessTests {
         }
     }
 
+    @Test("a worker told to serve metrics where it cannot says why: an address not this machine's, an unknown host name, a port below 1024 without the privilege, a host with a port in it")
+    func metricsAddressRefused() async throws {
+        try await TestDatabase.with { db in
+            let locod = try Repo.binary("locod")
+            func worker(_ options: [String], dropping capability: Bool = false) async throws -> (status: Int32, output: String) {
+                let arguments = ["worker", "--database-url", db.url.urlString, "--queue", "default", "--demo-kinds"] + options
+                // Root may bind any port: without CAP_NET_BIND_SERVICE in its bounding set, locod
+                // is refused a port below 1024 as any other user would be.
+                return capability
+                    ? try await runCommand(URL(fileURLWithPath: "/usr/bin/setpriv"), ["--bounding-set=-net_bind_service", "--", locod.path] + arguments, timeout: .seconds(60))
+                    : try await runCommand(locod, arguments, timeout: .seconds(60))
+            }
+            // 203.0.113.0/24 is reserved for documentation: never an address of this machine.
+            let foreign = try await worker(["--metrics-port", "\(try freePort())", "--metrics-host", "203.0.113.5"])
+            #expect(foreign.status == 1, "\(foreign.output)")
+            #expect(foreign.output.contains("203.0.113.5 is not an address of this machine [address_unavailable]"), "\(foreign.output)")
+            #expect(foreign.output.contains("Hint: Pass an address of this machine as --metrics-host: 127.0.0.1 (this machine only) or 0.0.0.0"), "\(foreign.output)")
+            let unknown = try await worker(["--metrics-port", "\(try freePort())", "--metrics-host", "no-such-host.invalid"])
+            #expect(unknown.status == 1, "\(unknown.output)")
+            #expect(unknown.output.contains("the host name 'no-such-host.invalid' is not known [unknown_host]"), "\(unknown.output)")
+            #expect(!unknown.output.contains("SocketAddressError"), "\(unknown.output)")
+            let privileged = try await worker(["--metrics-port", "1023"], dropping: true)
+            #expect(privileged.status == 1, "\(privileged.output)")
+            #expect(privileged.output.contains("cannot serve metrics on 127.0.0.1:1023: ports below 1024 need privileges this process lacks [port_not_permitted]"), "\(privileged.output)")
+            #expect(privileged.output.contains("Hint: Pass a --metrics-port from 1024 up"), "\(privileged.output)")
+            // Refused before the worker starts (usage, exit 2).
+            let withPort = try await worker(["--metrics-port", "9464", "--metrics-host", "localhost:9464"])
+            #expect(withPort.status == 2 && withPort.output.contains("--metrics-host 'localhost:9464' has a port in it"), "\(withPort.output)")
+            #expect(withPort.output.contains("Hint: Pass the address alone, and the port as --metrics-port 9464."), "\(withPort.output)")
+            let empty = try await worker(["--metrics-port", "9464", "--metrics-host", ""])
+            #expect(empty.status == 2 && empty.output.contains("--metrics-host must not be empty"), "\(empty.output)")
+            #expect(!withPort.output.contains("worker started") && !empty.output.contains("worker started"))
+        }
+    }
+
     @Test("a worker started on a paused queue says so in its log")
     func startsPaused() async throws {
         try await TestDatabase.with { db in
