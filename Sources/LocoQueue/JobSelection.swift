@@ -20,13 +20,10 @@ public struct JobSelection: Sendable, Equatable {
     /// Checks that `filter` is a JSON object, which is what `@>` on args can match.
     public static func checkArgsFilter(_ filter: String) throws(QueueError) {
         let shown = filter.count > 100 ? filter.prefix(100) + "…" : filter
-        let parsed: Any
-        do {
-            parsed = try JSONSerialization.jsonObject(with: Data(filter.utf8), options: [.fragmentsAllowed])
-        } catch {
-            throw .invalidArgsFilter(filter: String(shown), reason: "it is not JSON")
+        if let problem = JSONSyntax.problem(in: filter) {
+            throw .invalidArgsFilter(filter: String(shown), reason: "it is not JSON (\(problem))")
         }
-        guard parsed is [String: Any] else {
+        guard JSONSyntax.isObject(filter) else {
             throw .invalidArgsFilter(filter: String(shown), reason: "it is JSON but not an object")
         }
     }

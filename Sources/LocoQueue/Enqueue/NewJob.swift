@@ -58,10 +58,10 @@ public struct NewJob: Sendable {
     func validate() throws(QueueError) {
         try Names.checkQueue(queue)
         try Names.checkKind(kind)
-        guard let data = args.data(using: .utf8),
-              let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
-              object is [String: Any]
-        else {
+        if let problem = JSONSyntax.problem(in: args) {
+            throw .invalidArgs(kind: kind, reason: "args are not valid JSON (\(problem)): \(args.prefix(80))")
+        }
+        guard JSONSyntax.isObject(args) else {
             throw .invalidArgs(kind: kind, reason: "args must be a JSON object, got: \(args.prefix(80))")
         }
         // PostgreSQL would store an infinite time as 'infinity' (a job that never runs) and
