@@ -53,6 +53,20 @@ struct BadInputTests {
             #expect(huge.status == 413 && huge.errorCode == "payload_too_large")
             let badEnv = try await harness.call(.put, "/v1/apps/web/env", token: token, json: #"{"vars":{"1BAD":"x"}}"#)
             #expect(badEnv.status == 422 && badEnv.errorCode == "invalid_field", "\(badEnv.text)")
+            // PostgreSQL's text cannot hold U+0000: a token named with one was a 500 at the insert.
+            let nulCases: [(HTTPRequest.Method, String, String, String)] = [
+                (.post, "/v1/tokens", #"{"name":"lap\u0000top"}"#, "name"),
+                (.put, "/v1/apps/web/env", #"{"vars":{"A":"x\u0000y"}}"#, "vars.A"),
+                (.post, "/v1/apps", #"{"name":"ok","team":"acme","type":"service","x\u0000":1}"#, "x\\u0000"),
+            ]
+            for (method, path, body, field) in nulCases {
+                let reply = try await harness.call(method, path, token: token, json: body)
+                #expect(reply.status == 422 && reply.errorCode == "invalid_field", "\(body): \(reply.status) \(reply.text)")
+                #expect(reply.json?["error"]?["message"]?.stringValue == "\(field): contains a NUL character (\\u0000), which cannot be stored", "\(reply.text)")
+            }
+            let lineBreak = try await harness.call(.post, "/v1/tokens", token: token, json: #"{"name":"lap\ntop"}"#)
+            #expect(lineBreak.status == 422 && lineBreak.json?["error"]?["message"]?.stringValue == "name: must be 1 to 100 characters, none of them control characters", "\(lineBreak.text)")
+            #expect(try await harness.database.scalar("SELECT count(*) FROM loco_tokens WHERE name LIKE 'lap%'", as: Int64.self) == 0)
             let scaleCases: [(String, Int, String)] = [
                 (#"{"replicas":0}"#, 422, "invalid_field"), (#"{"replicas":101}"#, 422, "invalid_field"),
                 (#"{"replicas":"two"}"#, 422, "invalid_field"), (#"{"replicas":2,"service":"Not_A_Name"}"#, 422, "invalid_field"),
@@ -106,6 +120,8 @@ struct BadInputTests {
                 // Past Int64 once: the size conversion trapped, which would have taken the API down.
                 ("memory past any machine", Harness.deployBody(config: #"{"resources":{"memory":"99999999999Gi"}}"#, context: good).0,
                  Harness.deployBody(config: #"{"resources":{"memory":"99999999999Gi"}}"#, context: good).1, 422, "invalid_field"),
+                ("config with a NUL character", Harness.deployBody(config: #"{"build":{"args":{"A":"x\u0000"}}}"#, context: good).0,
+                 Harness.deployBody(config: #"{"build":{"args":{"A":"x\u0000"}}}"#, context: good).1, 422, "invalid_field"),
                 ("config naming another app", Harness.deployBody(config: #"{"name":"shop"}"#, context: good).0,
                  Harness.deployBody(config: #"{"name":"shop"}"#, context: good).1, 422, "invalid_field"),
                 ("no context for a service app", Harness.deployBody(context: nil).0, Harness.deployBody(context: nil).1, 400, "invalid_upload"),

@@ -6,8 +6,9 @@ extension CoreStore {
     /// Creates a token and returns its secret, the only time it is visible.
     public func createToken(kind: TokenKind, name: String, userID: Int64?, appID: Int64?,
                             lifetime: Duration?, on db: some QueryRunner) async throws -> CreatedToken {
-        guard (1...100).contains(name.count) else {
-            throw CoreError.invalidField(field: "name", reason: "must be 1 to 100 characters", hint: "Name the token after where it is used, e.g. 'laptop' or 'github-actions'.")
+        // A name is shown on one line of 'loco tokens': no line breaks or other control characters.
+        guard (1...100).contains(name.count), !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw CoreError.invalidField(field: "name", reason: "must be 1 to 100 characters, none of them control characters", hint: "Name the token after where it is used, e.g. 'laptop' or 'github-actions'.")
         }
         var lifetime = lifetime ?? kind.defaultLifetime
         if let requested = lifetime, let maximum = kind.maximumLifetime, requested > maximum {
