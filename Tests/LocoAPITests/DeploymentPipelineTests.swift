@@ -475,11 +475,19 @@ struct DeploymentPipelineTests {
             let reply = try await harness.call(.get, "/v1/apps/web/status", token: try await harness.token(for: ann))
             #expect(try CoreJSON.decoder.decode(AppStatus.self, from: Data(reply.text.utf8)) == status)
             let third = try await harness.deployment(of: app)
+            // An app that prints a NUL byte before it crashes: PostgreSQL's text and jsonb cannot
+            // hold one, so the build output line and the report's log tail were unwritable (the
+            // deployment could not end); they are stored with U+FFFD in its place.
             _ = try await db.client.transaction { connection in
-                try await harness.store.fail(deploymentID: third.id, report: FailureReport(stage: "apply", code: "CRASH_LOOP", message: "exit 1", hint: "check CMD"), on: connection)
+                try await harness.store.appendEvents(deploymentID: third.id, type: "build_output", stage: "build", messages: ["ok", "bin\u{0}ary"], on: connection)
+                try await harness.store.fail(deploymentID: third.id, report: FailureReport(stage: "apply", code: "CRASH_LOOP", message: "exit 1", hint: "check CMD",
+                                                                                           evidence: ["log_tail": .string("panic\u{0}: \\u0000 stays")]), on: connection)
             }
             let afterFailure = try await harness.store.status(app: app, on: db.client)
             #expect(afterFailure.lastFailure?.id == third.id && afterFailure.lastFailure?.report?.code == "CRASH_LOOP")
+            #expect(afterFailure.lastFailure?.report?.evidence["log_tail"]?.stringValue == "panic\u{FFFD}: \\u0000 stays")
+            let thirdEvents = try await harness.store.events(deploymentID: third.id, after: 0, on: db.client)
+            #expect(thirdEvents.contains { $0.message == "bin\u{FFFD}ary" }, "\(thirdEvents.map(\.message))")
             let replyAfter = try await harness.call(.get, "/v1/apps/web/status", token: try await harness.token(for: ann))
             #expect(try CoreJSON.decoder.decode(AppStatus.self, from: Data(replyAfter.text.utf8)) == afterFailure)
         }

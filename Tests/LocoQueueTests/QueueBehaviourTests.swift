@@ -122,6 +122,29 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("an error whose text holds NUL characters (a binary log line) is kept with them replaced, and the other jobs' outcomes are written")
+    func nulInError() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            // PostgreSQL's jsonb refuses \u0000: the outcome's write failed, was put back first
+            // in line and failed again, for every batch after it, so no job of this worker ended.
+            handlers.register(kind: "test.binary") { _, _ in
+                throw JobFailure.permanent("build\u{0}failed", "RUN step printed \u{0}\u{0}binary", detail: "tail: \u{0}\u{1}end")
+            }
+            handlers.register(kind: "test.noop") { _, _ in }
+            let binary = try await db.store.enqueue(NewJob(queue: "default", kind: "test.binary"), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 4)]), handlers: handlers) { _ in
+                let failed = try await db.wait(for: binary.id, toBe: .failed)
+                #expect(failed.errors.count == 1)
+                #expect(failed.errors.first?.code == "build\u{FFFD}failed")
+                #expect(failed.errors.first?.message == "RUN step printed \u{FFFD}\u{FFFD}binary")
+                #expect(failed.errors.first?.detail == "tail: \u{FFFD}\u{1}end")
+                let after = try await db.store.enqueueMany((0..<20).map { _ in NewJob(queue: "default", kind: "test.noop") }, on: db.client)
+                for job in after { _ = try await db.wait(for: job.id, toBe: .completed) }
+            }
+        }
+    }
+
     @Test("a permanent error fails at once; running out of attempts fails too")
     func permanentAndExhausted() async throws {
         try await TestDatabase.with { db in

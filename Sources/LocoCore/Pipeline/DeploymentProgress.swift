@@ -86,7 +86,7 @@ extension CoreStore {
              on connection: PostgresConnection) async throws -> [String] {
         let row = try await connection.run("""
             UPDATE loco_deployments d SET state = \(final.rawValue), finished_at = now(),
-                   report = \(report.map { CoreJSON.encode($0) })::jsonb,
+                   report = \(report.map { Storable.json(CoreJSON.encode($0)) })::jsonb,
                    cancel_requested = d.cancel_requested OR \(final == .cancelled),
                    in_line = false
             FROM loco_deployments old WHERE d.id = old.id AND d.id = \(deploymentID)

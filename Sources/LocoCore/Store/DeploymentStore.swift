@@ -82,11 +82,11 @@ extension CoreStore {
                     try context.place()
                 }
                 let source = request.redeployOf
-                let images = JSONValue.object((source?.images ?? [:]).mapValues(JSONValue.string)).jsonText
+                let images = JSONValue.object((source?.images ?? [:]).mapValues(JSONValue.string)).storableText
                 let id = try await scalar("""
                     INSERT INTO loco_deployments (app_id, state, in_line, queued_behind, created_by, config, context_digest, context_bytes,
                                                   redeploy_of, image_digest, image_ref, images, reason)
-                    VALUES (\(request.app.id), 'queued', \(behind != nil), \(behind), \(request.createdBy), \(request.config.jsonText)::jsonb,
+                    VALUES (\(request.app.id), 'queued', \(behind != nil), \(behind), \(request.createdBy), \(request.config.storableText)::jsonb,
                             \(request.context?.digest), \(request.context?.bytes),
                             \(source?.id), \(source?.imageDigest), \(source?.imageRef), \(images)::jsonb, \(request.reason))
                     RETURNING id
@@ -195,7 +195,7 @@ extension CoreStore {
         let id = try await scalar("""
             WITH seq AS (UPDATE loco_deployments SET event_seq = event_seq + 1 WHERE id = \(deploymentID) RETURNING event_seq)
             INSERT INTO loco_deployment_events (deployment_id, id, type, stage, message, data)
-            SELECT \(deploymentID), event_seq, \(type), \(stage), \(String(message.prefix(64 * 1024))), \(data?.jsonText)::jsonb FROM seq
+            SELECT \(deploymentID), event_seq, \(type), \(stage), \(Storable.text(String(message.prefix(64 * 1024)))), \(data?.storableText)::jsonb FROM seq
             RETURNING id
             """, as: Int64.self, on: connection)
         guard let id else { throw CoreError.notFound(what: "deployment", name: "\(deploymentID)") }
@@ -206,11 +206,11 @@ extension CoreStore {
     public func appendEvents(deploymentID: Int64, type: String, stage: String?, messages: [String], data: JSONValue? = nil,
                              on connection: PostgresConnection) async throws {
         guard !messages.isEmpty else { return }
-        let clipped = messages.map { String($0.prefix(8 * 1024)) }
+        let clipped = messages.map { Storable.text(String($0.prefix(8 * 1024))) }
         try await execute("""
             WITH seq AS (UPDATE loco_deployments SET event_seq = event_seq + \(Int64(clipped.count)) WHERE id = \(deploymentID) RETURNING event_seq)
             INSERT INTO loco_deployment_events (deployment_id, id, type, stage, message, data)
-            SELECT \(deploymentID), seq.event_seq - \(Int64(clipped.count)) + m.n, \(type), \(stage), m.message, \(data?.jsonText)::jsonb
+            SELECT \(deploymentID), seq.event_seq - \(Int64(clipped.count)) + m.n, \(type), \(stage), m.message, \(data?.storableText)::jsonb
             FROM seq, unnest(\(clipped)::text[]) WITH ORDINALITY AS m(message, n)
             """, on: connection)
     }
