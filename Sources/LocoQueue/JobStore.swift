@@ -979,6 +979,33 @@ struct JobOutcome: Sendable {
     var errorJSON: String = ""
     /// Whether other jobs depend on this one: finishing it settles them (see `record`).
     var hasDependents = false
+
+    /// The longest wait an outcome asks for: ten years. A handler's snooze or `retryAfter`, or a
+    /// kind's retry cap, may be any `Duration`; past about 292,000 years PostgreSQL refuses the
+    /// interval, and a refused outcome kept every later one of its worker from being written.
+    static let longestDelay = 10 * 365 * 86_400.0
+
+    /// `wait` in seconds, within `0 ... longestDelay`.
+    static func delay(_ wait: Duration) -> Double {
+        min(max(wait.seconds, 0), longestDelay)
+    }
+
+    /// This outcome with a plain error in place of its own, which PostgreSQL refused (`reason`),
+    /// and its wait within range: its state, and so the job's fate, are kept.
+    func refused(because reason: String, worker: String) -> JobOutcome {
+        var plain = self
+        plain.delaySeconds = min(max(delaySeconds.isFinite ? delaySeconds : 0, 0), Self.longestDelay)
+        let errorClass: ErrorClass = switch state {
+        case .failed, .cancelled: .permanent
+        case .scheduled where refund == 1: .snooze
+        default: .retryable
+        }
+        let record = AttemptError(attempt: attempt, at: Date(), worker: worker, errorClass: errorClass, code: "outcome_refused",
+                                  message: "PostgreSQL refused this attempt's error as the handler gave it, so it is not kept",
+                                  detail: Storable.text(String(reason.prefix(2000))))
+        plain.errorJSON = errorJSON.isEmpty ? "" : ((try? Storable.json(String(decoding: JSONCoding.encoder.encode(record), as: UTF8.self))) ?? "")
+        return plain
+    }
 }
 
 /// `locod queue stats`.

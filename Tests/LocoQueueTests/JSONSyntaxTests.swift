@@ -74,7 +74,7 @@ struct JSONSyntaxTests {
                 }
                 texts.append(String(characters))
             }
-            try await db.client.query("""
+            _ = try await db.client.query("""
                 CREATE FUNCTION jsonb_accepts(t text) RETURNS boolean LANGUAGE plpgsql AS $$
                 BEGIN PERFORM t::jsonb; RETURN true; EXCEPTION WHEN others THEN RETURN false; END $$
                 """)

@@ -145,6 +145,60 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("an outcome PostgreSQL refuses for a value in it is written with a plain error, its state kept, and every other outcome is written")
+    func refusedOutcome() async throws {
+        try await TestDatabase.with { db in
+            // Stands in for whatever value PostgreSQL may refuse next (NUL characters and waits
+            // out of range were two): a trigger that refuses any job error mentioning 'poison'
+            // with a data exception (SQLSTATE 22023), as the server would.
+            _ = try await db.client.query("""
+                CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.errors::text LIKE '%poison%' THEN
+                        RAISE EXCEPTION 'this value is refused' USING ERRCODE = '22023';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """)
+            _ = try await db.client.query("CREATE TRIGGER refuse_poison BEFORE UPDATE ON loco_jobs FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.poison") { _, _ in throw JobFailure.permanent("poisoned", "a poison message") }
+            handlers.register(kind: "test.noop") { _, _ in try await Task.sleep(for: .milliseconds(20)) }
+            let poison = try await db.store.enqueue(NewJob(queue: "default", kind: "test.poison"), on: db.client)
+            let others = try await db.store.enqueueMany((0..<40).map { _ in NewJob(queue: "default", kind: "test.noop") }, on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 8)]), handlers: handlers) { _ in
+                let failed = try await db.wait(for: poison.id, toBe: .failed)
+                #expect(failed.errors.count == 1)
+                #expect(failed.errors.first?.code == "outcome_refused" && failed.errors.first?.errorClass == .permanent, "\(failed.errors)")
+                #expect(failed.errors.first?.detail?.contains("this value is refused (SQLSTATE 22023)") == true, "\(failed.errors)")
+                for job in others { _ = try await db.wait(for: job.id, toBe: .completed) }
+            }
+        }
+    }
+
+    @Test("a snooze or retry wait beyond what PostgreSQL's interval holds waits ten years, and the other jobs' outcomes are written")
+    func hugeWait() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            // 10^13 s is past PostgreSQL's interval range ('timestamp out of range'): the outcome's
+            // write failed, was put back first in line, and no later outcome was written.
+            handlers.register(kind: "test.sleepy") { _, _ in throw JobFailure.snooze(.seconds(10_000_000_000_000), reason: "come back much later") }
+            handlers.register(kind: "test.patient") { _, _ in throw JobFailure.retryable("busy", "try later", after: .seconds(Int64.max)) }
+            handlers.register(kind: "test.noop") { _, _ in }
+            let sleepy = try await db.store.enqueue(NewJob(queue: "default", kind: "test.sleepy"), on: db.client)
+            let patient = try await db.store.enqueue(NewJob(queue: "default", kind: "test.patient"), on: db.client)
+            try await db.withWorker(fastConfiguration([("default", 4)]), handlers: handlers) { _ in
+                for job in [sleepy, patient] {
+                    _ = try await db.wait(for: job.id, toBe: .scheduled)
+                    let years = try await db.scalar("SELECT (extract(epoch FROM run_at - now()) / (365 * 86400))::float8 FROM loco_jobs WHERE id = \(job.id)", as: Double.self)
+                    #expect(years > 9.9 && years <= 10, "\(job.id): \(years) years")
+                }
+                let after = try await db.store.enqueueMany((0..<20).map { _ in NewJob(queue: "default", kind: "test.noop") }, on: db.client)
+                for job in after { _ = try await db.wait(for: job.id, toBe: .completed) }
+            }
+        }
+    }
+
     @Test("a permanent error fails at once; running out of attempts fails too")
     func permanentAndExhausted() async throws {
         try await TestDatabase.with { db in

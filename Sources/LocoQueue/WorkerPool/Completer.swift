@@ -73,6 +73,11 @@ final class Completer: Sendable {
                     }
                 }
                 account(batch, updated: updated)
+            } catch let error where Self.refusesData(error) {
+                logger.warning("PostgreSQL refused a value in job outcomes; writing them one at a time",
+                               metadata: ["jobs": "\(batch.count)", "error": "\(database.url.describe(error))"])
+                failures = 0
+                await recordApart(batch, activity: activity)
             } catch {
                 failures += 1
                 if failures == 1 || failures % 50 == 0 {
@@ -87,6 +92,44 @@ final class Completer: Sendable {
                 pending.withLock { $0.insert(contentsOf: batch, at: 0) }
                 activity.at("pausing after a failed write", bound: .seconds(1))
                 try? await Task.sleep(for: .milliseconds(min(50 * failures, 1000)))
+            }
+        }
+    }
+
+    /// Whether PostgreSQL refused a statement for a value in it (SQLSTATE class 22, "data
+    /// exception": a time or interval out of range, text it cannot hold), which sending the same
+    /// values again can never fix.
+    static func refusesData(_ error: any Error) -> Bool {
+        DatabaseServerError.server(of: error)?.sqlState.hasPrefix("22") == true
+    }
+
+    /// Writes `batch` one outcome at a time. Retried whole, one outcome PostgreSQL refuses would
+    /// fail every batch it is in, so no later outcome of this worker would be written and its
+    /// jobs would stay running. One refused alone is written again with a plain error saying so in
+    /// place of its own (its state kept, a wait within range); refused even then, it is left to
+    /// its lease, and the job runs again once the lease expires.
+    private func recordApart(_ batch: [JobOutcome], activity: PartActivity) async {
+        for (index, outcome) in batch.enumerated() {
+            activity.at("recording job outcomes one at a time", bound: database.longestCall)
+            do {
+                do {
+                    account([outcome], updated: try await store.record([outcome], worker: worker, on: database))
+                } catch let error where Self.refusesData(error) {
+                    let plain = outcome.refused(because: database.url.describe(error), worker: worker)
+                    do {
+                        account([plain], updated: try await store.record([plain], worker: worker, on: database))
+                        logger.error("PostgreSQL refused the outcome of job \(outcome.id); it was written with a plain error instead",
+                                     metadata: ["job_id": "\(outcome.id)", "error": "\(database.url.describe(error))"])
+                    } catch let again where Self.refusesData(again) {
+                        logger.error("PostgreSQL refused the outcome of job \(outcome.id) even with a plain error; it runs again once its lease expires",
+                                     metadata: ["job_id": "\(outcome.id)", "error": "\(database.url.describe(again))"])
+                        ledger.remove([(outcome.id, outcome.run)])
+                    }
+                }
+            } catch {
+                // Not a value: the connection. What is left goes back in line, first.
+                pending.withLock { $0.insert(contentsOf: batch[index...], at: 0) }
+                return
             }
         }
     }

@@ -301,7 +301,7 @@ final class WorkerPool: Sendable {
         switch classified.errorClass {
         case .snooze:
             let wait = classified.retryAfter ?? .seconds(1)
-            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, refund: 1, errorJSON: errorJSON)
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: JobOutcome.delay(wait), refund: 1, errorJSON: errorJSON)
         case .permanent:
             return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .failed, errorJSON: errorJSON)
         case .retryable:
@@ -310,7 +310,7 @@ final class WorkerPool: Sendable {
             }
             let policy = shared.handlers.retryPolicy(of: job.kind) ?? shared.configuration.retry
             let wait = classified.retryAfter ?? policy.delay(afterAttempt: job.attempt)
-            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: wait.seconds, errorJSON: errorJSON)
+            return JobOutcome(id: job.id, attempt: job.attempt, queue: queue, state: .scheduled, delaySeconds: JobOutcome.delay(wait), errorJSON: errorJSON)
         }
     }
 }
