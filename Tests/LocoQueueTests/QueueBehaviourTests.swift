@@ -325,7 +325,7 @@ struct QueueBehaviourTests {
         }
     }
 
-    @Test("a job timeout that is not positive, a claim gather time, an orphan grace or a listener check interval out of range, a queue named twice, is refused with invalid_worker_configuration")
+    @Test("a job timeout that is not positive, a claim gather time, an orphan grace or a listener check interval out of range, a queue named twice, a worker id empty or with control characters, is refused with invalid_worker_configuration")
     func badJobTimeout() async throws {
         var configuration = fastConfiguration([("default", 1)])
         configuration.jobTimeout = .zero
@@ -374,6 +374,15 @@ struct QueueBehaviourTests {
             guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
             return reason == "queue 'default' is named twice; a worker runs one pool per queue, so name it once with its whole concurrency"
         }
+        // Written to every job it holds: an empty id, or one PostgreSQL's text cannot hold.
+        for id in ["", "w\u{0}1", "line\nbreak", String(repeating: "w", count: 201)] {
+            #expect {
+                try QueueWorker(databaseURL: url, handlers: JobHandlers(), configuration: fastConfiguration([("default", 1)], workerID: id), logger: Logger(label: "t"))
+            } throws: { error in
+                guard case QueueError.invalidWorkerConfiguration(let reason)? = error as? QueueError else { return false }
+                return reason.hasPrefix("the worker id must be 1 to 200 characters, none of them control characters")
+            }
+        }
     }
 
     @Test("malformed arguments fail the job with invalid_args naming the field")
@@ -404,6 +413,8 @@ struct QueueBehaviourTests {
                 // PostgreSQL would store 'infinity' (a job that never runs) or refuse it bare.
                 (NewJob(queue: "build", kind: "k", runAt: Date(timeIntervalSince1970: .infinity)), "invalid_enqueue"),
                 (NewJob(queue: "build", kind: "k", runAt: Date(timeIntervalSince1970: 1e12)), "invalid_enqueue"),
+                // PostgreSQL's text cannot hold it: a bare database_error before.
+                (NewJob(queue: "build", kind: "k", uniqueKey: "key\u{0}"), "invalid_enqueue"),
             ]
             for (job, code) in cases {
                 await #expect {

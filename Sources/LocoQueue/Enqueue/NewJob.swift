@@ -75,8 +75,8 @@ public struct NewJob: Sendable {
         guard (-32768...32767).contains(priority) else {
             throw .invalidEnqueue(reason: "priority must be between -32768 and 32767 (got \(priority))")
         }
-        if let uniqueKey, uniqueKey.isEmpty || uniqueKey.utf8.count > 512 {
-            throw .invalidEnqueue(reason: "a unique key must be 1 to 512 bytes long")
+        if let uniqueKey, uniqueKey.isEmpty || uniqueKey.utf8.count > 512 || uniqueKey.utf8.contains(0) {
+            throw .invalidEnqueue(reason: "a unique key must be 1 to 512 bytes long, without NUL characters")
         }
         if let uniqueFor {
             guard uniqueKey != nil else {

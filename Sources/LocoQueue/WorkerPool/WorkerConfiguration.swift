@@ -75,6 +75,11 @@ public struct WorkerConfiguration: Sendable {
 
     func validate() throws(QueueError) {
         guard !queues.isEmpty else { throw .invalidWorkerConfiguration(reason: "a worker needs at least one queue") }
+        // It is written to every job the worker holds and shown by 'locod queue workers'; an
+        // empty one names no worker, and PostgreSQL's text cannot hold a NUL character.
+        guard (1...200).contains(workerID.count), !workerID.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw .invalidWorkerConfiguration(reason: "the worker id must be 1 to 200 characters, none of them control characters (got '\(Storable.text(String(workerID.prefix(200))))')")
+        }
         // Two pools on one queue would each take the whole concurrency and report under one name.
         var named = Set<String>()
         for slot in queues where !named.insert(slot.name).inserted {
