@@ -39,6 +39,7 @@ public struct API: Sendable {
         let router = Router()
         router.add(middleware: metrics.middleware())
         router.add(middleware: ErrorMiddleware(routes: APIRoutes.all))
+        router.add(middleware: StorableQueryMiddleware())
         for route in APIRoutes.all {
             let api = self
             router.on(RouterPath(route.routerPath), method: route.method) { request, context in

@@ -1,4 +1,5 @@
 import Foundation
+import Hummingbird
 import LocoCore
 
 /// PostgreSQL's text and jsonb cannot hold U+0000 ("invalid byte sequence for encoding UTF8:
@@ -35,5 +36,25 @@ enum StorableText {
         guard let path = pathOfNUL(in: value, at: prefix) else { return }
         throw CoreError.invalidField(field: String(path.prefix(200)), reason: "contains a NUL character (\\u0000), which cannot be stored",
                                      hint: "Remove the NUL character: text fields hold text only.")
+    }
+}
+
+/// Refuses a query parameter that holds U+0000 (sent as `%00`), which would reach PostgreSQL
+/// as text it cannot hold: `GET /v1/apps?team=%00` answered 500.
+struct StorableQueryMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        // Most requests carry no %00 at all; only those are decoded and looked at.
+        if let query = request.uri.query, query.contains("%00") {
+            for (name, value) in request.uri.queryParameters {
+                let parameter = [String(name), String(value)]
+                guard parameter.contains(where: { $0.unicodeScalars.contains("\u{0}") }) else { continue }
+                throw CoreError.invalidField(field: String(name.prefix(100)).replacingOccurrences(of: "\u{0}", with: "\\u0000"),
+                                             reason: "contains a NUL character (\\u0000), which cannot be stored",
+                                             hint: "Remove the %00 from the query.")
+            }
+        }
+        return try await next(request, context)
     }
 }

@@ -64,6 +64,9 @@ struct BadInputTests {
                 #expect(reply.status == 422 && reply.errorCode == "invalid_field", "\(body): \(reply.status) \(reply.text)")
                 #expect(reply.json?["error"]?["message"]?.stringValue == "\(field): contains a NUL character (\\u0000), which cannot be stored", "\(reply.text)")
             }
+            // Percent-encoded in a query, too (GET /v1/apps?team=%00 answered 500).
+            let nulQuery = try await harness.call(.get, "/v1/apps?team=%00", token: token)
+            #expect(nulQuery.status == 422 && nulQuery.json?["error"]?["message"]?.stringValue == "team: contains a NUL character (\\u0000), which cannot be stored", "\(nulQuery.text)")
             let lineBreak = try await harness.call(.post, "/v1/tokens", token: token, json: #"{"name":"lap\ntop"}"#)
             #expect(lineBreak.status == 422 && lineBreak.json?["error"]?["message"]?.stringValue == "name: must be 1 to 100 characters, none of them control characters", "\(lineBreak.text)")
             #expect(try await harness.database.scalar("SELECT count(*) FROM loco_tokens WHERE name LIKE 'lap%'", as: Int64.self) == 0)
