@@ -11,6 +11,8 @@ struct JSONSyntaxTests {
         try await TestDatabase.with { db in
             let refused: [(args: String, says: String)] = [
                 (#"{"a":1,}"#, "line 1, column 7: a trailing comma"),
+                // Columns count characters: "é" is two bytes.
+                (#"{"é":1,}"#, "line 1, column 7: a trailing comma"),
                 ("{\n  \"a\": [1, 2, ],\n}", "line 2, column 13: a trailing comma"),
                 (#"{"a":"\u0000"}"#, "line 1, column 7: \\u0000, which PostgreSQL cannot store in jsonb"),
                 (#"{"a":1e131072}"#, "line 1, column 6: a number beyond the range PostgreSQL stores"),

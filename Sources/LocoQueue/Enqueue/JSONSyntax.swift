@@ -31,7 +31,9 @@ public enum JSONSyntax {
             line += 1
             lineStart = index + 1
         }
-        return "line \(line), column \(offset - lineStart + 1)"
+        // Columns count characters (Unicode scalars), not bytes: continuation bytes are skipped.
+        let column = bytes[lineStart..<min(offset, bytes.count)].count { $0 & 0xC0 != 0x80 } + 1
+        return "line \(line), column \(column)"
     }
 
     private struct Scanner {
