@@ -176,6 +176,44 @@ struct QueueBehaviourTests {
         }
     }
 
+    @Test("an outcome PostgreSQL refuses even with a plain error waits apart, its job held and not run again, while other outcomes are written; once accepted, it is written")
+    func parkedOutcome() async throws {
+        try await TestDatabase.with { db in
+            // An operator's trigger that keeps listed jobs from finishing (RAISE EXCEPTION, SQLSTATE
+            // P0001): neither the outcome nor a plain stand-in can be written until it lets go.
+            _ = try await db.client.query("CREATE TABLE refused_jobs (id int8 PRIMARY KEY)")
+            _ = try await db.client.query("""
+                CREATE FUNCTION refuse_listed() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF OLD.state = 'running' AND NEW.state <> 'running' AND EXISTS (SELECT FROM refused_jobs WHERE id = NEW.id) THEN
+                        RAISE EXCEPTION 'job % may not finish yet', NEW.id;
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """)
+            _ = try await db.client.query("CREATE TRIGGER refuse_listed BEFORE UPDATE ON loco_jobs FOR EACH ROW EXECUTE FUNCTION refuse_listed()")
+            let runs = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.held") { _, context in runs.record(context.id) }
+            handlers.register(kind: "test.noop") { _, _ in try await Task.sleep(for: .milliseconds(10)) }
+            let held = try await db.store.enqueue(NewJob(queue: "default", kind: "test.held"), on: db.client)
+            _ = try await db.client.query("INSERT INTO refused_jobs VALUES (\(held.id))")
+            try await db.withWorker(fastConfiguration([("default", 4)]), handlers: handlers) { _ in
+                let ran = try await eventually { runs.count(held.id) == 1 }
+                #expect(ran)
+                let others = try await db.store.enqueueMany((0..<30).map { _ in NewJob(queue: "default", kind: "test.noop") }, on: db.client)
+                for job in others { _ = try await db.wait(for: job.id, toBe: .completed) }
+                // Past several retries of the parked outcome, and several heartbeats.
+                try await Task.sleep(for: .seconds(5))
+                #expect(try await db.state(of: held.id) == .running)
+                _ = try await db.client.query("DELETE FROM refused_jobs")
+                let done = try await db.wait(for: held.id, toBe: .completed, timeout: .seconds(20))
+                #expect(done.attempt == 1 && done.errors.isEmpty, "\(done.errors)")
+                #expect(runs.count(held.id) == 1)
+            }
+        }
+    }
+
     @Test("a snooze or retry wait beyond what PostgreSQL's interval holds waits ten years, and the other jobs' outcomes are written")
     func hugeWait() async throws {
         try await TestDatabase.with { db in
