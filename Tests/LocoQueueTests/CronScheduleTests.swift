@@ -121,6 +121,14 @@ struct CronScheduleTests {
         #expect(try CronSchedule("@every 2d").latestDue(after: date("2026-11-20T00:00:00Z"), now: date("2026-11-26T12:00:00Z")) == date("2026-11-25T00:00:00Z"))
     }
 
+    @Test("a day that only some months have fires in those; with a day of the week as well, either is enough")
+    func rareDays() throws {
+        #expect(try CronSchedule("0 4 29 2 *").next(after: date("2026-11-26T00:00:00Z")) == date("2028-02-29T04:00:00Z"))
+        #expect(try CronSchedule("0 4 30,31 2,4 *").next(after: date("2026-11-26T00:00:00Z")) == date("2027-04-30T04:00:00Z"))
+        // Feb 31 or any Monday: Mondays in February.
+        #expect(try CronSchedule("0 4 31 2 1").next(after: date("2026-11-26T00:00:00Z")) == date("2027-02-01T04:00:00Z"))
+    }
+
     @Test("invalid expressions say what is wrong", arguments: [
         ("* * * *", "4 fields"),
         ("61 * * * *", "minute 61 is outside 0-59"),
@@ -137,6 +145,10 @@ struct CronScheduleTests {
         ("@every 0s", "outside 1 second to 366 days"),
         ("@every 400d", "outside 1 second to 366 days"),
         ("CRON_TZ=Europe/Berlin @every 1h", "CRON_TZ does not apply to @every"),
+        // Parsed, and never fired: 'next never' in 'locod cron', a job that silently never ran.
+        ("0 4 31 2 *", "it never fires: Feb has no day 31"),
+        ("0 4 30,31 feb *", "it never fires: Feb has no day 30 or 31"),
+        ("0 4 31 4,6,9,11 *", "it never fires: Apr, Jun, Sep, Nov have no day 31"),
     ])
     func invalid(expression: String, mentions: String) {
         #expect {

@@ -85,6 +85,17 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
         dayOfMonthRestricted = !fields[3].hasPrefix("*")
         dayOfWeekRestricted = !fields[5].hasPrefix("*")
         hourRestricted = !fields[2].hasPrefix("*")
+        // '0 4 31 2 *' parses, and never fires: a job that silently never runs. (With a day of
+        // the week as well, either one matching is enough, so it fires.)
+        if dayOfMonthRestricted && !dayOfWeekRestricted {
+            let longest = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+            let firing = self.months.contains { month in daysOfMonth.contains { $0 <= longest[month - 1] } }
+            guard firing else {
+                let names = self.months.sorted().map { months[$0 - 1].capitalized }.joined(separator: ", ")
+                throw .invalidCronExpression(expression: expression,
+                                             reason: "it never fires: \(names) \(self.months.count == 1 ? "has" : "have") no day \(daysOfMonth.sorted().map(String.init).joined(separator: " or ")); to stop a periodic job, pause it ('locod cron pause NAME')")
+            }
+        }
     }
 
     /// `1h30m`, `90s`, `2d`: whole seconds, from 1 second to 366 days.
