@@ -24,6 +24,8 @@ struct JSONSyntaxTests {
                 (#"{"a":"tab"# + "\t" + #""}"#, "a control character (byte 0x09) inside a string"),
                 ("", "no JSON value"),
                 (#"{"a":[1"#, "the text ends inside an array"),
+                // Foundation's decoder stops at 512 levels: a handler could not read deeper args.
+                ("{\"a\":" + String(repeating: "[", count: 600) + String(repeating: "]", count: 600) + "}", "line 1, column 517: nesting deeper than 512 levels"),
             ]
             for (args, says) in refused {
                 await #expect {
