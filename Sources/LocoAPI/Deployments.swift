@@ -101,7 +101,9 @@ extension API {
             throw CoreError.invalidJSON(reason: "the 'config' part does not parse")
         }
         guard case .object = config else { throw CoreError.invalidJSON(reason: "the 'config' part must be a JSON object") }
-        if let parsed = try? JSONSerialization.jsonObject(with: Data(bytes)) { try StorableText.check(parsed, under: "config") }
+        if StorableText.mayHoldNUL(bytes), let parsed = try? JSONSerialization.jsonObject(with: Data(bytes)) {
+            try StorableText.check(parsed, under: "config")
+        }
         // The URL names the app; a config naming another would be stored under the wrong name.
         if let named = config["name"]?.stringValue, named != app {
             throw CoreError.invalidField(field: "config.name", reason: "\"\(named.prefix(80))\" is not this app (\(app))",

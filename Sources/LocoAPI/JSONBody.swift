@@ -39,7 +39,7 @@ enum RequestReader {
             throw CoreError.invalidJSON(reason: data.isEmpty ? "the body is empty" : "it does not parse")
         }
         guard let dictionary = object as? [String: Any] else { throw CoreError.invalidJSON(reason: "expected a JSON object") }
-        try StorableText.check(dictionary)
+        if StorableText.mayHoldNUL(data) { try StorableText.check(dictionary) }
         for key in dictionary.keys.sorted() where !T.fields.contains(key) {
             throw CoreError.unknownField(field: String(key.prefix(100)), allowed: T.fields)
         }

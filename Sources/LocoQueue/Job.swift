@@ -31,6 +31,12 @@ public struct AttemptError: Sendable, Codable, Equatable {
         case attempt, at, worker, errorClass = "class", code, message, detail
     }
 
+    /// This error as JSON that PostgreSQL's jsonb can hold (see `Storable`), for the outcome
+    /// that records it; "" if it does not encode.
+    var storableJSON: String {
+        (try? Storable.json(String(decoding: JSONCoding.encoder.encode(self), as: UTF8.self))) ?? ""
+    }
+
     public init(attempt: Int, at: Date, worker: String?, errorClass: ErrorClass, code: String, message: String, detail: String?) {
         self.attempt = attempt
         self.at = at

@@ -990,11 +990,10 @@ struct JobOutcome: Sendable {
         min(max(wait.seconds, 0), longestDelay)
     }
 
-    /// This outcome with a plain error in place of its own, which PostgreSQL refused (`reason`),
-    /// and its wait within range: its state, and so the job's fate, are kept.
+    /// This outcome with a plain error in place of its own, which PostgreSQL refused (`reason`):
+    /// its state, and so the job's fate, are kept.
     func refused(because reason: String, worker: String) -> JobOutcome {
         var plain = self
-        plain.delaySeconds = min(max(delaySeconds.isFinite ? delaySeconds : 0, 0), Self.longestDelay)
         let errorClass: ErrorClass = switch state {
         case .failed, .cancelled: .permanent
         case .scheduled where refund == 1: .snooze
@@ -1003,7 +1002,7 @@ struct JobOutcome: Sendable {
         let record = AttemptError(attempt: attempt, at: Date(), worker: worker, errorClass: errorClass, code: "outcome_refused",
                                   message: "PostgreSQL refused this attempt's error as the handler gave it, so it is not kept",
                                   detail: Storable.text(String(reason.prefix(2000))))
-        plain.errorJSON = errorJSON.isEmpty ? "" : ((try? Storable.json(String(decoding: JSONCoding.encoder.encode(record), as: UTF8.self))) ?? "")
+        plain.errorJSON = errorJSON.isEmpty ? "" : record.storableJSON
         return plain
     }
 }

@@ -130,7 +130,7 @@ final class Completer: Sendable {
     /// Writes `batch` one outcome at a time. Retried whole, one outcome PostgreSQL refuses would
     /// fail every batch it is in, so no later outcome of this worker would be written and its
     /// jobs would stay running. One refused alone is written again with a plain error saying so in
-    /// place of its own (its state kept, a wait within range); refused even then, it is parked
+    /// place of its own (its state kept); refused even then, it is parked
     /// and tried again on its own (see `parked`).
     private func recordApart(_ batch: [JobOutcome], activity: PartActivity) async {
         for (index, outcome) in batch.enumerated() {

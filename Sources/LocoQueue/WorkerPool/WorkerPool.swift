@@ -270,7 +270,7 @@ final class WorkerPool: Sendable {
         func attemptError(_ errorClass: ErrorClass, _ code: String, _ message: String, _ detail: String?) -> String {
             let record = AttemptError(attempt: job.attempt, at: Date(), worker: worker, errorClass: errorClass, code: code,
                                       message: String(message.prefix(2000)), detail: detail.map { String($0.suffix(8000)) })
-            return (try? Storable.json(String(decoding: JSONCoding.encoder.encode(record), as: UTF8.self))) ?? ""
+            return record.storableJSON
         }
         if finishedInTransaction { return nil }
         var timedOut: JobFailure?
