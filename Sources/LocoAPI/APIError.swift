@@ -38,7 +38,7 @@ struct ErrorMiddleware: RouterMiddleware {
         } catch let error as CoreError {
             return errorResponse(error)
         } catch let error as QueueError {
-            if case .databaseUnreachable = error { return errorResponse(.databaseUnavailable) }
+            if error.isDatabaseUnavailable { return errorResponse(.databaseUnavailable) }
             // Any other queue error here is Loco's own bug, not the caller's input.
             context.logger.error("queue error", metadata: ["error": "\(error)"])
             return errorResponse(.internalError(requestID: context.id))

@@ -215,7 +215,7 @@ struct DatabaseURLTests {
         #expect(try !DatabaseURL("postgres://a:b@db:6432/x").transactionPooler)
         let url = try DatabaseURL("postgres://a:b@db:6432/x?pgbouncer=true&sslmode=require")
         #expect(url.transactionPooler && url.requireTLS)
-        #expect(url.description == "postgres://a:***@db:6432/x?pgbouncer=true")
+        #expect(url.description == "postgres://a:***@db:6432/x?sslmode=require&pgbouncer=true")
         #expect(try DatabaseURL(url.urlString) == url)
         let socket = try DatabaseURL("postgres://a@/x?host=/run/pgbouncer&port=6432&pgbouncer=1")
         #expect(socket.transactionPooler && socket.description == "postgres://a@/x?host=/run/pgbouncer&port=6432&pgbouncer=true")
@@ -236,9 +236,54 @@ struct DatabaseURLTests {
         let explained = try #require(url.explain(stopping) as? QueueError)
         #expect(explained.code == "database_unreachable")
         #expect(explained.message.hasSuffix("db:5432: terminating connection due to administrator command (SQLSTATE 57P01)"), "\(explained.message)")
+        // A login the server refused is not "cannot reach": it names the user and the server's words.
         let refused = DatabaseServerError(fields: [.sqlState: "28P01", .message: "password authentication failed for user \"a\""])
-        #expect((url.explain(refused) as? QueueError)?.message.hasSuffix("db:5432: password authentication failed for user \"a\"") == true,
-                "\(url.explain(refused))")
+        let login = try #require(url.explain(refused) as? QueueError)
+        #expect(login.code == "database_login_refused")
+        #expect(login.message == "PostgreSQL at db:5432 refused to log user 'a' in: password authentication failed for user \"a\" (SQLSTATE 28P01)", "\(login.message)")
+        #expect(!login.message.contains(":b@") && !login.hint.contains("b@"))
+    }
+
+    @Test("libpq's TLS parameters: sslmode values, files read when the URL is read, a Unix socket with required TLS refused, unknown parameters refused with a guess")
+    func tlsParameters() throws {
+        func refusal(_ text: String) -> String? {
+            do {
+                _ = try DatabaseURL(text)
+                return nil
+            } catch {
+                #expect(error.code == "invalid_database_url")
+                #expect(!error.message.contains("hunter2"))
+                return error.message
+            }
+        }
+        // libpq's default is prefer; every libpq mode reads.
+        #expect(try DatabaseURL("postgres://a@db/x").tls.mode == .prefer)
+        for mode in DatabaseTLS.Mode.allCases {
+            #expect(try DatabaseURL("postgres://a@db/x?sslmode=\(mode.rawValue)").tls.mode == mode)
+        }
+        #expect(refusal("postgres://a:hunter2@db/x?sslmode=required")?.contains("sslmode 'required' is not one of disable, allow, prefer, require, verify-ca, verify-full") == true)
+        // A misspelt parameter is refused rather than ignored (it would connect without TLS).
+        #expect(refusal("postgres://a:hunter2@db/x?sslmod=require") == "the database URL is not valid: it has a parameter 'sslmod' Loco does not know (did you mean 'sslmode'?); it knows host, port, sslmode, sslrootcert, sslcert, sslkey, application_name, pgbouncer")
+        #expect(refusal("postgres://a@db/x?target_session_attrs=read-write")?.contains("'target_session_attrs' Loco does not know; it knows") == true)
+        // Files are read with the URL, so a wrong path is said at once.
+        let folder = NSTemporaryDirectory() + "loco-url-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "not a certificate\n".write(toFile: folder + "/junk.pem", atomically: true, encoding: .utf8)
+        #expect(refusal("postgres://a@db/x?sslmode=verify-full&sslrootcert=\(folder)/missing.pem") == "the database URL is not valid: sslrootcert '\(folder)/missing.pem' cannot be read: there is no such file")
+        #expect(refusal("postgres://a@db/x?sslmode=verify-full&sslrootcert=\(folder)")?.hasSuffix("cannot be read: it is a folder") == true)
+        #expect(refusal("postgres://a@db/x?sslrootcert=\(folder)/junk.pem")?.hasSuffix("holds no PEM certificate (-----BEGIN CERTIFICATE-----)") == true)
+        #expect(refusal("postgres://a@db/x?sslcert=\(folder)/junk.pem")?.hasSuffix("sslcert is given without sslkey, the file of its private key") == true)
+        #expect(refusal("postgres://a@db/x?sslkey=\(folder)/junk.pem")?.hasSuffix("sslkey is given without sslcert, the file of its certificate") == true)
+        #expect(refusal("postgres://a@db/x?sslmode=disable&sslrootcert=\(folder)/junk.pem")?.contains("sslrootcert is given but sslmode=disable uses no TLS") == true)
+        // PostgreSQL speaks no TLS on its socket: a demand for it there is refused; prefer is dropped.
+        #expect(refusal("postgres://a@/x?host=/run/postgresql&sslmode=verify-full")?.contains("sslmode=verify-full cannot hold on a Unix socket") == true)
+        #expect(try DatabaseURL("postgres://a@/x?host=/run/postgresql&sslmode=prefer").tls.mode == .disable)
+        // The system's CAs by name, as libpq 16 spells it; what a child process is handed keeps it all.
+        let url = try DatabaseURL("postgres://a:hunter2@db:6432/x?sslmode=verify-full&sslrootcert=system&application_name=locod%20worker")
+        #expect(url.tls.rootCertificate == "system" && url.applicationName == "locod worker" && url.requireTLS)
+        #expect(try DatabaseURL(url.urlString) == url)
+        #expect(url.description == "postgres://a:***@db:6432/x?sslmode=verify-full")
     }
 
     @Test("a malformed URL is refused without echoing its password")

@@ -2250,7 +2250,7 @@ struct QueueBehaviourTests {
     func closedConnection() async throws {
         try await TestDatabase.with { db in
             // PostgresNIO drops a query written to a closed connection, and its caller would wait forever.
-            let bare = try await PostgresConnection.connect(configuration: db.url.connectionConfiguration, id: 1, logger: db.logger)
+            let bare = try await PostgresConnection.connect(configuration: db.url.connectionConfiguration(), id: 1, logger: db.logger)
             try await bare.close()
             let refused = try await ReconnectingConnection.deadline(.seconds(10)) { () -> String in
                 do { _ = try await bare.run("SELECT 1", logger: db.logger) } catch { return (db.url.explain(error) as? QueueError)?.message ?? "\(error)" }
@@ -2436,7 +2436,7 @@ struct QueueBehaviourTests {
     func unreachable() async throws {
         let url = try DatabaseURL("postgres://loco:hunter2@127.0.0.1:1/loco")
         do {
-            _ = try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: 9, logger: TestDatabase.testLogger)
+            _ = try await PostgresConnection.connect(configuration: url.connectionConfiguration(), id: 9, logger: TestDatabase.testLogger)
             Issue.record("connecting to port 1 should fail")
         } catch {
             let explained = try #require(url.explain(error) as? QueueError)

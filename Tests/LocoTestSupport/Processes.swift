@@ -119,15 +119,23 @@ public func freePort() throws -> Int {
 public struct PrivatePostgres: Sendable {
     public let name: String
     public let url: DatabaseURL
+    /// With `tls`: the folder of its CA (`ca.crt`, `ca.key`) and server certificate.
+    public let tlsFolder: URL?
     static var script: URL { Repo.root.appendingPathComponent("scripts/services") }
 
-    public static func start() async throws -> PrivatePostgres {
+    /// `tls`: TLS on, with a certificate for localhost and 127.0.0.1 from a CA of its own.
+    public static func start(tls: Bool = false) async throws -> PrivatePostgres {
         let name = "test-\(UInt32.random(in: 0...UInt32.max))"
-        let (status, output) = try await runCommand(URL(fileURLWithPath: "/bin/bash"), [script.path, "start", "--name", name])
-        guard status == 0, let line = output.split(separator: "\n").first(where: { $0.hasPrefix("LOCO_DATABASE_URL=") }) else {
-            throw TestSetupError("scripts/services start --name \(name) failed (it needs root, the postgres user and postgresql-15):\n\(output)")
+        let (status, output) = try await runCommand(URL(fileURLWithPath: "/bin/bash"), [script.path, "start", "--name", name] + (tls ? ["--tls"] : []))
+        let lines = output.split(separator: "\n")
+        func value(_ key: String) -> String? {
+            lines.first(where: { $0.hasPrefix("\(key)=") }).map { String($0.dropFirst(key.count + 1)) }
         }
-        return PrivatePostgres(name: name, url: try DatabaseURL(String(line.dropFirst("LOCO_DATABASE_URL=".count))))
+        guard status == 0, let url = value("LOCO_DATABASE_URL"), !tls || value("LOCO_DATABASE_TLS_URL") != nil else {
+            throw TestSetupError("scripts/services start --name \(name)\(tls ? " --tls" : "") failed (it needs root, the postgres user, postgresql-15 and openssl):\n\(output)")
+        }
+        let tlsFolder = tls ? try DatabaseURL(value("LOCO_DATABASE_TLS_URL")!).tls.rootCertificate.map { URL(fileURLWithPath: $0).deletingLastPathComponent() } : nil
+        return PrivatePostgres(name: name, url: try DatabaseURL(url), tlsFolder: tlsFolder)
     }
 
     public func stop() async throws { try await services("stop") }

@@ -62,7 +62,7 @@ public struct TestDatabase: Sendable {
     }
 
     static func admin(_ server: DatabaseURL, logger: Logger, _ sql: String) async throws {
-        let connection = try await PostgresConnection.connect(configuration: server.connectionConfiguration, id: 1, logger: logger)
+        let connection = try await PostgresConnection.connect(configuration: server.connectionConfiguration(), id: 1, logger: logger)
         do {
             _ = try await connection.simpleQuery(sql).get()
         } catch {

@@ -1,5 +1,6 @@
 import LocoShared
 import NIOCore
+import NIOSSL
 import PostgresNIO
 
 extension DatabaseURL {
@@ -15,7 +16,16 @@ extension DatabaseURL {
         }
         if let psql = error as? PSQLError {
             switch psql.code {
+            case .sslUnsupported:
+                return QueueError.databaseTLSUnavailable(endpoint: endpoint, mode: tls.mode.rawValue)
+            case .authMechanismRequiresPassword:
+                return QueueError.databaseLoginRefused(endpoint: endpoint, user: username, reason: "the server asks for a password and the URL gives none")
+            case .unsupportedAuthMechanism:
+                return QueueError.databaseLoginRefused(endpoint: endpoint, user: username, reason: "the server asks for a way of logging in Loco does not speak (it speaks password, md5 and scram-sha-256)")
+            case .saslError:
+                return QueueError.databaseLoginRefused(endpoint: endpoint, user: username, reason: "the SCRAM exchange failed")
             case .connectionError, .serverClosedConnection, .uncleanShutdown, .poolClosed, .clientClosedConnection:
+                if let refused = certificateRejection(psql.underlying) { return refused }
                 return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: psql.underlying ?? psql))
             case .server:
                 guard let sqlState = psql.serverInfo?[.sqlState] else { return error }
@@ -35,15 +45,30 @@ extension DatabaseURL {
 
     /// Server errors that mean the database cannot be used from here at all.
     private func unreachable(sqlState: String, message: String?) -> QueueError? {
-        if sqlState.hasPrefix("28") || sqlState == "3D000" {
-            return .databaseUnreachable(endpoint: endpoint, reason: message ?? "authentication failed")
+        if sqlState.hasPrefix("28") {
+            return .databaseLoginRefused(endpoint: endpoint, user: username, reason: "\(message ?? "authentication failed") (SQLSTATE \(sqlState))")
         }
+        if sqlState == "3D000" { return .databaseNotFound(endpoint: endpoint, database: database) }
         // Class 57 is the server stopping, crashing or still starting ("terminating
         // connection due to administrator command", "the database system is starting up").
         if sqlState.hasPrefix("57") {
             return .databaseUnreachable(endpoint: endpoint, reason: "\(message ?? "the server is shutting down") (SQLSTATE \(sqlState))")
         }
         return nil
+    }
+
+    /// A TLS handshake that failed on the server's certificate, said as what was wrong with it.
+    /// (BoringSSL reports only that the check failed, not which part of it.)
+    private func certificateRejection(_ error: (any Error)?) -> QueueError? {
+        let mode = tls.mode.rawValue
+        if let extra = error as? NIOSSLExtraError, extra == .failedToValidateHostname {
+            return .databaseCertificateRejected(endpoint: endpoint, mode: mode, reason: "it is not made out to '\(host)' (no such name or address among its subject alternative names)")
+        }
+        guard let ssl = error as? NIOSSLError, case let .handshakeFailed(.sslError(errors)) = ssl,
+              errors.contains(where: { "\($0)".contains("CERTIFICATE_VERIFY_FAILED") })
+        else { return nil }
+        let roots = tls.rootCertificate.map { $0 == "system" ? "the system's CAs" : "sslrootcert \($0)" } ?? "the system's CAs (no sslrootcert given)"
+        return .databaseCertificateRejected(endpoint: endpoint, mode: mode, reason: "it is not signed by a CA in \(roots), or it is expired or not yet valid")
     }
 
     /// `explain(error)` as text for a log line. PSQLError's own description hides everything;

@@ -1,4 +1,5 @@
 import Foundation
+import LocoShared
 import PostgresNIO
 
 /// A parsed `postgres://user:password@host:port/database` URL, or, as in libpq, one naming a
@@ -13,21 +14,31 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     public var username: String
     public var password: String?
     public var database: String
-    public var requireTLS: Bool
+    /// `sslmode` and its files, as libpq reads them (default `prefer`).
+    public var tls: DatabaseTLS
+    /// libpq's `application_name`: what `pg_stat_activity` shows for the connections.
+    public var applicationName: String?
     /// The server is reached through a pooler in transaction mode (PgBouncer's
     /// `pool_mode = transaction`), said with `?pgbouncer=true` as Prisma does. Each transaction
     /// may then run in another server session, so nothing may live in a session: Loco prepares
     /// no statement by name, makes no session settings, and its workers poll instead of LISTEN.
     public var transactionPooler: Bool = false
 
-    public init(host: String, port: Int = 5432, username: String = "postgres", password: String? = nil, database: String = "postgres", requireTLS: Bool = false) {
+    public init(host: String, port: Int = 5432, username: String = "postgres", password: String? = nil, database: String = "postgres", tls: DatabaseTLS = DatabaseTLS()) {
         self.host = host
         self.port = port
         self.username = username
         self.password = password
         self.database = database
-        self.requireTLS = requireTLS
+        self.tls = tls
     }
+
+    /// TLS is demanded (`sslmode=require` or stronger).
+    public var requireTLS: Bool { tls.required }
+
+    /// The query parameters a URL may carry; any other is refused rather than ignored, so a
+    /// misspelt `sslmode` does not quietly connect without TLS.
+    static let parameters = ["host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "pgbouncer"]
 
     public init(_ string: String) throws(QueueError) {
         guard let components = URLComponents(string: string),
@@ -36,6 +47,10 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
             throw .invalidDatabaseURL(reason: "it must start with postgres:// (got '\(Self.redacted(string))')")
         }
         let query = components.queryItems ?? []
+        if let unknown = query.first(where: { !Self.parameters.contains($0.name) }) {
+            let near = DidYouMean.suggestion(for: unknown.name, among: Self.parameters)
+            throw .invalidDatabaseURL(reason: "it has a parameter '\(unknown.name)' Loco does not know\(near.map { " (did you mean '\($0)'?)" } ?? ""); it knows \(Self.parameters.joined(separator: ", "))")
+        }
         let hostParameter = query.first(where: { $0.name == "host" })?.value
         if let hostParameter, hostParameter.hasPrefix("/") {
             socketDirectory = hostParameter
@@ -56,12 +71,8 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         self.password = components.password.flatMap { $0.removingPercentEncoding }
         let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
         self.database = path.isEmpty ? self.username : path
-        let sslmode = query.first(where: { $0.name == "sslmode" })?.value ?? "disable"
-        switch sslmode {
-        case "disable", "allow", "prefer": self.requireTLS = false
-        case "require", "verify-ca", "verify-full": self.requireTLS = true
-        default: throw .invalidDatabaseURL(reason: "sslmode '\(sslmode)' is not one of disable, prefer, require")
-        }
+        tls = try DatabaseTLS(query: query, overSocket: socketDirectory != nil)
+        applicationName = query.first(where: { $0.name == "application_name" })?.value
         switch query.first(where: { $0.name == "pgbouncer" })?.value {
         case nil, "false", "0": transactionPooler = false
         case "true", "1": transactionPooler = true
@@ -75,14 +86,17 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         return "\(host):\(port)"
     }
 
-    /// The URL with the password replaced by `***`.
+    /// The URL with the password replaced by `***` (and only the parameters that say how it
+    /// connects: the TLS mode when not the default, and the pooler mark).
     public var description: String {
         let credentials = password == nil ? username : "\(username):***"
-        let pooler = transactionPooler ? "pgbouncer=true" : nil
+        var parameters: [String] = []
+        if socketDirectory == nil, tls.mode != .prefer { parameters.append("sslmode=\(tls.mode.rawValue)") }
+        if transactionPooler { parameters.append("pgbouncer=true") }
         if let socketDirectory {
-            return "postgres://\(credentials)@/\(database)?host=\(socketDirectory)&port=\(port)" + (pooler.map { "&\($0)" } ?? "")
+            return "postgres://\(credentials)@/\(database)?" + (["host=\(socketDirectory)", "port=\(port)"] + parameters).joined(separator: "&")
         }
-        return "postgres://\(credentials)@\(host):\(port)/\(database)" + (pooler.map { "?\($0)" } ?? "")
+        return "postgres://\(credentials)@\(host):\(port)/\(database)" + (parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&"))
     }
 
     /// The full URL, password included: only for handing to child processes.
@@ -100,7 +114,8 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
             components.host = host
             components.port = port
         }
-        if requireTLS { query.append(URLQueryItem(name: "sslmode", value: "require")) }
+        if socketDirectory == nil { query += tls.queryItems }
+        if let applicationName { query.append(URLQueryItem(name: "application_name", value: applicationName)) }
         if transactionPooler { query.append(URLQueryItem(name: "pgbouncer", value: "true")) }
         if !query.isEmpty { components.queryItems = query }
         return components.string ?? description
@@ -112,16 +127,18 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         return copy
     }
 
-    public var connectionConfiguration: PostgresConnection.Configuration {
+    /// How PostgresNIO connects; throws when a TLS file named in the URL no longer reads.
+    public func connectionConfiguration() throws(QueueError) -> PostgresConnection.Configuration {
+        var configuration: PostgresConnection.Configuration
         if let socketDirectory {
-            return PostgresConnection.Configuration(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: username,
-                                                    password: password, database: database)
+            configuration = PostgresConnection.Configuration(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: username,
+                                                             password: password, database: database)
+        } else {
+            configuration = PostgresConnection.Configuration(host: host, port: port, username: username, password: password,
+                                                             database: database, tls: try tls.connectionTLS())
         }
-        var configuration = PostgresConnection.Configuration(
-            host: host, port: port, username: username, password: password, database: database,
-            tls: requireTLS ? .require(try! .init(configuration: .makeClientConfiguration())) : .disable
-        )
         configuration.options.connectTimeout = .seconds(5)
+        if let applicationName { configuration.options.additionalStartupParameters = [("application_name", applicationName)] }
         return configuration
     }
 

@@ -109,7 +109,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
             let task = Task { [url, logger, connectTimeout, sessionSettings] in
                 try await Self.deadline(connectTimeout, late: { connection in try? await connection.close() }) {
-                    let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: id, logger: logger)
+                    let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration(), id: id, logger: logger)
                     do {
                         try await Self.apply(sessionSettings, on: connection, logger: logger)
                     } catch {

@@ -2,6 +2,13 @@
 public enum QueueError: CodedError, Equatable {
     /// `endpoint` is `host:port` or a socket path.
     case databaseUnreachable(endpoint: String, reason: String)
+    /// The server answered and refused this user: wrong password, no pg_hba.conf line, no such role.
+    case databaseLoginRefused(endpoint: String, user: String, reason: String)
+    case databaseNotFound(endpoint: String, database: String)
+    /// The URL demands TLS (`sslmode=require` or stronger) and the server offers none.
+    case databaseTLSUnavailable(endpoint: String, mode: String)
+    /// The server's certificate failed the check `sslmode` asks for.
+    case databaseCertificateRejected(endpoint: String, mode: String, reason: String)
     case invalidDatabaseURL(reason: String)
     case invalidQueueName(String)
     case invalidKind(String)
@@ -26,6 +33,10 @@ public enum QueueError: CodedError, Equatable {
     public var code: String {
         switch self {
         case .databaseUnreachable: "database_unreachable"
+        case .databaseLoginRefused: "database_login_refused"
+        case .databaseNotFound: "database_not_found"
+        case .databaseTLSUnavailable: "database_tls_unavailable"
+        case .databaseCertificateRejected: "database_certificate_rejected"
         case .invalidDatabaseURL: "invalid_database_url"
         case .invalidQueueName: "invalid_queue_name"
         case .invalidKind: "invalid_kind"
@@ -52,6 +63,14 @@ public enum QueueError: CodedError, Equatable {
         switch self {
         case let .databaseUnreachable(endpoint, reason):
             "cannot reach PostgreSQL at \(endpoint): \(reason)"
+        case let .databaseLoginRefused(endpoint, user, reason):
+            "PostgreSQL at \(endpoint) refused to log user '\(user)' in: \(reason)"
+        case let .databaseNotFound(endpoint, database):
+            "PostgreSQL at \(endpoint) has no database '\(database)'"
+        case let .databaseTLSUnavailable(endpoint, mode):
+            "PostgreSQL at \(endpoint) does not offer TLS, and the URL's sslmode=\(mode) demands it"
+        case let .databaseCertificateRejected(endpoint, mode, reason):
+            "the TLS certificate of PostgreSQL at \(endpoint) fails sslmode=\(mode)'s check: \(reason)"
         case let .invalidDatabaseURL(reason):
             "the database URL is not valid: \(reason)"
         case let .invalidQueueName(name):
@@ -97,8 +116,18 @@ public enum QueueError: CodedError, Equatable {
         switch self {
         case .databaseUnreachable:
             "Check that PostgreSQL is running and that LOCO_DATABASE_URL (or --database-url) names the right host and port; scripts/services start postgres starts a local one."
+        case .databaseLoginRefused:
+            "Check the user and password in LOCO_DATABASE_URL (or --database-url; percent-encode @ : / ? # in a password) and the pg_hba.conf line for this host, user and database, which may also demand TLS (sslmode)."
+        case let .databaseNotFound(_, database):
+            "Create it (CREATE DATABASE \"\(database)\", or createdb \(database)) and run 'locod migrate', or name the right database at the end of the URL."
+        case .databaseTLSUnavailable:
+            "Turn TLS on in the server (ssl = on, with ssl_cert_file and ssl_key_file), or connect with sslmode=prefer or disable where the network is trusted."
+        case let .databaseCertificateRejected(_, mode, _):
+            mode == "verify-full"
+                ? "Give the CA that signed the server's certificate as sslrootcert=/path/to/ca.pem, and connect by a name the certificate holds; sslmode=verify-ca skips the name check, sslmode=require only encrypts."
+                : "Give the CA that signed the server's certificate as sslrootcert=/path/to/ca.pem; sslmode=require without sslrootcert only encrypts, checking nothing."
         case .invalidDatabaseURL:
-            "Use the form postgres://USER:PASSWORD@HOST:PORT/DATABASE."
+            "Use the form postgres://USER:PASSWORD@HOST:PORT/DATABASE, with libpq's parameters where needed, e.g. ?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem (README, \"Database URLs\", lists them)."
         case .invalidQueueName:
             "Use 1 to 64 characters from a-z, 0-9, '_', '-' and '.'."
         case .invalidKind:
@@ -135,6 +164,17 @@ public enum QueueError: CodedError, Equatable {
             "Run 'locod migrate' (or apply the script 'locod migrate sql' prints with your own migration tool)."
         case .invalidScale:
             "Pass a queue and a concurrency from 1 to 10000, e.g. 'locod queue scale build 2' (add --worker ID for one worker; --reset undoes it)."
+        }
+    }
+}
+
+extension QueueError {
+    /// The database cannot be used from here at all, whatever the request: it cannot be reached,
+    /// or it refuses this connection (login, database, TLS).
+    public var isDatabaseUnavailable: Bool {
+        switch self {
+        case .databaseUnreachable, .databaseLoginRefused, .databaseNotFound, .databaseTLSUnavailable, .databaseCertificateRejected: true
+        default: false
         }
     }
 }
