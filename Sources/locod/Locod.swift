@@ -53,7 +53,17 @@ struct DatabaseOptions: ParsableArguments {
         guard let text = databaseURL ?? ProcessInfo.processInfo.environment["LOCO_DATABASE_URL"], !text.isEmpty else {
             throw UsageError(message: "no database given", hint: "Pass --database-url postgres://… or set LOCO_DATABASE_URL (scripts/services start prints one).")
         }
-        return try DatabaseURL(text)
+        var url = try DatabaseURL(text)
+        url.processName = Self.processName
+        return url
+    }
+
+    /// What this process's connections show in `pg_stat_activity` unless the URL names it
+    /// (`application_name`): `locod` and its command, e.g. `locod worker`, `locod queue stats`.
+    static var processName: String {
+        let words = CommandLine.arguments.dropFirst().prefix { !$0.hasPrefix("-") }.prefix(2)
+        let known = words.prefix { $0.allSatisfy { $0.isASCII && ($0.isLetter || $0 == "-") } }
+        return (["locod"] + known).joined(separator: " ")
     }
 
     func logger(_ label: String) -> Logger {

@@ -159,6 +159,9 @@ struct WorkerProcessTests {
             #expect(text.contains(#"loco_queue_cron_last_slot_timestamp_seconds{name="registry-cleanup"} "#), "\(text)")
             #expect(text.contains(#"loco_queue_cron_paused{name="registry-cleanup"} 0"#), "\(text)")
             #expect(text.contains("# HELP loco_queue_jobs_rescued_total") || !text.contains("loco_queue_jobs_rescued_total{"))
+            // Its sessions say what they are in pg_stat_activity (the URL gives no application_name).
+            let named = try await db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'locod worker'", as: Int64.self)
+            #expect(named >= 2, "sessions named 'locod worker': \(named)")
         }
     }
 
@@ -370,6 +373,11 @@ struct WorkerProcessTests {
         #expect(worker.status == 1)
         #expect(worker.output.contains("127.0.0.1:1"))
         #expect(!worker.output.contains("hunter2"))
+        // A server that answers but has no such database says that, not "cannot reach".
+        let server = try TestDatabase.serverURL()
+        let missing = try await runCommand(locod, ["worker", "--queue", "build", "--database-url", server.with(database: "loco_not_there").urlString])
+        #expect(missing.status == 1)
+        #expect(missing.output.contains("Error: PostgreSQL at \(server.endpoint) has no database 'loco_not_there' [database_not_found]"), "\(missing.output)")
     }
 
     @Test("a database without the schema: locod says what PostgreSQL said, with the code and the next step, for enqueues and for reads alike")

@@ -18,6 +18,9 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     public var tls: DatabaseTLS
     /// libpq's `application_name`: what `pg_stat_activity` shows for the connections.
     public var applicationName: String?
+    /// The name the connections give when the URL gives none (`locod worker`); not part of
+    /// the URL, so a child process handed `urlString` names itself.
+    public var processName: String?
     /// The server is reached through a pooler in transaction mode (PgBouncer's
     /// `pool_mode = transaction`), said with `?pgbouncer=true` as Prisma does. Each transaction
     /// may then run in another server session, so nothing may live in a session: Loco prepares
@@ -138,7 +141,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
                                                              database: database, tls: try tls.connectionTLS())
         }
         configuration.options.connectTimeout = .seconds(5)
-        if let applicationName { configuration.options.additionalStartupParameters = [("application_name", applicationName)] }
+        if let name = applicationName ?? processName { configuration.options.additionalStartupParameters = [("application_name", name)] }
         return configuration
     }
 
