@@ -244,6 +244,36 @@ struct DatabaseURLTests {
         #expect(!login.message.contains(":b@") && !login.hint.contains("b@"))
     }
 
+    @Test("passwords are decoded once (a literal %41 stays), reserved characters unencoded and bad ports are named, IPv6 hosts go in brackets; each round-trips")
+    func awkwardParts() throws {
+        // %2541 is a literal "%41": decoding twice made it "A"; a stray % kept as written.
+        for (text, password) in [("postgres://u:a%2541@db/x", "a%41"), ("postgres://u:p%zz@db/x", "p%zz"), ("postgres://u:p%40ss%3A%2F%23@db/x", "p@ss:/#")] {
+            let url = try DatabaseURL(text)
+            #expect(url.password == password, "\(text)")
+            #expect(try DatabaseURL(url.urlString) == url, "\(url.urlString)")
+        }
+        func refusal(_ text: String) -> String? {
+            do {
+                _ = try DatabaseURL(text)
+                return nil
+            } catch {
+                #expect(error.code == "invalid_database_url")
+                #expect(!error.message.contains("hunter2") && !error.message.contains("pa#ss"))
+                return error.message
+            }
+        }
+        // Said as what is wrong, where "it must start with postgres://" was said of all three.
+        for text in ["postgres://u:pa#ss@db:5432/x", "postgres://u:hunter2/x@db:5432/x", "postgres://u:hunter2?@db/x"] {
+            #expect(refusal(text)?.contains("its user or password holds a character a URL reserves; percent-encode it (/ as %2F, ? as %3F, # as %23") == true, "\(text): \(refusal(text) ?? "accepted")")
+        }
+        #expect(refusal("postgres://u:hunter2@db:5x/x") == "the database URL is not valid: port '5x' is not a number")
+        #expect(refusal("postgres://u:hunter2@db:99999/x") == "the database URL is not valid: port 99999 is not from 1 to 65535")
+        #expect(refusal("mysql://u:hunter2@db/x")?.contains("it must start with postgres://") == true)
+        let ipv6 = try DatabaseURL("postgres://u@[::1]:6543/x")
+        #expect(ipv6.host == "::1" && ipv6.endpoint == "[::1]:6543" && ipv6.description == "postgres://u@[::1]:6543/x")
+        #expect(try DatabaseURL(ipv6.urlString) == ipv6)
+    }
+
     @Test("libpq's TLS parameters: sslmode values, files read when the URL is read, a Unix socket with required TLS refused, unknown parameters refused with a guess")
     func tlsParameters() throws {
         func refusal(_ text: String) -> String? {

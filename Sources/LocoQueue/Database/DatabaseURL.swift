@@ -44,11 +44,10 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     static let parameters = ["host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "pgbouncer"]
 
     public init(_ string: String) throws(QueueError) {
-        guard let components = URLComponents(string: string),
-              let scheme = components.scheme, ["postgres", "postgresql"].contains(scheme)
-        else {
+        guard string.hasPrefix("postgres://") || string.hasPrefix("postgresql://") else {
             throw .invalidDatabaseURL(reason: "it must start with postgres:// (got '\(Self.redacted(string))')")
         }
+        guard let components = URLComponents(string: string) else { throw .invalidDatabaseURL(reason: Self.unreadable(string)) }
         let query = components.queryItems ?? []
         if let unknown = query.first(where: { !Self.parameters.contains($0.name) }) {
             let near = DidYouMean.suggestion(for: unknown.name, among: Self.parameters)
@@ -59,7 +58,8 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
             socketDirectory = hostParameter
             host = "localhost"
         } else if let host = components.host.flatMap({ $0.isEmpty ? nil : $0 }) ?? hostParameter {
-            self.host = host
+            // An IPv6 address is written in brackets, [::1], and connected to without them.
+            self.host = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
             socketDirectory = nil
         } else {
             throw .invalidDatabaseURL(reason: "it names no host (or ?host=/socket/folder)")
@@ -70,8 +70,11 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         } else {
             self.port = components.port ?? 5432
         }
-        self.username = components.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
-        self.password = components.password.flatMap { $0.removingPercentEncoding }
+        guard (1...65535).contains(port) else { throw .invalidDatabaseURL(reason: "port \(port) is not from 1 to 65535") }
+        // URLComponents hands these over decoded already: decoding again turned a password
+        // holding %2541 (a literal %41) into "A", and one with a stray % into none at all.
+        self.username = components.user ?? "postgres"
+        self.password = components.password
         let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
         self.database = path.isEmpty ? self.username : path
         tls = try DatabaseTLS(query: query, overSocket: socketDirectory != nil)
@@ -83,10 +86,27 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         }
     }
 
+    /// Why `string`, which starts like a database URL, does not read as one.
+    private static func unreadable(_ string: String) -> String {
+        let rest = string[string.range(of: "://")!.upperBound...]
+        if let at = rest.lastIndex(of: "@"), rest[..<at].contains(where: { "/?#[] ".contains($0) }) {
+            return "its user or password holds a character a URL reserves; percent-encode it (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A, a space as %20)"
+        }
+        let authority = rest[(rest.lastIndex(of: "@").map { rest.index(after: $0) } ?? rest.startIndex)...].prefix { !"/?#".contains($0) }
+        if !authority.hasPrefix("["), let colon = authority.lastIndex(of: ":") {
+            let port = authority[authority.index(after: colon)...]
+            if !port.allSatisfy(\.isNumber) { return "port '\(port)' is not a number" }
+        }
+        return "it does not read as a URL (got '\(redacted(string))')"
+    }
+
+    /// The host as a URL writes it: an IPv6 address in brackets.
+    var hostInURL: String { host.contains(":") ? "[\(host)]" : host }
+
     /// Where the server is: `host:port`, or the socket file.
     public var endpoint: String {
         if let socketDirectory { return "\(socketDirectory)/.s.PGSQL.\(port)" }
-        return "\(host):\(port)"
+        return "\(hostInURL):\(port)"
     }
 
     /// The URL with the password replaced by `***` (and only the parameters that say how it
@@ -99,7 +119,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         if let socketDirectory {
             return "postgres://\(credentials)@/\(database)?" + (["host=\(socketDirectory)", "port=\(port)"] + parameters).joined(separator: "&")
         }
-        return "postgres://\(credentials)@\(host):\(port)/\(database)" + (parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&"))
+        return "postgres://\(credentials)@\(hostInURL):\(port)/\(database)" + (parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&"))
     }
 
     /// The full URL, password included: only for handing to child processes.
@@ -114,7 +134,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
             components.host = ""
             query += [URLQueryItem(name: "host", value: socketDirectory), URLQueryItem(name: "port", value: String(port))]
         } else {
-            components.host = host
+            components.host = hostInURL
             components.port = port
         }
         if socketDirectory == nil { query += tls.queryItems }
