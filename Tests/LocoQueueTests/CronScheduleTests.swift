@@ -244,6 +244,18 @@ struct DatabaseURLTests {
         #expect(!login.message.contains(":b@") && !login.hint.contains("b@"))
     }
 
+    /// Why `text` is refused as a database URL (nil: it is not); never with its password, hunter2.
+    static func refusal(_ text: String) -> String? {
+        do {
+            _ = try DatabaseURL(text)
+            return nil
+        } catch {
+            #expect(error.code == "invalid_database_url")
+            #expect(!error.message.contains("hunter2"))
+            return error.message
+        }
+    }
+
     @Test("passwords are decoded once (a literal %41 stays), reserved characters unencoded and bad ports are named, IPv6 hosts go in brackets; each round-trips")
     func awkwardParts() throws {
         // %2541 is a literal "%41": decoding twice made it "A"; a stray % kept as written.
@@ -252,23 +264,13 @@ struct DatabaseURLTests {
             #expect(url.password == password, "\(text)")
             #expect(try DatabaseURL(url.urlString) == url, "\(url.urlString)")
         }
-        func refusal(_ text: String) -> String? {
-            do {
-                _ = try DatabaseURL(text)
-                return nil
-            } catch {
-                #expect(error.code == "invalid_database_url")
-                #expect(!error.message.contains("hunter2") && !error.message.contains("pa#ss"))
-                return error.message
-            }
-        }
         // Said as what is wrong, where "it must start with postgres://" was said of all three.
-        for text in ["postgres://u:pa#ss@db:5432/x", "postgres://u:hunter2/x@db:5432/x", "postgres://u:hunter2?@db/x"] {
-            #expect(refusal(text)?.contains("its user or password holds a character a URL reserves; percent-encode it (/ as %2F, ? as %3F, # as %23") == true, "\(text): \(refusal(text) ?? "accepted")")
+        for text in ["postgres://u:hunter2#@db:5432/x", "postgres://u:hunter2/x@db:5432/x", "postgres://u:hunter2?@db/x"] {
+            #expect(Self.refusal(text)?.contains("its user or password holds a character a URL reserves; percent-encode it (/ as %2F, ? as %3F, # as %23") == true, "\(text): \(Self.refusal(text) ?? "accepted")")
         }
-        #expect(refusal("postgres://u:hunter2@db:5x/x") == "the database URL is not valid: port '5x' is not a number")
-        #expect(refusal("postgres://u:hunter2@db:99999/x") == "the database URL is not valid: port 99999 is not from 1 to 65535")
-        #expect(refusal("mysql://u:hunter2@db/x")?.contains("it must start with postgres://") == true)
+        #expect(Self.refusal("postgres://u:hunter2@db:5x/x") == "the database URL is not valid: port '5x' is not a number")
+        #expect(Self.refusal("postgres://u:hunter2@db:99999/x") == "the database URL is not valid: port 99999 is not from 1 to 65535")
+        #expect(Self.refusal("mysql://u:hunter2@db/x")?.contains("it must start with postgres://") == true)
         let ipv6 = try DatabaseURL("postgres://u@[::1]:6543/x")
         #expect(ipv6.host == "::1" && ipv6.endpoint == "[::1]:6543" && ipv6.description == "postgres://u@[::1]:6543/x")
         #expect(try DatabaseURL(ipv6.urlString) == ipv6)
@@ -276,38 +278,28 @@ struct DatabaseURLTests {
 
     @Test("libpq's TLS parameters: sslmode values, files read when the URL is read, a Unix socket with required TLS refused, unknown parameters refused with a guess")
     func tlsParameters() throws {
-        func refusal(_ text: String) -> String? {
-            do {
-                _ = try DatabaseURL(text)
-                return nil
-            } catch {
-                #expect(error.code == "invalid_database_url")
-                #expect(!error.message.contains("hunter2"))
-                return error.message
-            }
-        }
         // libpq's default is prefer; every libpq mode reads.
         #expect(try DatabaseURL("postgres://a@db/x").tls.mode == .prefer)
         for mode in DatabaseTLS.Mode.allCases {
             #expect(try DatabaseURL("postgres://a@db/x?sslmode=\(mode.rawValue)").tls.mode == mode)
         }
-        #expect(refusal("postgres://a:hunter2@db/x?sslmode=required")?.contains("sslmode 'required' is not one of disable, allow, prefer, require, verify-ca, verify-full") == true)
+        #expect(Self.refusal("postgres://a:hunter2@db/x?sslmode=required")?.contains("sslmode 'required' is not one of disable, allow, prefer, require, verify-ca, verify-full") == true)
         // A misspelt parameter is refused rather than ignored (it would connect without TLS).
-        #expect(refusal("postgres://a:hunter2@db/x?sslmod=require") == "the database URL is not valid: it has a parameter 'sslmod' Loco does not know (did you mean 'sslmode'?); it knows host, port, sslmode, sslrootcert, sslcert, sslkey, application_name, pgbouncer")
-        #expect(refusal("postgres://a@db/x?target_session_attrs=read-write")?.contains("'target_session_attrs' Loco does not know; it knows") == true)
+        #expect(Self.refusal("postgres://a:hunter2@db/x?sslmod=require") == "the database URL is not valid: it has a parameter 'sslmod' Loco does not know (did you mean 'sslmode'?); it knows host, port, sslmode, sslrootcert, sslcert, sslkey, application_name, pgbouncer")
+        #expect(Self.refusal("postgres://a@db/x?target_session_attrs=read-write")?.contains("'target_session_attrs' Loco does not know; it knows") == true)
         // Files are read with the URL, so a wrong path is said at once.
         let folder = NSTemporaryDirectory() + "loco-url-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         try "not a certificate\n".write(toFile: folder + "/junk.pem", atomically: true, encoding: .utf8)
-        #expect(refusal("postgres://a@db/x?sslmode=verify-full&sslrootcert=\(folder)/missing.pem") == "the database URL is not valid: sslrootcert '\(folder)/missing.pem' cannot be read: there is no such file")
-        #expect(refusal("postgres://a@db/x?sslmode=verify-full&sslrootcert=\(folder)")?.hasSuffix("cannot be read: it is a folder") == true)
-        #expect(refusal("postgres://a@db/x?sslrootcert=\(folder)/junk.pem")?.hasSuffix("holds no PEM certificate (-----BEGIN CERTIFICATE-----)") == true)
-        #expect(refusal("postgres://a@db/x?sslcert=\(folder)/junk.pem")?.hasSuffix("sslcert is given without sslkey, the file of its private key") == true)
-        #expect(refusal("postgres://a@db/x?sslkey=\(folder)/junk.pem")?.hasSuffix("sslkey is given without sslcert, the file of its certificate") == true)
-        #expect(refusal("postgres://a@db/x?sslmode=disable&sslrootcert=\(folder)/junk.pem")?.contains("sslrootcert is given but sslmode=disable uses no TLS") == true)
+        #expect(Self.refusal("postgres://a@db/x?sslmode=verify-full&sslrootcert=\(folder)/missing.pem") == "the database URL is not valid: sslrootcert '\(folder)/missing.pem' cannot be read: there is no such file")
+        #expect(Self.refusal("postgres://a@db/x?sslmode=verify-full&sslrootcert=\(folder)")?.hasSuffix("cannot be read: it is a folder") == true)
+        #expect(Self.refusal("postgres://a@db/x?sslrootcert=\(folder)/junk.pem")?.hasSuffix("holds no PEM certificate (-----BEGIN CERTIFICATE-----)") == true)
+        #expect(Self.refusal("postgres://a@db/x?sslcert=\(folder)/junk.pem")?.hasSuffix("sslcert is given without sslkey, the file of its private key") == true)
+        #expect(Self.refusal("postgres://a@db/x?sslkey=\(folder)/junk.pem")?.hasSuffix("sslkey is given without sslcert, the file of its certificate") == true)
+        #expect(Self.refusal("postgres://a@db/x?sslmode=disable&sslrootcert=\(folder)/junk.pem")?.contains("sslrootcert is given but sslmode=disable uses no TLS") == true)
         // PostgreSQL speaks no TLS on its socket: a demand for it there is refused; prefer is dropped.
-        #expect(refusal("postgres://a@/x?host=/run/postgresql&sslmode=verify-full")?.contains("sslmode=verify-full cannot hold on a Unix socket") == true)
+        #expect(Self.refusal("postgres://a@/x?host=/run/postgresql&sslmode=verify-full")?.contains("sslmode=verify-full cannot hold on a Unix socket") == true)
         #expect(try DatabaseURL("postgres://a@/x?host=/run/postgresql&sslmode=prefer").tls.mode == .disable)
         // The system's CAs by name, as libpq 16 spells it; what a child process is handed keeps it all.
         let url = try DatabaseURL("postgres://a:hunter2@db:6432/x?sslmode=verify-full&sslrootcert=system&application_name=locod%20worker")
