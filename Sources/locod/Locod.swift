@@ -55,7 +55,14 @@ struct DatabaseOptions: ParsableArguments {
         }
         var url = try DatabaseURL(text)
         url.processName = Self.processName
-        return url
+        if databaseURL != nil, url.password != nil {
+            Self.warn("the password in --database-url can be read by every user of this machine (ps shows command lines); give the URL in LOCO_DATABASE_URL instead, or the password in PGPASSWORD or ~/.pgpass")
+        }
+        return url.withPassword(from: ProcessInfo.processInfo.environment, warn: Self.warn)
+    }
+
+    static func warn(_ message: String) {
+        StandardStreams.write("Warning: \(message)\n", to: STDERR_FILENO)
     }
 
     /// What this process's connections show in `pg_stat_activity` unless the URL names it

@@ -276,6 +276,43 @@ struct DatabaseURLTests {
         #expect(try DatabaseURL(ipv6.urlString) == ipv6)
     }
 
+    @Test("libpq's password file: wildcards, escapes, comments, the first matching line; PGPASSWORD before it, the URL's own password before both; a file others may read is passed over with a warning")
+    func passwordFile() throws {
+        let text = #"""
+            # comment:*:*:*:not-this
+            db.internal:5432:loco:loco:first
+            db.internal:5432:loco:loco:second
+            *:6432:*:ops:pa\\ss\:word:ignored
+            /run/postgresql:5432:*:sock:by-folder
+            localhost:5433:*:sock:by-localhost
+
+            """#
+        #expect(PasswordFile.password(in: text, host: "db.internal", port: 5432, database: "loco", user: "loco") == "first")
+        #expect(PasswordFile.password(in: text, host: "pooler", port: 6432, database: "any", user: "ops") == #"pa\ss:word"#)
+        #expect(PasswordFile.password(in: text, host: "db.internal", port: 5433, database: "loco", user: "loco") == nil)
+        #expect(PasswordFile.password(in: text, host: "comment", port: 5432, database: "x", user: "x") == nil)
+
+        let folder = NSTemporaryDirectory() + "loco-pgpass-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let file = folder + "/pgpass"
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+        var warnings: [String] = []
+        let url = try DatabaseURL("postgres://loco@db.internal:5432/loco")
+        #expect(url.withPassword(from: ["PGPASSFILE": file], warn: { warnings.append($0) }).password == "first")
+        #expect(url.withPassword(from: ["HOME": folder], warn: { warnings.append($0) }).password == nil)
+        #expect(url.withPassword(from: ["PGPASSFILE": file, "PGPASSWORD": "from-env"], warn: { warnings.append($0) }).password == "from-env")
+        #expect(try DatabaseURL("postgres://loco:own@db.internal/loco").withPassword(from: ["PGPASSWORD": "from-env"], warn: { warnings.append($0) }).password == "own")
+        // A socket connection matches its folder, or localhost.
+        #expect(try DatabaseURL("postgres://sock@/x?host=/run/postgresql&port=5432").withPassword(from: ["PGPASSFILE": file], warn: { warnings.append($0) }).password == "by-folder")
+        #expect(try DatabaseURL("postgres://sock@/x?host=/tmp&port=5433").withPassword(from: ["PGPASSFILE": file], warn: { warnings.append($0) }).password == "by-localhost")
+        #expect(warnings.isEmpty, "\(warnings)")
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: file)
+        #expect(url.withPassword(from: ["PGPASSFILE": file], warn: { warnings.append($0) }).password == nil)
+        #expect(warnings == ["password file \(file) has group or world access, so it is not used; make it private: chmod 0600 \(file)"])
+    }
+
     @Test("libpq's TLS parameters: sslmode values, files read when the URL is read, a Unix socket with required TLS refused, unknown parameters refused with a guess")
     func tlsParameters() throws {
         // libpq's default is prefer; every libpq mode reads.

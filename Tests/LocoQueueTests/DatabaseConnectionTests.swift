@@ -177,6 +177,7 @@ struct DatabaseConnectionTests {
         let noPassword = await Self.connect(url("pw"))
         #expect(noPassword.refused("database_login_refused", saying: "asks for a password and the URL gives none"), "\(noPassword)")
         #expect(await Self.connect("postgres://pw:hunter2@127.0.0.1:\(port)/postgres?sslmode=verify-full&sslrootcert=\(ca)") == .connected(tls: true))
+        try await passwordsForLocod(url("pw"), work: work)
         let plainOnly = await Self.connect(url("tlsonly", "sslmode=disable"))
         #expect(plainOnly.refused("database_login_refused", saying: "no encryption", "28000", "sslmode"), "\(plainOnly)")
         #expect(await Self.connect(url("tlsonly")) == .connected(tls: true))
@@ -212,6 +213,29 @@ struct DatabaseConnectionTests {
         #expect(byAddress.refused("database_certificate_rejected", saying: "is not made out to '127.0.0.1'", "sslmode=verify-ca skips the name check"), "\(byAddress)")
         #expect(await Self.connect(url("postgres", "sslmode=verify-ca&sslrootcert=\(ca)")) == .connected(tls: true))
         #expect(await Self.connect(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)")) == .connected(tls: true))
+    }
+
+    /// locod takes a password kept out of the URL as libpq does (PGPASSWORD, a password file),
+    /// and warns when one is on its command line, where every user can read it.
+    func passwordsForLocod(_ url: String, work: URL) async throws {
+        let locod = try Repo.binary("locod")
+        let status = ["migrate", "status", "--database-url", url]
+        let fromEnvironment = try await runCommand(locod, status, environment: ["PGPASSWORD": "hunter2"])
+        #expect(fromEnvironment.status == 0, "\(fromEnvironment.output)")
+        let file = work.appendingPathComponent("pgpass").path
+        try "# host:port:database:user:password\n127.0.0.1:*:postgres:pw:hunter2\n".write(toFile: file, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+        let fromFile = try await runCommand(locod, status, environment: ["PGPASSFILE": file, "PGPASSWORD": ""])
+        #expect(fromFile.status == 0, "\(fromFile.output)")
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: file)
+        let readable = try await runCommand(locod, status, environment: ["PGPASSFILE": file, "PGPASSWORD": ""])
+        #expect(readable.status == 1)
+        #expect(readable.output.contains("Warning: password file \(file) has group or world access, so it is not used; make it private: chmod 0600"), "\(readable.output)")
+        #expect(readable.output.contains("asks for a password and the URL gives none [database_login_refused]"), "\(readable.output)")
+        let onCommandLine = try await runCommand(locod, ["migrate", "status", "--database-url", url.replacingOccurrences(of: "pw@", with: "pw:hunter2@")])
+        #expect(onCommandLine.status == 0)
+        #expect(onCommandLine.output.contains("Warning: the password in --database-url can be read by every user of this machine"), "\(onCommandLine.output)")
+        #expect(!onCommandLine.output.contains("hunter2"))
     }
 
     func workerOverTLS(URL url: DatabaseURL, admin: ConnectionPool) async throws {
