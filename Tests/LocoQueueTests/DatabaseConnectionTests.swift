@@ -213,6 +213,17 @@ struct DatabaseConnectionTests {
         #expect(byAddress.refused("database_certificate_rejected", saying: "is not made out to '127.0.0.1'", "sslmode=verify-ca skips the name check"), "\(byAddress)")
         #expect(await Self.connect(url("postgres", "sslmode=verify-ca&sslrootcert=\(ca)")) == .connected(tls: true))
         #expect(await Self.connect(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)")) == .connected(tls: true))
+
+        // A handshake that fails for another reason (no TLS version both sides accept) says
+        // so, in BoringSSL's words, without the paths of its sources.
+        for setting in ["ALTER SYSTEM SET ssl_min_protocol_version = 'TLSv1'", "ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.1'"] {
+            for try await _ in try await admin.run(PostgresQuery(unsafeSQL: setting), logger: TestDatabase.testLogger) {}
+        }
+        _ = try await Self.scalar("SELECT pg_reload_conf()", as: Bool.self, on: admin)
+        #expect(await eventually(timeout: .seconds(10)) { await Self.connect(url("postgres", "sslmode=require")) != .connected(tls: true) })
+        let handshake = await Self.connect(url("postgres", "sslmode=require"))
+        #expect(handshake.refused("database_unreachable", saying: "the TLS handshake failed (", "the server's log says why"), "\(handshake)")
+        #expect(!"\(handshake)".contains(".build/") && !"\(handshake)".contains(".cc:"), "\(handshake)")
     }
 
     /// locod takes a password kept out of the URL as libpq does (PGPASSWORD, a password file),

@@ -1,3 +1,4 @@
+import Foundation
 import LocoShared
 import NIOCore
 import NIOSSL
@@ -90,6 +91,15 @@ extension DatabaseURL {
             }
         }
         if let channel = error as? ChannelError, case .connectTimeout = channel { return "connection timed out" }
+        // Any other TLS failure (a protocol or cipher the two sides do not share, a server
+        // that closed mid-handshake): BoringSSL's own words are all there is to say.
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            // "…:SSL routines:OPENSSL_internal:TLSV1_ALERT_INTERNAL_ERROR at /path/tls_record.cc:491"
+            let text = "\(error)"
+            let names = text.components(separatedBy: "OPENSSL_internal:").dropFirst().map { $0.prefix { $0 != " " && $0 != "]" && $0 != ")" } }
+            let said = names.isEmpty ? text : names.joined(separator: ", ")
+            return "the TLS handshake failed (\(said)); the server's log says why, e.g. no TLS version or cipher both sides accept"
+        }
         let text = String(describing: error)
         if text.contains("refused") { return "connection refused" }
         return "connection failed"
