@@ -3,7 +3,7 @@ import NIOSSL
 import PostgresNIO
 
 /// How connections use TLS, said in a database URL as libpq says it (`sslmode`, `sslrootcert`,
-/// `sslcert`, `sslkey`), so a URL that works with `psql` works here and means the same.
+/// `sslcert`, `sslkey`), so these parameters mean here what they mean to `psql`.
 public struct DatabaseTLS: Sendable, Equatable {
     /// libpq's `sslmode`, weakest first.
     public enum Mode: String, Sendable, CaseIterable, Comparable {
@@ -48,7 +48,7 @@ public struct DatabaseTLS: Sendable, Equatable {
     /// The URL's TLS parameters; a file named in one is read now, so a wrong path is reported
     /// when the URL is read, not at the first connection.
     init(query: [URLQueryItem], overSocket: Bool) throws(QueueError) {
-        func value(_ name: String) -> String? { query.last(where: { $0.name == name })?.value }
+        func value(_ name: String) -> String? { query.first(where: { $0.name == name })?.value }
         if let text = value("sslmode") {
             guard let mode = Mode(rawValue: text) else {
                 throw .invalidDatabaseURL(reason: "sslmode '\(text)' is not one of \(Mode.allCases.map(\.rawValue).joined(separator: ", "))")
