@@ -2,6 +2,7 @@ import Foundation
 import LocoCore
 import LocoQueue
 import LocoTestSupport
+import PostgresNIO
 import Testing
 
 @Suite("locod api and admin processes", .serialized)
@@ -102,6 +103,29 @@ struct APIProcessTests {
         try await postgres.start()
         let back = try await eventually(timeout: .seconds(30), every: .milliseconds(200)) { try await get("/v1/teams").code == "200" }
         #expect(back, "the API reconnects once PostgreSQL is back: \(api.output.suffix(2000))")
+
+        // A server that answers but refuses the login (pg_hba.conf rejects the API's database,
+        // as after a password rotation): 503 database_unavailable too, and back once it admits it.
+        let admin = ConnectionPool(url: postgres.url.with(database: "template1"), size: 1, logger: TestDatabase.testLogger)
+        func run(_ sql: String) async throws {
+            for try await _ in try await admin.run(PostgresQuery(unsafeSQL: sql), logger: TestDatabase.testLogger) {}
+        }
+        var hbaFile = ""
+        for try await path in try await admin.run("SHOW hba_file", logger: TestDatabase.testLogger).decode(String.self) { hbaFile = path }
+        let rules = try String(contentsOfFile: hbaFile, encoding: .utf8)
+        try ("host postgres all 127.0.0.1/32 reject\n" + rules).write(toFile: hbaFile, atomically: false, encoding: .utf8)
+        try await run("SELECT pg_reload_conf()")
+        try await Task.sleep(for: .milliseconds(500))
+        try await run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'postgres'")
+        let refused = try await eventually(timeout: .seconds(15), every: .milliseconds(200)) { try await get("/v1/teams").code == "503" }
+        let refusedAnswer = try await get("/v1/teams")
+        #expect(refused && refusedAnswer.body.contains("database_unavailable"), "\(refusedAnswer)")
+        #expect(api.exitStatusIfExited() == nil, "the API keeps running")
+        try rules.write(toFile: hbaFile, atomically: false, encoding: .utf8)
+        try await run("SELECT pg_reload_conf()")
+        await admin.close()
+        let admitted = try await eventually(timeout: .seconds(30), every: .milliseconds(200)) { try await get("/v1/teams").code == "200" }
+        #expect(admitted, "the API logs in again once the server admits it: \(api.output.suffix(2000))")
     }
 
     @Test("locod api refuses bad settings and an unreachable database with coded errors")
