@@ -4,12 +4,16 @@ import LocoShared
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOConcurrencyHelpers
+import NIOSSL
 
 /// The Loco API over HTTP: the only way `loco` talks to Loco.
 struct APIClient: Sendable {
     let base: String
     let token: String?
     let debug: DebugLog?
+    /// A CA to trust besides the system's, for an API whose certificate a private CA signed.
+    var caCert: String? = nil
 
     /// One JSON request; API errors become `CLIError`s with the API's code, message and hint.
     @discardableResult
@@ -36,7 +40,7 @@ struct APIClient: Sendable {
     func send(_ request: HTTPClientRequest, timeout: TimeAmount) async throws -> HTTPClientResponse {
         debug?.write("→ \(request.method.rawValue) \(request.url)")
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+            let response = try await Self.http(trusting: caCert).execute(request, timeout: timeout)
             debug?.write("← \(response.status.code) \(request.url)")
             return response
         } catch let error as HTTPClientError where error == .deadlineExceeded {
@@ -45,7 +49,45 @@ struct APIClient: Sendable {
             throw CancellationError()
         } catch {
             debug?.write("× \(request.url): \(error)")
+            if "\(error)".contains("CERTIFICATE_VERIFY_FAILED") {
+                throw CLIError("api_certificate_untrusted", "the Loco API at \(base) shows a TLS certificate no CA this machine trusts has signed (or one that has expired)",
+                               hint: "Pass the PEM file of the CA that signed it with --ca-cert FILE or LOCO_CA_CERT ('loco login --ca-cert FILE' saves it).", exit: .unreachable)
+            }
             throw CLIError.unreachable(base, Self.describe(error))
+        }
+    }
+
+    /// The HTTP client, one per CA to trust besides the system's, made once per process and never
+    /// shut down (the process ends first). A connection that cannot be made fails the request at
+    /// once: AsyncHTTPClient's default, retrying until the request's deadline, made `loco` wait a
+    /// minute to say "connection refused" (and a resumed event stream, whose deadline is hours,
+    /// wait for the API that long); the callers that resume do so with their own back-off.
+    static func http(trusting caCert: String?) -> HTTPClient {
+        trustingClients.withLockedValue { clients in
+            if let client = clients[caCert ?? ""] { return client }
+            var configuration = HTTPClient.Configuration()
+            configuration.connectionPool.retryConnectionEstablishment = false
+            configuration.timeout.connect = .seconds(10)
+            if let caCert {
+                var tls = TLSConfiguration.makeClientConfiguration()
+                tls.additionalTrustRoots = [.file(caCert)]
+                configuration.tlsConfiguration = tls
+            }
+            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+            clients[caCert ?? ""] = client
+            return client
+        }
+    }
+    private static let trustingClients = NIOLockedValueBox<[String: HTTPClient]>([:])
+
+    /// A CA file that cannot serve is said before any request.
+    static func checkCA(_ path: String) throws {
+        let hint = "Pass the PEM file of the CA that signed the API's certificate (--ca-cert or LOCO_CA_CERT)."
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw CLIError("ca_cert_unreadable", "cannot read the CA certificate \(path)", hint: hint)
+        }
+        guard let certificates = try? NIOSSLCertificate.fromPEMBytes(Array(data)), !certificates.isEmpty else {
+            throw CLIError("ca_cert_unreadable", "\(path) holds no PEM certificate (-----BEGIN CERTIFICATE-----)", hint: hint)
         }
     }
 
@@ -78,6 +120,8 @@ struct APIClient: Sendable {
         if text.contains("connectTimeout") { return "the connection timed out" }
         if text.contains("connectionRefused") || text.contains("Connection refused") || text.contains("ECONNREFUSED") { return "connection refused" }
         if text.contains("NXDOMAIN") || text.contains("resolve") { return "the host name does not resolve" }
+        if text.contains("failedToValidateHostname") { return "its TLS certificate is not made out to this host name or address" }
+        if text.contains("handshakeFailed") || text.contains("sslError") { return "the TLS handshake failed (is it an https:// address of a TLS server?)" }
         return String(text.prefix(200))
     }
 

@@ -26,7 +26,7 @@ struct Login: AsyncParsableCommand {
         let client = try options.client()
         let me = try await client.call(.GET, "/v1/whoami")
         let email = me["user"]?["email"]?.stringValue
-        try Credentials(api: client.base, token: token, email: email).save()
+        try Credentials(api: client.base, token: token, email: email, caCert: client.caCert).save()
         if global.json {
             printJSON(.object(["api": .string(client.base), "user": me["user"] ?? .null, "token_kind": me["token_kind"] ?? .null, "file": .string(Credentials.file.path)]))
         } else {

@@ -7,6 +7,8 @@ struct Credentials: Codable, Equatable {
     var api: String
     var token: String
     var email: String?
+    /// The CA that signed the API's certificate, when it is not one this machine trusts.
+    var caCert: String?
 
     static var file: URL {
         let environment = ProcessInfo.processInfo.environment

@@ -17,6 +17,8 @@ struct GlobalOptions: ParsableArguments {
     var output: OutputFormat = .human
     @Flag(help: "Write a log of every request to a file and print its path.")
     var debug = false
+    @Option(help: "A PEM file of the CA that signed the API's certificate, for an https:// API this machine does not trust yet (default: $LOCO_CA_CERT, or the one saved by 'loco login').")
+    var caCert: String?
 
     var json: Bool { output != .human }
 
@@ -30,7 +32,9 @@ struct GlobalOptions: ParsableArguments {
         guard base.hasPrefix("http://") || base.hasPrefix("https://"), URL(string: base)?.host != nil else {
             throw CLIError("invalid_api_address", "'\(base)' is not an http:// or https:// address", hint: "Pass --api http://HOST:PORT.")
         }
-        return APIClient(base: base, token: token, debug: debugLog)
+        let caCert = caCert ?? environment["LOCO_CA_CERT"].flatMap { $0.isEmpty ? nil : $0 } ?? (saved?.api == base ? saved?.caCert : nil)
+        if let caCert { try APIClient.checkCA(caCert) }
+        return APIClient(base: base, token: token, debug: debugLog, caCert: caCert)
     }
 
     var debugLog: DebugLog? {

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+import NIOSSL
 import Logging
 import LocoAPI
 import Workers
@@ -36,6 +39,10 @@ struct APICommand: AsyncParsableCommand {
     var runtime: String?
     @Option(help: "The workers' --work-dir on this machine (the local runtime's state). Default: $LOCO_WORK_DIR or ./.loco/work.")
     var workDir: String?
+    @Option(help: "Serve HTTPS with this PEM certificate (chain), with --tls-key. Default: $LOCO_TLS_CERT.")
+    var tlsCert: String?
+    @Option(help: "The PEM private key of --tls-cert. Default: $LOCO_TLS_KEY.")
+    var tlsKey: String?
 
     func run() async throws {
         try await reportingErrors {
@@ -46,9 +53,10 @@ struct APICommand: AsyncParsableCommand {
             try checkedOption(maxContextMib, "--max-context-mib", in: 1...1_048_576, example: "200")
             try checkedOption(poolSize, "--pool-size", in: 1...1000, example: "8")
             try checkedOption(reconcileSeconds, "--reconcile-seconds", in: 1...86_400, example: "5")
+            let environment = ProcessInfo.processInfo.environment
+            let tls = try ServingTLS.configuration(certificate: tlsCert ?? environment["LOCO_TLS_CERT"], key: tlsKey ?? environment["LOCO_TLS_KEY"])
             try await preflight(url, logger: logger)
             await warnAboutPendingMigrations(url: url, logger: logger)
-            let environment = ProcessInfo.processInfo.environment
             let contextRoot = contextDir ?? environment["LOCO_CONTEXT_DIR"] ?? ".loco/contexts"
             let keyPath = registryKey ?? environment["LOCO_REGISTRY_KEY"]
             var issuer: RegistryTokenIssuer?
@@ -77,9 +85,10 @@ struct APICommand: AsyncParsableCommand {
             }
             let api = API(database: pool, contexts: ContextStore(root: URL(fileURLWithPath: contextRoot), limit: Int64(maxContextMib) * 1024 * 1024),
                           registry: issuer, logger: logger, runtime: runtimeView)
-            let listening: Logger.Metadata = ["address": "\(host):\(port)", "contexts": "\(contextRoot)", "registry_tokens": "\(issuer == nil ? "off" : "on")"]
+            let listening: Logger.Metadata = ["address": "\(tls == nil ? "http" : "https")://\(host):\(port)", "contexts": "\(contextRoot)", "registry_tokens": "\(issuer == nil ? "off" : "on")"]
+            let server = try tls.map { try HTTPServerBuilder.tls(API.server, tlsConfiguration: $0) } ?? API.server
             // Said once the port is bound, not before: a port taken ends locod with port_in_use.
-            let app = Application(router: api.router(), server: API.server, configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
+            let app = Application(router: api.router(), server: server, configuration: .init(address: .hostname(host, port: port), serverName: "loco"),
                                   onServerRunning: { _ in logger.info("API listening", metadata: listening) }, logger: logger)
             let reconciler = Reconciler(api: api, interval: .seconds(reconcileSeconds), logger: logger)
             let services: [any Service] = supervisor.map { [Supervision(supervisor: $0, metrics: api.metrics, interval: .seconds(1))] } ?? []
@@ -131,5 +140,39 @@ struct Supervision: Service {
         await cancelWhenGracefulShutdown {
             await supervisor.run(every: interval) { [metrics] restart in metrics.recordRestart(app: restart.app, service: restart.service) }
         }
+    }
+}
+
+/// `locod api`'s own TLS: a certificate and its key, read and checked before anything starts.
+enum ServingTLS {
+    static func configuration(certificate: String?, key: String?) throws -> TLSConfiguration? {
+        let certificate = certificate.flatMap { $0.isEmpty ? nil : $0 }, key = key.flatMap { $0.isEmpty ? nil : $0 }
+        guard certificate != nil || key != nil else { return nil }
+        guard let certificate, let key else {
+            throw UsageError(message: certificate == nil ? "--tls-key is given without --tls-cert" : "--tls-cert is given without --tls-key",
+                             hint: "Pass both: --tls-cert CERT.pem --tls-key KEY.pem (or LOCO_TLS_CERT and LOCO_TLS_KEY).")
+        }
+        let chain: [NIOSSLCertificate]
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(certificate)
+        } catch {
+            throw UsageError(message: "cannot read a PEM certificate from --tls-cert \(certificate)", hint: "Pass a readable PEM file holding the server's certificate, then any intermediates.")
+        }
+        guard !chain.isEmpty else {
+            throw UsageError(message: "--tls-cert \(certificate) holds no PEM certificate", hint: "Pass a readable PEM file holding the server's certificate, then any intermediates.")
+        }
+        let privateKey: NIOSSLPrivateKey
+        do {
+            privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
+        } catch {
+            throw UsageError(message: "cannot read a PEM private key from --tls-key \(key)", hint: "Pass the certificate's unencrypted PEM key (openssl pkey -in KEY -out KEY.pem removes a passphrase).")
+        }
+        let configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
+        do {
+            _ = try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw UsageError(message: "--tls-key \(key) is not the private key of the certificate in --tls-cert \(certificate)", hint: "Pass the key the certificate was made for.")
+        }
+        return configuration
     }
 }

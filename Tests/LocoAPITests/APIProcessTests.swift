@@ -71,6 +71,64 @@ struct APIProcessTests {
         }
     }
 
+    @Test("locod api serves HTTPS with --tls-cert and --tls-key; loco trusts its private CA by --ca-cert, LOCO_CA_CERT or a saved login, and says when it does not; bad TLS settings are usage errors")
+    func https() async throws {
+        try await TestDatabase.with(migrations: []) { db in
+            let locod = try Repo.binary("locod"), loco = try Repo.binary("loco")
+            let env = ["LOCO_DATABASE_URL": db.url.urlString]
+            #expect(try await runCommand(locod, ["migrate"], environment: env).status == 0)
+            _ = try await runCommand(locod, ["admin", "create-user", "--email", "ann@example.com"], environment: env)
+            let created = try await runCommand(locod, ["admin", "create-token", "--user", "ann@example.com", "--output", "json"], environment: env)
+            let secret = try #require(JSONValue.parse(created.output)?["secret"]?.stringValue)
+            let folder = FileManager.default.temporaryDirectory.appending(path: "loco-api-tls-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: folder) }
+            try await TestCertificates.make("ca", subject: "/CN=Loco API test CA", in: folder, signedBy: nil)
+            try await TestCertificates.make("server", subject: "/CN=localhost", names: "DNS:localhost,IP:127.0.0.1", in: folder, signedBy: folder)
+            let ca = folder.appending(path: "ca.crt").path, cert = folder.appending(path: "server.crt").path, key = folder.appending(path: "server.key").path
+
+            // Bad settings are said before anything starts (exit 2).
+            let noKey = try await runCommand(locod, ["api", "--port", "\(try freePort())", "--tls-cert", cert], environment: env)
+            #expect(noKey.status == 2 && noKey.output.contains("--tls-cert is given without --tls-key [usage]"), "\(noKey.output)")
+            let wrongKey = try await runCommand(locod, ["api", "--port", "\(try freePort())", "--tls-cert", cert, "--tls-key", folder.appending(path: "ca.key").path], environment: env)
+            #expect(wrongKey.status == 2 && wrongKey.output.contains("is not the private key of the certificate in --tls-cert"), "\(wrongKey.output)")
+            let notPEM = try await runCommand(locod, ["api", "--port", "\(try freePort())", "--tls-cert", key, "--tls-key", key], environment: env)
+            #expect(notPEM.status == 2 && notPEM.output.contains("--tls-cert \(key)"), "\(notPEM.output)")
+
+            let port = try freePort()
+            let contexts = folder.appending(path: "contexts")
+            let api = try ChildProcess(locod, ["api", "--port", "\(port)", "--context-dir", contexts.path, "--runtime", "none"],
+                                       environment: env.merging(["LOCO_TLS_CERT": cert, "LOCO_TLS_KEY": key]) { $1 })
+            defer { api.stop() }
+            let curl = URL(fileURLWithPath: "/usr/bin/curl")
+            let ready = try await eventually(timeout: .seconds(15), every: .milliseconds(100)) {
+                (try? await runCommand(curl, ["-s", "--cacert", ca, "https://127.0.0.1:\(port)/readyz"]))?.output == "ready\n"
+            }
+            #expect(ready, "locod api did not serve HTTPS: \(api.output)")
+            #expect(api.output.contains("address=https://127.0.0.1:\(port)"), "\(api.output)")
+            // Plain HTTP on the HTTPS port gets no answer.
+            #expect(try await runCommand(curl, ["-s", "-m", "5", "http://127.0.0.1:\(port)/readyz"]).output.isEmpty)
+
+            let config = folder.appending(path: "config").path
+            let cli = ["XDG_CONFIG_HOME": config, "LOCO_CA_CERT": "", "LOCO_API": "", "LOCO_TOKEN": ""]
+            let untrusted = try await runCommand(loco, ["whoami", "--api", "https://127.0.0.1:\(port)", "--token", secret], environment: cli)
+            #expect(untrusted.status == 4, "\(untrusted.output)")
+            #expect(untrusted.output.contains("shows a TLS certificate no CA this machine trusts has signed") && untrusted.output.contains("--ca-cert FILE or LOCO_CA_CERT"), "\(untrusted.output)")
+            let byOption = try await runCommand(loco, ["whoami", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", ca], environment: cli)
+            #expect(byOption.status == 0 && byOption.output.contains("ann@example.com"), "\(byOption.output)")
+            let byEnvironment = try await runCommand(loco, ["whoami", "--api", "https://localhost:\(port)", "--token", secret], environment: cli.merging(["LOCO_CA_CERT": ca]) { $1 })
+            #expect(byEnvironment.status == 0 && byEnvironment.output.contains("ann@example.com"), "\(byEnvironment.output)")
+            let badCA = try await runCommand(loco, ["whoami", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", key], environment: cli)
+            #expect(badCA.status == 2 && badCA.output.contains("holds no PEM certificate"), "\(badCA.output)")
+            // A login saves the CA with the address, so later commands need neither.
+            let login = try await runCommand(loco, ["login", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", ca], environment: cli)
+            #expect(login.status == 0, "\(login.output)")
+            let saved = try await runCommand(loco, ["whoami"], environment: cli)
+            #expect(saved.status == 0 && saved.output.contains("ann@example.com"), "\(saved.output)")
+            #expect(!api.output.contains(secret.dropFirst(9)), "a token secret reached the log")
+        }
+    }
+
     @Test("PostgreSQL stopped under a running locod api: /readyz and the routes answer 503, then recover")
     func databaseOutage() async throws {
         let postgres = try await PrivatePostgres.start()

@@ -63,33 +63,6 @@ struct DatabaseConnectionTests {
         throw TestSetupError("no row from \(sql)")
     }
 
-    /// Runs openssl; the test's certificates are made with it, as scripts/services makes the server's.
-    static func openssl(_ arguments: [String]) async throws {
-        let (status, output) = try await runCommand(URL(fileURLWithPath: "/usr/bin/openssl"), arguments)
-        guard status == 0 else { throw TestSetupError("openssl \(arguments.joined(separator: " ")) failed (apt-get install -y openssl):\n\(output)") }
-    }
-
-    /// A key and a certificate for `subject`, signed by the CA in `folder` (`ca.crt`, `ca.key`),
-    /// or self-signed as a CA of its own when `folder` is nil.
-    static func certificate(_ name: String, subject: String, names: String? = nil, in output: URL, signedBy folder: URL?) async throws {
-        let key = output.appendingPathComponent("\(name).key").path, cert = output.appendingPathComponent("\(name).crt").path
-        let newKey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
-        guard let folder else {
-            try await openssl(["req", "-x509"] + newKey + ["-out", cert, "-days", "30", "-subj", subject])
-            return
-        }
-        let request = output.appendingPathComponent("\(name).csr").path
-        try await openssl(["req"] + newKey + ["-out", request, "-subj", subject])
-        var sign = ["x509", "-req", "-in", request, "-CA", folder.appendingPathComponent("ca.crt").path,
-                    "-CAkey", folder.appendingPathComponent("ca.key").path, "-CAcreateserial", "-out", cert, "-days", "30"]
-        if let names {
-            let extensions = output.appendingPathComponent("\(name).ext")
-            try "subjectAltName=\(names)\n".write(to: extensions, atomically: true, encoding: .utf8)
-            sign += ["-extfile", extensions.path]
-        }
-        try await openssl(sign)
-    }
-
     @Test("sslmode=require against a server without TLS is database_tls_unavailable, not a bare PostgresNIO error")
     func tlsUnavailable() async throws {
         let server = try TestDatabase.serverURL()
@@ -121,8 +94,8 @@ struct DatabaseConnectionTests {
         let work = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("loco-tls-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
-        try await Self.certificate("other-ca", subject: "/CN=Another CA", in: work, signedBy: nil)
-        try await Self.certificate("client", subject: "/CN=certuser", in: work, signedBy: folder)
+        try await TestCertificates.make("other-ca", subject: "/CN=Another CA", in: work, signedBy: nil)
+        try await TestCertificates.make("client", subject: "/CN=certuser", in: work, signedBy: folder)
 
         // Users that show how a server refuses: a password, TLS only, a client certificate.
         let admin = ConnectionPool(url: postgres.url, size: 1, logger: TestDatabase.testLogger)
@@ -197,7 +170,7 @@ struct DatabaseConnectionTests {
 
         // A server certificate made out to localhost only: verify-full by address now fails
         // the name check, verify-ca (no name check) and verify-full by name still connect.
-        try await Self.certificate("server", subject: "/CN=localhost", names: "DNS:localhost", in: work, signedBy: folder)
+        try await TestCertificates.make("server", subject: "/CN=localhost", names: "DNS:localhost", in: work, signedBy: folder)
         for file in ["server.crt", "server.key"] {
             let target = folder.appendingPathComponent(file).path
             try FileManager.default.removeItem(atPath: target)
