@@ -32,7 +32,9 @@ struct GlobalOptions: ParsableArguments {
         guard base.hasPrefix("http://") || base.hasPrefix("https://"), URL(string: base)?.host != nil else {
             throw CLIError("invalid_api_address", "'\(base)' is not an http:// or https:// address", hint: "Pass --api http://HOST:PORT.")
         }
-        let caCert = caCert ?? environment["LOCO_CA_CERT"].flatMap { $0.isEmpty ? nil : $0 } ?? (saved?.api == base ? saved?.caCert : nil)
+        // Absolute, so the path 'loco login' saves still holds from another folder.
+        let caCert = (caCert ?? environment["LOCO_CA_CERT"].flatMap { $0.isEmpty ? nil : $0 } ?? (saved?.api == base ? saved?.caCert : nil))
+            .map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         if let caCert { try APIClient.checkCA(caCert) }
         return APIClient(base: base, token: token, debug: debugLog, caCert: caCert)
     }

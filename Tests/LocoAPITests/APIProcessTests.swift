@@ -121,8 +121,11 @@ struct APIProcessTests {
             let badCA = try await runCommand(loco, ["whoami", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", key], environment: cli)
             #expect(badCA.status == 2 && badCA.output.contains("holds no PEM certificate"), "\(badCA.output)")
             // A login saves the CA with the address, so later commands need neither.
-            let login = try await runCommand(loco, ["login", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", ca], environment: cli)
-            #expect(login.status == 0, "\(login.output)")
+            // Given relative to the folder it runs in, the CA is saved by its absolute path.
+            let relative = try await runCommand(URL(fileURLWithPath: "/bin/sh"), ["-c", "cd \(folder.path) && exec \(loco.path) login --api https://127.0.0.1:\(port) --token \(secret) --ca-cert ca.crt"], environment: cli)
+            #expect(relative.status == 0, "\(relative.output)")
+            let credentials = try String(contentsOfFile: config + "/loco/credentials.json", encoding: .utf8)
+            #expect(credentials.contains(ca.replacingOccurrences(of: "/", with: "\\/")) || credentials.contains(ca), "the CA is not saved by its absolute path")
             let saved = try await runCommand(loco, ["whoami"], environment: cli)
             #expect(saved.status == 0 && saved.output.contains("ann@example.com"), "\(saved.output)")
             #expect(!api.output.contains(secret.dropFirst(9)), "a token secret reached the log")
