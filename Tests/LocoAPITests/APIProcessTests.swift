@@ -94,6 +94,8 @@ struct APIProcessTests {
             #expect(wrongKey.status == 2 && wrongKey.output.contains("is not the private key of the certificate in --tls-cert"), "\(wrongKey.output)")
             let notPEM = try await runCommand(locod, ["api", "--port", "\(try freePort())", "--tls-cert", key, "--tls-key", key], environment: env)
             #expect(notPEM.status == 2 && notPEM.output.contains("--tls-cert \(key)"), "\(notPEM.output)")
+            let keyNotPEM = try await runCommand(locod, ["api", "--port", "\(try freePort())", "--tls-cert", cert, "--tls-key", cert], environment: env)
+            #expect(keyNotPEM.status == 2 && keyNotPEM.output.contains("cannot read a PEM private key from --tls-key \(cert)"), "\(keyNotPEM.output)")
 
             let port = try freePort()
             let contexts = folder.appending(path: "contexts")
@@ -120,6 +122,8 @@ struct APIProcessTests {
             #expect(byEnvironment.status == 0 && byEnvironment.output.contains("ann@example.com"), "\(byEnvironment.output)")
             let badCA = try await runCommand(loco, ["whoami", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", key], environment: cli)
             #expect(badCA.status == 2 && badCA.output.contains("holds no PEM certificate"), "\(badCA.output)")
+            let missingCA = try await runCommand(loco, ["whoami", "--api", "https://127.0.0.1:\(port)", "--token", secret, "--ca-cert", folder.appending(path: "none.crt").path], environment: cli)
+            #expect(missingCA.status == 2 && missingCA.output.contains("cannot read the CA certificate"), "\(missingCA.output)")
             // A login saves the CA with the address, so later commands need neither.
             // Given relative to the folder it runs in, the CA is saved by its absolute path.
             let relative = try await runCommand(URL(fileURLWithPath: "/bin/sh"), ["-c", "cd \(folder.path) && exec \(loco.path) login --api https://127.0.0.1:\(port) --token \(secret) --ca-cert ca.crt"], environment: cli)

@@ -79,14 +79,7 @@ struct DatabaseConnectionTests {
 
     @Test("TLS as libpq's sslmode says: prefer takes it, require encrypts, verify-ca and verify-full check the CA and the name; logins refused by name; a worker runs over verify-full")
     func tls() async throws {
-        let postgres = try await PrivatePostgres.start(tls: true)
-        do {
-            try await tlsScenario(postgres)
-        } catch {
-            await postgres.destroy()
-            throw error
-        }
-        await postgres.destroy()
+        try await PrivatePostgres.with(tls: true) { try await tlsScenario($0) }
     }
 
     func tlsScenario(_ postgres: PrivatePostgres) async throws {
@@ -162,6 +155,8 @@ struct DatabaseConnectionTests {
         let otherKey = work.appendingPathComponent("other-ca.key").path
         let mismatched = await Self.connect(url("certuser", "sslmode=require&sslcert=\(work.appendingPathComponent("client.crt").path)&sslkey=\(otherKey)"))
         #expect(mismatched.refused("invalid_database_url", saying: "sslkey '\(otherKey)' is not the private key of the certificate in sslcert"), "\(mismatched)")
+        let notAKey = await Self.connect(url("certuser", "sslmode=require&sslcert=\(work.appendingPathComponent("client.crt").path)&sslkey=\(ca)"))
+        #expect(notAKey.refused("invalid_database_url", saying: "sslkey '\(ca)' holds no PEM private key"), "\(notAKey)")
 
         // A worker over verify-full: migrations, enqueues, LISTEN wake-ups and completions all
         // through TLS (application_name tells its sessions apart in pg_stat_activity).

@@ -310,14 +310,7 @@ struct WorkerProcessTests {
 
     @Test("PostgreSQL restarted while jobs run: the worker reconnects and nothing is lost or stuck")
     func postgresRestart() async throws {
-        let postgres = try await PrivatePostgres.start()
-        do {
-            try await restartScenario(postgres)
-        } catch {
-            await postgres.destroy()
-            throw error
-        }
-        await postgres.destroy()
+        try await PrivatePostgres.with { try await restartScenario($0) }
     }
 
     func restartScenario(_ postgres: PrivatePostgres) async throws {

@@ -138,6 +138,18 @@ public struct PrivatePostgres: Sendable {
         return PrivatePostgres(name: name, url: try DatabaseURL(url), tlsFolder: tlsFolder)
     }
 
+    /// Runs `body` with a cluster of its own (`tls`: see `start`), destroyed afterwards.
+    public static func with(tls: Bool = false, _ body: (PrivatePostgres) async throws -> Void) async throws {
+        let postgres = try await start(tls: tls)
+        do {
+            try await body(postgres)
+        } catch {
+            await postgres.destroy()
+            throw error
+        }
+        await postgres.destroy()
+    }
+
     public func stop() async throws { try await services("stop") }
     public func start() async throws { try await services("start") }
     public func destroy() async { try? await services("destroy") }

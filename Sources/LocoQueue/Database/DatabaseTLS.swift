@@ -72,7 +72,8 @@ public struct DatabaseTLS: Sendable, Equatable {
             mode = .disable
             return
         }
-        _ = try sslContext()
+        // Only files can fail; without any there is nothing to check before connecting.
+        if rootCertificate.map({ $0 != "system" }) == true || clientCertificate != nil { _ = try sslContext() }
     }
 
     /// How PostgresNIO is to connect.
