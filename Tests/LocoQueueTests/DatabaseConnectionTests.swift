@@ -36,21 +36,17 @@ struct DatabaseConnectionTests {
         } catch {
             return .refused(code: error.code, message: error.message)
         }
+        // Through ReconnectingConnection, which connects the socket itself (SingleEnqueueHandler).
+        let db = ReconnectingConnection(url: url, logger: logger)
         do {
-            let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration(), id: 1, logger: logger)
-            // Closed before the answer is returned: an open connection freed trips PostgresNIO's assertion.
-            do {
-                var tls = false
-                for try await row in try await connection.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", logger: logger) {
-                    tls = try row.decode(Bool.self)
-                }
-                try? await connection.close()
-                return .connected(tls: tls)
-            } catch {
-                try? await connection.close()
-                throw error
+            var tls = false
+            for try await row in try await db.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", logger: logger) {
+                tls = try row.decode(Bool.self)
             }
+            await db.close()
+            return .connected(tls: tls)
         } catch {
+            await db.close()
             let explained = url.explain(error)
             guard let coded = explained as? QueueError else { return .refused(code: "uncoded", message: "\(explained)") }
             return .refused(code: coded.code, message: coded.message + " | " + coded.hint)

@@ -38,6 +38,10 @@ extension DatabaseURL {
         if let server = error as? DatabaseServerError {
             return unreachable(sqlState: server.sqlState, message: server.serverMessage) ?? error
         }
+        // From connecting the socket ourselves (ReconnectingConnection.open): the first address's failure.
+        if let connect = error as? NIOConnectionError {
+            return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: connect.connectionErrors.first?.error ?? connect))
+        }
         if error is ChannelError || error is IOError {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
         }
@@ -106,9 +110,8 @@ extension DatabaseURL {
     }
 }
 
-/// An error PostgreSQL itself reported: on the future-based path
-/// (`ReconnectingConnection.rows(ofPrepared:binds:)`), where PostgresNIO hands back its older
-/// `PostgresError`, or made from a `PSQLError` (whose own description hides everything). The
+/// An error PostgreSQL itself reported: read by `SingleEnqueueHandler` from the server's
+/// ErrorResponse, or made from a `PSQLError` (whose own description hides everything). The
 /// server's message and SQLSTATE are safe to show; the detail may quote row values, so it is
 /// kept out of the message.
 public struct DatabaseServerError: CodedError {

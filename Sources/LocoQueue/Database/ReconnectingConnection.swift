@@ -1,5 +1,7 @@
 import Logging
 import NIOCore
+import NIOPosix
+import NIOSSL
 import PostgresNIO
 import Synchronization
 
@@ -54,9 +56,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     private let dropped = Mutex<[PostgresConnection]>([])
     /// The executor of the connection's event loop, made once per connection.
     private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
-    /// Statements prepared through PostgresNIO's future-based API, for the connection they were
-    /// prepared on.
-    private let futurePrepared = Mutex<(connection: PostgresConnection, statements: [String: PreparedQuery])?>(nil)
+    /// The handler that sends single enqueues itself, in the pipeline of the connection it serves.
+    private let singleEnqueues = SingleEnqueueSlot()
     /// Set by `close()`, for good: a part still running as its worker stops (a maintenance loop
     /// mid-statement) must not open a new connection that nobody then closes. One did, and
     /// PostgresNIO's check that a connection is closed before it is freed crashed a debug build.
@@ -88,7 +89,8 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// that assertion ended a whole debug test run. The close keeps the connection alive until
     /// it is done.
     deinit {
-        let held = [ready.withLock { $0 }, loopExecutor.withLock { $0?.connection }, futurePrepared.withLock { $0?.connection }]
+        let held = [ready.withLock { $0 }, loopExecutor.withLock { $0?.connection },
+                    singleEnqueues.connection]
         var seen: [PostgresConnection] = []
         for case let connection? in held where !connection.isClosed && !seen.contains(where: { $0 === connection }) {
             seen.append(connection)
@@ -107,9 +109,10 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         let attempt = state.withLock { current -> Task<PostgresConnection, any Error> in
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
-            let task = Task { [url, logger, connectTimeout, sessionSettings] in
+            let task = Task { [url, logger, connectTimeout, sessionSettings, singleEnqueues] in
                 try await Self.deadline(connectTimeout, late: { connection in try? await connection.close() }) {
-                    let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration(), id: id, logger: logger)
+                    let (connection, handler) = try await Self.open(url, id: id, logger: logger)
+                    singleEnqueues.set(connection, handler)
                     do {
                         try await Self.apply(sessionSettings, on: connection, logger: logger)
                     } catch {
@@ -186,31 +189,11 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
     }
 
-    /// Runs `sql`, prepared once per connection, through PostgresNIO's future-based API, and
-    /// returns its rows: no task per query (`watched`) and no async sequence per result. The
-    /// single-enqueue hot path uses it (see `insertJob`). Its rows label their binary cells as
-    /// text (read them with `binaryCell`), and its errors are PostgresNIO's older
-    /// `PostgresError` (turned back into `ConnectionClosed` and `DatabaseServerError` here).
-    func rows(ofPrepared sql: String, binds: [PostgresData]) async throws -> [PostgresRow] {
-        let connection = try await connection()
-        let statement: PreparedQuery
-        if let cached = futurePrepared.withLock({ $0?.connection === connection ? $0?.statements[sql] : nil }) {
-            statement = cached
-        } else {
-            statement = try await watched(connection) { connection.prepare(query: sql) }
-            futurePrepared.withLock { cache in
-                if cache?.connection !== connection { cache = (connection, [:]) }
-                cache?.statements[sql] = statement
-            }
-        }
-        return try await watched(connection) { statement.execute(binds) }
-    }
-
     /// `watched` for a query that PostgresNIO answers with a future. The query is written on the
     /// connection's own thread, right after checking that the connection is open, for the
     /// reason `PostgresConnection.run` gives; the watchdog and `close()` can still let the
     /// caller go if no answer comes.
-    private func watched<T: Sendable>(_ connection: PostgresConnection,
+    func watched<T: Sendable>(_ connection: PostgresConnection,
                                       _ start: @escaping @Sendable () -> EventLoopFuture<T>) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let resume = Self.once(continuation)
@@ -393,6 +376,55 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             if let attempt, let current = try? await attempt.value, current === connection { self?.forget(attempt) }
             try? await connection.close()
         }
+    }
+
+    /// Connects the socket itself and hands it to PostgresNIO for the start-up (TLS, login), so
+    /// that `SingleEnqueueHandler` can join its pipeline: PostgresNIO keeps its channel to itself.
+    private static func open(_ url: DatabaseURL, id: Int, logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
+        let settings = try url.connectionConfiguration()
+        let loop = PostgresConnection.defaultEventLoopGroup.any()
+        var bootstrap = ClientBootstrap(group: loop).connectTimeout(settings.options.connectTimeout)
+        let channel: any Channel
+        if let path = settings.unixSocketPath {
+            channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+        } else {
+            bootstrap = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
+            channel = try await bootstrap.connect(host: url.host, port: url.port).get()
+        }
+        var configuration = PostgresConnection.Configuration(establishedChannel: channel, tls: settings.tls, username: settings.username,
+                                                             password: settings.password, database: settings.database)
+        configuration.options = settings.options
+        // PostgresNIO names the server for TLS (SNI, the certificate's check) only when it connects itself.
+        if configuration.options.tlsServerName == nil, settings.unixSocketPath == nil, (try? SocketAddress(ipAddress: url.host, port: 0)) == nil {
+            configuration.options.tlsServerName = url.host
+        }
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(on: loop, configuration: configuration, id: id, logger: logger)
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        let handler = SingleEnqueueHandler()
+        do {
+            try await loop.submit {
+                let pipeline = channel.pipeline.syncOperations
+                if let tls = try? pipeline.handler(type: NIOSSLClientHandler.self) {
+                    try pipeline.addHandler(handler, position: .after(tls))
+                } else {
+                    try pipeline.addHandler(handler, position: .first)
+                }
+            }.get()
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        return (connection, handler)
+    }
+
+    /// The handler for single enqueues in `connection`'s pipeline.
+    func singleEnqueueHandler(for connection: PostgresConnection) -> SingleEnqueueHandler? {
+        singleEnqueues.handler(for: connection)
     }
 
     struct DeadlineExceeded: Error {}

@@ -1,0 +1,125 @@
+import Foundation
+import Logging
+@testable import LocoQueue
+import LocoTestSupport
+import NIOCore
+import PostgresNIO
+import Testing
+
+/// Single enqueues on a `ReconnectingConnection` are written and read by `SingleEnqueueHandler`,
+/// in the pipeline of the connection PostgresNIO uses for everything else.
+@Suite("Single enqueues on the wire")
+struct SingleEnqueueTests {
+    @Test("every field arrives as given, and a unique key held by a live job returns the holder")
+    func fields() async throws {
+        try await TestDatabase.with { database in
+            let db = ReconnectingConnection(url: database.url, logger: database.logger)
+            let store = JobStore(logger: database.logger)
+            let runAt = Date(timeIntervalSince1970: 1_900_000_000.123456)
+            let job = NewJob(queue: "wire", kind: "wire.check", args: #"{"name":"Zoë ✓","n":[1,2]}"#, priority: -3, runAt: runAt,
+                             maxAttempts: 7, uniqueKey: "wire-1")
+            let first = try await store.enqueue(job, on: db)
+            #expect(first.state == .scheduled && !first.duplicate)
+            let row = try await db.run("""
+                SELECT queue, kind, args::text, priority::int8, max_attempts::int8, (extract(epoch FROM run_at) * 1000000)::int8, unique_key
+                FROM loco_jobs WHERE id = \(first.id)
+                """, logger: database.logger).collect().first
+            let fields = try #require(row).decode((String, String, String, Int64, Int64, Int64, String).self)
+            #expect(fields.0 == "wire" && fields.1 == "wire.check" && fields.2 == #"{"n": [1, 2], "name": "Zoë ✓"}"#)
+            #expect(fields.3 == -3 && fields.4 == 7 && fields.5 == 1_900_000_000_123_456 && fields.6 == "wire-1")
+            let again = try await store.enqueue(job, on: db)
+            #expect(again.id == first.id && again.duplicate)
+            let now = try await store.enqueue(NewJob(queue: "wire", kind: "wire.check"), on: db)
+            #expect(now.state == .available && now.id > first.id)
+            await db.close()
+        }
+    }
+
+    @Test("enqueues and PostgresNIO's own queries, sent at once on one connection, each get their own answer")
+    func interleaved() async throws {
+        try await TestDatabase.with { database in
+            let db = ReconnectingConnection(url: database.url, logger: database.logger)
+            let store = JobStore(logger: database.logger)
+            let answers = try await withThrowingTaskGroup(of: (Int, Int64).self) { group in
+                for index in 0..<400 {
+                    group.addTask {
+                        if index % 2 == 0 {
+                            let job = try await store.enqueue(NewJob(queue: "mixed", kind: "k", args: #"{"i":\#(index)}"#), on: db)
+                            return (index, job.id)
+                        }
+                        // A query whose answer spans several messages (rows, a notice-free completion).
+                        var sum: Int64 = 0
+                        for try await value in try await db.run("SELECT g::int8 FROM generate_series(1, \(index)) g", logger: database.logger)
+                            .decode(Int64.self) { sum += value }
+                        return (index, sum)
+                    }
+                }
+                return try await group.reduce(into: [Int: Int64]()) { $0[$1.0] = $1.1 }
+            }
+            for index in stride(from: 1, to: 400, by: 2) {
+                #expect(answers[index] == Int64(index * (index + 1) / 2), "query \(index)")
+            }
+            // Each enqueue got the id of the job holding its own args.
+            for index in stride(from: 0, to: 400, by: 2) {
+                let id = try #require(answers[index])
+                let args = try await db.run("SELECT (args->>'i')::int8 FROM loco_jobs WHERE id = \(id)", logger: database.logger)
+                    .collect().first?.decode(Int64.self)
+                #expect(args == Int64(index))
+            }
+            await db.close()
+        }
+    }
+
+    @Test("a failed enqueue says PostgreSQL's words; the statement is prepared again once the table exists; a killed session reconnects")
+    func failures() async throws {
+        try await TestDatabase.with(migrations: []) { database in
+            let db = ReconnectingConnection(url: database.url, logger: database.logger)
+            let store = JobStore(logger: database.logger)
+            let missing = await #expect(throws: DatabaseServerError.self) {
+                try await store.enqueue(NewJob(queue: "q", kind: "k"), on: db)
+            }
+            #expect(missing?.sqlState == "42P01")
+            try await Migrator(database: db, logger: database.logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
+            let job = try await store.enqueue(NewJob(queue: "q", kind: "k"), on: db)
+            #expect(job.state == .available)
+
+            // The server ends the session: the next enqueue is told so, the one after reconnects.
+            let killed: Int64 = try await database.scalar(
+                "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            #expect(killed >= 1)
+            var outcomes: [String] = []
+            for _ in 0..<3 {
+                do {
+                    _ = try await store.enqueue(NewJob(queue: "q", kind: "k"), on: db)
+                    outcomes.append("ok")
+                } catch {
+                    // As the worker and the API say it: explained by the URL.
+                    let explained = database.url.explain(error)
+                    outcomes.append((explained as? QueueError)?.code ?? (explained as? DatabaseServerError)?.sqlState ?? "\(explained)")
+                }
+            }
+            #expect(outcomes.last == "ok", "\(outcomes)")
+            #expect(outcomes.allSatisfy { ["ok", "database_unreachable"].contains($0) }, "\(outcomes)")
+            await db.close()
+        }
+    }
+
+    @Test("PostgresNIO's writes are counted by the messages the server answers, across writes")
+    func outboundCounting() {
+        func message(_ type: Character, _ body: [UInt8]) -> [UInt8] {
+            let length = UInt32(body.count + 4)
+            return [type.asciiValue!] + withUnsafeBytes(of: length.bigEndian, Array.init) + body
+        }
+        let stream = message("P", Array("SELECT 1".utf8) + [0, 0, 0]) + message("B", [0, 0, 0, 0]) + message("E", [0, 0, 0, 0, 0])
+            + message("S", []) + message("Q", Array("SELECT 2".utf8) + [0]) + message("H", []) + message("S", [])
+        // Every way of cutting the stream in two gives the same count.
+        for cut in 0...stream.count {
+            var scanner = OutboundScanner()
+            let counted = scanner.answersExpected(from: ByteBuffer(bytes: stream[..<cut]))
+                + scanner.answersExpected(from: ByteBuffer(bytes: stream[cut...]))
+            #expect(counted == 3, "cut at \(cut)")
+        }
+        var scanner = OutboundScanner()
+        #expect(stream.reduce(0) { $0 + scanner.answersExpected(from: ByteBuffer(bytes: [$1])) } == 3)
+    }
+}
