@@ -110,17 +110,20 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
             let task = Task { [url, logger, connectTimeout, sessionSettings, singleEnqueues] in
-                try await Self.deadline(connectTimeout, late: { connection in try? await connection.close() }) {
+                let (connection, handler) = try await Self.deadline(connectTimeout, late: { opened in try? await opened.0.close() }) {
                     let (connection, handler) = try await Self.open(url, id: id, logger: logger)
-                    singleEnqueues.set(connection, handler)
                     do {
                         try await Self.apply(sessionSettings, on: connection, logger: logger)
                     } catch {
                         try? await connection.close()
                         throw error
                     }
-                    return connection
+                    return (connection, handler)
                 }
+                // Only a connection made in time: one that came late is closed, and must not
+                // take the slot from the attempt that replaced it.
+                singleEnqueues.set(connection, handler)
+                return connection
             }
             current = task
             return task
@@ -189,19 +192,18 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         }
     }
 
-    /// `watched` for a query that PostgresNIO answers with a future. The query is written on the
-    /// connection's own thread, right after checking that the connection is open, for the
-    /// reason `PostgresConnection.run` gives; the watchdog and `close()` can still let the
-    /// caller go if no answer comes.
+    /// `watched` for a request answered with a future (a single enqueue, `SingleEnqueueHandler`).
+    /// It is written on the connection's own thread, right after checking that the connection is
+    /// open, for the reason `PostgresConnection.run` gives; the watchdog and `close()` can still
+    /// let the caller go if no answer comes.
     func watched<T: Sendable>(_ connection: PostgresConnection,
-                                      _ start: @escaping @Sendable () -> EventLoopFuture<T>) async throws -> T {
+                              _ start: @escaping @Sendable () -> EventLoopFuture<T>) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let resume = Self.once(continuation)
             let token = track(connection, abandon: { resume(.failure($0)) })
             let send: @Sendable () -> Void = {
                 let finish: @Sendable (Result<T, any Error>) -> Void = { result in
                     self.untrack(token)
-                    let result = result.mapError(Self.current)
                     if case .failure(let error) = result, connection.isClosed || Self.endsSession(error) { self.drop(connection) }
                     resume(result)
                 }
@@ -245,16 +247,6 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// the connection is seen to close, and the next call must not be sent on that connection.
     private static func endsSession(_ error: any Error) -> Bool {
         DatabaseServerError.server(of: error)?.endsSession ?? false
-    }
-
-    /// PostgresNIO's older error type, as the rest of Loco expects errors.
-    private static func current(_ error: any Error) -> any Error {
-        guard let legacy = error as? PostgresError else { return error }
-        switch legacy {
-        case .connectionClosed: return ConnectionClosed()
-        case .server(let server): return DatabaseServerError(fields: server.fields)
-        case .protocol: return error
-        }
     }
 
     func executor(for connection: PostgresConnection) -> EventLoopTaskExecutor {
