@@ -104,12 +104,12 @@ struct DatabaseConnectionTests {
         func url(_ user: String = "postgres", host: String = "127.0.0.1", _ query: String = "") -> String {
             "postgres://\(user)@\(host):\(port)/postgres" + (query.isEmpty ? "" : "?" + query)
         }
-        for statement in ["CREATE ROLE pw LOGIN PASSWORD 'hunter2'", "CREATE ROLE tlsonly LOGIN", "CREATE ROLE certuser LOGIN"] {
+        for statement in ["CREATE ROLE pw LOGIN PASSWORD 'hunter2'", "CREATE ROLE tlsonly LOGIN", "CREATE ROLE certuser LOGIN", "CREATE ROLE gssuser LOGIN"] {
             for try await _ in try await admin.run(PostgresQuery(unsafeSQL: statement), logger: TestDatabase.testLogger) {}
         }
         let hbaFile = try await Self.scalar("SHOW hba_file", as: String.self, on: admin)
         let rules = try String(contentsOfFile: hbaFile, encoding: .utf8)
-        try ("hostnossl all tlsonly 127.0.0.1/32 reject\nhost all pw 127.0.0.1/32 scram-sha-256\nhostssl all certuser 127.0.0.1/32 cert\n" + rules)
+        try ("hostnossl all tlsonly 127.0.0.1/32 reject\nhost all pw 127.0.0.1/32 scram-sha-256\nhostssl all certuser 127.0.0.1/32 cert\nhost all gssuser 127.0.0.1/32 gss\n" + rules)
             .write(toFile: hbaFile, atomically: false, encoding: .utf8)
         _ = try await Self.scalar("SELECT pg_reload_conf()", as: Bool.self, on: admin)
         #expect(await eventually(timeout: .seconds(10)) { await Self.connect(url("tlsonly", "sslmode=disable")) != .connected(tls: false) })
@@ -143,6 +143,9 @@ struct DatabaseConnectionTests {
         let plainOnly = await Self.connect(url("tlsonly", "sslmode=disable"))
         #expect(plainOnly.refused("database_login_refused", saying: "no encryption", "28000", "sslmode"), "\(plainOnly)")
         #expect(await Self.connect(url("tlsonly")) == .connected(tls: true))
+        // A way of logging in PostgresNIO does not speak (Kerberos, pg_hba's gss): said as such.
+        let kerberos = await Self.connect(url("gssuser"))
+        #expect(kerberos.refused("database_login_refused", saying: "refused to log user 'gssuser' in", "a way of logging in Loco does not speak"), "\(kerberos)")
         // A login by client certificate (pg_hba's cert: the certificate's CN is the user).
         let noCertificate = await Self.connect(url("certuser", "sslmode=require"))
         #expect(noCertificate.refused("database_login_refused", saying: "client certificate"), "\(noCertificate)")
