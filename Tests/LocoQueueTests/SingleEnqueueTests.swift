@@ -10,7 +10,7 @@ import Testing
 /// in the pipeline of the connection PostgresNIO uses for everything else.
 @Suite("Single enqueues on the wire")
 struct SingleEnqueueTests {
-    @Test("every field arrives as given, and a unique key held by a live job returns the holder")
+    @Test("every field arrives as given (3 MB of args too), and a unique key held by a live job returns the holder")
     func fields() async throws {
         try await TestDatabase.with { database in
             let db = ReconnectingConnection(url: database.url, logger: database.logger)
@@ -31,11 +31,17 @@ struct SingleEnqueueTests {
             #expect(again.id == first.id && again.duplicate)
             let now = try await store.enqueue(NewJob(queue: "wire", kind: "wire.check"), on: db)
             #expect(now.state == .available && now.id > first.id)
+            // Args of 3 MB: a Bind written in many pieces.
+            let large = #"{"blob":""# + String(repeating: "x", count: 3_000_000) + #""}"#
+            let big = try await store.enqueue(NewJob(queue: "wire", kind: "wire.check", args: large), on: db)
+            let stored = try await db.run("SELECT octet_length(args->>'blob')::int8 FROM loco_jobs WHERE id = \(big.id)", logger: database.logger)
+                .collect().first?.decode(Int64.self)
+            #expect(stored == 3_000_000)
             await db.close()
         }
     }
 
-    @Test("enqueues and PostgresNIO's own queries, sent at once on one connection, each get their own answer")
+    @Test("enqueues and PostgresNIO's own queries (some answering with megabytes), sent at once on one connection, each get their own answer")
     func interleaved() async throws {
         try await TestDatabase.with { database in
             let db = ReconnectingConnection(url: database.url, logger: database.logger)
@@ -46,6 +52,14 @@ struct SingleEnqueueTests {
                         if index % 2 == 0 {
                             let job = try await store.enqueue(NewJob(queue: "mixed", kind: "k", args: #"{"i":\#(index)}"#), on: db)
                             return (index, job.id)
+                        }
+                        // Every 50th query answers with about 2 MB, so the answers before and after
+                        // enqueues arrive cut anywhere across reads.
+                        if index % 50 == 1 {
+                            var bytes: Int64 = 0
+                            for try await text in try await db.run("SELECT repeat('y', 1000) FROM generate_series(1, 2000)", logger: database.logger)
+                                .decode(String.self) { bytes += Int64(text.utf8.count) }
+                            return (index, bytes == 2_000_000 ? Int64(index * (index + 1) / 2) : -bytes)
                         }
                         // A query whose answer spans several messages (rows, a notice-free completion).
                         var sum: Int64 = 0
