@@ -84,6 +84,39 @@ struct SingleEnqueueTests {
         }
     }
 
+    @Test("a session that LISTENs gets its own enqueues' notifications, which arrive inside the enqueues' answers")
+    func notificationsInsideAnswers() async throws {
+        try await TestDatabase.with { database in
+            let db = ReconnectingConnection(url: database.url, logger: database.logger)
+            let store = JobStore(logger: database.logger)
+            let connection = try await db.connection()
+            let payloads = try await connection.listen(on: JobStore.channel) { notifications in
+                // The LISTEN is under way once this runs; each enqueue's commit notifies this
+                // session before its ReadyForQuery, so the handler must pass those on.
+                try await withThrowingTaskGroup(of: [String]?.self) { group in
+                    group.addTask {
+                        var heard: [String] = []
+                        for try await notification in notifications {
+                            heard.append(notification.payload)
+                            if heard.count == 50 { break }
+                        }
+                        return heard
+                    }
+                    group.addTask {
+                        for index in 0..<50 { _ = try await store.enqueue(NewJob(queue: "heard-\(index)", kind: "k"), on: db) }
+                        try await Task.sleep(for: .seconds(10))  // the notifications' deadline
+                        return nil
+                    }
+                    let first = try await group.next() ?? nil
+                    group.cancelAll()
+                    return first ?? ["no notification within 10 s of the enqueues"]
+                }
+            }
+            #expect(payloads == (0..<50).map { "heard-\($0)" })
+            await db.close()
+        }
+    }
+
     @Test("a failed enqueue says PostgreSQL's words; the statement is prepared again once the table exists; a killed session reconnects")
     func failures() async throws {
         try await TestDatabase.with(migrations: []) { database in
