@@ -10,11 +10,23 @@ import Testing
 /// in the pipeline of the connection PostgresNIO uses for everything else.
 @Suite("Single enqueues on the wire")
 struct SingleEnqueueTests {
+    /// Runs `body` with a fresh database, a `ReconnectingConnection` to it and a store.
+    static func withConnection(migrated: Bool = true,
+                               _ body: (TestDatabase, ReconnectingConnection, JobStore) async throws -> Void) async throws {
+        try await TestDatabase.with(migrations: migrated ? [(QueueSchema.component, QueueSchema.migrations)] : []) { database in
+            let db = ReconnectingConnection(url: database.url, logger: database.logger)
+            do {
+                try await body(database, db, JobStore(logger: database.logger))
+            } catch {
+                await db.close()
+                throw error
+            }
+        }
+    }
+
     @Test("every field arrives as given (3 MB of args too), and a unique key held by a live job returns the holder")
     func fields() async throws {
-        try await TestDatabase.with { database in
-            let db = ReconnectingConnection(url: database.url, logger: database.logger)
-            let store = JobStore(logger: database.logger)
+        try await Self.withConnection { database, db, store in
             let runAt = Date(timeIntervalSince1970: 1_900_000_000.123456)
             let job = NewJob(queue: "wire", kind: "wire.check", args: #"{"name":"Zoë ✓","n":[1,2]}"#, priority: -3, runAt: runAt,
                              maxAttempts: 7, uniqueKey: "wire-1")
@@ -34,18 +46,15 @@ struct SingleEnqueueTests {
             // Args of 3 MB: a Bind written in many pieces.
             let large = #"{"blob":""# + String(repeating: "x", count: 3_000_000) + #""}"#
             let big = try await store.enqueue(NewJob(queue: "wire", kind: "wire.check", args: large), on: db)
-            let stored = try await db.run("SELECT octet_length(args->>'blob')::int8 FROM loco_jobs WHERE id = \(big.id)", logger: database.logger)
-                .collect().first?.decode(Int64.self)
+            let stored = try await DatabaseConnectionTests.scalar("SELECT octet_length(args->>'blob')::int8 FROM loco_jobs WHERE id = \(big.id)",
+                                                                  as: Int64.self, on: db)
             #expect(stored == 3_000_000)
-            await db.close()
         }
     }
 
     @Test("enqueues and PostgresNIO's own queries (some answering with megabytes), sent at once on one connection, each get their own answer")
     func interleaved() async throws {
-        try await TestDatabase.with { database in
-            let db = ReconnectingConnection(url: database.url, logger: database.logger)
-            let store = JobStore(logger: database.logger)
+        try await Self.withConnection { database, db, store in
             let answers = try await withThrowingTaskGroup(of: (Int, Int64).self) { group in
                 for index in 0..<400 {
                     group.addTask {
@@ -76,19 +85,15 @@ struct SingleEnqueueTests {
             // Each enqueue got the id of the job holding its own args.
             for index in stride(from: 0, to: 400, by: 2) {
                 let id = try #require(answers[index])
-                let args = try await db.run("SELECT (args->>'i')::int8 FROM loco_jobs WHERE id = \(id)", logger: database.logger)
-                    .collect().first?.decode(Int64.self)
+                let args = try await DatabaseConnectionTests.scalar("SELECT (args->>'i')::int8 FROM loco_jobs WHERE id = \(id)", as: Int64.self, on: db)
                 #expect(args == Int64(index))
             }
-            await db.close()
         }
     }
 
     @Test("a session that LISTENs gets its own enqueues' notifications, which arrive inside the enqueues' answers")
     func notificationsInsideAnswers() async throws {
-        try await TestDatabase.with { database in
-            let db = ReconnectingConnection(url: database.url, logger: database.logger)
-            let store = JobStore(logger: database.logger)
+        try await Self.withConnection { database, db, store in
             let connection = try await db.connection()
             let payloads = try await connection.listen(on: JobStore.channel) { notifications in
                 // The LISTEN is under way once this runs; each enqueue's commit notifies this
@@ -113,15 +118,12 @@ struct SingleEnqueueTests {
                 }
             }
             #expect(payloads == (0..<50).map { "heard-\($0)" })
-            await db.close()
         }
     }
 
     @Test("a failed enqueue says PostgreSQL's words; the statement is prepared again once the table exists; a killed session reconnects")
     func failures() async throws {
-        try await TestDatabase.with(migrations: []) { database in
-            let db = ReconnectingConnection(url: database.url, logger: database.logger)
-            let store = JobStore(logger: database.logger)
+        try await Self.withConnection(migrated: false) { database, db, store in
             let missing = await #expect(throws: DatabaseServerError.self) {
                 try await store.enqueue(NewJob(queue: "q", kind: "k"), on: db)
             }
@@ -147,7 +149,6 @@ struct SingleEnqueueTests {
             }
             #expect(outcomes.last == "ok", "\(outcomes)")
             #expect(outcomes.allSatisfy { ["ok", "database_unreachable"].contains($0) }, "\(outcomes)")
-            await db.close()
         }
     }
 

@@ -53,11 +53,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var outbound = OutboundScanner()
     /// Whether the statement is prepared on this session, or its Parse is on the way.
     private var prepared = false
-    private var closed = false
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        closed = !context.channel.isActive
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -70,7 +68,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Enqueues `job` by `JobStatements.EnqueueOne`; the row it returned (nil when a live job
     /// holds its unique key). Call on the channel's event loop.
     func enqueue(_ job: NewJob) -> EventLoopFuture<(id: Int64, state: String)?> {
-        guard let context, !closed else {
+        guard let context, context.channel.isActive else {
             return (context?.eventLoop ?? PostgresConnection.defaultEventLoopGroup.any()).makeFailedFuture(ConnectionClosed())
         }
         let request = Request(promise: context.eventLoop.makePromise(), parses: !prepared)
@@ -228,7 +226,6 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     // MARK: The end of the session
 
     func channelInactive(context: ChannelHandlerContext) {
-        closed = true
         failAll(ConnectionClosed())
         context.fireChannelInactive()
     }
