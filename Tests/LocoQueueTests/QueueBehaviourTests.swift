@@ -2051,7 +2051,7 @@ struct QueueBehaviourTests {
     }
 
     @Test("a single enqueue that gets no answer is abandoned at the deadline with a coded error, and the next one reconnects")
-    func futureEnqueueDeadline() async throws {
+    func singleEnqueueDeadline() async throws {
         try await TestDatabase.with { db in
             let connection = ReconnectingConnection(url: db.url, logger: db.logger, queryTimeout: .milliseconds(800))
             // Under a full run's load a query on an idle server once took longer than this short
@@ -2064,6 +2064,14 @@ struct QueueBehaviourTests {
             // The table stays locked until the enqueue has given up.
             let error: (any Error)? = try await db.client.transaction { locked in
                 _ = try await locked.run("LOCK TABLE loco_jobs IN ACCESS EXCLUSIVE MODE", logger: db.logger)
+                // Without a deadline the enqueue would wait as long as the lock, and the lock as
+                // long as the enqueue: after 10 s the connection is closed under it instead, so
+                // that the test fails (a different error, too late) rather than hangs.
+                let backstop = Task {
+                    try await Task.sleep(for: .seconds(10))
+                    await connection.close()
+                }
+                defer { backstop.cancel() }
                 do {
                     _ = try await db.store.enqueue(NewJob(queue: "slow", kind: "k"), on: connection)
                     return nil
