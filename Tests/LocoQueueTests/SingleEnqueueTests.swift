@@ -157,6 +157,46 @@ struct SingleEnqueueTests {
         }
     }
 
+    @Test("a loco_jobs table altered by hand: an integer id still reads; rows Loco cannot read are schema_mismatch, coded, through the handler and through PostgresNIO")
+    func alteredTable() async throws {
+        try await Self.withConnection { database, db, store in
+            // Changed before this connection's first enqueue prepares the statement.
+            _ = try await database.client.query("ALTER TABLE loco_jobs ALTER COLUMN id TYPE integer")
+            let job = try await store.enqueue(NewJob(queue: "altered", kind: "k", args: #"{"n":1}"#), on: db)
+            let stored = try await DatabaseConnectionTests.scalar("SELECT (args->>'n')::int8 FROM loco_jobs WHERE id = \(job.id)", as: Int64.self, on: db)
+            #expect(job.id > 0 && job.state == .available && stored == 1)
+
+            // A column PostgresNIO cannot decode, on a read: the column and the types, no value.
+            _ = try await database.client.query("ALTER TABLE loco_jobs ALTER COLUMN priority TYPE text")
+            let mismatch = await #expect(throws: QueueError.self) { try await store.job(id: job.id, on: db) }
+            #expect(mismatch?.code == "schema_mismatch", "\(String(describing: mismatch))")
+            #expect(mismatch?.message.contains("column 'priority'") == true, "\(mismatch?.message ?? "")")
+            #expect(mismatch?.hint.contains("locod migrate sql") == true)
+        }
+        // Rows of another shape than the enqueue statement's, as the handler reads them.
+        func row(_ build: (inout ByteBuffer) -> Void) -> Result<(id: Int64, state: String), QueueError> {
+            var body = ByteBuffer()
+            build(&body)
+            return SingleEnqueueHandler.row(&body)
+        }
+        let good = row { $0.writeInteger(Int16(3)); $0.writeInteger(Int32(2)); $0.writeInteger(Int16(7)); $0.writeInteger(Int32(9)); $0.writeString("available") }
+        #expect((try? good.get())?.id == 7 && (try? good.get())?.state == "available")
+        let shapes: [(String, Result<(id: Int64, state: String), QueueError>)] = [
+            ("has 1 column(s)", row { $0.writeInteger(Int16(1)); $0.writeInteger(Int32(8)); $0.writeInteger(Int64(1)) }),
+            ("came as 16 bytes", row { $0.writeInteger(Int16(3)); $0.writeInteger(Int32(16)); $0.writeBytes([UInt8](repeating: 0, count: 16)) }),
+            ("came as NULL, not", row { $0.writeInteger(Int16(3)); $0.writeInteger(Int32(-1)) }),
+            ("ends early", row { $0.writeInteger(Int16(3)); $0.writeInteger(Int32(8)); $0.writeInteger(Int32(1)) }),
+            ("state came as NULL", row { $0.writeInteger(Int16(3)); $0.writeInteger(Int32(8)); $0.writeInteger(Int64(1)); $0.writeInteger(Int32(-1)) }),
+        ]
+        for (expected, result) in shapes {
+            guard case .failure(let error) = result else {
+                Issue.record("read a row that \(expected)")
+                continue
+            }
+            #expect(error.code == "schema_mismatch" && error.message.contains(expected), "\(error.message)")
+        }
+    }
+
     @Test("PostgresNIO's writes are counted by the messages the server answers, across writes")
     func outboundCounting() {
         func message(_ type: Character, _ body: [UInt8]) -> [UInt8] {

@@ -159,6 +159,9 @@ public struct DatabaseServerError: CodedError {
         } catch let error as PSQLError {
             guard let server = DatabaseServerError(error) else { throw error }
             throw server
+        } catch let error as PostgresDecodingError {
+            // Its value stays out: it may be a job's args.
+            throw QueueError.schemaMismatch(reason: "column '\(error.columnName)' is PostgreSQL's \(error.postgresType), which Loco cannot read as \(error.targetType)")
         }
     }
 

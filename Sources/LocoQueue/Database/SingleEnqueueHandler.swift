@@ -38,7 +38,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         var parsed = false
         var row: (id: Int64, state: String)?
         var error: DatabaseServerError?
-        var malformed: String?
+        var malformed: QueueError?
 
         init(promise: EventLoopPromise<(id: Int64, state: String)?>, parses: Bool) {
             self.promise = promise
@@ -186,8 +186,10 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         case UInt8(ascii: "1"):
             request.parsed = true
         case UInt8(ascii: "D"):
-            guard let row = Self.row(&body) else { request.malformed = "a row it could not read"; return }
-            request.row = row
+            switch Self.row(&body) {
+            case .success(let row): request.row = row
+            case .failure(let mismatch): request.malformed = mismatch
+            }
         case UInt8(ascii: "E"):
             request.error = DatabaseServerError(fields: Self.errorFields(&body))
         case UInt8(ascii: "Z"):
@@ -196,7 +198,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             if let error = request.error {
                 request.promise.fail(error)
             } else if let malformed = request.malformed {
-                request.promise.fail(UnexpectedAnswer(what: malformed))
+                request.promise.fail(malformed)
             } else {
                 request.promise.succeed(request.row)
             }
@@ -205,14 +207,28 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    /// The enqueue's row: id (int8), state (text), and whether it notified (ignored).
-    private static func row(_ body: inout ByteBuffer) -> (id: Int64, state: String)? {
-        guard let columns = body.readInteger(as: Int16.self), columns >= 2,
-              body.readInteger(as: Int32.self) == 8, let id = body.readInteger(as: Int64.self),
-              let length = body.readInteger(as: Int32.self), length >= 0,
-              let state = body.readString(length: Int(length))
-        else { return nil }
-        return (id, state)
+    /// The enqueue's row: id, state (text), and whether it notified (ignored). The id is read
+    /// from two, four or eight bytes, as PostgresNIO reads an Int64 (an id column altered to
+    /// integer still works).
+    static func row(_ body: inout ByteBuffer) -> Result<(id: Int64, state: String), QueueError> {
+        let cut = QueueError.schemaMismatch(reason: "the enqueue's row ends early")
+        guard let columns = body.readInteger(as: Int16.self) else { return .failure(cut) }
+        guard columns >= 2 else { return .failure(.schemaMismatch(reason: "the enqueue's row has \(columns) column(s), not 3")) }
+        guard let idLength = body.readInteger(as: Int32.self) else { return .failure(cut) }
+        let id: Int64?
+        switch idLength {
+        case 8: id = body.readInteger(as: Int64.self)
+        case 4: id = body.readInteger(as: Int32.self).map(Int64.init)
+        case 2: id = body.readInteger(as: Int16.self).map(Int64.init)
+        default:
+            let came = idLength < 0 ? "NULL" : "\(idLength) bytes"
+            return .failure(.schemaMismatch(reason: "loco_jobs.id came as \(came), not an integer of 2, 4 or 8 bytes"))
+        }
+        guard let id else { return .failure(cut) }
+        guard let length = body.readInteger(as: Int32.self), length >= 0, let state = body.readString(length: Int(length)) else {
+            return .failure(.schemaMismatch(reason: "loco_jobs.state came as NULL or cut short"))
+        }
+        return .success((id, state))
     }
 
     private static func errorFields(_ body: inout ByteBuffer) -> [PostgresMessage.Error.Field: String] {
@@ -240,12 +256,6 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             request.promise.fail(request.error ?? error)
         }
     }
-}
-
-/// An answer to an enqueue that is not what the statement returns.
-struct UnexpectedAnswer: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "the server answered the enqueue with \(what)" }
 }
 
 /// Counts the messages in PostgresNIO's writes that the server answers with ReadyForQuery (Sync,

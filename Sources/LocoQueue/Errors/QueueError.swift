@@ -29,6 +29,9 @@ public enum QueueError: CodedError, Equatable {
     /// Migrations this program has and the database lacks, as `component/version_name`.
     case migrationsPending(database: String, pending: [String])
     case invalidScale(reason: String)
+    /// PostgreSQL answered with rows of another shape than Loco's migrations give its tables
+    /// (a column's type changed by hand).
+    case schemaMismatch(reason: String)
 
     public var code: String {
         switch self {
@@ -56,6 +59,7 @@ public enum QueueError: CodedError, Equatable {
         case .sessionSettingsRefused: "session_settings_refused"
         case .migrationsPending: "migrations_pending"
         case .invalidScale: "invalid_scale"
+        case .schemaMismatch: "schema_mismatch"
         }
     }
 
@@ -109,6 +113,8 @@ public enum QueueError: CodedError, Equatable {
             "database \(database) lacks \(pending.count) migration\(pending.count == 1 ? "" : "s") of this program: \(pending.joined(separator: ", "))"
         case let .invalidScale(reason):
             "the queue cannot be scaled: \(reason)"
+        case let .schemaMismatch(reason):
+            "PostgreSQL's answer does not have the shape Loco's migrations give its tables: \(reason)"
         }
     }
 
@@ -164,6 +170,8 @@ public enum QueueError: CodedError, Equatable {
             "Run 'locod migrate' (or apply the script 'locod migrate sql' prints with your own migration tool)."
         case .invalidScale:
             "Pass a queue and a concurrency from 1 to 10000, e.g. 'locod queue scale build 2' (add --worker ID for one worker; --reset undoes it)."
+        case .schemaMismatch:
+            "A table of Loco's was changed outside its migrations: compare it with the tables in the script 'locod migrate sql' prints and change the column back ('locod migrate check' compares migration versions only)."
         }
     }
 }
