@@ -100,7 +100,7 @@ struct DatabaseOptions: ParsableArguments {
 /// Connects once, so a wrong host, port or password is reported before anything starts.
 func preflight(_ url: DatabaseURL, logger: Logger) async throws {
     do {
-        let connection = try await PostgresConnection.connect(configuration: url.connectionConfiguration(), id: 0, logger: logger)
+        let connection = try await url.connecting { try await PostgresConnection.connect(configuration: $0, id: 0, logger: logger) }
         try? await connection.close()
     } catch {
         throw url.explain(error)

@@ -143,6 +143,9 @@ struct DatabaseConnectionTests {
         let plainOnly = await Self.connect(url("tlsonly", "sslmode=disable"))
         #expect(plainOnly.refused("database_login_refused", saying: "no encryption", "28000", "sslmode"), "\(plainOnly)")
         #expect(await Self.connect(url("tlsonly")) == .connected(tls: true))
+        // allow, as libpq: without TLS when the server takes that, with TLS when it refuses it.
+        #expect(await Self.connect(url("postgres", "sslmode=allow")) == .connected(tls: false))
+        #expect(await Self.connect(url("tlsonly", "sslmode=allow")) == .connected(tls: true))
         // A way of logging in PostgresNIO does not speak (Kerberos, pg_hba's gss): said as such.
         let kerberos = await Self.connect(url("gssuser"))
         #expect(kerberos.refused("database_login_refused", saying: "refused to log user 'gssuser' in", "a way of logging in Loco does not speak"), "\(kerberos)")

@@ -165,6 +165,31 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         return configuration
     }
 
+    /// Connects by each of the URL's ways in turn (see `connectionConfigurations`), going on to
+    /// the next only when the server refused the one before.
+    public func connecting<T>(_ connect: (PostgresConnection.Configuration) async throws -> T) async throws -> T {
+        let ways = try connectionConfigurations()
+        for way in ways.dropLast() {
+            do {
+                return try await connect(way)
+            } catch let refusal as PSQLError where refusal.serverInfo != nil {
+                continue
+            }
+        }
+        return try await connect(ways[ways.count - 1])
+    }
+
+    /// The ways to connect, in the order to try them: libpq's sslmode=allow tries without TLS
+    /// first, then with it (for a pg_hba.conf that takes this user only over TLS); every other
+    /// mode has one way.
+    func connectionConfigurations() throws(QueueError) -> [PostgresConnection.Configuration] {
+        let settings = try connectionConfiguration()
+        guard tls.mode == .allow, settings.unixSocketPath == nil else { return [settings] }
+        var plain = settings
+        plain.tls = .disable
+        return [plain, settings]
+    }
+
     static func redacted(_ string: String) -> String {
         guard let at = string.lastIndex(of: "@"), let schemeEnd = string.range(of: "://") else { return string }
         return String(string[..<schemeEnd.upperBound]) + "***" + String(string[at...])

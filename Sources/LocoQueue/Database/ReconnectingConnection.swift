@@ -373,7 +373,11 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// Connects the socket itself and hands it to PostgresNIO for the start-up (TLS, login), so
     /// that `SingleEnqueueHandler` can join its pipeline: PostgresNIO keeps its channel to itself.
     private static func open(_ url: DatabaseURL, id: Int, logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
-        let settings = try url.connectionConfiguration()
+        try await url.connecting { settings in try await open(url, settings, id: id, logger: logger) }
+    }
+
+    private static func open(_ url: DatabaseURL, _ settings: PostgresConnection.Configuration, id: Int,
+                             logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
         let loop = PostgresConnection.defaultEventLoopGroup.any()
         var bootstrap = ClientBootstrap(group: loop).connectTimeout(settings.options.connectTimeout)
         let channel: any Channel

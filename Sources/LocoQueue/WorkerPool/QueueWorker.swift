@@ -474,7 +474,7 @@ final class NotificationListener: Sendable {
                 // Under the same deadline as every other part's connect (PostgresNIO's connect was
                 // seen to ignore cancellation while the server restarted).
                 let connection = try await ReconnectingConnection.deadline(Self.connectDeadline, late: { try? await $0.close() }) { [shared] in
-                    try await PostgresConnection.connect(configuration: shared.databaseURL.connectionConfiguration(), id: 0, logger: shared.logger)
+                    try await shared.databaseURL.connecting { try await PostgresConnection.connect(configuration: $0, id: 0, logger: shared.logger) }
                 }
                 let open = current.withLock { state -> Bool in
                     if !state.closed { state.connection = connection }
