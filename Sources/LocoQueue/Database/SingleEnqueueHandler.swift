@@ -47,7 +47,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private var context: ChannelHandlerContext?
-    private var owners: [Owner] = []
+    /// Who wrote each request still unanswered, oldest first; a ring, since answers take from
+    /// the front while requests join at the back (many at once on a busy connection).
+    private var owners = CircularBuffer<Owner>()
     /// Inbound bytes of a message not yet whole.
     private var partial: ByteBuffer?
     private var outbound = OutboundScanner()
@@ -128,7 +130,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         let answers = outbound.answersExpected(from: unwrapOutboundIn(data))
         if answers > 0 {
             if case .postgresNIO(let waiting) = owners.last {
-                owners[owners.count - 1] = .postgresNIO(waiting + answers)
+                owners[owners.index(before: owners.endIndex)] = .postgresNIO(waiting + answers)
             } else {
                 owners.append(.postgresNIO(answers))
             }
@@ -158,7 +160,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             cursor += 1 + length
             guard case .enqueue(let request) = owners.first, !Self.belongsToNoRequest(type) else {
                 if type == UInt8(ascii: "Z"), case .postgresNIO(let waiting) = owners.first {
-                    if waiting > 1 { owners[0] = .postgresNIO(waiting - 1) } else { owners.removeFirst() }
+                    if waiting > 1 { owners[owners.startIndex] = .postgresNIO(waiting - 1) } else { owners.removeFirst() }
                 }
                 continue
             }
@@ -250,7 +252,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// FATAL before the close) fails with it.
     private func failAll(_ error: any Error) {
         let waiting = owners
-        owners = []
+        owners.removeAll()
         prepared = false
         for case .enqueue(let request) in waiting {
             request.promise.fail(request.error ?? error)
