@@ -73,7 +73,7 @@ struct DatabaseConnectionTests {
         #expect(missing.refused("database_not_found", saying: "has no database 'loco_no_such_database'", "CREATE DATABASE"), "\(missing)")
     }
 
-    @Test("TLS as libpq's sslmode says: prefer takes it, require encrypts, verify-ca and verify-full check the CA and the name; logins refused by name; a worker runs over verify-full")
+    @Test("TLS as libpq's sslmode says: prefer takes it, require encrypts, verify-ca and verify-full check the CA and the name; logins refused by name; a worker runs over verify-full, and over allow in the clear")
     func tls() async throws {
         try await PrivatePostgres.with(tls: true) { try await tlsScenario($0) }
     }
@@ -164,6 +164,9 @@ struct DatabaseConnectionTests {
         // through TLS (application_name tells its sessions apart in pg_stat_activity).
         try await workerOverTLS(URL: try DatabaseURL(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)&application_name=loco-tls-worker")),
                                 admin: admin)
+        // And over sslmode=allow, which the server takes without TLS: every session in the clear
+        // (the LISTEN connection and locod's kind of connects as well as the pool's).
+        try await workerOverTLS(URL: try DatabaseURL(url("postgres", "sslmode=allow&application_name=loco-allow-worker")), admin: admin, tls: false)
 
         // A server certificate made out to localhost only: verify-full by address now fails
         // the name check, verify-ca (no name check) and verify-full by name still connect.
@@ -219,11 +222,11 @@ struct DatabaseConnectionTests {
         #expect(!onCommandLine.output.contains("hunter2"))
     }
 
-    func workerOverTLS(URL url: DatabaseURL, admin: ConnectionPool) async throws {
+    func workerOverTLS(URL url: DatabaseURL, admin: ConnectionPool, tls: Bool = true) async throws {
         let logger = TestDatabase.testLogger
         let pool = ConnectionPool(url: url, size: 2, logger: logger)
         do {
-            try await drain(url: url, pool: pool, admin: admin)
+            try await drain(url: url, pool: pool, admin: admin, tls: tls)
         } catch {
             await pool.close()
             throw error
@@ -231,7 +234,7 @@ struct DatabaseConnectionTests {
         await pool.close()
     }
 
-    func drain(url: DatabaseURL, pool: ConnectionPool, admin: ConnectionPool) async throws {
+    func drain(url: DatabaseURL, pool: ConnectionPool, admin: ConnectionPool, tls: Bool) async throws {
         let logger = TestDatabase.testLogger
         try await Migrator(database: pool, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
         let runs = Tally<Int64>()
@@ -248,15 +251,15 @@ struct DatabaseConnectionTests {
             for _ in 0..<20 { ids.append(try await JobStore(logger: logger).enqueue(NewJob(queue: "tls", kind: "tls.count"), on: pool).id) }
             ids += try await JobStore(logger: logger).enqueueMany(Array(repeating: NewJob(queue: "tls", kind: "tls.count"), count: 180), on: pool).map(\.id)
             let done = try await eventually(timeout: .seconds(30), every: .milliseconds(100)) { runs.snapshot.count == 200 }
-            #expect(done, "\(runs.snapshot.count) of 200 jobs ran over TLS")
+            #expect(done, "\(runs.snapshot.count) of 200 jobs ran")
             #expect(Set(runs.snapshot.keys) == Set(ids) && runs.snapshot.values.allSatisfy { $0 == 1 })
-            // Every session the worker holds uses TLS.
+            // Every session the worker and the pool hold uses TLS, or none does.
             let sessions = try await Self.scalar("""
                 SELECT count(*) FILTER (WHERE s.ssl)::text || '/' || count(*)::text FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
-                WHERE a.application_name = 'loco-tls-worker'
+                WHERE a.application_name = '\(url.applicationName ?? "")'
                 """, as: String.self, on: admin)
             let parts = sessions.split(separator: "/").compactMap { Int($0) }
-            #expect(parts.count == 2 && parts[0] == parts[1] && parts[1] >= 2, "TLS sessions / sessions of the worker: \(sessions)")
+            #expect(parts.count == 2 && parts[0] == (tls ? parts[1] : 0) && parts[1] >= 2, "TLS sessions / sessions of the worker: \(sessions)")
         } catch {
             worker.stop()
             _ = try? await running.value
