@@ -162,11 +162,11 @@ struct DatabaseConnectionTests {
 
         // A worker over verify-full: migrations, enqueues, LISTEN wake-ups and completions all
         // through TLS (application_name tells its sessions apart in pg_stat_activity).
-        try await workerOverTLS(URL: try DatabaseURL(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)&application_name=loco-tls-worker")),
+        try await runWorker(over: try DatabaseURL(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)&application_name=loco-tls-worker")),
                                 admin: admin)
         // And over sslmode=allow, which the server takes without TLS: every session in the clear
         // (the LISTEN connection and locod's kind of connects as well as the pool's).
-        try await workerOverTLS(URL: try DatabaseURL(url("postgres", "sslmode=allow&application_name=loco-allow-worker")), admin: admin, tls: false)
+        try await runWorker(over: try DatabaseURL(url("postgres", "sslmode=allow&application_name=loco-allow-worker")), admin: admin, tls: false)
 
         // A server certificate made out to localhost only: verify-full by address now fails
         // the name check, verify-ca (no name check) and verify-full by name still connect.
@@ -222,7 +222,7 @@ struct DatabaseConnectionTests {
         #expect(!onCommandLine.output.contains("hunter2"))
     }
 
-    func workerOverTLS(URL url: DatabaseURL, admin: ConnectionPool, tls: Bool = true) async throws {
+    func runWorker(over url: DatabaseURL, admin: ConnectionPool, tls: Bool = true) async throws {
         let logger = TestDatabase.testLogger
         let pool = ConnectionPool(url: url, size: 2, logger: logger)
         do {

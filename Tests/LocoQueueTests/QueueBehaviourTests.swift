@@ -2453,6 +2453,13 @@ struct QueueBehaviourTests {
             #expect(!explained.message.contains("hunter2"))
             #expect(!explained.hint.contains("hunter2"))
         }
+        // The same through ReconnectingConnection, which connects the socket itself (NIO's error).
+        let db = ReconnectingConnection(url: url, logger: TestDatabase.testLogger)
+        let error = await #expect(throws: (any Error).self) { _ = try await db.connection() }
+        await db.close()
+        let explained = try #require(error.map(url.explain) as? QueueError, "\(String(describing: error))")
+        #expect(explained.code == "database_unreachable" && explained.message.contains("127.0.0.1:1"), "\(explained.message)")
+        #expect(!explained.message.contains("hunter2") && !explained.hint.contains("hunter2"))
     }
 }
 

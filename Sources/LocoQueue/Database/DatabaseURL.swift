@@ -165,29 +165,21 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         return configuration
     }
 
-    /// Connects by each of the URL's ways in turn (see `connectionConfigurations`), going on to
-    /// the next only when the server refused the one before.
+    /// Connects by `connect`, as libpq's sslmode says: `allow` tries without TLS first, then with
+    /// it if the server refused that (a pg_hba.conf that takes this user only over TLS); every
+    /// other mode has one way.
     public func connecting<T>(_ connect: (PostgresConnection.Configuration) async throws -> T) async throws -> T {
-        let ways = try connectionConfigurations()
-        for way in ways.dropLast() {
+        let settings = try connectionConfiguration()
+        if tls.mode == .allow, settings.unixSocketPath == nil {
+            var plain = settings
+            plain.tls = .disable
             do {
-                return try await connect(way)
+                return try await connect(plain)
             } catch let refusal as PSQLError where refusal.serverInfo != nil {
-                continue
+                // Refused by the server: with TLS, below.
             }
         }
-        return try await connect(ways[ways.count - 1])
-    }
-
-    /// The ways to connect, in the order to try them: libpq's sslmode=allow tries without TLS
-    /// first, then with it (for a pg_hba.conf that takes this user only over TLS); every other
-    /// mode has one way.
-    func connectionConfigurations() throws(QueueError) -> [PostgresConnection.Configuration] {
-        let settings = try connectionConfiguration()
-        guard tls.mode == .allow, settings.unixSocketPath == nil else { return [settings] }
-        var plain = settings
-        plain.tls = .disable
-        return [plain, settings]
+        return try await connect(settings)
     }
 
     static func redacted(_ string: String) -> String {

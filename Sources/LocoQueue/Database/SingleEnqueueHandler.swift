@@ -24,7 +24,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    static let statementName = "loco_enqueue_one_wire"
+    private static let statementName = "loco_enqueue_one_wire"
 
     private enum Owner {
         /// PostgresNIO is waiting for this many ReadyForQuery messages.
@@ -112,7 +112,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// A timestamptz's binary form: microseconds since 2000-01-01 UTC.
-    static func postgresMicroseconds(_ date: Date) -> Int64 {
+    private static func postgresMicroseconds(_ date: Date) -> Int64 {
         Int64(((date.timeIntervalSince1970 - 946_684_800) * 1_000_000).rounded())
     }
 
