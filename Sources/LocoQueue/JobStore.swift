@@ -6,9 +6,9 @@ import PostgresNIO
 /// inside their own transaction.
 public struct JobStore: Sendable {
     public static let channel = "loco_jobs"
-    /// The statement behind a single enqueue without dependencies (`$1` queue, `$2` kind,
-    /// `$3` args, `$4` priority, `$5` max attempts, `$6` run at, `$7` unique key), so a
-    /// benchmark can run the very same statement from another client as a baseline.
+    /// The statement behind a single enqueue without dependencies or unique key (`$1` queue,
+    /// `$2` kind, `$3` args, `$4` priority, `$5` max attempts, `$6` run at), so a benchmark can
+    /// run the very same statement from another client as a baseline.
     public static let singleEnqueueStatement = JobStatements.EnqueueOne.sql
     static let live = "('blocked','scheduled','available','running')"
     /// Whether the key of loco_unique_periods row `u` is still held: its period has not ended or

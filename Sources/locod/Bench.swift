@@ -14,9 +14,9 @@ struct BenchEnqueueScript: ParsableCommand {
                                                     abstract: "Print the single-enqueue statement as a pgbench script.")
 
     func run() {
-        let values = ["'single'", "'bench.noop'", "'{}'", "0", "25", "NULL", "NULL"]
+        let values = ["'single'", "'bench.noop'", "'{}'", "0", "25", "NULL"]
         var sql = JobStore.singleEnqueueStatement
-        // From $7 down, so that $1 never matches the start of a longer placeholder.
+        // From $6 down, so that $1 never matches the start of a longer placeholder.
         for (index, value) in values.enumerated().reversed() { sql = sql.replacingOccurrences(of: "$\(index + 1)", with: value) }
         print(sql.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ") + ";")
     }

@@ -13,6 +13,6 @@ extension ReconnectingConnection {
                 return try await watched(connection) { handler.enqueue(job) }
             }
         }
-        return try await prepared(JobStatements.EnqueueOne(job: job), logger: logger).first.map { ($0.0, $0.1) }
+        return try await JobStatements.enqueue(job, on: self, logger: logger)
     }
 }

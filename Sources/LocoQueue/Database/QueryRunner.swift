@@ -8,7 +8,8 @@ public protocol QueryRunner: Sendable {
     /// Runs a statement prepared once per connection and returns all its rows.
     func prepared<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
         where Statement.Row: Sendable
-    /// Runs the queue's single-enqueue statement (`JobStore.singleEnqueueStatement`) for `job`:
+    /// Runs the queue's single-enqueue statement for `job` (`JobStore.singleEnqueueStatement`, or
+    /// its twin with ON CONFLICT for a job with a unique key):
     /// the new job's id and state, or nil when its unique key is held. `JobStore.enqueue` calls
     /// it; a `ReconnectingConnection` runs it on a faster path than `prepared`.
     func insertJob(_ job: NewJob, logger: Logger) async throws -> (id: Int64, state: String)?
@@ -16,7 +17,7 @@ public protocol QueryRunner: Sendable {
 
 extension QueryRunner {
     public func insertJob(_ job: NewJob, logger: Logger) async throws -> (id: Int64, state: String)? {
-        try await prepared(JobStatements.EnqueueOne(job: job), logger: logger).first.map { ($0.0, $0.1) }
+        try await JobStatements.enqueue(job, on: self, logger: logger)
     }
 }
 

@@ -24,7 +24,16 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private static let statementName = "loco_enqueue_one_wire"
+    /// The two statements it prepares: `JobStatements.EnqueueOne`, and for a job with a unique
+    /// key `JobStatements.EnqueueUnique`.
+    private enum Statement: Int {
+        case keyless, unique
+
+        var name: String { self == .keyless ? "loco_enqueue_one_wire" : "loco_enqueue_unique_wire" }
+        var sql: String { self == .keyless ? JobStatements.EnqueueOne.sql : JobStatements.EnqueueUnique.sql }
+        /// text, text, text, int8, int8, timestamptz, and for the unique key text
+        var parameterTypes: [UInt32] { self == .keyless ? [25, 25, 25, 20, 20, 1184] : [25, 25, 25, 20, 20, 1184, 25] }
+    }
 
     private enum Owner {
         /// PostgresNIO is waiting for this many ReadyForQuery messages.
@@ -34,14 +43,16 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     private final class Request {
         let promise: EventLoopPromise<(id: Int64, state: String)?>
+        let statement: Statement
         let parses: Bool
         var parsed = false
         var row: (id: Int64, state: String)?
         var error: DatabaseServerError?
         var malformed: QueueError?
 
-        init(promise: EventLoopPromise<(id: Int64, state: String)?>, parses: Bool) {
+        init(promise: EventLoopPromise<(id: Int64, state: String)?>, statement: Statement, parses: Bool) {
             self.promise = promise
+            self.statement = statement
             self.parses = parses
         }
     }
@@ -53,8 +64,8 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Inbound bytes of a message not yet whole.
     private var partial: ByteBuffer?
     private var outbound = OutboundScanner()
-    /// Whether the statement is prepared on this session, or its Parse is on the way.
-    private var prepared = false
+    /// Whether each statement is prepared on this session, or its Parse is on the way.
+    private var prepared = [false, false]
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -67,37 +78,37 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     // MARK: Enqueue
 
-    /// Enqueues `job` by `JobStatements.EnqueueOne`; the row it returned (nil when a live job
-    /// holds its unique key). Call on the channel's event loop.
+    /// Enqueues `job` by `JobStatements.EnqueueOne` or `EnqueueUnique`; the row it returned (nil
+    /// when a live job holds its unique key). Call on the channel's event loop.
     func enqueue(_ job: NewJob) -> EventLoopFuture<(id: Int64, state: String)?> {
         guard let context, context.channel.isActive else {
             return (context?.eventLoop ?? PostgresConnection.defaultEventLoopGroup.any()).makeFailedFuture(ConnectionClosed())
         }
-        let request = Request(promise: context.eventLoop.makePromise(), parses: !prepared)
+        let statement: Statement = job.uniqueKey == nil ? .keyless : .unique
+        let request = Request(promise: context.eventLoop.makePromise(), statement: statement, parses: !prepared[statement.rawValue])
         var out = context.channel.allocator.buffer(capacity: 160 + job.args.utf8.count + (request.parses ? 700 : 0))
         if request.parses {
             Self.message(&out, "P") { body in
-                body.writeNullTerminated(Self.statementName)
-                body.writeNullTerminated(JobStatements.EnqueueOne.sql)
-                let types: [UInt32] = [25, 25, 25, 20, 20, 1184, 25]  // text, text, text, int8, int8, timestamptz, text
-                body.writeInteger(Int16(types.count))
-                for type in types { body.writeInteger(type) }
+                body.writeNullTerminated(statement.name)
+                body.writeNullTerminated(statement.sql)
+                body.writeInteger(Int16(statement.parameterTypes.count))
+                for type in statement.parameterTypes { body.writeInteger(type) }
             }
-            prepared = true
+            prepared[statement.rawValue] = true
         }
         Self.message(&out, "B") { body in
             body.writeNullTerminated("")
-            body.writeNullTerminated(Self.statementName)
+            body.writeNullTerminated(statement.name)
             body.writeInteger(Int16(1))
             body.writeInteger(Int16(1))  // every parameter binary
-            body.writeInteger(Int16(7))
+            body.writeInteger(Int16(statement.parameterTypes.count))
             body.writeParameter(job.queue)
             body.writeParameter(job.kind)
             body.writeParameter(job.args)
             body.writeParameter(Int64(job.priority))
             body.writeParameter(Int64(job.maxAttempts))
             body.writeParameter(job.runAt.map(Self.postgresMicroseconds))
-            body.writeParameter(job.uniqueKey)
+            if statement == .unique { body.writeParameter(job.uniqueKey) }
             body.writeInteger(Int16(1))
             body.writeInteger(Int16(1))  // every result column binary
         }
@@ -196,7 +207,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             request.error = DatabaseServerError(fields: Self.errorFields(&body))
         case UInt8(ascii: "Z"):
             owners.removeFirst()
-            if request.parses && !request.parsed { prepared = false }
+            if request.parses && !request.parsed { prepared[request.statement.rawValue] = false }
             if let error = request.error {
                 request.promise.fail(error)
             } else if let malformed = request.malformed {
@@ -253,7 +264,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private func failAll(_ error: any Error) {
         let waiting = owners
         owners.removeAll()
-        prepared = false
+        prepared = [false, false]
         for case .enqueue(let request) in waiting {
             request.promise.fail(request.error ?? error)
         }
