@@ -141,7 +141,11 @@ let package = Package(
         ),
         .testTarget(
             name: "LocoQueueTests",
-            dependencies: ["LocoQueue", "LocoTestSupport"],
+            dependencies: [
+                "LocoQueue", "LocoTestSupport",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             // A helper the tests run with python3 (a proxy whose connections can go silent).
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings

@@ -4,12 +4,14 @@
 run instead of figures from another machine. Prints one JSON object with the same keys.
 
     bench-pgqueuer.py DSN [--jobs 20000] [--concurrency 10] [--latency-rate 200]
-                          [--latency-seconds 10] [--backlog 1000000]
+                          [--latency-seconds 10] [--backlog 1000000] [--producers 8]
 
 The database DSN names must have PgQueuer's schema installed (`pgq install`, durable tables).
 Each phase is what Loco's is:
 - single enqueues: N `Queries.enqueue` calls on one asyncpg connection over TCP, each its own
   durable transaction;
+- concurrent single enqueues: the same N calls from `--producers` coroutines at once, each on an
+  asyncpg connection of its own;
 - batches: N jobs in `enqueue` calls of 1,000;
 - drain: one QueueManager (`batch_size` = concurrency, drain mode) completing N no-op jobs,
   timed from start until `run` returns with every completion written;
@@ -121,6 +123,7 @@ async def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=200)
     parser.add_argument("--latency-seconds", type=int, default=10)
     parser.add_argument("--backlog", type=int, default=1_000_000)
+    parser.add_argument("--producers", type=int, default=8)
     options = parser.parse_args()
     jobs = options.jobs
 
@@ -132,6 +135,21 @@ async def main() -> None:
     for _ in range(jobs):
         await queries.enqueue("single", None)
     single = time.perf_counter() - began
+
+    await settle(connection, truncate=True)
+    producers = [await asyncpg.connect(options.dsn) for _ in range(options.producers)]
+
+    async def produce(producer: asyncpg.Connection, count: int) -> None:
+        producer_queries = Queries(AsyncpgDriver(producer))
+        for _ in range(count):
+            await producer_queries.enqueue("single", None)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(produce(producer, jobs // options.producers + (index < jobs % options.producers))
+                           for index, producer in enumerate(producers)))
+    concurrent = time.perf_counter() - began
+    for producer in producers:
+        await producer.close()
 
     await settle(connection, truncate=True)
     began = time.perf_counter()
@@ -162,6 +180,8 @@ async def main() -> None:
     print(json.dumps({
         "queue": "pgqueuer", "jobs": jobs, "concurrency": options.concurrency, "backlog_jobs": options.backlog,
         "enqueue_single_jobs_per_s": rate(jobs, single),
+        "producers": options.producers,
+        "enqueue_single_concurrent_jobs_per_s": rate(jobs, concurrent),
         "enqueue_batch_jobs_per_s": rate(jobs, batches),
         "drain_jobs_per_s": rate(jobs, drained),
         "drain_with_backlog_jobs_per_s": rate(jobs, drained_with_backlog),

@@ -15,10 +15,10 @@ enum JobStatements {
     struct EnqueueOne: PostgresPreparedStatement {
         static let name = "loco_enqueue_one_v3"
         // No CTEs: calling pg_notify from RETURNING is about 12% faster than a notify CTE.
-        static let sql = """
+        static let sql = insert + "\n" + returning
+        static let insert = """
             INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at)
             VALUES \(values))
-            \(returning)
             """
         /// `$1` queue, `$2` kind, `$3` args, `$4` priority, `$5` max attempts, `$6` run at.
         static let values = """
@@ -27,6 +27,8 @@ enum JobStatements {
                     $4::int8, $5::int8, COALESCE($6::timestamptz, now())
             """
         static let returning = "RETURNING id, state, CASE WHEN state = 'available' THEN pg_notify('loco_jobs', queue) IS NULL END"
+        /// For `SingleEnqueueHandler`, which wakes workers in a transaction of its own (`wakeUp`).
+        static let returningWithoutNotify = "RETURNING id, state"
         typealias Row = (Int64, String, Bool?)
 
         let job: NewJob
@@ -48,11 +50,11 @@ enum JobStatements {
     /// A job with a unique key (`$7`): no row when a live job holds the key.
     struct EnqueueUnique: PostgresPreparedStatement {
         static let name = "loco_enqueue_unique_v1"
-        static let sql = """
+        static let sql = insert + "\n" + EnqueueOne.returning
+        static let insert = """
             INSERT INTO loco_jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key)
             VALUES \(EnqueueOne.values), $7::text)
             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('blocked','scheduled','available','running') DO NOTHING
-            \(EnqueueOne.returning)
             """
         typealias Row = EnqueueOne.Row
 
@@ -66,6 +68,20 @@ enum JobStatements {
 
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
+
+    /// Wakes the workers of queue `$1` for a job due at `$2` (NULL: now), as a transaction of its
+    /// own sent right after the job's: `SingleEnqueueHandler`'s enqueues do not notify in their
+    /// own transaction. PostgreSQL holds one lock per database from a notifying transaction's
+    /// commit until its WAL flush is done, so enqueues that notify commit one after another
+    /// however many connections send them: pgbench with 8 clients on one durable cluster ran
+    /// the enqueue at 4,100–4,800 TPS with its notify and 11,600–12,200 without. This one
+    /// commits without waiting for its flush (`synchronous_commit` off for it alone: a wake-up
+    /// need not outlive a crash, the job it announces already has), so it holds that lock only
+    /// for moments. Its commit record reaches the disk with the next durable commit.
+    static let wakeUp = """
+        SELECT set_config('synchronous_commit', 'off', true), pg_notify('loco_jobs', $1::text)
+        WHERE $2::timestamptz IS NULL OR $2::timestamptz <= now()
+        """
 
     /// A single enqueue through `prepared`, by the statement that fits the job: its id and state,
     /// or nil when a live job holds its unique key.

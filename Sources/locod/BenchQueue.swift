@@ -16,6 +16,7 @@ struct BenchQueue: AsyncParsableCommand {
     @Option(help: "Jobs per second in the latency phase.") var latencyRate = 200
     @Option(help: "Seconds of the latency phase.") var latencySeconds = 10
     @Option(help: "Jobs already queued in another queue during the last drain.") var backlog = 1_000_000
+    @Option(help: "Producers, each on a connection of its own, for the concurrent single enqueues.") var producers = 8
     @Option(help: "The same server by Unix socket (postgres://user@/db?host=DIR&port=N): also measure single enqueues over it.")
     var socketURL: String?
 
@@ -29,7 +30,7 @@ struct BenchQueue: AsyncParsableCommand {
             _ = try await admin.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
             let url = server.with(database: name)
             let socket = try socketURL.map { try DatabaseURL($0).with(database: name) }
-            let bench = QueueBench(url: url, socketURL: socket, logger: logger, jobs: jobs, concurrency: concurrency)
+            let bench = QueueBench(url: url, socketURL: socket, logger: logger, jobs: jobs, concurrency: concurrency, producers: producers)
             let outcome = await Result(catching: { try await bench.run(latencyRate: latencyRate, latencySeconds: latencySeconds, backlog: backlog) })
             _ = try? await admin.run(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
             await admin.close()
@@ -50,6 +51,8 @@ struct QueueBenchResult: Encodable {
     var enqueueSingleJobsPerSecond: Double
     var enqueueSingleUnpinnedJobsPerSecond: Double
     var enqueueSingleUnixSocketJobsPerSecond: Double?
+    var producers: Int
+    var enqueueSingleConcurrentJobsPerSecond: Double
     var enqueueBatchJobsPerSecond: Double
     var enqueueBatchPinnedJobsPerSecond: Double
     var drainJobsPerSecond: Double
@@ -99,6 +102,8 @@ struct QueueBenchResult: Encodable {
         case enqueueSingleJobsPerSecond = "enqueue_single_jobs_per_s"
         case enqueueSingleUnpinnedJobsPerSecond = "enqueue_single_unpinned_jobs_per_s"
         case enqueueSingleUnixSocketJobsPerSecond = "enqueue_single_unix_socket_jobs_per_s"
+        case producers
+        case enqueueSingleConcurrentJobsPerSecond = "enqueue_single_concurrent_jobs_per_s"
         case enqueueBatchJobsPerSecond = "enqueue_batch_jobs_per_s"
         case enqueueBatchPinnedJobsPerSecond = "enqueue_batch_pinned_jobs_per_s"
         case drainJobsPerSecond = "drain_jobs_per_s"
@@ -116,6 +121,7 @@ struct QueueBench {
     let logger: Logger
     let jobs: Int
     let concurrency: Int
+    let producers: Int
 
     var store: JobStore { JobStore(logger: logger) }
 
@@ -133,6 +139,9 @@ struct QueueBench {
             await socket.close()
             try await reset(db)
         }
+
+        let concurrent = try await enqueueConcurrently()
+        try await reset(db)
 
         let (batched, batchedPinned) = try await enqueueInBatches(on: db)
         // The drain takes N jobs, as before there were two kinds of batches.
@@ -166,6 +175,7 @@ struct QueueBench {
             jobs: jobs, concurrency: concurrency,
             enqueueSingleJobsPerSecond: rate(jobs, single), enqueueSingleUnpinnedJobsPerSecond: rate(jobs, unpinned),
             enqueueSingleUnixSocketJobsPerSecond: overSocket.map { rate(jobs, $0) },
+            producers: producers, enqueueSingleConcurrentJobsPerSecond: rate(jobs, concurrent),
             enqueueBatchJobsPerSecond: rate(jobs, batched), enqueueBatchPinnedJobsPerSecond: rate(jobs, batchedPinned),
             drainJobsPerSecond: rate(jobs, drain), backlogJobs: backlog,
             drainWithBacklogJobsPerSecond: rate(jobs, drainWithBacklog),
@@ -201,6 +211,27 @@ struct QueueBench {
             pinned += try await db.pinned { try await timed { try await enqueueBatches(queue: "bench", count: count, on: db) } }
         }
         return (unpinned, pinned)
+    }
+
+    /// N single enqueues from several producers at once, each pinned to a connection of its own:
+    /// what many clients enqueueing at the same time (API processes, app servers) get together.
+    func enqueueConcurrently() async throws -> Duration {
+        let connections = (0..<producers).map { _ in ReconnectingConnection(url: url, logger: logger) }
+        let outcome = await Result {
+            // Connected (and the statements prepared) before the clock starts.
+            for connection in connections { try await enqueueSingles(1, on: connection) }
+            return try await timed {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for (index, connection) in connections.enumerated() {
+                        let count = jobs / producers + (index < jobs % producers ? 1 : 0)
+                        group.addTask { try await connection.pinned { try await enqueueSingles(count, on: connection) } }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+        }
+        for connection in connections { await connection.close() }
+        return try outcome.get()
     }
 
     /// `count` no-op jobs, one enqueue (one transaction) each.

@@ -2015,15 +2015,17 @@ struct QueueBehaviourTests {
             #expect(again.id == scheduled.id && again.duplicate && again.state == .scheduled)
             let now = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast"), on: connection)
             #expect(now.state == .available && now.id > scheduled.id)
-            // Prepared once on this connection, whatever the number of enqueues: the statement
-            // for jobs with a unique key, and the one without ON CONFLICT for the rest.
+            // Prepared once on this connection, whatever the number of enqueues: the insert for
+            // jobs with a unique key, the one without ON CONFLICT for the rest, and the wake-up
+            // each is followed by (the inserts notify no one themselves).
             for _ in 0..<3 { _ = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast"), on: connection) }
             _ = try await db.store.enqueue(NewJob(queue: "fast", kind: "test.fast", uniqueKey: "fast-2"), on: connection)
             var statements: [String] = []
             for try await sql in try await connection.run("SELECT statement FROM pg_prepared_statements", logger: db.logger).decode(String.self) {
                 statements.append(sql)
             }
-            #expect(statements.sorted() == [JobStore.singleEnqueueStatement, JobStatements.EnqueueUnique.sql].sorted())
+            let inserts = [JobStatements.EnqueueOne.insert, JobStatements.EnqueueUnique.insert].map { $0 + "\n" + JobStatements.EnqueueOne.returningWithoutNotify }
+            #expect(statements.sorted() == (inserts + [JobStatements.wakeUp]).sorted())
             #expect(!JobStore.singleEnqueueStatement.contains("ON CONFLICT") && !JobStore.singleEnqueueStatement.contains("unique_key"))
 
             // A session the server ends: the enqueue that finds it gone fails with a coded

@@ -2,7 +2,9 @@ import Foundation
 import Logging
 @testable import LocoQueue
 import LocoTestSupport
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import PostgresNIO
 import Testing
 
@@ -20,6 +22,32 @@ struct SingleEnqueueTests {
             } catch {
                 await db.close()
                 throw error
+            }
+        }
+    }
+
+    /// The first `count` notifications of the queue's channel that `db`'s session hears while
+    /// `enqueue` runs on it, or one line saying they did not come within 10 s.
+    static func heard(_ count: Int, on db: ReconnectingConnection, while enqueue: @escaping @Sendable () async throws -> Void) async throws -> [String] {
+        try await db.connection().listen(on: JobStore.channel) { notifications in
+            // The LISTEN is under way once this runs.
+            try await withThrowingTaskGroup(of: [String]?.self) { group in
+                group.addTask {
+                    var heard: [String] = []
+                    for try await notification in notifications {
+                        heard.append(notification.payload)
+                        if heard.count == count { break }
+                    }
+                    return heard
+                }
+                group.addTask {
+                    try await enqueue()
+                    try await Task.sleep(for: .seconds(10))  // the notifications' deadline
+                    return nil
+                }
+                let first = try await group.next() ?? nil
+                group.cancelAll()
+                return first ?? ["no \(count) notifications within 10 s of the enqueues"]
             }
         }
     }
@@ -96,34 +124,107 @@ struct SingleEnqueueTests {
         }
     }
 
-    @Test("a session that LISTENs gets its own enqueues' notifications, which arrive inside the enqueues' answers")
+    @Test("a session that LISTENs gets its own enqueues' notifications, which arrive inside the answers of their wake-ups")
     func notificationsInsideAnswers() async throws {
         try await Self.withConnection { database, db, store in
-            let connection = try await db.connection()
-            let payloads = try await connection.listen(on: JobStore.channel) { notifications in
-                // The LISTEN is under way once this runs; each enqueue's commit notifies this
-                // session before its ReadyForQuery, so the handler must pass those on.
-                try await withThrowingTaskGroup(of: [String]?.self) { group in
-                    group.addTask {
-                        var heard: [String] = []
-                        for try await notification in notifications {
-                            heard.append(notification.payload)
-                            if heard.count == 50 { break }
-                        }
-                        return heard
-                    }
-                    group.addTask {
-                        for index in 0..<50 { _ = try await store.enqueue(NewJob(queue: "heard-\(index)", kind: "k"), on: db) }
-                        try await Task.sleep(for: .seconds(10))  // the notifications' deadline
-                        return nil
-                    }
-                    let first = try await group.next() ?? nil
-                    group.cancelAll()
-                    return first ?? ["no notification within 10 s of the enqueues"]
-                }
+            // Each enqueue's wake-up notifies this session before its ReadyForQuery, so the
+            // handler must pass those on.
+            let payloads = try await Self.heard(50, on: db) {
+                for index in 0..<50 { _ = try await store.enqueue(NewJob(queue: "heard-\(index)", kind: "k"), on: db) }
             }
             #expect(payloads == (0..<50).map { "heard-\($0)" })
         }
+    }
+
+    @Test("a single enqueue wakes its queue after it committed, in a transaction of its own that leaves the session's synchronous_commit as it was; a job due later wakes no one")
+    func wakeUpAfterCommit() async throws {
+        try await Self.withConnection { database, db, store in
+            _ = try await db.run("SET synchronous_commit = on", logger: database.logger)
+            let heard = try await Self.heard(2, on: db) {
+                _ = try await store.enqueue(NewJob(queue: "later", kind: "k", runAt: Date() + 3600), on: db)
+                _ = try await store.enqueue(NewJob(queue: "keyed", kind: "k", uniqueKey: "keyed-1"), on: db)
+                _ = try await store.enqueue(NewJob(queue: "now", kind: "k"), on: db)
+            }
+            #expect(heard == ["keyed", "now"])
+            let setting = try await db.run("SHOW synchronous_commit", logger: database.logger).decode(String.self).first { _ in true }
+            #expect(setting == "on")
+            let states = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue || ':' || state, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: db)
+            #expect(states == "later:scheduled,keyed:available,now:available")
+        }
+    }
+
+    @Test("an enqueue and its wake-up go in one write as two requests, each with its own Sync; the enqueue's answer does not wait for the wake-up's, and a wake-up that fails fails nothing")
+    func wakeUpOnTheWire() throws {
+        func message(_ type: Character, _ build: (inout ByteBuffer) -> Void = { _ in }) -> ByteBuffer {
+            var body = ByteBuffer()
+            build(&body)
+            var out = ByteBuffer()
+            out.writeInteger(type.asciiValue!)
+            out.writeInteger(Int32(body.readableBytes + 4))
+            out.writeBuffer(&body)
+            return out
+        }
+        /// The type of each message written, and the SQL of each Parse.
+        func written(_ buffer: ByteBuffer) -> (types: String, parsed: [String]) {
+            var buffer = buffer
+            var types = "", parsed: [String] = []
+            while let type = buffer.readInteger(as: UInt8.self), let length = buffer.readInteger(as: Int32.self),
+                  var body = buffer.readSlice(length: Int(length) - 4) {
+                types.append(Character(Unicode.Scalar(type)))
+                if type == UInt8(ascii: "P") {
+                    _ = body.readNullTerminatedString()
+                    parsed.append(body.readNullTerminatedString() ?? "")
+                }
+            }
+            return (types, parsed)
+        }
+        func answer(id: Int64, parsed: Bool) -> ByteBuffer {
+            var out = ByteBuffer()
+            if parsed { out.writeImmutableBuffer(message("1")) }
+            out.writeImmutableBuffer(message("2"))
+            out.writeImmutableBuffer(message("D") {
+                $0.writeInteger(Int16(2)); $0.writeInteger(Int32(8)); $0.writeInteger(id); $0.writeInteger(Int32(9)); $0.writeString("available")
+            })
+            out.writeImmutableBuffer(message("C") { $0.writeString("INSERT 0 1"); $0.writeInteger(UInt8(0)) })
+            out.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
+            return out
+        }
+        let outcomes = NIOLockedValueBox<[Int64]>([])
+        let channel = EmbeddedChannel()
+        let handler = SingleEnqueueHandler()
+        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 5432)).wait()
+
+        handler.enqueue(NewJob(queue: "q", kind: "k")).whenSuccess { row in outcomes.withLockedValue { $0.append(row?.id ?? -1) } }
+        let first = written(try #require(try channel.readOutbound(as: ByteBuffer.self)))
+        #expect(first.types == "PBESPBES")
+        #expect(first.parsed.count == 2 && !first.parsed[0].contains("pg_notify") && first.parsed[0].hasPrefix("INSERT INTO loco_jobs"))
+        #expect(first.parsed.last == JobStatements.wakeUp)
+        try channel.writeInbound(answer(id: 7, parsed: true))
+        #expect(outcomes.withLockedValue { $0 } == [7])
+        // The wake-up's answer: PostgreSQL refused it. The enqueue it followed stands.
+        var refused = message("1")
+        refused.writeImmutableBuffer(message("E") {
+            for (field, value) in [("S", "ERROR"), ("C", "54000"), ("M", "too many notifications in the NOTIFY queue")] {
+                $0.writeInteger(Character(field).asciiValue!); $0.writeString(value); $0.writeInteger(UInt8(0))
+            }
+            $0.writeInteger(UInt8(0))
+        })
+        refused.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
+        try channel.writeInbound(refused)
+
+        // The next enqueue prepares nothing again, and its answer is its own.
+        handler.enqueue(NewJob(queue: "q", kind: "k")).whenSuccess { row in outcomes.withLockedValue { $0.append(row?.id ?? -1) } }
+        #expect(written(try #require(try channel.readOutbound(as: ByteBuffer.self))).types == "BESBES")
+        var both = answer(id: 8, parsed: false)
+        both.writeImmutableBuffer(message("2"))
+        both.writeImmutableBuffer(message("C") { $0.writeString("SELECT 1"); $0.writeInteger(UInt8(0)) })
+        both.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
+        try channel.writeInbound(both)
+        #expect(outcomes.withLockedValue { $0 } == [7, 8])
+        // Nothing was passed on to PostgresNIO.
+        #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+        _ = try? channel.finish()
     }
 
     @Test("a failed enqueue says PostgreSQL's words; the statement is prepared again once the table exists; a killed session reconnects")

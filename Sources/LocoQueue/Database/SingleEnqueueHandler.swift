@@ -6,8 +6,10 @@ import Synchronization
 /// Sends the single-enqueue statement itself, on a connection PostgresNIO opened and still uses.
 ///
 /// It sits in the channel's pipeline between the socket (or TLS) and PostgresNIO. An enqueue is
-/// one Bind/Execute/Sync of a statement it prepared once on the session, and its answer is read
-/// here. Through `JobStore.enqueue` from a producer pinned to the connection's thread, 8
+/// one Bind/Execute/Sync of a statement it prepared once on the session, followed in the same
+/// write by the queue's wake-up as a transaction of its own (`JobStatements.wakeUp`, so that
+/// enqueues on many connections do not commit one at a time behind NOTIFY's lock); both
+/// answers are read here, and the enqueue's caller has its row once the first has come. Through `JobStore.enqueue` from a producer pinned to the connection's thread, 8
 /// alternating rounds of 3,000 on one durable cluster: 1.21× the rate of PostgresNIO's
 /// future-based prepared statements (median of the rounds' ratios, 1.16–1.27×), whose state
 /// machine, row stream and generic decoding this skips (README, "Benchmarks").
@@ -24,15 +26,36 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// The two statements it prepares: `JobStatements.EnqueueOne`, and for a job with a unique
-    /// key `JobStatements.EnqueueUnique`.
-    private enum Statement: Int {
-        case keyless, unique
+    /// The statements it prepares: the insert of `JobStatements.EnqueueOne`, or for a job with a
+    /// unique key of `EnqueueUnique`, without their notify; and `JobStatements.wakeUp`.
+    private enum Statement: Int, CaseIterable {
+        case keyless, unique, wakeUp
 
-        var name: String { self == .keyless ? "loco_enqueue_one_wire" : "loco_enqueue_unique_wire" }
-        var sql: String { self == .keyless ? JobStatements.EnqueueOne.sql : JobStatements.EnqueueUnique.sql }
-        /// text, text, text, int8, int8, timestamptz, and for the unique key text
-        var parameterTypes: [UInt32] { self == .keyless ? [25, 25, 25, 20, 20, 1184] : [25, 25, 25, 20, 20, 1184, 25] }
+        var name: String {
+            switch self {
+            case .keyless: "loco_enqueue_one_wire"
+            case .unique: "loco_enqueue_unique_wire"
+            case .wakeUp: "loco_wake_up_wire"
+            }
+        }
+
+        var sql: String {
+            switch self {
+            case .keyless: JobStatements.EnqueueOne.insert + "\n" + JobStatements.EnqueueOne.returningWithoutNotify
+            case .unique: JobStatements.EnqueueUnique.insert + "\n" + JobStatements.EnqueueOne.returningWithoutNotify
+            case .wakeUp: JobStatements.wakeUp
+            }
+        }
+
+        /// text, text, text, int8, int8, timestamptz, and for the unique key text; the wake-up's
+        /// queue (text) and run-at time (timestamptz)
+        var parameterTypes: [UInt32] {
+            switch self {
+            case .keyless: [25, 25, 25, 20, 20, 1184]
+            case .unique: [25, 25, 25, 20, 20, 1184, 25]
+            case .wakeUp: [25, 1184]
+            }
+        }
     }
 
     private enum Owner {
@@ -41,8 +64,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         case enqueue(Request)
     }
 
+    /// An enqueue, or the wake-up after it (no promise: its answer is read and dropped).
     private final class Request {
-        let promise: EventLoopPromise<(id: Int64, state: String)?>
+        let promise: EventLoopPromise<(id: Int64, state: String)?>?
         let statement: Statement
         let parses: Bool
         var parsed = false
@@ -50,7 +74,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         var error: DatabaseServerError?
         var malformed: QueueError?
 
-        init(promise: EventLoopPromise<(id: Int64, state: String)?>, statement: Statement, parses: Bool) {
+        init(promise: EventLoopPromise<(id: Int64, state: String)?>?, statement: Statement, parses: Bool) {
             self.promise = promise
             self.statement = statement
             self.parses = parses
@@ -65,7 +89,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var partial: ByteBuffer?
     private var outbound = OutboundScanner()
     /// Whether each statement is prepared on this session, or its Parse is on the way.
-    private var prepared = [false, false]
+    private var prepared = Array(repeating: false, count: Statement.allCases.count)
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -78,15 +102,40 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     // MARK: Enqueue
 
-    /// Enqueues `job` by `JobStatements.EnqueueOne` or `EnqueueUnique`; the row it returned (nil
-    /// when a live job holds its unique key). Call on the channel's event loop.
+    /// Enqueues `job` by the insert of `JobStatements.EnqueueOne` or `EnqueueUnique`, then wakes
+    /// its queue's workers by `JobStatements.wakeUp`, both in one write; the row the insert
+    /// returned (nil when a live job holds its unique key), as soon as its transaction has
+    /// committed. Call on the channel's event loop.
     func enqueue(_ job: NewJob) -> EventLoopFuture<(id: Int64, state: String)?> {
         guard let context, context.channel.isActive else {
             return (context?.eventLoop ?? PostgresConnection.defaultEventLoopGroup.any()).makeFailedFuture(ConnectionClosed())
         }
         let statement: Statement = job.uniqueKey == nil ? .keyless : .unique
-        let request = Request(promise: context.eventLoop.makePromise(), statement: statement, parses: !prepared[statement.rawValue])
-        var out = context.channel.allocator.buffer(capacity: 160 + job.args.utf8.count + (request.parses ? 700 : 0))
+        let promise = context.eventLoop.makePromise(of: (id: Int64, state: String)?.self)
+        var out = context.channel.allocator.buffer(capacity: 220 + job.args.utf8.count + job.queue.utf8.count)
+        let runAt = job.runAt.map(Self.postgresMicroseconds)
+        write(statement, promise: promise, into: &out) { body in
+            body.writeParameter(job.queue)
+            body.writeParameter(job.kind)
+            body.writeParameter(job.args)
+            body.writeParameter(Int64(job.priority))
+            body.writeParameter(Int64(job.maxAttempts))
+            body.writeParameter(runAt)
+            if statement == .unique { body.writeParameter(job.uniqueKey) }
+        }
+        write(.wakeUp, promise: nil, into: &out) { body in
+            body.writeParameter(job.queue)
+            body.writeParameter(runAt)
+        }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        return promise.futureResult
+    }
+
+    /// Appends one request (Parse the first time on the session, Bind, Execute, Sync) to `out`,
+    /// and its owner to `owners`.
+    private func write(_ statement: Statement, promise: EventLoopPromise<(id: Int64, state: String)?>?,
+                       into out: inout ByteBuffer, parameters: (inout ByteBuffer) -> Void) {
+        let request = Request(promise: promise, statement: statement, parses: !prepared[statement.rawValue])
         if request.parses {
             Self.message(&out, "P") { body in
                 body.writeNullTerminated(statement.name)
@@ -102,13 +151,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             body.writeInteger(Int16(1))
             body.writeInteger(Int16(1))  // every parameter binary
             body.writeInteger(Int16(statement.parameterTypes.count))
-            body.writeParameter(job.queue)
-            body.writeParameter(job.kind)
-            body.writeParameter(job.args)
-            body.writeParameter(Int64(job.priority))
-            body.writeParameter(Int64(job.maxAttempts))
-            body.writeParameter(job.runAt.map(Self.postgresMicroseconds))
-            if statement == .unique { body.writeParameter(job.uniqueKey) }
+            parameters(&body)
             body.writeInteger(Int16(1))
             body.writeInteger(Int16(1))  // every result column binary
         }
@@ -118,8 +161,6 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         Self.message(&out, "S") { _ in }
         owners.append(.enqueue(request))
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        return request.promise.futureResult
     }
 
     /// A timestamptz's binary form: microseconds since 2000-01-01 UTC.
@@ -198,7 +239,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         switch type {
         case UInt8(ascii: "1"):
             request.parsed = true
-        case UInt8(ascii: "D"):
+        case UInt8(ascii: "D") where request.promise != nil:
             switch Self.row(&body) {
             case .success(let row): request.row = row
             case .failure(let mismatch): request.malformed = mismatch
@@ -208,12 +249,15 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         case UInt8(ascii: "Z"):
             owners.removeFirst()
             if request.parses && !request.parsed { prepared[request.statement.rawValue] = false }
+            // A wake-up that failed is not the enqueue's failure: its job is in, and workers
+            // polling find it.
+            guard let promise = request.promise else { return }
             if let error = request.error {
-                request.promise.fail(error)
+                promise.fail(error)
             } else if let malformed = request.malformed {
-                request.promise.fail(malformed)
+                promise.fail(malformed)
             } else {
-                request.promise.succeed(request.row)
+                promise.succeed(request.row)
             }
         default:
             break  // ParseComplete's siblings (BindComplete, CommandComplete) and notices say nothing more
@@ -264,9 +308,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private func failAll(_ error: any Error) {
         let waiting = owners
         owners.removeAll()
-        prepared = [false, false]
+        prepared = Array(repeating: false, count: Statement.allCases.count)
         for case .enqueue(let request) in waiting {
-            request.promise.fail(request.error ?? error)
+            request.promise?.fail(request.error ?? error)
         }
     }
 }
