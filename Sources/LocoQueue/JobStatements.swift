@@ -71,7 +71,7 @@ enum JobStatements {
 
     /// Wakes the workers of queue `$1` for a job due at `$2` (NULL: now), as a transaction of its
     /// own sent right after the job's: `SingleEnqueueHandler`'s enqueues do not notify in their
-    /// own transaction. PostgreSQL holds one lock per database from a notifying transaction's
+    /// own transaction. PostgreSQL holds one lock for the whole server from a notifying transaction's
     /// commit until its WAL flush is done, so enqueues that notify commit one after another
     /// however many connections send them: pgbench with 8 clients on one durable cluster ran
     /// the enqueue at 4,100–4,800 TPS with its notify and 11,600–12,200 without. This one
