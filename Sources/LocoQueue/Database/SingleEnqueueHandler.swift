@@ -9,10 +9,11 @@ import Synchronization
 /// one Bind/Execute/Sync of a statement it prepared once on the session, followed in the same
 /// write by the queue's wake-up as a transaction of its own (`JobStatements.wakeUp`, so that
 /// enqueues on many connections do not commit one at a time behind NOTIFY's lock); both
-/// answers are read here, and the enqueue's caller has its row once the first has come. Through `JobStore.enqueue` from a producer pinned to the connection's thread, 8
-/// alternating rounds of 3,000 on one durable cluster: 1.21× the rate of PostgresNIO's
-/// future-based prepared statements (median of the rounds' ratios, 1.16–1.27×), whose state
-/// machine, row stream and generic decoding this skips (README, "Benchmarks").
+/// answers are read here, and the enqueue's caller has its row once the first has come.
+/// Through `JobStore.enqueue` from a producer pinned to the connection's thread, 8 alternating
+/// rounds of 3,000 on one durable cluster: 1.21× the rate of PostgresNIO's future-based
+/// prepared statements (median of the rounds' ratios, 1.16–1.27×), whose state machine, row
+/// stream and generic decoding this skips (README, "Benchmarks").
 ///
 /// PostgresNIO's own queries pass through untouched. The server answers requests in the order
 /// they were written and ends each with one ReadyForQuery, so a list of who wrote each
