@@ -71,15 +71,15 @@ enum JobStatements {
 
     /// Wakes the workers of queue `$1` for a job due at `$2` (NULL: now), as a transaction of its
     /// own sent right after the job's: `SingleEnqueueHandler`'s enqueues do not notify in their
-    /// own transaction. PostgreSQL holds one lock for the whole server from a notifying transaction's
-    /// commit until its WAL flush is done, so enqueues that notify commit one after another
-    /// however many connections send them: pgbench with 8 clients on one durable cluster ran
-    /// the enqueue at 4,100–4,800 TPS with its notify and 11,600–12,200 without. This one
-    /// commits without waiting for its flush (`synchronous_commit` off for it alone: a wake-up
-    /// need not outlive a crash, the job it announces already has), so it holds that lock only
-    /// for moments. Its commit record reaches the disk with the next durable commit.
+    /// own transaction. PostgreSQL holds one lock for the whole server from a notifying
+    /// transaction's commit until its WAL flush is done, so enqueues that notify commit one
+    /// after another however many connections send them: pgbench with 8 clients on one durable
+    /// cluster ran the enqueue at 4,100–4,800 TPS with its notify and 11,600–12,200 without. A
+    /// transaction that writes nothing but its commit record does not wait for a flush (nor for
+    /// a synchronous standby), so this one holds that lock only for moments; a wake-up need not
+    /// outlive a crash, the job it announces already has.
     static let wakeUp = """
-        SELECT set_config('synchronous_commit', 'off', true), pg_notify('loco_jobs', $1::text)
+        SELECT pg_notify('loco_jobs', $1::text)
         WHERE $2::timestamptz IS NULL OR $2::timestamptz <= now()
         """
 

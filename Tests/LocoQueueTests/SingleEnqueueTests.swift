@@ -136,20 +136,66 @@ struct SingleEnqueueTests {
         }
     }
 
-    @Test("a single enqueue wakes its queue after it committed, in a transaction of its own that leaves the session's synchronous_commit as it was; a job due later wakes no one")
+    @Test("a single enqueue wakes its queue after it committed, in a transaction of its own; a job due later wakes no one")
     func wakeUpAfterCommit() async throws {
         try await Self.withConnection { database, db, store in
-            _ = try await db.run("SET synchronous_commit = on", logger: database.logger)
             let heard = try await Self.heard(2, on: db) {
                 _ = try await store.enqueue(NewJob(queue: "later", kind: "k", runAt: Date() + 3600), on: db)
                 _ = try await store.enqueue(NewJob(queue: "keyed", kind: "k", uniqueKey: "keyed-1"), on: db)
                 _ = try await store.enqueue(NewJob(queue: "now", kind: "k"), on: db)
             }
             #expect(heard == ["keyed", "now"])
-            let setting = try await db.run("SHOW synchronous_commit", logger: database.logger).decode(String.self).first { _ in true }
-            #expect(setting == "on")
             let states = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue || ':' || state, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: db)
             #expect(states == "later:scheduled,keyed:available,now:available")
+        }
+    }
+
+    @Test("a single enqueue commits while another session holds NOTIFY's lock; its wake-up waits for the lock, and goes out once it is free")
+    func enqueueBesideNotifyLock() async throws {
+        try await PrivatePostgres.with { postgres in
+            let logger = TestDatabase.testLogger
+            let admin = ReconnectingConnection(url: postgres.url, logger: logger)
+            try await Migrator(database: admin, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
+            // A commit that waits for a standby that never comes holds every lock it took until
+            // then, NOTIFY's among them. Only sessions asking for synchronous commit wait for it,
+            // and only for a transaction that wrote more than its commit record.
+            _ = try await admin.run("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", logger: logger)
+            _ = try await admin.run("SELECT pg_reload_conf()", logger: logger)
+            let holder = ReconnectingConnection(url: postgres.url, logger: logger, queryTimeout: .seconds(120))
+            let holderPID = try await DatabaseConnectionTests.scalar("SELECT pg_backend_pid()", as: Int32.self, on: holder)
+            _ = try await holder.run("SET synchronous_commit = on", logger: logger)
+            let holding = Task {
+                try await holder.run("INSERT INTO loco_jobs (queue, kind, state) VALUES ('elsewhere', 'k', 'available') RETURNING pg_notify('elsewhere', 'held')",
+                                     logger: logger)
+            }
+            let waiting = try await eventually(timeout: .seconds(20)) {
+                try await DatabaseConnectionTests.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = \(holderPID) AND wait_event = 'SyncRep'", as: Int64.self, on: admin) == 1
+            }
+            #expect(waiting, "the holder's commit never waited for the standby")
+
+            // The producer's own commits do not wait for a standby (synchronous_commit is off on
+            // this cluster, as on every test cluster); its deadline says so if the enqueue hangs.
+            let producer = ReconnectingConnection(url: postgres.url, logger: logger, queryTimeout: .seconds(20))
+            let producerPID = try await DatabaseConnectionTests.scalar("SELECT pg_backend_pid()", as: Int32.self, on: producer)
+            let listener = ReconnectingConnection(url: postgres.url, logger: logger)
+            let heard = try await Self.heard(1, on: listener) {
+                let job = try await JobStore(logger: logger).enqueue(NewJob(queue: "beside", kind: "k"), on: producer)
+                #expect(job.state == .available)
+                // Its wake-up is the one waiting, for NOTIFY's lock (an object lock on database 0).
+                let blocked = try await eventually(timeout: .seconds(20)) {
+                    try await DatabaseConnectionTests.scalar(
+                        "SELECT count(*) FROM pg_locks WHERE pid = \(producerPID) AND NOT granted AND locktype = 'object' AND database = 0",
+                        as: Int64.self, on: admin) == 1
+                }
+                #expect(blocked, "the wake-up did not wait for NOTIFY's lock")
+                _ = try await admin.run("SELECT pg_cancel_backend(\(holderPID))", logger: logger)
+            }
+            #expect(heard == ["beside"])
+            _ = try? await holding.value
+            let stored = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: admin)
+            #expect(stored == "elsewhere,beside")
+            for connection in [admin, holder, producer, listener] { await connection.close() }
         }
     }
 
