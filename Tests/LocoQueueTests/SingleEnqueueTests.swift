@@ -150,7 +150,7 @@ struct SingleEnqueueTests {
         }
     }
 
-    @Test("a single enqueue commits while another session holds NOTIFY's lock; its wake-up waits for the lock, and goes out once it is free")
+    @Test("a single enqueue commits while another session holds NOTIFY's lock; its wake-up waits for the lock and goes out once it is free, or, given up, is logged")
     func enqueueBesideNotifyLock() async throws {
         try await PrivatePostgres.with { postgres in
             let logger = TestDatabase.testLogger
@@ -189,17 +189,29 @@ struct SingleEnqueueTests {
                         as: Int64.self, on: admin) == 1
                 }
                 #expect(blocked, "the wake-up did not wait for NOTIFY's lock")
+
+                // A session that waits for no lock long: its job is in, its wake-up given up and logged.
+                let log = CapturedLog(level: .warning)
+                let impatient = ReconnectingConnection(url: postgres.url, logger: Logger(label: "loco.test") { _ in log }, queryTimeout: .seconds(20))
+                _ = try await impatient.run("SET lock_timeout = '200ms'", logger: logger)
+                let other = try await JobStore(logger: logger).enqueue(NewJob(queue: "impatient", kind: "k"), on: impatient)
+                #expect(other.state == .available)
+                let logged = await eventually(timeout: .seconds(20)) { !log.messages.isEmpty }
+                #expect(logged && log.detailed.first?.contains("queue=impatient") == true
+                        && log.detailed.first?.contains("(SQLSTATE 55P03)") == true, "\(log.detailed)")
+                await impatient.close()
+
                 _ = try await admin.run("SELECT pg_cancel_backend(\(holderPID))", logger: logger)
             }
             #expect(heard == ["beside"])
             _ = try? await holding.value
             let stored = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: admin)
-            #expect(stored == "elsewhere,beside")
+            #expect(stored == "elsewhere,beside,impatient")
             for connection in [admin, holder, producer, listener] { await connection.close() }
         }
     }
 
-    @Test("an enqueue and its wake-up go in one write as two requests, each with its own Sync; the enqueue's answer does not wait for the wake-up's, and a wake-up that fails fails nothing")
+    @Test("an enqueue and its wake-up go in one write as two requests, each with its own Sync; the enqueue's answer does not wait for the wake-up's, and a wake-up that fails fails nothing and is logged, at most every 10 s")
     func wakeUpOnTheWire() throws {
         func message(_ type: Character, _ build: (inout ByteBuffer) -> Void = { _ in }) -> ByteBuffer {
             var body = ByteBuffer()
@@ -237,7 +249,8 @@ struct SingleEnqueueTests {
         }
         let outcomes = NIOLockedValueBox<[Int64]>([])
         let channel = EmbeddedChannel()
-        let handler = SingleEnqueueHandler()
+        let log = CapturedLog(level: .debug)
+        let handler = SingleEnqueueHandler(logger: Logger(label: "loco.test") { _ in log })
         try channel.pipeline.syncOperations.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 5432)).wait()
 
@@ -258,16 +271,21 @@ struct SingleEnqueueTests {
         })
         refused.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
         try channel.writeInbound(refused)
+        #expect(log.detailed == [
+            "a job was enqueued but its queue's workers were not woken; idle ones find it at their next poll "
+                + "error=PostgreSQL said: too many notifications in the NOTIFY queue (SQLSTATE 54000) queue=q refused=1",
+        ])
 
         // The next enqueue prepares nothing again, and its answer is its own.
         handler.enqueue(NewJob(queue: "q", kind: "k")).whenSuccess { row in outcomes.withLockedValue { $0.append(row?.id ?? -1) } }
         #expect(written(try #require(try channel.readOutbound(as: ByteBuffer.self))).types == "BESBES")
         var both = answer(id: 8, parsed: false)
-        both.writeImmutableBuffer(message("2"))
-        both.writeImmutableBuffer(message("C") { $0.writeString("SELECT 1"); $0.writeInteger(UInt8(0)) })
-        both.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
+        refused.moveReaderIndex(forwardBy: 5)  // no ParseComplete this time
+        both.writeImmutableBuffer(refused)
         try channel.writeInbound(both)
         #expect(outcomes.withLockedValue { $0 } == [7, 8])
+        // Refused again within 10 s: counted, not logged.
+        #expect(log.messages.count == 1)
         // Nothing was passed on to PostgresNIO.
         #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
         _ = try? channel.finish()

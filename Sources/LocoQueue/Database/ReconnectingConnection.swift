@@ -401,7 +401,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             try? await channel.close()
             throw error
         }
-        let handler = SingleEnqueueHandler()
+        let handler = SingleEnqueueHandler(logger: logger)
         do {
             try await loop.submit {
                 let pipeline = channel.pipeline.syncOperations

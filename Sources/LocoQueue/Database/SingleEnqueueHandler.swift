@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import PostgresNIO
 import Synchronization
@@ -65,10 +66,12 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         case enqueue(Request)
     }
 
-    /// An enqueue, or the wake-up after it (no promise: its answer is read and dropped).
+    /// An enqueue, or the wake-up after it (no promise: its answer is read, and a refusal logged).
     private final class Request {
         let promise: EventLoopPromise<(id: Int64, state: String)?>?
         let statement: Statement
+        /// The queue a wake-up is for.
+        var queue = ""
         let parses: Bool
         var parsed = false
         var row: (id: Int64, state: String)?
@@ -83,6 +86,15 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private var context: ChannelHandlerContext?
+    private let logger: Logger
+    /// When a refused wake-up was last logged, and how many were refused since: a full NOTIFY
+    /// queue refuses every one, so they are logged at most every 10 s.
+    private var lastRefusalLogged: NIODeadline?
+    private var refusalsSinceLogged = 0
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
     /// Who wrote each request still unanswered, oldest first; a ring, since answers take from
     /// the front while requests join at the back (many at once on a busy connection).
     private var owners = CircularBuffer<Owner>()
@@ -124,18 +136,20 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             body.writeParameter(runAt)
             if statement == .unique { body.writeParameter(job.uniqueKey) }
         }
-        write(.wakeUp, promise: nil, into: &out) { body in
+        let wakeUp = write(.wakeUp, promise: nil, into: &out) { body in
             body.writeParameter(job.queue)
             body.writeParameter(runAt)
         }
+        wakeUp.queue = job.queue
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         return promise.futureResult
     }
 
     /// Appends one request (Parse the first time on the session, Bind, Execute, Sync) to `out`,
     /// and its owner to `owners`.
+    @discardableResult
     private func write(_ statement: Statement, promise: EventLoopPromise<(id: Int64, state: String)?>?,
-                       into out: inout ByteBuffer, parameters: (inout ByteBuffer) -> Void) {
+                       into out: inout ByteBuffer, parameters: (inout ByteBuffer) -> Void) -> Request {
         let request = Request(promise: promise, statement: statement, parses: !prepared[statement.rawValue])
         if request.parses {
             Self.message(&out, "P") { body in
@@ -162,6 +176,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         Self.message(&out, "S") { _ in }
         owners.append(.enqueue(request))
+        return request
     }
 
     /// A timestamptz's binary form: microseconds since 2000-01-01 UTC.
@@ -252,7 +267,10 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             if request.parses && !request.parsed { prepared[request.statement.rawValue] = false }
             // A wake-up that failed is not the enqueue's failure: its job is in, and workers
             // polling find it.
-            guard let promise = request.promise else { return }
+            guard let promise = request.promise else {
+                if let error = request.error { refused(request.queue, error) }
+                return
+            }
             if let error = request.error {
                 promise.fail(error)
             } else if let malformed = request.malformed {
@@ -263,6 +281,16 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         default:
             break  // ParseComplete's siblings (BindComplete, CommandComplete) and notices say nothing more
         }
+    }
+
+    private func refused(_ queue: String, _ error: DatabaseServerError) {
+        refusalsSinceLogged += 1
+        let now = NIODeadline.now()
+        if let last = lastRefusalLogged, now - last < .seconds(10) { return }
+        logger.warning("a job was enqueued but its queue's workers were not woken; idle ones find it at their next poll",
+                       metadata: ["queue": "\(queue)", "error": "\(error.message)", "refused": "\(refusalsSinceLogged)"])
+        lastRefusalLogged = now
+        refusalsSinceLogged = 0
     }
 
     /// The enqueue's row: id, state (text), and whether it notified (ignored). The id is read
