@@ -50,14 +50,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
 
         /// text, text, text, int8, int8, timestamptz, and for the unique key text; the wake-up's
-        /// queue (text) and run-at time (timestamptz)
-        var parameterTypes: [UInt32] {
-            switch self {
-            case .keyless: [25, 25, 25, 20, 20, 1184]
-            case .unique: [25, 25, 25, 20, 20, 1184, 25]
-            case .wakeUp: [25, 1184]
-            }
-        }
+        /// queue (text) and run-at time (timestamptz). Made once: every Bind counts them.
+        private static let parameterTypes: [[UInt32]] = [[25, 25, 25, 20, 20, 1184], [25, 25, 25, 20, 20, 1184, 25], [25, 1184]]
+        var parameterTypes: [UInt32] { Self.parameterTypes[rawValue] }
     }
 
     private enum Owner {
@@ -70,17 +65,18 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private final class Request {
         let promise: EventLoopPromise<(id: Int64, state: String)?>?
         let statement: Statement
-        /// The queue a wake-up is for.
-        var queue = ""
+        /// The queue a wake-up is for (what its refusal is logged with).
+        let queue: String
         let parses: Bool
         var parsed = false
         var row: (id: Int64, state: String)?
         var error: DatabaseServerError?
         var malformed: QueueError?
 
-        init(promise: EventLoopPromise<(id: Int64, state: String)?>?, statement: Statement, parses: Bool) {
+        init(promise: EventLoopPromise<(id: Int64, state: String)?>?, statement: Statement, queue: String, parses: Bool) {
             self.promise = promise
             self.statement = statement
+            self.queue = queue
             self.parses = parses
         }
     }
@@ -91,10 +87,6 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// queue refuses every one, so they are logged at most every 10 s.
     private var lastRefusalLogged: NIODeadline?
     private var refusalsSinceLogged = 0
-
-    init(logger: Logger) {
-        self.logger = logger
-    }
     /// Who wrote each request still unanswered, oldest first; a ring, since answers take from
     /// the front while requests join at the back (many at once on a busy connection).
     private var owners = CircularBuffer<Owner>()
@@ -103,6 +95,10 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var outbound = OutboundScanner()
     /// Whether each statement is prepared on this session, or its Parse is on the way.
     private var prepared = Array(repeating: false, count: Statement.allCases.count)
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -127,7 +123,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         let promise = context.eventLoop.makePromise(of: (id: Int64, state: String)?.self)
         var out = context.channel.allocator.buffer(capacity: 220 + job.args.utf8.count + job.queue.utf8.count)
         let runAt = job.runAt.map(Self.postgresMicroseconds)
-        write(statement, promise: promise, into: &out) { body in
+        write(statement, promise: promise, queue: job.queue, into: &out) { body in
             body.writeParameter(job.queue)
             body.writeParameter(job.kind)
             body.writeParameter(job.args)
@@ -136,21 +132,19 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             body.writeParameter(runAt)
             if statement == .unique { body.writeParameter(job.uniqueKey) }
         }
-        let wakeUp = write(.wakeUp, promise: nil, into: &out) { body in
+        write(.wakeUp, promise: nil, queue: job.queue, into: &out) { body in
             body.writeParameter(job.queue)
             body.writeParameter(runAt)
         }
-        wakeUp.queue = job.queue
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         return promise.futureResult
     }
 
     /// Appends one request (Parse the first time on the session, Bind, Execute, Sync) to `out`,
     /// and its owner to `owners`.
-    @discardableResult
-    private func write(_ statement: Statement, promise: EventLoopPromise<(id: Int64, state: String)?>?,
-                       into out: inout ByteBuffer, parameters: (inout ByteBuffer) -> Void) -> Request {
-        let request = Request(promise: promise, statement: statement, parses: !prepared[statement.rawValue])
+    private func write(_ statement: Statement, promise: EventLoopPromise<(id: Int64, state: String)?>?, queue: String,
+                       into out: inout ByteBuffer, parameters: (inout ByteBuffer) -> Void) {
+        let request = Request(promise: promise, statement: statement, queue: queue, parses: !prepared[statement.rawValue])
         if request.parses {
             Self.message(&out, "P") { body in
                 body.writeNullTerminated(statement.name)
@@ -176,7 +170,6 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         Self.message(&out, "S") { _ in }
         owners.append(.enqueue(request))
-        return request
     }
 
     /// A timestamptz's binary form: microseconds since 2000-01-01 UTC.
