@@ -52,6 +52,73 @@ struct SingleEnqueueTests {
         }
     }
 
+    /// Messages of the protocol, built and read for the handler's tests on an EmbeddedChannel.
+    enum Wire {
+        static func message(_ type: Character, _ build: (inout ByteBuffer) -> Void = { _ in }) -> ByteBuffer {
+            var body = ByteBuffer()
+            build(&body)
+            var out = ByteBuffer()
+            out.writeInteger(type.asciiValue!)
+            out.writeInteger(Int32(body.readableBytes + 4))
+            out.writeBuffer(&body)
+            return out
+        }
+
+        /// The type of each message written, the SQL of each Parse, and each Bind's statement
+        /// with its first parameter (as text), and for a wake-up whether it has a run-at time.
+        static func written(_ buffer: ByteBuffer) -> (types: String, parsed: [String], bound: [String]) {
+            var buffer = buffer
+            var types = "", parsed: [String] = [], bound: [String] = []
+            while let type = buffer.readInteger(as: UInt8.self), let length = buffer.readInteger(as: Int32.self),
+                  var body = buffer.readSlice(length: Int(length) - 4) {
+                types.append(Character(Unicode.Scalar(type)))
+                if type == UInt8(ascii: "P") {
+                    _ = body.readNullTerminatedString()
+                    parsed.append(body.readNullTerminatedString() ?? "")
+                }
+                if type == UInt8(ascii: "B") {
+                    _ = body.readNullTerminatedString()
+                    let statement = body.readNullTerminatedString() ?? ""
+                    let formats = Int(body.readInteger(as: Int16.self) ?? 0)
+                    body.moveReaderIndex(forwardBy: 2 * formats)
+                    _ = body.readInteger(as: Int16.self)
+                    let length = Int(body.readInteger(as: Int32.self) ?? -1)
+                    var entry = statement + ":" + (length < 0 ? "NULL" : body.readString(length: length) ?? "")
+                    if statement == "loco_wake_up_wire" {
+                        // The run-at time it checks: none (now) or one (later, maybe).
+                        entry += (body.readInteger(as: Int32.self) ?? -1) < 0 ? "@now" : "@later"
+                    }
+                    bound.append(entry)
+                }
+            }
+            return (types, parsed, bound)
+        }
+
+        static func answer(id: Int64, parsed: Bool) -> ByteBuffer {
+            var out = ByteBuffer()
+            if parsed { out.writeImmutableBuffer(message("1")) }
+            out.writeImmutableBuffer(message("2"))
+            out.writeImmutableBuffer(message("D") {
+                $0.writeInteger(Int16(2)); $0.writeInteger(Int32(8)); $0.writeInteger(id); $0.writeInteger(Int32(9)); $0.writeString("available")
+            })
+            out.writeImmutableBuffer(message("C") { $0.writeString("INSERT 0 1"); $0.writeInteger(UInt8(0)) })
+            out.writeImmutableBuffer(readyForQuery)
+            return out
+        }
+
+        /// A wake-up's answer: its SELECT's one row (pg_notify returns void) or none.
+        static func wokeUp(parsed: Bool) -> ByteBuffer {
+            var out = ByteBuffer()
+            if parsed { out.writeImmutableBuffer(message("1")) }
+            out.writeImmutableBuffer(message("2"))
+            out.writeImmutableBuffer(message("C") { $0.writeString("SELECT 1"); $0.writeInteger(UInt8(0)) })
+            out.writeImmutableBuffer(readyForQuery)
+            return out
+        }
+
+        static var readyForQuery: ByteBuffer { message("Z") { $0.writeInteger(UInt8(ascii: "I")) } }
+    }
+
     @Test("every field arrives as given (3 MB of args too), and a unique key held by a live job returns the holder")
     func fields() async throws {
         try await Self.withConnection { database, db, store in
@@ -150,6 +217,63 @@ struct SingleEnqueueTests {
         }
     }
 
+    @Test("a busy producer's wake-ups are owed, one per queue, and sent after the jobs they announce: an idle worker polling every 30 s runs every job within seconds")
+    func owedWakeUpsReachWorkers() async throws {
+        try await TestDatabase.with { database in
+            let runs = Tally<Int64>()
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.owed") { _, context in runs.record(context.id) }
+            var configuration = fastConfiguration([("owed-a", 4), ("owed-b", 4)])
+            // A job whose wake-up went missing would wait for this poll, long after the test's wait.
+            configuration.pollInterval = .seconds(30)
+            // Stretched, so that what is owed hardly depends on the machine's speed: every enqueue after
+            // the first is from a busy producer, and its wake-up is owed for 300 ms.
+            let producer = ReconnectingConnection(url: database.url, logger: database.logger, connectTimeout: .seconds(5),
+                                                  queryTimeout: .seconds(30), usePreparedStatements: true, sessionSettings: [],
+                                                  wakeUps: .init(busyGap: .seconds(10), delay: .milliseconds(300)))
+            let listener = ReconnectingConnection(url: database.url, logger: database.logger)
+            let store = JobStore(logger: database.logger)
+            let owedFor = Duration.milliseconds(300)
+            let heard = Tally<String>()
+            let bursts = NIOLockedValueBox<[Duration]>([])
+            try await listener.connection().listen(on: JobStore.channel) { notifications in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { for try await notification in notifications { heard.record(notification.payload) } }
+                    try await database.withWorker(configuration, handlers: handlers) { worker in
+                        await worker.waitUntilListening()
+                        for round in 1...2 {
+                            var ids: [Int64] = []
+                            let took = try await ContinuousClock().measure {
+                                for index in 0..<30 {
+                                    let queue = index.isMultiple(of: 2) ? "owed-a" : "owed-b"
+                                    ids.append(try await store.enqueue(NewJob(queue: queue, kind: "test.owed"), on: producer).id)
+                                }
+                            }
+                            bursts.withLockedValue { $0.append(took) }
+                            let done = try await eventually(timeout: .seconds(20), every: .milliseconds(20)) {
+                                try await database.scalar("SELECT count(*) FROM loco_jobs WHERE id = ANY(\(ids)) AND state = 'completed'", as: Int64.self) == 30
+                            }
+                            #expect(done, "round \(round): not every job ran within 20 s (the poll comes after 30)")
+                        }
+                    }
+                    try await Task.sleep(for: owedFor * 2)  // anything still owed has gone out
+                    group.cancelAll()
+                }
+            }
+            // The first job's wake-up went with it; the others were owed, one per queue and
+            // timer. A quick burst (under 300 ms) sends 1 + 2 of them, a slow one (a loaded
+            // machine) one pair per 300 ms it takes; 60 jobs never need more than that.
+            let most = bursts.withLockedValue { $0 }.reduce(0) { most, took in most + 1 + 2 * (Int((took / owedFor).rounded(.up)) + 1) }
+            #expect(heard.sequence.first == "owed-a")
+            #expect(heard.sequence.count <= most, "\(heard.sequence.count) wake-ups for 60 jobs in bursts of \(bursts.withLockedValue { $0 })")
+            #expect(Set(heard.sequence) == ["owed-a", "owed-b"])
+            #expect(runs.snapshot.count == 60)
+            #expect(runs.snapshot.values.allSatisfy { $0 == 1 })
+            await producer.close()
+            await listener.close()
+        }
+    }
+
     @Test("a single enqueue commits while another session holds NOTIFY's lock; its wake-up waits for the lock and goes out once it is free, or, given up, is logged")
     func enqueueBesideNotifyLock() async throws {
         try await PrivatePostgres.with { postgres in
@@ -213,40 +337,6 @@ struct SingleEnqueueTests {
 
     @Test("an enqueue and its wake-up go in one write as two requests, each with its own Sync; the enqueue's answer does not wait for the wake-up's, and a wake-up that fails fails nothing and is logged, at most every 10 s")
     func wakeUpOnTheWire() throws {
-        func message(_ type: Character, _ build: (inout ByteBuffer) -> Void = { _ in }) -> ByteBuffer {
-            var body = ByteBuffer()
-            build(&body)
-            var out = ByteBuffer()
-            out.writeInteger(type.asciiValue!)
-            out.writeInteger(Int32(body.readableBytes + 4))
-            out.writeBuffer(&body)
-            return out
-        }
-        /// The type of each message written, and the SQL of each Parse.
-        func written(_ buffer: ByteBuffer) -> (types: String, parsed: [String]) {
-            var buffer = buffer
-            var types = "", parsed: [String] = []
-            while let type = buffer.readInteger(as: UInt8.self), let length = buffer.readInteger(as: Int32.self),
-                  var body = buffer.readSlice(length: Int(length) - 4) {
-                types.append(Character(Unicode.Scalar(type)))
-                if type == UInt8(ascii: "P") {
-                    _ = body.readNullTerminatedString()
-                    parsed.append(body.readNullTerminatedString() ?? "")
-                }
-            }
-            return (types, parsed)
-        }
-        func answer(id: Int64, parsed: Bool) -> ByteBuffer {
-            var out = ByteBuffer()
-            if parsed { out.writeImmutableBuffer(message("1")) }
-            out.writeImmutableBuffer(message("2"))
-            out.writeImmutableBuffer(message("D") {
-                $0.writeInteger(Int16(2)); $0.writeInteger(Int32(8)); $0.writeInteger(id); $0.writeInteger(Int32(9)); $0.writeString("available")
-            })
-            out.writeImmutableBuffer(message("C") { $0.writeString("INSERT 0 1"); $0.writeInteger(UInt8(0)) })
-            out.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
-            return out
-        }
         let outcomes = NIOLockedValueBox<[Int64]>([])
         let channel = EmbeddedChannel()
         let log = CapturedLog(level: .debug)
@@ -255,31 +345,32 @@ struct SingleEnqueueTests {
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 5432)).wait()
 
         handler.enqueue(NewJob(queue: "q", kind: "k")).whenSuccess { row in outcomes.withLockedValue { $0.append(row?.id ?? -1) } }
-        let first = written(try #require(try channel.readOutbound(as: ByteBuffer.self)))
+        let first = Wire.written(try #require(try channel.readOutbound(as: ByteBuffer.self)))
         #expect(first.types == "PBESPBES")
         #expect(first.parsed.count == 2 && !first.parsed[0].contains("pg_notify") && first.parsed[0].hasPrefix("INSERT INTO loco_jobs"))
         #expect(first.parsed.last == JobStatements.wakeUp)
-        try channel.writeInbound(answer(id: 7, parsed: true))
+        try channel.writeInbound(Wire.answer(id: 7, parsed: true))
         #expect(outcomes.withLockedValue { $0 } == [7])
         // The wake-up's answer: PostgreSQL refused it. The enqueue it followed stands.
-        var refused = message("1")
-        refused.writeImmutableBuffer(message("E") {
+        var refused = Wire.message("1")
+        refused.writeImmutableBuffer(Wire.message("E") {
             for (field, value) in [("S", "ERROR"), ("C", "54000"), ("M", "too many notifications in the NOTIFY queue")] {
                 $0.writeInteger(Character(field).asciiValue!); $0.writeString(value); $0.writeInteger(UInt8(0))
             }
             $0.writeInteger(UInt8(0))
         })
-        refused.writeImmutableBuffer(message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
+        refused.writeImmutableBuffer(Wire.message("Z") { $0.writeInteger(UInt8(ascii: "I")) })
         try channel.writeInbound(refused)
         #expect(log.detailed == [
             "a job was enqueued but its queue's workers were not woken; idle ones find it at their next poll "
                 + "error=PostgreSQL said: too many notifications in the NOTIFY queue (SQLSTATE 54000) queue=q refused=1",
         ])
 
-        // The next enqueue prepares nothing again, and its answer is its own.
+        // The next enqueue, from a producer idle since, prepares nothing again, and its answer is its own.
+        channel.embeddedEventLoop.advanceTime(by: SingleEnqueueHandler.WakeUpTiming.standard.busyGap)
         handler.enqueue(NewJob(queue: "q", kind: "k")).whenSuccess { row in outcomes.withLockedValue { $0.append(row?.id ?? -1) } }
-        #expect(written(try #require(try channel.readOutbound(as: ByteBuffer.self))).types == "BESBES")
-        var both = answer(id: 8, parsed: false)
+        #expect(Wire.written(try #require(try channel.readOutbound(as: ByteBuffer.self))).types == "BESBES")
+        var both = Wire.answer(id: 8, parsed: false)
         refused.moveReaderIndex(forwardBy: 5)  // no ParseComplete this time
         both.writeImmutableBuffer(refused)
         try channel.writeInbound(both)
@@ -289,6 +380,86 @@ struct SingleEnqueueTests {
         // Nothing was passed on to PostgresNIO.
         #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
         _ = try? channel.finish()
+    }
+
+    @Test("a producer that enqueues again right away owes its wake-ups: one per queue, sent a millisecond after the first was owed, after the inserts they announce; an idle producer's goes with its job")
+    func owedWakeUpsOnTheWire() throws {
+        let channel = EmbeddedChannel()
+        let handler = SingleEnqueueHandler(logger: Logger(label: "loco.test"))
+        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 5432)).wait()
+        let loop = channel.embeddedEventLoop
+        func nextWrite() throws -> (types: String, parsed: [String], bound: [String])? {
+            try channel.readOutbound(as: ByteBuffer.self).map(Wire.written)
+        }
+        let insert = "loco_enqueue_one_wire", wakeUp = "loco_wake_up_wire"
+
+        // Idle: the wake-up goes with the job.
+        _ = handler.enqueue(NewJob(queue: "a", kind: "k"))
+        #expect(try nextWrite()?.bound == ["\(insert):a", "\(wakeUp):a@now"])
+        var answers = Wire.answer(id: 1, parsed: true)
+        answers.writeImmutableBuffer(Wire.wokeUp(parsed: true))
+        try channel.writeInbound(answers)
+
+        // Right after that answer, and then with an enqueue still unanswered: busy. Only the
+        // inserts are written; the wake-ups are owed, one per queue.
+        _ = handler.enqueue(NewJob(queue: "b", kind: "k"))
+        _ = handler.enqueue(NewJob(queue: "a", kind: "k"))
+        _ = handler.enqueue(NewJob(queue: "b", kind: "k"))
+        #expect(try nextWrite()?.bound == ["\(insert):b"])
+        #expect(try nextWrite()?.bound == ["\(insert):a"])
+        #expect(try nextWrite()?.bound == ["\(insert):b"])
+        loop.advanceTime(by: SingleEnqueueHandler.WakeUpTiming.standard.delay - .microseconds(1))
+        #expect(try nextWrite() == nil)
+        // A millisecond after the first was owed: both, in one write, in the order owed.
+        loop.advanceTime(by: .microseconds(1))
+        let owed = try #require(try nextWrite())
+        #expect(owed.types == "BESBES" && owed.bound == ["\(wakeUp):b@now", "\(wakeUp):a@now"])
+        #expect(try nextWrite() == nil)
+        answers = Wire.answer(id: 2, parsed: false)
+        answers.writeImmutableBuffer(Wire.answer(id: 3, parsed: false))
+        answers.writeImmutableBuffer(Wire.answer(id: 4, parsed: false))
+        answers.writeImmutableBuffer(Wire.wokeUp(parsed: false))
+        answers.writeImmutableBuffer(Wire.wokeUp(parsed: false))
+        try channel.writeInbound(answers)
+
+        // Owed again; then an idle producer's enqueue takes the owed wake-up with its own, and
+        // no timer sends it a second time.
+        _ = handler.enqueue(NewJob(queue: "c", kind: "k"))
+        #expect(try nextWrite()?.bound == ["\(insert):c"])
+        try channel.writeInbound(Wire.answer(id: 5, parsed: false))
+        loop.advanceTime(by: SingleEnqueueHandler.WakeUpTiming.standard.busyGap)
+        #expect(try nextWrite() == nil)
+        _ = handler.enqueue(NewJob(queue: "d", kind: "k"))
+        #expect(try nextWrite()?.bound == ["\(insert):d", "\(wakeUp):c@now", "\(wakeUp):d@now"])
+        loop.advanceTime(by: .seconds(1))
+        #expect(try nextWrite() == nil)
+        answers = Wire.answer(id: 6, parsed: false)
+        answers.writeImmutableBuffer(Wire.wokeUp(parsed: false))
+        answers.writeImmutableBuffer(Wire.wokeUp(parsed: false))
+        try channel.writeInbound(answers)
+
+        // A job due later and one due now in the same queue: one wake-up, with the earlier
+        // run-at (none: now), which the server checks.
+        loop.advanceTime(by: SingleEnqueueHandler.WakeUpTiming.standard.busyGap)
+        _ = handler.enqueue(NewJob(queue: "e", kind: "k", runAt: Date() + 3600))
+        #expect(try nextWrite()?.bound == ["\(insert):e", "\(wakeUp):e@later"])
+        try channel.writeInbound(Wire.answer(id: 7, parsed: false))
+        _ = handler.enqueue(NewJob(queue: "e", kind: "k", runAt: Date() + 3600))
+        _ = handler.enqueue(NewJob(queue: "e", kind: "k"))
+        _ = handler.enqueue(NewJob(queue: "e", kind: "k", runAt: Date() + 60))
+        for _ in 0..<3 { #expect(try nextWrite()?.bound == ["\(insert):e"]) }
+        loop.advanceTime(by: SingleEnqueueHandler.WakeUpTiming.standard.delay)
+        let due = try #require(try nextWrite())
+        #expect(due.bound == ["\(wakeUp):e@now"])
+
+        // The session ends with a wake-up owed: it is dropped (the poll finds its job), and
+        // nothing is written after.
+        _ = handler.enqueue(NewJob(queue: "f", kind: "k"))
+        #expect(try nextWrite()?.bound == ["\(insert):f"])
+        _ = try? channel.finish()
+        loop.advanceTime(by: .seconds(1))
+        #expect(try nextWrite() == nil)
     }
 
     @Test("a failed enqueue says PostgreSQL's words; the statement is prepared again once the table exists; a killed session reconnects")

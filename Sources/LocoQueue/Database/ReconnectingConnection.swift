@@ -44,6 +44,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     let usePreparedStatements: Bool
     /// Settings for every session this opens, made as it connects, so a reconnect gets them too.
     let sessionSettings: [(name: String, value: String)]
+    let wakeUps: SingleEnqueueHandler.WakeUpTiming
     private let state = Mutex<Task<PostgresConnection, any Error>?>(nil)
     /// The established connection, so the hot path need not await the connect task again.
     private let ready = Mutex<PostgresConnection?>(nil)
@@ -72,8 +73,16 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         let abandon: @Sendable (any Error) -> Void
     }
 
-    public init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30),
-                usePreparedStatements: Bool = true, sessionSettings: [(name: String, value: String)] = []) {
+    public convenience init(url: DatabaseURL, logger: Logger, connectTimeout: Duration = .seconds(5), queryTimeout: Duration = .seconds(30),
+                            usePreparedStatements: Bool = true, sessionSettings: [(name: String, value: String)] = []) {
+        self.init(url: url, logger: logger, connectTimeout: connectTimeout, queryTimeout: queryTimeout,
+                  usePreparedStatements: usePreparedStatements, sessionSettings: sessionSettings, wakeUps: .standard)
+    }
+
+    /// `wakeUps`: when single enqueues owe their wake-ups (tests stretch it to see them owed).
+    init(url: DatabaseURL, logger: Logger, connectTimeout: Duration, queryTimeout: Duration,
+         usePreparedStatements: Bool, sessionSettings: [(name: String, value: String)], wakeUps: SingleEnqueueHandler.WakeUpTiming) {
+        self.wakeUps = wakeUps
         // Behind a pooler in transaction mode, a session's statements and settings would stay
         // with whichever server session made them.
         self.usePreparedStatements = usePreparedStatements && !url.transactionPooler
@@ -109,9 +118,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         let attempt = state.withLock { current -> Task<PostgresConnection, any Error> in
             if let current { return current }
             let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
-            let task = Task { [url, logger, connectTimeout, sessionSettings, singleEnqueues] in
+            let task = Task { [url, logger, connectTimeout, sessionSettings, wakeUps, singleEnqueues] in
                 let (connection, handler) = try await Self.deadline(connectTimeout, late: { opened in try? await opened.0.close() }) {
-                    let (connection, handler) = try await Self.open(url, id: id, logger: logger)
+                    let (connection, handler) = try await Self.open(url, id: id, wakeUps: wakeUps, logger: logger)
                     do {
                         try await Self.apply(sessionSettings, on: connection, logger: logger)
                     } catch {
@@ -372,12 +381,13 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
 
     /// Connects the socket itself and hands it to PostgresNIO for the start-up (TLS, login), so
     /// that `SingleEnqueueHandler` can join its pipeline: PostgresNIO keeps its channel to itself.
-    private static func open(_ url: DatabaseURL, id: Int, logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
-        try await url.connecting { settings in try await open(url, settings, id: id, logger: logger) }
+    private static func open(_ url: DatabaseURL, id: Int, wakeUps: SingleEnqueueHandler.WakeUpTiming,
+                             logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
+        try await url.connecting { settings in try await open(url, settings, id: id, wakeUps: wakeUps, logger: logger) }
     }
 
     private static func open(_ url: DatabaseURL, _ settings: PostgresConnection.Configuration, id: Int,
-                             logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
+                             wakeUps: SingleEnqueueHandler.WakeUpTiming, logger: Logger) async throws -> (PostgresConnection, SingleEnqueueHandler) {
         let loop = PostgresConnection.defaultEventLoopGroup.any()
         var bootstrap = ClientBootstrap(group: loop).connectTimeout(settings.options.connectTimeout)
         let channel: any Channel
@@ -401,7 +411,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             try? await channel.close()
             throw error
         }
-        let handler = SingleEnqueueHandler(logger: logger)
+        let handler = SingleEnqueueHandler(logger: logger, wakeUps: wakeUps)
         do {
             try await loop.submit {
                 let pipeline = channel.pipeline.syncOperations
