@@ -609,6 +609,19 @@ public struct JobStore: Sendable {
         }
     }
 
+    /// How full PostgreSQL's NOTIFY queue is, 0 to 1 (`pg_notification_queue_usage()`). A
+    /// session that LISTENs and then sits in a long transaction holds the queue's tail: it
+    /// fills, and from then on every NOTIFY is refused, the wake-ups of single enqueues (whose
+    /// workers then find the jobs only when they poll) and the enqueues that notify in their
+    /// own transaction (which fail).
+    public func notificationQueueUsage(on db: some QueryRunner) async throws -> Double {
+        try await DatabaseServerError.coding {
+            let rows = try await db.run("SELECT pg_notification_queue_usage()", logger: logger)
+            for try await usage in rows.decode(Double.self) { return usage }
+            return 0
+        }
+    }
+
     // MARK: Operators
 
     /// Cancels a job: a queued one at once (its dependents too); a running one is asked to stop

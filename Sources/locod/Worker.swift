@@ -252,6 +252,7 @@ enum MetricsServer {
             if let slots = try? await store.cronSlots(on: database), let settings = try? await store.cronSettings(on: database) {
                 metrics.updatePeriodic(lastSlots: slots, settings: settings)
             }
+            if let usage = try? await store.notificationQueueUsage(on: database) { metrics.updateNotificationQueue(usage: usage) }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }

@@ -123,7 +123,7 @@ struct WorkerProcessTests {
         }
     }
 
-    @Test("a worker serves Prometheus metrics: depth, start lag, run time, retries, failures")
+    @Test("a worker serves Prometheus metrics: depth, start lag, run time, retries, failures, the NOTIFY queue's fill")
     func metrics() async throws {
         try await TestDatabase.with { db in
             let port = try freePort()
@@ -162,6 +162,28 @@ struct WorkerProcessTests {
             // Its sessions say what they are in pg_stat_activity (the URL gives no application_name).
             let named = try await db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'locod worker'", as: Int64.self)
             #expect(named >= 2, "sessions named 'locod worker': \(named)")
+
+            // The NOTIFY queue's fill: a session that LISTENs and then sits in a transaction
+            // keeps every notification sent after it, so the queue holds them.
+            func notifyQueueUsage() async throws -> Double? {
+                let text = try await runCommand(URL(fileURLWithPath: "/usr/bin/curl"), ["-sf", "http://127.0.0.1:\(port)/metrics"]).output
+                let line = text.split(separator: "\n").first { $0.hasPrefix("loco_queue_notification_queue_usage_ratio ") }
+                return line.flatMap { Double($0.split(separator: " ")[1]) }
+            }
+            let before = try #require(try await notifyQueueUsage(), "no loco_queue_notification_queue_usage_ratio in /metrics")
+            #expect(before >= 0 && before < 0.01)
+            let holder = ReconnectingConnection(url: db.url, logger: db.logger)
+            let sender = ReconnectingConnection(url: db.url, logger: db.logger)
+            _ = try await holder.run("LISTEN loco_test_held", logger: db.logger)
+            _ = try await holder.run("BEGIN", logger: db.logger)
+            _ = try await holder.run("SELECT 1", logger: db.logger)
+            // 200 notifications of 7 kB (distinct: NOTIFY folds repeats within a transaction).
+            _ = try await sender.run("SELECT pg_notify('loco_test_held', repeat('x', 7000) || g) FROM generate_series(1, 200) g", logger: db.logger)
+            let held = try #require(try await notifyQueueUsage())
+            #expect(held > before, "usage \(held) while a listener holds 1.4 MB of notifications, \(before) before")
+            _ = try await holder.run("COMMIT", logger: db.logger)
+            await holder.close()
+            await sender.close()
         }
     }
 

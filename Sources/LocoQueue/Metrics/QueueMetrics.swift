@@ -31,6 +31,7 @@ public final class QueueMetrics: Sendable {
     static var globalLimit: MetricNameDescriptor { name("global_limit", "", "How many of the queue's jobs may run at once across all workers (locod queue limit); 0 for no limit.") }
     static var concurrency: MetricNameDescriptor { name("concurrency", "", "How many jobs of the queue this process runs at once: its --concurrency, or the scale an operator set (locod queue scale).") }
     static var stalledParts: MetricNameDescriptor { name("stalled_parts", "", "Parts of this worker (producers, completer, heartbeat, listener, maintenance loops) waiting past the longest their step can take; the worker's log names them. 0 when healthy.") }
+    static var notificationQueue: MetricNameDescriptor { name("notification_queue_usage", "ratio", "How full PostgreSQL's NOTIFY queue is (pg_notification_queue_usage()), read from the database at scrape time. At 1, every NOTIFY is refused: workers find single enqueues' jobs only when they poll, and batch or in-transaction enqueues fail. A session that LISTENs inside a long transaction fills it.") }
     static var cronPaused: MetricNameDescriptor { name("cron_paused", "", "1 while the periodic job is paused (locod cron pause), else 0.") }
     static var outcomes: [JobState: MetricNameDescriptor] { [
         .completed: name("jobs_completed", "total", "Jobs completed."),
@@ -144,6 +145,11 @@ public final class QueueMetrics: Sendable {
             }
             registry.makeGauge(descriptor: Self.cronPaused, labels: [("name", name)]).set(settings[name]?.pausedAt == nil ? 0.0 : 1.0)
         }
+    }
+
+    /// Sets the NOTIFY queue's fill (0 to 1), read from the database at scrape time.
+    public func updateNotificationQueue(usage: Double) {
+        registry.makeGauge(descriptor: Self.notificationQueue).set(usage)
     }
 
     /// The Prometheus text exposition of everything above.
