@@ -216,8 +216,9 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
         throw ExitCode(error is UsageError ? 2 : 1)
     } catch let error as PSQLError {
         // PSQLError hides everything by design; the server's own message is safe to show.
-        let message = DatabaseServerError(error)?.message ?? "PostgreSQL said: \(error.code)"
-        StandardStreams.write("Error: \(message) [database_error]\nHint: \(DatabaseServerError.nextStep)\n", to: STDERR_FILENO)
+        let server = DatabaseServerError(error)
+        let message = server?.message ?? "PostgreSQL said: \(error.code)"
+        StandardStreams.write("Error: \(message) [database_error]\nHint: \(server?.hint ?? DatabaseServerError.nextStep)\n", to: STDERR_FILENO)
         throw ExitCode(1)
     }
 }

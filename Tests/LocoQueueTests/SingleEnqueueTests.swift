@@ -493,6 +493,52 @@ struct SingleEnqueueTests {
         }
     }
 
+    @Test("PostgreSQL's errors name their next step where the SQLSTATE says what it is: a read-only database (a standby), a full NOTIFY queue")
+    func hintsBySQLState() async throws {
+        // A read-only database, for real: the handler's enqueue, a batch through PostgresNIO,
+        // and an enqueue inside a transaction all say so.
+        try await TestDatabase.with(migrations: [(QueueSchema.component, QueueSchema.migrations)]) { database in
+            let db = ReconnectingConnection(url: database.url, logger: database.logger,
+                                            sessionSettings: [(name: "default_transaction_read_only", value: "on")])
+            let store = JobStore(logger: database.logger)
+            var refusals: [DatabaseServerError?] = []
+            refusals.append(await #expect(throws: DatabaseServerError.self) { try await store.enqueue(NewJob(queue: "q", kind: "k"), on: db) })
+            refusals.append(await #expect(throws: DatabaseServerError.self) { try await store.enqueueMany([NewJob(queue: "q", kind: "k")], on: db) })
+            refusals.append(await #expect(throws: DatabaseServerError.self) {
+                try await db.transaction { connection in try await store.enqueue(NewJob(queue: "q", kind: "k"), on: connection) }
+            })
+            for refusal in refusals {
+                #expect(refusal?.sqlState == "25006")
+                #expect(refusal?.hint == "This database refuses writes: the URL points at a read-only standby, or default_transaction_read_only is on. "
+                    + "Point the database URL at the primary.")
+            }
+            await db.close()
+        }
+        // A full NOTIFY queue cannot be made here (8 GB); its answer is fed to the handler.
+        let channel = EmbeddedChannel()
+        let handler = SingleEnqueueHandler(logger: Logger(label: "loco.test"))
+        try channel.pipeline.syncOperations.addHandler(handler)
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 5432)).get()
+        let failure = NIOLockedValueBox<DatabaseServerError?>(nil)
+        handler.enqueue(NewJob(queue: "q", kind: "k")).whenFailure { error in failure.withLockedValue { $0 = error as? DatabaseServerError } }
+        var answer = Wire.message("1")
+        answer.writeImmutableBuffer(Wire.message("E") {
+            for (field, value) in [("S", "ERROR"), ("C", "54000"), ("M", "too many notifications in the NOTIFY queue")] {
+                $0.writeInteger(Character(field).asciiValue!); $0.writeString(value); $0.writeInteger(UInt8(0))
+            }
+            $0.writeInteger(UInt8(0))
+        })
+        answer.writeImmutableBuffer(Wire.readyForQuery)
+        try channel.writeInbound(answer)
+        let full = try #require(failure.withLockedValue { $0 })
+        #expect(full.code == "database_error" && full.sqlState == "54000")
+        #expect(full.hint.hasPrefix("PostgreSQL's NOTIFY queue is full: a session that ran LISTEN sits in a long transaction and holds it."))
+        #expect(full.hint.contains("pg_terminate_backend"))
+        // Another program limit keeps the general next step.
+        #expect(DatabaseServerError.hint(sqlState: "54000", serverMessage: "row is too big") == DatabaseServerError.nextStep)
+        _ = try? channel.finish()
+    }
+
     @Test("a loco_jobs table altered by hand: an integer id still reads; rows Loco cannot read are schema_mismatch, coded, through the handler and through PostgresNIO")
     func alteredTable() async throws {
         try await Self.withConnection { database, db, store in

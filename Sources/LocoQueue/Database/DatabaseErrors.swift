@@ -167,7 +167,24 @@ public struct DatabaseServerError: CodedError {
 
     public var code: String { "database_error" }
     public var message: String { "PostgreSQL said: \(serverMessage) (SQLSTATE \(sqlState))" }
-    public var hint: String { Self.nextStep }
+    public var hint: String { Self.hint(sqlState: sqlState, serverMessage: serverMessage) }
     public static let nextStep = "Run 'locod migrate' if the schema is missing; otherwise check the PostgreSQL log."
+
+    /// The next step for what PostgreSQL said: specific where the SQLSTATE names a cause an
+    /// operator can act on, else `nextStep`.
+    public static func hint(sqlState: String, serverMessage: String) -> String {
+        switch sqlState {
+        case "25006":
+            // read_only_sql_transaction: after a failover the URL often names the old primary.
+            return "This database refuses writes: the URL points at a read-only standby, or default_transaction_read_only is on. "
+                + "Point the database URL at the primary."
+        case "54000" where serverMessage.contains("NOTIFY queue"):
+            return "PostgreSQL's NOTIFY queue is full: a session that ran LISTEN sits in a long transaction and holds it. "
+                + "Find it with SELECT pid, xact_start, query FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' ORDER BY xact_start; "
+                + "end it with SELECT pg_terminate_backend(pid). A worker's loco_queue_notification_queue_usage_ratio shows the fill."
+        default:
+            return nextStep
+        }
+    }
     public var description: String { message }
 }
