@@ -12,7 +12,7 @@ enum JobStatements {
     /// ON CONFLICT takes PostgreSQL's speculative-insertion path for every row, unique key or
     /// not (one more WAL record per job, to confirm the insert; pgbench on one durable client
     /// ran the statement without it at a median 1.04× in alternating pairs).
-    struct EnqueueOne: PostgresPreparedStatement {
+    struct EnqueueOne: SingleEnqueueStatement {
         static let name = "loco_enqueue_one_v3"
         // No CTEs: calling pg_notify from RETURNING is about 12% faster than a notify CTE.
         static let sql = insert + "\n" + returning
@@ -48,7 +48,7 @@ enum JobStatements {
     }
 
     /// A job with a unique key (`$7`): no row when a live job holds the key.
-    struct EnqueueUnique: PostgresPreparedStatement {
+    struct EnqueueUnique: SingleEnqueueStatement {
         static let name = "loco_enqueue_unique_v1"
         static let sql = insert + "\n" + EnqueueOne.returning
         static let insert = """
@@ -86,12 +86,39 @@ enum JobStatements {
     /// A single enqueue through `prepared`, by the statement that fits the job: its id and state,
     /// or nil when a live job holds its unique key.
     static func enqueue(_ job: NewJob, on db: some QueryRunner, logger: Logger) async throws -> (id: Int64, state: String)? {
+        if let wakeUps = WakeUpsAfterCommit.noting(on: db) {
+            let row = if job.uniqueKey == nil {
+                try await db.prepared(QuietEnqueue<EnqueueOne>(job: job), logger: logger).first
+            } else {
+                try await db.prepared(QuietEnqueue<EnqueueUnique>(job: job), logger: logger).first
+            }
+            if row?.1 == "available" { wakeUps.note(job.queue) }
+            return row.map { ($0.0, $0.1) }
+        }
         let row = if job.uniqueKey == nil {
             try await db.prepared(EnqueueOne(job: job), logger: logger).first
         } else {
             try await db.prepared(EnqueueUnique(job: job), logger: logger).first
         }
         return row.map { ($0.0, $0.1) }
+    }
+
+    /// The two single-enqueue statements without their notify, for a transaction whose
+    /// wake-ups go after its commit (`WakeUpsAfterCommit`).
+    protocol SingleEnqueueStatement: PostgresPreparedStatement {
+        static var insert: String { get }
+        init(job: NewJob)
+    }
+
+    struct QuietEnqueue<Loud: SingleEnqueueStatement>: PostgresPreparedStatement {
+        static var name: String { Loud.name + "_quiet" }
+        static var sql: String { Loud.insert + "\n" + EnqueueOne.returningWithoutNotify }
+        typealias Row = (Int64, String)
+
+        let job: NewJob
+
+        func makeBindings() throws -> PostgresBindings { try Loud(job: job).makeBindings() }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
     struct Claim: PostgresPreparedStatement {

@@ -99,6 +99,8 @@ public struct JobStore: Sendable {
     /// other jobs.
     private func insert(_ job: NewJob, dependingOn dependsOn: [Int64], on db: some QueryRunner) async throws -> (Int64, String)? {
         let period = job.uniqueFor != nil && job.uniqueKey != nil
+        // In a transaction whose wake-ups go after its commit, the statement notifies no one.
+        let wakeUps = WakeUpsAfterCommit.noting(on: db)
         let slot = period ? """
             slot AS (
                 INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
@@ -146,11 +148,14 @@ public struct JobStore: Sendable {
                 INSERT INTO loco_job_dependencies (job_id, depends_on)
                 SELECT ins.id, d FROM ins, unnest(\(dependsOn)::bigint[]) AS d
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available'
+                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available' AND \(wakeUps == nil)
             )
             SELECT id, state, (SELECT count(*) FROM woke) FROM ins
             """, logger: logger)
-        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) { return (id, state) }
+        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
+            if state == "available" { wakeUps?.note(job.queue) }
+            return (id, state)
+        }
         return nil
     }
 
@@ -171,6 +176,7 @@ public struct JobStore: Sendable {
     /// Jobs without unique keys or dependencies, in one statement.
     private func insertBatch(_ jobs: [NewJob], on db: some QueryRunner) async throws -> [EnqueuedJob] {
         let epochNone = -1.0
+        let wakeUps = WakeUpsAfterCommit.noting(on: db)
         let rows = try await db.run("""
             WITH input AS (
                 SELECT * FROM unnest(\(jobs.map(\.queue))::text[], \(jobs.map(\.kind))::text[], \(jobs.map(\.args))::text[],
@@ -187,6 +193,7 @@ public struct JobStore: Sendable {
                 RETURNING id, state, queue
             ), woke AS (
                 SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+                WHERE \(wakeUps == nil)
             )
             SELECT array_agg(id ORDER BY id), array_agg(state = 'scheduled' ORDER BY id), (SELECT count(*) FROM woke) FROM ins
             """, logger: logger)
@@ -194,6 +201,7 @@ public struct JobStore: Sendable {
         // through the row stream, than the inserts did. Identity values follow the insert's
         // ORDER BY, so ordering by id is input order.
         for try await (ids, scheduled, _) in rows.decode(([Int64], [Bool], Int64).self) where ids.count == jobs.count && scheduled.count == ids.count {
+            if let wakeUps { for (job, later) in zip(jobs, scheduled) where !later { wakeUps.note(job.queue) } }
             return zip(ids, scheduled).map { EnqueuedJob(id: $0, state: $1 ? .scheduled : .available, duplicate: false) }
         }
         throw QueueError.invalidEnqueue(reason: "the database did not insert all \(jobs.count) jobs")
@@ -611,9 +619,9 @@ public struct JobStore: Sendable {
 
     /// How full PostgreSQL's NOTIFY queue is, 0 to 1 (`pg_notification_queue_usage()`). A
     /// session that LISTENs and then sits in a long transaction holds the queue's tail: it
-    /// fills, and from then on every NOTIFY is refused, the wake-ups of single enqueues (whose
-    /// workers then find the jobs only when they poll) and the enqueues that notify in their
-    /// own transaction (which fail).
+    /// fills, and from then on every NOTIFY is refused: the wake-ups of single enqueues and of
+    /// Loco's transactions (whose workers then find the jobs only when they poll), and the
+    /// enqueues that notify in their own transaction (which fail).
     public func notificationQueueUsage(on db: some QueryRunner) async throws -> Double {
         try await DatabaseServerError.coding {
             let rows = try await db.run("SELECT pg_notification_queue_usage()", logger: logger)

@@ -217,6 +217,37 @@ struct SingleEnqueueTests {
         }
     }
 
+    @Test("jobs enqueued in a transaction Loco runs wake their queues once it has committed: a single enqueue, a batch, one whose parent had completed; not a job due later, and not a rolled-back transaction's")
+    func wakeUpsAfterTransaction() async throws {
+        try await Self.withConnection { database, db, store in
+            let parent = try await store.enqueue(NewJob(queue: "parents", kind: "k"), on: db)
+            _ = try await db.run("UPDATE loco_jobs SET state = 'completed', finalized_at = now() WHERE id = \(parent.id)", logger: database.logger)
+            let listener = ReconnectingConnection(url: database.url, logger: database.logger)
+            struct Refused: Error {}
+            let heard = try await Self.heard(4, on: listener) {
+                await #expect(throws: Refused.self) {
+                    try await db.transaction { connection in
+                        _ = try await store.enqueue(NewJob(queue: "rolled-back", kind: "k"), on: connection)
+                        throw Refused()
+                    }
+                }
+                try await db.transaction { connection in
+                    _ = try await store.enqueue(NewJob(queue: "tx-single", kind: "k"), on: connection)
+                    _ = try await store.enqueueMany([NewJob(queue: "tx-batch", kind: "k"), NewJob(queue: "tx-batch", kind: "k"),
+                                                     NewJob(queue: "tx-later", kind: "k", runAt: Date() + 3600)], on: connection)
+                    let child = try await store.enqueue(NewJob(queue: "tx-child", kind: "k", dependsOn: [parent.id]), on: connection)
+                    #expect(child.state == .available)
+                }
+                // Heard last: anything the transaction woke wrongly would come before it.
+                _ = try await store.enqueue(NewJob(queue: "after", kind: "k"), on: db)
+            }
+            #expect(heard.prefix(3).sorted() == ["tx-batch", "tx-child", "tx-single"] && heard.last == "after", "\(heard)")
+            let rolledBack = try await DatabaseConnectionTests.scalar("SELECT count(*) FROM loco_jobs WHERE queue = 'rolled-back'", as: Int64.self, on: db)
+            #expect(rolledBack == 0)
+            await listener.close()
+        }
+    }
+
     @Test("a busy producer's wake-ups are owed, one per queue, and sent after the jobs they announce: an idle worker polling every 30 s runs every job within seconds")
     func owedWakeUpsReachWorkers() async throws {
         try await TestDatabase.with { database in
@@ -274,7 +305,7 @@ struct SingleEnqueueTests {
         }
     }
 
-    @Test("a single enqueue commits while another session holds NOTIFY's lock; its wake-up waits for the lock and goes out once it is free, or, given up, is logged")
+    @Test("a single enqueue, and a transaction Loco runs, commit while another session holds NOTIFY's lock; their wake-ups wait for the lock and go out once it is free, or, given up, are logged")
     func enqueueBesideNotifyLock() async throws {
         try await PrivatePostgres.with { postgres in
             let logger = TestDatabase.testLogger
@@ -303,7 +334,9 @@ struct SingleEnqueueTests {
             let producer = ReconnectingConnection(url: postgres.url, logger: logger, queryTimeout: .seconds(20))
             let producerPID = try await DatabaseConnectionTests.scalar("SELECT pg_backend_pid()", as: Int32.self, on: producer)
             let listener = ReconnectingConnection(url: postgres.url, logger: logger)
-            let heard = try await Self.heard(1, on: listener) {
+            let txProducer = ReconnectingConnection(url: postgres.url, logger: logger, queryTimeout: .seconds(20))
+            let txPID = try await DatabaseConnectionTests.scalar("SELECT pg_backend_pid()", as: Int32.self, on: txProducer)
+            let heard = try await Self.heard(3, on: listener) {
                 let job = try await JobStore(logger: logger).enqueue(NewJob(queue: "beside", kind: "k"), on: producer)
                 #expect(job.state == .available)
                 // Its wake-up is the one waiting, for NOTIFY's lock (an object lock on database 0).
@@ -325,13 +358,34 @@ struct SingleEnqueueTests {
                         && log.detailed.first?.contains("(SQLSTATE 55P03)") == true, "\(log.detailed)")
                 await impatient.close()
 
+                // A transaction Loco runs commits beside the lock too: its jobs' wake-ups go
+                // after its commit, and they are what waits.
+                let committing = Task {
+                    try await txProducer.transaction { connection in
+                        _ = try await JobStore(logger: logger).enqueue(NewJob(queue: "in-tx", kind: "k"), on: connection)
+                        _ = try await JobStore(logger: logger).enqueueMany([NewJob(queue: "in-tx-batch", kind: "k")], on: connection)
+                    }
+                }
+                let committed = try await eventually(timeout: .seconds(20)) {
+                    try await DatabaseConnectionTests.scalar(
+                        "SELECT count(*) FROM loco_jobs WHERE queue IN ('in-tx', 'in-tx-batch')", as: Int64.self, on: admin) == 2
+                }
+                #expect(committed, "the transaction did not commit while another session held NOTIFY's lock")
+                let txWaits = try await eventually(timeout: .seconds(20)) {
+                    try await DatabaseConnectionTests.scalar(
+                        "SELECT count(*) FROM pg_locks WHERE pid = \(txPID) AND NOT granted AND locktype = 'object' AND database = 0",
+                        as: Int64.self, on: admin) == 1
+                }
+                #expect(txWaits, "the transaction's wake-up did not wait for NOTIFY's lock")
+
                 _ = try await admin.run("SELECT pg_cancel_backend(\(holderPID))", logger: logger)
+                try await committing.value
             }
-            #expect(heard == ["beside"])
+            #expect(heard.sorted() == ["beside", "in-tx", "in-tx-batch"])
             _ = try? await holding.value
             let stored = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: admin)
-            #expect(stored == "elsewhere,beside,impatient")
-            for connection in [admin, holder, producer, listener] { await connection.close() }
+            #expect(stored == "elsewhere,beside,impatient,in-tx,in-tx-batch")
+            for connection in [admin, holder, producer, listener, txProducer] { await connection.close() }
         }
     }
 

@@ -305,15 +305,20 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
             track(connection, limit: limit, what: "a transaction") { error in overdue.withLock { $0 = error } }
         }
         defer { if let token { untrack(token) } }
+        // Jobs enqueued in the body wake their queues after the commit, not inside it.
+        let wakeUps = WakeUpsAfterCommit(for: connection)
         return try await withTaskExecutorPreference(executor(for: connection)) {
             do {
                 _ = try await connection.run("BEGIN", logger: logger)
-                let result = if usePreparedStatements {
-                    try await body(connection)
-                } else {
-                    try await StatementPreparation.$byName.withValue(false) { try await body(connection) }
+                let result = try await WakeUpsAfterCommit.$current.withValue(wakeUps) {
+                    if usePreparedStatements {
+                        try await body(connection)
+                    } else {
+                        try await StatementPreparation.$byName.withValue(false) { try await body(connection) }
+                    }
                 }
                 _ = try await connection.run("COMMIT", logger: logger)
+                await wakeUps.send(on: connection, logger: logger)
                 return result
             } catch {
                 _ = try? await connection.run("ROLLBACK", logger: logger)
