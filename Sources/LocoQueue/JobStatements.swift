@@ -86,26 +86,19 @@ enum JobStatements {
     /// A single enqueue through `prepared`, by the statement that fits the job: its id and state,
     /// or nil when a live job holds its unique key.
     static func enqueue(_ job: NewJob, on db: some QueryRunner, logger: Logger) async throws -> (id: Int64, state: String)? {
-        if let wakeUps = WakeUpsAfterCommit.noting(on: db) {
-            let row = if job.uniqueKey == nil {
-                try await db.prepared(QuietEnqueue<EnqueueOne>(job: job), logger: logger).first
-            } else {
-                try await db.prepared(QuietEnqueue<EnqueueUnique>(job: job), logger: logger).first
-            }
+        let wakeUps = WakeUpsAfterCommit.noting(on: db)
+        func run<Statement: SingleEnqueueStatement>(_: Statement.Type) async throws -> (id: Int64, state: String)? {
+            guard let wakeUps else { return try await db.prepared(Statement(job: job), logger: logger).first.map { ($0.0, $0.1) } }
+            let row = try await db.prepared(QuietEnqueue<Statement>(job: job), logger: logger).first
             if row?.1 == "available" { wakeUps.note(job.queue) }
             return row.map { ($0.0, $0.1) }
         }
-        let row = if job.uniqueKey == nil {
-            try await db.prepared(EnqueueOne(job: job), logger: logger).first
-        } else {
-            try await db.prepared(EnqueueUnique(job: job), logger: logger).first
-        }
-        return row.map { ($0.0, $0.1) }
+        return job.uniqueKey == nil ? try await run(EnqueueOne.self) : try await run(EnqueueUnique.self)
     }
 
     /// The two single-enqueue statements without their notify, for a transaction whose
     /// wake-ups go after its commit (`WakeUpsAfterCommit`).
-    protocol SingleEnqueueStatement: PostgresPreparedStatement {
+    protocol SingleEnqueueStatement: PostgresPreparedStatement where Row == EnqueueOne.Row {
         static var insert: String { get }
         init(job: NewJob)
     }

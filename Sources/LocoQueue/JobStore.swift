@@ -8,9 +8,10 @@ public struct JobStore: Sendable {
     public static let channel = "loco_jobs"
     /// The statement behind a single enqueue without dependencies or unique key (`$1` queue,
     /// `$2` kind, `$3` args, `$4` priority, `$5` max attempts, `$6` run at), notifying in its own
-    /// transaction as it does in a caller's transaction or behind a pooler, so a benchmark can
-    /// run it from another client as a baseline. On a `ReconnectingConnection` the same insert
-    /// is sent without the notify, and the wake-up after it (`SingleEnqueueHandler`).
+    /// transaction as it does behind a pooler or in a transaction of the caller's own, so a
+    /// benchmark can run it from another client as a baseline. On a `ReconnectingConnection`, and
+    /// in a transaction Loco runs, the same insert goes without the notify and the wake-up
+    /// after it (`SingleEnqueueHandler`, `WakeUpsAfterCommit`).
     public static let singleEnqueueStatement = JobStatements.EnqueueOne.sql
     static let live = "('blocked','scheduled','available','running')"
     /// Whether the key of loco_unique_periods row `u` is still held: its period has not ended or

@@ -356,6 +356,14 @@ struct SingleEnqueueTests {
                 let logged = await eventually(timeout: .seconds(20)) { !log.messages.isEmpty }
                 #expect(logged && log.detailed.first?.contains("queue=impatient") == true
                         && log.detailed.first?.contains("(SQLSTATE 55P03)") == true, "\(log.detailed)")
+                // The same for a transaction Loco runs: it commits, and its wake-up is logged.
+                try await impatient.transaction { connection in
+                    _ = try await JobStore(logger: logger).enqueue(NewJob(queue: "impatient-tx", kind: "k"), on: connection)
+                }
+                let loggedAfterCommit = await eventually(timeout: .seconds(20)) { log.messages.count == 2 }
+                #expect(loggedAfterCommit && log.detailed.last?.hasPrefix("jobs were enqueued but their queues' workers were not woken") == true
+                        && log.detailed.last?.contains("queues=impatient-tx") == true
+                        && log.detailed.last?.contains("(SQLSTATE 55P03)") == true, "\(log.detailed)")
                 await impatient.close()
 
                 // A transaction Loco runs commits beside the lock too: its jobs' wake-ups go
@@ -384,7 +392,7 @@ struct SingleEnqueueTests {
             #expect(heard.sorted() == ["beside", "in-tx", "in-tx-batch"])
             _ = try? await holding.value
             let stored = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: admin)
-            #expect(stored == "elsewhere,beside,impatient,in-tx,in-tx-batch")
+            #expect(stored == "elsewhere,beside,impatient,impatient-tx,in-tx,in-tx-batch")
             for connection in [admin, holder, producer, listener, txProducer] { await connection.close() }
         }
     }

@@ -45,8 +45,8 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
         var sql: String {
             switch self {
-            case .keyless: JobStatements.EnqueueOne.insert + "\n" + JobStatements.EnqueueOne.returningWithoutNotify
-            case .unique: JobStatements.EnqueueUnique.insert + "\n" + JobStatements.EnqueueOne.returningWithoutNotify
+            case .keyless: JobStatements.QuietEnqueue<JobStatements.EnqueueOne>.sql
+            case .unique: JobStatements.QuietEnqueue<JobStatements.EnqueueUnique>.sql
             case .wakeUp: JobStatements.wakeUp
             }
         }
