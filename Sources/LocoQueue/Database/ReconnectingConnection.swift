@@ -318,7 +318,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                     }
                 }
                 _ = try await connection.run("COMMIT", logger: logger)
-                await wakeUps.send(logger: logger)
+                await wakeUps.send(through: usePreparedStatements ? singleEnqueueHandler(for: connection) : nil, logger: logger)
                 return result
             } catch {
                 _ = try? await connection.run("ROLLBACK", logger: logger)

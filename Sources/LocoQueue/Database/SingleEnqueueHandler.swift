@@ -63,9 +63,19 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         case enqueue(Request)
     }
 
-    /// An enqueue, or the wake-up after it (no promise: its answer is read, and a refusal logged).
+    /// Who waits for a request's answer.
+    private enum Reply {
+        /// An enqueue's caller, for its row.
+        case enqueue(EventLoopPromise<(id: Int64, state: String)?>)
+        /// No one: the wake-up after an enqueue, whose refusal is logged here.
+        case owedWakeUp
+        /// The wake-up after a transaction's commit (`wakeUp(_:)`), whose caller logs a refusal.
+        case wakeUp(EventLoopPromise<Void>)
+    }
+
+    /// An enqueue or a wake-up.
     private final class Request {
-        let promise: EventLoopPromise<(id: Int64, state: String)?>?
+        let reply: Reply
         let statement: Statement
         /// The queue a wake-up is for (what its refusal is logged with).
         let queue: String
@@ -75,8 +85,8 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         var error: DatabaseServerError?
         var malformed: QueueError?
 
-        init(promise: EventLoopPromise<(id: Int64, state: String)?>?, statement: Statement, queue: String, parses: Bool) {
-            self.promise = promise
+        init(reply: Reply, statement: Statement, queue: String, parses: Bool) {
+            self.reply = reply
             self.statement = statement
             self.queue = queue
             self.parses = parses
@@ -148,7 +158,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         let promise = context.eventLoop.makePromise(of: (id: Int64, state: String)?.self)
         var out = context.channel.allocator.buffer(capacity: 220 + job.args.utf8.count + job.queue.utf8.count)
         let runAt = job.runAt.map(Self.postgresMicroseconds)
-        write(statement, promise: promise, queue: job.queue, into: &out) { body in
+        write(statement, reply: .enqueue(promise), queue: job.queue, into: &out) { body in
             body.writeParameter(job.queue)
             body.writeParameter(job.kind)
             body.writeParameter(job.args)
@@ -194,9 +204,31 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }
 
+    /// Wakes the workers of `queues` now, each by `JobStatements.wakeUp` as a transaction of its
+    /// own, all in one write: the wake-ups after the commit of a transaction Loco ran
+    /// (`WakeUpsAfterCommit`). The server's refusal of one (at its commit, after its statement's
+    /// answer, where PostgresNIO would drop it) fails the future. Call on the channel's event loop.
+    func wakeUp(_ queues: [String]) -> EventLoopFuture<Void> {
+        guard let context, context.channel.isActive else {
+            return (context?.eventLoop ?? PostgresConnection.defaultEventLoopGroup.any()).makeFailedFuture(ConnectionClosed())
+        }
+        var out = context.channel.allocator.buffer(capacity: 64 * queues.count)
+        var answers: [EventLoopFuture<Void>] = []
+        for queue in queues {
+            let answered = context.eventLoop.makePromise(of: Void.self)
+            write(.wakeUp, reply: .wakeUp(answered), queue: queue, into: &out) { body in
+                body.writeParameter(queue)
+                body.writeParameter(Int64?.none)
+            }
+            answers.append(answered.futureResult)
+        }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        return EventLoopFuture.andAllSucceed(answers, on: context.eventLoop)
+    }
+
     private func writeOwed(into out: inout ByteBuffer) {
         for (queue, runAt) in owed {
-            write(.wakeUp, promise: nil, queue: queue, into: &out) { body in
+            write(.wakeUp, reply: .owedWakeUp, queue: queue, into: &out) { body in
                 body.writeParameter(queue)
                 body.writeParameter(runAt)
             }
@@ -208,9 +240,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Appends one request (Parse the first time on the session, Bind, Execute, Sync) to `out`,
     /// and its owner to `owners`.
-    private func write(_ statement: Statement, promise: EventLoopPromise<(id: Int64, state: String)?>?, queue: String,
+    private func write(_ statement: Statement, reply: Reply, queue: String,
                        into out: inout ByteBuffer, parameters: (inout ByteBuffer) -> Void) {
-        let request = Request(promise: promise, statement: statement, queue: queue, parses: !prepared[statement.rawValue])
+        let request = Request(reply: reply, statement: statement, queue: queue, parses: !prepared[statement.rawValue])
         if request.parses {
             Self.message(&out, "P") { body in
                 body.writeNullTerminated(statement.name)
@@ -314,7 +346,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         switch type {
         case UInt8(ascii: "1"):
             request.parsed = true
-        case UInt8(ascii: "D") where request.promise != nil:
+        case UInt8(ascii: "D") where request.statement != .wakeUp:
             switch Self.row(&body) {
             case .success(let row): request.row = row
             case .failure(let mismatch): request.malformed = mismatch
@@ -324,10 +356,17 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         case UInt8(ascii: "Z"):
             owners.removeFirst()
             if request.parses && !request.parsed { prepared[request.statement.rawValue] = false }
-            // A wake-up that failed is not the enqueue's failure: its job is in, and workers
-            // polling find it.
-            guard let promise = request.promise else {
+            let promise: EventLoopPromise<(id: Int64, state: String)?>
+            switch request.reply {
+            case .enqueue(let waiting):
+                promise = waiting
+            case .owedWakeUp:
+                // A wake-up that failed is not the enqueue's failure: its job is in, and workers
+                // polling find it.
                 if let error = request.error { refused(request.queue, error) }
+                return
+            case .wakeUp(let waiting):
+                if let error = request.error { waiting.fail(error) } else { waiting.succeed() }
                 return
             }
             enqueuesUnanswered -= 1
@@ -405,7 +444,11 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         owedTimer = nil
         enqueuesUnanswered = 0
         for case .enqueue(let request) in waiting {
-            request.promise?.fail(request.error ?? error)
+            switch request.reply {
+            case .enqueue(let promise): promise.fail(request.error ?? error)
+            case .wakeUp(let promise): promise.fail(request.error ?? error)
+            case .owedWakeUp: break
+            }
         }
     }
 }

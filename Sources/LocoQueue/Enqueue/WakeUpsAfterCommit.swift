@@ -36,19 +36,26 @@ final class WakeUpsAfterCommit: Sendable {
     /// Wakes the queues noted, once the transaction has committed, on its connection; a wake-up
     /// PostgreSQL refuses is logged: the jobs are in, and workers polling find them.
     ///
-    /// In a transaction of its own with an explicit COMMIT: NOTIFY is refused at commit (a full
-    /// queue, a `lock_timeout` on its lock), and sent as one statement, that refusal came after
-    /// the statement's CommandComplete, where PostgresNIO dropped it: nothing was logged.
-    func send(logger: Logger) async {
+    /// NOTIFY is refused at commit (a full queue, a `lock_timeout` on its lock), after its
+    /// statement's answer, where PostgresNIO drops the refusal when the statement is a
+    /// transaction of its own. So the wake-ups go through the connection's
+    /// `SingleEnqueueHandler`, which reads every answer itself, in one round trip; without one
+    /// (behind a pooler), through PostgresNIO in BEGIN / SELECT / COMMIT, three.
+    func send(through handler: SingleEnqueueHandler?, logger: Logger) async {
         let queues = queues.withLock { $0 }
         guard !queues.isEmpty else { return }
         do {
+            if let handler {
+                let loop = connection.eventLoop
+                try await (loop.inEventLoop ? handler.wakeUp(queues) : loop.flatSubmit { handler.wakeUp(queues) }).get()
+                return
+            }
             _ = try await connection.run("BEGIN", logger: logger)
             _ = try await connection.run("SELECT pg_notify(\(JobStore.channel), queue) FROM unnest(\(queues)::text[]) AS queue", logger: logger)
                 .collect()
             _ = try await connection.run("COMMIT", logger: logger)
         } catch {
-            _ = try? await connection.run("ROLLBACK", logger: logger)
+            if handler == nil { _ = try? await connection.run("ROLLBACK", logger: logger) }
             logger.warning("jobs were enqueued but their queues' workers were not woken; idle ones find them at their next poll",
                            metadata: ["queues": "\(queues.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")"])
         }
