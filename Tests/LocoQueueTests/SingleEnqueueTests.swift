@@ -363,7 +363,14 @@ struct SingleEnqueueTests {
                 let loggedAfterCommit = await eventually(timeout: .seconds(20)) { log.messages.count == 2 }
                 #expect(loggedAfterCommit && log.detailed.last?.hasPrefix("jobs were enqueued but their queues' workers were not woken") == true
                         && log.detailed.last?.contains("queues=impatient-tx") == true
-                        && log.detailed.last?.contains("(SQLSTATE 55P03)") == true, "\(log.detailed)")
+                        && log.detailed.last?.contains("(SQLSTATE 55P03)") == true
+                        && log.detailed.last?.hasSuffix("refused=1") == true, "\(log.detailed)")
+                // Refused again within 10 s: counted, not logged (a full NOTIFY queue would log a
+                // line for every transaction that enqueued).
+                try await impatient.transaction { connection in
+                    _ = try await JobStore(logger: logger).enqueue(NewJob(queue: "impatient-tx", kind: "k"), on: connection)
+                }
+                #expect(log.messages.count == 2, "\(log.detailed)")
                 await impatient.close()
 
                 // A transaction Loco runs commits beside the lock too: its jobs' wake-ups go
@@ -392,7 +399,7 @@ struct SingleEnqueueTests {
             #expect(heard.sorted() == ["beside", "in-tx", "in-tx-batch"])
             _ = try? await holding.value
             let stored = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: admin)
-            #expect(stored == "elsewhere,beside,impatient,impatient-tx,in-tx,in-tx-batch")
+            #expect(stored == "elsewhere,beside,impatient,impatient-tx,impatient-tx,in-tx,in-tx-batch")
             for connection in [admin, holder, producer, listener, txProducer] { await connection.close() }
         }
     }

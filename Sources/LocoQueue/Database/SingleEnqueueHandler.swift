@@ -95,10 +95,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     private var context: ChannelHandlerContext?
     private let logger: Logger
-    /// When a refused wake-up was last logged, and how many were refused since: a full NOTIFY
-    /// queue refuses every one, so they are logged at most every 10 s.
-    private var lastRefusalLogged: NIODeadline?
-    private var refusalsSinceLogged = 0
+    /// Refused wake-ups: a full NOTIFY queue refuses every one, so they are logged at most every
+    /// 10 s, with how many were refused.
+    private let refusals = RepeatedWarning()
     /// Who wrote each request still unanswered, oldest first; a ring, since answers take from
     /// the front while requests join at the back (many at once on a busy connection).
     private var owners = CircularBuffer<Owner>()
@@ -384,13 +383,9 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func refused(_ queue: String, _ error: DatabaseServerError) {
-        refusalsSinceLogged += 1
-        let now = NIODeadline.now()
-        if let last = lastRefusalLogged, now - last < .seconds(10) { return }
+        guard let refused = refusals.due() else { return }
         logger.warning("a job was enqueued but its queue's workers were not woken; idle ones find it at their next poll",
-                       metadata: ["queue": "\(queue)", "error": "\(error.message)", "refused": "\(refusalsSinceLogged)"])
-        lastRefusalLogged = now
-        refusalsSinceLogged = 0
+                       metadata: ["queue": "\(queue)", "error": "\(error.message)", "refused": "\(refused)"])
     }
 
     /// The enqueue's row: id, state (text), and whether it notified (ignored). The id is read

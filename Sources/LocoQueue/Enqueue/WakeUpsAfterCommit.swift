@@ -41,7 +41,8 @@ final class WakeUpsAfterCommit: Sendable {
     /// transaction of its own. So the wake-ups go through the connection's
     /// `SingleEnqueueHandler`, which reads every answer itself, in one round trip; without one
     /// (behind a pooler), through PostgresNIO in BEGIN / SELECT / COMMIT, three.
-    func send(through handler: SingleEnqueueHandler?, logger: Logger) async {
+    /// Refusals are logged at most every 10 s per connection (`refusals`), with how many there were.
+    func send(through handler: SingleEnqueueHandler?, refusals: RepeatedWarning, logger: Logger) async {
         let queues = queues.withLock { $0 }
         guard !queues.isEmpty else { return }
         do {
@@ -56,8 +57,10 @@ final class WakeUpsAfterCommit: Sendable {
             _ = try await connection.run("COMMIT", logger: logger)
         } catch {
             if handler == nil { _ = try? await connection.run("ROLLBACK", logger: logger) }
+            guard let refused = refusals.due() else { return }
             logger.warning("jobs were enqueued but their queues' workers were not woken; idle ones find them at their next poll",
-                           metadata: ["queues": "\(queues.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")"])
+                           metadata: ["queues": "\(queues.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")",
+                                      "refused": "\(refused)"])
         }
     }
 }
