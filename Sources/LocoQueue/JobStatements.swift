@@ -87,10 +87,18 @@ enum JobStatements {
     /// or nil when a live job holds its unique key.
     static func enqueue(_ job: NewJob, on db: some QueryRunner, logger: Logger) async throws -> (id: Int64, state: String)? {
         let wakeUps = WakeUpsAfterCommit.noting(on: db)
+        // As for batches (`JobStore.insertBatch`): a NOTIFY in the statement only in a caller's
+        // own transaction.
+        let wakeAfter = wakeUps == nil && db.wakesQueuesAfterCommit
         func run<Statement: SingleEnqueueStatement>(_: Statement.Type) async throws -> (id: Int64, state: String)? {
-            guard let wakeUps else { return try await db.prepared(Statement(job: job), logger: logger).first.map { ($0.0, $0.1) } }
+            guard wakeUps != nil || wakeAfter else {
+                return try await db.prepared(Statement(job: job), logger: logger).first.map { ($0.0, $0.1) }
+            }
             let row = try await db.prepared(QuietEnqueue<Statement>(job: job), logger: logger).first
-            if row?.1 == "available" { wakeUps.note(job.queue) }
+            if row?.1 == "available" {
+                wakeUps?.note(job.queue)
+                if wakeAfter { await db.wakeUp([job.queue], logger: logger) }
+            }
             return row.map { ($0.0, $0.1) }
         }
         return job.uniqueKey == nil ? try await run(EnqueueOne.self) : try await run(EnqueueUnique.self)

@@ -102,6 +102,7 @@ public struct JobStore: Sendable {
         let period = job.uniqueFor != nil && job.uniqueKey != nil
         // In a transaction whose wake-ups go after its commit, the statement notifies no one.
         let wakeUps = WakeUpsAfterCommit.noting(on: db)
+        let wakeAfter = wakeUps == nil && db.wakesQueuesAfterCommit
         let slot = period ? """
             slot AS (
                 INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
@@ -149,15 +150,17 @@ public struct JobStore: Sendable {
                 INSERT INTO loco_job_dependencies (job_id, depends_on)
                 SELECT ins.id, d FROM ins, unnest(\(dependsOn)::bigint[]) AS d
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available' AND \(wakeUps == nil)
+                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available' AND \(wakeUps == nil && !wakeAfter)
             )
             SELECT id, state, (SELECT count(*) FROM woke) FROM ins
             """, logger: logger)
-        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
-            if state == "available" { wakeUps?.note(job.queue) }
-            return (id, state)
+        var inserted: (Int64, String)?
+        for try await (id, state, _) in rows.decode((Int64, String, Int64).self) where inserted == nil { inserted = (id, state) }
+        if inserted?.1 == "available" {
+            wakeUps?.note(job.queue)
+            if wakeAfter { await db.wakeUp([job.queue], logger: logger) }
         }
-        return nil
+        return inserted
     }
 
     /// Enqueues many jobs in one round trip. Jobs with a unique key or dependencies take the
@@ -178,6 +181,9 @@ public struct JobStore: Sendable {
     private func insertBatch(_ jobs: [NewJob], on db: some QueryRunner) async throws -> [EnqueuedJob] {
         let epochNone = -1.0
         let wakeUps = WakeUpsAfterCommit.noting(on: db)
+        // A NOTIFY in the statement only where nothing can wake the queues after its commit:
+        // in a caller's own transaction, whose COMMIT reports a refusal.
+        let wakeAfter = wakeUps == nil && db.wakesQueuesAfterCommit
         let rows = try await db.run("""
             WITH input AS (
                 SELECT * FROM unnest(\(jobs.map(\.queue))::text[], \(jobs.map(\.kind))::text[], \(jobs.map(\.args))::text[],
@@ -194,18 +200,25 @@ public struct JobStore: Sendable {
                 RETURNING id, state, queue
             ), woke AS (
                 SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
-                WHERE \(wakeUps == nil)
+                WHERE \(wakeUps == nil && !wakeAfter)
             )
             SELECT array_agg(id ORDER BY id), array_agg(state = 'scheduled' ORDER BY id), (SELECT count(*) FROM woke) FROM ins
             """, logger: logger)
         // One row of arrays, not a row per job: a thousand rows cost more to send, and to read
         // through the row stream, than the inserts did. Identity values follow the insert's
         // ORDER BY, so ordering by id is input order.
+        var inserted: (ids: [Int64], scheduled: [Bool])?
         for try await (ids, scheduled, _) in rows.decode(([Int64], [Bool], Int64).self) where ids.count == jobs.count && scheduled.count == ids.count {
-            if let wakeUps { for (job, later) in zip(jobs, scheduled) where !later { wakeUps.note(job.queue) } }
-            return zip(ids, scheduled).map { EnqueuedJob(id: $0, state: $1 ? .scheduled : .available, duplicate: false) }
+            inserted = (ids, scheduled)
         }
-        throw QueueError.invalidEnqueue(reason: "the database did not insert all \(jobs.count) jobs")
+        guard let (ids, scheduled) = inserted else {
+            throw QueueError.invalidEnqueue(reason: "the database did not insert all \(jobs.count) jobs")
+        }
+        var seen = Set<String>()
+        let due = zip(jobs, scheduled).filter { !$0.1 && seen.insert($0.0.queue).inserted }.map(\.0.queue)
+        if let wakeUps { for queue in due { wakeUps.note(queue) } }
+        if wakeAfter { await db.wakeUp(due, logger: logger) }
+        return zip(ids, scheduled).map { EnqueuedJob(id: $0, state: $1 ? .scheduled : .available, duplicate: false) }
     }
 
     // MARK: Claim, finish, lease

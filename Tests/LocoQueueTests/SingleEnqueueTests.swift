@@ -305,29 +305,38 @@ struct SingleEnqueueTests {
         }
     }
 
+    /// Migrates `postgres` and has a session of its own hold NOTIFY's lock (an object lock on
+    /// database 0) until it is cancelled: a commit that waits for a standby that never comes
+    /// holds every lock it took until then, NOTIFY's among them. Only sessions asking for
+    /// synchronous commit wait for it, and only for a transaction that wrote more than its
+    /// commit record.
+    static func holdNotifyLock(on postgres: PrivatePostgres, admin: ReconnectingConnection)
+        async throws -> (holder: ReconnectingConnection, pid: Int32, holding: Task<PostgresRowSequence, any Error>) {
+        let logger = TestDatabase.testLogger
+        try await Migrator(database: admin, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
+        _ = try await admin.run("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", logger: logger)
+        _ = try await admin.run("SELECT pg_reload_conf()", logger: logger)
+        let holder = ReconnectingConnection(url: postgres.url, logger: logger, queryTimeout: .seconds(120))
+        let pid = try await DatabaseConnectionTests.scalar("SELECT pg_backend_pid()", as: Int32.self, on: holder)
+        _ = try await holder.run("SET synchronous_commit = on", logger: logger)
+        let holding = Task {
+            try await holder.run("INSERT INTO loco_jobs (queue, kind, state) VALUES ('elsewhere', 'k', 'available') RETURNING pg_notify('elsewhere', 'held')",
+                                 logger: logger)
+        }
+        let waiting = try await eventually(timeout: .seconds(20)) {
+            try await DatabaseConnectionTests.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = \(pid) AND wait_event = 'SyncRep'", as: Int64.self, on: admin) == 1
+        }
+        #expect(waiting, "the holder's commit never waited for the standby")
+        return (holder, pid, holding)
+    }
+
     @Test("a single enqueue, and a transaction Loco runs, commit while another session holds NOTIFY's lock; their wake-ups wait for the lock and go out once it is free, or, given up, are logged")
     func enqueueBesideNotifyLock() async throws {
         try await PrivatePostgres.with { postgres in
             let logger = TestDatabase.testLogger
             let admin = ReconnectingConnection(url: postgres.url, logger: logger)
-            try await Migrator(database: admin, logger: logger).migrate([(QueueSchema.component, QueueSchema.migrations)])
-            // A commit that waits for a standby that never comes holds every lock it took until
-            // then, NOTIFY's among them. Only sessions asking for synchronous commit wait for it,
-            // and only for a transaction that wrote more than its commit record.
-            _ = try await admin.run("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", logger: logger)
-            _ = try await admin.run("SELECT pg_reload_conf()", logger: logger)
-            let holder = ReconnectingConnection(url: postgres.url, logger: logger, queryTimeout: .seconds(120))
-            let holderPID = try await DatabaseConnectionTests.scalar("SELECT pg_backend_pid()", as: Int32.self, on: holder)
-            _ = try await holder.run("SET synchronous_commit = on", logger: logger)
-            let holding = Task {
-                try await holder.run("INSERT INTO loco_jobs (queue, kind, state) VALUES ('elsewhere', 'k', 'available') RETURNING pg_notify('elsewhere', 'held')",
-                                     logger: logger)
-            }
-            let waiting = try await eventually(timeout: .seconds(20)) {
-                try await DatabaseConnectionTests.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = \(holderPID) AND wait_event = 'SyncRep'", as: Int64.self, on: admin) == 1
-            }
-            #expect(waiting, "the holder's commit never waited for the standby")
+            let (holder, holderPID, holding) = try await Self.holdNotifyLock(on: postgres, admin: admin)
 
             // The producer's own commits do not wait for a standby (synchronous_commit is off on
             // this cluster, as on every test cluster); its deadline says so if the enqueue hangs.
@@ -401,6 +410,48 @@ struct SingleEnqueueTests {
             let stored = try await DatabaseConnectionTests.scalar("SELECT string_agg(queue, ',' ORDER BY id) FROM loco_jobs", as: String.self, on: admin)
             #expect(stored == "elsewhere,beside,impatient,impatient-tx,impatient-tx,in-tx,in-tx-batch")
             for connection in [admin, holder, producer, listener, txProducer] { await connection.close() }
+        }
+    }
+
+    @Test("enqueues outside a transaction, single or batched, with the handler or behind a pooler, are in when PostgreSQL refuses their wake-ups: a NOTIFY in their own statement would roll them back at its commit, after answers that said they were in")
+    func enqueuesOutsideTransactionsBesideRefusedNotify() async throws {
+        try await PrivatePostgres.with { postgres in
+            let logger = TestDatabase.testLogger
+            let admin = ReconnectingConnection(url: postgres.url, logger: logger)
+            // Sessions with a short lock_timeout are refused NOTIFY's lock while it is held.
+            let (holder, holderPID, holding) = try await Self.holdNotifyLock(on: postgres, admin: admin)
+
+            let store = JobStore(logger: logger)
+            let log = CapturedLog(level: .warning)
+            let quiet = Logger(label: "loco.test") { _ in log }
+            var pooledURL = postgres.url
+            pooledURL.transactionPooler = true
+            // A NOTIFY in the batch's statement, refused at its commit after its answer, left
+            // PostgresNIO waiting for good: the batch was reported unreachable at its deadline,
+            // its jobs rolled back.
+            var returned: [Int64] = []
+            for (url, prefix) in [(postgres.url, "direct"), (pooledURL, "pooled")] {
+                let db = ReconnectingConnection(url: url, logger: quiet, queryTimeout: .seconds(20))
+                _ = try await db.run("SET lock_timeout = '200ms'", logger: logger)
+                let batch = try await store.enqueueMany((1...3).map { NewJob(queue: "\(prefix)-batch", kind: "k", args: #"{"n":\#($0)}"#) }, on: db)
+                #expect(batch.map(\.state) == [.available, .available, .available])
+                returned += batch.map(\.id)
+                if url.transactionPooler {
+                    // Behind a pooler single enqueues go through PostgresNIO, not the handler.
+                    returned.append(try await store.enqueue(NewJob(queue: "\(prefix)-single", kind: "k"), on: db).id)
+                }
+                await db.close()
+            }
+            let stored = try await DatabaseConnectionTests.scalar(
+                "SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM loco_jobs WHERE queue <> 'elsewhere'", as: [Int64].self, on: admin)
+            #expect(stored == returned.sorted(), "returned \(returned), stored \(stored)")
+            let refusedLogged = await eventually(timeout: .seconds(20)) { log.detailed.count >= 2 }
+            #expect(refusedLogged && log.detailed.allSatisfy { $0.hasPrefix("jobs were enqueued but their queues' workers were not woken") && $0.contains("SQLSTATE 55P03") },
+                    "\(log.detailed)")
+
+            _ = try await admin.run("SELECT pg_cancel_backend(\(holderPID))", logger: logger)
+            _ = try? await holding.value
+            for connection in [admin, holder] { await connection.close() }
         }
     }
 

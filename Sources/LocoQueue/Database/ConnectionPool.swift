@@ -39,6 +39,12 @@ public final class ConnectionPool: QueryRunner, TransactionRunner, Sendable {
         try await shared { try await $0.insertJob(job, logger: logger) }
     }
 
+    public var wakesQueuesAfterCommit: Bool { true }
+
+    public func wakeUp(_ queues: [String], logger: Logger) async {
+        _ = try? await shared { await $0.wakeUp(queues, logger: logger) }
+    }
+
     /// Runs a query on the pool with its own logger; for callers that do not carry one.
     public func query(_ query: PostgresQuery) async throws -> PostgresRowSequence {
         try await run(query, logger: logger)

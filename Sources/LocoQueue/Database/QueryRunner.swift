@@ -13,12 +13,26 @@ public protocol QueryRunner: Sendable {
     /// the new job's id and state, or nil when its unique key is held. `JobStore.enqueue` calls
     /// it; a `ReconnectingConnection` runs it on a faster path than `prepared`.
     func insertJob(_ job: NewJob, logger: Logger) async throws -> (id: Int64, state: String)?
+    /// Whether each statement run here is a transaction of its own, whose jobs' queues this
+    /// runner can wake once it has committed (`wakeUp(_:logger:)`) rather than by a NOTIFY in
+    /// the statement. PostgreSQL refuses a NOTIFY at commit (a full NOTIFY queue, a
+    /// `lock_timeout` on its lock), which rolls the statement back after its answer, with the
+    /// new jobs' ids in it, has reached the client. False for a bare connection: it may be in
+    /// its caller's transaction.
+    var wakesQueuesAfterCommit: Bool { get }
+    /// Wakes the workers of `queues` in a transaction of its own; a refusal is logged, not
+    /// thrown: the jobs are in, and workers polling find them.
+    func wakeUp(_ queues: [String], logger: Logger) async
 }
 
 extension QueryRunner {
     public func insertJob(_ job: NewJob, logger: Logger) async throws -> (id: Int64, state: String)? {
         try await JobStatements.enqueue(job, on: self, logger: logger)
     }
+
+    public var wakesQueuesAfterCommit: Bool { false }
+
+    public func wakeUp(_ queues: [String], logger: Logger) async {}
 }
 
 /// Every query Loco sends on a bare connection goes through `run` or `prepared`, never

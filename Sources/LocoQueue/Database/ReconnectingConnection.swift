@@ -57,9 +57,9 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     private let dropped = Mutex<[PostgresConnection]>([])
     /// The executor of the connection's event loop, made once per connection.
     private let loopExecutor = Mutex<(connection: PostgresConnection, executor: EventLoopTaskExecutor)?>(nil)
-    /// Wake-ups refused after this connection's transactions committed (`WakeUpsAfterCommit`):
-    /// with a full NOTIFY queue every transaction that enqueued has one.
-    private let wakeUpRefusals = RepeatedWarning()
+    /// Wake-ups refused after this connection's transactions, or its statements that enqueued,
+    /// committed (`WakeUpsAfterCommit`): with a full NOTIFY queue every one of them has one.
+    let wakeUpRefusals = RepeatedWarning()
     /// The handler that sends single enqueues itself, in the pipeline of the connection it serves.
     private let singleEnqueues = SingleEnqueueSlot()
     /// Set by `close()`, for good: a part still running as its worker stops (a maintenance loop

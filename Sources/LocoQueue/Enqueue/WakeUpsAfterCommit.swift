@@ -39,9 +39,8 @@ final class WakeUpsAfterCommit: Sendable {
     /// NOTIFY is refused at commit (a full queue, a `lock_timeout` on its lock), after its
     /// statement's answer, where PostgresNIO drops the refusal when the statement is a
     /// transaction of its own. So the wake-ups go through the connection's
-    /// `SingleEnqueueHandler`, which reads every answer itself, in one round trip; without one
-    /// (behind a pooler), through PostgresNIO in BEGIN / SELECT / COMMIT, three.
-    /// Refusals are logged at most every 10 s per connection (`refusals`), with how many there were.
+    /// `SingleEnqueueHandler`, which reads every answer itself; without one (behind a pooler), by
+    /// `wakeUpCall`. One round trip either way.
     func send(through handler: SingleEnqueueHandler?, refusals: RepeatedWarning, logger: Logger) async {
         let queues = queues.withLock { $0 }
         guard !queues.isEmpty else { return }
@@ -51,16 +50,24 @@ final class WakeUpsAfterCommit: Sendable {
                 try await (loop.inEventLoop ? handler.wakeUp(queues) : loop.flatSubmit { handler.wakeUp(queues) }).get()
                 return
             }
-            _ = try await connection.run("BEGIN", logger: logger)
-            _ = try await connection.run("SELECT pg_notify(\(JobStore.channel), queue) FROM unnest(\(queues)::text[]) AS queue", logger: logger)
-                .collect()
-            _ = try await connection.run("COMMIT", logger: logger)
+            _ = try await connection.run(Self.wakeUpCall(queues), logger: logger).collect()
         } catch {
-            if handler == nil { _ = try? await connection.run("ROLLBACK", logger: logger) }
-            guard let refused = refusals.due() else { return }
-            logger.warning("jobs were enqueued but their queues' workers were not woken; idle ones find them at their next poll",
-                           metadata: ["queues": "\(queues.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")",
-                                      "refused": "\(refused)"])
+            Self.refused(queues, error, refusals: refusals, logger: logger)
         }
+    }
+
+    /// Wakes `queues` by the procedure `loco_wake_up`, which notifies and commits inside the
+    /// statement, so that a refusal is the statement's error, which every client reads.
+    static func wakeUpCall(_ queues: [String]) -> PostgresQuery {
+        "CALL loco_wake_up(\(queues))"
+    }
+
+    /// Logs a refused wake-up, at most every 10 s per connection (`refusals`), with how many
+    /// there were.
+    static func refused(_ queues: [String], _ error: any Error, refusals: RepeatedWarning, logger: Logger) {
+        guard let refused = refusals.due() else { return }
+        logger.warning("jobs were enqueued but their queues' workers were not woken; idle ones find them at their next poll",
+                       metadata: ["queues": "\(queues.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")",
+                                  "refused": "\(refused)"])
     }
 }

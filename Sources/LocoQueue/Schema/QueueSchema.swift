@@ -238,6 +238,20 @@ public enum QueueSchema {
             )
             """,
         ]),
+        // A wake-up that commits inside its own statement (`WakeUpsAfterCommit.wakeUpCall`, for
+        // connections without a `SingleEnqueueHandler`): PostgreSQL refuses a NOTIFY at commit,
+        // and a refusal that comes after the statement's answer is dropped by PostgresNIO; in
+        // the CALL it is the statement's error.
+        Migration(version: 11, name: "wake_up_procedure", statements: [
+            """
+            CREATE PROCEDURE loco_wake_up(queues text[]) LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('loco_jobs', queue) FROM unnest(queues) AS queue;
+                COMMIT;
+            END
+            $$
+            """,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""
