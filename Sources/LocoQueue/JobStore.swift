@@ -471,6 +471,7 @@ public struct JobStore: Sendable {
 
     /// Makes due `scheduled` jobs `available` and wakes their queues; returns how many.
     func promoteDue(limit: Int, on db: some QueryRunner) async throws -> Int {
+        let wakeAfter = db.wakesQueuesAfterCommit
         let rows = try await db.run("""
             WITH due AS MATERIALIZED (
                 SELECT id FROM loco_jobs
@@ -479,13 +480,17 @@ public struct JobStore: Sendable {
                 FOR UPDATE SKIP LOCKED
             ), promoted AS (
                 UPDATE loco_jobs j SET state = 'available' FROM due WHERE j.id = due.id RETURNING j.queue
+            ), queues AS (
+                SELECT DISTINCT queue FROM promoted
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM promoted) q
+                SELECT pg_notify(\(Self.channel), queue) FROM queues WHERE NOT \(wakeAfter)
             )
-            SELECT count(*), (SELECT count(*) FROM woke) FROM promoted
+            SELECT count(*), (SELECT count(*) FROM woke), (SELECT coalesce(array_agg(queue), '{}') FROM queues) FROM promoted
             """, logger: logger)
-        for try await (count, _) in rows.decode((Int64, Int64).self) { return Int(count) }
-        return 0
+        var promoted = 0, queues: [String] = []
+        for try await (count, _, woken) in rows.decode((Int64, Int64, [String]).self) { (promoted, queues) = (Int(count), woken) }
+        if wakeAfter { await db.wakeUp(queues, logger: logger) }
+        return promoted
     }
 
     /// Deletes up to `limit` jobs that ended in `state` longer than `retention` ago; returns how many.
@@ -671,6 +676,7 @@ public struct JobStore: Sendable {
     /// their worker is told at once. Returns each live job's state right after the request.
     private func cancelReturningStates(ids: [Int64], on db: some QueryRunner) async throws -> [Int64: JobState] {
         guard !ids.isEmpty else { return [:] }
+        let wakeAfter = db.wakesQueuesAfterCommit
         let rows = try await db.run("""
             WITH target AS (
                 UPDATE loco_jobs
@@ -680,7 +686,7 @@ public struct JobStore: Sendable {
                 WHERE id = ANY(\(ids)::int8[]) AND state IN \(unescaped: Self.live)
                 RETURNING id, state
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running'
+                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running' AND NOT \(wakeAfter)
             )
             SELECT id, state, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
@@ -689,6 +695,7 @@ public struct JobStore: Sendable {
         for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
             states[id] = JobState(rawValue: state) ?? .cancelled
         }
+        if wakeAfter { await db.wakeUp(states.filter { $0.value == .running }.keys.sorted().map { "cancel:\($0)" }, logger: logger) }
         return states
     }
 
@@ -704,6 +711,7 @@ public struct JobStore: Sendable {
     /// Makes those of `ids` that are scheduled or finished available now; returns which.
     func retried(ids: [Int64], on db: some QueryRunner) async throws -> [Int64] {
         guard !ids.isEmpty else { return [] }
+        let wakeAfter = db.wakesQueuesAfterCommit
         let rows = try await db.run("""
             WITH target AS (
                 UPDATE loco_jobs
@@ -713,12 +721,16 @@ public struct JobStore: Sendable {
                 WHERE id = ANY(\(ids)::int8[]) AND state IN ('scheduled', 'completed', 'failed', 'cancelled')
                 RETURNING id, queue
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM target) q
+                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM target) q WHERE NOT \(wakeAfter)
             )
-            SELECT id, (SELECT count(*) FROM woke) FROM target
+            SELECT id, queue, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
-        var retried: [Int64] = []
-        for try await (id, _) in rows.decode((Int64, Int64).self) { retried.append(id) }
+        var retried: [Int64] = [], queues: [String] = []
+        for try await (id, queue, _) in rows.decode((Int64, String, Int64).self) {
+            retried.append(id)
+            if !queues.contains(queue) { queues.append(queue) }
+        }
+        if wakeAfter { await db.wakeUp(queues, logger: logger) }
         return retried
     }
 
@@ -953,12 +965,14 @@ public struct JobStore: Sendable {
     public func resume(queue: String, on db: some QueryRunner) async throws -> Bool {
         try await DatabaseServerError.coding {
             try Names.checkQueue(queue)
+            let wakeAfter = db.wakesQueuesAfterCommit
             let rows = try await db.run("""
                 WITH removed AS (DELETE FROM loco_queue_pauses WHERE queue = \(queue) RETURNING queue)
-                SELECT pg_notify(\(Self.channel), queue) IS NULL FROM removed
+                SELECT CASE WHEN NOT \(wakeAfter) THEN pg_notify(\(Self.channel), queue) END IS NULL FROM removed
                 """, logger: logger)
             var resumed = false
             for try await _ in rows.decode(Bool.self) { resumed = true }
+            if resumed && wakeAfter { await db.wakeUp([queue], logger: logger) }
             return resumed
         }
     }

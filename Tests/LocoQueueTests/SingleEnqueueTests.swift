@@ -445,7 +445,31 @@ struct SingleEnqueueTests {
             let stored = try await DatabaseConnectionTests.scalar(
                 "SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM loco_jobs WHERE queue <> 'elsewhere'", as: [Int64].self, on: admin)
             #expect(stored == returned.sorted(), "returned \(returned), stored \(stored)")
-            let refusedLogged = await eventually(timeout: .seconds(20)) { log.detailed.count >= 2 }
+
+            // The statements that make jobs available or ask a running one to stop wake after
+            // their commit too: promoting due jobs, retry, resume, cancel.
+            let ops = ReconnectingConnection(url: postgres.url, logger: quiet, queryTimeout: .seconds(20))
+            _ = try await ops.run("SET lock_timeout = '200ms'", logger: logger)
+            func job(_ queue: String, _ state: String, lockedBy: String = "NULL, NULL") async throws -> Int64 {
+                try await DatabaseConnectionTests.scalar(
+                    "INSERT INTO loco_jobs (queue, kind, state, run_at, locked_by, lease_expires_at) VALUES ('\(queue)', 'k', '\(state)', now() - interval '1 second', \(lockedBy)) RETURNING id",
+                    as: Int64.self, on: admin)
+            }
+            let due = try await job("due", "scheduled")
+            let failed = try await job("again", "failed")
+            let running = try await job("stop", "running", lockedBy: "'w', now() + interval '1 hour'")
+            #expect(try await store.promoteDue(limit: 10, on: ops) == 1)
+            try await store.retry(id: failed, on: ops)
+            #expect(try await store.cancel(id: running, on: ops) == .running)
+            _ = try await store.pause(queue: "paused", by: nil, on: ops)
+            #expect(try await store.resume(queue: "paused", on: ops))
+            let states = try await DatabaseConnectionTests.scalar(
+                "SELECT string_agg(state || ':' || cancel_requested, ',' ORDER BY id) FROM loco_jobs WHERE id IN (\(due), \(failed), \(running))",
+                as: String.self, on: admin)
+            #expect(states == "available:false,available:false,running:true")
+            #expect(try await DatabaseConnectionTests.scalar("SELECT count(*) FROM loco_queue_pauses", as: Int64.self, on: admin) == 0)
+            await ops.close()
+            let refusedLogged = await eventually(timeout: .seconds(20)) { log.detailed.count >= 3 }
             #expect(refusedLogged && log.detailed.allSatisfy { $0.hasPrefix("jobs were enqueued but their queues' workers were not woken") && $0.contains("SQLSTATE 55P03") },
                     "\(log.detailed)")
 
