@@ -180,12 +180,19 @@ enum JobStatements {
     }
 
     struct Record: PostgresPreparedStatement {
-        static let name = "loco_record_v2"
+        static let name = "loco_record_v3"
         // A cancel requested while the handler was already returning (before this worker heard
         // of it) still wins over a retry: the job is cancelled instead of running again. It reads
         // `j.cancel_requested`, the row being updated, so a cancel that commits first is seen.
-        static let sql = update + "\nRETURNING j.id, j.state"
+        static let sql = "WITH " + quiet + "\n" + update + "\n" + quietUsed + "\nRETURNING j.id, j.state"
         static let update = update(arrays: 1, worker: 7)
+        /// `$8` 'on' when the caller wakes the queues of the dependents this completion releases
+        /// once it has committed (`JobStore.record`): the release, by the trigger that settles
+        /// dependents (queue migration 12), then notifies no one. A CTE the UPDATE names runs
+        /// before the statement's end, where row triggers fire; `set_config`'s setting lasts as
+        /// long as the transaction.
+        static let quiet = "quiet AS MATERIALIZED (SELECT set_config('loco.wake_after_commit', $8::text, true) AS setting)"
+        static let quietUsed = "  AND (SELECT setting FROM quiet) IS NOT NULL"
         /// The UPDATE, its six outcome arrays starting at parameter `p`, the worker at `w`.
         static func update(arrays p: Int, worker w: Int) -> String { """
             UPDATE loco_jobs j
@@ -208,11 +215,14 @@ enum JobStatements {
 
         let outcomes: [JobOutcome]
         let worker: String
+        /// Whether the caller wakes released dependents' queues after the commit (see `quiet`).
+        var wakesAfterCommit = false
 
         func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 7)
+            var bindings = PostgresBindings(capacity: 8)
             Self.append(outcomes, to: &bindings)
             bindings.append(worker)
+            bindings.append(wakesAfterCommit ? "on" : "off")
             return bindings
         }
 
@@ -276,7 +286,7 @@ enum JobStatements {
     /// for dependents, it cost about 7% of a claim-and-record round without any (pgbench, 5
     /// alternating pairs), so the worker takes this statement only for such batches.
     struct RecordLockingInIDOrder: PostgresPreparedStatement {
-        static let name = "loco_record_in_id_order_v1"
+        static let name = "loco_record_in_id_order_v2"
         static let sql = """
             WITH locked_in_id_order AS MATERIALIZED (
                 SELECT j.id FROM loco_jobs j
@@ -284,8 +294,8 @@ enum JobStatements {
                                UNION SELECT d.job_id FROM loco_job_dependencies d WHERE d.depends_on = ANY($1::int8[]))
                 ORDER BY j.id
                 FOR NO KEY UPDATE OF j
-            )
-            """ + "\n" + Record.update + "\n" + """
+            ), \(Record.quiet)
+            """ + "\n" + Record.update + "\n" + Record.quietUsed + "\n" + """
               AND (SELECT count(*) FROM locked_in_id_order) >= 0
             RETURNING j.id, j.state
             """

@@ -271,7 +271,13 @@ public struct JobStore: Sendable {
         // In id order, the order in which an index scan of `id = ANY(...)` (an operator's bulk
         // cancel, say) locks the same rows: two writers that lock in one order cannot deadlock.
         let inIDOrder = outcomes.sorted { $0.id < $1.id }
-        let record = JobStatements.Record(outcomes: inIDOrder, worker: worker)
+        // Dependents a completion releases are woken after its commit where that can be done
+        // (as enqueues' queues are): in a transaction Loco runs, or by a runner whose
+        // statements commit on their own. A NOTIFY refused at the commit of the completion
+        // itself rolled it back, and with a full NOTIFY queue no such job could complete.
+        let wakeUps = WakeUpsAfterCommit.noting(on: db)
+        let wakeAfter = wakeUps != nil || db.wakesQueuesAfterCommit
+        let record = JobStatements.Record(outcomes: inIDOrder, worker: worker, wakesAfterCommit: wakeAfter)
         // One job's dependents are settled by one statement of the trigger, in one order; two
         // jobs' could be reached in crossed orders by two completers.
         let rows = if inIDOrder.count(where: \.hasDependents) >= 2 {
@@ -281,6 +287,23 @@ public struct JobStore: Sendable {
         }
         var updated: [Int64: JobState] = [:]
         for (id, state) in rows { updated[id] = JobState(rawValue: state) }
+        let releasing = inIDOrder.filter { $0.hasDependents && updated[$0.id] == .completed }.map(\.id)
+        if wakeAfter && !releasing.isEmpty {
+            // The outcomes are written whatever happens here: a dependent not woken is found by
+            // its workers' next poll.
+            do {
+                let released = try await db.run("""
+                    SELECT DISTINCT j.queue FROM loco_job_dependencies d JOIN loco_jobs j ON j.id = d.job_id
+                    WHERE d.depends_on = ANY(\(releasing)::int8[]) AND j.state = 'available'
+                    """, logger: logger)
+                var queues: [String] = []
+                for try await queue in released.decode(String.self) { queues.append(queue) }
+                if let wakeUps { for queue in queues { wakeUps.note(queue) } } else { await db.wakeUp(queues, logger: logger) }
+            } catch {
+                logger.debug("the queues of released dependents were not looked up; their workers find them at their next poll",
+                             metadata: ["error": "\(error)"])
+            }
+        }
         return updated
     }
 

@@ -1340,7 +1340,9 @@ struct QueueBehaviourTests {
             for try await name in try await completerA.run("SELECT name FROM pg_prepared_statements", logger: db.logger).decode(String.self) {
                 prepared.insert(name)
             }
-            #expect(prepared == [JobStatements.RecordLockingInIDOrder.name, JobStatements.Record.name])
+            // The parents' completions woke their children's queue after committing, through the
+            // connection's handler.
+            #expect(prepared == [JobStatements.RecordLockingInIDOrder.name, JobStatements.Record.name, "loco_wake_up_wire"])
             await completerA.close()
             await completerB.close()
         }
@@ -1600,6 +1602,25 @@ struct QueueBehaviourTests {
                 let job = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping"), on: db.client)
                 // Half the poll interval: only the notification can have woken it.
                 try await db.wait(for: job.id, toBe: .completed, timeout: .seconds(15))
+            }
+        }
+    }
+
+    @Test("a completed job's dependent, released in another queue, wakes that queue's idle worker long before its poll interval")
+    func notifyWakesDependents() async throws {
+        try await TestDatabase.with { db in
+            var handlers = JobHandlers()
+            handlers.register(kind: "test.ping") { _, _ in }
+            var configuration = fastConfiguration([("default", 1), ("second", 1)])
+            configuration.pollInterval = .seconds(30)
+            try await db.withWorker(configuration, handlers: handlers) { worker in
+                await worker.waitUntilListening()
+                let parent = try await db.store.enqueue(NewJob(queue: "default", kind: "test.ping", runAt: Date().addingTimeInterval(1)), on: db.client)
+                let child = try await db.store.enqueue(NewJob(queue: "second", kind: "test.ping", dependsOn: [parent.id]), on: db.client)
+                #expect(child.state == .blocked)
+                // The parent waits a second to be due; then its completion, on the worker's
+                // connection, wakes "second" once it has committed.
+                try await db.wait(for: child.id, toBe: .completed, timeout: .seconds(15))
             }
         }
     }

@@ -447,7 +447,8 @@ struct SingleEnqueueTests {
             #expect(stored == returned.sorted(), "returned \(returned), stored \(stored)")
 
             // The statements that make jobs available or ask a running one to stop wake after
-            // their commit too: promoting due jobs, retry, resume, cancel.
+            // their commit too: promoting due jobs, retry, resume, cancel, and a completion that
+            // releases a dependent.
             let ops = ReconnectingConnection(url: postgres.url, logger: quiet, queryTimeout: .seconds(20))
             _ = try await ops.run("SET lock_timeout = '200ms'", logger: logger)
             func job(_ queue: String, _ state: String, lockedBy: String = "NULL, NULL") async throws -> Int64 {
@@ -463,10 +464,18 @@ struct SingleEnqueueTests {
             #expect(try await store.cancel(id: running, on: ops) == .running)
             _ = try await store.pause(queue: "paused", by: nil, on: ops)
             #expect(try await store.resume(queue: "paused", on: ops))
+            // Completing a job releases its dependent, whose queue is woken after the commit.
+            let parent = try await job("parent", "running", lockedBy: "'w', now() + interval '1 hour'")
+            let child = try await job("child", "blocked")
+            _ = try await admin.run("UPDATE loco_jobs SET has_dependents = true, attempt = 1 WHERE id = \(parent)", logger: logger)
+            _ = try await admin.run("UPDATE loco_jobs SET pending_deps = 1 WHERE id = \(child)", logger: logger)
+            _ = try await admin.run("INSERT INTO loco_job_dependencies (job_id, depends_on) VALUES (\(child), \(parent))", logger: logger)
+            let recorded = try await store.record([JobOutcome(id: parent, attempt: 1, state: .completed, hasDependents: true)], worker: "w", on: ops)
+            #expect(recorded[parent] == .completed)
             let states = try await DatabaseConnectionTests.scalar(
-                "SELECT string_agg(state || ':' || cancel_requested, ',' ORDER BY id) FROM loco_jobs WHERE id IN (\(due), \(failed), \(running))",
+                "SELECT string_agg(state || ':' || cancel_requested, ',' ORDER BY id) FROM loco_jobs WHERE id IN (\(due), \(failed), \(running), \(parent), \(child))",
                 as: String.self, on: admin)
-            #expect(states == "available:false,available:false,running:true")
+            #expect(states == "available:false,available:false,running:true,completed:false,available:false")
             #expect(try await DatabaseConnectionTests.scalar("SELECT count(*) FROM loco_queue_pauses", as: Int64.self, on: admin) == 0)
             await ops.close()
             let refusedLogged = await eventually(timeout: .seconds(20)) { log.detailed.count >= 3 }

@@ -252,6 +252,51 @@ public enum QueueSchema {
             $$
             """,
         ]),
+        // Releasing a completed job's dependents notifies only where the completion has not
+        // said it wakes their queues after its commit (`JobStatements.Record`, which sets
+        // loco.wake_after_commit for its transaction): a NOTIFY refused at the commit rolled the
+        // completion back, and with a full NOTIFY queue no job with dependents could complete.
+        Migration(version: 12, name: "settle_dependents_quietly", statements: [
+            #"""
+            CREATE OR REPLACE FUNCTION loco_jobs_settle_dependents() RETURNS trigger LANGUAGE plpgsql AS $$
+            DECLARE
+                woken text;
+            BEGIN
+                IF NEW.state = 'completed' THEN
+                    FOR woken IN
+                        WITH released AS (
+                            UPDATE loco_jobs j
+                            SET pending_deps = j.pending_deps - 1,
+                                state = CASE WHEN j.pending_deps > 1 THEN 'blocked'
+                                             WHEN j.run_at > now() THEN 'scheduled'
+                                             ELSE 'available' END
+                            FROM loco_job_dependencies d
+                            WHERE d.depends_on = NEW.id AND j.id = d.job_id AND j.state = 'blocked'
+                            RETURNING j.queue, j.state
+                        )
+                        SELECT DISTINCT queue FROM released WHERE state = 'available'
+                    LOOP
+                        IF current_setting('loco.wake_after_commit', true) IS DISTINCT FROM 'on' THEN
+                            PERFORM pg_notify('loco_jobs', woken);
+                        END IF;
+                    END LOOP;
+                ELSE
+                    UPDATE loco_jobs j
+                    SET state = 'cancelled', finalized_at = now(),
+                        errors = j.errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', j.attempt, 'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'worker', NULL, 'class', 'permanent',
+                            'code', 'dependency_failed',
+                            'message', format('job %s, which this job depends on, ended %s', NEW.id, NEW.state),
+                            'detail', NULL))
+                    FROM loco_job_dependencies d
+                    WHERE d.depends_on = NEW.id AND j.id = d.job_id
+                      AND j.state IN ('blocked', 'scheduled', 'available');
+                END IF;
+                RETURN NULL;
+            END;
+            $$;
+            """#,
+        ]),
     ]
 
     static let settleDependentsTrigger = #"""
