@@ -447,8 +447,8 @@ struct SingleEnqueueTests {
             #expect(stored == returned.sorted(), "returned \(returned), stored \(stored)")
 
             // The statements that make jobs available or ask a running one to stop wake after
-            // their commit too: promoting due jobs, retry, resume, cancel, and a completion that
-            // releases a dependent.
+            // their commit too: promoting due jobs, retry, resume, cancel, scale and limit
+            // changes, and a completion that releases a dependent.
             let ops = ReconnectingConnection(url: postgres.url, logger: quiet, queryTimeout: .seconds(20))
             _ = try await ops.run("SET lock_timeout = '200ms'", logger: logger)
             func job(_ queue: String, _ state: String, lockedBy: String = "NULL, NULL") async throws -> Int64 {
@@ -464,6 +464,10 @@ struct SingleEnqueueTests {
             #expect(try await store.cancel(id: running, on: ops) == .running)
             _ = try await store.pause(queue: "paused", by: nil, on: ops)
             #expect(try await store.resume(queue: "paused", on: ops))
+            #expect(try await store.scale(queue: "paused", to: 3, on: ops).concurrency == 3)
+            #expect(try await store.resetScale(queue: "paused", on: ops))
+            #expect(try await store.limit(queue: "paused", to: 4, on: ops).limit == 4)
+            #expect(try await store.removeLimit(queue: "paused", on: ops))
             // Completing a job releases its dependent, whose queue is woken after the commit.
             let parent = try await job("parent", "running", lockedBy: "'w', now() + interval '1 hour'")
             let child = try await job("child", "blocked")
