@@ -86,19 +86,13 @@ enum JobStatements {
     /// A single enqueue through `prepared`, by the statement that fits the job: its id and state,
     /// or nil when a live job holds its unique key.
     static func enqueue(_ job: NewJob, on db: some QueryRunner, logger: Logger) async throws -> (id: Int64, state: String)? {
-        let wakeUps = WakeUpsAfterCommit.noting(on: db)
-        // As for batches (`JobStore.insertBatch`): a NOTIFY in the statement only in a caller's
-        // own transaction.
-        let wakeAfter = wakeUps == nil && db.wakesQueuesAfterCommit
+        let moment = WakeUpMoment(for: db)
         func run<Statement: SingleEnqueueStatement>(_: Statement.Type) async throws -> (id: Int64, state: String)? {
-            guard wakeUps != nil || wakeAfter else {
+            guard !moment.inStatement else {
                 return try await db.prepared(Statement(job: job), logger: logger).first.map { ($0.0, $0.1) }
             }
             let row = try await db.prepared(QuietEnqueue<Statement>(job: job), logger: logger).first
-            if row?.1 == "available" {
-                wakeUps?.note(job.queue)
-                if wakeAfter { await db.wakeUp([job.queue], logger: logger) }
-            }
+            if row?.1 == "available" { await moment.wake([job.queue], on: db, logger: logger) }
             return row.map { ($0.0, $0.1) }
         }
         return job.uniqueKey == nil ? try await run(EnqueueOne.self) : try await run(EnqueueUnique.self)

@@ -100,9 +100,8 @@ public struct JobStore: Sendable {
     /// other jobs.
     private func insert(_ job: NewJob, dependingOn dependsOn: [Int64], on db: some QueryRunner) async throws -> (Int64, String)? {
         let period = job.uniqueFor != nil && job.uniqueKey != nil
-        // In a transaction whose wake-ups go after its commit, the statement notifies no one.
-        let wakeUps = WakeUpsAfterCommit.noting(on: db)
-        let wakeAfter = wakeUps == nil && db.wakesQueuesAfterCommit
+        // Where wake-ups go after a commit, the statement notifies no one.
+        let moment = WakeUpMoment(for: db)
         let slot = period ? """
             slot AS (
                 INSERT INTO loco_unique_periods AS u (unique_key, job_id, held_until)
@@ -150,16 +149,13 @@ public struct JobStore: Sendable {
                 INSERT INTO loco_job_dependencies (job_id, depends_on)
                 SELECT ins.id, d FROM ins, unnest(\(dependsOn)::bigint[]) AS d
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available' AND \(wakeUps == nil && !wakeAfter)
+                SELECT pg_notify(\(Self.channel), queue) FROM ins WHERE state = 'available' AND \(moment.inStatement)
             )
             SELECT id, state, (SELECT count(*) FROM woke) FROM ins
             """, logger: logger)
         var inserted: (Int64, String)?
         for try await (id, state, _) in rows.decode((Int64, String, Int64).self) where inserted == nil { inserted = (id, state) }
-        if inserted?.1 == "available" {
-            wakeUps?.note(job.queue)
-            if wakeAfter { await db.wakeUp([job.queue], logger: logger) }
-        }
+        if inserted?.1 == "available" { await moment.wake([job.queue], on: db, logger: logger) }
         return inserted
     }
 
@@ -180,10 +176,7 @@ public struct JobStore: Sendable {
     /// Jobs without unique keys or dependencies, in one statement.
     private func insertBatch(_ jobs: [NewJob], on db: some QueryRunner) async throws -> [EnqueuedJob] {
         let epochNone = -1.0
-        let wakeUps = WakeUpsAfterCommit.noting(on: db)
-        // A NOTIFY in the statement only where nothing can wake the queues after its commit:
-        // in a caller's own transaction, whose COMMIT reports a refusal.
-        let wakeAfter = wakeUps == nil && db.wakesQueuesAfterCommit
+        let moment = WakeUpMoment(for: db)
         let rows = try await db.run("""
             WITH input AS (
                 SELECT * FROM unnest(\(jobs.map(\.queue))::text[], \(jobs.map(\.kind))::text[], \(jobs.map(\.args))::text[],
@@ -200,7 +193,7 @@ public struct JobStore: Sendable {
                 RETURNING id, state, queue
             ), woke AS (
                 SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
-                WHERE \(wakeUps == nil && !wakeAfter)
+                WHERE \(moment.inStatement)
             )
             SELECT array_agg(id ORDER BY id), array_agg(state = 'scheduled' ORDER BY id), (SELECT count(*) FROM woke) FROM ins
             """, logger: logger)
@@ -216,8 +209,7 @@ public struct JobStore: Sendable {
         }
         var seen = Set<String>()
         let due = zip(jobs, scheduled).filter { !$0.1 && seen.insert($0.0.queue).inserted }.map(\.0.queue)
-        if let wakeUps { for queue in due { wakeUps.note(queue) } }
-        if wakeAfter { await db.wakeUp(due, logger: logger) }
+        await moment.wake(due, on: db, logger: logger)
         return zip(ids, scheduled).map { EnqueuedJob(id: $0, state: $1 ? .scheduled : .available, duplicate: false) }
     }
 
@@ -275,9 +267,8 @@ public struct JobStore: Sendable {
         // (as enqueues' queues are): in a transaction Loco runs, or by a runner whose
         // statements commit on their own. A NOTIFY refused at the commit of the completion
         // itself rolled it back, and with a full NOTIFY queue no such job could complete.
-        let wakeUps = WakeUpsAfterCommit.noting(on: db)
-        let wakeAfter = wakeUps != nil || db.wakesQueuesAfterCommit
-        let record = JobStatements.Record(outcomes: inIDOrder, worker: worker, wakesAfterCommit: wakeAfter)
+        let moment = WakeUpMoment(for: db)
+        let record = JobStatements.Record(outcomes: inIDOrder, worker: worker, wakesAfterCommit: !moment.inStatement)
         // One job's dependents are settled by one statement of the trigger, in one order; two
         // jobs' could be reached in crossed orders by two completers.
         let rows = if inIDOrder.count(where: \.hasDependents) >= 2 {
@@ -288,7 +279,7 @@ public struct JobStore: Sendable {
         var updated: [Int64: JobState] = [:]
         for (id, state) in rows { updated[id] = JobState(rawValue: state) }
         let releasing = inIDOrder.filter { $0.hasDependents && updated[$0.id] == .completed }.map(\.id)
-        if wakeAfter && !releasing.isEmpty {
+        if !moment.inStatement && !releasing.isEmpty {
             // The outcomes are written whatever happens here: a dependent not woken is found by
             // its workers' next poll.
             do {
@@ -298,7 +289,7 @@ public struct JobStore: Sendable {
                     """, logger: logger)
                 var queues: [String] = []
                 for try await queue in released.decode(String.self) { queues.append(queue) }
-                if let wakeUps { for queue in queues { wakeUps.note(queue) } } else { await db.wakeUp(queues, logger: logger) }
+                await moment.wake(queues, on: db, logger: logger)
             } catch {
                 logger.debug("the queues of released dependents were not looked up; their workers find them at their next poll",
                              metadata: ["error": "\(error)"])
@@ -494,7 +485,7 @@ public struct JobStore: Sendable {
 
     /// Makes due `scheduled` jobs `available` and wakes their queues; returns how many.
     func promoteDue(limit: Int, on db: some QueryRunner) async throws -> Int {
-        let wakeAfter = db.wakesQueuesAfterCommit
+        let moment = WakeUpMoment(for: db)
         let rows = try await db.run("""
             WITH due AS MATERIALIZED (
                 SELECT id FROM loco_jobs
@@ -506,13 +497,13 @@ public struct JobStore: Sendable {
             ), queues AS (
                 SELECT DISTINCT queue FROM promoted
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM queues WHERE NOT \(wakeAfter)
+                SELECT pg_notify(\(Self.channel), queue) FROM queues WHERE \(moment.inStatement)
             )
             SELECT count(*), (SELECT count(*) FROM woke), (SELECT coalesce(array_agg(queue), '{}') FROM queues) FROM promoted
             """, logger: logger)
         var promoted = 0, queues: [String] = []
         for try await (count, _, woken) in rows.decode((Int64, Int64, [String]).self) { (promoted, queues) = (Int(count), woken) }
-        if wakeAfter { await db.wakeUp(queues, logger: logger) }
+        await moment.wake(queues, on: db, logger: logger)
         return promoted
     }
 
@@ -699,7 +690,7 @@ public struct JobStore: Sendable {
     /// their worker is told at once. Returns each live job's state right after the request.
     private func cancelReturningStates(ids: [Int64], on db: some QueryRunner) async throws -> [Int64: JobState] {
         guard !ids.isEmpty else { return [:] }
-        let wakeAfter = db.wakesQueuesAfterCommit
+        let moment = WakeUpMoment(for: db)
         let rows = try await db.run("""
             WITH target AS (
                 UPDATE loco_jobs
@@ -709,7 +700,7 @@ public struct JobStore: Sendable {
                 WHERE id = ANY(\(ids)::int8[]) AND state IN \(unescaped: Self.live)
                 RETURNING id, state
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running' AND NOT \(wakeAfter)
+                SELECT pg_notify(\(Self.channel), 'cancel:' || id) FROM target WHERE state = 'running' AND \(moment.inStatement)
             )
             SELECT id, state, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
@@ -718,7 +709,7 @@ public struct JobStore: Sendable {
         for try await (id, state, _) in rows.decode((Int64, String, Int64).self) {
             states[id] = JobState(rawValue: state) ?? .cancelled
         }
-        if wakeAfter { await db.wakeUp(states.filter { $0.value == .running }.keys.sorted().map { "cancel:\($0)" }, logger: logger) }
+        await moment.wake(states.filter { $0.value == .running }.keys.sorted().map { "cancel:\($0)" }, on: db, logger: logger)
         return states
     }
 
@@ -734,7 +725,7 @@ public struct JobStore: Sendable {
     /// Makes those of `ids` that are scheduled or finished available now; returns which.
     func retried(ids: [Int64], on db: some QueryRunner) async throws -> [Int64] {
         guard !ids.isEmpty else { return [] }
-        let wakeAfter = db.wakesQueuesAfterCommit
+        let moment = WakeUpMoment(for: db)
         let rows = try await db.run("""
             WITH target AS (
                 UPDATE loco_jobs
@@ -744,7 +735,7 @@ public struct JobStore: Sendable {
                 WHERE id = ANY(\(ids)::int8[]) AND state IN ('scheduled', 'completed', 'failed', 'cancelled')
                 RETURNING id, queue
             ), woke AS (
-                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM target) q WHERE NOT \(wakeAfter)
+                SELECT pg_notify(\(Self.channel), queue) FROM (SELECT DISTINCT queue FROM target) q WHERE \(moment.inStatement)
             )
             SELECT id, queue, (SELECT count(*) FROM woke) FROM target
             """, logger: logger)
@@ -753,7 +744,7 @@ public struct JobStore: Sendable {
             retried.append(id)
             if !queues.contains(queue) { queues.append(queue) }
         }
-        if wakeAfter { await db.wakeUp(queues, logger: logger) }
+        await moment.wake(queues, on: db, logger: logger)
         return retried
     }
 
@@ -988,14 +979,14 @@ public struct JobStore: Sendable {
     public func resume(queue: String, on db: some QueryRunner) async throws -> Bool {
         try await DatabaseServerError.coding {
             try Names.checkQueue(queue)
-            let wakeAfter = db.wakesQueuesAfterCommit
+            let moment = WakeUpMoment(for: db)
             let rows = try await db.run("""
                 WITH removed AS (DELETE FROM loco_queue_pauses WHERE queue = \(queue) RETURNING queue)
-                SELECT CASE WHEN NOT \(wakeAfter) THEN pg_notify(\(Self.channel), queue) END IS NULL FROM removed
+                SELECT CASE WHEN \(moment.inStatement) THEN pg_notify(\(Self.channel), queue) END IS NULL FROM removed
                 """, logger: logger)
             var resumed = false
             for try await _ in rows.decode(Bool.self) { resumed = true }
-            if resumed && wakeAfter { await db.wakeUp([queue], logger: logger) }
+            if resumed { await moment.wake([queue], on: db, logger: logger) }
             return resumed
         }
     }

@@ -71,3 +71,38 @@ final class WakeUpsAfterCommit: Sendable {
                                   "refused": "\(refused)"])
     }
 }
+
+/// When a statement's jobs (or a cancel or scale it records) are announced to workers: after
+/// the commit of the transaction Loco runs on the statement's connection, after the commit of
+/// the statement itself (`QueryRunner.wakesQueuesAfterCommit`), or by a NOTIFY inside the
+/// statement, in a caller's own transaction, whose COMMIT reports a refusal.
+enum WakeUpMoment {
+    case afterTransaction(WakeUpsAfterCommit)
+    case afterStatement
+    case inStatement
+
+    init(for db: some QueryRunner) {
+        if let noted = WakeUpsAfterCommit.noting(on: db) {
+            self = .afterTransaction(noted)
+        } else {
+            self = db.wakesQueuesAfterCommit ? .afterStatement : .inStatement
+        }
+    }
+
+    /// Whether the statement notifies itself.
+    var inStatement: Bool {
+        if case .inStatement = self { true } else { false }
+    }
+
+    /// Announces `payloads` (queue names, `cancel:ID`, `scale:QUEUE`) once the statement has
+    /// committed: noted for after the transaction, or sent now; nothing when the statement
+    /// notified itself.
+    func wake(_ payloads: [String], on db: some QueryRunner, logger: Logger) async {
+        guard !payloads.isEmpty else { return }
+        switch self {
+        case .afterTransaction(let noted): for payload in payloads { noted.note(payload) }
+        case .afterStatement: await db.wakeUp(payloads, logger: logger)
+        case .inStatement: break
+        }
+    }
+}

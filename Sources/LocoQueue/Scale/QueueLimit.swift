@@ -26,22 +26,21 @@ extension JobStore {
             guard QueueLimit.range.contains(limit) else {
                 throw QueueError.invalidScale(reason: "the limit must be from \(QueueLimit.range.lowerBound) to \(QueueLimit.range.upperBound) (got \(limit))")
             }
-            // Workers are told after the commit where the runner can (see `QueryRunner.wakesQueuesAfterCommit`).
-            let wakeAfter = db.wakesQueuesAfterCommit
+            let moment = WakeUpMoment(for: db)
             let rows = try await db.run("""
                 WITH set AS (
                     INSERT INTO loco_queue_limits (queue, global_limit, changed_by) VALUES (\(queue), \(limit), \(who))
                     ON CONFLICT (queue) DO UPDATE SET global_limit = EXCLUDED.global_limit, changed_by = EXCLUDED.changed_by, updated_at = now()
                     RETURNING queue, global_limit, changed_by, updated_at
                 )
-                SELECT queue, global_limit, changed_by, updated_at, CASE WHEN NOT \(wakeAfter) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM set
+                SELECT queue, global_limit, changed_by, updated_at, CASE WHEN \(moment.inStatement) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM set
                 """, logger: logger)
             var recorded: QueueLimit?
             for try await (queue, limit, by, at, _) in rows.decode((String, Int, String?, Date, Bool).self) {
                 recorded = QueueLimit(queue: queue, limit: limit, changedBy: by, updatedAt: at)
             }
             if let recorded {
-                if wakeAfter { await db.wakeUp(["scale:\(queue)"], logger: logger) }
+                await moment.wake(["scale:\(queue)"], on: db, logger: logger)
                 return recorded
             }
             throw QueueError.invalidScale(reason: "the limit of queue '\(queue)' was not recorded")
@@ -52,15 +51,14 @@ extension JobStore {
     public func removeLimit(queue: String, on db: some QueryRunner) async throws -> Bool {
         try await DatabaseServerError.coding {
             try Names.checkQueue(queue)
-            // Workers are told after the commit where the runner can (see `QueryRunner.wakesQueuesAfterCommit`).
-            let wakeAfter = db.wakesQueuesAfterCommit
+            let moment = WakeUpMoment(for: db)
             let rows = try await db.run("""
                 WITH removed AS (DELETE FROM loco_queue_limits WHERE queue = \(queue) RETURNING queue)
-                SELECT CASE WHEN NOT \(wakeAfter) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM removed
+                SELECT CASE WHEN \(moment.inStatement) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM removed
                 """, logger: logger)
             var removed = false
             for try await _ in rows.decode(Bool.self) { removed = true }
-            if removed && wakeAfter { await db.wakeUp(["scale:\(queue)"], logger: logger) }
+            if removed { await moment.wake(["scale:\(queue)"], on: db, logger: logger) }
             return removed
         }
     }

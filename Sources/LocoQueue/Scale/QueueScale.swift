@@ -27,8 +27,7 @@ extension JobStore {
                 throw QueueError.invalidScale(reason: "the concurrency must be from \(QueueScale.range.lowerBound) to \(QueueScale.range.upperBound) (got \(concurrency))")
             }
             if let worker, worker.isEmpty { throw QueueError.invalidScale(reason: "the worker id is empty") }
-            // Workers are told after the commit where the runner can (see `QueryRunner.wakesQueuesAfterCommit`).
-            let wakeAfter = db.wakesQueuesAfterCommit
+            let moment = WakeUpMoment(for: db)
             let rows = try await db.run("""
                 WITH set AS (
                     INSERT INTO loco_queue_scales (queue, worker, concurrency, changed_by)
@@ -37,14 +36,14 @@ extension JobStore {
                         SET concurrency = EXCLUDED.concurrency, changed_by = EXCLUDED.changed_by, updated_at = now()
                     RETURNING queue, worker, concurrency, changed_by, updated_at
                 )
-                SELECT queue, worker, concurrency, changed_by, updated_at, CASE WHEN NOT \(wakeAfter) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM set
+                SELECT queue, worker, concurrency, changed_by, updated_at, CASE WHEN \(moment.inStatement) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM set
                 """, logger: logger)
             var recorded: QueueScale?
             for try await (queue, worker, concurrency, by, at, _) in rows.decode((String, String, Int, String?, Date, Bool).self) {
                 recorded = QueueScale(queue: queue, worker: worker.isEmpty ? nil : worker, concurrency: concurrency, changedBy: by, updatedAt: at)
             }
             if let recorded {
-                if wakeAfter { await db.wakeUp(["scale:\(queue)"], logger: logger) }
+                await moment.wake(["scale:\(queue)"], on: db, logger: logger)
                 return recorded
             }
             throw QueueError.invalidScale(reason: "the scale of queue '\(queue)' was not recorded")
@@ -56,15 +55,14 @@ extension JobStore {
     public func resetScale(queue: String, worker: String? = nil, on db: some QueryRunner) async throws -> Bool {
         try await DatabaseServerError.coding {
             try Names.checkQueue(queue)
-            // Workers are told after the commit where the runner can (see `QueryRunner.wakesQueuesAfterCommit`).
-            let wakeAfter = db.wakesQueuesAfterCommit
+            let moment = WakeUpMoment(for: db)
             let rows = try await db.run("""
                 WITH removed AS (DELETE FROM loco_queue_scales WHERE queue = \(queue) AND worker = \(worker ?? "") RETURNING queue)
-                SELECT CASE WHEN NOT \(wakeAfter) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM removed
+                SELECT CASE WHEN \(moment.inStatement) THEN pg_notify(\(Self.channel), 'scale:' || queue) END IS NULL FROM removed
                 """, logger: logger)
             var removed = false
             for try await _ in rows.decode(Bool.self) { removed = true }
-            if removed && wakeAfter { await db.wakeUp(["scale:\(queue)"], logger: logger) }
+            if removed { await moment.wake(["scale:\(queue)"], on: db, logger: logger) }
             return removed
         }
     }
