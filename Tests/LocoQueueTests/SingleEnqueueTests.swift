@@ -370,7 +370,7 @@ struct SingleEnqueueTests {
                     _ = try await JobStore(logger: logger).enqueue(NewJob(queue: "impatient-tx", kind: "k"), on: connection)
                 }
                 let loggedAfterCommit = await eventually(timeout: .seconds(20)) { log.messages.count == 2 }
-                #expect(loggedAfterCommit && log.detailed.last?.hasPrefix("jobs were enqueued but their queues' workers were not woken") == true
+                #expect(loggedAfterCommit && log.detailed.last?.hasPrefix("jobs became available but their queues' workers were not woken") == true
                         && log.detailed.last?.contains("queues=impatient-tx") == true
                         && log.detailed.last?.contains("(SQLSTATE 55P03)") == true
                         && log.detailed.last?.hasSuffix("refused=1") == true, "\(log.detailed)")
@@ -449,8 +449,14 @@ struct SingleEnqueueTests {
             // The statements that make jobs available or ask a running one to stop wake after
             // their commit too: promoting due jobs, retry, resume, cancel, scale and limit
             // changes, and a completion that releases a dependent.
-            let ops = ReconnectingConnection(url: postgres.url, logger: quiet, queryTimeout: .seconds(20))
-            _ = try await ops.run("SET lock_timeout = '200ms'", logger: logger)
+            // Each connection logs one refusal in 10 s: the cancel and the scales get their own,
+            // to show what each line says.
+            func impatient() async throws -> ReconnectingConnection {
+                let db = ReconnectingConnection(url: postgres.url, logger: quiet, queryTimeout: .seconds(20))
+                _ = try await db.run("SET lock_timeout = '200ms'", logger: logger)
+                return db
+            }
+            let ops = try await impatient(), stopper = try await impatient(), scaler = try await impatient()
             func job(_ queue: String, _ state: String, lockedBy: String = "NULL, NULL") async throws -> Int64 {
                 try await DatabaseConnectionTests.scalar(
                     "INSERT INTO loco_jobs (queue, kind, state, run_at, locked_by, lease_expires_at) VALUES ('\(queue)', 'k', '\(state)', now() - interval '1 second', \(lockedBy)) RETURNING id",
@@ -461,13 +467,13 @@ struct SingleEnqueueTests {
             let running = try await job("stop", "running", lockedBy: "'w', now() + interval '1 hour'")
             #expect(try await store.promoteDue(limit: 10, on: ops) == 1)
             try await store.retry(id: failed, on: ops)
-            #expect(try await store.cancel(id: running, on: ops) == .running)
+            #expect(try await store.cancel(id: running, on: stopper) == .running)
             _ = try await store.pause(queue: "paused", by: nil, on: ops)
             #expect(try await store.resume(queue: "paused", on: ops))
-            #expect(try await store.scale(queue: "paused", to: 3, on: ops).concurrency == 3)
-            #expect(try await store.resetScale(queue: "paused", on: ops))
-            #expect(try await store.limit(queue: "paused", to: 4, on: ops).limit == 4)
-            #expect(try await store.removeLimit(queue: "paused", on: ops))
+            #expect(try await store.scale(queue: "paused", to: 3, on: scaler).concurrency == 3)
+            #expect(try await store.resetScale(queue: "paused", on: scaler))
+            #expect(try await store.limit(queue: "paused", to: 4, on: scaler).limit == 4)
+            #expect(try await store.removeLimit(queue: "paused", on: scaler))
             // Completing a job releases its dependent, whose queue is woken after the commit.
             let parent = try await job("parent", "running", lockedBy: "'w', now() + interval '1 hour'")
             let child = try await job("child", "blocked")
@@ -481,15 +487,32 @@ struct SingleEnqueueTests {
                 as: String.self, on: admin)
             #expect(states == "available:false,available:false,running:true,completed:false,available:false")
             #expect(try await DatabaseConnectionTests.scalar("SELECT count(*) FROM loco_queue_pauses", as: Int64.self, on: admin) == 0)
-            await ops.close()
-            let refusedLogged = await eventually(timeout: .seconds(20)) { log.detailed.count >= 3 }
-            #expect(refusedLogged && log.detailed.allSatisfy { $0.hasPrefix("jobs were enqueued but their queues' workers were not woken") && $0.contains("SQLSTATE 55P03") },
-                    "\(log.detailed)")
+            for db in [ops, stopper, scaler] { await db.close() }
+            // Two batch connections and the promotion's: jobs available; the cancel's and the
+            // scales': what those workers were not told, and when they find out anyway.
+            let refusedLogged = await eventually(timeout: .seconds(20)) { log.detailed.count >= 5 }
+            let lines = log.detailed
+            #expect(refusedLogged && lines.allSatisfy { $0.contains("SQLSTATE 55P03") }, "\(lines)")
+            #expect(lines.filter { $0.hasPrefix("jobs became available but their queues' workers were not woken") }.count == 3, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("the cancel of running job \(running) was recorded but its worker was not told; it sees the request at the job's next heartbeat") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("the scale or limit of queue paused changed but its workers were not told") }, "\(lines)")
 
             _ = try await admin.run("SELECT pg_cancel_backend(\(holderPID))", logger: logger)
             _ = try? await holding.value
             for connection in [admin, holder] { await connection.close() }
         }
+    }
+
+    @Test("a refused wake-up's line says what its workers were not told and how they find out: jobs at the next poll, a running job's cancel at its next heartbeat, a queue's scale or limit at the next periodic read")
+    func refusedWakeUpWording() {
+        #expect(WakeUpsAfterCommit.unannounced(["build", "push"])
+                == "jobs became available but their queues' workers were not woken; idle ones find them at their next poll")
+        #expect(WakeUpsAfterCommit.unannounced(["cancel:7", "cancel:9"])
+                == "the cancel of running job 7, 9 was recorded but its worker was not told; it sees the request at the job's next heartbeat")
+        #expect(WakeUpsAfterCommit.unannounced(["scale:build"])
+                == "the scale or limit of queue build changed but its workers were not told; they read it at their next periodic read (every 5 s by default)")
+        let mixed = WakeUpsAfterCommit.unannounced(["build", "cancel:7", "scale:push"])
+        #expect(mixed.hasPrefix("jobs became available") && mixed.contains("; and the cancel of running job 7") && mixed.contains("; and the scale or limit of queue push"))
     }
 
     @Test("an enqueue and its wake-up go in one write as two requests, each with its own Sync; the enqueue's answer does not wait for the wake-up's, and a wake-up that fails fails nothing and is logged, at most every 10 s")

@@ -64,11 +64,40 @@ final class WakeUpsAfterCommit: Sendable {
 
     /// Logs a refused wake-up, at most every 10 s per connection (`refusals`), with how many
     /// there were.
-    static func refused(_ queues: [String], _ error: any Error, refusals: RepeatedWarning, logger: Logger) {
+    static func refused(_ payloads: [String], _ error: any Error, refusals: RepeatedWarning, logger: Logger) {
         guard let refused = refusals.due() else { return }
-        logger.warning("jobs were enqueued but their queues' workers were not woken; idle ones find them at their next poll",
-                       metadata: ["queues": "\(queues.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")",
+        logger.warning("\(unannounced(payloads))",
+                       metadata: ["queues": "\(payloads.joined(separator: ","))", "error": "\(DatabaseServerError.server(of: error)?.message ?? "\(error)")",
                                   "refused": "\(refused)"])
+    }
+
+    /// What workers were not told when `payloads` went unsent, and when they find out anyway:
+    /// jobs made available (queue names), running jobs' cancels (`cancel:ID`), and queues'
+    /// scales and limits (`scale:QUEUE`) each have their own fallback.
+    static func unannounced(_ payloads: [String]) -> String {
+        var queues: [String] = [], cancels: [String] = [], scales: [String] = []
+        for payload in payloads {
+            if payload.hasPrefix("cancel:") {
+                cancels.append(String(payload.dropFirst("cancel:".count)))
+            } else if payload.hasPrefix("scale:") {
+                scales.append(String(payload.dropFirst("scale:".count)))
+            } else {
+                queues.append(payload)
+            }
+        }
+        var said: [String] = []
+        if !queues.isEmpty {
+            said.append("jobs became available but their queues' workers were not woken; idle ones find them at their next poll")
+        }
+        if !cancels.isEmpty {
+            said.append("the cancel of running job \(cancels.joined(separator: ", ")) was recorded but its worker was not told; "
+                        + "it sees the request at the job's next heartbeat")
+        }
+        if !scales.isEmpty {
+            said.append("the scale or limit of queue \(scales.joined(separator: ", ")) changed but its workers were not told; "
+                        + "they read it at their next periodic read (every \(WorkerConfiguration.defaultScaleCheckInterval.components.seconds) s by default)")
+        }
+        return said.joined(separator: "; and ")
     }
 }
 

@@ -50,7 +50,8 @@ public struct WorkerConfiguration: Sendable {
     /// long (at least 3 s); its leases are then cut to this.
     public var orphanGrace: Duration = .seconds(5)
     /// How often the worker reads the queue scales without being notified of a change.
-    public var scaleCheckInterval: Duration = .seconds(5)
+    public var scaleCheckInterval: Duration = Self.defaultScaleCheckInterval
+    public static let defaultScaleCheckInterval: Duration = .seconds(5)
     public var promoteInterval: Duration = .milliseconds(500)
     public var pruneInterval: Duration = .seconds(60)
     /// How long finished jobs are kept, by how they ended.
