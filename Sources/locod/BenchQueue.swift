@@ -60,6 +60,8 @@ struct QueueBenchResult: Encodable {
     var drainWithBacklogJobsPerSecond: Double
     var drainAfterBacklogJobsPerSecond: Double
     var drainWithBacklogRatio: Double
+    var drainDependentsJobsPerSecond: Double
+    var drainDependentsRatio: Double
     var startLatencyMs: Latency
 
     struct Latency: Encodable {
@@ -111,6 +113,8 @@ struct QueueBenchResult: Encodable {
         case drainWithBacklogJobsPerSecond = "drain_with_backlog_jobs_per_s"
         case drainAfterBacklogJobsPerSecond = "drain_after_backlog_jobs_per_s"
         case drainWithBacklogRatio = "drain_with_backlog_ratio"
+        case drainDependentsJobsPerSecond = "drain_dependents_jobs_per_s"
+        case drainDependentsRatio = "drain_dependents_ratio"
         case startLatencyMs = "start_latency_ms"
     }
 }
@@ -150,6 +154,13 @@ struct QueueBench {
         try await vacuum(db)
         let drain = try await drainQueue("bench", on: db)
 
+        // Half the jobs wait on the other half (parent and child pairs): each parent's completion
+        // releases its child in its own transaction, and then wakes the child's queue.
+        try await reset(db)
+        try await enqueuePairs(queue: "bench", on: db)
+        try await vacuum(db)
+        let drainDependents = try await drainQueue("bench", on: db)
+
         try await reset(db)
         let latency = try await startLatency(rate: latencyRate, seconds: latencySeconds, on: db)
 
@@ -182,6 +193,8 @@ struct QueueBench {
             drainAfterBacklogJobsPerSecond: rate(jobs, drainAfterBacklog),
             drainWithBacklogRatio: (rate(jobs, drainWithBacklog) / ((rate(jobs, drain) + rate(jobs, drainAfterBacklog)) / 2) * 1000)
                 .rounded() / 1000,
+            drainDependentsJobsPerSecond: rate(jobs, drainDependents),
+            drainDependentsRatio: (rate(jobs, drainDependents) / rate(jobs, drain) * 1000).rounded() / 1000,
             startLatencyMs: latency)
     }
 
@@ -251,6 +264,18 @@ struct QueueBench {
             let count = min(1000, left)
             _ = try await store.enqueueMany(Array(repeating: NewJob(queue: queue, kind: "bench.noop"), count: count), on: db)
             left -= count
+        }
+    }
+
+    /// N jobs as parent and child pairs, in batches of 500 parents and then their 500 children.
+    func enqueuePairs(queue: String, on db: ReconnectingConnection) async throws {
+        var left = jobs
+        while left > 0 {
+            let count = min(500, (left + 1) / 2)
+            let parents = try await store.enqueueMany(Array(repeating: NewJob(queue: queue, kind: "bench.noop"), count: count), on: db)
+            let children = parents.prefix(min(count, left - count)).map { NewJob(queue: queue, kind: "bench.noop", dependsOn: [$0.id]) }
+            if !children.isEmpty { _ = try await store.enqueueMany(Array(children), on: db) }
+            left -= parents.count + children.count
         }
     }
 
