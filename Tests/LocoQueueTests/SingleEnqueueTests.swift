@@ -426,13 +426,17 @@ struct SingleEnqueueTests {
             let quiet = Logger(label: "loco.test") { _ in log }
             var pooledURL = postgres.url
             pooledURL.transactionPooler = true
+            func impatient(_ url: DatabaseURL) async throws -> ReconnectingConnection {
+                let db = ReconnectingConnection(url: url, logger: quiet, queryTimeout: .seconds(20))
+                _ = try await db.run("SET lock_timeout = '200ms'", logger: logger)
+                return db
+            }
             // A NOTIFY in the batch's statement, refused at its commit after its answer, left
             // PostgresNIO waiting for good: the batch was reported unreachable at its deadline,
             // its jobs rolled back.
             var returned: [Int64] = []
             for (url, prefix) in [(postgres.url, "direct"), (pooledURL, "pooled")] {
-                let db = ReconnectingConnection(url: url, logger: quiet, queryTimeout: .seconds(20))
-                _ = try await db.run("SET lock_timeout = '200ms'", logger: logger)
+                let db = try await impatient(url)
                 let batch = try await store.enqueueMany((1...3).map { NewJob(queue: "\(prefix)-batch", kind: "k", args: #"{"n":\#($0)}"#) }, on: db)
                 #expect(batch.map(\.state) == [.available, .available, .available])
                 returned += batch.map(\.id)
@@ -451,12 +455,8 @@ struct SingleEnqueueTests {
             // changes, and a completion that releases a dependent.
             // Each connection logs one refusal in 10 s: the cancel and the scales get their own,
             // to show what each line says.
-            func impatient() async throws -> ReconnectingConnection {
-                let db = ReconnectingConnection(url: postgres.url, logger: quiet, queryTimeout: .seconds(20))
-                _ = try await db.run("SET lock_timeout = '200ms'", logger: logger)
-                return db
-            }
-            let ops = try await impatient(), stopper = try await impatient(), scaler = try await impatient()
+            let ops = try await impatient(postgres.url), stopper = try await impatient(postgres.url)
+            let scaler = try await impatient(postgres.url)
             func job(_ queue: String, _ state: String, lockedBy: String = "NULL, NULL") async throws -> Int64 {
                 try await DatabaseConnectionTests.scalar(
                     "INSERT INTO loco_jobs (queue, kind, state, run_at, locked_by, lease_expires_at) VALUES ('\(queue)', 'k', '\(state)', now() - interval '1 second', \(lockedBy)) RETURNING id",
