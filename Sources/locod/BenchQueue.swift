@@ -19,6 +19,14 @@ struct BenchQueue: AsyncParsableCommand {
     @Option(help: "Producers, each on a connection of its own, for the concurrent single enqueues.") var producers = 8
     @Option(help: "The same server by Unix socket (postgres://user@/db?host=DIR&port=N): also measure single enqueues over it.")
     var socketURL: String?
+    @Option(help: "Microseconds a single enqueue may poll for its answer in the busy-polling phase (the URL's busy_poll); 0 skips that phase.")
+    var busyPoll = 500
+
+    func validate() throws {
+        guard (0...DatabaseURL.busyPollLimit).contains(busyPoll) else {
+            throw ValidationError("--busy-poll takes microseconds from 0 to \(DatabaseURL.busyPollLimit) (0 skips the busy-polling phase); got \(busyPoll)")
+        }
+    }
 
     func run() async throws {
         try await reportingErrors {
@@ -30,7 +38,13 @@ struct BenchQueue: AsyncParsableCommand {
             _ = try await admin.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
             let url = server.with(database: name)
             let socket = try socketURL.map { try DatabaseURL($0).with(database: name) }
-            let bench = QueueBench(url: url, socketURL: socket, logger: logger, jobs: jobs, concurrency: concurrency, producers: producers)
+            var busyPolling: DatabaseURL?
+            if busyPoll > 0 {
+                busyPolling = url
+                busyPolling?.busyPoll = .microseconds(busyPoll)
+            }
+            let bench = QueueBench(url: url, socketURL: socket, busyPollURL: busyPolling, logger: logger, jobs: jobs, concurrency: concurrency,
+                                   producers: producers)
             let outcome = await Result(catching: { try await bench.run(latencyRate: latencyRate, latencySeconds: latencySeconds, backlog: backlog) })
             _ = try? await admin.run(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
             await admin.close()
@@ -51,6 +65,9 @@ struct QueueBenchResult: Encodable {
     var enqueueSingleJobsPerSecond: Double
     var enqueueSingleUnpinnedJobsPerSecond: Double
     var enqueueSingleUnixSocketJobsPerSecond: Double?
+    var busyPollMicroseconds: Int?
+    var enqueueSingleBusyPollJobsPerSecond: Double?
+    var enqueueSingleBusyPollRatio: Double?
     var producers: Int
     var enqueueSingleConcurrentJobsPerSecond: Double
     var enqueueBatchJobsPerSecond: Double
@@ -104,6 +121,9 @@ struct QueueBenchResult: Encodable {
         case enqueueSingleJobsPerSecond = "enqueue_single_jobs_per_s"
         case enqueueSingleUnpinnedJobsPerSecond = "enqueue_single_unpinned_jobs_per_s"
         case enqueueSingleUnixSocketJobsPerSecond = "enqueue_single_unix_socket_jobs_per_s"
+        case busyPollMicroseconds = "busy_poll_us"
+        case enqueueSingleBusyPollJobsPerSecond = "enqueue_single_busy_poll_jobs_per_s"
+        case enqueueSingleBusyPollRatio = "enqueue_single_busy_poll_ratio"
         case producers
         case enqueueSingleConcurrentJobsPerSecond = "enqueue_single_concurrent_jobs_per_s"
         case enqueueBatchJobsPerSecond = "enqueue_batch_jobs_per_s"
@@ -122,6 +142,8 @@ struct QueueBenchResult: Encodable {
 struct QueueBench {
     let url: DatabaseURL
     let socketURL: DatabaseURL?
+    /// `url` with `busy_poll`, for single enqueues that poll for their answers; nil to skip them.
+    let busyPollURL: DatabaseURL?
     let logger: Logger
     let jobs: Int
     let concurrency: Int
@@ -134,7 +156,7 @@ struct QueueBench {
         try await migrate()
 
         try await checkpoint(db)
-        let (single, unpinned) = try await enqueueOneAtATime(on: db)
+        let (single, unpinned, busyPolling) = try await enqueueOneAtATime(on: db)
         try await reset(db)
         var overSocket: Duration?
         if let socketURL {
@@ -186,6 +208,9 @@ struct QueueBench {
             jobs: jobs, concurrency: concurrency,
             enqueueSingleJobsPerSecond: rate(jobs, single), enqueueSingleUnpinnedJobsPerSecond: rate(jobs, unpinned),
             enqueueSingleUnixSocketJobsPerSecond: overSocket.map { rate(jobs, $0) },
+            busyPollMicroseconds: busyPollURL?.busyPollMicroseconds,
+            enqueueSingleBusyPollJobsPerSecond: busyPolling.map { rate(jobs, $0) },
+            enqueueSingleBusyPollRatio: busyPolling.map { (rate(jobs, $0) / rate(jobs, single) * 1000).rounded() / 1000 },
             producers: producers, enqueueSingleConcurrentJobsPerSecond: rate(jobs, concurrent),
             enqueueBatchJobsPerSecond: rate(jobs, batched), enqueueBatchPinnedJobsPerSecond: rate(jobs, batchedPinned),
             drainJobsPerSecond: rate(jobs, drain), backlogJobs: backlog,
@@ -199,17 +224,29 @@ struct QueueBench {
     }
 
     /// N enqueues, each its own durable transaction, by a producer pinned to its connection's
-    /// thread and by one that is not. The two alternate in fifths so that the machine's drift
-    /// during the phase falls on both alike.
-    func enqueueOneAtATime(on db: ReconnectingConnection) async throws -> (pinned: Duration, unpinned: Duration) {
+    /// thread, by one that is not, and (with `busyPollURL`) by a pinned one that polls for its
+    /// answers. They alternate in fifths so that the machine's drift during the phase falls on
+    /// all alike.
+    func enqueueOneAtATime(on db: ReconnectingConnection) async throws -> (pinned: Duration, unpinned: Duration, busyPolling: Duration?) {
         var pinned = Duration.zero, unpinned = Duration.zero
-        let rounds = 5
-        for round in 0..<rounds {
-            let count = jobs / rounds + (round < jobs % rounds ? 1 : 0)
-            unpinned += try await timed { try await enqueueSingles(count, on: db) }
-            pinned += try await db.pinned { try await timed { try await enqueueSingles(count, on: db) } }
+        var busyPolling: Duration? = busyPollURL == nil ? nil : .zero
+        let polling = busyPollURL.map { ReconnectingConnection(url: $0, logger: logger) }
+        let outcome = await Result {
+            // Connected (and the statement prepared) before the clock starts.
+            if let polling { try await enqueueSingles(1, on: polling) }
+            let rounds = 5
+            for round in 0..<rounds {
+                let count = jobs / rounds + (round < jobs % rounds ? 1 : 0)
+                unpinned += try await timed { try await enqueueSingles(count, on: db) }
+                pinned += try await db.pinned { try await timed { try await enqueueSingles(count, on: db) } }
+                if let polling {
+                    busyPolling? += try await polling.pinned { try await timed { try await enqueueSingles(count, on: polling) } }
+                }
+            }
         }
-        return (pinned, unpinned)
+        await polling?.close()
+        try outcome.get()
+        return (pinned, unpinned, busyPolling)
     }
 
     /// N jobs in batches of 1,000 by a producer that is not pinned and N by one that is, in

@@ -229,6 +229,33 @@ struct DatabaseURLTests {
         }
     }
 
+    @Test("?busy_poll=MICROSECONDS sets busy polling for single enqueues, survives a round trip and shows in the description; 0 turns it off; other values, and busy polling behind a pooler, are refused")
+    func busyPoll() throws {
+        #expect(try DatabaseURL("postgres://a:b@db/x").busyPoll == nil)
+        let url = try DatabaseURL("postgres://a:b@db/x?busy_poll=500")
+        #expect(url.busyPoll == .microseconds(500) && url.busyPollMicroseconds == 500)
+        #expect(url.description == "postgres://a:***@db:5432/x?busy_poll=500")
+        #expect(try DatabaseURL(url.urlString) == url)
+        let socket = try DatabaseURL("postgres://a@/x?host=/run/postgresql&port=5433&busy_poll=10000")
+        #expect(socket.busyPoll == .milliseconds(10))
+        #expect(try DatabaseURL(socket.urlString) == socket)
+        #expect(try DatabaseURL("postgres://a@db/x?busy_poll=0").busyPoll == nil)
+        for (value, words) in [("fast", "busy_poll 'fast' is not a number of microseconds from 0 to 10000"),
+                               ("10001", "busy_poll '10001' is not a number"), ("-5", "busy_poll '-5' is not a number")] {
+            #expect {
+                _ = try DatabaseURL("postgres://a:hunter2@db/x?busy_poll=\(value)")
+            } throws: { error in
+                let error = error as? QueueError
+                return error?.code == "invalid_database_url" && error?.message.contains(words) == true && error?.message.contains("hunter2") == false
+            }
+        }
+        #expect {
+            _ = try DatabaseURL("postgres://a@db:6432/x?pgbouncer=true&busy_poll=500")
+        } throws: { error in
+            (error as? QueueError)?.message.contains("busy_poll does nothing behind a pooler in transaction mode (pgbouncer=true)") == true
+        }
+    }
+
     @Test("a server that is stopping, reported as a DatabaseServerError, is database_unreachable with PostgreSQL's own words and the SQLSTATE once")
     func stoppingServerExplained() throws {
         let url = try DatabaseURL("postgres://a:b@db:5432/x")
@@ -322,7 +349,7 @@ struct DatabaseURLTests {
         }
         #expect(Self.refusal("postgres://a:hunter2@db/x?sslmode=required")?.contains("sslmode 'required' is not one of disable, allow, prefer, require, verify-ca, verify-full") == true)
         // A misspelt parameter is refused rather than ignored (it would connect without TLS).
-        #expect(Self.refusal("postgres://a:hunter2@db/x?sslmod=require") == "the database URL is not valid: it has a parameter 'sslmod' Loco does not know (did you mean 'sslmode'?); it knows host, port, sslmode, sslrootcert, sslcert, sslkey, application_name, pgbouncer")
+        #expect(Self.refusal("postgres://a:hunter2@db/x?sslmod=require") == "the database URL is not valid: it has a parameter 'sslmod' Loco does not know (did you mean 'sslmode'?); it knows host, port, sslmode, sslrootcert, sslcert, sslkey, application_name, pgbouncer, busy_poll")
         #expect(Self.refusal("postgres://a@db/x?target_session_attrs=read-write")?.contains("'target_session_attrs' Loco does not know; it knows") == true)
         // Files are read with the URL, so a wrong path is said at once.
         let folder = NSTemporaryDirectory() + "loco-url-\(UInt32.random(in: 0...UInt32.max))"

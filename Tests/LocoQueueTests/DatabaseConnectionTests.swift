@@ -160,9 +160,15 @@ struct DatabaseConnectionTests {
         let notAKey = await Self.connect(url("certuser", "sslmode=require&sslcert=\(work.appendingPathComponent("client.crt").path)&sslkey=\(ca)"))
         #expect(notAKey.refused("invalid_database_url", saying: "sslkey '\(ca)' holds no PEM private key"), "\(notAKey)")
 
+        // Busy polling connects the socket itself (BusyPoll.connect): TLS and its name check as
+        // before, by a name that may resolve to more than one address (::1, where nothing listens).
+        #expect(await Self.connect(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)&busy_poll=500")) == .connected(tls: true))
+
         // A worker over verify-full: migrations, enqueues, LISTEN wake-ups and completions all
-        // through TLS (application_name tells its sessions apart in pg_stat_activity).
-        try await runWorker(over: try DatabaseURL(url("postgres", host: "localhost", "sslmode=verify-full&sslrootcert=\(ca)&application_name=loco-tls-worker")),
+        // through TLS (application_name tells its sessions apart in pg_stat_activity), its
+        // sessions' sockets connected by busy polling's own connect.
+        try await runWorker(over: try DatabaseURL(url("postgres", host: "localhost",
+                                                      "sslmode=verify-full&sslrootcert=\(ca)&application_name=loco-tls-worker&busy_poll=500")),
                                 admin: admin)
         // And over sslmode=allow, which the server takes without TLS: every session in the clear
         // (the LISTEN connection and locod's kind of connects as well as the pool's).

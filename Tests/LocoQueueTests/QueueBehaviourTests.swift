@@ -2490,6 +2490,20 @@ struct QueueBehaviourTests {
         let explained = try #require(error.map(url.explain) as? QueueError, "\(String(describing: error))")
         #expect(explained.code == "database_unreachable" && explained.message.contains("127.0.0.1:1"), "\(explained.message)")
         #expect(!explained.message.contains("hunter2") && !explained.hint.contains("hunter2"))
+
+        // With busy polling, which connects the socket by itself (BusyPoll.connect): the same
+        // words, and a host name that resolves to nothing says so, both ways.
+        for text in ["postgres://loco:hunter2@127.0.0.1:1/loco?busy_poll=500", "postgres://loco:hunter2@no-such-host.invalid:5432/loco?busy_poll=500",
+                     "postgres://loco:hunter2@no-such-host.invalid:5432/loco"] {
+            let url = try DatabaseURL(text)
+            let db = ReconnectingConnection(url: url, logger: TestDatabase.testLogger)
+            let error = await #expect(throws: (any Error).self) { _ = try await db.connection() }
+            await db.close()
+            let explained = try #require(error.map(url.explain) as? QueueError, "\(text): \(String(describing: error))")
+            let words = url.host == "127.0.0.1" ? "127.0.0.1:1: connection refused" : "no-such-host.invalid:5432: the host name resolves to no address"
+            #expect(explained.code == "database_unreachable" && explained.message.contains(words), "\(explained.message)")
+            #expect(!explained.message.contains("hunter2") && !explained.hint.contains("hunter2"))
+        }
     }
 }
 

@@ -52,6 +52,27 @@ struct SingleEnqueueTests {
         }
     }
 
+    /// Has the server end every other session of the test's database (waiting until they are
+    /// gone), then enqueues three times on `db` into `queue`: what each said, `ok` or its code as
+    /// the worker and the API say it (explained by `url`), or PostgreSQL's SQLSTATE.
+    static func enqueuesAfterKillingSessions(_ database: TestDatabase, _ db: ReconnectingConnection, _ store: JobStore,
+                                             queue: String, url: DatabaseURL) async throws -> [String] {
+        let killed: Int64 = try await database.scalar(
+            "SELECT count(pg_terminate_backend(pid, 5000))::int8 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        #expect(killed >= 1)
+        var outcomes: [String] = []
+        for _ in 0..<3 {
+            do {
+                _ = try await store.enqueue(NewJob(queue: queue, kind: "k"), on: db)
+                outcomes.append("ok")
+            } catch {
+                let explained = url.explain(error)
+                outcomes.append((explained as? QueueError)?.code ?? (explained as? DatabaseServerError)?.sqlState ?? "\(explained)")
+            }
+        }
+        return outcomes
+    }
+
     /// Messages of the protocol, built and read for the handler's tests on an EmbeddedChannel.
     enum Wire {
         static func message(_ type: Character, _ build: (inout ByteBuffer) -> Void = { _ in }) -> ByteBuffer {
@@ -642,6 +663,105 @@ struct SingleEnqueueTests {
         #expect(try nextWrite() == nil)
     }
 
+    @Test("with busy_poll, single enqueues poll their socket for the answers, over TCP and the Unix socket: every job is in, most answers are found by polling, a killed session reconnects, an enqueue under way on a killed session fails and is counted off, and producers sharing an event loop all finish")
+    func busyPolling() async throws {
+        try await TestDatabase.with(migrations: [(QueueSchema.component, QueueSchema.migrations)]) { database in
+            guard let text = ProcessInfo.processInfo.environment["LOCO_DATABASE_SOCKET_URL"] else {
+                throw TestSetupError("LOCO_DATABASE_SOCKET_URL is not set; scripts/test exports it (scripts/services start prints it)")
+            }
+            var tcp = database.url
+            tcp.busyPoll = .milliseconds(10)
+            var socket = try DatabaseURL(text).with(database: database.url.database)
+            socket.busyPoll = .milliseconds(10)
+            let store = JobStore(logger: database.logger)
+            var expected = ["shared=400"]
+            for (queue, url) in [("tcp", tcp), ("socket", socket)] {
+                let db = ReconnectingConnection(url: url, logger: database.logger)
+                let run = { () async throws -> Int in
+                    let polled = try await db.pinned {
+                        for _ in 0..<200 { _ = try await store.enqueue(NewJob(queue: queue, kind: "k"), on: db) }
+                        return try await db.answersFoundPolling()
+                    }
+                    // A round trip takes well under a millisecond here: unless the machine is
+                    // badly overloaded, nearly every answer lands while its enqueue polls.
+                    #expect(polled >= 100, "\(queue): \(polled) of 200 answers found by polling")
+
+                    let outcomes = try await Self.enqueuesAfterKillingSessions(database, db, store, queue: queue, url: url)
+                    #expect(outcomes.last == "ok" && outcomes.allSatisfy { ["ok", "database_unreachable"].contains($0) }, "\(queue): \(outcomes)")
+                    let afterwards = try await db.pinned {
+                        for _ in 0..<50 { _ = try await store.enqueue(NewJob(queue: queue, kind: "k"), on: db) }
+                        return try await db.answersFoundPolling()
+                    }
+                    #expect(afterwards >= 25, "\(queue), reconnected: \(afterwards) of 50 answers found by polling")
+                    return 250 + outcomes.count { $0 == "ok" }
+                }
+                do {
+                    expected.append("\(queue)=\(try await run())")
+                    await db.close()
+                } catch {
+                    await db.close()
+                    throw error
+                }
+            }
+
+            // Four producers on the machine's event loops (two here): where two share one, only
+            // one of them may poll at a time, and none waits on another's polling for long.
+            let producers = (0..<4).map { _ in ReconnectingConnection(url: tcp, logger: database.logger) }
+            do {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for producer in producers {
+                        group.addTask {
+                            try await producer.pinned { for _ in 0..<100 { _ = try await store.enqueue(NewJob(queue: "shared", kind: "k"), on: producer) } }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                for producer in producers { await producer.close() }
+            } catch {
+                for producer in producers { await producer.close() }
+                throw error
+            }
+
+            // An enqueue under way (waiting for a lock) when its session is killed fails.
+            let blocked = ReconnectingConnection(url: tcp, logger: database.logger)
+            do {
+                _ = try await store.enqueue(NewJob(queue: "blocked", kind: "k"), on: blocked)
+                var pid: Int32 = 0
+                for try await value in try await blocked.run("SELECT pg_backend_pid()", logger: database.logger).decode(Int32.self) { pid = value }
+                let failure: String = try await database.client.transaction(timeLimit: .seconds(30)) { tx in
+                    _ = try await tx.query("LOCK TABLE loco_jobs IN EXCLUSIVE MODE", logger: database.logger)
+                    let waiting = Task { try await store.enqueue(NewJob(queue: "blocked", kind: "k"), on: blocked) }
+                    let waits = try await eventually {
+                        try await database.scalar("SELECT count(*)::int8 FROM pg_stat_activity WHERE pid = \(pid) AND wait_event_type = 'Lock'") as Int64 == 1
+                    }
+                    #expect(waits, "the enqueue never waited for the lock")
+                    _ = try await tx.query("SELECT pg_terminate_backend(\(pid), 5000)", logger: database.logger)
+                    switch await waiting.result {
+                    case .success: return "succeeded"
+                    case .failure(let error): return (tcp.explain(error) as? QueueError)?.code ?? "\(error)"
+                    }
+                }
+                #expect(failure == "database_unreachable")
+                await blocked.close()
+            } catch {
+                await blocked.close()
+                throw error
+            }
+            expected.append("blocked=1")
+
+            // Every enqueue under way was counted off again, answered or failed with its session:
+            // a count left behind would stop polling on its event loop for good.
+            let left = PostgresConnection.defaultEventLoopGroup.makeIterator().map { BusyPoll.underWay(on: $0) }
+            #expect(left.allSatisfy { $0 == 0 }, "enqueues still counted as under way, by event loop: \(left)")
+
+            let counts: String = try await database.scalar(
+                "SELECT string_agg(queue || '=' || n, ' ' ORDER BY queue) FROM (SELECT queue, count(*) AS n FROM loco_jobs GROUP BY queue) c")
+            // An enqueue that failed on the killed session (gone before the enqueues: the kill
+            // waited for it) never ran.
+            #expect(counts == expected.sorted().joined(separator: " "))
+        }
+    }
+
     @Test("a failed enqueue says PostgreSQL's words; the statement is prepared again once the table exists; a killed session reconnects")
     func failures() async throws {
         try await Self.withConnection(migrated: false) { database, db, store in
@@ -654,20 +774,7 @@ struct SingleEnqueueTests {
             #expect(job.state == .available)
 
             // The server ends the session: the next enqueue is told so, the one after reconnects.
-            let killed: Int64 = try await database.scalar(
-                "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-            #expect(killed >= 1)
-            var outcomes: [String] = []
-            for _ in 0..<3 {
-                do {
-                    _ = try await store.enqueue(NewJob(queue: "q", kind: "k"), on: db)
-                    outcomes.append("ok")
-                } catch {
-                    // As the worker and the API say it: explained by the URL.
-                    let explained = database.url.explain(error)
-                    outcomes.append((explained as? QueueError)?.code ?? (explained as? DatabaseServerError)?.sqlState ?? "\(explained)")
-                }
-            }
+            let outcomes = try await Self.enqueuesAfterKillingSessions(database, db, store, queue: "q", url: database.url)
             #expect(outcomes.last == "ok", "\(outcomes)")
             #expect(outcomes.allSatisfy { ["ok", "database_unreachable"].contains($0) }, "\(outcomes)")
         }

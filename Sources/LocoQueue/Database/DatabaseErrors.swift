@@ -40,7 +40,14 @@ extension DatabaseURL {
         }
         // From connecting the socket ourselves (ReconnectingConnection.open): the first address's failure.
         if let connect = error as? NIOConnectionError {
+            if connect.connectionErrors.isEmpty, connect.dnsAError != nil || connect.dnsAAAAError != nil {
+                return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.unresolved)
+            }
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: connect.connectionErrors.first?.error ?? connect))
+        }
+        // From busy polling's own connect (BusyPoll.connect).
+        if error is BusyPoll.UnresolvedHost {
+            return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.unresolved)
         }
         if error is ChannelError || error is IOError {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
@@ -83,6 +90,8 @@ extension DatabaseURL {
         if let psql = explained as? PSQLError { return DatabaseServerError.text(of: psql) }
         return "\(explained)"
     }
+
+    private static let unresolved = "the host name resolves to no address (is it spelt right, and does this machine's DNS know it?)"
 
     private static func reason(of error: any Error) -> String {
         if let io = error as? IOError {

@@ -26,6 +26,14 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     /// may then run in another server session, so nothing may live in a session: Loco prepares
     /// no statement by name, makes no session settings, and its workers poll instead of LISTEN.
     public var transactionPooler: Bool = false
+    /// `?busy_poll=MICROSECONDS`: how long a single enqueue may poll its socket for the answer
+    /// before its thread sleeps (`BusyPoll`); nil, the default, for none.
+    public var busyPoll: Duration?
+
+    /// `busyPoll` as the URL writes it.
+    public var busyPollMicroseconds: Int? {
+        busyPoll.map { Int($0.components.seconds) * 1_000_000 + Int($0.components.attoseconds / 1_000_000_000_000) }
+    }
 
     public init(host: String, port: Int = 5432, username: String = "postgres", password: String? = nil, database: String = "postgres", tls: DatabaseTLS = DatabaseTLS()) {
         self.host = host
@@ -41,7 +49,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
 
     /// The query parameters a URL may carry; any other is refused rather than ignored, so a
     /// misspelt `sslmode` does not quietly connect without TLS.
-    static let parameters = ["host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "pgbouncer"]
+    static let parameters = ["host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "pgbouncer", "busy_poll"]
 
     public init(_ string: String) throws(QueueError) {
         guard string.hasPrefix("postgres://") || string.hasPrefix("postgresql://") else {
@@ -84,6 +92,24 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         case "true", "1": transactionPooler = true
         case let other?: throw .invalidDatabaseURL(reason: "pgbouncer '\(other)' is not true or false (true: the URL leads to a pooler in transaction mode)")
         }
+        busyPoll = try Self.busyPoll(query.first(where: { $0.name == "busy_poll" })?.value, transactionPooler: transactionPooler)
+    }
+
+    /// The most a single enqueue may poll for its answer: a round trip with a disk flush takes
+    /// well under it, and past it polling only burns the CPU.
+    public static let busyPollLimit = 10_000
+
+    /// `busy_poll`'s value: microseconds from 1 to `busyPollLimit`, or 0 (off).
+    private static func busyPoll(_ value: String?, transactionPooler: Bool) throws(QueueError) -> Duration? {
+        guard let value else { return nil }
+        guard let microseconds = Int(value), (0...busyPollLimit).contains(microseconds) else {
+            throw .invalidDatabaseURL(reason: "busy_poll '\(value)' is not a number of microseconds from 0 to \(busyPollLimit) (e.g. busy_poll=500; 0 turns it off)")
+        }
+        guard microseconds > 0 else { return nil }
+        if transactionPooler {
+            throw .invalidDatabaseURL(reason: "busy_poll does nothing behind a pooler in transaction mode (pgbouncer=true): enqueues there take the generic path; drop one of the two")
+        }
+        return .microseconds(microseconds)
     }
 
     /// Why `string`, which starts like a database URL, does not read as one.
@@ -110,12 +136,13 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
     }
 
     /// The URL with the password replaced by `***` (and only the parameters that say how it
-    /// connects: the TLS mode when not the default, and the pooler mark).
+    /// connects: the TLS mode when not the default, the pooler mark, and busy polling).
     public var description: String {
         let credentials = password == nil ? username : "\(username):***"
         var parameters: [String] = []
         if socketDirectory == nil, tls.mode != .prefer { parameters.append("sslmode=\(tls.mode.rawValue)") }
         if transactionPooler { parameters.append("pgbouncer=true") }
+        if let busyPollMicroseconds { parameters.append("busy_poll=\(busyPollMicroseconds)") }
         if let socketDirectory {
             return "postgres://\(credentials)@/\(database)?" + (["host=\(socketDirectory)", "port=\(port)"] + parameters).joined(separator: "&")
         }
@@ -140,6 +167,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible, Equatable {
         if socketDirectory == nil { query += tls.queryItems }
         if let applicationName { query.append(URLQueryItem(name: "application_name", value: applicationName)) }
         if transactionPooler { query.append(URLQueryItem(name: "pgbouncer", value: "true")) }
+        if let busyPollMicroseconds { query.append(URLQueryItem(name: "busy_poll", value: String(busyPollMicroseconds))) }
         if !query.isEmpty { components.queryItems = query }
         return components.string ?? description
     }

@@ -400,9 +400,20 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
         let loop = PostgresConnection.defaultEventLoopGroup.any()
         var bootstrap = ClientBootstrap(group: loop).connectTimeout(settings.options.connectTimeout)
         let channel: any Channel
-        if let path = settings.unixSocketPath {
+        let busyPoll: BusyPoll?
+        if let budget = url.busyPoll {
+            // Busy polling needs the socket's descriptor, which NIO keeps to itself when it connects.
+            let descriptor = try await NIOThreadPool.singleton.runIfActive {
+                try BusyPoll.connect(host: url.host, port: url.port, unixSocketPath: settings.unixSocketPath, timeout: settings.options.connectTimeout)
+            }
+            // NIO owns the descriptor from here on, and closes it with the channel.
+            channel = try await bootstrap.withConnectedSocket(descriptor).get()
+            busyPoll = BusyPoll(descriptor: descriptor, budget: budget)
+        } else if let path = settings.unixSocketPath {
+            busyPoll = nil
             channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
         } else {
+            busyPoll = nil
             bootstrap = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
             channel = try await bootstrap.connect(host: url.host, port: url.port).get()
         }
@@ -429,6 +440,7 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
                 } else {
                     try pipeline.addHandler(handler, position: .first)
                 }
+                handler.busyPoll = busyPoll
             }.get()
         } catch {
             try? await connection.close()
@@ -440,6 +452,13 @@ public final class ReconnectingConnection: QueryRunner, TransactionRunner, Senda
     /// The handler for single enqueues in `connection`'s pipeline.
     func singleEnqueueHandler(for connection: PostgresConnection) -> SingleEnqueueHandler? {
         singleEnqueues.handler(for: connection)
+    }
+
+    /// How many enqueue answers on the current session busy polling saw arrive (for the tests).
+    func answersFoundPolling() async throws -> Int {
+        let connection = try await connection()
+        guard let handler = singleEnqueueHandler(for: connection) else { return 0 }
+        return try await connection.eventLoop.submit { handler.answersFoundPolling }.get()
     }
 
     struct DeadlineExceeded: Error {}

@@ -129,6 +129,12 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var enqueuesUnanswered = 0
     private var lastAnswered: NIODeadline?
 
+    /// Set when the URL asks for busy polling (`BusyPoll`), on the connection's event loop.
+    var busyPoll: BusyPoll?
+    private var polling = false
+    /// Answers that busy polling saw arrive (for the tests).
+    private(set) var answersFoundPolling = 0
+
     init(logger: Logger, wakeUps timing: WakeUpTiming = .standard) {
         self.logger = logger
         self.timing = timing
@@ -167,9 +173,23 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
             if statement == .unique { body.writeParameter(job.uniqueKey) }
         }
         enqueuesUnanswered += 1
+        if busyPoll != nil, enqueuesUnanswered == 1 { BusyPoll.began(on: context.eventLoop) }
         owe(job.queue, runAt: runAt, context: context, into: &out)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        pollForAnswer(on: context.eventLoop)
         return promise.futureResult
+    }
+
+    /// With busy polling, waits for the answer by polling the socket once the event loop has run
+    /// what it has queued (the caller's wait among it); only while no other connection with busy
+    /// polling on this loop has an enqueue under way, whose answer it would hold up.
+    private func pollForAnswer(on loop: any EventLoop) {
+        guard let busyPoll, !polling, BusyPoll.alone(on: loop) else { return }
+        polling = true
+        loop.execute {
+            if busyPoll.poll(while: { self.enqueuesUnanswered > 0 }) { self.answersFoundPolling += 1 }
+            self.polling = false
+        }
     }
 
     /// Owes `queue` a wake-up for a job whose insert was just written to `out`, and writes the
@@ -369,6 +389,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
                 return
             }
             enqueuesUnanswered -= 1
+            if busyPoll != nil, enqueuesUnanswered == 0, let loop = context?.eventLoop { BusyPoll.ended(on: loop) }
             lastAnswered = context?.eventLoop.now
             if let error = request.error {
                 promise.fail(error)
@@ -437,6 +458,7 @@ final class SingleEnqueueHandler: ChannelDuplexHandler, @unchecked Sendable {
         owed.removeAll()
         owedTimer?.cancel()
         owedTimer = nil
+        if busyPoll != nil, enqueuesUnanswered > 0, let loop = context?.eventLoop { BusyPoll.ended(on: loop) }
         enqueuesUnanswered = 0
         for case .enqueue(let request) in waiting {
             switch request.reply {
