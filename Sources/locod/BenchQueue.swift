@@ -65,9 +65,11 @@ struct QueueBenchResult: Encodable {
     var enqueueSingleJobsPerSecond: Double
     var enqueueSingleUnpinnedJobsPerSecond: Double
     var enqueueSingleUnixSocketJobsPerSecond: Double?
+    var enqueueSingleCPUMicrosecondsPerJob: Double
     var busyPollMicroseconds: Int?
     var enqueueSingleBusyPollJobsPerSecond: Double?
     var enqueueSingleBusyPollRatio: Double?
+    var enqueueSingleBusyPollCPUMicrosecondsPerJob: Double?
     var producers: Int
     var enqueueSingleConcurrentJobsPerSecond: Double
     var enqueueBatchJobsPerSecond: Double
@@ -121,9 +123,11 @@ struct QueueBenchResult: Encodable {
         case enqueueSingleJobsPerSecond = "enqueue_single_jobs_per_s"
         case enqueueSingleUnpinnedJobsPerSecond = "enqueue_single_unpinned_jobs_per_s"
         case enqueueSingleUnixSocketJobsPerSecond = "enqueue_single_unix_socket_jobs_per_s"
+        case enqueueSingleCPUMicrosecondsPerJob = "enqueue_single_cpu_us_per_job"
         case busyPollMicroseconds = "busy_poll_us"
         case enqueueSingleBusyPollJobsPerSecond = "enqueue_single_busy_poll_jobs_per_s"
         case enqueueSingleBusyPollRatio = "enqueue_single_busy_poll_ratio"
+        case enqueueSingleBusyPollCPUMicrosecondsPerJob = "enqueue_single_busy_poll_cpu_us_per_job"
         case producers
         case enqueueSingleConcurrentJobsPerSecond = "enqueue_single_concurrent_jobs_per_s"
         case enqueueBatchJobsPerSecond = "enqueue_batch_jobs_per_s"
@@ -157,6 +161,7 @@ struct QueueBench {
 
         try await checkpoint(db)
         let (single, unpinned, busyPolling) = try await enqueueOneAtATime(on: db)
+        let perJob = { (cpu: Duration) in (cpu.seconds * 1_000_000 / Double(jobs) * 10).rounded() / 10 }
         try await reset(db)
         var overSocket: Duration?
         if let socketURL {
@@ -206,11 +211,13 @@ struct QueueBench {
 
         return QueueBenchResult(
             jobs: jobs, concurrency: concurrency,
-            enqueueSingleJobsPerSecond: rate(jobs, single), enqueueSingleUnpinnedJobsPerSecond: rate(jobs, unpinned),
+            enqueueSingleJobsPerSecond: rate(jobs, single.wall), enqueueSingleUnpinnedJobsPerSecond: rate(jobs, unpinned),
             enqueueSingleUnixSocketJobsPerSecond: overSocket.map { rate(jobs, $0) },
+            enqueueSingleCPUMicrosecondsPerJob: perJob(single.cpu),
             busyPollMicroseconds: busyPollURL?.busyPollMicroseconds,
-            enqueueSingleBusyPollJobsPerSecond: busyPolling.map { rate(jobs, $0) },
-            enqueueSingleBusyPollRatio: busyPolling.map { (rate(jobs, $0) / rate(jobs, single) * 1000).rounded() / 1000 },
+            enqueueSingleBusyPollJobsPerSecond: busyPolling.map { rate(jobs, $0.wall) },
+            enqueueSingleBusyPollRatio: busyPolling.map { (rate(jobs, $0.wall) / rate(jobs, single.wall) * 1000).rounded() / 1000 },
+            enqueueSingleBusyPollCPUMicrosecondsPerJob: busyPolling.map { perJob($0.cpu) },
             producers: producers, enqueueSingleConcurrentJobsPerSecond: rate(jobs, concurrent),
             enqueueBatchJobsPerSecond: rate(jobs, batched), enqueueBatchPinnedJobsPerSecond: rate(jobs, batchedPinned),
             drainJobsPerSecond: rate(jobs, drain), backlogJobs: backlog,
@@ -226,10 +233,11 @@ struct QueueBench {
     /// N enqueues, each its own durable transaction, by a producer pinned to its connection's
     /// thread, by one that is not, and (with `busyPollURL`) by a pinned one that polls for its
     /// answers. They alternate in fifths so that the machine's drift during the phase falls on
-    /// all alike.
-    func enqueueOneAtATime(on db: ReconnectingConnection) async throws -> (pinned: Duration, unpinned: Duration, busyPolling: Duration?) {
-        var pinned = Duration.zero, unpinned = Duration.zero
-        var busyPolling: Duration? = busyPollURL == nil ? nil : .zero
+    /// all alike. The pinned ones are also timed by the CPU the whole process used meanwhile (every
+    /// thread: the event loops, the pool), which is what polling costs.
+    func enqueueOneAtATime(on db: ReconnectingConnection) async throws -> (pinned: Timed, unpinned: Duration, busyPolling: Timed?) {
+        var pinned = Timed(), unpinned = Duration.zero
+        var busyPolling: Timed? = busyPollURL == nil ? nil : Timed()
         let polling = busyPollURL.map { ReconnectingConnection(url: $0, logger: logger) }
         let outcome = await Result {
             // Connected (and the statement prepared) before the clock starts.
@@ -238,9 +246,9 @@ struct QueueBench {
             for round in 0..<rounds {
                 let count = jobs / rounds + (round < jobs % rounds ? 1 : 0)
                 unpinned += try await timed { try await enqueueSingles(count, on: db) }
-                pinned += try await db.pinned { try await timed { try await enqueueSingles(count, on: db) } }
+                pinned += try await db.pinned { try await timedWithCPU { try await enqueueSingles(count, on: db) } }
                 if let polling {
-                    busyPolling? += try await polling.pinned { try await timed { try await enqueueSingles(count, on: polling) } }
+                    busyPolling? += try await polling.pinned { try await timedWithCPU { try await enqueueSingles(count, on: polling) } }
                 }
             }
         }
@@ -430,6 +438,28 @@ struct QueueBench {
         let began = ContinuousClock.now
         try await body()
         return ContinuousClock.now - began
+    }
+
+    /// Wall time, and the CPU time of the whole process.
+    struct Timed {
+        var wall = Duration.zero
+        var cpu = Duration.zero
+
+        static func += (total: inout Timed, more: Timed) {
+            total.wall += more.wall
+            total.cpu += more.cpu
+        }
+    }
+
+    func timedWithCPU(_ body: () async throws -> Void) async throws -> Timed {
+        func processCPU() -> Duration {
+            var now = timespec()
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now)
+            return .seconds(now.tv_sec) + .nanoseconds(now.tv_nsec)
+        }
+        let cpu = processCPU()
+        let wall = try await timed(body)
+        return Timed(wall: wall, cpu: processCPU() - cpu)
     }
 
     func rate(_ count: Int, _ duration: Duration) -> Double {

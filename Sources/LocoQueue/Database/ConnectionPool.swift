@@ -42,7 +42,7 @@ public final class ConnectionPool: QueryRunner, TransactionRunner, Sendable {
     public var wakesQueuesAfterCommit: Bool { true }
 
     public func wakeUp(_ queues: [String], logger: Logger) async {
-        _ = try? await shared { await $0.wakeUp(queues, logger: logger) }
+        await shared { await $0.wakeUp(queues, logger: logger) }
     }
 
     /// Runs a query on the pool with its own logger; for callers that do not carry one.
@@ -62,7 +62,8 @@ public final class ConnectionPool: QueryRunner, TransactionRunner, Sendable {
         for connection in connections { await connection.close() }
     }
 
-    private func shared<T>(_ body: (ReconnectingConnection) async throws -> T) async throws -> T {
+    /// Waits for a connection (it cannot fail: it waits until one is free) and runs `body` on it.
+    private func shared<T>(_ body: (ReconnectingConnection) async throws -> T) async rethrows -> T {
         let index = await acquire(exclusive: false) { slots in
             slots.indices.filter { !slots[$0].exclusive }.min { slots[$0].users < slots[$1].users }
         }
