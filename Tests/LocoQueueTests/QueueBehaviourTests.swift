@@ -2504,6 +2504,18 @@ struct QueueBehaviourTests {
             #expect(explained.code == "database_unreachable" && explained.message.contains(words), "\(explained.message)")
             #expect(!explained.message.contains("hunter2") && !explained.hint.contains("hunter2"))
         }
+        // A socket folder too long for a Unix socket's address: said so, with busy polling's own
+        // connect and with NIO's.
+        let folder = "/tmp/" + String(repeating: "d", count: 120)
+        for text in ["postgres://loco@/loco?host=\(folder)&port=5432&busy_poll=500", "postgres://loco@/loco?host=\(folder)&port=5432"] {
+            let url = try DatabaseURL(text)
+            let db = ReconnectingConnection(url: url, logger: TestDatabase.testLogger)
+            let error = await #expect(throws: (any Error).self) { _ = try await db.connection() }
+            await db.close()
+            let explained = try #require(error.map(url.explain) as? QueueError, "\(text): \(String(describing: error))")
+            #expect(explained.code == "database_unreachable" && explained.message.contains("is longer than a Unix socket's address holds"),
+                    "\(explained.message)")
+        }
     }
 }
 

@@ -49,6 +49,10 @@ extension DatabaseURL {
         if error is BusyPoll.UnresolvedHost {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.unresolved)
         }
+        // NIO's word for what BusyPoll.connect says as ENAMETOOLONG.
+        if let address = error as? SocketAddressError, case .unixDomainSocketPathTooLong = address {
+            return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.socketPathTooLong)
+        }
         if error is ChannelError || error is IOError {
             return QueueError.databaseUnreachable(endpoint: endpoint, reason: Self.reason(of: error))
         }
@@ -91,6 +95,8 @@ extension DatabaseURL {
         return "\(explained)"
     }
 
+    private static let socketPathTooLong = "the socket file's path is longer than a Unix socket's address holds (107 bytes); use a shorter ?host= folder"
+
     private static let unresolved = "the host name resolves to no address (is it spelt right, and does this machine's DNS know it?)"
 
     private static func reason(of error: any Error) -> String {
@@ -100,6 +106,7 @@ extension DatabaseURL {
             case 2: return "no socket file there (is PostgreSQL running, with this port?)"
             case 110: return "connection timed out"
             case 113: return "no route to host"
+            case 36: return socketPathTooLong
             default: return "I/O error \(io.errnoCode)"
             }
         }
